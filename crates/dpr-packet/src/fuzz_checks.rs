@@ -1,0 +1,326 @@
+//! Invariant checks shared by the fuzz targets (`fuzz/`) and by the corpus
+//! replay test. Each takes arbitrary bytes, must never panic on its own, and
+//! asserts the properties the crate promises; a failed assertion is a bug.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[cfg(not(test))]
+extern crate std;
+use std::vec::Vec;
+
+use crate::ethernet::{EthernetFrame, EthernetRepr};
+use crate::icmp::{self, IcmpErrorKind};
+use crate::ip::{Ecn, IpProtocol, IpVersion};
+use crate::ipip::{self, ChecksumCheck, DfPolicy, EcnMode, EncapParams};
+use crate::ipv4::{Ipv4Packet, Ipv4Repr};
+use crate::ipv6::{Ipv6Packet, Ipv6Repr};
+use crate::parse::{Fragment, parse_frame, parse_ip};
+use crate::rewrite;
+use crate::tcp::{MssClamp, TcpRepr, TcpSegment};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Frame parsing: offsets in bounds, the IP-level parse agrees with the
+/// frame-level one, and every header re-emits to the same bytes.
+pub fn frame(data: &[u8]) {
+    if let Ok(eth) = EthernetFrame::new_checked(data) {
+        let r = EthernetRepr::parse(&eth);
+        let mut out = [0u8; 22];
+        r.emit(&mut out).unwrap();
+        assert_eq!(&out[..r.buffer_len()], &data[..eth.header_len()]);
+    }
+    let Ok(m) = parse_frame(data) else { return };
+    let l3 = m.l3_range();
+    assert!(l3.end <= data.len());
+    assert!(usize::from(m.l4_offset) <= l3.end);
+    let mut again = parse_ip(&data[l3.clone()]).unwrap();
+    again.l3_offset += m.l3_offset;
+    again.l4_offset += m.l3_offset;
+    assert_eq!(again, m);
+    ip_headers_round_trip(&data[l3]);
+}
+
+fn ip_headers_round_trip(ip: &[u8]) {
+    let m = parse_ip(ip).unwrap();
+    match m.version {
+        IpVersion::V4 => {
+            let p = Ipv4Packet::new_checked(ip).unwrap();
+            let mut out = [0u8; 60];
+            let r = Ipv4Repr::parse(&p);
+            r.emit(&mut out).unwrap();
+            let hl = p.header_len();
+            assert_eq!(r.buffer_len(), hl);
+            assert_eq!(&out[..10], &ip[..10]);
+            assert_eq!(&out[12..hl], &ip[12..hl]);
+        }
+        IpVersion::V6 => {
+            let p = Ipv6Packet::new_checked(ip).unwrap();
+            let mut out = [0u8; 40];
+            Ipv6Repr::parse(&p).emit(&mut out).unwrap();
+            assert_eq!(&out[..], &ip[..40]);
+        }
+    }
+    if m.flow.protocol == IpProtocol::Tcp && m.fragment != Fragment::Later {
+        let l4 = &ip[usize::from(m.l4_offset)..];
+        let t = TcpSegment::new_checked(l4).unwrap();
+        let r = TcpRepr::parse(&t);
+        assert_eq!(r.buffer_len(), t.header_len());
+        assert_eq!((r.src_port, r.dst_port), (m.flow.src_port, m.flow.dst_port));
+        assert_eq!(r.flags, m.tcp_flags);
+    }
+}
+
+/// Decapsulation: the inner packet lies inside the buffer and is a valid IP
+/// packet of the announced version; the in-place variant agrees and follows
+/// RFC 6040; re-encapsulating gives back the same inner packet.
+pub fn decap(data: &[u8]) {
+    let skip = ipip::decapsulate(data, ChecksumCheck::Skip);
+    let Ok(d) = ipip::decapsulate(data, ChecksumCheck::Verify) else {
+        if let Ok(d) = skip {
+            assert!(d.inner.end <= data.len());
+        }
+        return;
+    };
+    assert_eq!(Ok(&d), skip.as_ref());
+    assert!(d.inner.start <= d.inner.end && d.inner.end <= data.len());
+    let inner = &data[d.inner.clone()];
+    let (inner_ecn, v4_ok) = match d.inner_version {
+        IpVersion::V4 => {
+            let p = Ipv4Packet::new_checked(inner).unwrap();
+            assert_eq!(usize::from(p.total_len()), inner.len());
+            (p.ecn(), p.verify_checksum())
+        }
+        IpVersion::V6 => (Ipv6Packet::new_checked(inner).unwrap().ecn(), true),
+    };
+    let mut copy = data.to_vec();
+    match ipip::decapsulate_in_place(&mut copy, ChecksumCheck::Verify) {
+        Err(e) => {
+            assert_eq!(
+                e.kind,
+                crate::ErrorKind::Malformed(crate::Malformed::CeOnNotEct)
+            );
+            assert_eq!((d.outer_ecn, inner_ecn), (Ecn::Ce, Ecn::NotEct));
+        }
+        Ok(d2) => {
+            assert_eq!(d2, d);
+            let new_inner = &copy[d.inner.clone()];
+            let ecn = match d.inner_version {
+                IpVersion::V4 => {
+                    let p = Ipv4Packet::new_checked(new_inner).unwrap();
+                    assert_eq!(p.verify_checksum(), v4_ok);
+                    p.ecn()
+                }
+                IpVersion::V6 => Ipv6Packet::new_checked(new_inner).unwrap().ecn(),
+            };
+            if d.outer_ecn == Ecn::Ce {
+                assert_eq!(ecn, Ecn::Ce);
+            } else if d.outer_ecn != Ecn::Ect1 {
+                assert_eq!(ecn, inner_ecn);
+            }
+        }
+    }
+    // Re-encapsulate the inner packet between the same endpoints.
+    let p = EncapParams::new(d.outer_src, d.outer_dst);
+    let mut buf = std::vec![0u8; ipip::MAX_OVERHEAD];
+    buf.extend_from_slice(inner);
+    let start = ipip::encapsulate(&mut buf, ipip::MAX_OVERHEAD, &p).unwrap();
+    let back = ipip::decapsulate(&buf[start..], ChecksumCheck::Verify).unwrap();
+    assert_eq!(&buf[start..][back.inner], inner);
+}
+
+/// ICMP errors: any bytes parse or fail cleanly; a parsed error's quote is
+/// recovered again after re-emitting the message.
+pub fn icmp_quote(data: &[u8]) {
+    let _ = icmp::parse_quote(data);
+    let _ = icmp::parse_icmpv4_error(data);
+    let _ = icmp::parse_icmpv6_error(data);
+    let Ok(m) = parse_ip(data) else { return };
+    let l4 = &data[usize::from(m.l4_offset)..m.l3_range().end];
+    let parsed = match m.flow.protocol {
+        IpProtocol::Icmp => icmp::parse_icmpv4_error(l4).map(|e| (e, false)),
+        IpProtocol::Icmpv6 => icmp::parse_icmpv6_error(l4).map(|e| (e, true)),
+        _ => return,
+    };
+    let Ok((err, v6)) = parsed else { return };
+    if let Some(inner) = err.quote.inner {
+        assert!(matches!(inner.protocol, IpProtocol::Tcp | IpProtocol::Udp));
+    }
+    let quote = &l4[icmp::HEADER_LEN..];
+    let mut buf = std::vec![0u8; icmp::HEADER_LEN + quote.len()];
+    icmp::emit_error(&mut buf, err.kind, v6, m.flow.dst, m.flow.src, quote).unwrap();
+    let again = if v6 {
+        icmp::parse_icmpv6_error(&buf)
+    } else {
+        icmp::parse_icmpv4_error(&buf)
+    };
+    let again = again.unwrap();
+    // Type 3 code 4 with MTU above 65535 narrows; everything else is exact.
+    if !matches!(err.kind, IcmpErrorKind::FragmentationNeeded { .. }) {
+        assert_eq!(again, err);
+    }
+    assert_eq!(again.quote, err.quote);
+    if v6 {
+        assert!(
+            icmp::Icmpv6Packet::new_checked(&buf[..])
+                .unwrap()
+                .verify_checksum(m.flow.dst, m.flow.src)
+        );
+    } else {
+        assert!(
+            icmp::Icmpv4Packet::new_checked(&buf[..])
+                .unwrap()
+                .verify_checksum()
+        );
+    }
+}
+
+/// Encapsulate then decapsulate: byte 0 = flags (bit 0 outer IPv6, bit 1 ECN
+/// compatibility mode, bits 2-3 DF policy), byte 1 = TTL, the rest = inner.
+pub fn encap_roundtrip(data: &[u8]) {
+    let (Some(&flags), Some(&ttl)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let inner = &data[2..];
+    let (src, dst): (IpAddr, IpAddr) = if flags & 1 == 0 {
+        (
+            Ipv4Addr::new(198, 19, 0, 1).into(),
+            Ipv4Addr::new(198, 19, 0, 2).into(),
+        )
+    } else {
+        (
+            Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1).into(),
+            Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2).into(),
+        )
+    };
+    let p = EncapParams {
+        ttl,
+        ecn: if flags & 2 == 0 {
+            EcnMode::Normal
+        } else {
+            EcnMode::Compatibility
+        },
+        df: match (flags >> 2) & 3 {
+            0 => DfPolicy::Copy,
+            1 => DfPolicy::Set,
+            _ => DfPolicy::Clear,
+        },
+        ident: u16::from(flags) << 8 | u16::from(ttl),
+        flow_label: ipip::flow_label_from_hash(u64::from(ttl)),
+        ..EncapParams::new(src, dst)
+    };
+    let mut buf: Vec<u8> = std::vec![0u8; ipip::MAX_OVERHEAD];
+    buf.extend_from_slice(inner);
+    let Ok(start) = ipip::encapsulate(&mut buf, ipip::MAX_OVERHEAD, &p) else {
+        return;
+    };
+    assert_eq!(start, ipip::MAX_OVERHEAD - p.outer_len());
+    assert_eq!(&buf[ipip::MAX_OVERHEAD..], inner, "inner bytes untouched");
+    let outer = &buf[start..];
+    // The inner packet comes back exactly when it is a whole, valid packet.
+    let valid = match crate::ip::version_of(inner) {
+        Some(IpVersion::V4) => {
+            Ipv4Packet::new_checked(inner).is_ok_and(|p| usize::from(p.total_len()) == inner.len())
+        }
+        Some(IpVersion::V6) => Ipv6Packet::new_checked(inner)
+            .is_ok_and(|p| 40 + usize::from(p.payload_len()) == inner.len()),
+        None => false,
+    };
+    let d = ipip::decapsulate(outer, ChecksumCheck::Verify);
+    if !valid {
+        return;
+    }
+    let d = d.unwrap();
+    assert_eq!((d.outer_src, d.outer_dst), (src, dst));
+    assert_eq!(&outer[d.inner.clone()], inner);
+    let inner_ecn = Ecn::from_bits(match d.inner_version {
+        IpVersion::V4 => inner[1],
+        IpVersion::V6 => (inner[0] << 4) | (inner[1] >> 4),
+    });
+    match p.ecn {
+        EcnMode::Normal => assert_eq!(d.outer_ecn, inner_ecn),
+        EcnMode::Compatibility => assert_eq!(d.outer_ecn, Ecn::NotEct),
+    }
+    if flags & 1 == 0 {
+        let o = Ipv4Packet::new_checked(outer).unwrap();
+        assert!(o.verify_checksum());
+        assert_eq!(o.ttl(), ttl);
+        let df = match p.df {
+            DfPolicy::Set => true,
+            DfPolicy::Clear => false,
+            DfPolicy::Copy => d.inner_version == IpVersion::V6 || inner[6] & 0x40 != 0,
+        };
+        assert_eq!(o.dont_frag(), df);
+    }
+    let mut copy = outer.to_vec();
+    let d2 = ipip::decapsulate_in_place(&mut copy, ChecksumCheck::Verify).unwrap();
+    assert_eq!(
+        &copy[d2.inner], inner,
+        "ECN egress must not change a self-encapsulated packet"
+    );
+}
+
+/// MSS rewrite: bytes 0-1 = the maximum MSS, the rest = an IP packet. A
+/// checksum that verified before verifies after; only the MSS value and the
+/// checksum change; an error leaves the packet untouched.
+pub fn mss_rewrite(data: &[u8]) {
+    let (Some(&hi), Some(&lo)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let max = u16::from_be_bytes([hi, lo]);
+    let before = data[2..].to_vec();
+    let mut pkt = before.clone();
+    let verified = |pkt: &[u8]| -> Option<bool> {
+        let m = parse_ip(pkt).ok()?;
+        if m.flow.protocol != IpProtocol::Tcp || m.fragment == Fragment::Later {
+            return None;
+        }
+        let seg = TcpSegment::new_checked(&pkt[usize::from(m.l4_offset)..m.l3_range().end]).ok()?;
+        Some(seg.verify_checksum(m.flow.src, m.flow.dst))
+    };
+    let ok_before = verified(&pkt);
+    match rewrite::clamp_mss(&mut pkt, max) {
+        Err(_) | Ok(MssClamp::NotSyn | MssClamp::NoOption | MssClamp::Unchanged(_)) => {
+            assert_eq!(pkt, before);
+        }
+        Ok(MssClamp::Clamped { from, to }) => {
+            assert!(from > max && to == max);
+            assert_eq!(verified(&pkt), ok_before);
+            let m = parse_ip(&pkt).unwrap();
+            let seg =
+                TcpSegment::new_checked(&pkt[usize::from(m.l4_offset)..m.l3_range().end]).unwrap();
+            assert_eq!(seg.mss().unwrap(), Some(max));
+            let changed = before.iter().zip(&pkt).filter(|(a, b)| a != b).count();
+            assert!(changed <= 4, "{changed} bytes changed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    /// Replays every committed seed through its target's checks, so the
+    /// corpus is a regression suite for `cargo test` too.
+    #[test]
+    fn corpus_replays_cleanly() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+        type Check = fn(&[u8]);
+        let targets: [(&str, Check); 5] = [
+            ("frame", super::frame),
+            ("decap", super::decap),
+            ("icmp_quote", super::icmp_quote),
+            ("encap_roundtrip", super::encap_roundtrip),
+            ("mss_rewrite", super::mss_rewrite),
+        ];
+        let mut total = 0;
+        for (dir, check) in targets {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let data = std::fs::read(e.path()).unwrap();
+                check(&data);
+                total += 1;
+            }
+        }
+        std::println!("replayed {total} corpus files");
+    }
+}

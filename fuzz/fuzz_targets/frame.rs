@@ -1,0 +1,3 @@
+//! Fuzz target `frame`: the checks live in `dpr_packet::fuzz_checks::frame`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dpr_packet::fuzz_checks::frame(data));
