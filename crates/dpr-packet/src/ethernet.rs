@@ -90,6 +90,7 @@ pub struct EthernetFrame<T> {
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Validates the header and up to [`MAX_VLAN_TAGS`] tags.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
@@ -145,6 +146,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         ))
     }
     /// Length of the MAC header including tags: the payload's offset.
+    #[inline]
     pub fn header_len(&self) -> usize {
         HEADER_LEN + self.tag_count() * VLAN_TAG_LEN
     }
@@ -306,6 +308,23 @@ mod tests {
     fn emit_into_short_buffer_fails() {
         let r = EthernetRepr::parse(&EthernetFrame::new_checked(&QINQ[..]).unwrap());
         assert!(r.emit(&mut [0u8; 21]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn repr_round_trip(dst in proptest::prelude::any::<[u8; 6]>(), src in proptest::prelude::any::<[u8; 6]>(),
+                           n in 0usize..3, tci in proptest::prelude::any::<[u16; 2]>(), et in 0u16..0x8000) {
+            let tag = |i: usize, tpid| (i < n).then_some(VlanTag { tpid, tci: tci[i] });
+            let r = EthernetRepr {
+                dst, src,
+                tags: [tag(0, if n == 2 { EtherType::QinQ } else { EtherType::Vlan }), tag(1, EtherType::Vlan)],
+                ethertype: EtherType::from(et),
+            };
+            let mut b = [0u8; 22];
+            r.emit(&mut b).unwrap();
+            let f = EthernetFrame::new_checked(&b[..r.buffer_len()]).unwrap();
+            proptest::prop_assert_eq!(EthernetRepr::parse(&f), r);
+        }
     }
 
     #[test]

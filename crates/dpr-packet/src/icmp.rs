@@ -327,3 +327,110 @@ pub fn emit_error(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use core::net::Ipv6Addr;
+
+    /// An echo request as ping sends it (id 0x1234, seq 1, 4 data bytes).
+    const ECHO: [u8; 12] = [
+        8, 0, 0x48, 0x2d, 0x12, 0x34, 0x00, 0x01, 0xde, 0xad, 0xbe, 0xef,
+    ];
+
+    #[test]
+    fn decode_echo() {
+        let p = Icmpv4Packet::new_checked(&ECHO[..]).unwrap();
+        assert_eq!((p.msg_type(), p.code(), p.rest()), (8, 0, 0x1234_0001));
+        assert_eq!(p.data(), &[0xde, 0xad, 0xbe, 0xef]);
+        assert!(p.verify_checksum());
+        let mut b = ECHO;
+        let mut q = Icmpv4Packet::new_checked(&mut b[..]).unwrap();
+        q.set_checksum(0);
+        q.fill_checksum();
+        assert_eq!(b, ECHO);
+        for n in 0..HEADER_LEN {
+            assert!(
+                Icmpv4Packet::new_checked(&ECHO[..n])
+                    .unwrap_err()
+                    .is_too_short()
+            );
+            assert!(
+                Icmpv6Packet::new_checked(&ECHO[..n])
+                    .unwrap_err()
+                    .is_too_short()
+            );
+        }
+    }
+
+    /// A hand-assembled ICMPv4 fragmentation-needed message quoting an IPv4
+    /// TCP header and the first eight bytes of TCP.
+    #[test]
+    fn decode_frag_needed_vector() {
+        let mut m = [
+            3, 4, 0, 0, 0, 0, 0x05, 0x78, // type 3 code 4, MTU 1400
+            0x45, 0, 0x05, 0xdc, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 10, 198, 18, 1, 1, 0x9c,
+            0x40, 0x00, 0x50, 0, 0, 0, 1,
+        ];
+        let c = checksum::checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        assert!(Icmpv4Packet::new_checked(&m[..]).unwrap().verify_checksum());
+        let e = parse_icmpv4_error(&m).unwrap();
+        assert_eq!(e.kind, IcmpErrorKind::FragmentationNeeded { mtu: 1400 });
+        assert_eq!(
+            std::format!("{}", e.quote.flow),
+            "tcp 198.18.0.10:40000 -> 198.18.1.1:80"
+        );
+        assert_eq!(e.quote.fragment, Fragment::Whole);
+        // Cut inside the quoted ports: too short, at the quote layer.
+        let e = parse_icmpv4_error(&m[..8 + 22]).unwrap_err();
+        assert_eq!((e.layer, e.kind), (Layer::IcmpQuote, ErrorKind::TooShort));
+        // A quote with a version nibble that is neither 4 nor 6.
+        let mut bad = m;
+        bad[8] = 0x55;
+        assert_eq!(
+            parse_icmpv4_error(&bad).unwrap_err().kind,
+            ErrorKind::Malformed(Malformed::Version)
+        );
+    }
+
+    #[test]
+    fn v6_checksum_covers_pseudo_header() {
+        let s: IpAddr = "2001:2::1".parse::<Ipv6Addr>().unwrap().into();
+        let d: IpAddr = "2001:2::2".parse::<Ipv6Addr>().unwrap().into();
+        let mut b = [128u8, 0, 0, 0, 0, 7, 0, 1];
+        let mut p = Icmpv6Packet::new_checked(&mut b[..]).unwrap();
+        p.fill_checksum(s, d);
+        assert!(p.verify_checksum(s, d));
+        assert!(!p.verify_checksum(d, d));
+        assert_eq!(
+            parse_icmpv6_error(&b).unwrap_err().kind,
+            ErrorKind::Malformed(Malformed::NotIcmpError)
+        );
+    }
+
+    #[test]
+    fn kinds_map_to_type_and_code() {
+        assert_eq!(
+            IcmpErrorKind::TimeExceeded { code: 1 }.v4_header(),
+            Some((11, 1, 0))
+        );
+        assert_eq!(
+            IcmpErrorKind::TimeExceeded { code: 0 }.v6_header(),
+            Some((3, 0, 0))
+        );
+        assert_eq!(
+            IcmpErrorKind::DestUnreachable { code: 4 }.v6_header(),
+            Some((1, 4, 0))
+        );
+        assert_eq!(
+            IcmpErrorKind::PacketTooBig { mtu: 1280 }.v6_header(),
+            Some((2, 0, 1280))
+        );
+        assert_eq!(
+            IcmpErrorKind::FragmentationNeeded { mtu: 9 }.v6_header(),
+            None
+        );
+    }
+}

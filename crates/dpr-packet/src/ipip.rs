@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Layer, Malformed, Result};
 use crate::ip::{Ecn, IpProtocol, IpVersion};
-use crate::ipv4::{self, Ipv4OptionsBuf, Ipv4Packet, Ipv4Repr};
+use crate::ipv4::{self, Ipv4Packet};
 use crate::ipv6::{self, Ipv6Packet, Ipv6Repr};
 use core::net::IpAddr;
 use core::ops::Range;
@@ -97,6 +97,7 @@ pub fn flow_label_from_hash(h: u64) -> u32 {
 /// Encapsulates the inner IP packet `buf[inner_start..]` in place: the outer
 /// header is written into `buf[inner_start - outer_len..inner_start]` and its
 /// start offset is returned. `buf` must end where the inner packet ends.
+#[inline]
 pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Result<usize> {
     let outer_len = p.outer_len();
     let Some(outer_start) = inner_start.checked_sub(outer_len) else {
@@ -130,7 +131,8 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
     let out = &mut buf[outer_start..inner_start];
     match (p.src, p.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            if inner_len > usize::from(u16::MAX) - OUTER_V4_LEN {
+            let total = inner_len + OUTER_V4_LEN;
+            if total > usize::from(u16::MAX) {
                 return Err(Error::malformed(
                     Layer::Tunnel,
                     inner_start,
@@ -142,21 +144,38 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
                 DfPolicy::Set => true,
                 DfPolicy::Clear => false,
             };
-            Ipv4Repr {
-                src,
-                dst,
-                protocol: proto,
-                payload_len: inner_len as u16,
-                ttl: p.ttl,
-                dscp: tos >> 2,
-                ecn,
-                ident: p.ident,
-                dont_frag,
-                more_frags: false,
-                frag_offset: 0,
-                options: Ipv4OptionsBuf::default(),
-            }
-            .emit(out)?;
+            // Written directly (not through Ipv4Repr): this is the per-packet
+            // hot path of a redirecting host.
+            let [t0, t1] = (total as u16).to_be_bytes();
+            let [i0, i1] = p.ident.to_be_bytes();
+            let [s0, s1, s2, s3] = src.octets();
+            let [d0, d1, d2, d3] = dst.octets();
+            let mut h: [u8; OUTER_V4_LEN] = [
+                0x45,
+                tos & !3 | ecn.bits(),
+                t0,
+                t1,
+                i0,
+                i1,
+                if dont_frag { 0x40 } else { 0 },
+                0,
+                p.ttl,
+                u8::from(proto),
+                0,
+                0,
+                s0,
+                s1,
+                s2,
+                s3,
+                d0,
+                d1,
+                d2,
+                d3,
+            ];
+            let c = crate::checksum::checksum_array(&h).to_be_bytes();
+            h[10] = c[0];
+            h[11] = c[1];
+            out.copy_from_slice(&h);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             if inner_len > usize::from(u16::MAX) {

@@ -39,6 +39,7 @@ pub struct Ipv4Packet<T> {
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Validates version, IHL and total length against the buffer.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         check_header(b, false)?;
@@ -56,6 +57,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()
     }
     /// Header length in bytes (IHL × 4).
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.b()[0] & 0x0f) * 4
     }
@@ -205,6 +207,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+#[inline]
 fn check_header(b: &[u8], truncated_ok: bool) -> Result<()> {
     if b.len() < MIN_HEADER_LEN {
         return Err(Error::too_short(Layer::Ipv4, b.len()));
@@ -335,7 +338,8 @@ impl core::fmt::Debug for Ipv4OptionsBuf {
     }
 }
 
-/// The owned form of an IPv4 header.
+/// The owned form of an IPv4 header. The reserved flag bit (RFC 3514) is
+/// not represented and is emitted as zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Ipv4Repr {
     /// Source address.
@@ -580,6 +584,18 @@ mod tests {
         p.payload_mut()[0] = 0;
         p.fill_checksum();
         assert!(p.verify_checksum());
+    }
+
+    #[test]
+    fn reserved_flag_is_not_represented() {
+        // Found by the `frame` fuzz target: flags byte 0xff.
+        let mut b = with_options();
+        b[6] = 0xff;
+        let p = Ipv4Packet::new_checked(&b[..]).unwrap();
+        assert!(p.dont_frag() && p.more_frags());
+        let mut out = [0u8; 24];
+        Ipv4Repr::parse(&p).emit(&mut out).unwrap();
+        assert_eq!(out[6], 0x7f);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub struct Ipv6Packet<T> {
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Validates the version and the payload length against the buffer.
     /// Jumbograms (payload length 0 with a hop-by-hop header) are refused.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         check_header(buffer.as_ref(), false)?;
         Ok(Self { buffer })
@@ -134,6 +135,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 }
 
+#[inline]
 fn check_header(b: &[u8], truncated_ok: bool) -> Result<()> {
     if b.len() < HEADER_LEN {
         return Err(Error::too_short(Layer::Ipv6, b.len()));

@@ -6,14 +6,14 @@
 //! flags. Nothing is copied and nothing is allocated.
 
 use crate::error::{Error, Layer, Malformed, Result};
-use crate::ethernet::{EtherType, EthernetFrame};
+use crate::ethernet::{self, EtherType, EthernetFrame};
 use crate::flow::FlowKey;
 use crate::ip::{IpProtocol, IpVersion};
 use crate::ipv4::Ipv4Packet;
 use crate::ipv6::{self, Ipv6Packet};
 use crate::tcp::{TcpFlags, TcpSegment};
 use crate::udp::UdpDatagram;
-use core::net::IpAddr;
+use core::net::{IpAddr, Ipv4Addr};
 
 /// Where a packet stands with respect to IP fragmentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,12 +56,29 @@ impl PacketMeta {
 
 /// Parses an Ethernet frame through to the transport header. A frame that
 /// is not IPv4 or IPv6 is `Malformed::EtherType` at the Ethernet layer.
+#[inline]
 pub fn parse_frame(frame: &[u8]) -> Result<PacketMeta> {
-    let eth = EthernetFrame::new_checked(frame)?;
-    let l3 = eth.header_len();
-    match eth.ethertype() {
-        EtherType::Ipv4 | EtherType::Ipv6 => {}
+    // Fast path: untagged IPv4 or IPv6, the common case on a service port.
+    let l3 = match frame.get(12..14) {
+        Some([0x08, 0x00] | [0x86, 0xdd]) => ethernet::HEADER_LEN,
         _ => {
+            let eth = EthernetFrame::new_checked(frame)?;
+            match eth.ethertype() {
+                EtherType::Ipv4 | EtherType::Ipv6 => eth.header_len(),
+                _ => {
+                    let at = eth.header_len() - 2;
+                    return Err(Error::malformed(Layer::Ethernet, at, Malformed::EtherType));
+                }
+            }
+        }
+    };
+    let expect_v4 = frame[l3 - 2] == 0x08;
+    let ip = &frame[l3..];
+    let mut m = match ip.first().map(|b| b >> 4) {
+        Some(4) if expect_v4 => parse_v4(ip),
+        Some(6) if !expect_v4 => parse_v6(ip),
+        None => Err(Error::too_short(Layer::Ipv4, 0)),
+        Some(_) => {
             return Err(Error::malformed(
                 Layer::Ethernet,
                 l3 - 2,
@@ -69,19 +86,7 @@ pub fn parse_frame(frame: &[u8]) -> Result<PacketMeta> {
             ));
         }
     }
-    let mut m = parse_ip(eth.payload()).map_err(|e| e.shifted(l3))?;
-    let expect = if eth.ethertype() == EtherType::Ipv4 {
-        IpVersion::V4
-    } else {
-        IpVersion::V6
-    };
-    if m.version != expect {
-        return Err(Error::malformed(
-            Layer::Ethernet,
-            l3 - 2,
-            Malformed::EtherType,
-        ));
-    }
+    .map_err(|e| e.shifted(l3))?;
     m.l3_offset += l3 as u16;
     m.l4_offset += l3 as u16;
     Ok(m)
@@ -89,6 +94,7 @@ pub fn parse_frame(frame: &[u8]) -> Result<PacketMeta> {
 
 /// Parses an IP packet (the buffer starts at the IP header; it may be longer
 /// than the packet) through to the transport header.
+#[inline]
 pub fn parse_ip(packet: &[u8]) -> Result<PacketMeta> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => parse_v4(packet),
@@ -98,33 +104,40 @@ pub fn parse_ip(packet: &[u8]) -> Result<PacketMeta> {
     }
 }
 
+#[inline]
 fn parse_v4(packet: &[u8]) -> Result<PacketMeta> {
-    let ip = Ipv4Packet::new_checked(packet)?;
-    let fragment = match (ip.frag_offset(), ip.more_frags()) {
+    // Validate once with the checked view, then read from a fixed-size
+    // array so the field reads need no bounds checks.
+    let hl = Ipv4Packet::new_checked(packet)?.header_len();
+    let Some(h) = packet.first_chunk::<20>() else {
+        return Err(Error::too_short(Layer::Ipv4, packet.len()));
+    };
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let fragment = match (frag & 0x1fff, frag & 0x2000 != 0) {
         (0, false) => Fragment::Whole,
         (0, true) => Fragment::First,
         _ => Fragment::Later,
     };
-    let hl = ip.header_len();
-    let end = usize::from(ip.total_len());
-    let l4 = &packet[hl..end];
+    let total = u16::from_be_bytes([h[2], h[3]]);
+    let protocol = IpProtocol::from(h[9]);
+    let l4 = &packet[hl..usize::from(total)];
     let (src_port, dst_port, tcp_flags) =
-        transport(ip.protocol(), l4, fragment).map_err(|e| e.shifted(hl))?;
+        transport(protocol, l4, fragment).map_err(|e| e.shifted(hl))?;
     Ok(PacketMeta {
         l3_offset: 0,
         l4_offset: hl as u16,
-        l3_len: ip.total_len(),
+        l3_len: total,
         version: IpVersion::V4,
         flow: FlowKey {
-            src: IpAddr::V4(ip.src()),
-            dst: IpAddr::V4(ip.dst()),
+            src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+            dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
             src_port,
             dst_port,
-            protocol: ip.protocol(),
+            protocol,
         },
         fragment,
         tcp_flags,
-        ttl: ip.ttl(),
+        ttl: h[8],
     })
 }
 
@@ -163,6 +176,7 @@ fn parse_v6(packet: &[u8]) -> Result<PacketMeta> {
 
 /// Ports and TCP flags. A first fragment must carry the whole TCP header (or
 /// the UDP header): one that does not is the RFC 1858 tiny-fragment attack.
+#[inline]
 fn transport(p: IpProtocol, l4: &[u8], frag: Fragment) -> Result<(u16, u16, TcpFlags)> {
     if frag == Fragment::Later {
         return Ok((0, 0, TcpFlags::default()));
@@ -176,8 +190,17 @@ fn transport(p: IpProtocol, l4: &[u8], frag: Fragment) -> Result<(u16, u16, TcpF
     };
     match p {
         IpProtocol::Tcp => {
-            let t = TcpSegment::new_checked(l4).map_err(tiny)?;
-            Ok((t.src_port(), t.dst_port(), t.flags()))
+            let hl = TcpSegment::new_checked(l4).map_err(tiny)?.header_len();
+            debug_assert!(hl >= 20);
+            let Some(t) = l4.first_chunk::<20>() else {
+                return Err(Error::too_short(Layer::Tcp, l4.len()));
+            };
+            let flags = TcpFlags(u16::from_be_bytes([t[12], t[13]]) & 0x01ff);
+            Ok((
+                u16::from_be_bytes([t[0], t[1]]),
+                u16::from_be_bytes([t[2], t[3]]),
+                flags,
+            ))
         }
         IpProtocol::Udp if frag == Fragment::First => {
             if l4.len() < crate::udp::HEADER_LEN {

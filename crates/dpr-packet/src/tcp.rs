@@ -260,6 +260,7 @@ pub struct TcpSegment<T> {
 
 impl<T: AsRef<[u8]>> TcpSegment<T> {
     /// Validates the data offset against the buffer.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < MIN_HEADER_LEN {
@@ -295,6 +296,7 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
         u32_at(self.b(), 8)
     }
     /// Header length (data offset × 4).
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.b()[12] >> 4) * 4
     }

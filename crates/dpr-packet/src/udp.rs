@@ -19,6 +19,7 @@ pub struct UdpDatagram<T> {
 
 impl<T: AsRef<[u8]>> UdpDatagram<T> {
     /// Validates the length field against the buffer.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
