@@ -75,6 +75,8 @@ impl fmt::Display for FlowKey {
         match self.protocol {
             IpProtocol::Tcp => f.write_str("tcp ")?,
             IpProtocol::Udp => f.write_str("udp ")?,
+            IpProtocol::Icmp => f.write_str("icmp ")?,
+            IpProtocol::Icmpv6 => f.write_str("icmpv6 ")?,
             other => write!(f, "proto {} ", u8::from(other))?,
         }
         ep(f, self.src, self.src_port)?;

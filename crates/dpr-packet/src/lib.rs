@@ -22,6 +22,38 @@
 //!   ICMP error ► icmp::parse_icmpv4_error / parse_icmpv6_error ──► quoted FlowKey
 //! ```
 //!
+//! # Example: what a redirecting host does to a frame
+//!
+//! ```
+//! use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
+//! use dpr_packet::{parse_frame, rewrite};
+//! use std::net::Ipv4Addr;
+//!
+//! /// Turns a received frame into an IP-in-IP packet for `peer`, in place.
+//! /// `buf` holds 20 bytes of headroom, then the frame; returns the outer packet.
+//! fn redirect(buf: &mut [u8], me: Ipv4Addr, peer: Ipv4Addr) -> Result<&[u8], dpr_packet::Error> {
+//!     let m = parse_frame(&buf[20..])?; // one pass: FlowKey, offsets, flags
+//!     let ip = 20 + m.l3_range().start..20 + m.l3_range().end;
+//!     rewrite::clamp_mss(&mut buf[ip.clone()], 1440)?; // SYNs fit the tunnel
+//!     // Drop the Ethernet header: the outer header goes just before the IP packet.
+//!     let p = EncapParams::new(me.into(), peer.into());
+//!     let start = ipip::encapsulate(&mut buf[..ip.end], ip.start, &p)?;
+//!     Ok(&buf[start..ip.end])
+//! }
+//!
+//! // A SYN from 198.18.0.10:40000 to 198.18.1.1:80 with MSS 1460, after 20 bytes of headroom.
+//! let mut buf = vec![0u8; 20];
+//! buf.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+//! buf.extend_from_slice(&[0x45, 0, 0, 44, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 10, 198, 18, 1, 1]);
+//! buf.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+//! buf.extend_from_slice(&[2, 4, 0x05, 0xb4]);
+//! let outer = redirect(&mut buf, Ipv4Addr::new(198, 19, 0, 1), Ipv4Addr::new(198, 19, 0, 2))?;
+//! let d = ipip::decapsulate(outer, ChecksumCheck::Verify)?;
+//! assert_eq!(d.outer_dst, Ipv4Addr::new(198, 19, 0, 2));
+//! assert_eq!(dpr_packet::parse_ip(&outer[d.inner])?.flow.to_string(), "tcp 198.18.0.10:40000 -> 198.18.1.1:80");
+//! # Ok::<(), dpr_packet::Error>(())
+//! ```
+//!
 //! Views follow one pattern: `Xxx::new_checked(buffer)` validates every
 //! length once, after which no accessor can panic; setters exist where the
 //! buffer is mutable; `XxxRepr::{parse, emit, buffer_len}` is the owned form.

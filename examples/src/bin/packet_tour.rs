@@ -16,7 +16,7 @@ use dpr_packet::icmp;
 use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
 use dpr_packet::rewrite::{self, mss_for_mtu};
 use dpr_packet::tcp::MssClamp;
-use dpr_packet::{Fragment, IpProtocol, IpVersion, parse_frame};
+use dpr_packet::{ErrorKind, Fragment, IpProtocol, IpVersion, Malformed, parse_frame};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -54,6 +54,16 @@ fn run(input: &str, output: &str) -> Result<(), String> {
     for (i, frame) in frames.iter().enumerate() {
         let m = match parse_frame(frame) {
             Ok(m) => m,
+            Err(e) if e.kind == ErrorKind::Malformed(Malformed::EtherType) => {
+                let t = frame
+                    .get(12..14)
+                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                println!("{i:>4}  not IP (EtherType {t:#06x}): passed to the kernel");
+                *drops
+                    .entry(format!("not IP, EtherType {t:#06x}"))
+                    .or_default() += 1;
+                continue;
+            }
             Err(e) => {
                 println!("{i:>4}  not routed: {e}");
                 *drops
@@ -122,7 +132,7 @@ fn run(input: &str, output: &str) -> Result<(), String> {
     std::fs::write(output, &out).map_err(|e| format!("{output}: {e}"))?;
     println!();
     println!(
-        "{} frames: {encapsulated} TCP packets encapsulated ({clamped} SYN MSS clamped), {} not routed",
+        "{} frames: {encapsulated} TCP packets encapsulated ({clamped} SYN MSS clamped), {} not routed:",
         frames.len(),
         drops.values().sum::<usize>()
     );
