@@ -14,7 +14,7 @@ use crate::ip::IpProtocol;
 use crate::ipv4::Ipv4Packet;
 use crate::ipv6::{self, Ipv6Packet};
 use crate::parse::Fragment;
-use crate::tcp::pseudo_header;
+use crate::tcp::transport_checksum;
 use core::net::IpAddr;
 
 /// Length of the ICMP header (type, code, checksum, four bytes of rest).
@@ -97,18 +97,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
 impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
     /// True when the checksum (with the IPv6 pseudo-header) verifies.
     pub fn verify_checksum(&self, src: IpAddr, dst: IpAddr) -> bool {
-        let b = self.buffer.as_ref();
-        let ph = pseudo_header(src, dst, IpProtocol::Icmpv6, b.len());
-        checksum::fold(checksum::combine(ph, checksum::sum(b))) == 0
+        transport_checksum(src, dst, IpProtocol::Icmpv6, self.buffer.as_ref()) == 0
     }
 }
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
     /// Computes and stores the checksum (with the IPv6 pseudo-header).
     pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
         self.set_checksum(0);
-        let b = self.buffer.as_ref();
-        let ph = pseudo_header(src, dst, IpProtocol::Icmpv6, b.len());
-        let c = checksum::fold(checksum::combine(ph, checksum::sum(b)));
+        let c = transport_checksum(src, dst, IpProtocol::Icmpv6, self.buffer.as_ref());
         self.set_checksum(c);
     }
 }

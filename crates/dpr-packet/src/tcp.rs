@@ -340,8 +340,7 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
     /// True when the checksum verifies over this segment (whose length is the
     /// whole buffer) with the given pseudo-header addresses.
     pub fn verify_checksum(&self, src: IpAddr, dst: IpAddr) -> bool {
-        let ph = pseudo_header(src, dst, IpProtocol::Tcp, self.b().len());
-        checksum::fold(checksum::combine(ph, checksum::sum(self.b()))) == 0
+        transport_checksum(src, dst, IpProtocol::Tcp, self.b()) == 0
     }
     /// The underlying buffer.
     pub fn into_inner(self) -> T {
@@ -368,8 +367,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpSegment<T> {
     /// Computes and stores the checksum for this segment (the whole buffer).
     pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
         self.set_checksum(0);
-        let ph = pseudo_header(src, dst, IpProtocol::Tcp, self.b().len());
-        let c = checksum::fold(checksum::combine(ph, checksum::sum(self.b())));
+        let c = transport_checksum(src, dst, IpProtocol::Tcp, self.b());
         self.set_checksum(c);
     }
     /// The payload, mutable.
@@ -418,6 +416,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpSegment<T> {
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The checksum of a transport segment or ICMPv6 message `data` (its own
+/// checksum field included as it stands) under the pseudo-header of `src`,
+/// `dst` and `protocol`: 0 when a filled-in checksum verifies; the value to
+/// store when the field was zeroed first.
+#[inline]
+pub fn transport_checksum(src: IpAddr, dst: IpAddr, protocol: IpProtocol, data: &[u8]) -> u16 {
+    let ph = pseudo_header(src, dst, protocol, data.len());
+    checksum::fold(checksum::combine(ph, checksum::sum(data)))
 }
 
 /// The pseudo-header partial sum for a transport segment of `len` bytes.

@@ -1,10 +1,9 @@
 //! UDP headers.
 
-use crate::checksum;
 use crate::error::{Error, Layer, Malformed, Result};
 use crate::ethernet::be16;
 use crate::ip::IpProtocol;
-use crate::tcp::pseudo_header;
+use crate::tcp::transport_checksum;
 use core::net::IpAddr;
 
 /// Length of the UDP header.
@@ -67,8 +66,7 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
             return matches!(src, IpAddr::V4(_));
         }
         let l = usize::from(self.len());
-        let ph = pseudo_header(src, dst, IpProtocol::Udp, l);
-        checksum::fold(checksum::combine(ph, checksum::sum(&self.b()[..l]))) == 0
+        transport_checksum(src, dst, IpProtocol::Udp, &self.b()[..l]) == 0
     }
 }
 
@@ -77,8 +75,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
     pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
         self.buffer.as_mut()[6..8].copy_from_slice(&[0, 0]);
         let l = usize::from(self.len());
-        let ph = pseudo_header(src, dst, IpProtocol::Udp, l);
-        let mut c = checksum::fold(checksum::combine(ph, checksum::sum(&self.b()[..l])));
+        let mut c = transport_checksum(src, dst, IpProtocol::Udp, &self.b()[..l]);
         if c == 0 {
             c = 0xffff;
         }
