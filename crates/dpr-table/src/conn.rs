@@ -1,0 +1,951 @@
+//! The bounded connection routing table.
+//!
+//! Layout (see `docs/architecture.md` in NOTES): an entry slab of
+//! `capacity` fixed-size entries, allocated once, with an intrusive doubly
+//! linked LRU list of `u32` indices threaded through it, and an
+//! open-addressing index (linear probing, backward-shift deletion, load at
+//! most 3/4) of `u32` slots. Each slot holds the entry number in its low
+//! bits and a tag taken from the flow hash in the remaining high bits, so a
+//! probe rarely touches an entry whose key does not match.
+//!
+//! Expiry follows the `now` passed in: a lookup that finds an idle entry
+//! removes it, and every mutating call advances a sweep cursor over a
+//! bounded number of entries (`sweep_per_call`).
+
+use crate::error::{Result, TableError};
+use crate::key::{TableKey, V4Key};
+use crate::load::PeerId;
+use crate::time::{Timestamp, duration_nanos};
+use core::time::Duration;
+use dpr_packet::tcp::TcpFlags;
+use dpr_packet::{FlowHasher, FlowKey, IpProtocol};
+
+/// Where a connection's packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Served by this host.
+    Local,
+    /// Redirected to a peer over IP-in-IP.
+    Peer(PeerId),
+}
+
+/// TCP progress of a connection, as far as the router can see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnState {
+    /// The SYN was seen and routed; the handshake is not complete.
+    SynSeen,
+    /// The handshake completed (or the flow is not TCP).
+    Established,
+    /// A FIN was seen in one direction.
+    Closing,
+    /// FINs were seen in both directions; the entry lives out its grace time.
+    Closed,
+}
+
+/// The direction of a packet relative to the connection's opening SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to server: the direction of the SYN, and of the table key.
+    Original,
+    /// Server to client: the caller looked up with the key reversed.
+    Reply,
+}
+
+/// Configuration of a [`ConnTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnTableConfig {
+    /// Maximum number of entries (1 ..= 2^30). At capacity an insert evicts
+    /// the least recently used entry.
+    pub capacity: u32,
+    /// Idle timeout of a connection whose handshake has not completed.
+    pub half_open_timeout: Duration,
+    /// Idle timeout of an established connection.
+    pub established_timeout: Duration,
+    /// Idle timeout after a FIN in one direction only.
+    pub closing_timeout: Duration,
+    /// Grace time after FINs in both directions, counted from the second FIN.
+    pub fin_grace: Duration,
+    /// Entries the incremental sweep examines per mutating call (0: only
+    /// explicit [`ConnTable::sweep`] calls and lazy expiry remove entries).
+    pub sweep_per_call: u32,
+}
+
+impl Default for ConnTableConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1 << 20,
+            half_open_timeout: Duration::from_secs(10),
+            established_timeout: Duration::from_secs(600),
+            closing_timeout: Duration::from_secs(60),
+            fin_grace: Duration::from_secs(4),
+            sweep_per_call: 4,
+        }
+    }
+}
+
+/// Largest supported capacity.
+pub const MAX_CAPACITY: u32 = 1 << 30;
+
+impl ConnTableConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason| Err(TableError::InvalidConfig { field, reason });
+        if self.capacity == 0 {
+            return bad("capacity", "must be at least 1");
+        }
+        if self.capacity > MAX_CAPACITY {
+            return bad("capacity", "must be at most 2^30");
+        }
+        for (field, d) in [
+            ("half_open_timeout", self.half_open_timeout),
+            ("established_timeout", self.established_timeout),
+            ("closing_timeout", self.closing_timeout),
+            ("fin_grace", self.fin_grace),
+        ] {
+            if d.is_zero() {
+                return bad(field, "must be greater than zero");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A public copy of one table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// The connection, in its original (client to server) direction.
+    pub key: FlowKey,
+    /// Where its packets go.
+    pub route: Route,
+    /// TCP progress.
+    pub state: ConnState,
+    /// The last packet (or, once `Closed`, the second FIN).
+    pub last_seen: Timestamp,
+    /// Packets counted (saturating).
+    pub packets: u32,
+    /// Bytes counted (saturating).
+    pub bytes: u64,
+}
+
+/// What [`ConnTable::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// A new entry; `evicted` is the LRU entry removed to make room.
+    Inserted {
+        /// The flow evicted at capacity, if any.
+        evicted: Option<FlowKey>,
+    },
+    /// A live entry for the flow existed (a retransmitted SYN); it keeps
+    /// its route, returned here, and was not changed.
+    Existing(Route),
+}
+
+/// Packets [`ConnTable::on_packet_batch`] warms together.
+pub const BATCH: usize = 32;
+
+/// One packet for [`ConnTable::on_packet_batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// The flow in its original direction.
+    pub flow: FlowKey,
+    /// Which way the packet travels.
+    pub dir: Direction,
+    /// TCP flags (empty for other protocols).
+    pub flags: TcpFlags,
+    /// Length counted in the entry's bytes.
+    pub len: u32,
+}
+
+/// What [`ConnTable::on_packet`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketOutcome {
+    /// No live entry: a new connection (route it and insert) or a stray.
+    Unknown,
+    /// Forward along this route; the entry was updated.
+    Forward(Route),
+    /// An RST: forward along this route; the entry was removed.
+    ForwardAndRemoved(Route),
+}
+
+/// Counters of a table's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Entries created.
+    pub inserted: u64,
+    /// Entries evicted at capacity (LRU).
+    pub evicted: u64,
+    /// Entries removed because idle or past their FIN grace.
+    pub expired: u64,
+    /// Entries removed by an RST.
+    pub reset: u64,
+    /// Entries removed by [`ConnTable::remove`].
+    pub removed: u64,
+}
+
+const NIL: u32 = u32::MAX;
+const ST_FREE: u8 = 0;
+const ST_SYN: u8 = 1;
+const ST_EST: u8 = 2;
+const ST_CLOSING: u8 = 3;
+const ST_CLOSED: u8 = 4;
+const ST_MASK: u8 = 0x07;
+const FIN_ORIG: u8 = 0x08;
+const FIN_REPLY: u8 = 0x10;
+const LOCAL: u8 = 0x80;
+
+/// One stored entry. For `V4Key` this is 48 bytes: the compiler orders
+/// fields by alignment and the 13-byte key fills the tail.
+#[derive(Clone, Copy, Debug)]
+struct Slot<K> {
+    last_seen: u64,
+    bytes: u64,
+    packets: u32,
+    prev: u32,
+    next: u32,
+    /// Low 32 bits of the flow hash: the home position in the index.
+    hash: u32,
+    peer: u16,
+    /// `ST_*` in the low bits, plus `FIN_*` and `LOCAL`.
+    state: u8,
+    key: K,
+}
+
+impl<K: TableKey> Slot<K> {
+    fn route(&self) -> Route {
+        if self.state & LOCAL != 0 {
+            Route::Local
+        } else {
+            Route::Peer(PeerId(self.peer))
+        }
+    }
+
+    fn conn_state(&self) -> ConnState {
+        match self.state & ST_MASK {
+            ST_SYN => ConnState::SynSeen,
+            ST_CLOSING => ConnState::Closing,
+            ST_CLOSED => ConnState::Closed,
+            _ => ConnState::Established,
+        }
+    }
+
+    fn public(&self) -> ConnEntry {
+        ConnEntry {
+            key: self.key.to_flow(),
+            route: self.route(),
+            state: self.conn_state(),
+            last_seen: Timestamp(self.last_seen),
+            packets: self.packets,
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// Timeouts in nanoseconds, indexed by `ST_*`.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts([u64; 5]);
+
+/// A bounded, LRU-evicting map from flow to route and TCP state.
+///
+/// One table is owned by one data-path worker (`&mut self` everywhere, no
+/// locks); see [`crate::shard`] for steering flows to workers.
+#[derive(Clone, Debug)]
+pub struct ConnTable<K: TableKey = V4Key> {
+    entries: Vec<Slot<K>>,
+    index: Vec<u32>,
+    index_mask: usize,
+    idx_bits: u32,
+    idx_mask: u32,
+    capacity: u32,
+    len: u32,
+    head: u32,
+    tail: u32,
+    free: u32,
+    sweep_pos: u32,
+    sweep_per_call: u32,
+    timeouts: Timeouts,
+    hasher: FlowHasher,
+    stats: TableStats,
+}
+
+impl<K: TableKey> ConnTable<K> {
+    /// An empty table. Allocates the slab and the index for the full
+    /// capacity now, so memory never grows afterwards.
+    pub fn new(config: ConnTableConfig, hasher: FlowHasher) -> Result<Self> {
+        config.validate()?;
+        let capacity = config.capacity;
+        let want = (u64::from(capacity) * 4).div_ceil(3).max(2);
+        let index_len = want.next_power_of_two() as usize;
+        let idx_bits = 32 - capacity.leading_zeros();
+        let mut timeouts = [0u64; 5];
+        timeouts[usize::from(ST_SYN)] = duration_nanos(config.half_open_timeout);
+        timeouts[usize::from(ST_EST)] = duration_nanos(config.established_timeout);
+        timeouts[usize::from(ST_CLOSING)] = duration_nanos(config.closing_timeout);
+        timeouts[usize::from(ST_CLOSED)] = duration_nanos(config.fin_grace);
+        Ok(Self {
+            entries: Vec::with_capacity(capacity as usize),
+            index: vec![0; index_len],
+            index_mask: index_len - 1,
+            idx_bits,
+            idx_mask: (1u32 << idx_bits) - 1,
+            capacity,
+            len: 0,
+            head: NIL,
+            tail: NIL,
+            free: NIL,
+            sweep_pos: 0,
+            sweep_per_call: config.sweep_per_call,
+            timeouts: Timeouts(timeouts),
+            hasher,
+            stats: TableStats::default(),
+        })
+    }
+
+    /// Live entries (some may be idle past their timeout until swept).
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when the table holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The configured capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Lifetime counters.
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// Bytes allocated by the table's slab and index (not the struct).
+    pub fn allocated_bytes(&self) -> usize {
+        self.entries.capacity() * core::mem::size_of::<Slot<K>>()
+            + self.index.capacity() * core::mem::size_of::<u32>()
+    }
+
+    /// Size of one stored entry in bytes.
+    pub const fn entry_size() -> usize {
+        core::mem::size_of::<Slot<K>>()
+    }
+
+    #[inline]
+    fn tag(&self, h: u64) -> u32 {
+        // High half of the hash; the index position uses the low half.
+        ((h >> 32) as u32) >> self.idx_bits << self.idx_bits
+    }
+
+    #[inline]
+    fn find(&self, h: u64, key: &K) -> Option<(usize, u32)> {
+        let tag = self.tag(h);
+        let mut pos = (h as usize) & self.index_mask;
+        loop {
+            let s = self.index[pos];
+            if s == 0 {
+                return None;
+            }
+            if s & !self.idx_mask == tag {
+                let e = (s & self.idx_mask) - 1;
+                if self.entries[e as usize].key == *key {
+                    return Some((pos, e));
+                }
+            }
+            pos = (pos + 1) & self.index_mask;
+        }
+    }
+
+    fn index_insert(&mut self, h: u64, e: u32) {
+        let v = self.tag(h) | (e + 1);
+        let mut pos = (h as usize) & self.index_mask;
+        while self.index[pos] != 0 {
+            pos = (pos + 1) & self.index_mask;
+        }
+        self.index[pos] = v;
+    }
+
+    /// Backward-shift deletion: no tombstones, probe sequences stay short.
+    fn index_remove(&mut self, hole: usize) {
+        let mask = self.index_mask;
+        let mut i = hole;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.index[j];
+            if s == 0 {
+                break;
+            }
+            let e = (s & self.idx_mask) - 1;
+            let home = self.entries[e as usize].hash as usize & mask;
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.index[i] = s;
+                i = j;
+            }
+        }
+        self.index[i] = 0;
+    }
+
+    fn lru_unlink(&mut self, e: u32) {
+        let (prev, next) = {
+            let s = &self.entries[e as usize];
+            (s.prev, s.next)
+        };
+        if prev == NIL {
+            self.head = next
+        } else {
+            self.entries[prev as usize].next = next
+        }
+        if next == NIL {
+            self.tail = prev
+        } else {
+            self.entries[next as usize].prev = prev
+        }
+    }
+
+    fn lru_push_front(&mut self, e: u32) {
+        let old = self.head;
+        {
+            let s = &mut self.entries[e as usize];
+            s.prev = NIL;
+            s.next = old;
+        }
+        if old == NIL {
+            self.tail = e
+        } else {
+            self.entries[old as usize].prev = e
+        }
+        self.head = e;
+    }
+
+    #[inline]
+    fn touch(&mut self, e: u32) {
+        if self.head != e {
+            self.lru_unlink(e);
+            self.lru_push_front(e);
+        }
+    }
+
+    #[inline]
+    fn is_expired(&self, e: u32, now: u64) -> bool {
+        let s = &self.entries[e as usize];
+        now.saturating_sub(s.last_seen) >= self.timeouts.0[usize::from(s.state & ST_MASK)]
+    }
+
+    /// Removes entry `e` found at index position `pos`.
+    fn remove_at(&mut self, pos: usize, e: u32) -> Slot<K> {
+        self.index_remove(pos);
+        self.lru_unlink(e);
+        let slot = self.entries[e as usize];
+        let s = &mut self.entries[e as usize];
+        s.state = ST_FREE;
+        s.next = self.free;
+        self.free = e;
+        self.len -= 1;
+        slot
+    }
+
+    /// Removes entry `e` by its stored hash (locates its index slot).
+    fn remove_entry(&mut self, e: u32) -> Slot<K> {
+        let mask = self.index_mask;
+        let mut pos = self.entries[e as usize].hash as usize & mask;
+        while self.index[pos] & self.idx_mask != e + 1 {
+            pos = (pos + 1) & mask;
+        }
+        self.remove_at(pos, e)
+    }
+
+    /// Examines up to `budget` entries from the sweep cursor and removes
+    /// the expired ones; returns how many were removed.
+    pub fn sweep(&mut self, now: Timestamp, budget: usize) -> usize {
+        let n = self.entries.len() as u32;
+        if n == 0 {
+            return 0;
+        }
+        let mut removed = 0;
+        for _ in 0..budget.min(n as usize) {
+            let e = if self.sweep_pos >= n {
+                0
+            } else {
+                self.sweep_pos
+            };
+            self.sweep_pos = e + 1;
+            if self.entries[e as usize].state != ST_FREE && self.is_expired(e, now.0) {
+                self.remove_entry(e);
+                self.stats.expired += 1;
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// The live entry for `flow` (the key as stored: original direction),
+    /// removing it instead if it is idle past its timeout. Does not count
+    /// as activity: LRU order and `last_seen` are unchanged.
+    pub fn lookup(&mut self, flow: &FlowKey, now: Timestamp) -> Option<ConnEntry> {
+        let key = K::from_flow(flow)?;
+        let h = self.hasher.hash(flow);
+        let (pos, e) = self.find(h, &key)?;
+        if self.is_expired(e, now.0) {
+            self.remove_at(pos, e);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some(self.entries[e as usize].public())
+    }
+
+    /// The route of the live entry for `flow`: [`lookup`](Self::lookup)
+    /// without building a [`ConnEntry`] (the data-path form).
+    #[inline]
+    pub fn lookup_route(&mut self, flow: &FlowKey, now: Timestamp) -> Option<Route> {
+        let key = K::from_flow(flow)?;
+        let h = self.hasher.hash(flow);
+        let (pos, e) = self.find(h, &key)?;
+        if self.is_expired(e, now.0) {
+            self.remove_at(pos, e);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some(self.entries[e as usize].route())
+    }
+
+    /// A copy of the entry for `flow` without expiry or any change.
+    pub fn get(&self, flow: &FlowKey) -> Option<ConnEntry> {
+        let key = K::from_flow(flow)?;
+        let (_, e) = self.find(self.hasher.hash(flow), &key)?;
+        Some(self.entries[e as usize].public())
+    }
+
+    /// The data-path call for every packet of a known connection. `flow` is
+    /// the key in the original direction (the caller reverses reply
+    /// packets and says so in `dir`); `flags` are the TCP flags (empty for
+    /// other protocols), `len` the packet length counted in `bytes`.
+    pub fn on_packet(
+        &mut self,
+        flow: &FlowKey,
+        dir: Direction,
+        flags: TcpFlags,
+        len: u32,
+        now: Timestamp,
+    ) -> PacketOutcome {
+        self.sweep_some(now);
+        let Some(key) = K::from_flow(flow) else {
+            return PacketOutcome::Unknown;
+        };
+        let h = self.hasher.hash(flow);
+        let Some((pos, e)) = self.find(h, &key) else {
+            return PacketOutcome::Unknown;
+        };
+        if self.is_expired(e, now.0) {
+            self.remove_at(pos, e);
+            self.stats.expired += 1;
+            return PacketOutcome::Unknown;
+        }
+        if flags.contains(TcpFlags::RST) {
+            let route = self.remove_at(pos, e).route();
+            self.stats.reset += 1;
+            return PacketOutcome::ForwardAndRemoved(route);
+        }
+        let s = &mut self.entries[e as usize];
+        s.packets = s.packets.saturating_add(1);
+        s.bytes = s.bytes.saturating_add(u64::from(len));
+        let mut st = s.state & ST_MASK;
+        if st == ST_SYN
+            && ((dir == Direction::Original && flags.contains(TcpFlags::ACK))
+                || (dir == Direction::Reply && flags.is_syn_ack()))
+        {
+            st = ST_EST;
+        }
+        if flags.contains(TcpFlags::FIN) {
+            s.state |= if dir == Direction::Original {
+                FIN_ORIG
+            } else {
+                FIN_REPLY
+            };
+            if st != ST_CLOSED {
+                st = if s.state & (FIN_ORIG | FIN_REPLY) == FIN_ORIG | FIN_REPLY {
+                    ST_CLOSED
+                } else {
+                    ST_CLOSING
+                };
+                // The grace time counts from the second FIN.
+                s.last_seen = now.0;
+            }
+        } else if st != ST_CLOSED {
+            s.last_seen = now.0;
+        }
+        s.state = (s.state & !ST_MASK) | st;
+        let route = s.route();
+        self.touch(e);
+        PacketOutcome::Forward(route)
+    }
+
+    /// [`on_packet`](Self::on_packet) for a burst of packets, in order,
+    /// with the same results, appended to `out`. Before processing each
+    /// group of [`BATCH`] packets it loads the index slot, the entry and the
+    /// entry's LRU neighbours of every packet in the group, independently of
+    /// one another, so their cache misses overlap instead of queueing: on a
+    /// table much larger than the cache this is where the time goes.
+    pub fn on_packet_batch(
+        &mut self,
+        packets: &[PacketInfo],
+        now: Timestamp,
+        out: &mut Vec<PacketOutcome>,
+    ) {
+        for group in packets.chunks(BATCH) {
+            self.warm(group.iter().map(|p| &p.flow));
+            for p in group {
+                out.push(self.on_packet(&p.flow, p.dir, p.flags, p.len, now));
+            }
+        }
+    }
+
+    /// Touches the memory that lookups of `flows` (at most [`BATCH`] are
+    /// used) will read, in three rounds of independent loads.
+    pub fn warm<'a>(&self, flows: impl Iterator<Item = &'a FlowKey>) {
+        let mut slot = [NIL; BATCH];
+        let mut n = 0;
+        for f in flows.take(BATCH) {
+            let h = self.hasher.hash(f);
+            let s = self.index[(h as usize) & self.index_mask];
+            slot[n] = if s == 0 { NIL } else { (s & self.idx_mask) - 1 };
+            n += 1;
+        }
+        let mut prev = [NIL; BATCH];
+        let mut next = [NIL; BATCH];
+        let mut acc = 0u64;
+        for i in 0..n {
+            if let Some(e) = self.entries.get(slot[i] as usize) {
+                prev[i] = e.prev;
+                next[i] = e.next;
+                acc ^= e.last_seen;
+            }
+        }
+        for i in 0..n {
+            if let Some(e) = self.entries.get(prev[i] as usize) {
+                acc ^= u64::from(e.next);
+            }
+            if let Some(e) = self.entries.get(next[i] as usize) {
+                acc ^= u64::from(e.prev);
+            }
+        }
+        core::hint::black_box(acc);
+    }
+
+    fn sweep_some(&mut self, now: Timestamp) {
+        if self.sweep_per_call > 0 {
+            self.sweep(now, self.sweep_per_call as usize);
+        }
+    }
+
+    /// Records the routing decision for a new connection (on its SYN).
+    /// TCP entries start in `SynSeen`, other protocols in `Established`.
+    /// At capacity the least recently used entry is evicted first.
+    pub fn insert(
+        &mut self,
+        flow: &FlowKey,
+        route: Route,
+        now: Timestamp,
+    ) -> Result<InsertOutcome> {
+        self.sweep_some(now);
+        let key = K::from_flow(flow).ok_or(TableError::UnsupportedKey)?;
+        let h = self.hasher.hash(flow);
+        if let Some((pos, e)) = self.find(h, &key) {
+            if !self.is_expired(e, now.0) && self.entries[e as usize].state & ST_MASK != ST_CLOSED {
+                self.touch(e);
+                return Ok(InsertOutcome::Existing(self.entries[e as usize].route()));
+            }
+            // An expired entry, or a new connection reusing a closed tuple.
+            self.remove_at(pos, e);
+            self.stats.expired += 1;
+        }
+        let state = if flow.protocol == IpProtocol::Tcp {
+            ST_SYN
+        } else {
+            ST_EST
+        };
+        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0);
+        Ok(InsertOutcome::Inserted { evicted })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_new(
+        &mut self,
+        h: u64,
+        key: K,
+        route: Route,
+        state: u8,
+        last_seen: u64,
+        packets: u32,
+        bytes: u64,
+    ) -> Option<FlowKey> {
+        let mut evicted = None;
+        if self.len == self.capacity {
+            let victim = self.tail;
+            evicted = Some(self.remove_entry(victim).key.to_flow());
+            self.stats.evicted += 1;
+        }
+        let (peer, local) = match route {
+            Route::Local => (0, LOCAL),
+            Route::Peer(PeerId(p)) => (p, 0),
+        };
+        let slot = Slot {
+            last_seen,
+            bytes,
+            packets,
+            prev: NIL,
+            next: NIL,
+            hash: h as u32,
+            peer,
+            state: state | local,
+            key,
+        };
+        let e = if self.free != NIL {
+            let e = self.free;
+            self.free = self.entries[e as usize].next;
+            self.entries[e as usize] = slot;
+            e
+        } else {
+            self.entries.push(slot);
+            (self.entries.len() - 1) as u32
+        };
+        self.index_insert(h, e);
+        self.lru_push_front(e);
+        self.len += 1;
+        self.stats.inserted += 1;
+        evicted
+    }
+
+    /// Removes the entry for `flow`, returning it.
+    pub fn remove(&mut self, flow: &FlowKey) -> Option<ConnEntry> {
+        let key = K::from_flow(flow)?;
+        let (pos, e) = self.find(self.hasher.hash(flow), &key)?;
+        self.stats.removed += 1;
+        Some(self.remove_at(pos, e).public())
+    }
+
+    /// Entries from most to least recently used.
+    pub fn iter(&self) -> impl Iterator<Item = ConnEntry> + '_ {
+        let mut e = self.head;
+        core::iter::from_fn(move || {
+            if e == NIL {
+                return None;
+            }
+            let s = &self.entries[e as usize];
+            e = s.next;
+            Some(s.public())
+        })
+    }
+
+    /// The flow that the next eviction would remove.
+    pub fn lru(&self) -> Option<FlowKey> {
+        (self.tail != NIL).then(|| self.entries[self.tail as usize].key.to_flow())
+    }
+
+    /// Appends the compact export of every entry to `out`, oldest first.
+    /// Times are stored as ages relative to `now`, so an import on a host
+    /// whose clock restarted keeps the idle times. Format: `b"DPRC"`,
+    /// version 1, entry count (u32 LE), then per entry: family byte
+    /// (bit 0 source IPv6, bit 1 destination IPv6), protocol, source and
+    /// destination address (4 or 16 bytes each), ports (u16 BE each), state
+    /// byte, peer (u16 LE), age in ns (u64 LE), packets (u32 LE), bytes
+    /// (u64 LE): 37 bytes for an IPv4 entry.
+    pub fn export(&self, now: Timestamp, out: &mut Vec<u8>) {
+        write_export_header(self.len, out);
+        self.export_records(now, out);
+    }
+
+    /// The records of [`export`](Self::export) without the header.
+    pub(crate) fn export_records(&self, now: Timestamp, out: &mut Vec<u8>) {
+        let mut e = self.tail;
+        while e != NIL {
+            let s = &self.entries[e as usize];
+            let flow = s.key.to_flow();
+            let fam = u8::from(!matches!(flow.src, core::net::IpAddr::V4(_)))
+                | u8::from(!matches!(flow.dst, core::net::IpAddr::V4(_))) << 1;
+            out.push(fam);
+            out.push(u8::from(flow.protocol));
+            for a in [flow.src, flow.dst] {
+                match a {
+                    core::net::IpAddr::V4(v) => out.extend_from_slice(&v.octets()),
+                    core::net::IpAddr::V6(v) => out.extend_from_slice(&v.octets()),
+                }
+            }
+            out.extend_from_slice(&flow.src_port.to_be_bytes());
+            out.extend_from_slice(&flow.dst_port.to_be_bytes());
+            out.push(s.state);
+            out.extend_from_slice(&s.peer.to_le_bytes());
+            out.extend_from_slice(&now.0.saturating_sub(s.last_seen).to_le_bytes());
+            out.extend_from_slice(&s.packets.to_le_bytes());
+            out.extend_from_slice(&s.bytes.to_le_bytes());
+            e = s.prev;
+        }
+    }
+
+    /// Inserts every entry of an [`export`](Self::export) blob, oldest
+    /// first, so LRU order is kept; `last_seen` becomes `now - age`.
+    /// Existing entries for the same flows are replaced; at capacity the
+    /// usual LRU eviction applies. The blob is checked completely before
+    /// anything is inserted. Returns the number of entries imported.
+    pub fn import(&mut self, bytes: &[u8], now: Timestamp) -> Result<usize> {
+        let records = parse_export(bytes)?;
+        check_records::<K>(&records)?;
+        for r in &records {
+            self.import_record(r, now);
+        }
+        Ok(records.len())
+    }
+
+    /// Inserts one checked record (replacing any entry of the same flow).
+    pub(crate) fn import_record(&mut self, r: &Record, now: Timestamp) {
+        if let Some(key) = K::from_flow(&r.flow) {
+            let h = self.hasher.hash(&r.flow);
+            if let Some((pos, e)) = self.find(h, &key) {
+                self.remove_at(pos, e);
+            }
+            let route = if r.state & LOCAL != 0 {
+                Route::Local
+            } else {
+                Route::Peer(PeerId(r.peer))
+            };
+            let state = r.state & !LOCAL;
+            let last_seen = now.0.saturating_sub(r.age);
+            self.insert_new(h, key, route, state, last_seen, r.packets, r.bytes);
+        }
+    }
+
+    /// Checks the internal invariants (tests only): index and LRU list agree
+    /// with the entry count, every index slot finds its entry.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut n = 0u32;
+        let mut prev = NIL;
+        let mut e = self.head;
+        while e != NIL {
+            let s = &self.entries[e as usize];
+            assert_ne!(s.state & ST_MASK, ST_FREE);
+            assert_eq!(s.prev, prev);
+            let flow = s.key.to_flow();
+            assert_eq!(
+                self.find(self.hasher.hash(&flow), &s.key).map(|x| x.1),
+                Some(e)
+            );
+            prev = e;
+            e = s.next;
+            n += 1;
+        }
+        assert_eq!(prev, self.tail);
+        assert_eq!(n, self.len);
+        assert!(self.len <= self.capacity);
+        assert_eq!(
+            self.index.iter().filter(|&&s| s != 0).count(),
+            self.len as usize
+        );
+    }
+}
+
+const EXPORT_MAGIC: &[u8; 4] = b"DPRC";
+const EXPORT_VERSION: u8 = 1;
+
+/// Writes the export header for `count` records.
+pub(crate) fn write_export_header(count: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(EXPORT_MAGIC);
+    out.push(EXPORT_VERSION);
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+/// Fails unless every record's flow fits the key form `K`.
+pub(crate) fn check_records<K: TableKey>(records: &[Record]) -> Result<()> {
+    if records.iter().all(|r| K::from_flow(&r.flow).is_some()) {
+        Ok(())
+    } else {
+        Err(TableError::UnsupportedKey)
+    }
+}
+
+/// One parsed export record.
+pub(crate) struct Record {
+    pub(crate) flow: FlowKey,
+    state: u8,
+    peer: u16,
+    age: u64,
+    packets: u32,
+    bytes: u64,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let end = self.pos.checked_add(N).filter(|&e| e <= self.buf.len());
+        let Some(end) = end else {
+            return Err(TableError::MalformedExport { offset: self.pos });
+        };
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.buf[self.pos..end]);
+        self.pos = end;
+        Ok(a)
+    }
+
+    fn addr(&mut self, v6: bool) -> Result<core::net::IpAddr> {
+        Ok(if v6 {
+            core::net::Ipv6Addr::from(self.take::<16>()?).into()
+        } else {
+            core::net::Ipv4Addr::from(self.take::<4>()?).into()
+        })
+    }
+}
+
+pub(crate) fn parse_export(bytes: &[u8]) -> Result<Vec<Record>> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    if &r.take::<4>()? != EXPORT_MAGIC {
+        return Err(TableError::MalformedExport { offset: 0 });
+    }
+    if r.take::<1>()?[0] != EXPORT_VERSION {
+        return Err(TableError::MalformedExport { offset: 4 });
+    }
+    let count = u32::from_le_bytes(r.take::<4>()?) as usize;
+    // Every record is at least 37 bytes: reject absurd counts before allocating.
+    if count > bytes.len() / 37 {
+        return Err(TableError::MalformedExport { offset: 5 });
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = r.pos;
+        let [fam] = r.take::<1>()?;
+        if fam > 3 {
+            return Err(TableError::MalformedExport { offset: start });
+        }
+        let [proto] = r.take::<1>()?;
+        let src = r.addr(fam & 1 != 0)?;
+        let dst = r.addr(fam & 2 != 0)?;
+        let sp = u16::from_be_bytes(r.take()?);
+        let dp = u16::from_be_bytes(r.take()?);
+        let state_pos = r.pos;
+        let [state] = r.take::<1>()?;
+        let st = state & ST_MASK;
+        if !(ST_SYN..=ST_CLOSED).contains(&st) || state & 0x60 != 0 {
+            return Err(TableError::MalformedExport { offset: state_pos });
+        }
+        out.push(Record {
+            flow: FlowKey::new(IpProtocol::from(proto), src, sp, dst, dp),
+            state,
+            peer: u16::from_le_bytes(r.take()?),
+            age: u64::from_le_bytes(r.take()?),
+            packets: u32::from_le_bytes(r.take()?),
+            bytes: u64::from_le_bytes(r.take()?),
+        });
+    }
+    if r.pos != bytes.len() {
+        return Err(TableError::MalformedExport { offset: r.pos });
+    }
+    Ok(out)
+}

@@ -1,0 +1,690 @@
+//! Unit and property tests of the connection and load tables.
+
+use crate::*;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use core::time::Duration;
+use dpr_packet::tcp::TcpFlags;
+use dpr_packet::{FlowHasher, FlowKey, IpProtocol};
+use proptest::prelude::*;
+use std::collections::VecDeque;
+
+fn flow(n: u32) -> FlowKey {
+    FlowKey::new(
+        IpProtocol::Tcp,
+        IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 | (n >> 16))),
+        n as u16,
+        Ipv4Addr::new(198, 18, 1, 1).into(),
+        443,
+    )
+}
+
+fn cfg(capacity: u32) -> ConnTableConfig {
+    ConnTableConfig {
+        capacity,
+        half_open_timeout: Duration::from_nanos(100),
+        established_timeout: Duration::from_nanos(1000),
+        closing_timeout: Duration::from_nanos(500),
+        fin_grace: Duration::from_nanos(50),
+        sweep_per_call: 0,
+    }
+}
+
+fn no_expiry(capacity: u32) -> ConnTableConfig {
+    ConnTableConfig {
+        capacity,
+        sweep_per_call: 2,
+        ..ConnTableConfig::default()
+    }
+}
+
+const ACK: TcpFlags = TcpFlags::ACK;
+
+#[test]
+fn bad_config_names_the_field() {
+    let e = |c: ConnTableConfig| match c.validate() {
+        Err(TableError::InvalidConfig { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        e(ConnTableConfig {
+            capacity: 0,
+            ..cfg(1)
+        }),
+        "capacity"
+    );
+    assert_eq!(
+        e(ConnTableConfig {
+            capacity: u32::MAX,
+            ..cfg(1)
+        }),
+        "capacity"
+    );
+    assert_eq!(
+        e(ConnTableConfig {
+            fin_grace: Duration::ZERO,
+            ..cfg(1)
+        }),
+        "fin_grace"
+    );
+    assert_eq!(
+        e(ConnTableConfig {
+            half_open_timeout: Duration::ZERO,
+            ..cfg(1)
+        }),
+        "half_open_timeout"
+    );
+    assert!(
+        ConnTable::<V4Key>::new(
+            ConnTableConfig {
+                capacity: 0,
+                ..cfg(1)
+            },
+            FlowHasher::new(0)
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn lifecycle_syn_established_fin_fin_grace() {
+    let mut t = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(1)).unwrap();
+    let f = flow(1);
+    let r = Route::Peer(PeerId(7));
+    assert_eq!(
+        t.on_packet(&f, Direction::Original, TcpFlags::SYN, 60, Timestamp(0)),
+        PacketOutcome::Unknown
+    );
+    assert_eq!(
+        t.insert(&f, r, Timestamp(0)).unwrap(),
+        InsertOutcome::Inserted { evicted: None }
+    );
+    assert_eq!(
+        t.insert(&f, Route::Local, Timestamp(1)).unwrap(),
+        InsertOutcome::Existing(r)
+    );
+    assert_eq!(t.get(&f).unwrap().state, ConnState::SynSeen);
+    assert_eq!(
+        t.on_packet(&f, Direction::Original, ACK, 40, Timestamp(10)),
+        PacketOutcome::Forward(r)
+    );
+    assert_eq!(t.get(&f).unwrap().state, ConnState::Established);
+    t.on_packet(
+        &f,
+        Direction::Original,
+        ACK | TcpFlags::FIN,
+        40,
+        Timestamp(20),
+    );
+    assert_eq!(t.get(&f).unwrap().state, ConnState::Closing);
+    t.on_packet(&f, Direction::Reply, ACK | TcpFlags::FIN, 40, Timestamp(30));
+    let e = t.get(&f).unwrap();
+    assert_eq!(
+        (e.state, e.last_seen, e.packets, e.bytes),
+        (ConnState::Closed, Timestamp(30), 3, 120)
+    );
+    // The last ACK does not extend the grace time.
+    t.on_packet(&f, Direction::Original, ACK, 40, Timestamp(70));
+    assert!(t.lookup(&f, Timestamp(79)).is_some());
+    assert_eq!(t.lookup_route(&f, Timestamp(79)), Some(r));
+    assert!(t.lookup(&f, Timestamp(80)).is_none());
+    assert_eq!(t.stats().expired, 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn rst_removes_and_udp_starts_established() {
+    let mut t = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(1)).unwrap();
+    let f = flow(2);
+    t.insert(&f, Route::Local, Timestamp(0)).unwrap();
+    assert_eq!(
+        t.on_packet(&f, Direction::Reply, TcpFlags::RST, 40, Timestamp(1)),
+        PacketOutcome::ForwardAndRemoved(Route::Local)
+    );
+    assert_eq!(t.stats().reset, 1);
+    assert!(t.get(&f).is_none());
+    let mut u = flow(3);
+    u.protocol = IpProtocol::Udp;
+    t.insert(&u, Route::Local, Timestamp(0)).unwrap();
+    assert_eq!(t.get(&u).unwrap().state, ConnState::Established);
+    assert_eq!(t.remove(&u).unwrap().key, u);
+    assert_eq!(t.stats().removed, 1);
+}
+
+#[test]
+fn v6_flow_in_v4_table_is_refused_and_wide_table_takes_it() {
+    let f = FlowKey::new(
+        IpProtocol::Tcp,
+        Ipv6Addr::LOCALHOST.into(),
+        1,
+        Ipv6Addr::LOCALHOST.into(),
+        2,
+    );
+    let mut t = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(1)).unwrap();
+    assert_eq!(
+        t.insert(&f, Route::Local, Timestamp(0)),
+        Err(TableError::UnsupportedKey)
+    );
+    assert_eq!(
+        t.on_packet(&f, Direction::Original, ACK, 1, Timestamp(0)),
+        PacketOutcome::Unknown
+    );
+    let mut w = ConnTable::<WideKey>::new(cfg(8), FlowHasher::new(1)).unwrap();
+    w.insert(&f, Route::Local, Timestamp(0)).unwrap();
+    assert_eq!(w.get(&f).unwrap().key, f);
+}
+
+#[test]
+fn sweep_is_bounded_and_eventually_complete() {
+    let mut t = ConnTable::<V4Key>::new(cfg(1000), FlowHasher::new(3)).unwrap();
+    for i in 0..1000 {
+        t.insert(&flow(i), Route::Local, Timestamp(0)).unwrap();
+    }
+    let mut total = 0;
+    for _ in 0..100 {
+        let n = t.sweep(Timestamp(100), 10);
+        assert!(n <= 10);
+        total += n;
+    }
+    assert_eq!(total, 1000);
+    assert!(t.is_empty());
+    t.check_invariants();
+}
+
+#[test]
+fn incremental_sweep_runs_on_mutating_calls() {
+    let mut t = ConnTable::<V4Key>::new(
+        ConnTableConfig {
+            sweep_per_call: 4,
+            ..cfg(100)
+        },
+        FlowHasher::new(3),
+    )
+    .unwrap();
+    for i in 0..100 {
+        t.insert(&flow(i), Route::Local, Timestamp(0)).unwrap();
+    }
+    for i in 1000..1025 {
+        t.on_packet(&flow(i), Direction::Original, ACK, 1, Timestamp(1_000));
+    }
+    assert_eq!(t.len(), 0);
+}
+
+#[test]
+fn bytes_per_entry_at_one_million() {
+    let t = ConnTable::<V4Key>::new(no_expiry(1_000_000), FlowHasher::new(0)).unwrap();
+    let per = t.allocated_bytes() as f64 / t.capacity() as f64;
+    println!(
+        "V4Key: entry {} bytes, {per:.2} bytes/entry including index at capacity 1,000,000",
+        ConnTable::<V4Key>::entry_size()
+    );
+    assert_eq!(ConnTable::<V4Key>::entry_size(), 48);
+    assert!(per <= 64.0, "{per}");
+    let w = ConnTable::<WideKey>::new(no_expiry(1_000_000), FlowHasher::new(0)).unwrap();
+    println!(
+        "WideKey: entry {} bytes, {:.2} bytes/entry",
+        ConnTable::<WideKey>::entry_size(),
+        w.allocated_bytes() as f64 / 1e6
+    );
+    // Worst case of index rounding: capacity just above a power of two * 3/4.
+    for cap in [1u32, 2, 3, 97, 786_433, 1 << 20] {
+        let t = ConnTable::<V4Key>::new(no_expiry(cap), FlowHasher::new(0)).unwrap();
+        if cap >= 64 {
+            assert!(
+                t.allocated_bytes() as f64 / f64::from(cap) <= 64.0,
+                "cap {cap}"
+            );
+        }
+    }
+}
+
+#[test]
+fn export_import_keeps_order_ages_and_counts() {
+    let mut t = ConnTable::<WideKey>::new(no_expiry(16), FlowHasher::new(9)).unwrap();
+    let v6 = FlowKey::new(
+        IpProtocol::Udp,
+        Ipv6Addr::LOCALHOST.into(),
+        5,
+        Ipv4Addr::LOCALHOST.into(),
+        6,
+    );
+    t.insert(&flow(1), Route::Peer(PeerId(3)), Timestamp(1_000))
+        .unwrap();
+    t.insert(&v6, Route::Local, Timestamp(2_000)).unwrap();
+    t.on_packet(
+        &flow(1),
+        Direction::Original,
+        ACK | TcpFlags::FIN,
+        99,
+        Timestamp(3_000),
+    );
+    let mut blob = Vec::new();
+    t.export(Timestamp(5_000), &mut blob);
+    let mut u = ConnTable::<WideKey>::new(no_expiry(16), FlowHasher::new(1)).unwrap();
+    assert_eq!(u.import(&blob, Timestamp(100_000)).unwrap(), 2);
+    let a: Vec<_> = t.iter().collect();
+    let b: Vec<_> = u.iter().collect();
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.key, x.route, x.state, x.packets, x.bytes),
+            (y.key, y.route, y.state, y.packets, y.bytes)
+        );
+        assert_eq!(y.last_seen.0 - x.last_seen.0, 95_000);
+    }
+    u.check_invariants();
+    // Every truncation is an error, never a panic.
+    for n in 0..blob.len() {
+        assert!(u.import(&blob[..n], Timestamp(0)).is_err());
+    }
+    let mut v4only = ConnTable::<V4Key>::new(no_expiry(16), FlowHasher::new(1)).unwrap();
+    assert_eq!(
+        v4only.import(&blob, Timestamp(0)),
+        Err(TableError::UnsupportedKey)
+    );
+    assert!(v4only.is_empty());
+}
+
+#[test]
+fn batch_equals_one_by_one() {
+    let mut a = ConnTable::<V4Key>::new(cfg(64), FlowHasher::new(4)).unwrap();
+    for i in 0..64 {
+        a.insert(&flow(i), Route::Peer(PeerId(i as u16)), Timestamp(0))
+            .unwrap();
+    }
+    let mut b = a.clone();
+    let flags = [ACK, TcpFlags::RST, ACK | TcpFlags::FIN, TcpFlags::FIN];
+    let pkts: Vec<PacketInfo> = (0..100u32)
+        .map(|i| PacketInfo {
+            flow: flow(i * 7 % 80),
+            dir: if i % 3 == 0 {
+                Direction::Reply
+            } else {
+                Direction::Original
+            },
+            flags: flags[(i % 4) as usize],
+            len: i,
+        })
+        .collect();
+    let mut out = Vec::new();
+    a.on_packet_batch(&pkts, Timestamp(20), &mut out);
+    let one: Vec<_> = pkts
+        .iter()
+        .map(|p| b.on_packet(&p.flow, p.dir, p.flags, p.len, Timestamp(20)))
+        .collect();
+    assert_eq!(out, one);
+    assert_eq!(a.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>());
+    a.check_invariants();
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u32),
+    Packet(u32),
+    Remove(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u32..48).prop_map(Op::Insert),
+        2 => (0u32..48).prop_map(Op::Packet),
+        1 => (0u32..48).prop_map(Op::Remove),
+    ]
+}
+
+proptest! {
+    /// Against a model deque (front = most recent): the table never holds
+    /// more than its capacity, evicts exactly the model's LRU entry, and
+    /// iterates in exactly the model's order.
+    #[test]
+    fn capacity_and_lru_order_match_model(cap in 1u32..12, ops in prop::collection::vec(op(), 1..200)) {
+        let mut t = ConnTable::<V4Key>::new(no_expiry(cap), FlowHasher::new(u64::from(cap))).unwrap();
+        let mut model: VecDeque<u32> = VecDeque::new();
+        let now = Timestamp(1);
+        for op in ops {
+            match op {
+                Op::Insert(k) => {
+                    let out = t.insert(&flow(k), Route::Local, now).unwrap();
+                    if let Some(p) = model.iter().position(|&x| x == k) {
+                        prop_assert!(matches!(out, InsertOutcome::Existing(_)));
+                        model.remove(p);
+                    } else {
+                        let expect = if model.len() == cap as usize { model.pop_back().map(flow) } else { None };
+                        prop_assert_eq!(out, InsertOutcome::Inserted { evicted: expect });
+                    }
+                    model.push_front(k);
+                }
+                Op::Packet(k) => {
+                    let out = t.on_packet(&flow(k), Direction::Original, ACK, 1, now);
+                    if let Some(p) = model.iter().position(|&x| x == k) {
+                        prop_assert_eq!(out, PacketOutcome::Forward(Route::Local));
+                        model.remove(p);
+                        model.push_front(k);
+                    } else {
+                        prop_assert_eq!(out, PacketOutcome::Unknown);
+                    }
+                }
+                Op::Remove(k) => {
+                    let had = model.iter().position(|&x| x == k);
+                    prop_assert_eq!(t.remove(&flow(k)).is_some(), had.is_some());
+                    if let Some(p) = had { model.remove(p); }
+                }
+            }
+            prop_assert!(t.len() <= cap as usize);
+            let order: Vec<FlowKey> = t.iter().map(|e| e.key).collect();
+            let want: Vec<FlowKey> = model.iter().map(|&k| flow(k)).collect();
+            prop_assert_eq!(order, want);
+            prop_assert_eq!(t.lru(), model.back().map(|&k| flow(k)));
+            t.check_invariants();
+        }
+    }
+
+    /// An entry idle for exactly its state's timeout minus 1 ns is alive;
+    /// at exactly the timeout it is gone. Holds for each state.
+    #[test]
+    fn expiry_exact_at_boundaries(
+        t0 in 0u64..1_000_000_000,
+        timeouts in prop::array::uniform4(1u64..1_000_000),
+        state in 0usize..4,
+        alive in any::<bool>(),
+    ) {
+        let c = ConnTableConfig {
+            capacity: 4,
+            half_open_timeout: Duration::from_nanos(timeouts[0]),
+            established_timeout: Duration::from_nanos(timeouts[1]),
+            closing_timeout: Duration::from_nanos(timeouts[2]),
+            fin_grace: Duration::from_nanos(timeouts[3]),
+            sweep_per_call: 1,
+        };
+        let mut t = ConnTable::<V4Key>::new(c, FlowHasher::new(t0)).unwrap();
+        let f = flow(5);
+        t.insert(&f, Route::Local, Timestamp(t0)).unwrap();
+        let steps: &[(Direction, TcpFlags)] = match state {
+            0 => &[],
+            1 => &[(Direction::Original, ACK)],
+            2 => &[(Direction::Original, ACK), (Direction::Original, TcpFlags::FIN)],
+            _ => &[(Direction::Original, ACK), (Direction::Original, TcpFlags::FIN), (Direction::Reply, TcpFlags::FIN)],
+        };
+        for &(d, fl) in steps {
+            prop_assert_eq!(t.on_packet(&f, d, fl, 1, Timestamp(t0)), PacketOutcome::Forward(Route::Local));
+        }
+        let want = [ConnState::SynSeen, ConnState::Established, ConnState::Closing, ConnState::Closed][state];
+        prop_assert_eq!(t.get(&f).unwrap().state, want);
+        let at = t0 + timeouts[state] - u64::from(alive);
+        prop_assert_eq!(t.lookup(&f, Timestamp(at)).is_some(), alive);
+        // The sweep agrees with lazy expiry at the same instant.
+        let mut u = ConnTable::<V4Key>::new(c, FlowHasher::new(t0)).unwrap();
+        u.insert(&f, Route::Local, Timestamp(t0)).unwrap();
+        for &(d, fl) in steps { u.on_packet(&f, d, fl, 1, Timestamp(t0)); }
+        prop_assert_eq!(u.sweep(Timestamp(at), 4), usize::from(!alive));
+    }
+
+    /// Arbitrary bytes never panic the importer and never break the table.
+    #[test]
+    fn import_of_garbage_is_an_error_or_consistent(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mut t = ConnTable::<WideKey>::new(no_expiry(4), FlowHasher::new(0)).unwrap();
+        let mut blob = b"DPRC\x01".to_vec();
+        blob.extend_from_slice(&bytes);
+        let _ = t.import(&blob, Timestamp(0));
+        let _ = t.import(&bytes, Timestamp(0));
+        t.check_invariants();
+    }
+}
+
+// ---------------------------------------------------------------- LoadTable
+
+fn lt() -> LoadTable {
+    let c = LoadTableConfig {
+        report_interval: Duration::from_nanos(100),
+        ..LoadTableConfig::default()
+    };
+    LoadTable::new(c, PeerId(0), Capacity::default()).unwrap()
+}
+
+fn report(seq: u64, conns: u32, cpu: f32) -> LoadReport {
+    LoadReport {
+        seq,
+        figures: LoadFigures {
+            open_connections: conns,
+            ..LoadFigures::default()
+        },
+        capacity: Capacity { cpu, memory: 1.0 },
+        draining: false,
+    }
+}
+
+fn addr(i: u16) -> IpAddr {
+    Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8).into()
+}
+
+#[test]
+fn load_config_errors_name_the_field() {
+    let field = |c: LoadTableConfig| match c.validate() {
+        Err(TableError::InvalidConfig { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    let d = LoadTableConfig::default();
+    assert_eq!(
+        field(LoadTableConfig {
+            report_interval: Duration::ZERO,
+            ..d
+        }),
+        "report_interval"
+    );
+    assert_eq!(
+        field(LoadTableConfig {
+            dead_after_missed: 1,
+            ..d
+        }),
+        "dead_after_missed"
+    );
+    let w = MetricWeights {
+        open_connections: f64::NAN,
+        cpu_utilisation: 1.0,
+        redirected_connections: 0.0,
+        active_sockets: 0.0,
+    };
+    assert_eq!(
+        field(LoadTableConfig {
+            metric: LoadMetric::Weighted(w),
+            ..d
+        }),
+        "metric.open_connections"
+    );
+    let w = MetricWeights {
+        open_connections: 1.0,
+        cpu_utilisation: -1.0,
+        ..w
+    };
+    assert_eq!(
+        field(LoadTableConfig {
+            metric: LoadMetric::Weighted(w),
+            ..d
+        }),
+        "metric.cpu_utilisation"
+    );
+    assert_eq!(
+        field(LoadTableConfig {
+            capacity_weights: CapacityWeights {
+                cpu: 0.0,
+                memory: 0.0
+            },
+            ..d
+        }),
+        "capacity_weights"
+    );
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![], Timestamp(0))
+        .unwrap();
+    assert_eq!(
+        t.apply_report(PeerId(1), &report(1, 1, f32::NAN), Timestamp(0)),
+        Err(TableError::InvalidReport {
+            field: "capacity.cpu"
+        })
+    );
+    assert_eq!(
+        t.apply_report(
+            PeerId(1),
+            &LoadReport {
+                capacity: Capacity {
+                    cpu: 0.0,
+                    memory: 0.0
+                },
+                ..report(1, 1, 1.0)
+            },
+            Timestamp(0)
+        ),
+        Err(TableError::InvalidReport { field: "capacity" })
+    );
+    assert_eq!(
+        t.add_peer(PeerId(1), addr(1), vec![], Timestamp(0)),
+        Err(TableError::DuplicatePeer(1))
+    );
+    assert_eq!(
+        t.add_peer(PeerId(0), addr(1), vec![], Timestamp(0)),
+        Err(TableError::DuplicatePeer(0))
+    );
+    assert_eq!(
+        t.record_redirect(PeerId(9)),
+        Err(TableError::UnknownPeer(9))
+    );
+}
+
+#[test]
+fn peer_states_follow_missed_intervals() {
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![addr(100)], Timestamp(0))
+        .unwrap();
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    assert_eq!(
+        t.apply_report(PeerId(1), &report(5, 10, 1.0), Timestamp(1_000))
+            .unwrap(),
+        ReportOutcome::Applied
+    );
+    assert_eq!(
+        t.apply_report(PeerId(1), &report(5, 10, 1.0), Timestamp(1_001))
+            .unwrap(),
+        ReportOutcome::Stale
+    );
+    assert!(t.is_eligible(PeerId(1)));
+    // Interval 100 ns, suspect after 2 missed, dead after 4.
+    assert_eq!(t.refresh(Timestamp(1_199)), 0);
+    assert_eq!(t.refresh(Timestamp(1_200)), 1);
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    t.refresh(Timestamp(1_399));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    t.refresh(Timestamp(1_400));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Dead);
+    assert_eq!(t.least_loaded_peer(), None);
+    // A dead peer that restarted (sequence from 0) is accepted.
+    assert_eq!(
+        t.apply_report(PeerId(1), &report(0, 1, 1.0), Timestamp(2_000))
+            .unwrap(),
+        ReportOutcome::Applied
+    );
+    assert_eq!(t.least_loaded_peer(), Some((PeerId(1), 1.0)));
+    t.mark_draining(PeerId(1)).unwrap();
+    t.apply_report(PeerId(1), &report(1, 1, 1.0), Timestamp(2_050))
+        .unwrap();
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Draining);
+    assert_eq!(t.least_loaded_peer(), None);
+    t.mark_left(PeerId(1)).unwrap();
+    assert_eq!(
+        t.apply_report(PeerId(1), &report(9, 1, 1.0), Timestamp(2_060))
+            .unwrap(),
+        ReportOutcome::PeerLeft
+    );
+    t.add_peer(PeerId(1), addr(1), vec![], Timestamp(3_000))
+        .unwrap();
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+}
+
+#[test]
+fn optimistic_accounting_until_next_report() {
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![], Timestamp(0))
+        .unwrap();
+    t.apply_report(PeerId(1), &report(1, 10, 2.0), Timestamp(0))
+        .unwrap();
+    assert_eq!(t.host_load(HostRef::Peer(PeerId(1))), 5.0);
+    for _ in 0..4 {
+        t.record_redirect(PeerId(1)).unwrap();
+    }
+    assert_eq!(t.host_load(HostRef::Peer(PeerId(1))), 7.0);
+    t.apply_report(PeerId(1), &report(2, 10, 2.0), Timestamp(50))
+        .unwrap();
+    assert_eq!(t.host_load(HostRef::Peer(PeerId(1))), 5.0);
+    t.set_local(
+        LoadFigures {
+            open_connections: 3,
+            ..LoadFigures::default()
+        },
+        Capacity::default(),
+    )
+    .unwrap();
+    assert_eq!(t.local_load(), 3.0);
+}
+
+#[test]
+fn sampling_is_weighted_by_capacity() {
+    let mut t = lt();
+    for i in 1..=3u16 {
+        t.add_peer(PeerId(i), addr(i), vec![], Timestamp(0))
+            .unwrap();
+        t.apply_report(PeerId(i), &report(1, 0, f32::from(i)), Timestamp(0))
+            .unwrap();
+    }
+    t.mark_draining(PeerId(2)).unwrap();
+    // Weights: local 1, peer1 1, peer2 0 (draining), peer3 3 → total 5.
+    assert_eq!(t.total_weight(), 5000);
+    let mut counts = [0u32; 4];
+    let n = 100_000u64;
+    for i in 0..n {
+        let r = i.wrapping_mul(u64::MAX / n);
+        match t.sample_host(r) {
+            HostRef::Local => counts[0] += 1,
+            HostRef::Peer(PeerId(p)) => counts[usize::from(p)] += 1,
+        }
+    }
+    assert_eq!(counts[2], 0);
+    for (i, want) in [(0, 0.2), (1, 0.2), (3, 0.6)] {
+        let got = f64::from(counts[i]) / n as f64;
+        assert!((got - want).abs() < 0.01, "host {i}: {got}");
+    }
+}
+
+fn arb_state() -> impl Strategy<Value = u8> {
+    0u8..5
+}
+
+proptest! {
+    /// The indices agree with a brute-force scan and never name an
+    /// ineligible peer, through any mix of reports and state changes.
+    #[test]
+    fn indices_match_brute_force(peers in prop::collection::vec((0u32..1000, 1u8..8, arb_state(), 0u8..4), 1..40), samples in prop::collection::vec(any::<u64>(), 20)) {
+        let mut t = lt();
+        for (i, &(load, cap, state, pending)) in peers.iter().enumerate() {
+            let id = PeerId(i as u16 + 1);
+            t.add_peer(id, addr(id.0), vec![], Timestamp(0)).unwrap();
+            if state != 1 {
+                t.apply_report(id, &report(1, load, f32::from(cap)), Timestamp(0)).unwrap();
+            }
+            for _ in 0..pending { t.record_redirect(id).unwrap(); }
+            match state {
+                2 => { t.mark_draining(id).unwrap(); }
+                3 => { t.mark_left(id).unwrap(); }
+                4 => { t.refresh(Timestamp(1_000_000)); t.apply_report(id, &report(2, load, f32::from(cap)), Timestamp(1_000_000)).unwrap(); }
+                _ => {}
+            }
+        }
+        let brute = t.peers().iter().filter(|p| p.state == PeerState::Alive)
+            .map(|p| (p.load(), p.id))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        prop_assert_eq!(t.least_loaded_peer().map(|x| x.1), brute.map(|x| x.0));
+        if let Some((id, _)) = t.least_loaded_peer() { prop_assert!(t.is_eligible(id)); }
+        for r in samples {
+            if let HostRef::Peer(id) = t.sample_host(r) { prop_assert!(t.is_eligible(id)); }
+        }
+        let total: u64 = (0..t.host_count()).map(|i| t.host_weight(i).unwrap().1).sum();
+        prop_assert_eq!(total, t.total_weight());
+    }
+}
