@@ -1,0 +1,132 @@
+//! Engine configuration, validated field by field.
+
+use dpr_table::ConnTableConfig;
+use std::fmt;
+use std::net::IpAddr;
+
+/// What happens to a packet of a connection whose peer is dead (or gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeadPeerAction {
+    /// Answer the client with a TCP RST so it fails fast and retries.
+    #[default]
+    Reset,
+    /// Drop the packet silently (the client times out).
+    Drop,
+}
+
+/// Everything the engine needs to know about this host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// This host's tunnel address: outer source of IP-in-IP it sends, outer
+    /// destination of IP-in-IP it accepts. Unique per host, not a service address.
+    pub tunnel_addr: IpAddr,
+    /// The service addresses this host routes for (its RR-DNS address, or a
+    /// shared VIP). IPv4 and IPv6 may be mixed.
+    pub service_addrs: Vec<IpAddr>,
+    /// The TCP service ports.
+    pub service_ports: Vec<u16>,
+    /// Path MTU between hosts. With `clamp_mss`, SYN and SYN-ACK segments
+    /// that cross the tunnel get an MSS that makes full segments fit it.
+    pub tunnel_mtu: u16,
+    /// Rewrite the MSS of SYN / SYN-ACK packets that cross the tunnel.
+    pub clamp_mss: bool,
+    /// Outer TTL / hop limit of IP-in-IP packets.
+    pub outer_ttl: u8,
+    /// What to do with packets of connections routed to a dead peer.
+    pub dead_peer: DeadPeerAction,
+    /// Verify the outer IPv4 header checksum of IP-in-IP packets (turn off
+    /// when the NIC verified it).
+    pub verify_tunnel_checksum: bool,
+    /// The table of connections this host routes (local or redirected).
+    pub routes: ConnTableConfig,
+    /// The table of connections this host serves for peers (arrived in IP-in-IP).
+    pub served: ConnTableConfig,
+    /// Seed of the flow hash (table index, IPv6 outer flow label).
+    pub flow_hash_seed: u64,
+}
+
+impl EngineConfig {
+    /// A configuration with defaults for everything but the addresses and ports.
+    pub fn new(tunnel_addr: IpAddr, service_addrs: Vec<IpAddr>, service_ports: Vec<u16>) -> Self {
+        Self {
+            tunnel_addr,
+            service_addrs,
+            service_ports,
+            tunnel_mtu: 1500,
+            clamp_mss: true,
+            outer_ttl: 64,
+            dead_peer: DeadPeerAction::Reset,
+            verify_tunnel_checksum: true,
+            routes: ConnTableConfig::default(),
+            served: ConnTableConfig::default(),
+            flow_hash_seed: 0x6470_725f_6873_6864,
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason| Err(ConfigError { field, reason });
+        if self.tunnel_addr.is_unspecified() || self.tunnel_addr.is_multicast() {
+            return bad("tunnel_addr", "must be a unicast address");
+        }
+        if self.service_addrs.is_empty() {
+            return bad("service_addrs", "at least one service address is needed");
+        }
+        if self.service_addrs.contains(&self.tunnel_addr) {
+            return bad("tunnel_addr", "must differ from every service address");
+        }
+        if self
+            .service_addrs
+            .iter()
+            .any(|a| a.is_unspecified() || a.is_multicast())
+        {
+            return bad("service_addrs", "must be unicast addresses");
+        }
+        if self.service_ports.is_empty() {
+            return bad("service_ports", "at least one port is needed");
+        }
+        if self.service_ports.contains(&0) {
+            return bad("service_ports", "port 0 is not a service port");
+        }
+        let min_mtu = if self.tunnel_addr.is_ipv4() {
+            576
+        } else {
+            1280
+        };
+        if self.tunnel_mtu < min_mtu {
+            return bad(
+                "tunnel_mtu",
+                "below the minimum MTU of the tunnel's IP version",
+            );
+        }
+        if self.outer_ttl == 0 {
+            return bad("outer_ttl", "must be at least 1");
+        }
+        self.routes.validate().map_err(|_| ConfigError {
+            field: "routes",
+            reason: "invalid table configuration",
+        })?;
+        self.served.validate().map_err(|_| ConfigError {
+            field: "served",
+            reason: "invalid table configuration",
+        })?;
+        Ok(())
+    }
+}
+
+/// A configuration error naming the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}

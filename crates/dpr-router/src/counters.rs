@@ -1,0 +1,145 @@
+//! Counters for every verdict, every drop reason and every peer.
+
+use crate::verdict::{DropReason, Verdict};
+use dpr_packet::Layer;
+use dpr_table::PeerId;
+use std::collections::BTreeMap;
+
+/// Per-peer counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// New connections this host redirected to the peer.
+    pub redirected_connections: u64,
+    /// Packets forwarded to the peer (IP-in-IP).
+    pub forwarded_packets: u64,
+    /// Bytes forwarded to the peer (outer packets).
+    pub forwarded_bytes: u64,
+    /// IP-in-IP packets received from the peer and delivered.
+    pub received_packets: u64,
+    /// Bytes of those packets (inner).
+    pub received_bytes: u64,
+    /// New connections the peer redirected to this host.
+    pub served_connections: u64,
+    /// ICMP errors forwarded to the peer.
+    pub icmp_forwarded: u64,
+    /// Packets of connections routed to the peer after it died.
+    pub dead_peer_packets: u64,
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Verdicts: passed to the kernel.
+    pub passed: u64,
+    /// Verdicts: delivered to the local stack.
+    pub delivered: u64,
+    /// Verdicts: forwarded to a peer.
+    pub forwarded: u64,
+    /// Verdicts: a generated reply (RST) sent.
+    pub replied: u64,
+    /// Verdicts: dropped (the sum of `drops`).
+    pub dropped: u64,
+    /// Drops by reason, indexed by [`DropReason::index`].
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Malformed packets by the layer that failed.
+    pub malformed_by_layer: BTreeMap<&'static str, u64>,
+    /// New connections served locally.
+    pub new_local: u64,
+    /// New connections redirected to a peer.
+    pub new_redirected: u64,
+    /// New connections that arrived from a peer.
+    pub new_from_peer: u64,
+    /// SYNs of connections already in the table (retransmissions).
+    pub syn_retransmits: u64,
+    /// Non-SYN packets of unknown connections, delivered locally (the local
+    /// stack answers RST for a connection it does not know).
+    pub unknown_flow_delivered: u64,
+    /// MSS options clamped.
+    pub mss_clamped: u64,
+    /// ICMP errors about the tunnel path itself (passed to the kernel).
+    pub icmp_about_tunnel: u64,
+    /// RSTs sent for connections routed to a dead peer.
+    pub dead_peer_resets: u64,
+    /// Routes moved off a dead peer when a retransmitted SYN arrived.
+    pub dead_peer_reroutes: u64,
+    /// Table inserts that failed (the flow was still routed).
+    pub table_insert_failures: u64,
+    /// Per peer.
+    pub peers: BTreeMap<PeerId, PeerCounters>,
+}
+
+/// The engine's live counters: per-peer counters in a vector indexed by
+/// peer id (no map look-up per packet); [`Counters`] is the snapshot.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LiveCounters {
+    pub(crate) c: Counters,
+    pub(crate) peers: Vec<PeerCounters>,
+}
+
+impl LiveCounters {
+    pub(crate) fn snapshot(&self) -> Counters {
+        let mut s = self.c.clone();
+        s.peers = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p != PeerCounters::default())
+            .map(|(i, p)| (PeerId(i as u16), *p))
+            .collect();
+        s
+    }
+
+    pub(crate) fn peer(&mut self, id: PeerId) -> &mut PeerCounters {
+        let i = usize::from(id.0);
+        if i >= self.peers.len() {
+            self.peers.resize(i + 1, PeerCounters::default());
+        }
+        &mut self.peers[i]
+    }
+}
+
+impl Counters {
+    /// The drop counter of `reason`.
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    pub(crate) fn count(&mut self, v: Verdict) -> Verdict {
+        match v {
+            Verdict::Pass => self.passed += 1,
+            Verdict::Deliver => self.delivered += 1,
+            Verdict::Forward { .. } => self.forwarded += 1,
+            Verdict::Reply => self.replied += 1,
+            Verdict::Drop(r) => {
+                self.dropped += 1;
+                self.drops[r.index()] += 1;
+            }
+        }
+        v
+    }
+
+    pub(crate) fn malformed(&mut self, layer: Layer) {
+        *self
+            .malformed_by_layer
+            .entry(layer_name(layer))
+            .or_default() += 1;
+    }
+}
+
+fn layer_name(l: Layer) -> &'static str {
+    match l {
+        Layer::Ethernet => "ethernet",
+        Layer::Vlan => "vlan",
+        Layer::Ipv4 => "ipv4",
+        Layer::Ipv6 => "ipv6",
+        Layer::Ipv6Ext => "ipv6_ext",
+        Layer::Tcp => "tcp",
+        Layer::TcpOption => "tcp_option",
+        Layer::Udp => "udp",
+        Layer::Icmpv4 => "icmpv4",
+        Layer::Icmpv6 => "icmpv6",
+        Layer::IcmpQuote => "icmp_quote",
+        Layer::Tunnel => "tunnel",
+        _ => "other",
+    }
+}

@@ -1,0 +1,496 @@
+//! The per-packet algorithm.
+
+use crate::buffer::PacketBuf;
+use crate::config::{ConfigError, DeadPeerAction, EngineConfig};
+use crate::counters::{Counters, LiveCounters};
+use crate::reply;
+use crate::verdict::{DropReason, Verdict};
+use dpr_packet::icmp;
+use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
+use dpr_packet::rewrite::{self, mss_for_mtu};
+use dpr_packet::tcp::MssClamp;
+use dpr_packet::{
+    ErrorKind, FlowHasher, FlowKey, Fragment, IpProtocol, IpVersion, Malformed, PacketMeta,
+    parse_ip,
+};
+use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, decide_and_account};
+use dpr_table::{
+    Capacity, ConnTable, Direction, InsertOutcome, LoadFigures, LoadReport, LoadTable,
+    LoadTableConfig, PacketOutcome, PeerId, PeerState, ReportOutcome, Route, TableError, Timestamp,
+    WideKey,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// An error building or reconfiguring the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineError {
+    /// The engine configuration is invalid.
+    Config(ConfigError),
+    /// A table refused (bad table configuration, duplicate or unknown peer).
+    Table(TableError),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Table(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<ConfigError> for EngineError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<TableError> for EngineError {
+    fn from(e: TableError) -> Self {
+        Self::Table(e)
+    }
+}
+
+/// One host's router: the seed's per-packet algorithm over the routing
+/// table, the load table and a policy. Owns no I/O and reads no clock.
+pub struct Engine {
+    cfg: EngineConfig,
+    /// Connections this host routes: `Local`, or `Peer(target)`.
+    routes: ConnTable<WideKey>,
+    /// Connections this host serves for peers: `Peer(origin)` is the peer
+    /// that redirected them here (kept for restart recovery).
+    served: ConnTable<WideKey>,
+    loads: LoadTable,
+    policy: Box<dyn Policy + Send>,
+    rng: Box<dyn RandomSource + Send>,
+    peer_by_tunnel: HashMap<IpAddr, PeerId>,
+    hasher: FlowHasher,
+    next_ident: u16,
+    counters: LiveCounters,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("tunnel_addr", &self.cfg.tunnel_addr)
+            .field("policy", &self.policy.name())
+            .field("routes", &self.routes.len())
+            .field("served", &self.served.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine for this host. `local_id` names it in the load table.
+    pub fn new(
+        cfg: EngineConfig,
+        local_id: PeerId,
+        local_capacity: Capacity,
+        loads: LoadTableConfig,
+        policy: Box<dyn Policy + Send>,
+        rng: Box<dyn RandomSource + Send>,
+    ) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        let hasher = FlowHasher::new(cfg.flow_hash_seed);
+        Ok(Self {
+            routes: ConnTable::new(cfg.routes, hasher)?,
+            served: ConnTable::new(cfg.served, hasher)?,
+            loads: LoadTable::new(loads, local_id, local_capacity)?,
+            policy,
+            rng,
+            peer_by_tunnel: HashMap::new(),
+            hasher,
+            next_ident: 0,
+            counters: LiveCounters::default(),
+            cfg,
+        })
+    }
+
+    /// Adds a peer. Its tunnel address must be of this host's tunnel family.
+    pub fn add_peer(
+        &mut self,
+        id: PeerId,
+        tunnel_addr: IpAddr,
+        service_addrs: Vec<IpAddr>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        if tunnel_addr.is_ipv4() != self.cfg.tunnel_addr.is_ipv4() {
+            return Err(ConfigError {
+                field: "peers.tunnel_addr",
+                reason: "must be of the same IP version as this host's tunnel address",
+            }
+            .into());
+        }
+        if tunnel_addr == self.cfg.tunnel_addr || self.peer_by_tunnel.contains_key(&tunnel_addr) {
+            return Err(ConfigError {
+                field: "peers.tunnel_addr",
+                reason: "already in use",
+            }
+            .into());
+        }
+        self.loads.add_peer(id, tunnel_addr, service_addrs, now)?;
+        self.peer_by_tunnel.insert(tunnel_addr, id);
+        Ok(())
+    }
+
+    /// Removes a peer: it takes no new connections, IP-in-IP from it is no
+    /// longer accepted, and packets of connections routed to it are handled
+    /// as for a dead peer.
+    pub fn remove_peer(&mut self, id: PeerId) -> Result<(), EngineError> {
+        self.loads.mark_left(id)?;
+        self.peer_by_tunnel.retain(|_, p| *p != id);
+        Ok(())
+    }
+
+    /// Applies a peer's load report.
+    pub fn apply_report(
+        &mut self,
+        id: PeerId,
+        report: &LoadReport,
+        now: Timestamp,
+    ) -> Result<ReportOutcome, EngineError> {
+        Ok(self.loads.apply_report(id, report, now)?)
+    }
+
+    /// Updates this host's own load figures.
+    pub fn set_local_load(
+        &mut self,
+        figures: LoadFigures,
+        capacity: Capacity,
+    ) -> Result<(), EngineError> {
+        Ok(self.loads.set_local(figures, capacity)?)
+    }
+
+    /// Timer work, bounded: re-derives peer health and sweeps up to
+    /// `budget` entries of each table. Call it every few milliseconds.
+    pub fn tick(&mut self, now: Timestamp, budget: usize) {
+        self.loads.refresh(now);
+        self.routes.sweep(now, budget);
+        self.served.sweep(now, budget);
+    }
+
+    /// The load table (peers and this host).
+    pub fn loads(&self) -> &LoadTable {
+        &self.loads
+    }
+
+    /// Connections this host routes.
+    pub fn routes(&self) -> &ConnTable<WideKey> {
+        &self.routes
+    }
+
+    /// Connections this host serves for peers (`Route::Peer(origin)`).
+    pub fn served(&self) -> &ConnTable<WideKey> {
+        &self.served
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.counters.snapshot()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Decides what to do with the IP packet in `pkt`, rewriting it in place.
+    pub fn process(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
+        let v = self.decide(now, pkt);
+        self.counters.c.count(v)
+    }
+
+    fn decide(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
+        let meta = match parse_ip(pkt.bytes()) {
+            Ok(m) => m,
+            Err(e) => {
+                // Only traffic diverted to the router reaches it; what does
+                // not parse is counted and dropped.
+                self.counters.c.malformed(e.layer);
+                return Verdict::Drop(DropReason::Malformed);
+            }
+        };
+        match meta.flow.protocol {
+            IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
+                self.tunnel_input(now, pkt, &meta)
+            }
+            IpProtocol::Tcp if self.is_service(&meta.flow) => self.service(now, pkt, &meta),
+            // A later fragment carries no ports: any TCP fragment to a
+            // service address may be service traffic, and cannot be routed
+            // without reassembly.
+            IpProtocol::Tcp
+                if meta.fragment == Fragment::Later
+                    && self.cfg.service_addrs.contains(&meta.flow.dst) =>
+            {
+                Verdict::Drop(DropReason::Fragment)
+            }
+            IpProtocol::Icmp | IpProtocol::Icmpv6 if meta.fragment == Fragment::Whole => {
+                self.icmp(pkt, &meta)
+            }
+            _ => Verdict::Pass,
+        }
+    }
+
+    fn is_service(&self, f: &FlowKey) -> bool {
+        self.cfg.service_ports.contains(&f.dst_port) && self.cfg.service_addrs.contains(&f.dst)
+    }
+
+    /// TCP to a service address and port, straight from a client.
+    fn service(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>, meta: &PacketMeta) -> Verdict {
+        if meta.fragment != Fragment::Whole {
+            return Verdict::Drop(DropReason::Fragment);
+        }
+        let flow = meta.flow;
+        let flags = meta.tcp_flags;
+        let len = u32::from(meta.l3_len);
+        let known = self
+            .routes
+            .on_packet(&flow, Direction::Original, flags, len, now);
+        if flags.is_syn() {
+            match known {
+                PacketOutcome::Forward(Route::Peer(p))
+                | PacketOutcome::ForwardAndRemoved(Route::Peer(p))
+                    if !self.peer_usable(p) =>
+                {
+                    // Not yet established: route the retransmitted SYN afresh.
+                    self.routes.remove(&flow);
+                    self.counters.c.dead_peer_reroutes += 1;
+                }
+                PacketOutcome::Forward(route) | PacketOutcome::ForwardAndRemoved(route) => {
+                    self.counters.c.syn_retransmits += 1;
+                    return self.follow(route, pkt, meta);
+                }
+                PacketOutcome::Unknown => {}
+            }
+            let conn = NewConnection::from_client(flow);
+            let decision = decide_and_account(
+                self.policy.as_mut(),
+                &conn,
+                &mut self.loads,
+                self.rng.as_mut(),
+            );
+            let route = match decision {
+                RedirectDecision::ServeLocally => Route::Local,
+                RedirectDecision::Redirect(p) => Route::Peer(p),
+            };
+            match self.routes.insert(&flow, route, now) {
+                Ok(InsertOutcome::Inserted { .. } | InsertOutcome::Existing(_)) => {}
+                Err(_) => self.counters.c.table_insert_failures += 1,
+            }
+            match route {
+                Route::Local => self.counters.c.new_local += 1,
+                Route::Peer(p) => {
+                    self.counters.c.new_redirected += 1;
+                    self.counters.peer(p).redirected_connections += 1;
+                }
+            }
+            return self.follow(route, pkt, meta);
+        }
+        match known {
+            PacketOutcome::Unknown => {
+                self.counters.c.unknown_flow_delivered += 1;
+                Verdict::Deliver
+            }
+            PacketOutcome::Forward(route) | PacketOutcome::ForwardAndRemoved(route) => {
+                self.follow(route, pkt, meta)
+            }
+        }
+    }
+
+    /// True when connections routed to `p` may still be sent there.
+    fn peer_usable(&self, p: PeerId) -> bool {
+        self.usable_tunnel(p).is_some()
+    }
+
+    /// The tunnel address of `p` while connections routed to it may still
+    /// be sent there (not dead, not gone): one load-table look-up.
+    fn usable_tunnel(&self, p: PeerId) -> Option<IpAddr> {
+        let r = self.loads.peer(p)?;
+        (!matches!(r.state, PeerState::Dead | PeerState::Left)).then_some(r.tunnel_addr)
+    }
+
+    fn follow(&mut self, route: Route, pkt: &mut PacketBuf<'_>, meta: &PacketMeta) -> Verdict {
+        let Route::Peer(p) = route else {
+            return Verdict::Deliver;
+        };
+        if let Some(to) = self.usable_tunnel(p) {
+            return self.forward(p, to, pkt, meta, true);
+        }
+        self.counters.peer(p).dead_peer_packets += 1;
+        self.routes.remove(&meta.flow);
+        match self.cfg.dead_peer {
+            DeadPeerAction::Drop => Verdict::Drop(DropReason::DeadPeer),
+            DeadPeerAction::Reset => {
+                let r = pkt.range();
+                match reply::write_rst(&mut pkt.whole_mut()[r.start..r.end], meta) {
+                    Some(n) => {
+                        pkt.set_range(r.start..r.start + n);
+                        self.counters.c.dead_peer_resets += 1;
+                        Verdict::Reply
+                    }
+                    // An RST from the client (or no room): nothing to answer.
+                    None => Verdict::Drop(DropReason::DeadPeer),
+                }
+            }
+        }
+    }
+
+    /// Encapsulates the packet towards peer `p` at tunnel address `to`.
+    fn forward(
+        &mut self,
+        p: PeerId,
+        to: IpAddr,
+        pkt: &mut PacketBuf<'_>,
+        meta: &PacketMeta,
+        clamp: bool,
+    ) -> Verdict {
+        let mut params = EncapParams::new(self.cfg.tunnel_addr, to);
+        params.ttl = self.cfg.outer_ttl;
+        if pkt.headroom() < params.outer_len() {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        let syn = meta.tcp_flags.is_syn() || meta.tcp_flags.is_syn_ack();
+        if clamp && syn && self.cfg.clamp_mss && meta.flow.protocol == IpProtocol::Tcp {
+            let mss = mss_for_mtu(
+                self.cfg.tunnel_mtu,
+                params.outer_len() as u16,
+                meta.version == IpVersion::V6,
+            );
+            if let Ok(MssClamp::Clamped { .. }) = rewrite::clamp_mss(pkt.bytes_mut(), mss) {
+                self.counters.c.mss_clamped += 1;
+            }
+        }
+        params.ident = self.next_ident;
+        self.next_ident = self.next_ident.wrapping_add(1);
+        if to.is_ipv6() {
+            // RFC 6438: spread tunnel traffic over ECMP paths by inner flow.
+            params.flow_label = ipip::flow_label_from_hash(self.hasher.hash(&meta.flow));
+        }
+        let r = pkt.range();
+        let end = r.start + usize::from(meta.l3_len);
+        match ipip::encapsulate(&mut pkt.whole_mut()[..end], r.start, &params) {
+            Ok(start) => {
+                pkt.set_range(start..end);
+                let c = self.counters.peer(p);
+                c.forwarded_packets += 1;
+                c.forwarded_bytes += (end - start) as u64;
+                Verdict::Forward { peer: p, to }
+            }
+            Err(e) if e.kind == ErrorKind::Malformed(Malformed::Oversize) => {
+                Verdict::Drop(DropReason::Oversize)
+            }
+            Err(_) => Verdict::Drop(DropReason::NoHeadroom),
+        }
+    }
+
+    /// IP-in-IP addressed to this host's tunnel address.
+    fn tunnel_input(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<'_>,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        let Some(&origin) = self.peer_by_tunnel.get(&meta.flow.src) else {
+            return Verdict::Drop(DropReason::UnknownTunnelSource);
+        };
+        let check = if self.cfg.verify_tunnel_checksum {
+            ChecksumCheck::Verify
+        } else {
+            ChecksumCheck::Skip
+        };
+        let r = pkt.range();
+        let d = match ipip::decapsulate_in_place(&mut pkt.whole_mut()[r.start..r.end], check) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::Malformed(Malformed::CeOnNotEct) => {
+                return Verdict::Drop(DropReason::EcnCeOnNotEct);
+            }
+            Err(e) => {
+                self.counters.c.malformed(e.layer);
+                return Verdict::Drop(DropReason::BadTunnel);
+            }
+        };
+        if d.inner_is_tunnel {
+            return Verdict::Drop(DropReason::NestedTunnel);
+        }
+        pkt.set_range(r.start + d.inner.start..r.start + d.inner.end);
+        let inner = match parse_ip(pkt.bytes()) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.c.malformed(e.layer);
+                return Verdict::Drop(DropReason::BadTunnel);
+            }
+        };
+        let c = self.counters.peer(origin);
+        c.received_packets += 1;
+        c.received_bytes += u64::from(inner.l3_len);
+        if inner.flow.protocol == IpProtocol::Tcp && inner.fragment == Fragment::Whole {
+            let flags = inner.tcp_flags;
+            let outcome = self.served.on_packet(
+                &inner.flow,
+                Direction::Original,
+                flags,
+                u32::from(inner.l3_len),
+                now,
+            );
+            if flags.is_syn() && outcome == PacketOutcome::Unknown {
+                // One hop only: a connection that arrived from a peer is
+                // served here and never redirected again.
+                match self.served.insert(&inner.flow, Route::Peer(origin), now) {
+                    Ok(_) => {}
+                    Err(_) => self.counters.c.table_insert_failures += 1,
+                }
+                self.counters.c.new_from_peer += 1;
+                self.counters.peer(origin).served_connections += 1;
+            }
+        }
+        Verdict::Deliver
+    }
+
+    /// ICMP errors: forward those about redirected connections to the peer
+    /// that serves them, so path-MTU discovery works through DPR.
+    fn icmp(&mut self, pkt: &mut PacketBuf<'_>, meta: &PacketMeta) -> Verdict {
+        let l4 = &pkt.bytes()[usize::from(meta.l4_offset)..meta.l3_range().end];
+        let parsed = match meta.flow.protocol {
+            IpProtocol::Icmp => icmp::parse_icmpv4_error(l4),
+            _ => icmp::parse_icmpv6_error(l4),
+        };
+        let Ok(err) = parsed else {
+            return Verdict::Pass;
+        };
+        if err.quote.inner.is_some() {
+            // About an IP-in-IP packet this host sent: the tunnel path's MTU
+            // is configuration (`tunnel_mtu`); tell the operator, not a peer.
+            self.counters.c.icmp_about_tunnel += 1;
+            return Verdict::Pass;
+        }
+        if !self.cfg.service_addrs.contains(&meta.flow.dst) {
+            return Verdict::Pass;
+        }
+        // The quoted packet was sent by the serving host as the service
+        // address, to the client: the table holds it client -> service.
+        let key = err.quote.flow.reversed();
+        let target = match self.routes.get(&key).map(|e| e.route) {
+            Some(Route::Peer(p)) => self.usable_tunnel(p).map(|to| (p, to)),
+            _ => None,
+        };
+        match target {
+            Some((p, to)) => {
+                let v = self.forward(p, to, pkt, meta, false);
+                if matches!(v, Verdict::Forward { .. }) {
+                    self.counters.peer(p).icmp_forwarded += 1;
+                }
+                v
+            }
+            _ => Verdict::Pass,
+        }
+    }
+}

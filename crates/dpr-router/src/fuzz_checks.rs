@@ -1,0 +1,220 @@
+//! Invariant checks for the engine fuzz target (`fuzz/fuzz_targets/engine.rs`)
+//! and the property test that runs them in `cargo test`.
+//!
+//! An engine with small tables is driven through a scripted prefix of valid
+//! traffic (SYNs past the table capacity, data, IP-in-IP from a peer, an
+//! ICMP error about a redirected flow), then through arbitrary frames taken
+//! from the input: `[len_hi, len_lo, flags, bytes...]` repeated. After every
+//! packet: the tables stay within capacity, the verdict's bytes are what it
+//! says (a valid tunnel packet to the named peer, a parseable packet to
+//! deliver, an RST), and the counters add up.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use crate::harness::tcp::tcp_packet;
+use crate::{Engine, EngineConfig, PacketBuf, Verdict};
+use dpr_packet::icmp::{self, IcmpErrorKind};
+use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
+use dpr_packet::tcp::TcpFlags;
+use dpr_packet::{IpProtocol, parse_ip};
+use dpr_policy::{SplitMix64, TwoChoices};
+use dpr_table::{Capacity, LoadFigures, LoadReport, LoadTableConfig, PeerId, Timestamp};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+const CAP: u32 = 48;
+const SVC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const TUN: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const PEERS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 0, 2), Ipv4Addr::new(198, 19, 0, 3)];
+
+fn engine() -> Engine {
+    let mut cfg = EngineConfig::new(TUN.into(), vec![SVC.into()], vec![80, 443]);
+    cfg.routes.capacity = CAP;
+    cfg.served.capacity = CAP;
+    let loads = LoadTableConfig {
+        report_interval: Duration::from_millis(10),
+        ..LoadTableConfig::default()
+    };
+    let mut e = Engine::new(
+        cfg,
+        PeerId(0),
+        Capacity::default(),
+        loads,
+        Box::new(TwoChoices),
+        Box::new(SplitMix64::new(3)),
+    )
+    .expect("valid config");
+    for (i, p) in PEERS.iter().enumerate() {
+        let id = PeerId(i as u16 + 1);
+        e.add_peer(
+            id,
+            (*p).into(),
+            vec![Ipv4Addr::new(198, 18, 1, i as u8 + 2).into()],
+            Timestamp::ZERO,
+        )
+        .expect("peer");
+        let r = LoadReport {
+            seq: 1,
+            figures: LoadFigures::default(),
+            capacity: Capacity::default(),
+            draining: false,
+        };
+        e.apply_report(id, &r, Timestamp::ZERO).expect("report");
+    }
+    e.set_local_load(
+        LoadFigures {
+            open_connections: 10,
+            ..LoadFigures::default()
+        },
+        Capacity::default(),
+    )
+    .expect("load");
+    e
+}
+
+fn prefix() -> Vec<Vec<u8>> {
+    let svc = SocketAddr::new(SVC.into(), 80);
+    let mut v = Vec::new();
+    for i in 0..(CAP as u16 + 16) {
+        let c = SocketAddr::new(
+            Ipv4Addr::new(198, 18, 100, (i % 200) as u8).into(),
+            30000 + i,
+        );
+        v.push(tcp_packet(c, svc, 1, 0, TcpFlags::SYN, Some(1460), &[]));
+        v.push(tcp_packet(c, svc, 2, 9, TcpFlags::ACK, None, b"GET 1\n"));
+    }
+    // IP-in-IP from a peer, carrying a SYN for that peer's service address.
+    let client = SocketAddr::new(Ipv4Addr::new(198, 18, 100, 250).into(), 999);
+    let inner = tcp_packet(
+        client,
+        SocketAddr::new(Ipv4Addr::new(198, 18, 1, 2).into(), 80),
+        1,
+        0,
+        TcpFlags::SYN,
+        None,
+        &[],
+    );
+    let mut buf = vec![0u8; 20];
+    buf.extend_from_slice(&inner);
+    let s = ipip::encapsulate(&mut buf, 20, &EncapParams::new(PEERS[0].into(), TUN.into()))
+        .expect("encap");
+    v.push(buf[s..].to_vec());
+    // An ICMP error about the last redirected-or-local flow, from a router.
+    let last = SocketAddr::new(
+        Ipv4Addr::new(198, 18, 100, 63).into(),
+        30000 + CAP as u16 + 15,
+    );
+    let quoted = tcp_packet(svc, last, 9, 2, TcpFlags::ACK, None, &[0; 8]);
+    let mut msg = vec![0u8; 8 + 28];
+    let router = IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1));
+    icmp::emit_error(
+        &mut msg,
+        IcmpErrorKind::FragmentationNeeded { mtu: 1200 },
+        false,
+        router,
+        SVC.into(),
+        &quoted[..28],
+    )
+    .expect("icmp");
+    let mut ip = tcp_packet(
+        SocketAddr::new(router, 1),
+        svc,
+        0,
+        0,
+        TcpFlags::ACK,
+        None,
+        &[],
+    );
+    ip.truncate(20);
+    ip[9] = 1;
+    ip[2..4].copy_from_slice(&((20 + msg.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&msg);
+    dpr_packet::ipv4::Ipv4Packet::new_checked(&mut ip[..])
+        .expect("ip")
+        .fill_checksum();
+    v.push(ip);
+    v
+}
+
+fn check_one(e: &mut Engine, now: Timestamp, pkt: &[u8], headroom: usize, total: &mut u64) {
+    let mut buf = vec![0u8; headroom + pkt.len()];
+    buf[headroom..].copy_from_slice(pkt);
+    let end = buf.len();
+    let mut pb = PacketBuf::new(&mut buf, headroom, end).expect("range");
+    let v = e.process(now, &mut pb);
+    *total += 1;
+    let out = pb.bytes();
+    match v {
+        Verdict::Forward { peer, to } => {
+            let d = ipip::decapsulate(out, ChecksumCheck::Verify)
+                .expect("forwarded packets decapsulate");
+            assert_eq!(d.outer_dst, to);
+            assert_eq!(d.outer_src, IpAddr::V4(TUN));
+            assert_eq!(e.loads().peer(peer).map(|p| p.tunnel_addr), Some(to));
+        }
+        Verdict::Deliver => {
+            parse_ip(out).expect("delivered packets parse");
+        }
+        Verdict::Reply => {
+            let m = parse_ip(out).expect("replies parse");
+            assert!(m.flow.protocol == IpProtocol::Tcp && m.tcp_flags.contains(TcpFlags::RST));
+        }
+        Verdict::Pass => assert_eq!(out, pkt, "passed packets are untouched"),
+        Verdict::Drop(_) => {}
+    }
+    assert!(e.routes().len() <= CAP as usize && e.served().len() <= CAP as usize);
+    let c = e.counters();
+    assert_eq!(
+        c.passed + c.delivered + c.forwarded + c.replied + c.dropped,
+        *total
+    );
+    assert_eq!(c.dropped, c.drops.iter().sum::<u64>());
+}
+
+/// The fuzz entry point.
+pub fn engine_frames(data: &[u8]) {
+    let mut e = engine();
+    let mut total = 0;
+    let mut now = Timestamp::from_millis(1);
+    for p in prefix() {
+        check_one(&mut e, now, &p, 64, &mut total);
+    }
+    assert_eq!(e.routes().len(), CAP as usize, "the prefix fills the table");
+    assert!(e.routes().stats().evicted > 0);
+    let mut rest = data;
+    while let [hi, lo, flags, tail @ ..] = rest {
+        let n = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len());
+        let (pkt, more) = tail.split_at(n);
+        // Flags: time step (low 4 bits, in ms) and headroom (0, 20 or 64).
+        now = now.saturating_add(Duration::from_millis(u64::from(flags & 0x0f)));
+        let headroom = [64, 20, 0, 40][usize::from(flags >> 4 & 3)];
+        if flags & 0x80 != 0 {
+            e.tick(now, 8);
+        }
+        check_one(&mut e, now, pkt, headroom, &mut total);
+        rest = more;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    #[test]
+    fn prefix_alone() {
+        super::engine_frames(&[]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_frames(frames in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..120)), 0..20)) {
+            let mut data = Vec::new();
+            for (flags, bytes) in frames {
+                data.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                data.push(flags);
+                data.extend_from_slice(&bytes);
+            }
+            super::engine_frames(&data);
+        }
+    }
+}

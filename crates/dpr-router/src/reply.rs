@@ -1,0 +1,89 @@
+//! Packets the engine generates: the TCP RST that makes a client of a dead
+//! peer's connection fail fast.
+
+use dpr_packet::ipv4::{Ipv4OptionsBuf, Ipv4Repr};
+use dpr_packet::ipv6::Ipv6Repr;
+use dpr_packet::tcp::{TcpFlags, TcpOptionsBuf, TcpRepr, TcpSegment};
+use dpr_packet::{Ecn, IpProtocol, PacketMeta};
+use std::net::IpAddr;
+
+/// Length of the RST for a packet of this IP version.
+pub(crate) fn rst_len(v6: bool) -> usize {
+    if v6 { 60 } else { 40 }
+}
+
+/// Writes, over `buf` (which holds the offending IP packet described by
+/// `meta`), the RST that answers it (RFC 9293 section 3.10.7.1): from the
+/// service address to the client. Returns the RST's length, or `None` when
+/// the packet is not TCP with a whole header or `buf` is too small.
+pub(crate) fn write_rst(buf: &mut [u8], meta: &PacketMeta) -> Option<usize> {
+    let l4 = usize::from(meta.l4_offset)..meta.l3_range().end;
+    let seg = TcpSegment::new_checked(buf.get(l4)?).ok()?;
+    if seg.flags().contains(TcpFlags::RST) {
+        return None; // never answer a reset with a reset
+    }
+    let seg_len = seg.payload().len() as u32
+        + u32::from(seg.flags().contains(TcpFlags::SYN))
+        + u32::from(seg.flags().contains(TcpFlags::FIN));
+    let (seq, ack, flags) = if seg.flags().contains(TcpFlags::ACK) {
+        (seg.ack(), 0, TcpFlags::RST)
+    } else {
+        (
+            0,
+            seg.seq().wrapping_add(seg_len),
+            TcpFlags::RST | TcpFlags::ACK,
+        )
+    };
+    let tcp = TcpRepr {
+        src_port: meta.flow.dst_port,
+        dst_port: meta.flow.src_port,
+        seq,
+        ack,
+        flags,
+        window: 0,
+        urgent: 0,
+        options: TcpOptionsBuf::default(),
+    };
+    let (src, dst) = (meta.flow.dst, meta.flow.src);
+    let v6 = src.is_ipv6();
+    let len = rst_len(v6);
+    let out = buf.get_mut(..len)?;
+    let ip_len = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            Ipv4Repr {
+                src: s,
+                dst: d,
+                protocol: IpProtocol::Tcp,
+                payload_len: 20,
+                ttl: 64,
+                dscp: 0,
+                ecn: Ecn::NotEct,
+                ident: 0,
+                dont_frag: true,
+                more_frags: false,
+                frag_offset: 0,
+                options: Ipv4OptionsBuf::default(),
+            }
+            .emit(out)
+            .ok()?;
+            20
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            Ipv6Repr {
+                src: s,
+                dst: d,
+                next_header: IpProtocol::Tcp,
+                payload_len: 20,
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label: 0,
+            }
+            .emit(out)
+            .ok()?;
+            40
+        }
+        _ => return None,
+    };
+    tcp.emit(&mut out[ip_len..], src, dst, &[]).ok()?;
+    Some(len)
+}

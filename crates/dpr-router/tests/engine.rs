@@ -1,0 +1,412 @@
+//! One engine, packet by packet: every verdict and drop reason, with the
+//! counters that record them.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use dpr_packet::ipip::{self, EncapParams};
+use dpr_packet::ipv4::Ipv4Packet;
+use dpr_packet::tcp::TcpFlags;
+use dpr_packet::{Ecn, parse_ip};
+use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, SplitMix64};
+use dpr_router::harness::tcp::tcp_packet;
+use dpr_router::{DeadPeerAction, DropReason, Engine, EngineConfig, PacketBuf, Verdict};
+use dpr_table::{
+    Capacity, LoadFigures, LoadReport, LoadTable, LoadTableConfig, PeerId, Route, Timestamp,
+};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+const A_SVC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const A_TUN: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const B_TUN: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+const B_SVC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+
+/// Redirects every new connection to peer 1 (or serves locally when told).
+struct Fixed(Option<PeerId>);
+impl Policy for Fixed {
+    fn decide(
+        &mut self,
+        _: &NewConnection,
+        _: &LoadTable,
+        _: &mut dyn RandomSource,
+    ) -> RedirectDecision {
+        self.0
+            .map_or(RedirectDecision::ServeLocally, RedirectDecision::Redirect)
+    }
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+}
+
+fn engine_with(target: Option<PeerId>, tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
+    let mut cfg = EngineConfig::new(A_TUN.into(), vec![A_SVC.into()], vec![80]);
+    tweak(&mut cfg);
+    let loads = LoadTableConfig {
+        report_interval: Duration::from_millis(100),
+        ..LoadTableConfig::default()
+    };
+    let mut e = Engine::new(
+        cfg,
+        PeerId(0),
+        Capacity::default(),
+        loads,
+        Box::new(Fixed(target)),
+        Box::new(SplitMix64::new(1)),
+    )
+    .unwrap();
+    e.add_peer(PeerId(1), B_TUN.into(), vec![B_SVC.into()], Timestamp::ZERO)
+        .unwrap();
+    alive(&mut e, 1, Timestamp::ZERO);
+    e
+}
+
+fn alive(e: &mut Engine, seq: u64, now: Timestamp) {
+    let r = LoadReport {
+        seq,
+        figures: LoadFigures::default(),
+        capacity: Capacity::default(),
+        draining: false,
+    };
+    e.apply_report(PeerId(1), &r, now).unwrap();
+}
+
+fn client(port: u16) -> SocketAddr {
+    SocketAddr::new(CLIENT.into(), port)
+}
+fn svc() -> SocketAddr {
+    SocketAddr::new(A_SVC.into(), 80)
+}
+
+/// Runs one packet through the engine with 64 bytes of headroom; returns
+/// the verdict and the bytes it left in the range.
+fn run(e: &mut Engine, now: Timestamp, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; 64 + pkt.len()];
+    buf[64..].copy_from_slice(pkt);
+    let end = buf.len();
+    let mut pb = PacketBuf::new(&mut buf, 64, end).unwrap();
+    let v = e.process(now, &mut pb);
+    (v, pb.bytes().to_vec())
+}
+
+fn syn(port: u16) -> Vec<u8> {
+    tcp_packet(client(port), svc(), 100, 0, TcpFlags::SYN, Some(1460), &[])
+}
+fn ack(port: u16, data: &[u8]) -> Vec<u8> {
+    tcp_packet(client(port), svc(), 101, 7, TcpFlags::ACK, None, data)
+}
+
+#[test]
+fn syn_redirected_then_the_flow_follows() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    let (v, out) = run(&mut e, t, &syn(1000));
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            peer: PeerId(1),
+            to: B_TUN.into()
+        }
+    );
+    let d = ipip::decapsulate(&out, ipip::ChecksumCheck::Verify).unwrap();
+    assert_eq!(
+        (d.outer_src, d.outer_dst),
+        (IpAddr::from(A_TUN), IpAddr::from(B_TUN))
+    );
+    assert_eq!(parse_ip(&out[d.inner]).unwrap().flow.src_port, 1000);
+    assert_eq!(
+        run(&mut e, t, &ack(1000, b"GET")).0,
+        Verdict::Forward {
+            peer: PeerId(1),
+            to: B_TUN.into()
+        }
+    );
+    // A retransmitted SYN follows the recorded route without asking the policy again.
+    assert!(matches!(
+        run(&mut e, t, &syn(1000)).0,
+        Verdict::Forward { .. }
+    ));
+    let c = e.counters();
+    assert_eq!(
+        (c.new_redirected, c.syn_retransmits, c.forwarded),
+        (1, 1, 3)
+    );
+    assert_eq!(c.peers[&PeerId(1)].forwarded_packets, 3);
+}
+
+#[test]
+fn local_unknown_and_other_traffic() {
+    let mut e = engine_with(None, |_| {});
+    let t = Timestamp::from_millis(1);
+    assert_eq!(run(&mut e, t, &syn(1)).0, Verdict::Deliver);
+    assert_eq!(run(&mut e, t, &ack(1, b"x")).0, Verdict::Deliver);
+    let flow = parse_ip(&syn(1)).unwrap().flow;
+    assert_eq!(e.routes().get(&flow).unwrap().route, Route::Local);
+    // A non-SYN of a connection nobody routed: delivered, counted.
+    assert_eq!(run(&mut e, t, &ack(2, b"x")).0, Verdict::Deliver);
+    // Another port, another address, UDP: not the router's.
+    let other_port = tcp_packet(
+        client(3),
+        SocketAddr::new(A_SVC.into(), 22),
+        1,
+        0,
+        TcpFlags::SYN,
+        None,
+        &[],
+    );
+    let other_addr = tcp_packet(
+        client(3),
+        SocketAddr::new(B_SVC.into(), 80),
+        1,
+        0,
+        TcpFlags::SYN,
+        None,
+        &[],
+    );
+    assert_eq!(run(&mut e, t, &other_port).0, Verdict::Pass);
+    assert_eq!(run(&mut e, t, &other_addr).0, Verdict::Pass);
+    let c = e.counters();
+    assert_eq!(
+        (c.new_local, c.unknown_flow_delivered, c.delivered, c.passed),
+        (1, 1, 3, 2)
+    );
+}
+
+#[test]
+fn malformed_packets_are_counted_by_layer() {
+    let mut e = engine_with(None, |_| {});
+    let t = Timestamp::from_millis(1);
+    let good = syn(1);
+    for n in [0, 1, 19, 25, 39] {
+        assert_eq!(
+            run(&mut e, t, &good[..n]).0,
+            Verdict::Drop(DropReason::Malformed),
+            "len {n}"
+        );
+    }
+    let mut bad_offset = good.clone();
+    bad_offset[32] = 0x30;
+    assert_eq!(
+        run(&mut e, t, &bad_offset).0,
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let c = e.counters();
+    assert_eq!(c.drops_of(DropReason::Malformed), 6);
+    // Cut packets fail at IPv4 (the total length no longer fits).
+    assert_eq!(
+        c.malformed_by_layer["ipv4"], 5,
+        "{:?}",
+        c.malformed_by_layer
+    );
+    assert_eq!(c.malformed_by_layer["tcp"], 1, "{:?}", c.malformed_by_layer);
+    assert!(e.routes().is_empty());
+}
+
+#[test]
+fn fragments_of_service_traffic_are_dropped() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let mut first = ack(1, &[0u8; 100]);
+    first[6] |= 0x20; // more fragments
+    Ipv4Packet::new_checked(&mut first[..])
+        .unwrap()
+        .fill_checksum();
+    let mut later = first.clone();
+    later[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
+    Ipv4Packet::new_checked(&mut later[..])
+        .unwrap()
+        .fill_checksum();
+    for p in [first, later] {
+        assert_eq!(
+            run(&mut e, Timestamp::from_millis(1), &p).0,
+            Verdict::Drop(DropReason::Fragment)
+        );
+    }
+    assert_eq!(e.counters().drops_of(DropReason::Fragment), 2);
+}
+
+fn from_b(inner: &[u8], src: Ipv4Addr) -> Vec<u8> {
+    let mut buf = vec![0u8; 20];
+    buf.extend_from_slice(inner);
+    let start =
+        ipip::encapsulate(&mut buf, 20, &EncapParams::new(src.into(), A_TUN.into())).unwrap();
+    buf[start..].to_vec()
+}
+
+#[test]
+fn tunnel_input_rules() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    let inner = tcp_packet(
+        client(9),
+        SocketAddr::new(B_SVC.into(), 80),
+        5,
+        0,
+        TcpFlags::SYN,
+        Some(1400),
+        &[],
+    );
+    // From a peer: delivered, recorded as served for that peer, never redirected.
+    let (v, out) = run(&mut e, t, &from_b(&inner, B_TUN));
+    assert_eq!(v, Verdict::Deliver);
+    assert_eq!(out, inner);
+    let flow = parse_ip(&inner).unwrap().flow;
+    assert_eq!(e.served().get(&flow).unwrap().route, Route::Peer(PeerId(1)));
+    assert_eq!(e.counters().new_redirected, 0);
+    // From a stranger: dropped.
+    assert_eq!(
+        run(&mut e, t, &from_b(&inner, Ipv4Addr::new(198, 19, 0, 77))).0,
+        Verdict::Drop(DropReason::UnknownTunnelSource)
+    );
+    // Nested.
+    assert_eq!(
+        run(&mut e, t, &from_b(&from_b(&inner, B_TUN), B_TUN)).0,
+        Verdict::Drop(DropReason::NestedTunnel)
+    );
+    // Outer checksum broken.
+    let mut broken = from_b(&inner, B_TUN);
+    broken[10] ^= 0x55;
+    assert_eq!(
+        run(&mut e, t, &broken).0,
+        Verdict::Drop(DropReason::BadTunnel)
+    );
+    // RFC 6040: CE outside, Not-ECT inside.
+    let mut ce = from_b(&inner, B_TUN);
+    Ipv4Packet::new_checked(&mut ce[..])
+        .unwrap()
+        .set_ecn(Ecn::Ce);
+    assert_eq!(
+        run(&mut e, t, &ce).0,
+        Verdict::Drop(DropReason::EcnCeOnNotEct)
+    );
+    // IP-in-IP to an address that is not our tunnel address: not ours.
+    let mut elsewhere = vec![0u8; 20];
+    elsewhere.extend_from_slice(&inner);
+    let s = ipip::encapsulate(
+        &mut elsewhere,
+        20,
+        &EncapParams::new(B_TUN.into(), Ipv4Addr::new(198, 19, 0, 3).into()),
+    )
+    .unwrap();
+    assert_eq!(run(&mut e, t, &elsewhere[s..]).0, Verdict::Pass);
+    let c = e.counters();
+    assert_eq!(c.peers[&PeerId(1)].served_connections, 1);
+    assert_eq!(c.dropped, 4);
+}
+
+#[test]
+fn no_headroom_and_oversize() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let p = syn(1);
+    let mut buf = p.clone();
+    let end = buf.len();
+    let mut pb = PacketBuf::new(&mut buf, 0, end).unwrap();
+    assert_eq!(
+        e.process(Timestamp::from_millis(1), &mut pb),
+        Verdict::Drop(DropReason::NoHeadroom)
+    );
+    assert_eq!(pb.bytes(), &p[..], "untouched");
+    // A 65 516-byte IPv4 packet cannot take a 20-byte outer header.
+    let big = tcp_packet(
+        client(2),
+        svc(),
+        1,
+        0,
+        TcpFlags::SYN,
+        None,
+        &vec![0u8; 65_476],
+    );
+    assert_eq!(big.len(), 65_516);
+    assert_eq!(
+        run(&mut e, Timestamp::from_millis(1), &big).0,
+        Verdict::Drop(DropReason::Oversize)
+    );
+}
+
+/// A peer stops reporting: once dead, its connections' packets get an RST
+/// (default) or are dropped; a retransmitted SYN is routed afresh.
+#[test]
+fn dead_peer_reset_drop_and_reroute() {
+    for action in [DeadPeerAction::Reset, DeadPeerAction::Drop] {
+        let mut e = engine_with(Some(PeerId(1)), |c| c.dead_peer = action);
+        let t0 = Timestamp::from_millis(1);
+        run(&mut e, t0, &syn(1));
+        run(&mut e, t0, &syn(2));
+        let later = Timestamp::from_millis(1000); // 10 intervals of silence
+        e.tick(later, 16);
+        let (v, out) = run(&mut e, later, &ack(1, b"more"));
+        match action {
+            DeadPeerAction::Reset => {
+                assert_eq!(v, Verdict::Reply);
+                let m = parse_ip(&out).unwrap();
+                assert_eq!(m.flow, parse_ip(&ack(1, b"")).unwrap().flow.reversed());
+                assert!(m.tcp_flags.contains(TcpFlags::RST));
+                let t = dpr_packet::tcp::TcpSegment::new_checked(&out[20..]).unwrap();
+                assert_eq!(t.seq(), 7, "RST seq = the client's ACK");
+                assert!(t.verify_checksum(m.flow.src, m.flow.dst));
+            }
+            DeadPeerAction::Drop => assert_eq!(v, Verdict::Drop(DropReason::DeadPeer)),
+        }
+        let flow = parse_ip(&ack(1, b"")).unwrap().flow;
+        assert!(e.routes().get(&flow).is_none(), "route removed");
+        // The peer is dead: the policy's redirect is refused, so the
+        // retransmitted SYN of connection 2 is served locally.
+        assert_eq!(run(&mut e, later, &syn(2)).0, Verdict::Deliver);
+        assert_eq!(e.counters().dead_peer_reroutes, 1);
+        // The peer reports again: it takes new connections.
+        alive(&mut e, 2, later);
+        assert!(matches!(
+            run(&mut e, later, &syn(3)).0,
+            Verdict::Forward { .. }
+        ));
+    }
+}
+
+#[test]
+fn removed_peer_is_handled_as_dead() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    run(&mut e, t, &syn(1));
+    e.remove_peer(PeerId(1)).unwrap();
+    assert_eq!(run(&mut e, t, &ack(1, b"x")).0, Verdict::Reply);
+    let inner = syn(5);
+    assert_eq!(
+        run(&mut e, t, &from_b(&inner, B_TUN)).0,
+        Verdict::Drop(DropReason::UnknownTunnelSource)
+    );
+}
+
+#[test]
+fn bad_configuration_names_the_field() {
+    let base = EngineConfig::new(A_TUN.into(), vec![A_SVC.into()], vec![80]);
+    type Edit = fn(&mut EngineConfig);
+    let cases: [(&str, Edit); 7] = [
+        ("tunnel_addr", |c| {
+            c.tunnel_addr = Ipv4Addr::UNSPECIFIED.into()
+        }),
+        ("tunnel_addr", |c| c.tunnel_addr = A_SVC.into()),
+        ("service_addrs", |c| c.service_addrs.clear()),
+        ("service_ports", |c| c.service_ports = vec![0]),
+        ("tunnel_mtu", |c| c.tunnel_mtu = 500),
+        ("outer_ttl", |c| c.outer_ttl = 0),
+        ("routes", |c| c.routes.capacity = 0),
+    ];
+    for (field, f) in cases {
+        let mut c = base.clone();
+        f(&mut c);
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, field);
+        assert!(err.to_string().contains(field));
+    }
+    let mut e = engine_with(None, |_| {});
+    let v6 = IpAddr::V6("2001:2::1".parse().unwrap());
+    assert!(
+        e.add_peer(PeerId(2), v6, vec![], Timestamp::ZERO)
+            .unwrap_err()
+            .to_string()
+            .contains("peers.tunnel_addr")
+    );
+    assert!(
+        e.add_peer(PeerId(2), B_TUN.into(), vec![], Timestamp::ZERO)
+            .is_err(),
+        "duplicate tunnel"
+    );
+}
