@@ -24,6 +24,39 @@
 //!                         └─ anything else ─► Pass
 //! ```
 //!
+//! # Embedding the engine
+//!
+//! ```
+//! use dpr_policy::{SplitMix64, Threshold, ThresholdConfig};
+//! use dpr_router::{Engine, EngineConfig, PacketBuf, Verdict};
+//! use dpr_table::{Capacity, LoadFigures, LoadReport, LoadTableConfig, PeerId, Timestamp};
+//! use std::net::Ipv4Addr;
+//!
+//! // This host: tunnel 198.19.0.1, serving 198.18.1.1:80; one peer at tunnel 198.19.0.2.
+//! let cfg = EngineConfig::new(Ipv4Addr::new(198, 19, 0, 1).into(), vec![Ipv4Addr::new(198, 18, 1, 1).into()], vec![80]);
+//! let policy = Box::new(Threshold::new(ThresholdConfig { threshold: 100.0 })?);
+//! let mut engine = Engine::new(cfg, PeerId(0), Capacity::default(), LoadTableConfig::default(), policy, Box::new(SplitMix64::new(7)))?;
+//! engine.add_peer(PeerId(1), Ipv4Addr::new(198, 19, 0, 2).into(), vec![], Timestamp::ZERO)?;
+//! // Load figures come from the I/O layer: the peer's report, this host's own count.
+//! let idle = LoadReport { seq: 1, figures: LoadFigures::default(), capacity: Capacity::default(), draining: false };
+//! engine.apply_report(PeerId(1), &idle, Timestamp::ZERO)?;
+//! engine.set_local_load(LoadFigures { open_connections: 250, ..LoadFigures::default() }, Capacity::default())?;
+//!
+//! // A SYN from 198.18.100.1:40000 to the service, after 64 bytes of headroom.
+//! let mut buf = vec![0u8; 64];
+//! buf.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 198, 18, 100, 1, 198, 18, 1, 1]);
+//! buf.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+//! let end = buf.len();
+//! let mut pkt = PacketBuf::new(&mut buf, 64, end).expect("range inside the buffer");
+//! match engine.process(Timestamp::from_millis(1), &mut pkt) {
+//!     // Over its threshold (250 >= 100) with an idle peer: redirected.
+//!     // `pkt.bytes()` is now the IP-in-IP packet to send to 198.19.0.2.
+//!     Verdict::Forward { peer, to } => assert_eq!((peer, to), (PeerId(1), Ipv4Addr::new(198, 19, 0, 2).into())),
+//!     other => panic!("expected a redirect, got {other:?}"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Rules worth knowing:
 //! - **Two tables.** `routes` holds the connections this host routes (the
 //!   seed's routing table, with local ones too so local load is known);

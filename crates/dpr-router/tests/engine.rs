@@ -410,3 +410,66 @@ fn bad_configuration_names_the_field() {
         "duplicate tunnel"
     );
 }
+
+/// IPv6 tunnel endpoints: IPv4 service traffic goes out IPv4-in-IPv6 with a
+/// flow label from the flow hash, and IPv4-in-IPv6 from the peer comes in.
+#[test]
+fn ipv6_tunnels() {
+    let me: IpAddr = "2001:2:0:1::1"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .into();
+    let peer: IpAddr = "2001:2:0:1::2"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .into();
+    let cfg = EngineConfig::new(me, vec![A_SVC.into()], vec![80]);
+    let loads = LoadTableConfig {
+        report_interval: Duration::from_millis(100),
+        ..LoadTableConfig::default()
+    };
+    let mut e = Engine::new(
+        cfg,
+        PeerId(0),
+        Capacity::default(),
+        loads,
+        Box::new(Fixed(Some(PeerId(1)))),
+        Box::new(SplitMix64::new(1)),
+    )
+    .unwrap();
+    e.add_peer(PeerId(1), peer, vec![B_SVC.into()], Timestamp::ZERO)
+        .unwrap();
+    alive(&mut e, 1, Timestamp::ZERO);
+    let t = Timestamp::from_millis(1);
+    let (v, out) = run(&mut e, t, &syn(7));
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            peer: PeerId(1),
+            to: peer
+        }
+    );
+    let outer = dpr_packet::ipv6::Ipv6Packet::new_checked(&out[..]).unwrap();
+    assert_ne!(outer.flow_label(), 0);
+    let d = ipip::decapsulate(&out, ipip::ChecksumCheck::Verify).unwrap();
+    // Clamped for a 40-byte outer header: 1500 - 40 - 40.
+    let inner = &out[d.inner];
+    let m = parse_ip(inner).unwrap();
+    let seg = dpr_packet::tcp::TcpSegment::new_checked(&inner[usize::from(m.l4_offset)..]).unwrap();
+    assert_eq!(seg.mss().unwrap(), Some(1420));
+    // From the IPv6 peer.
+    let inner = tcp_packet(
+        client(9),
+        SocketAddr::new(B_SVC.into(), 80),
+        5,
+        0,
+        TcpFlags::SYN,
+        None,
+        &[],
+    );
+    let mut buf = vec![0u8; 40];
+    buf.extend_from_slice(&inner);
+    let s = ipip::encapsulate(&mut buf, 40, &EncapParams::new(peer, me)).unwrap();
+    let (v, out) = run(&mut e, t, &buf[s..]);
+    assert_eq!((v, out), (Verdict::Deliver, inner));
+}
