@@ -34,7 +34,8 @@ pub struct PacketMeta {
     /// Offset of the transport header (for a later fragment: of its data).
     pub l4_offset: u16,
     /// Length of the IP packet (header and payload), without link padding.
-    pub l3_len: u16,
+    /// Up to 65 575 bytes: an IPv6 payload of 65 535 plus its 40-byte header.
+    pub l3_len: u32,
     /// IP version.
     pub version: IpVersion,
     /// The flow key; ports are 0 where the protocol has none or for a later fragment.
@@ -50,7 +51,7 @@ pub struct PacketMeta {
 impl PacketMeta {
     /// The IP packet's bytes within the buffer that was parsed.
     pub fn l3_range(&self) -> core::ops::Range<usize> {
-        usize::from(self.l3_offset)..usize::from(self.l3_offset) + usize::from(self.l3_len)
+        usize::from(self.l3_offset)..usize::from(self.l3_offset) + self.l3_len as usize
     }
 }
 
@@ -126,7 +127,7 @@ fn parse_v4(packet: &[u8]) -> Result<PacketMeta> {
     Ok(PacketMeta {
         l3_offset: 0,
         l4_offset: hl as u16,
-        l3_len: total,
+        l3_len: u32::from(total),
         version: IpVersion::V4,
         flow: FlowKey {
             src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
@@ -159,7 +160,7 @@ fn parse_v6(packet: &[u8]) -> Result<PacketMeta> {
     Ok(PacketMeta {
         l3_offset: 0,
         l4_offset: l4_off as u16,
-        l3_len: l3_len as u16,
+        l3_len: l3_len as u32,
         version: IpVersion::V6,
         flow: FlowKey {
             src: IpAddr::V6(ip.src()),

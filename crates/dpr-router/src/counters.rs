@@ -41,7 +41,8 @@ pub struct Counters {
     pub dropped: u64,
     /// Drops by reason, indexed by [`DropReason::index`].
     pub drops: [u64; DropReason::ALL.len()],
-    /// Malformed packets by the layer that failed.
+    /// Parse failures by the layer that failed: packets dropped as
+    /// `Malformed`, and the outer or inner packets of `BadTunnel` drops.
     pub malformed_by_layer: BTreeMap<&'static str, u64>,
     /// New connections served locally.
     pub new_local: u64,
@@ -58,6 +59,9 @@ pub struct Counters {
     pub mss_clamped: u64,
     /// ICMP errors about the tunnel path itself (passed to the kernel).
     pub icmp_about_tunnel: u64,
+    /// "Fragmentation needed" / "packet too big" replies sent to clients
+    /// whose packets would not fit the tunnel MTU once encapsulated.
+    pub too_big_replies: u64,
     /// RSTs sent for connections routed to a dead peer.
     pub dead_peer_resets: u64,
     /// Routes moved off a dead peer when a retransmitted SYN arrived.

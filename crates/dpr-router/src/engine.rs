@@ -132,7 +132,25 @@ impl Engine {
             }
             .into());
         }
+        let moved = self
+            .loads
+            .peer(id)
+            .is_some_and(|old| old.tunnel_addr != tunnel_addr);
         self.loads.add_peer(id, tunnel_addr, service_addrs, now)?;
+        if moved {
+            // The id comes back as a different host: connections routed to
+            // (or received from) the old one must not follow it there.
+            for t in [&mut self.routes, &mut self.served] {
+                let stale: Vec<FlowKey> = t
+                    .iter()
+                    .filter(|e| e.route == Route::Peer(id))
+                    .map(|e| e.key)
+                    .collect();
+                for k in &stale {
+                    t.remove(k);
+                }
+            }
+        }
         self.peer_by_tunnel.insert(tunnel_addr, id);
         Ok(())
     }
@@ -251,21 +269,20 @@ impl Engine {
         }
         let flow = meta.flow;
         let flags = meta.tcp_flags;
-        let len = u32::from(meta.l3_len);
+        let len = meta.l3_len;
         let known = self
             .routes
             .on_packet(&flow, Direction::Original, flags, len, now);
         if flags.is_syn() {
             match known {
-                PacketOutcome::Forward(Route::Peer(p))
-                | PacketOutcome::ForwardAndRemoved(Route::Peer(p))
+                PacketOutcome::Forward(Route::Peer(p)) | PacketOutcome::Reset(Route::Peer(p))
                     if !self.peer_usable(p) =>
                 {
                     // Not yet established: route the retransmitted SYN afresh.
                     self.routes.remove(&flow);
                     self.counters.c.dead_peer_reroutes += 1;
                 }
-                PacketOutcome::Forward(route) | PacketOutcome::ForwardAndRemoved(route) => {
+                PacketOutcome::Forward(route) | PacketOutcome::Reset(route) => {
                     self.counters.c.syn_retransmits += 1;
                     return self.follow(route, pkt, meta);
                 }
@@ -286,21 +303,26 @@ impl Engine {
                 Ok(InsertOutcome::Inserted { .. } | InsertOutcome::Existing(_)) => {}
                 Err(_) => self.counters.c.table_insert_failures += 1,
             }
-            match route {
-                Route::Local => self.counters.c.new_local += 1,
-                Route::Peer(p) => {
+            let v = self.follow(route, pkt, meta);
+            match (route, v) {
+                (Route::Local, _) => self.counters.c.new_local += 1,
+                (Route::Peer(p), Verdict::Forward { .. }) => {
                     self.counters.c.new_redirected += 1;
                     self.counters.peer(p).redirected_connections += 1;
                 }
+                // Could not be sent: do not keep a route nothing followed.
+                (Route::Peer(_), _) => {
+                    self.routes.remove(&flow);
+                }
             }
-            return self.follow(route, pkt, meta);
+            return v;
         }
         match known {
             PacketOutcome::Unknown => {
                 self.counters.c.unknown_flow_delivered += 1;
                 Verdict::Deliver
             }
-            PacketOutcome::Forward(route) | PacketOutcome::ForwardAndRemoved(route) => {
+            PacketOutcome::Forward(route) | PacketOutcome::Reset(route) => {
                 self.follow(route, pkt, meta)
             }
         }
@@ -369,14 +391,23 @@ impl Engine {
                 self.counters.c.mss_clamped += 1;
             }
         }
+        let r = pkt.range();
+        let inner_len = meta.l3_len as usize;
+        if params.outer_len() + inner_len > usize::from(self.cfg.tunnel_mtu) {
+            let df =
+                meta.version == IpVersion::V6 || pkt.bytes().get(6).is_some_and(|b| b & 0x40 != 0);
+            if df {
+                return self.too_big(pkt, meta, params.outer_len());
+            }
+            // DF clear: the outer header copies it, so routers may fragment.
+        }
         params.ident = self.next_ident;
         self.next_ident = self.next_ident.wrapping_add(1);
         if to.is_ipv6() {
             // RFC 6438: spread tunnel traffic over ECMP paths by inner flow.
             params.flow_label = ipip::flow_label_from_hash(self.hasher.hash(&meta.flow));
         }
-        let r = pkt.range();
-        let end = r.start + usize::from(meta.l3_len);
+        let end = r.start + inner_len;
         match ipip::encapsulate(&mut pkt.whole_mut()[..end], r.start, &params) {
             Ok(start) => {
                 pkt.set_range(start..end);
@@ -389,6 +420,24 @@ impl Engine {
                 Verdict::Drop(DropReason::Oversize)
             }
             Err(_) => Verdict::Drop(DropReason::NoHeadroom),
+        }
+    }
+
+    /// The client's packet does not fit the tunnel: tell it the MTU that
+    /// does (as a Linux tunnel device would), so it sends smaller segments.
+    fn too_big(&mut self, pkt: &mut PacketBuf<'_>, meta: &PacketMeta, outer_len: usize) -> Verdict {
+        if meta.flow.protocol != IpProtocol::Tcp {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        let mtu = self.cfg.tunnel_mtu.saturating_sub(outer_len as u16);
+        let r = pkt.range();
+        match reply::write_too_big(pkt.whole_mut(), r, meta, mtu) {
+            Some(range) => {
+                pkt.set_range(range);
+                self.counters.c.too_big_replies += 1;
+                Verdict::Reply
+            }
+            None => Verdict::Drop(DropReason::TooBig),
         }
     }
 
@@ -429,18 +478,29 @@ impl Engine {
                 return Verdict::Drop(DropReason::BadTunnel);
             }
         };
+        // Only what a peer legitimately sends: service TCP, or an ICMP error,
+        // addressed to one of that peer's service addresses.
+        let expected = inner.fragment == Fragment::Whole
+            && self
+                .loads
+                .peer(origin)
+                .is_some_and(|p| p.service_addrs.contains(&inner.flow.dst))
+            && match inner.flow.protocol {
+                IpProtocol::Tcp => self.cfg.service_ports.contains(&inner.flow.dst_port),
+                IpProtocol::Icmp | IpProtocol::Icmpv6 => true,
+                _ => false,
+            };
+        if !expected {
+            return Verdict::Drop(DropReason::UnexpectedInner);
+        }
         let c = self.counters.peer(origin);
         c.received_packets += 1;
         c.received_bytes += u64::from(inner.l3_len);
-        if inner.flow.protocol == IpProtocol::Tcp && inner.fragment == Fragment::Whole {
+        if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
-            let outcome = self.served.on_packet(
-                &inner.flow,
-                Direction::Original,
-                flags,
-                u32::from(inner.l3_len),
-                now,
-            );
+            let outcome =
+                self.served
+                    .on_packet(&inner.flow, Direction::Original, flags, inner.l3_len, now);
             if flags.is_syn() && outcome == PacketOutcome::Unknown {
                 // One hop only: a connection that arrived from a peer is
                 // served here and never redirected again.

@@ -1,11 +1,14 @@
 //! Packets the engine generates: the TCP RST that makes a client of a dead
-//! peer's connection fail fast.
+//! peer's connection fail fast, and the ICMP "too big" error that makes a
+//! client lower its segment size to fit the tunnel.
 
+use dpr_packet::icmp::{self, IcmpErrorKind};
 use dpr_packet::ipv4::{Ipv4OptionsBuf, Ipv4Repr};
 use dpr_packet::ipv6::Ipv6Repr;
 use dpr_packet::tcp::{TcpFlags, TcpOptionsBuf, TcpRepr, TcpSegment};
 use dpr_packet::{Ecn, IpProtocol, PacketMeta};
 use std::net::IpAddr;
+use std::ops::Range;
 
 /// Length of the RST for a packet of this IP version.
 pub(crate) fn rst_len(v6: bool) -> usize {
@@ -86,4 +89,85 @@ pub(crate) fn write_rst(buf: &mut [u8], meta: &PacketMeta) -> Option<usize> {
     };
     tcp.emit(&mut out[ip_len..], src, dst, &[]).ok()?;
     Some(len)
+}
+
+/// Builds, in `buf`, the ICMP error that tells the sender of the IP packet
+/// at `pkt` (described by `meta`) that the path MTU is `mtu`: ICMPv4
+/// "fragmentation needed" or ICMPv6 "packet too big", from the address the
+/// sender used to the sender, quoting as much of the packet as RFC 1812 /
+/// RFC 4443 allow. The quote stays where it is; the IP and ICMP headers go
+/// in the headroom before it. Returns the reply's range, or `None` without
+/// enough headroom.
+pub(crate) fn write_too_big(
+    buf: &mut [u8],
+    pkt: Range<usize>,
+    meta: &PacketMeta,
+    mtu: u16,
+) -> Option<Range<usize>> {
+    let v6 = meta.flow.dst.is_ipv6();
+    let (ip_len, max_quote) = if v6 { (40, 1280 - 48) } else { (20, 576 - 28) };
+    let hdrs = ip_len + icmp::HEADER_LEN;
+    let start = pkt.start.checked_sub(hdrs)?;
+    let quote_len = pkt.len().min(max_quote);
+    let end = pkt.start + quote_len;
+    let (src, dst) = (meta.flow.dst, meta.flow.src);
+    let kind = if v6 {
+        IcmpErrorKind::PacketTooBig {
+            mtu: u32::from(mtu.max(1280)),
+        }
+    } else {
+        IcmpErrorKind::FragmentationNeeded { mtu }
+    };
+    let (t, c, rest) = if v6 {
+        kind.v6_header()?
+    } else {
+        kind.v4_header()?
+    };
+    let msg_len = icmp::HEADER_LEN + quote_len;
+    let out = buf.get_mut(start..end)?;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Ipv4Repr {
+            src: s,
+            dst: d,
+            protocol: IpProtocol::Icmp,
+            payload_len: msg_len as u16,
+            ttl: 64,
+            dscp: 0,
+            ecn: Ecn::NotEct,
+            ident: 0,
+            dont_frag: false,
+            more_frags: false,
+            frag_offset: 0,
+            options: Ipv4OptionsBuf::default(),
+        }
+        .emit(out)
+        .ok()?,
+        (IpAddr::V6(s), IpAddr::V6(d)) => Ipv6Repr {
+            src: s,
+            dst: d,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: msg_len as u16,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        }
+        .emit(out)
+        .ok()?,
+        _ => return None,
+    }
+    let m = &mut out[ip_len..];
+    m[0] = t;
+    m[1] = c;
+    m[2..4].copy_from_slice(&[0, 0]);
+    m[4..8].copy_from_slice(&rest.to_be_bytes());
+    if v6 {
+        icmp::Icmpv6Packet::new_checked(&mut *m)
+            .ok()?
+            .fill_checksum(src, dst);
+    } else {
+        icmp::Icmpv4Packet::new_checked(&mut *m)
+            .ok()?
+            .fill_checksum();
+    }
+    Some(start..end)
 }

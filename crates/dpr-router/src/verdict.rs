@@ -46,11 +46,17 @@ pub enum DropReason {
     NoHeadroom,
     /// Encapsulation would exceed the largest IP packet.
     Oversize,
+    /// Too big for the tunnel MTU and no "too big" reply could be sent (not
+    /// TCP, or no room for the reply).
+    TooBig,
+    /// IP-in-IP from a peer whose inner packet is not service traffic for
+    /// one of that peer's service addresses (or an ICMP error about it).
+    UnexpectedInner,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         Self::Malformed,
         Self::Fragment,
         Self::UnknownTunnelSource,
@@ -60,6 +66,8 @@ impl DropReason {
         Self::DeadPeer,
         Self::NoHeadroom,
         Self::Oversize,
+        Self::TooBig,
+        Self::UnexpectedInner,
     ];
 
     /// Position in [`Self::ALL`].
@@ -79,6 +87,8 @@ impl DropReason {
             Self::DeadPeer => "dead_peer",
             Self::NoHeadroom => "no_headroom",
             Self::Oversize => "oversize",
+            Self::TooBig => "too_big",
+            Self::UnexpectedInner => "unexpected_inner",
         }
     }
 }

@@ -363,3 +363,41 @@ fn runs_are_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// An off-path attacker who knows a redirected connection's addresses and
+/// ports sends an RST with a guessed sequence number. The redirecting host
+/// forwards it (it cannot check sequence numbers), the serving host's stack
+/// ignores it (RFC 5961), and the connection carries on through the same
+/// route: the RST did not cut it.
+#[test]
+fn blind_rst_does_not_break_a_redirected_connection() {
+    let mut c = overloaded_a(
+        ClusterConfig {
+            hosts: 2,
+            ..ClusterConfig::default()
+        },
+        threshold,
+    );
+    let port = c.connect(0, 0, true);
+    c.run_for(Duration::from_millis(20));
+    assert_eq!(c.conn(0, port).unwrap().served_by(), Some("host1"));
+    let client = SocketAddr::new(client_addr(0, false), port);
+    let svc = SocketAddr::new(service_addr(0, false), SERVICE_PORT);
+    c.inject(tcp_packet(
+        client,
+        svc,
+        0x0bad_5eed,
+        0,
+        TcpFlags::RST,
+        None,
+        &[],
+    ));
+    c.run_for(Duration::from_millis(5));
+    assert_eq!(c.hosts[1].server.ignored_rst, 1);
+    assert!(c.request(0, port));
+    c.run_for(Duration::from_millis(20));
+    let conn = c.conn(0, port).unwrap();
+    assert_eq!(conn.state, ClientState::Established);
+    assert_eq!(conn.served_by(), Some("host1"));
+    assert_eq!(c.hosts[0].engine.counters().unknown_flow_delivered, 0);
+}

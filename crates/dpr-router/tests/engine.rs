@@ -304,8 +304,9 @@ fn no_headroom_and_oversize() {
         Verdict::Drop(DropReason::NoHeadroom)
     );
     assert_eq!(pb.bytes(), &p[..], "untouched");
-    // A 65 516-byte IPv4 packet cannot take a 20-byte outer header.
-    let big = tcp_packet(
+    // A 65 516-byte IPv4 packet cannot take a 20-byte outer header. With
+    // DF clear there is no "too big" to send: it is dropped as oversize.
+    let mut big = tcp_packet(
         client(2),
         svc(),
         1,
@@ -315,6 +316,10 @@ fn no_headroom_and_oversize() {
         &vec![0u8; 65_476],
     );
     assert_eq!(big.len(), 65_516);
+    big[6] &= !0x40;
+    Ipv4Packet::new_checked(&mut big[..])
+        .unwrap()
+        .fill_checksum();
     assert_eq!(
         run(&mut e, Timestamp::from_millis(1), &big).0,
         Verdict::Drop(DropReason::Oversize)
@@ -472,4 +477,214 @@ fn ipv6_tunnels() {
     let s = ipip::encapsulate(&mut buf, 40, &EncapParams::new(peer, me)).unwrap();
     let (v, out) = run(&mut e, t, &buf[s..]);
     assert_eq!((v, out), (Verdict::Deliver, inner));
+}
+
+/// Found in review: a client's full-size segment (its MSS came from the
+/// serving host's SYN-ACK, which never crosses the tunnel) does not fit the
+/// tunnel once encapsulated. With DF set the client gets "fragmentation
+/// needed" with the MTU that fits, quoting its packet; with DF clear the
+/// outer packet is sent with DF clear.
+#[test]
+fn too_big_for_the_tunnel() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    run(&mut e, t, &syn(1));
+    let big = tcp_packet(client(1), svc(), 101, 7, TcpFlags::ACK, None, &[7u8; 1460]);
+    let (v, out) = run(&mut e, t, &big);
+    assert_eq!(v, Verdict::Reply);
+    let m = parse_ip(&out).unwrap();
+    assert_eq!(
+        (m.flow.src, m.flow.dst),
+        (IpAddr::from(A_SVC), IpAddr::from(CLIENT))
+    );
+    let msg = &out[20..];
+    assert!(
+        dpr_packet::icmp::Icmpv4Packet::new_checked(msg)
+            .unwrap()
+            .verify_checksum()
+    );
+    let err = dpr_packet::icmp::parse_icmpv4_error(msg).unwrap();
+    assert_eq!(
+        err.kind,
+        dpr_packet::icmp::IcmpErrorKind::FragmentationNeeded { mtu: 1480 }
+    );
+    assert_eq!(err.quote.flow, parse_ip(&big).unwrap().flow);
+    assert_eq!(out.len(), 576, "quote limited to 548 bytes");
+    assert_eq!(e.counters().too_big_replies, 1);
+    // The route is untouched: a segment that fits still goes through.
+    let fits = tcp_packet(client(1), svc(), 101, 7, TcpFlags::ACK, None, &[7u8; 1440]);
+    let (v, out) = run(&mut e, t, &fits);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(out.len(), 1500);
+    // DF clear: forwarded, and routers may fragment the outer packet.
+    let mut nodf = big.clone();
+    nodf[6] &= !0x40;
+    Ipv4Packet::new_checked(&mut nodf[..])
+        .unwrap()
+        .fill_checksum();
+    let (v, out) = run(&mut e, t, &nodf);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!((out.len(), out[6] & 0x40), (1520, 0));
+}
+
+fn v6_packet(src: &str, dst: &str, next: u8, payload_len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + payload_len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    p[6] = next;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p
+}
+
+/// Found in review: an IPv6 packet of 65 575 bytes (payload length 65 535)
+/// overflowed a 16-bit length and panicked. Now: no panic; a redirected SYN
+/// that big gets "packet too big"; an ICMPv6 one is handled normally.
+#[test]
+fn largest_ipv6_packets() {
+    let svc6 = "2001:2:0:10::1";
+    let mut e = engine_with(Some(PeerId(1)), |c| {
+        c.service_addrs.push(IpAddr::V6(svc6.parse().unwrap()))
+    });
+    let t = Timestamp::from_millis(1);
+    let mut synp = v6_packet("2001:2:0:64::1", svc6, 6, 65_535);
+    synp[40..42].copy_from_slice(&40000u16.to_be_bytes());
+    synp[42..44].copy_from_slice(&80u16.to_be_bytes());
+    synp[52] = 0x50;
+    synp[53] = 0x02;
+    assert_eq!(parse_ip(&synp).unwrap().l3_len, 65_575);
+    let (v, out) = run(&mut e, t, &synp);
+    assert_eq!(v, Verdict::Reply);
+    let err = dpr_packet::icmp::parse_icmpv6_error(&out[40..]).unwrap();
+    assert_eq!(
+        err.kind,
+        dpr_packet::icmp::IcmpErrorKind::PacketTooBig { mtu: 1480 }
+    );
+    let mut icmp = v6_packet("2001:2:0:64::1", "2001:2:0:10::9", 58, 65_535);
+    icmp[40] = 1;
+    let (v, _) = run(&mut e, t, &icmp);
+    assert!(matches!(v, Verdict::Pass | Verdict::Drop(_)), "{v:?}");
+}
+
+/// An IPv6 later fragment to a service address is dropped, not passed.
+#[test]
+fn ipv6_later_fragment_is_dropped() {
+    let svc6 = "2001:2:0:10::1";
+    let mut e = engine_with(None, |c| {
+        c.service_addrs.push(IpAddr::V6(svc6.parse().unwrap()))
+    });
+    let mut p = v6_packet("2001:2:0:64::1", svc6, 44, 24);
+    p[40] = 6;
+    p[42..44].copy_from_slice(&(16u16 << 3).to_be_bytes());
+    assert_eq!(
+        run(&mut e, Timestamp::from_millis(1), &p).0,
+        Verdict::Drop(DropReason::Fragment)
+    );
+}
+
+/// Found in review: an off-path RST with any sequence number removed the
+/// route, so the live connection's next packet went to the wrong stack. The
+/// server ignores such an RST (RFC 5961); the route now survives it.
+#[test]
+fn blind_rst_does_not_cut_the_route() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    run(&mut e, t, &syn(1));
+    run(&mut e, t, &ack(1, b"GET"));
+    let rst = tcp_packet(client(1), svc(), 0xdead_beef, 0, TcpFlags::RST, None, &[]);
+    assert!(
+        matches!(run(&mut e, t, &rst).0, Verdict::Forward { .. }),
+        "the RST itself goes to the server"
+    );
+    assert!(matches!(
+        run(&mut e, t, &ack(1, b"x")).0,
+        Verdict::Forward { .. }
+    ));
+    let flow = parse_ip(&syn(1)).unwrap().flow;
+    assert_eq!(
+        e.routes().get(&flow).unwrap().state,
+        dpr_table::ConnState::Established
+    );
+}
+
+/// Found in review: IP-in-IP from a peer delivered whatever it carried.
+/// Only service TCP or an ICMP error for one of that peer's service
+/// addresses is delivered.
+#[test]
+fn peer_delivers_only_service_traffic() {
+    let mut e = engine_with(None, |_| {});
+    let t = Timestamp::from_millis(1);
+    let ssh = tcp_packet(
+        client(1),
+        SocketAddr::new(B_SVC.into(), 22),
+        1,
+        0,
+        TcpFlags::SYN,
+        None,
+        &[],
+    );
+    let elsewhere = tcp_packet(
+        client(1),
+        SocketAddr::new(Ipv4Addr::new(198, 18, 200, 9).into(), 80),
+        1,
+        0,
+        TcpFlags::SYN,
+        None,
+        &[],
+    );
+    let mut later = tcp_packet(
+        client(1),
+        SocketAddr::new(B_SVC.into(), 80),
+        1,
+        0,
+        TcpFlags::ACK,
+        None,
+        &[0; 16],
+    );
+    later[6..8].copy_from_slice(&0x0002u16.to_be_bytes());
+    Ipv4Packet::new_checked(&mut later[..])
+        .unwrap()
+        .fill_checksum();
+    for inner in [ssh, elsewhere, later] {
+        assert_eq!(
+            run(&mut e, t, &from_b(&inner, B_TUN)).0,
+            Verdict::Drop(DropReason::UnexpectedInner)
+        );
+    }
+    assert!(e.served().is_empty());
+    assert_eq!(e.counters().drops_of(DropReason::UnexpectedInner), 3);
+}
+
+/// Found in review: a removed peer id re-added as a different host (new
+/// tunnel address) inherited the old host's connections. They are purged;
+/// re-adding the same host keeps them.
+#[test]
+fn readded_peer_id_starts_clean() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    run(&mut e, t, &syn(1));
+    e.remove_peer(PeerId(1)).unwrap();
+    e.add_peer(PeerId(1), B_TUN.into(), vec![B_SVC.into()], t)
+        .unwrap();
+    alive(&mut e, 9, t);
+    assert!(
+        matches!(run(&mut e, t, &ack(1, b"x")).0, Verdict::Forward { .. }),
+        "same host: kept"
+    );
+    e.remove_peer(PeerId(1)).unwrap();
+    e.add_peer(
+        PeerId(1),
+        Ipv4Addr::new(198, 19, 0, 9).into(),
+        vec![B_SVC.into()],
+        t,
+    )
+    .unwrap();
+    alive(&mut e, 10, t);
+    assert_eq!(
+        run(&mut e, t, &ack(1, b"x")).0,
+        Verdict::Deliver,
+        "another host: the old route is gone"
+    );
+    assert_eq!(e.counters().unknown_flow_delivered, 1);
 }

@@ -163,8 +163,11 @@ pub enum PacketOutcome {
     Unknown,
     /// Forward along this route; the entry was updated.
     Forward(Route),
-    /// An RST: forward along this route; the entry was removed.
-    ForwardAndRemoved(Route),
+    /// An RST: forward along this route. The entry is not removed at once:
+    /// it lives out the FIN grace time and comes back if the connection goes
+    /// on, so a blind RST (which the endpoint ignores, RFC 5961) cannot cut
+    /// the route of a connection that survives it.
+    Reset(Route),
 }
 
 /// Counters of a table's life.
@@ -191,6 +194,9 @@ const ST_CLOSED: u8 = 4;
 const ST_MASK: u8 = 0x07;
 const FIN_ORIG: u8 = 0x08;
 const FIN_REPLY: u8 = 0x10;
+/// An RST was seen; the entry is in its grace time (`ST_CLOSED`) and comes
+/// back to life if the connection goes on (the endpoint refused the RST).
+const RST_SEEN: u8 = 0x20;
 const LOCAL: u8 = 0x80;
 
 /// One stored entry. For `V4Key` this is 48 bytes: the compiler orders
@@ -546,14 +552,32 @@ impl<K: TableKey> ConnTable<K> {
             self.stats.expired += 1;
             return PacketOutcome::Unknown;
         }
-        if flags.contains(TcpFlags::RST) {
-            let route = self.remove_at(pos, e).route();
-            self.stats.reset += 1;
-            return PacketOutcome::ForwardAndRemoved(route);
-        }
         let s = &mut self.entries[e as usize];
         s.packets = s.packets.saturating_add(1);
         s.bytes = s.bytes.saturating_add(u64::from(len));
+        if flags.contains(TcpFlags::RST) {
+            // Not removed at once: a router cannot check the RST's sequence
+            // number, and an endpoint ignores one outside its window (RFC
+            // 5961). The route lives out the grace time so the connection's
+            // next packets still reach their server; a later packet revives it.
+            s.state = (s.state & !ST_MASK) | RST_SEEN | ST_CLOSED;
+            s.last_seen = now.0;
+            let route = s.route();
+            self.stats.reset += 1;
+            self.touch(e);
+            return PacketOutcome::Reset(route);
+        }
+        if s.state & RST_SEEN != 0 {
+            // The connection went on after an RST: the endpoint refused it.
+            let fins = s.state & (FIN_ORIG | FIN_REPLY);
+            let st = match fins {
+                0 => ST_EST,
+                f if f == FIN_ORIG | FIN_REPLY => ST_CLOSED,
+                _ => ST_CLOSING,
+            };
+            s.state = (s.state & !(ST_MASK | RST_SEEN)) | st;
+            s.last_seen = now.0;
+        }
         let mut st = s.state & ST_MASK;
         if st == ST_SYN
             && ((dir == Direction::Original && flags.contains(TcpFlags::ACK))
@@ -932,7 +956,7 @@ pub(crate) fn parse_export(bytes: &[u8]) -> Result<Vec<Record>> {
         let state_pos = r.pos;
         let [state] = r.take::<1>()?;
         let st = state & ST_MASK;
-        if !(ST_SYN..=ST_CLOSED).contains(&st) || state & 0x60 != 0 {
+        if !(ST_SYN..=ST_CLOSED).contains(&st) || state & 0x40 != 0 {
             return Err(TableError::MalformedExport { offset: state_pos });
         }
         out.push(Record {

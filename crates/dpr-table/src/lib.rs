@@ -19,7 +19,7 @@
 //!  packet ─► parse (dpr-packet) ─► FlowKey ─► worker_for(hash) ─► worker's ConnTable
 //!                                                  │
 //!          ConnTable::on_packet(key, dir, flags, len, now)
-//!             ├─ Forward(route) / ForwardAndRemoved(route) ─► serve / encapsulate to peer
+//!             ├─ Forward(route) / Reset(route) ─► serve / encapsulate to peer
 //!             └─ Unknown + SYN ─► dpr-policy decides with &LoadTable ─► ConnTable::insert
 //!  load report (from a peer) ─► LoadTable::apply_report(id, report, now)
 //!  timer tick ─► LoadTable::refresh(now), ConnTable::sweep(now, budget)

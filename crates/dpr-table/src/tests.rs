@@ -132,16 +132,35 @@ fn lifecycle_syn_established_fin_fin_grace() {
 }
 
 #[test]
-fn rst_removes_and_udp_starts_established() {
+fn rst_starts_the_grace_time_and_udp_starts_established() {
     let mut t = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(1)).unwrap();
+    let grace = cfg(8).fin_grace.as_nanos() as u64;
     let f = flow(2);
     t.insert(&f, Route::Local, Timestamp(0)).unwrap();
     assert_eq!(
         t.on_packet(&f, Direction::Reply, TcpFlags::RST, 40, Timestamp(1)),
-        PacketOutcome::ForwardAndRemoved(Route::Local)
+        PacketOutcome::Reset(Route::Local)
     );
     assert_eq!(t.stats().reset, 1);
-    assert!(t.get(&f).is_none());
+    // Kept for the grace time (a blind RST must not cut the route) ...
+    assert_eq!(t.get(&f).unwrap().state, ConnState::Closed);
+    assert!(t.lookup(&f, Timestamp(1 + grace - 1)).is_some());
+    // ... and gone after it.
+    assert!(t.lookup(&f, Timestamp(1 + grace)).is_none());
+    // A connection that goes on after an RST (the endpoint refused it) is revived.
+    let g = flow(4);
+    t.insert(&g, Route::Peer(PeerId(3)), Timestamp(0)).unwrap();
+    t.on_packet(&g, Direction::Original, TcpFlags::ACK, 40, Timestamp(1));
+    t.on_packet(&g, Direction::Original, TcpFlags::RST, 40, Timestamp(2));
+    assert_eq!(
+        t.on_packet(&g, Direction::Original, TcpFlags::ACK, 40, Timestamp(3)),
+        PacketOutcome::Forward(Route::Peer(PeerId(3)))
+    );
+    assert_eq!(t.get(&g).unwrap().state, ConnState::Established);
+    assert!(
+        t.lookup(&g, Timestamp(3 + grace)).is_some(),
+        "back on the established timeout"
+    );
     let mut u = flow(3);
     u.protocol = IpProtocol::Udp;
     t.insert(&u, Route::Local, Timestamp(0)).unwrap();

@@ -223,7 +223,12 @@ impl Cluster {
                 service,
                 tunnel,
                 engine,
-                server: Server::new(format!("host{i}")),
+                server: Server::new(
+                    format!("host{i}"),
+                    (0..cfg.hosts)
+                        .map(|j| service_addr(j, cfg.ipv6_service))
+                        .collect(),
+                ),
                 alive: true,
                 passed: Vec::new(),
                 dropped: Vec::new(),

@@ -154,6 +154,8 @@ pub struct ClientConn {
     pub out_of_order: u32,
     /// Keep the connection open after the response (no FIN).
     pub hold_open: bool,
+    /// RSTs ignored because their sequence number was not the expected one.
+    pub ignored_rst: u32,
     /// When the SYN was sent.
     pub opened_at: Timestamp,
     /// When the whole response had arrived (or the connection was reset).
@@ -237,6 +239,7 @@ impl Client {
                 sources_seen: Vec::new(),
                 out_of_order: 0,
                 hold_open,
+                ignored_rst: 0,
                 opened_at: now,
                 finished_at: None,
             },
@@ -290,8 +293,18 @@ impl Client {
         }
         let mut out = Vec::new();
         if s.flags.contains(TcpFlags::RST) {
-            c.state = ClientState::Reset;
-            c.finished_at.get_or_insert(now);
+            // Accept only an RST that proves it saw our packets (RFC 5961:
+            // exact sequence number; in SYN-SENT, an ACK of our SYN).
+            let valid = match c.state {
+                ClientState::SynSent => s.flags.contains(TcpFlags::ACK) && s.ack == c.snd_nxt,
+                _ => s.seq == c.rcv_nxt,
+            };
+            if valid {
+                c.state = ClientState::Reset;
+                c.finished_at.get_or_insert(now);
+            } else {
+                c.ignored_rst += 1;
+            }
             return out;
         }
         match c.state {
@@ -386,6 +399,13 @@ struct ServerConn {
 pub struct Server {
     /// The host's name, put in every response.
     pub name: String,
+    /// The addresses this host's stack holds (its own service address and
+    /// its peers' on a non-ARP interface): packets to others are not its.
+    pub addrs: Vec<IpAddr>,
+    /// Packets delivered to this stack for an address it does not hold.
+    pub misdelivered: u32,
+    /// RSTs ignored for a wrong sequence number (RFC 5961).
+    pub ignored_rst: u32,
     conns: BTreeMap<(SocketAddr, SocketAddr), ServerConn>,
     /// The MSS option of every SYN that reached this stack.
     pub syn_mss_seen: Vec<Option<u16>>,
@@ -406,10 +426,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// A stack named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
+    /// A stack named `name` that holds `addrs`.
+    pub fn new(name: impl Into<String>, addrs: Vec<IpAddr>) -> Self {
         Self {
             name: name.into(),
+            addrs,
+            misdelivered: 0,
+            ignored_rst: 0,
             conns: BTreeMap::new(),
             syn_mss_seen: Vec::new(),
             accepted: 0,
@@ -448,6 +471,10 @@ impl Server {
             self.bad_packets += 1;
             return Vec::new();
         };
+        if !self.addrs.contains(&s.dst.ip()) {
+            self.misdelivered += 1;
+            return Vec::new();
+        }
         // Replies leave with the address the client used: direct server return.
         let (me, peer) = (s.dst, s.src);
         let key = (me, peer);
@@ -488,7 +515,11 @@ impl Server {
             return out;
         };
         if s.flags.contains(TcpFlags::RST) {
-            self.conns.remove(&key);
+            if s.seq == c.rcv_nxt {
+                self.conns.remove(&key);
+            } else {
+                self.ignored_rst += 1;
+            }
             return out;
         }
         if !s.payload.is_empty() && s.seq == c.rcv_nxt {
