@@ -123,6 +123,61 @@ impl Ecn {
     }
 }
 
+/// Writes a plain IP header for a generated packet at the start of `buf`:
+/// IPv4 (no options, identification 0, checksum filled) or IPv6 (traffic
+/// class and flow label 0), by the family of `src` and `dst`, which must
+/// match. Returns the header length (20 or 40).
+pub fn emit_header(
+    buf: &mut [u8],
+    src: core::net::IpAddr,
+    dst: core::net::IpAddr,
+    protocol: IpProtocol,
+    payload_len: usize,
+    ttl: u8,
+    dont_frag: bool,
+) -> crate::Result<usize> {
+    use crate::error::{Error, Layer, Malformed};
+    use core::net::IpAddr;
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let payload_len = u16::try_from(payload_len)
+                .map_err(|_| Error::malformed(Layer::Ipv4, 2, Malformed::Oversize))?;
+            crate::ipv4::Ipv4Repr {
+                src,
+                dst,
+                protocol,
+                payload_len,
+                ttl,
+                dscp: 0,
+                ecn: Ecn::NotEct,
+                ident: 0,
+                dont_frag,
+                more_frags: false,
+                frag_offset: 0,
+                options: crate::ipv4::Ipv4OptionsBuf::default(),
+            }
+            .emit(buf)?;
+            Ok(crate::ipv4::MIN_HEADER_LEN)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let payload_len = u16::try_from(payload_len)
+                .map_err(|_| Error::malformed(Layer::Ipv6, 4, Malformed::Oversize))?;
+            crate::ipv6::Ipv6Repr {
+                src,
+                dst,
+                next_header: protocol,
+                payload_len,
+                hop_limit: ttl,
+                traffic_class: 0,
+                flow_label: 0,
+            }
+            .emit(buf)?;
+            Ok(crate::ipv6::HEADER_LEN)
+        }
+        _ => Err(Error::malformed(Layer::Ipv4, 0, Malformed::AddressFamily)),
+    }
+}
+
 /// The version nibble of the first byte of an IP packet, if it is 4 or 6.
 #[inline]
 pub fn version_of(packet: &[u8]) -> Option<IpVersion> {
@@ -144,6 +199,64 @@ mod tests {
         }
         assert_eq!(IpProtocol::from(6), IpProtocol::Tcp);
         assert_eq!(IpProtocol::from(200), IpProtocol::Unknown(200));
+    }
+
+    #[test]
+    fn emit_header_both_families() {
+        let (s4, d4) = (
+            core::net::Ipv4Addr::new(198, 18, 0, 1),
+            core::net::Ipv4Addr::new(198, 18, 0, 2),
+        );
+        let mut b = [0u8; 40];
+        assert_eq!(
+            emit_header(&mut b, s4.into(), d4.into(), IpProtocol::Tcp, 20, 64, true),
+            Ok(20)
+        );
+        let p = crate::ipv4::Ipv4Packet::new_truncated(&b[..]).unwrap();
+        assert!(p.verify_checksum() && p.dont_frag());
+        assert_eq!(
+            (p.total_len(), p.protocol(), p.ttl()),
+            (40, IpProtocol::Tcp, 64)
+        );
+        let s6: core::net::Ipv6Addr = "2001:2::1".parse().unwrap();
+        assert_eq!(
+            emit_header(
+                &mut b,
+                s6.into(),
+                s6.into(),
+                IpProtocol::Icmpv6,
+                8,
+                9,
+                false
+            ),
+            Ok(40)
+        );
+        assert_eq!(b[6], 58);
+        assert!(emit_header(&mut b, s4.into(), s6.into(), IpProtocol::Tcp, 0, 1, false).is_err());
+        assert!(
+            emit_header(
+                &mut b,
+                s4.into(),
+                d4.into(),
+                IpProtocol::Tcp,
+                70_000,
+                1,
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            emit_header(
+                &mut b[..19],
+                s4.into(),
+                d4.into(),
+                IpProtocol::Tcp,
+                0,
+                1,
+                false
+            )
+            .is_err()
+        );
     }
 
     #[test]

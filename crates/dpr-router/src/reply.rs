@@ -3,11 +3,8 @@
 //! client lower its segment size to fit the tunnel.
 
 use dpr_packet::icmp::{self, IcmpErrorKind};
-use dpr_packet::ipv4::{Ipv4OptionsBuf, Ipv4Repr};
-use dpr_packet::ipv6::Ipv6Repr;
 use dpr_packet::tcp::{TcpFlags, TcpOptionsBuf, TcpRepr, TcpSegment};
-use dpr_packet::{Ecn, IpProtocol, PacketMeta};
-use std::net::IpAddr;
+use dpr_packet::{IpProtocol, PacketMeta, ip};
 use std::ops::Range;
 
 /// Length of the RST for a packet of this IP version.
@@ -51,42 +48,7 @@ pub(crate) fn write_rst(buf: &mut [u8], meta: &PacketMeta) -> Option<usize> {
     let v6 = src.is_ipv6();
     let len = rst_len(v6);
     let out = buf.get_mut(..len)?;
-    let ip_len = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            Ipv4Repr {
-                src: s,
-                dst: d,
-                protocol: IpProtocol::Tcp,
-                payload_len: 20,
-                ttl: 64,
-                dscp: 0,
-                ecn: Ecn::NotEct,
-                ident: 0,
-                dont_frag: true,
-                more_frags: false,
-                frag_offset: 0,
-                options: Ipv4OptionsBuf::default(),
-            }
-            .emit(out)
-            .ok()?;
-            20
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            Ipv6Repr {
-                src: s,
-                dst: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: 20,
-                hop_limit: 64,
-                traffic_class: 0,
-                flow_label: 0,
-            }
-            .emit(out)
-            .ok()?;
-            40
-        }
-        _ => return None,
-    };
+    let ip_len = ip::emit_header(out, src, dst, IpProtocol::Tcp, 20, 64, true).ok()?;
     tcp.emit(&mut out[ip_len..], src, dst, &[]).ok()?;
     Some(len)
 }
@@ -125,36 +87,12 @@ pub(crate) fn write_too_big(
     };
     let msg_len = icmp::HEADER_LEN + quote_len;
     let out = buf.get_mut(start..end)?;
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => Ipv4Repr {
-            src: s,
-            dst: d,
-            protocol: IpProtocol::Icmp,
-            payload_len: msg_len as u16,
-            ttl: 64,
-            dscp: 0,
-            ecn: Ecn::NotEct,
-            ident: 0,
-            dont_frag: false,
-            more_frags: false,
-            frag_offset: 0,
-            options: Ipv4OptionsBuf::default(),
-        }
-        .emit(out)
-        .ok()?,
-        (IpAddr::V6(s), IpAddr::V6(d)) => Ipv6Repr {
-            src: s,
-            dst: d,
-            next_header: IpProtocol::Icmpv6,
-            payload_len: msg_len as u16,
-            hop_limit: 64,
-            traffic_class: 0,
-            flow_label: 0,
-        }
-        .emit(out)
-        .ok()?,
-        _ => return None,
-    }
+    let proto = if v6 {
+        IpProtocol::Icmpv6
+    } else {
+        IpProtocol::Icmp
+    };
+    ip::emit_header(out, src, dst, proto, msg_len, 64, false).ok()?;
     let m = &mut out[ip_len..];
     m[0] = t;
     m[1] = c;

@@ -20,9 +20,7 @@ pub mod tcp;
 
 use crate::{ConfigError, DropReason, Engine, EngineConfig, EngineError, PacketBuf, Verdict};
 use dpr_packet::icmp::{self, IcmpErrorKind};
-use dpr_packet::ipv4::{Ipv4OptionsBuf, Ipv4Repr};
-use dpr_packet::ipv6::Ipv6Repr;
-use dpr_packet::{Ecn, IpProtocol, IpVersion, parse_ip};
+use dpr_packet::{IpProtocol, IpVersion, ip, parse_ip};
 use dpr_policy::{Policy, SplitMix64};
 use dpr_table::{Capacity, LoadFigures, LoadReport, LoadTableConfig, PeerId, Timestamp};
 use std::collections::{BTreeMap, HashMap};
@@ -546,46 +544,15 @@ fn router_error(pkt: &[u8], mtu: u16) -> Vec<u8> {
     if icmp::emit_error(&mut msg, kind, v6, router, m.flow.src, quote).is_err() {
         return Vec::new();
     }
-    let mut out = match (router, m.flow.src) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut o = vec![0u8; 20];
-            let r = Ipv4Repr {
-                src: s,
-                dst: d,
-                protocol: IpProtocol::Icmp,
-                payload_len: msg.len() as u16,
-                ttl: 64,
-                dscp: 0,
-                ecn: Ecn::NotEct,
-                ident: 0,
-                dont_frag: false,
-                more_frags: false,
-                frag_offset: 0,
-                options: Ipv4OptionsBuf::default(),
-            };
-            if r.emit(&mut o).is_err() {
-                return Vec::new();
-            }
-            o
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut o = vec![0u8; 40];
-            let r = Ipv6Repr {
-                src: s,
-                dst: d,
-                next_header: IpProtocol::Icmpv6,
-                payload_len: msg.len() as u16,
-                hop_limit: 64,
-                traffic_class: 0,
-                flow_label: 0,
-            };
-            if r.emit(&mut o).is_err() {
-                return Vec::new();
-            }
-            o
-        }
-        _ => return Vec::new(),
+    let proto = if v6 {
+        IpProtocol::Icmpv6
+    } else {
+        IpProtocol::Icmp
     };
+    let mut out = vec![0u8; if v6 { 40 } else { 20 }];
+    if ip::emit_header(&mut out, router, m.flow.src, proto, msg.len(), 64, false).is_err() {
+        return Vec::new();
+    }
     out.extend_from_slice(&msg);
     out
 }

@@ -3,10 +3,8 @@
 //! packets real clients and servers send, and to notice when a packet
 //! arrives wrong (bad checksum, wrong source address, lost bytes).
 
-use dpr_packet::ipv4::{Ipv4OptionsBuf, Ipv4Repr};
-use dpr_packet::ipv6::Ipv6Repr;
 use dpr_packet::tcp::{TcpFlags, TcpOption, TcpOptionsBuf, TcpRepr, TcpSegment};
-use dpr_packet::{Ecn, IpProtocol, icmp, parse_ip};
+use dpr_packet::{IpProtocol, icmp, ip, parse_ip};
 use dpr_table::Timestamp;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,45 +34,17 @@ pub fn tcp_packet(
         options,
     };
     let tcp_len = tcp.buffer_len() + payload.len();
-    let (ip_len, mut out) = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut out = vec![0u8; 20 + tcp_len];
-            let r = Ipv4Repr {
-                src: s,
-                dst: d,
-                protocol: IpProtocol::Tcp,
-                payload_len: tcp_len as u16,
-                ttl: 64,
-                dscp: 0,
-                ecn: Ecn::NotEct,
-                ident: (seq >> 16) as u16 ^ seq as u16,
-                dont_frag: true,
-                more_frags: false,
-                frag_offset: 0,
-                options: Ipv4OptionsBuf::default(),
-            };
-            if r.emit(&mut out).is_err() {
-                return Vec::new();
-            }
-            (20, out)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut out = vec![0u8; 40 + tcp_len];
-            let r = Ipv6Repr {
-                src: s,
-                dst: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: tcp_len as u16,
-                hop_limit: 64,
-                traffic_class: 0,
-                flow_label: 0,
-            };
-            if r.emit(&mut out).is_err() {
-                return Vec::new();
-            }
-            (40, out)
-        }
-        _ => return Vec::new(),
+    let mut out = vec![0u8; if src.is_ipv6() { 40 } else { 20 } + tcp_len];
+    let Ok(ip_len) = ip::emit_header(
+        &mut out,
+        src.ip(),
+        dst.ip(),
+        IpProtocol::Tcp,
+        tcp_len,
+        64,
+        true,
+    ) else {
+        return Vec::new();
     };
     if tcp
         .emit(&mut out[ip_len..], src.ip(), dst.ip(), payload)
