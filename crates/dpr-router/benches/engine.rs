@@ -117,6 +117,39 @@ fn benches(c: &mut Criterion) {
             e.process(now, &mut pb)
         })
     });
+    // The same, over 4096 established flows picked at random among the
+    // million: each packet's table entry is cold (cache and TLB misses), as
+    // on a busy router.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut pick = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(FLOWS)) as u32
+    };
+    let mut cold: Vec<Vec<u8>> = (0..4096)
+        .map(|_| {
+            packet(&tcp_packet(
+                client(pick()),
+                svc,
+                2,
+                1,
+                TcpFlags::ACK,
+                None,
+                b"0123456789",
+            ))
+        })
+        .collect();
+    let mut k = 0usize;
+    g.bench_function("established_redirected/1M-flows-random", |b| {
+        b.iter(|| {
+            k = (k + 1) & 4095;
+            let buf = &mut cold[k];
+            let end = buf.len();
+            let mut pb = PacketBuf::new(black_box(buf), HEADROOM, end).unwrap();
+            e.process(now, &mut pb)
+        })
+    });
     // A SYN of a new connection: policy decision, insert (evicting the LRU
     // entry: the table is full), MSS clamp, encapsulation.
     let mut syn = packet(&tcp_packet(
