@@ -179,7 +179,7 @@ pub struct TableStats {
     pub evicted: u64,
     /// Entries removed because idle or past their FIN grace.
     pub expired: u64,
-    /// Entries removed by an RST.
+    /// RSTs seen for a live entry (each starts its grace time).
     pub reset: u64,
     /// Entries removed by [`ConnTable::remove`].
     pub removed: u64,
