@@ -494,14 +494,7 @@ impl<K: TableKey> ConnTable<K> {
     /// removing it instead if it is idle past its timeout. Does not count
     /// as activity: LRU order and `last_seen` are unchanged.
     pub fn lookup(&mut self, flow: &FlowKey, now: Timestamp) -> Option<ConnEntry> {
-        let key = K::from_flow(flow)?;
-        let h = self.hasher.hash(flow);
-        let (pos, e) = self.find(h, &key)?;
-        if self.is_expired(e, now.0) {
-            self.remove_at(pos, e);
-            self.stats.expired += 1;
-            return None;
-        }
+        let e = self.live_entry(flow, now)?;
         Some(self.entries[e as usize].public())
     }
 
@@ -509,6 +502,14 @@ impl<K: TableKey> ConnTable<K> {
     /// without building a [`ConnEntry`] (the data-path form).
     #[inline]
     pub fn lookup_route(&mut self, flow: &FlowKey, now: Timestamp) -> Option<Route> {
+        let e = self.live_entry(flow, now)?;
+        Some(self.entries[e as usize].route())
+    }
+
+    /// The slab index of the live entry for `flow`; an entry idle past its
+    /// timeout is removed (and counted) instead.
+    #[inline]
+    fn live_entry(&mut self, flow: &FlowKey, now: Timestamp) -> Option<u32> {
         let key = K::from_flow(flow)?;
         let h = self.hasher.hash(flow);
         let (pos, e) = self.find(h, &key)?;
@@ -517,7 +518,7 @@ impl<K: TableKey> ConnTable<K> {
             self.stats.expired += 1;
             return None;
         }
-        Some(self.entries[e as usize].route())
+        Some(e)
     }
 
     /// A copy of the entry for `flow` without expiry or any change.
