@@ -46,6 +46,9 @@ pub struct PacketMeta {
     pub tcp_flags: TcpFlags,
     /// TTL or hop limit.
     pub ttl: u8,
+    /// Routers on the path may not fragment it: IPv4 with DF set, or any
+    /// IPv6 packet (only its source fragments).
+    pub dont_frag: bool,
 }
 
 impl PacketMeta {
@@ -139,6 +142,7 @@ fn parse_v4(packet: &[u8]) -> Result<PacketMeta> {
         fragment,
         tcp_flags,
         ttl: h[8],
+        dont_frag: frag & 0x4000 != 0,
     })
 }
 
@@ -172,6 +176,7 @@ fn parse_v6(packet: &[u8]) -> Result<PacketMeta> {
         fragment,
         tcp_flags,
         ttl: ip.hop_limit(),
+        dont_frag: true,
     })
 }
 

@@ -24,6 +24,12 @@ fn meta_of_a_v4_syn_frame() {
     assert!(m.tcp_flags.is_syn());
     assert_eq!(m.fragment, Fragment::Whole);
     assert_eq!(m.ttl, 64);
+    assert!(m.dont_frag, "built with DF set");
+    assert!(!parse_ip(&udp_v4(b"x")).unwrap().dont_frag, "DF clear");
+    assert!(
+        parse_ip(&syn_v6()).unwrap().dont_frag,
+        "IPv6 is never fragmented on path"
+    );
 }
 
 #[test]

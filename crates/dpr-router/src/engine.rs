@@ -393,14 +393,10 @@ impl Engine {
         }
         let r = pkt.range();
         let inner_len = meta.l3_len as usize;
-        if params.outer_len() + inner_len > usize::from(self.cfg.tunnel_mtu) {
-            let df =
-                meta.version == IpVersion::V6 || pkt.bytes().get(6).is_some_and(|b| b & 0x40 != 0);
-            if df {
-                return self.too_big(pkt, meta, params.outer_len());
-            }
-            // DF clear: the outer header copies it, so routers may fragment.
+        if params.outer_len() + inner_len > usize::from(self.cfg.tunnel_mtu) && meta.dont_frag {
+            return self.too_big(pkt, meta, params.outer_len());
         }
+        // Too big with DF clear: the outer header copies it, so routers may fragment.
         params.ident = self.next_ident;
         self.next_ident = self.next_ident.wrapping_add(1);
         if to.is_ipv6() {

@@ -475,7 +475,7 @@ impl Cluster {
 
     fn deliver_to_client(&mut self, dst: IpAddr, pkt: Vec<u8>) {
         if let Some(mtu) = self.cfg.client_mtu {
-            if pkt.len() > usize::from(mtu) && df_set(&pkt) {
+            if pkt.len() > usize::from(mtu) && parse_ip(&pkt).is_ok_and(|m| m.dont_frag) {
                 self.router_icmp += 1;
                 let e = router_error(&pkt, mtu);
                 self.send(e);
@@ -508,14 +508,6 @@ fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
             <[u8; 16]>::try_from(pkt.get(24..40)?).ok()?,
         ))),
         _ => None,
-    }
-}
-
-fn df_set(pkt: &[u8]) -> bool {
-    match pkt.first().map(|b| b >> 4) {
-        Some(4) => pkt.get(6).is_some_and(|b| b & 0x40 != 0),
-        Some(6) => true,
-        _ => false,
     }
 }
 
