@@ -133,6 +133,22 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
+    /// The next request, `GET <len>`, acknowledging what was received.
+    fn request(&mut self, response_len: usize) -> Vec<u8> {
+        let req = format!("GET {response_len}\n");
+        let p = tcp_packet(
+            self.local,
+            self.remote,
+            self.snd_nxt,
+            self.rcv_nxt,
+            TcpFlags::ACK | TcpFlags::PSH,
+            None,
+            req.as_bytes(),
+        );
+        self.snd_nxt = self.snd_nxt.wrapping_add(req.len() as u32);
+        p
+    }
+
     /// The response's header line: `DPR <host> <len>`.
     pub fn served_by(&self) -> Option<&str> {
         let end = self.received.iter().position(|&b| b == b'\n')?;
@@ -228,18 +244,7 @@ impl Client {
         }
         c.received.clear();
         c.finished_at = None;
-        let req = format!("GET {response_len}\n");
-        let p = tcp_packet(
-            c.local,
-            c.remote,
-            c.snd_nxt,
-            c.rcv_nxt,
-            TcpFlags::ACK | TcpFlags::PSH,
-            None,
-            req.as_bytes(),
-        );
-        c.snd_nxt = c.snd_nxt.wrapping_add(req.len() as u32);
-        Some(p)
+        Some(c.request(response_len))
     }
 
     /// Takes a packet from the network; returns packets to send.
@@ -282,17 +287,7 @@ impl Client {
                 c.rcv_nxt = s.seq.wrapping_add(1);
                 c.server_mss = s.mss;
                 c.state = ClientState::Established;
-                let req = format!("GET {response_len}\n");
-                out.push(tcp_packet(
-                    c.local,
-                    c.remote,
-                    c.snd_nxt,
-                    c.rcv_nxt,
-                    TcpFlags::ACK | TcpFlags::PSH,
-                    None,
-                    req.as_bytes(),
-                ));
-                c.snd_nxt = c.snd_nxt.wrapping_add(req.len() as u32);
+                out.push(c.request(response_len));
             }
             ClientState::Established | ClientState::FinSent => {
                 if !s.payload.is_empty() {
