@@ -36,6 +36,8 @@ pub enum Layer {
     IcmpQuote,
     /// IP-in-IP encapsulation or decapsulation.
     Tunnel,
+    /// A cluster control message (load report, recovery).
+    Control,
 }
 
 /// Why the bytes at the failing offset are invalid.
@@ -76,6 +78,12 @@ pub enum Malformed {
     AddressFamily,
     /// RFC 6040: outer CE on a Not-ECT inner packet, which must be dropped.
     CeOnNotEct,
+    /// A control message does not start with the control magic.
+    Magic,
+    /// A field holds a value this version does not define (a reserved
+    /// field that is not zero, an unknown state, a count out of range, a
+    /// figure that is not a finite number).
+    FieldValue,
 }
 
 /// What went wrong: too short, or bad content.

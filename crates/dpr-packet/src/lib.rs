@@ -63,6 +63,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod checksum;
+pub mod control;
 pub mod error;
 pub mod ethernet;
 pub mod flow;

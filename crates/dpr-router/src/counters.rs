@@ -68,6 +68,10 @@ pub struct Counters {
     pub dead_peer_reroutes: u64,
     /// Table inserts that failed (the flow was still routed).
     pub table_insert_failures: u64,
+    /// New connections sent away because this host is draining.
+    pub drain_redirects: u64,
+    /// Routes restored from peers' answers after a restart.
+    pub routes_restored: u64,
     /// Per peer.
     pub peers: BTreeMap<PeerId, PeerCounters>,
 }

@@ -8,14 +8,14 @@ use crate::verdict::{DropReason, Verdict};
 use dpr_packet::icmp;
 use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
 use dpr_packet::rewrite::{self, mss_for_mtu};
-use dpr_packet::tcp::MssClamp;
+use dpr_packet::tcp::{MssClamp, TcpFlags};
 use dpr_packet::{
     ErrorKind, FlowHasher, FlowKey, Fragment, IpProtocol, IpVersion, Malformed, PacketMeta,
     parse_ip,
 };
 use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, decide_and_account};
 use dpr_table::{
-    Capacity, ConnTable, Direction, InsertOutcome, LoadFigures, LoadReport, LoadTable,
+    Capacity, ConnState, ConnTable, Direction, InsertOutcome, LoadFigures, LoadReport, LoadTable,
     LoadTableConfig, PacketOutcome, PeerId, PeerState, ReportOutcome, Route, TableError, Timestamp,
     WideKey,
 };
@@ -71,6 +71,8 @@ pub struct Engine {
     hasher: FlowHasher,
     next_ident: u16,
     counters: LiveCounters,
+    draining: bool,
+    recovering: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -106,6 +108,8 @@ impl Engine {
             hasher,
             next_ident: 0,
             counters: LiveCounters::default(),
+            draining: false,
+            recovering: false,
             cfg,
         })
     }
@@ -189,6 +193,86 @@ impl Engine {
         self.loads.refresh(now);
         self.routes.sweep(now, budget);
         self.served.sweep(now, budget);
+    }
+
+    /// Draining: every new connection goes to the least-loaded eligible
+    /// peer whatever the policy says (served here only when there is none);
+    /// established connections are unaffected.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Recovering after a restart: non-SYN packets of connections the
+    /// routing table does not know are dropped as
+    /// [`DropReason::Recovering`] instead of delivered, because they may
+    /// belong to a connection a peer serves and will tell us about. TCP
+    /// retransmits them once the route is back. New connections are
+    /// routed as usual.
+    pub fn set_recovering(&mut self, recovering: bool) {
+        self.recovering = recovering;
+    }
+
+    /// True while recovering.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// Restores the route of an established connection that `peer` says it
+    /// serves for this host (restart recovery). Returns true when a route
+    /// was added; a connection already routed is left as it is.
+    pub fn restore_route(
+        &mut self,
+        flow: &FlowKey,
+        peer: PeerId,
+        now: Timestamp,
+    ) -> Result<bool, EngineError> {
+        if !self.is_service(flow) || flow.protocol != IpProtocol::Tcp {
+            return Ok(false);
+        }
+        match self
+            .routes
+            .insert_established(flow, Route::Peer(peer), now)?
+        {
+            InsertOutcome::Inserted { .. } => {
+                self.counters.c.routes_restored += 1;
+                Ok(true)
+            }
+            InsertOutcome::Existing(_) => Ok(false),
+        }
+    }
+
+    /// The connections this host serves that `origin` redirected here,
+    /// client to service (what `origin` needs to rebuild its routes).
+    pub fn served_for(&self, origin: PeerId) -> Vec<FlowKey> {
+        self.served
+            .iter()
+            .filter(|e| e.route == Route::Peer(origin))
+            .map(|e| e.key)
+            .collect()
+    }
+
+    /// Connections this host still forwards to peers: redirected ones not
+    /// yet closing, or closing with a packet within the FIN grace time (a
+    /// router on the client's side sees only the client's FIN). A draining
+    /// host waits for these, and for its own stack's connections, before
+    /// it leaves. A walk over the routing table: call it per report
+    /// interval, not per packet.
+    pub fn forwarding_connections(&self, now: Timestamp) -> usize {
+        let grace = u64::try_from(self.cfg.routes.fin_grace.as_nanos()).unwrap_or(u64::MAX);
+        self.routes
+            .iter()
+            .filter(|e| matches!(e.route, Route::Peer(_)))
+            .filter(|e| match e.state {
+                ConnState::SynSeen | ConnState::Established => true,
+                ConnState::Closing => now.0.saturating_sub(e.last_seen.0) < grace,
+                ConnState::Closed => false,
+            })
+            .count()
     }
 
     /// The load table (peers and this host).
@@ -288,13 +372,17 @@ impl Engine {
                 }
                 PacketOutcome::Unknown => {}
             }
-            let conn = NewConnection::from_client(flow);
-            let decision = decide_and_account(
-                self.policy.as_mut(),
-                &conn,
-                &mut self.loads,
-                self.rng.as_mut(),
-            );
+            let decision = if self.draining {
+                self.drain_decision()
+            } else {
+                let conn = NewConnection::from_client(flow);
+                decide_and_account(
+                    self.policy.as_mut(),
+                    &conn,
+                    &mut self.loads,
+                    self.rng.as_mut(),
+                )
+            };
             let route = match decision {
                 RedirectDecision::ServeLocally => Route::Local,
                 RedirectDecision::Redirect(p) => Route::Peer(p),
@@ -318,6 +406,7 @@ impl Engine {
             return v;
         }
         match known {
+            PacketOutcome::Unknown if self.recovering => Verdict::Drop(DropReason::Recovering),
             PacketOutcome::Unknown => {
                 self.counters.c.unknown_flow_delivered += 1;
                 Verdict::Deliver
@@ -325,6 +414,19 @@ impl Engine {
             PacketOutcome::Forward(route) | PacketOutcome::Reset(route) => {
                 self.follow(route, pkt, meta)
             }
+        }
+    }
+
+    /// Where a draining host sends a new connection: the least-loaded
+    /// eligible peer, accounted as a redirect; itself when there is none.
+    fn drain_decision(&mut self) -> RedirectDecision {
+        match self.loads.least_loaded_peer() {
+            Some((p, _)) => {
+                let _ = self.loads.record_redirect(p);
+                self.counters.c.drain_redirects += 1;
+                RedirectDecision::Redirect(p)
+            }
+            None => RedirectDecision::ServeLocally,
         }
     }
 
@@ -506,6 +608,17 @@ impl Engine {
                 }
                 self.counters.c.new_from_peer += 1;
                 self.counters.peer(origin).served_connections += 1;
+            } else if outcome == PacketOutcome::Unknown && !flags.contains(TcpFlags::RST) {
+                // Mid-connection and not in the table (this host restarted,
+                // or the entry was evicted): learn it again, so the origin
+                // can still recover it from us.
+                if self
+                    .served
+                    .insert_established(&inner.flow, Route::Peer(origin), now)
+                    .is_err()
+                {
+                    self.counters.c.table_insert_failures += 1;
+                }
             }
         }
         Verdict::Deliver

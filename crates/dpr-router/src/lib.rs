@@ -81,6 +81,7 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod engine;

@@ -52,11 +52,15 @@ pub enum DropReason {
     /// IP-in-IP from a peer whose inner packet is not service traffic for
     /// one of that peer's service addresses (or an ICMP error about it).
     UnexpectedInner,
+    /// A non-SYN packet of an unknown connection while this host recovers
+    /// its routes after a restart: held back (the client retransmits) until
+    /// the peers have said which connections are theirs.
+    Recovering,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         Self::Malformed,
         Self::Fragment,
         Self::UnknownTunnelSource,
@@ -68,6 +72,7 @@ impl DropReason {
         Self::Oversize,
         Self::TooBig,
         Self::UnexpectedInner,
+        Self::Recovering,
     ];
 
     /// Position in [`Self::ALL`].
@@ -89,6 +94,7 @@ impl DropReason {
             Self::Oversize => "oversize",
             Self::TooBig => "too_big",
             Self::UnexpectedInner => "unexpected_inner",
+            Self::Recovering => "recovering",
         }
     }
 }

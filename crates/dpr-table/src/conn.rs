@@ -698,6 +698,29 @@ impl<K: TableKey> ConnTable<K> {
         Ok(InsertOutcome::Inserted { evicted })
     }
 
+    /// Records a connection already past its handshake, learnt from
+    /// elsewhere (restart recovery): it starts `Established`, so it gets
+    /// the established timeout. An entry already present is kept as is.
+    pub fn insert_established(
+        &mut self,
+        flow: &FlowKey,
+        route: Route,
+        now: Timestamp,
+    ) -> Result<InsertOutcome> {
+        self.sweep_some(now);
+        let key = K::from_flow(flow).ok_or(TableError::UnsupportedKey)?;
+        let h = self.hasher.hash(flow);
+        if let Some((pos, e)) = self.find(h, &key) {
+            if !self.is_expired(e, now.0) {
+                return Ok(InsertOutcome::Existing(self.entries[e as usize].route()));
+            }
+            self.remove_at(pos, e);
+            self.stats.expired += 1;
+        }
+        let evicted = self.insert_new(h, key, route, ST_EST, now.0, 0, 0);
+        Ok(InsertOutcome::Inserted { evicted })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn insert_new(
         &mut self,

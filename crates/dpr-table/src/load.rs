@@ -272,6 +272,9 @@ pub struct PeerRecord {
     /// accounting: they count against its load until the next report).
     pub pending_redirects: u32,
     score: f64,
+    /// Drained by [`LoadTable::mark_draining`] (an operator's decision
+    /// here), not by its own report: reports cannot undo it.
+    held_draining: bool,
 }
 
 impl PeerRecord {
@@ -420,6 +423,7 @@ impl LoadTable {
             state: PeerState::Suspect,
             pending_redirects: 0,
             score: 0.0,
+            held_draining: false,
         };
         if let Some(slot) = self.slot(id) {
             if self.peers[slot as usize].state != PeerState::Left {
@@ -445,9 +449,9 @@ impl LoadTable {
     }
 
     /// Applies a report received at `now`: figures, capacity, sequence
-    /// number; clears pending redirects; the peer becomes `Alive` (or
-    /// `Draining` if it says so). A peer that was `Dead` accepts any
-    /// sequence number (it may have restarted).
+    /// number; clears pending redirects; the peer becomes `Alive`, or
+    /// `Draining` if it says so (or was marked draining here). A peer that
+    /// was `Dead` accepts any sequence number (it may have restarted).
     pub fn apply_report(
         &mut self,
         id: PeerId,
@@ -471,7 +475,7 @@ impl LoadTable {
         p.seq = Some(report.seq);
         p.received_at = now;
         p.pending_redirects = 0;
-        p.state = if report.draining || p.state == PeerState::Draining {
+        p.state = if report.draining || p.held_draining {
             PeerState::Draining
         } else {
             PeerState::Alive
@@ -480,9 +484,14 @@ impl LoadTable {
         Ok(ReportOutcome::Applied)
     }
 
-    /// Marks a peer draining (administrative): no new connections.
+    /// Marks a peer draining (administrative): no new connections, until
+    /// it is re-added. Its reports no longer change that.
     pub fn mark_draining(&mut self, id: PeerId) -> Result<()> {
-        self.set_state(id, PeerState::Draining)
+        self.set_state(id, PeerState::Draining)?;
+        if let Some(slot) = self.slot(id) {
+            self.peers[slot as usize].held_draining = true;
+        }
+        Ok(())
     }
 
     /// Marks a peer as having left the cluster.

@@ -707,3 +707,50 @@ proptest! {
         prop_assert_eq!(total, t.total_weight());
     }
 }
+
+#[test]
+fn insert_established_starts_established_and_keeps_live_entries() {
+    let mut t: ConnTable<V4Key> = ConnTable::new(cfg(8), FlowHasher::new(1)).unwrap();
+    let f = flow(1);
+    assert!(matches!(
+        t.insert_established(&f, Route::Peer(PeerId(2)), Timestamp(0)),
+        Ok(InsertOutcome::Inserted { evicted: None })
+    ));
+    let e = t.get(&f).unwrap();
+    assert_eq!(e.state, ConnState::Established);
+    assert_eq!(e.route, Route::Peer(PeerId(2)));
+    // Established timeout (1000 ns), not half-open (100 ns).
+    assert!(t.lookup(&f, Timestamp(500)).is_some());
+    // A live entry is not overwritten.
+    assert_eq!(
+        t.insert_established(&f, Route::Local, Timestamp(600))
+            .unwrap(),
+        InsertOutcome::Existing(Route::Peer(PeerId(2)))
+    );
+    // An expired one is replaced.
+    assert!(matches!(
+        t.insert_established(&f, Route::Local, Timestamp(5_000)),
+        Ok(InsertOutcome::Inserted { .. })
+    ));
+    assert_eq!(t.get(&f).unwrap().route, Route::Local);
+}
+
+#[test]
+fn draining_follows_reports_unless_held_here() {
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![], Timestamp(0))
+        .unwrap();
+    let mut r = report(1, 1, 1.0);
+    r.draining = true;
+    t.apply_report(PeerId(1), &r, Timestamp(10)).unwrap();
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Draining);
+    // The peer says it is active again (an upgrade done): it is.
+    t.apply_report(PeerId(1), &report(2, 1, 1.0), Timestamp(20))
+        .unwrap();
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Alive);
+    // Drained by an operator here: its reports do not undo that.
+    t.mark_draining(PeerId(1)).unwrap();
+    t.apply_report(PeerId(1), &report(3, 1, 1.0), Timestamp(30))
+        .unwrap();
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Draining);
+}

@@ -18,11 +18,12 @@
 
 pub mod tcp;
 
+use crate::cluster::{Clock, KeyRing, Node, NodeConfig, PeerConfig, ReportMode, Transmit};
 use crate::{ConfigError, DropReason, Engine, EngineConfig, EngineError, PacketBuf, Verdict};
 use dpr_packet::icmp::{self, IcmpErrorKind};
 use dpr_packet::{IpProtocol, IpVersion, ip, parse_ip};
 use dpr_policy::{Policy, SplitMix64};
-use dpr_table::{Capacity, LoadFigures, LoadReport, LoadTableConfig, PeerId, Timestamp};
+use dpr_table::{Capacity, LoadFigures, LoadTableConfig, PeerId, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -32,6 +33,11 @@ use tcp::{Client, Server};
 pub const HEADROOM: usize = 64;
 /// The service port of the harness's servers.
 pub const SERVICE_PORT: u16 = 80;
+/// The cluster key every harness host holds (id 1).
+pub const CLUSTER_KEY: [u8; 32] = *b"dpr harness cluster key, 32 byte";
+/// Unix time (ns) at simulated time zero: control messages carry Unix time.
+pub const UNIX_EPOCH_OFFSET: u64 = 1_800_000_000_000_000_000;
+
 /// The address the on-path router sends ICMP errors from.
 pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
 
@@ -60,6 +66,10 @@ pub struct ClusterConfig {
     pub service_time: Duration,
     /// Seed for everything random (policies' random sources).
     pub seed: u64,
+    /// How load reports travel.
+    pub report_mode: ReportMode,
+    /// Missed intervals before a peer is suspect.
+    pub suspect_after_missed: u32,
     /// Adjusts each host's engine configuration (index, config).
     pub tweak: fn(usize, &mut EngineConfig),
 }
@@ -76,6 +86,8 @@ impl Default for ClusterConfig {
             response_len: 2000,
             service_time: Duration::ZERO,
             seed: 1,
+            report_mode: ReportMode::FullMesh,
+            suspect_after_missed: 1,
             tweak: |_, _| {},
         }
     }
@@ -91,6 +103,8 @@ pub struct Host {
     pub tunnel: IpAddr,
     /// The router engine.
     pub engine: Engine,
+    /// The cluster protocol.
+    pub node: Node,
     /// The local TCP stack.
     pub server: Server,
     /// False once killed: it neither receives, sends nor reports.
@@ -101,7 +115,7 @@ pub struct Host {
     pub dropped: Vec<DropReason>,
     /// Load figures forced by a test instead of the stack's real count.
     pub forced_load: Option<u32>,
-    report_seq: u64,
+    next_tick: u64,
 }
 
 impl std::fmt::Debug for Host {
@@ -117,10 +131,10 @@ impl std::fmt::Debug for Host {
 #[derive(Clone, Debug)]
 enum Event {
     Packet(Vec<u8>),
-    Report {
+    Control {
         to: usize,
-        from: usize,
-        report: LoadReport,
+        from: IpAddr,
+        bytes: Vec<u8>,
     },
 }
 
@@ -135,7 +149,7 @@ pub struct Cluster {
     seq: u64,
     queue: BTreeMap<(u64, u64), Event>,
     addr_owner: HashMap<IpAddr, usize>,
-    next_report: u64,
+    policy: Box<dyn Fn(usize) -> Box<dyn Policy + Send>>,
     /// Packets that reached an address nobody owns.
     pub unroutable: u32,
     /// ICMP errors the on-path router generated.
@@ -145,6 +159,14 @@ pub struct Cluster {
     pub wire: Vec<(Timestamp, Vec<u8>)>,
     /// Record `wire` (off by default: it grows with traffic).
     pub record_wire: bool,
+    /// Every control datagram sent: (from host, to address, bytes).
+    pub control_wire: Vec<(usize, IpAddr, Vec<u8>)>,
+    /// Record `control_wire` (off by default).
+    pub record_control: bool,
+    /// Control datagrams dropped on the way (`control_loss` said so).
+    pub control_lost: u64,
+    /// Drop control datagrams from host `i` to address `a` while this says so.
+    pub control_loss: fn(usize, IpAddr) -> bool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -183,7 +205,7 @@ impl Cluster {
     /// Builds a cluster; `policy(i)` makes host `i`'s policy.
     pub fn new(
         cfg: ClusterConfig,
-        policy: impl Fn(usize) -> Box<dyn Policy + Send>,
+        policy: impl Fn(usize) -> Box<dyn Policy + Send> + 'static,
     ) -> Result<Self, EngineError> {
         if !(1..=200).contains(&cfg.hosts) {
             return Err(ConfigError {
@@ -192,76 +214,175 @@ impl Cluster {
             }
             .into());
         }
-        let loads = LoadTableConfig {
-            report_interval: cfg.report_interval,
-            suspect_after_missed: 1,
-            dead_after_missed: cfg.dead_after_missed,
-            ..LoadTableConfig::default()
+        let mut c = Self {
+            hosts: Vec::new(),
+            clients: BTreeMap::new(),
+            cfg,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            addr_owner: HashMap::new(),
+            policy: Box::new(policy),
+            unroutable: 0,
+            router_icmp: 0,
+            wire: Vec::new(),
+            record_wire: false,
+            control_wire: Vec::new(),
+            record_control: false,
+            control_lost: 0,
+            control_loss: |_, _| false,
         };
-        let mut hosts = Vec::new();
-        let mut addr_owner = HashMap::new();
-        for i in 0..cfg.hosts {
-            let service = service_addr(i, cfg.ipv6_service);
+        for i in 0..c.cfg.hosts {
+            let (engine, node) = c.build_host(i, false)?;
+            let service = service_addr(i, c.cfg.ipv6_service);
             let tunnel = tunnel_addr(i);
-            let mut ec = EngineConfig::new(tunnel, vec![service], vec![SERVICE_PORT]);
-            (cfg.tweak)(i, &mut ec);
-            let rng = Box::new(SplitMix64::new(cfg.seed ^ (i as u64) << 32));
-            let engine = Engine::new(
-                ec,
-                PeerId(i as u16),
-                Capacity::default(),
-                loads,
-                policy(i),
-                rng,
-            )?;
-            addr_owner.insert(service, i);
-            addr_owner.insert(tunnel, i);
-            hosts.push(Host {
+            c.addr_owner.insert(service, i);
+            c.addr_owner.insert(tunnel, i);
+            c.hosts.push(Host {
                 id: PeerId(i as u16),
                 service,
                 tunnel,
                 engine,
+                node,
                 server: Server::new(
                     format!("host{i}"),
-                    (0..cfg.hosts)
-                        .map(|j| service_addr(j, cfg.ipv6_service))
+                    (0..c.cfg.hosts)
+                        .map(|j| service_addr(j, c.cfg.ipv6_service))
                         .collect(),
                 ),
                 alive: true,
                 passed: Vec::new(),
                 dropped: Vec::new(),
                 forced_load: None,
-                report_seq: 0,
+                next_tick: 0,
             });
         }
-        for i in 0..hosts.len() {
-            for j in 0..hosts.len() {
-                if i != j {
-                    let (t, s) = (hosts[j].tunnel, hosts[j].service);
-                    hosts[i]
-                        .engine
-                        .add_peer(PeerId(j as u16), t, vec![s], Timestamp::ZERO)?;
-                }
-            }
-        }
-        let mut c = Self {
-            hosts,
-            clients: BTreeMap::new(),
-            cfg,
-            now: 0,
-            seq: 0,
-            queue: BTreeMap::new(),
-            addr_owner,
-            next_report: 0,
-            unroutable: 0,
-            router_icmp: 0,
-            wire: Vec::new(),
-            record_wire: false,
-        };
-        // One round of reports so every peer starts alive.
-        c.report_round();
-        c.run_for(c.cfg.latency * 2);
+        // Every host reports at once: run until those reports have landed.
+        let d = c.cfg.latency * 2;
+        c.run_for(d);
         Ok(c)
+    }
+
+    /// The peers of host `i` as its configuration would list them (every
+    /// other host).
+    pub fn peer_configs(&self, i: usize) -> Vec<PeerConfig> {
+        (0..self.cfg.hosts)
+            .filter(|&j| j != i)
+            .map(|j| PeerConfig {
+                id: PeerId(j as u16),
+                tunnel_addr: tunnel_addr(j),
+                service_addrs: vec![service_addr(j, self.cfg.ipv6_service)],
+            })
+            .collect()
+    }
+
+    /// The protocol configuration of host `i`.
+    pub fn node_config(&self, i: usize) -> NodeConfig {
+        let mut nc = NodeConfig::new(
+            PeerId(i as u16),
+            vec![service_addr(i, self.cfg.ipv6_service)],
+        );
+        nc.report_interval = self.cfg.report_interval;
+        nc.mode = self.cfg.report_mode;
+        nc.recovery_timeout = self.cfg.report_interval * 10;
+        nc.seed = self.cfg.seed ^ (i as u64) << 40;
+        nc
+    }
+
+    /// The harness's key ring.
+    pub fn key_ring() -> KeyRing {
+        match KeyRing::new(&[(1, &CLUSTER_KEY)]) {
+            Ok(k) => k,
+            Err(e) => unreachable!("the harness key is valid: {e}"),
+        }
+    }
+
+    /// The clock reading at simulated time `now`.
+    pub fn clock(&self) -> Clock {
+        Clock {
+            mono: Timestamp(self.now),
+            unix_ns: UNIX_EPOCH_OFFSET + self.now,
+        }
+    }
+
+    fn build_host(&self, i: usize, recover: bool) -> Result<(Engine, Node), EngineError> {
+        let loads = LoadTableConfig {
+            report_interval: self.cfg.report_interval,
+            suspect_after_missed: self.cfg.suspect_after_missed,
+            dead_after_missed: self.cfg.dead_after_missed,
+            ..LoadTableConfig::default()
+        };
+        let service = service_addr(i, self.cfg.ipv6_service);
+        let mut ec = EngineConfig::new(tunnel_addr(i), vec![service], vec![SERVICE_PORT]);
+        (self.cfg.tweak)(i, &mut ec);
+        let rng = Box::new(SplitMix64::new(self.cfg.seed ^ (i as u64) << 32 ^ self.now));
+        let mut engine = Engine::new(
+            ec,
+            PeerId(i as u16),
+            Capacity::default(),
+            loads,
+            (self.policy)(i),
+            rng,
+        )?;
+        let mut nc = self.node_config(i);
+        nc.recover_on_start = recover;
+        let node = Node::new(
+            nc,
+            Self::key_ring(),
+            self.peer_configs(i),
+            self.clock(),
+            &mut engine,
+        )
+        .map_err(|e| match e {
+            crate::cluster::ClusterError::Engine(e) => e,
+            crate::cluster::ClusterError::Config { field, reason } => {
+                ConfigError { field, reason }.into()
+            }
+        })?;
+        Ok((engine, node))
+    }
+
+    /// Restarts host `i`'s router (the daemon, not the machine: its TCP
+    /// stack and connections survive): a fresh engine and protocol node,
+    /// with a new incarnation, recovering its routes from the peers.
+    pub fn restart(&mut self, i: usize) -> Result<(), EngineError> {
+        let (engine, node) = self.build_host(i, true)?;
+        let h = &mut self.hosts[i];
+        h.engine = engine;
+        h.node = node;
+        h.alive = true;
+        h.next_tick = self.now;
+        Ok(())
+    }
+
+    /// Host `i` starts draining (`deadline`: the node's default when `None`).
+    pub fn drain(&mut self, i: usize, deadline: Option<Duration>) {
+        let now = self.clock();
+        let h = &mut self.hosts[i];
+        h.node.start_drain(now, deadline, &mut h.engine);
+    }
+
+    /// Host `i` reloads its configuration with `peers`.
+    pub fn reload(
+        &mut self,
+        i: usize,
+        peers: Vec<PeerConfig>,
+    ) -> Result<(), crate::cluster::ClusterError> {
+        let now = self.clock();
+        let h = &mut self.hosts[i];
+        h.node.reload(peers, now, &mut h.engine)
+    }
+
+    /// Puts a control datagram from `from` on the network to host `to`.
+    pub fn inject_control(&mut self, to: usize, from: IpAddr, bytes: Vec<u8>) {
+        let at = self.now + self.cfg.latency.as_nanos() as u64;
+        self.push(at, Event::Control { to, from, bytes });
+    }
+
+    /// Brings a killed host back (same router state, as after a network
+    /// partition heals).
+    pub fn revive(&mut self, i: usize) {
+        self.hosts[i].alive = true;
     }
 
     /// The simulated time.
@@ -291,6 +412,31 @@ impl Cluster {
         let caddr = client_addr(client, self.cfg.ipv6_service);
         let len = self.cfg.response_len;
         match self.client(caddr).send_request(port, len) {
+            Some(p) => {
+                self.send(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Client `client` retransmits its last request on connection `port`
+    /// (false when there is nothing to retransmit).
+    pub fn retransmit(&mut self, client: usize, port: u16) -> bool {
+        let caddr = client_addr(client, self.cfg.ipv6_service);
+        match self.client(caddr).retransmit(port) {
+            Some(p) => {
+                self.send(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Client `client` closes its held-open connection `port`.
+    pub fn close(&mut self, client: usize, port: u16) -> bool {
+        let caddr = client_addr(client, self.cfg.ipv6_service);
+        match self.client(caddr).close(port) {
             Some(p) => {
                 self.send(p);
                 true
@@ -342,16 +488,31 @@ impl Cluster {
         let end = self.now + d.as_nanos() as u64;
         loop {
             let next_event = self.queue.keys().next().map(|k| k.0);
-            let next = match next_event {
-                Some(t) if t <= self.next_report => t,
-                _ => self.next_report,
+            let next_timer = self
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.alive)
+                .map(|(i, h)| (h.node.poll_timeout().0.min(h.next_tick), i))
+                .min();
+            let timer_first = match (next_timer, next_event) {
+                (Some((t, _)), Some(e)) => t < e,
+                (Some(_), None) => true,
+                _ => false,
             };
-            if next > end {
+            let next = if timer_first {
+                next_timer.map(|t| t.0)
+            } else {
+                next_event
+            };
+            let Some(next) = next.filter(|&t| t <= end) else {
                 break;
-            }
-            self.now = next;
-            if next == self.next_report && next_event.is_none_or(|t| t > next) {
-                self.report_round();
+            };
+            self.now = self.now.max(next);
+            if timer_first {
+                if let Some((_, i)) = next_timer {
+                    self.host_timer(i);
+                }
                 continue;
             }
             if let Some(((_, _), e)) = self.queue.pop_first() {
@@ -370,53 +531,67 @@ impl Cluster {
         }
     }
 
-    fn report_round(&mut self) {
-        let now = Timestamp(self.now);
-        let n = self.hosts.len();
-        for i in 0..n {
-            if !self.hosts[i].alive {
-                continue;
-            }
-            let h = &mut self.hosts[i];
+    /// Host `i`'s timers: every tenth of an interval its load figures and
+    /// table upkeep (as a daemon's few-millisecond tick), and the protocol.
+    fn host_timer(&mut self, i: usize) {
+        let now = self.clock();
+        let tick = (self.cfg.report_interval.as_nanos() as u64 / 10).max(1);
+        let h = &mut self.hosts[i];
+        if now.mono.0 >= h.next_tick {
             let open = h.forced_load.unwrap_or_else(|| h.server.open_connections());
             let figures = LoadFigures {
                 open_connections: open,
                 ..LoadFigures::default()
             };
             let _ = h.engine.set_local_load(figures, Capacity::default());
-            h.engine.tick(now, 256);
-            h.report_seq += 1;
-            let report = LoadReport {
-                seq: h.report_seq,
-                figures,
-                capacity: Capacity::default(),
-                draining: false,
-            };
-            for j in 0..n {
-                if j != i {
-                    let at = self.now + self.cfg.latency.as_nanos() as u64;
-                    self.push(
-                        at,
-                        Event::Report {
-                            to: j,
-                            from: i,
-                            report,
-                        },
-                    );
+            h.engine.tick(now.mono, 256);
+            h.next_tick = now.mono.0 + tick;
+        }
+        if now.mono >= h.node.poll_timeout() {
+            h.node.handle_timeout(now, &mut h.engine);
+            self.flush_control(i);
+        }
+    }
+
+    fn flush_control(&mut self, i: usize) {
+        while let Some(Transmit { to, payload }) = self.hosts[i].node.poll_transmit() {
+            if self.record_control {
+                self.control_wire.push((i, to, payload.clone()));
+            }
+            if (self.control_loss)(i, to) {
+                self.control_lost += 1;
+                continue;
+            }
+            let from = self.hosts[i].tunnel;
+            let at = self.now + self.cfg.latency.as_nanos() as u64;
+            if to.is_multicast() {
+                for j in 0..self.hosts.len() {
+                    if j != i {
+                        let bytes = payload.clone();
+                        self.push(at, Event::Control { to: j, from, bytes });
+                    }
                 }
+            } else if let Some(&j) = self.addr_owner.get(&to) {
+                self.push(
+                    at,
+                    Event::Control {
+                        to: j,
+                        from,
+                        bytes: payload,
+                    },
+                );
             }
         }
-        self.next_report = self.now + self.cfg.report_interval.as_nanos() as u64;
     }
 
     fn handle(&mut self, e: Event) {
-        let now = Timestamp(self.now);
         match e {
-            Event::Report { to, from, report } => {
+            Event::Control { to, from, bytes } => {
                 if self.hosts[to].alive {
-                    let _ = self.hosts[to]
-                        .engine
-                        .apply_report(PeerId(from as u16), &report, now);
+                    let clock = self.clock();
+                    let h = &mut self.hosts[to];
+                    let _ = h.node.handle_datagram(clock, from, &bytes, &mut h.engine);
+                    self.flush_control(to);
                 }
             }
             Event::Packet(pkt) => {

@@ -130,6 +130,8 @@ pub struct ClientConn {
     pub opened_at: Timestamp,
     /// When the whole response had arrived (or the connection was reset).
     pub finished_at: Option<Timestamp>,
+    /// The last request sent (for a retransmission).
+    last_request: Option<Vec<u8>>,
 }
 
 impl ClientConn {
@@ -146,6 +148,7 @@ impl ClientConn {
             req.as_bytes(),
         );
         self.snd_nxt = self.snd_nxt.wrapping_add(req.len() as u32);
+        self.last_request = Some(p.clone());
         p
     }
 
@@ -228,6 +231,7 @@ impl Client {
                 ignored_rst: 0,
                 opened_at: now,
                 finished_at: None,
+                last_request: None,
             },
         );
         (
@@ -245,6 +249,36 @@ impl Client {
         c.received.clear();
         c.finished_at = None;
         Some(c.request(response_len))
+    }
+
+    /// The last request again, as TCP would retransmit it when no answer
+    /// came (only while the response has not arrived).
+    pub fn retransmit(&mut self, port: u16) -> Option<Vec<u8>> {
+        let c = self.conns.get(&port)?;
+        if c.state != ClientState::Established || c.finished_at.is_some() {
+            return None;
+        }
+        c.last_request.clone()
+    }
+
+    /// Closes a held-open connection: our FIN.
+    pub fn close(&mut self, port: u16) -> Option<Vec<u8>> {
+        let c = self.conns.get_mut(&port)?;
+        if c.state != ClientState::Established {
+            return None;
+        }
+        let fin = tcp_packet(
+            c.local,
+            c.remote,
+            c.snd_nxt,
+            c.rcv_nxt,
+            TcpFlags::FIN | TcpFlags::ACK,
+            None,
+            &[],
+        );
+        c.snd_nxt = c.snd_nxt.wrapping_add(1);
+        c.state = ClientState::FinSent;
+        Some(fin)
     }
 
     /// Takes a packet from the network; returns packets to send.
