@@ -135,8 +135,8 @@ pub struct LoadTableConfig {
 impl Default for LoadTableConfig {
     fn default() -> Self {
         Self {
-            report_interval: Duration::from_millis(500),
-            suspect_after_missed: 2,
+            report_interval: Duration::from_millis(250),
+            suspect_after_missed: 1,
             dead_after_missed: 4,
             metric: LoadMetric::OpenConnections,
             capacity_weights: CapacityWeights {

@@ -454,6 +454,7 @@ proptest! {
 fn lt() -> LoadTable {
     let c = LoadTableConfig {
         report_interval: Duration::from_nanos(100),
+        suspect_after_missed: 2,
         ..LoadTableConfig::default()
     };
     LoadTable::new(c, PeerId(0), Capacity::default()).unwrap()
@@ -491,7 +492,8 @@ fn load_config_errors_name_the_field() {
     );
     assert_eq!(
         field(LoadTableConfig {
-            dead_after_missed: 1,
+            suspect_after_missed: 3,
+            dead_after_missed: 2,
             ..d
         }),
         "dead_after_missed"

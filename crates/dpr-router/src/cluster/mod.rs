@@ -235,8 +235,9 @@ pub enum Reject {
     OutsideWindow,
     /// Seen before, or older than the sender's current incarnation.
     Replayed,
-    /// Authentic but inconsistent (its own entry names another host, or a
-    /// reply to a request we did not make).
+    /// Authentic but inconsistent: a report whose own entry names another
+    /// host or incarnation. (A recovery reply to a request we are not
+    /// waiting for is accepted and ignored: late duplicates are normal.)
     Inconsistent,
     /// A message kind this version does not know.
     UnknownKind,
