@@ -34,7 +34,7 @@ mod loader;
 pub mod program;
 #[allow(dead_code)] // the socket calls are used by the next steps
 mod sys;
-// pub mod xsk;
+pub mod xsk;
 
 pub use loader::{Counters, ProgramConfig, RouterProgram, XdpLink, XdpMode};
 pub use program::{Counter, MissingSocket};
