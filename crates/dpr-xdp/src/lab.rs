@@ -213,11 +213,6 @@ impl VethPair {
     }
 }
 
-/// The interface index of `name` in the calling thread's namespace.
-pub fn ifindex(name: &str) -> io::Result<u32> {
-    sys::if_nametoindex(name)
-}
-
 /// A raw `AF_PACKET` socket bound to one interface: sends whole Ethernet
 /// frames and receives every frame arriving on it (not its own).
 #[derive(Debug)]

@@ -29,10 +29,9 @@
 pub mod asm;
 pub mod lab;
 mod loader;
-// pub mod neigh;
-// mod netlink;
+pub mod neigh;
+mod netlink;
 pub mod program;
-#[allow(dead_code)] // the socket calls are used by the next steps
 mod sys;
 pub mod xsk;
 
@@ -40,6 +39,14 @@ pub use loader::{Counters, ProgramConfig, RouterProgram, XdpLink, XdpMode};
 pub use program::{Counter, MissingSocket};
 
 use std::io;
+
+/// The interface index of `name`, in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> Result<u32, Error> {
+    sys::if_nametoindex(name).map_err(|source| Error::Syscall {
+        op: "if_nametoindex",
+        source,
+    })
+}
 
 /// An error of this layer.
 #[derive(Debug, thiserror::Error)]

@@ -166,15 +166,6 @@ pub(crate) struct MapFd {
 }
 
 impl MapFd {
-    pub(crate) fn key_size(&self) -> usize {
-        self.key_size
-    }
-    pub(crate) fn value_size(&self) -> usize {
-        self.value_size
-    }
-    pub(crate) fn lookup_size(&self) -> usize {
-        self.lookup_size
-    }
     pub(crate) fn raw(&self) -> i32 {
         self.fd.as_raw_fd()
     }

@@ -5,7 +5,8 @@
 mod common;
 
 use common::root_or_skip;
-use dpr_xdp::lab::{VethPair, ifindex, in_netns};
+use dpr_xdp::ifindex;
+use dpr_xdp::lab::{VethPair, in_netns};
 use dpr_xdp::{ProgramConfig, RouterProgram, XdpMode};
 
 /// `ip -d link show DEV` inside the router namespace.

@@ -10,7 +10,8 @@ mod common;
 
 use common::*;
 use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
-use dpr_xdp::lab::{PacketSocket, VethPair, ifindex, in_netns};
+use dpr_xdp::ifindex;
+use dpr_xdp::lab::{PacketSocket, VethPair, in_netns};
 use dpr_xdp::program::XDP_REDIRECT;
 use dpr_xdp::xsk::{RxAction, XskConfig, XskSocket};
 use dpr_xdp::{Counter, Counters, ProgramConfig, RouterProgram, XdpMode};
