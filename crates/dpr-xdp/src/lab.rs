@@ -213,6 +213,11 @@ impl VethPair {
     }
 }
 
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    sys::pin_current_thread(cpu)
+}
+
 /// A raw `AF_PACKET` socket bound to one interface: sends whole Ethernet
 /// frames and receives every frame arriving on it (not its own).
 #[derive(Debug)]
