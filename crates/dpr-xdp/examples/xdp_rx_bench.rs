@@ -3,29 +3,40 @@
 //! run (root).
 //!
 //! Two network namespaces joined by a veth pair (198.18.50.0/24). A
-//! generator in `b` transmits 60-byte TCP SYNs to the service
-//! 198.18.50.200:9000 from an AF_XDP socket (copy mode, batches of 64), as
-//! fast as it can. In `a`, for each receiver in turn: the program attached
-//! in native or generic mode with an AF_XDP socket on queue 0 counting and
-//! dropping frames, or no program and an `AF_PACKET` socket bound to the
-//! veth reading one frame per `recv` (the kernel then drops the frames at
-//! routing: 198.18.50.200 is not local and forwarding is off). Each run
-//! warms up 0.3 s, then counts for `--seconds` (default 2). Bounded: the
-//! generator stops when the receiver is done, or after 10 s.
+//! generator in `b` sends 60-byte TCP SYNs to the service
+//! 198.18.50.200:9000 as fast as it can: by default in the kernel
+//! (`lab::LiveFrameGenerator`: live-frame `BPF_PROG_TEST_RUN` of an `XDP_TX`
+//! program, so the veth's NAPI runs on the generator's core, as it would on
+//! a NIC's), or with `--gen xsk` from an AF_XDP socket (copy mode, batches
+//! of 64; slower). In `a`, for each receiver in turn: the program attached
+//! in native or generic mode with an AF_XDP socket on queue 0 (8192 receive
+//! frames) counting and dropping frames, sleeping in `poll` when idle; or
+//! no program and an `AF_PACKET` socket (8 MiB buffer) bound to the veth,
+//! one frame per `recv` (the kernel then drops the frames at routing:
+//! 198.18.50.200 is not local and forwarding is off). The receiver's
+//! veth has GRO on, which gives it the NAPI instance `XDP_TX` into a veth
+//! needs. Each run warms up 0.3 s, then counts for `--seconds` (default 2).
+//! Bounded: the generator stops when the receiver is done, or after 10 s.
+//! "generator pkt/s" counts frames handed to the veth, including those it
+//! dropped because the receiver's ring was full.
 //!
-//! `cargo run --release -p dpr-xdp --example xdp-rx-bench -- [--seconds N] [--no-threaded-napi]`
+//! `cargo run --release -p dpr-xdp --example xdp-rx-bench -- [--seconds N] [--threaded-napi] [--pin] [--gen live|xsk]`
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dpr_xdp::lab::{self, PacketSocket, VethPair, in_netns};
+use dpr_xdp::lab::{self, LiveFrameGenerator, PacketSocket, VethPair, in_netns};
 use dpr_xdp::xsk::{RxAction, XskConfig, XskSocket};
 use dpr_xdp::{ProgramConfig, RouterProgram, XdpMode, ifindex};
 
 const SERVICE: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 200);
 const PORT: u16 = 9000;
+/// `--pin`: receiver on CPU 0, generator on CPU 1.
+static PIN: AtomicBool = AtomicBool::new(false);
+/// `--gen xsk`: generate with an AF_XDP socket instead of live frames.
+static GEN_XSK: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Receiver {
@@ -60,15 +71,41 @@ fn syn_frame(pair: &VethPair) -> Vec<u8> {
     f
 }
 
+/// Binds, retrying `EBUSY` for up to 2 s: a socket closed by the previous
+/// run is released by the kernel asynchronously.
+fn bind_retry(ifx: u32, cfg: &XskConfig) -> Result<XskSocket, dpr_xdp::Error> {
+    let mut tries = 0;
+    loop {
+        match XskSocket::bind(ifx, 0, cfg) {
+            Err(dpr_xdp::Error::Syscall { source, .. })
+                if source.raw_os_error() == Some(libc_ebusy()) && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+const fn libc_ebusy() -> i32 {
+    16 // EBUSY on Linux
+}
+
 /// Transmits until `stop` (or 10 s); returns packets sent and seconds.
 fn generate(pair: &VethPair, ready: mpsc::Receiver<()>, stop: &AtomicBool) -> (u64, f64) {
-    let _ = lab::pin_current_thread(1);
+    if PIN.load(Ordering::Relaxed) {
+        let _ = lab::pin_current_thread(1);
+    }
     let Ok(()) = ready.recv_timeout(Duration::from_secs(10)) else {
         return (0, 0.0);
     };
     let Ok(ifx) = ifindex(&pair.dev_b) else {
         return (0, 0.0);
     };
+    if !GEN_XSK.load(Ordering::Relaxed) {
+        return generate_live(ifx, pair, stop);
+    }
     let cfg = XskConfig {
         rx_frames: 64,
         fill_ring: 128,
@@ -77,20 +114,11 @@ fn generate(pair: &VethPair, ready: mpsc::Receiver<()>, stop: &AtomicBool) -> (u
         completion_ring: 4096,
         ..XskConfig::default()
     };
-    // The previous run's socket on this queue is released asynchronously:
-    // retry a busy bind for up to 2 s.
-    let mut tries = 0;
-    let mut xsk = loop {
-        match XskSocket::bind(ifx, 0, &cfg) {
-            Ok(x) => break x,
-            Err(e) if tries < 100 => {
-                tries += 1;
-                if tries == 100 {
-                    eprintln!("generator: {e}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(_) => return (0, 0.0),
+    let mut xsk = match bind_retry(ifx, &cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("generator: {e}");
+            return (0, 0.0);
         }
     };
     let frame = syn_frame(pair);
@@ -110,6 +138,29 @@ fn generate(pair: &VethPair, ready: mpsc::Receiver<()>, stop: &AtomicBool) -> (u
     (sent, start.elapsed().as_secs_f64())
 }
 
+/// The in-kernel generator: live-frame test runs of an `XDP_TX` program.
+fn generate_live(ifx: u32, pair: &VethPair, stop: &AtomicBool) -> (u64, f64) {
+    let generator = match LiveFrameGenerator::new() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("generator: {e}");
+            return (0, 0.0);
+        }
+    };
+    let frame = syn_frame(pair);
+    const CHUNK: u32 = 16_384;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(10) {
+        if let Err(e) = generator.send(ifx, &frame, CHUNK) {
+            eprintln!("generator: {e}");
+            break;
+        }
+        sent += u64::from(CHUNK);
+    }
+    (sent, start.elapsed().as_secs_f64())
+}
+
 /// Receives for `secs` after a warm-up; returns (packets counted, seconds, note).
 fn receive(
     pair: &VethPair,
@@ -119,7 +170,9 @@ fn receive(
     ready: mpsc::Sender<()>,
     stop: &AtomicBool,
 ) -> Result<(u64, f64, String), dpr_xdp::Error> {
-    let _ = lab::pin_current_thread(0);
+    if PIN.load(Ordering::Relaxed) {
+        let _ = lab::pin_current_thread(0);
+    }
     let ifx = ifindex(&pair.dev_a)?;
     let count = AtomicU64::new(0);
     let window = |count: &AtomicU64, step: &mut dyn FnMut() -> Result<(), dpr_xdp::Error>| {
@@ -152,13 +205,28 @@ fn receive(
             {
                 eprintln!("threaded NAPI: {e}");
             }
-            let mut xsk = XskSocket::bind(ifx, 0, &XskConfig::default())?;
+            // As deep a receive buffer as the AF_PACKET socket's 8 MiB
+            // (8192 frames): on a shared machine the receiver is sometimes
+            // descheduled for milliseconds.
+            let cfg = XskConfig {
+                rx_frames: 8192,
+                rx_ring: 8192,
+                fill_ring: 16384,
+                tx_frames: 64,
+                ..XskConfig::default()
+            };
+            let mut xsk = bind_retry(ifx, &cfg)?;
             prog.set_socket(0, xsk.as_fd())?;
             prog.add_service(SocketAddr::new(SERVICE.into(), PORT))?;
             let _ = ready.send(());
             let r = window(&count, &mut || {
                 let n = xsk.rx_batch(64, |_, _, _| RxAction::Drop)?;
                 count.fetch_add(n as u64, Ordering::Relaxed);
+                if n == 0 {
+                    // Sleep in poll(2) rather than spin: the NAPI thread
+                    // and the generator need the cores too.
+                    xsk.wait_rx(Duration::from_millis(1))?;
+                }
                 Ok(())
             });
             stop.store(true, Ordering::Relaxed);
@@ -242,7 +310,7 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().collect();
     let mut secs = 2.0;
-    let mut threaded = true;
+    let mut threaded = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -254,7 +322,15 @@ fn main() {
                     .clamp(0.5, 10.0);
                 i += 1;
             }
-            "--no-threaded-napi" => threaded = false,
+            "--threaded-napi" => threaded = true,
+            "--pin" => PIN.store(true, Ordering::Relaxed),
+            "--gen" => {
+                GEN_XSK.store(
+                    args.get(i + 1).is_some_and(|g| g == "xsk"),
+                    Ordering::Relaxed,
+                );
+                i += 1;
+            }
             other => eprintln!("ignored argument {other}"),
         }
         i += 1;
@@ -266,9 +342,31 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let live = !GEN_XSK.load(Ordering::Relaxed);
+    if live {
+        // XDP_TX into a veth needs a NAPI instance on the peer: GRO gives
+        // it one even without a native program.
+        if let Err(e) = pair.ns_a.exec(&["ethtool", "-K", &pair.dev_a, "gro", "on"]) {
+            eprintln!("gro on: {e}");
+        }
+        if threaded && let Err(e) = pair.set_threaded_napi(true) {
+            eprintln!("threaded NAPI: {e}");
+        }
+    }
     println!(
-        "veth {} <- {}, 60-byte TCP SYNs to {SERVICE}:{PORT}, {secs} s per receiver, threaded NAPI {threaded}, tx offload off {}",
-        pair.dev_a, pair.dev_b, pair.tx_offload_off
+        "generator: {}",
+        if live {
+            "live-frame XDP_TX test runs (in kernel)"
+        } else {
+            "AF_XDP socket, copy mode"
+        }
+    );
+    println!(
+        "veth {} <- {}, 60-byte TCP SYNs to {SERVICE}:{PORT}, {secs} s per receiver, threaded NAPI {threaded}, pinned {}, tx offload off {}",
+        pair.dev_a,
+        pair.dev_b,
+        PIN.load(Ordering::Relaxed),
+        pair.tx_offload_off
     );
     println!(
         "{:<12} {:>12} {:>14} {:>16}  note",

@@ -213,6 +213,36 @@ impl VethPair {
     }
 }
 
+/// An in-kernel traffic generator: a two-instruction XDP program returning
+/// `XDP_TX`, run by `BPF_PROG_TEST_RUN` in live-frames mode, so the kernel
+/// transmits copies of one frame out of an interface (`ndo_xdp_xmit`) far
+/// faster than a socket can. On veth the peer needs a NAPI instance: a
+/// native XDP program, or GRO turned on.
+#[derive(Debug)]
+pub struct LiveFrameGenerator {
+    prog: OwnedFd,
+}
+
+impl LiveFrameGenerator {
+    /// Loads the program.
+    pub fn new() -> Result<Self, crate::Error> {
+        use crate::asm::{Asm, Reg};
+        let mut a = Asm::new();
+        a.mov_imm(Reg::R0, crate::program::XDP_TX as i32);
+        a.exit();
+        let words = crate::asm::encode(&a.finish()?);
+        Ok(Self {
+            prog: crate::loader::load_xdp(&words, "dpr_trafficgen")?,
+        })
+    }
+
+    /// Sends `count` copies of `frame` out of `ifindex` (calling thread's
+    /// namespace), in kernel batches of 64.
+    pub fn send(&self, ifindex: u32, frame: &[u8], count: u32) -> io::Result<()> {
+        sys::prog_test_run_live(self.prog.as_fd(), frame, ifindex, count, 64)
+    }
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     sys::pin_current_thread(cpu)

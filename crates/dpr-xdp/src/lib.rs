@@ -5,7 +5,7 @@
 //! sockets' rings, and reads the kernel's neighbour table. It decides nothing
 //! about a packet beyond the program's coarse "is it the router's" test: the
 //! engine above decides the rest. It talks to the kernel only through
-//! [`sys`](crate) (bpf(2), sockets, mmap, setns); `unsafe` lives there and in
+//! its `sys` module (bpf(2), sockets, mmap, setns); `unsafe` lives there and in
 //! [`xsk`] (shared frame memory), nowhere else.
 //!
 //! ```text

@@ -145,7 +145,7 @@ const PRESENT: [u8; 4] = 1u32.to_ne_bytes();
 
 /// Loads an XDP program; on refusal, loads it again with the verifier log
 /// and returns that log in the error.
-fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
+pub(crate) fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
     // Our program uses no GPL-only helper (map lookup, redirect_map).
     const LICENSE: &str = "MIT OR Apache-2.0";
     match sys::prog_load_xdp(words, LICENSE, name, &mut []) {

@@ -362,6 +362,7 @@ mod tests {
             counters: 8,
         };
         let p = router_program(&fds, MissingSocket::Pass).unwrap();
+        eprintln!("router program: {} instructions", p.len());
         assert!(p.len() < 400, "{} insns", p.len());
         assert_eq!(p.last().map(|i| i.code), Some(0x95));
     }

@@ -313,6 +313,38 @@ pub(crate) fn prog_test_run(
     })
 }
 
+/// `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`: the kernel runs
+/// the XDP program `repeat` times on fresh copies of `frame` as if received
+/// on `ifindex` queue 0, and really performs `XDP_TX` / `XDP_REDIRECT`.
+pub(crate) fn prog_test_run_live(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    batch_size: u32,
+) -> io::Result<()> {
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex. The kernel wants data_end = the frame
+    // length (data 0, no metadata) and the ingress interface.
+    let data_size_in = u32::try_from(frame.len()).map_err(|_| io::Error::other("frame too big"))?;
+    let mut ctx = [0u32; 6];
+    ctx[1] = data_size_in;
+    ctx[3] = ifindex;
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+}
+
 /// `BPF_LINK_CREATE` attaching an XDP program to `ifindex` with XDP `flags`.
 /// The link (and the attachment) lives as long as the returned descriptor.
 pub(crate) fn link_create_xdp(
