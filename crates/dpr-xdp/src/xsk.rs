@@ -177,6 +177,15 @@ pub struct XskSocket {
     counters: XskCounters,
 }
 
+// SAFETY: the only non-`Send` part is xdpilone's `Umem`, for its raw
+// pointer to the UMEM area. That area is our `_mem` mapping, owned by this
+// struct and plain process memory (no thread affinity); every other handle
+// to the UMEM, the socket and the rings (xdpilone's `Arc` clones) is a field
+// of this same struct, so moving the struct moves all of them together and
+// no other thread keeps access. Not `Sync`: the rings are single-producer /
+// single-consumer and need `&mut self`.
+unsafe impl Send for XskSocket {}
+
 impl std::fmt::Debug for XskSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XskSocket")
@@ -540,6 +549,12 @@ impl XskSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<XskSocket>();
+    }
 
     #[test]
     fn refuses_bad_sizes() {

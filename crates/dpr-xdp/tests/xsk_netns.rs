@@ -268,3 +268,74 @@ fn native_mode_rx_and_tx() {
     }
     run(XdpMode::Native, 43);
 }
+
+/// The bench's in-kernel generator (live-frame `XDP_TX` test runs from the
+/// other namespace) delivers into the socket through the native program.
+#[test]
+fn live_frame_generator_reaches_the_socket() {
+    if !root_or_skip("live_frame_generator_reaches_the_socket") {
+        return;
+    }
+    const SENT: u32 = 1000;
+    let owned = VethPair::new(45).unwrap();
+    let pair = &owned;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (received, counted) = std::thread::scope(|s| {
+        let r = s.spawn(move || {
+            in_netns(&pair.ns_a, move || {
+                let ifx = ifindex(&pair.dev_a).unwrap();
+                let mut prog = RouterProgram::load(&ProgramConfig::default()).unwrap();
+                let _link = prog.attach(ifx, XdpMode::Native).unwrap();
+                let mut xsk = XskSocket::bind(ifx, 0, &XskConfig::default()).unwrap();
+                prog.set_socket(0, xsk.as_fd()).unwrap();
+                prog.add_service(SocketAddr::new(pair.addr_a.into(), 80))
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let mut got = 0usize;
+                let end = Instant::now() + Duration::from_secs(5);
+                let mut done_at: Option<Instant> = None;
+                while Instant::now() < end && got < SENT as usize {
+                    if done_at.is_none() && done_rx.try_recv().is_ok() {
+                        done_at = Some(Instant::now());
+                    }
+                    if done_at.is_some_and(|t| t.elapsed() > Duration::from_millis(300)) {
+                        break;
+                    }
+                    if xsk.wait_rx(Duration::from_millis(10)).unwrap() {
+                        got += xsk.rx_batch(64, |_, _, _| RxAction::Drop).unwrap();
+                    }
+                }
+                (got, prog.counters().unwrap().get(Counter::ServiceV4))
+            })
+            .unwrap()
+        });
+        s.spawn(move || {
+            in_netns(&pair.ns_b, move || {
+                ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                let ifx = ifindex(&pair.dev_b).unwrap();
+                let (a, b) = (pair.addr_a, pair.addr_b);
+                let syn = eth(
+                    pair.mac_a,
+                    pair.mac_b,
+                    0x0800,
+                    &ipv4(b, a, 6, &tcp_syn_v4(b, a, 1, 80)),
+                );
+                let generator = dpr_xdp::lab::LiveFrameGenerator::new().unwrap();
+                generator.send(ifx, &syn, SENT).unwrap();
+                done_tx.send(()).unwrap();
+            })
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        r.join().unwrap()
+    });
+    eprintln!("live frames: sent {SENT}, program saw {counted}, socket received {received}");
+    assert!(received > 0);
+    assert_eq!(
+        received as u64, counted,
+        "every frame the program redirected arrived"
+    );
+    assert!(counted <= u64::from(SENT));
+}
