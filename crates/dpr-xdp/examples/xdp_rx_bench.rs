@@ -199,11 +199,10 @@ fn receive(
             let _link = prog.attach(ifx, mode)?;
             // The veth has a NAPI instance only while a native program is
             // attached: switch it to its own kernel thread now.
-            if threaded
-                && which == Receiver::XdpNative
-                && let Err(e) = pair.set_threaded_napi(true)
-            {
-                eprintln!("threaded NAPI: {e}");
+            if threaded && which == Receiver::XdpNative {
+                if let Err(e) = pair.set_threaded_napi(true) {
+                    eprintln!("threaded NAPI: {e}");
+                }
             }
             // As deep a receive buffer as the AF_PACKET socket's 8 MiB
             // (8192 frames): on a shared machine the receiver is sometimes
@@ -349,8 +348,10 @@ fn main() {
         if let Err(e) = pair.ns_a.exec(&["ethtool", "-K", &pair.dev_a, "gro", "on"]) {
             eprintln!("gro on: {e}");
         }
-        if threaded && let Err(e) = pair.set_threaded_napi(true) {
-            eprintln!("threaded NAPI: {e}");
+        if threaded {
+            if let Err(e) = pair.set_threaded_napi(true) {
+                eprintln!("threaded NAPI: {e}");
+            }
         }
     }
     println!(
@@ -392,9 +393,11 @@ fn main() {
             rates.push((name, rate));
         }
     }
-    if let Some(&(_, base)) = rates.iter().find(|(n, _)| *n == "af-packet")
-        && base > 0.0
-    {
+    let base = rates
+        .iter()
+        .find(|(n, _)| *n == "af-packet")
+        .map_or(0.0, |&(_, r)| r);
+    if base > 0.0 {
         for (n, r) in &rates {
             if *n != "af-packet" {
                 println!("{n} / af-packet: {:.2}x", r / base);
