@@ -1,0 +1,403 @@
+//! Loading the router's XDP program with its maps, filling the maps, running
+//! the program on test frames and attaching it to an interface.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::Error;
+use crate::program::{self, Counter, MapFds, MissingSocket};
+use crate::sys::{self, MapFd};
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+
+/// The verifier log size when a load fails (the kernel's limit is larger).
+const VERIFIER_LOG_BYTES: usize = 4 << 20;
+
+/// Sizes and behaviour of the program and its maps.
+#[derive(Debug, Clone)]
+pub struct ProgramConfig {
+    /// Receive queues that may get a socket (`xsks` size).
+    pub max_queues: u32,
+    /// Service (address, port) entries per family (plus one address marker
+    /// per distinct address).
+    pub max_services: u32,
+    /// Peer tunnel addresses per family.
+    pub max_peers: u32,
+    /// What router traffic does on a queue without a socket.
+    pub missing_socket: MissingSocket,
+}
+
+impl Default for ProgramConfig {
+    fn default() -> Self {
+        Self {
+            max_queues: 64,
+            max_services: 1024,
+            max_peers: 1024,
+            missing_socket: MissingSocket::Pass,
+        }
+    }
+}
+
+/// How to attach the program (`XDP_FLAGS_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode, `XDP_FLAGS_DRV_MODE`; fails where the driver has none.
+    Native,
+    /// Generic (skb) mode, `XDP_FLAGS_SKB_MODE`: every driver, slower.
+    Generic,
+    /// Native if the driver supports it, else generic.
+    Auto,
+}
+
+const XDP_FLAGS_SKB_MODE: u32 = 2;
+const XDP_FLAGS_DRV_MODE: u32 = 4;
+
+/// An attached program. Dropping it (or the process exiting) detaches it:
+/// the attachment is a BPF link that lives as long as its descriptor.
+#[derive(Debug)]
+pub struct XdpLink {
+    _fd: OwnedFd,
+    ifindex: u32,
+    mode: XdpMode,
+}
+
+impl XdpLink {
+    /// The interface it is attached to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    /// The mode that was used ([`XdpMode::Native`] or [`XdpMode::Generic`]).
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+}
+
+/// Counter values summed over CPUs, indexed like [`Counter::ALL`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    /// One counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+}
+
+/// The loaded program and its maps.
+#[derive(Debug)]
+pub struct RouterProgram {
+    prog: OwnedFd,
+    services_v4: MapFd,
+    services_v6: MapFd,
+    peers_v4: MapFd,
+    peers_v6: MapFd,
+    xsks: MapFd,
+    counters: MapFd,
+    /// Services per address, for the (address, 0) fragment marker.
+    per_address: HashMap<IpAddr, u32>,
+    ncpus: usize,
+}
+
+fn syscall(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Syscall { op, source }
+}
+
+/// Number of possible CPUs (the per-CPU map value count).
+fn possible_cpus() -> Result<usize, Error> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .map_err(syscall("read /sys/devices/system/cpu/possible"))?;
+    parse_cpu_list(s.trim()).ok_or(Error::Parse("cpu list"))
+}
+
+/// "0-3,5" -> highest index + 1 (the kernel sizes per-CPU values that way).
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.split(',') {
+        let last = part.rsplit('-').next()?;
+        let n: usize = last.trim().parse().ok()?;
+        max = Some(max.map_or(n, |m: usize| m.max(n)));
+    }
+    max.map(|m| m + 1)
+}
+
+fn service_key(addr: SocketAddr) -> Vec<u8> {
+    let mut k = match addr.ip() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    k.extend_from_slice(&addr.port().to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+fn ip_key(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+const PRESENT: [u8; 4] = 1u32.to_ne_bytes();
+
+/// Loads an XDP program; on refusal, loads it again with the verifier log
+/// and returns that log in the error.
+pub(crate) fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
+    // Our program uses no GPL-only helper (map lookup, redirect_map).
+    const LICENSE: &str = "MIT OR Apache-2.0";
+    match sys::prog_load_xdp(words, LICENSE, name, &mut []) {
+        Ok(p) => Ok(p),
+        Err(first) => {
+            let mut log = vec![0u8; VERIFIER_LOG_BYTES];
+            let again = sys::prog_load_xdp(words, LICENSE, name, &mut log);
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let log = String::from_utf8_lossy(&log[..end]).into_owned();
+            Err(Error::Verifier {
+                source: again.err().unwrap_or(first),
+                log,
+            })
+        }
+    }
+}
+
+impl RouterProgram {
+    /// Creates the maps and loads the program (needs `CAP_BPF` + `CAP_NET_ADMIN`,
+    /// in practice root). A verifier rejection returns [`Error::Verifier`]
+    /// with the verifier's log.
+    pub fn load(cfg: &ProgramConfig) -> Result<Self, Error> {
+        let ncpus = possible_cpus()?;
+        let hash = |key: u32, n: u32, name: &str| {
+            sys::map_create(BPF_MAP_TYPE_HASH, key, 4, n, 4, name)
+                .map_err(syscall("BPF_MAP_CREATE"))
+        };
+        let services_v4 = hash(program::SERVICE_V4_KEY, cfg.max_services * 2, "dpr_svc4")?;
+        let services_v6 = hash(program::SERVICE_V6_KEY, cfg.max_services * 2, "dpr_svc6")?;
+        let peers_v4 = hash(program::PEER_V4_KEY, cfg.max_peers, "dpr_peer4")?;
+        let peers_v6 = hash(program::PEER_V6_KEY, cfg.max_peers, "dpr_peer6")?;
+        let xsks = sys::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, cfg.max_queues, 4, "dpr_xsks")
+            .map_err(syscall("BPF_MAP_CREATE"))?;
+        let counters = sys::map_create(
+            BPF_MAP_TYPE_PERCPU_ARRAY,
+            4,
+            8,
+            Counter::COUNT,
+            8 * ncpus,
+            "dpr_counters",
+        )
+        .map_err(syscall("BPF_MAP_CREATE"))?;
+        let fds = MapFds {
+            services_v4: services_v4.raw(),
+            services_v6: services_v6.raw(),
+            peers_v4: peers_v4.raw(),
+            peers_v6: peers_v6.raw(),
+            xsks: xsks.raw(),
+            counters: counters.raw(),
+        };
+        let insns = program::router_program(&fds, cfg.missing_socket)?;
+        let prog = load_xdp(&crate::asm::encode(&insns), "dpr_router")?;
+        Ok(Self {
+            prog,
+            services_v4,
+            services_v6,
+            peers_v4,
+            peers_v6,
+            xsks,
+            counters,
+            per_address: HashMap::new(),
+            ncpus,
+        })
+    }
+
+    /// The program's descriptor (for inspection; it stays owned here).
+    pub fn prog_fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
+    fn services(&self, ip: IpAddr) -> &MapFd {
+        if ip.is_ipv4() {
+            &self.services_v4
+        } else {
+            &self.services_v6
+        }
+    }
+
+    /// Routes TCP to `service` (address and port) to the router.
+    pub fn add_service(&mut self, service: SocketAddr) -> Result<(), Error> {
+        if service.port() == 0 {
+            return Err(Error::Parse("service port 0"));
+        }
+        let map = self.services(service.ip());
+        let key = service_key(service);
+        let mut old = [0u8; 4];
+        if sys::map_lookup(map, &key, &mut old).map_err(syscall("BPF_MAP_LOOKUP_ELEM"))? {
+            return Ok(());
+        }
+        sys::map_update(map, &key, &PRESENT, 0).map_err(syscall("BPF_MAP_UPDATE_ELEM"))?;
+        let n = self.per_address.entry(service.ip()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            let marker = service_key(SocketAddr::new(service.ip(), 0));
+            sys::map_update(self.services(service.ip()), &marker, &PRESENT, 0)
+                .map_err(syscall("BPF_MAP_UPDATE_ELEM"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops routing `service` to the router. `Ok(false)` if it was not there.
+    pub fn remove_service(&mut self, service: SocketAddr) -> Result<bool, Error> {
+        if service.port() == 0 {
+            return Ok(false);
+        }
+        let map = self.services(service.ip());
+        if !sys::map_delete(map, &service_key(service)).map_err(syscall("BPF_MAP_DELETE_ELEM"))? {
+            return Ok(false);
+        }
+        if let Some(n) = self.per_address.get_mut(&service.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&service.ip());
+                let marker = service_key(SocketAddr::new(service.ip(), 0));
+                sys::map_delete(self.services(service.ip()), &marker)
+                    .map_err(syscall("BPF_MAP_DELETE_ELEM"))?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn peers(&self, ip: IpAddr) -> &MapFd {
+        if ip.is_ipv4() {
+            &self.peers_v4
+        } else {
+            &self.peers_v6
+        }
+    }
+
+    /// Routes IP-in-IP (protocol 4 and 41) from `tunnel_addr` to the router.
+    pub fn add_peer(&mut self, tunnel_addr: IpAddr) -> Result<(), Error> {
+        sys::map_update(self.peers(tunnel_addr), &ip_key(tunnel_addr), &PRESENT, 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Forgets a peer. `Ok(false)` if it was not there.
+    pub fn remove_peer(&mut self, tunnel_addr: IpAddr) -> Result<bool, Error> {
+        sys::map_delete(self.peers(tunnel_addr), &ip_key(tunnel_addr))
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// Puts an AF_XDP socket in the slot of receive queue `queue`.
+    pub fn set_socket(&mut self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), Error> {
+        let fd = xsk.as_raw_fd() as u32;
+        sys::map_update(&self.xsks, &queue.to_ne_bytes(), &fd.to_ne_bytes(), 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Empties the slot of `queue`. `Ok(false)` if it was empty.
+    pub fn clear_socket(&mut self, queue: u32) -> Result<bool, Error> {
+        sys::map_delete(&self.xsks, &queue.to_ne_bytes()).map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let mut out = Counters::default();
+        let mut buf = vec![0u8; 8 * self.ncpus];
+        for c in Counter::ALL {
+            let key = (c as u32).to_ne_bytes();
+            if sys::map_lookup(&self.counters, &key, &mut buf)
+                .map_err(syscall("BPF_MAP_LOOKUP_ELEM"))?
+            {
+                out.0[c as usize] = buf
+                    .chunks_exact(8)
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    .sum();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` and returns
+    /// its action (`XDP_PASS`, `XDP_REDIRECT`, …). The frame must be at least
+    /// 14 bytes (the kernel refuses shorter input with `EINVAL`).
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, Error> {
+        let out = sys::prog_test_run(self.prog.as_fd(), frame, 1)
+            .map_err(syscall("BPF_PROG_TEST_RUN"))?;
+        Ok(out.retval)
+    }
+
+    /// Runs the program `repeat` times on `frame`; the kernel's average
+    /// nanoseconds per run.
+    pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32), Error> {
+        let out = sys::prog_test_run(self.prog.as_fd(), frame, repeat)
+            .map_err(syscall("BPF_PROG_TEST_RUN"))?;
+        Ok((out.retval, out.duration_ns))
+    }
+
+    /// Attaches the program to `ifindex` in `mode`. Detached when the
+    /// returned link is dropped.
+    pub fn attach(&self, ifindex: u32, mode: XdpMode) -> Result<XdpLink, Error> {
+        let try_mode = |m: XdpMode| {
+            let flags = if m == XdpMode::Native {
+                XDP_FLAGS_DRV_MODE
+            } else {
+                XDP_FLAGS_SKB_MODE
+            };
+            sys::link_create_xdp(self.prog.as_fd(), ifindex, flags)
+                .map(|fd| XdpLink {
+                    _fd: fd,
+                    ifindex,
+                    mode: m,
+                })
+                .map_err(syscall("BPF_LINK_CREATE"))
+        };
+        match mode {
+            XdpMode::Auto => try_mode(XdpMode::Native).or_else(|_| try_mode(XdpMode::Generic)),
+            m => try_mode(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that reads the packet without a bounds check is refused,
+    /// and the error carries the verifier's reason (root only).
+    #[test]
+    fn verifier_log_is_reported() {
+        if !crate::lab::is_root() {
+            eprintln!("SKIPPED: needs root (verifier_log_is_reported)");
+            return;
+        }
+        use crate::asm::{Asm, Reg, Size};
+        let mut a = Asm::new();
+        a.load(Size::W, Reg::R2, Reg::R1, 0); // data
+        a.load(Size::B, Reg::R0, Reg::R2, 0); // unchecked packet read
+        a.exit();
+        let words = crate::asm::encode(&a.finish().unwrap());
+        match load_xdp(&words, "dpr_bad") {
+            Err(Error::Verifier { log, .. }) => {
+                assert!(log.contains("invalid access to packet"), "{log}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-1"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,6"), Some(7));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn keys_are_network_order() {
+        let k = service_key("198.18.7.1:80".parse().unwrap());
+        assert_eq!(k, [198, 18, 7, 1, 0, 80, 0, 0]);
+        let k = service_key("[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(k.len(), program::SERVICE_V6_KEY as usize);
+        assert_eq!(k[16..], [1, 187, 0, 0]);
+    }
+}

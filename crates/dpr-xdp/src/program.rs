@@ -1,0 +1,376 @@
+//! The router's XDP program: its readable source, as eBPF assembled in Rust.
+//!
+//! It redirects into the AF_XDP socket of the receive queue (`xsks`, keyed by
+//! `rx_queue_index`) only what the router owns, and passes everything else to
+//! the kernel untouched:
+//!
+//! | frame | verdict |
+//! |---|---|
+//! | IPv4/IPv6 TCP to a (service address, port) in `services_v4`/`services_v6` | redirect |
+//! | IPv4 fragment (MF set or offset > 0) of TCP to a service *address* | redirect (the engine counts and drops it) |
+//! | IPv6 with a Fragment header directly before TCP, to a service address | redirect (likewise) |
+//! | IP protocol 4 or 41 (IP-in-IP, IPv6-in-IP) from an address in `peers_v4`/`peers_v6` | redirect |
+//! | Ethernet with one 802.1Q / 802.1ad tag | as above, after the tag |
+//! | anything else: ARP, other ports, UDP, ICMP, non-peer IP-in-IP, two VLAN tags, other IPv6 extension headers, IPv4 with a bad version or IHL, truncated headers | pass |
+//!
+//! When the queue has no socket in `xsks`, `bpf_redirect_map` returns the
+//! configured fallback ([`MissingSocket`], pass by default): before the
+//! daemon binds its sockets, the kernel keeps serving.
+//!
+//! Why fragments go to the router: a later fragment has no ports, so only the
+//! address can be matched; the engine already drops (and counts) TCP
+//! fragments to service addresses, so sending them there keeps one place that
+//! decides and one counter that shows it. The "any service on this address"
+//! test uses the key (address, port 0), which [`crate::RouterProgram`]
+//! maintains beside every (address, port).
+//!
+//! Map layouts (all keys in network byte order, as on the wire):
+//!
+//! | map | type | key | value |
+//! |---|---|---|---|
+//! | `services_v4` | hash | IPv4 address (4) + port (2) + zero (2) | `u32` (unused, 1) |
+//! | `services_v6` | hash | IPv6 address (16) + port (2) + zero (2) | `u32` |
+//! | `peers_v4` | hash | IPv4 tunnel address (4) | `u32` |
+//! | `peers_v6` | hash | IPv6 tunnel address (16) | `u32` |
+//! | `xsks` | xskmap | receive queue index `u32` | AF_XDP socket fd |
+//! | `counters` | per-CPU array | [`Counter`] index `u32` | `u64` packets |
+//!
+//! Registers: r6 = context, r7 = packet start (later the counter index of
+//! the verdict), r8 = packet end, r9 = network header. Every packet read is
+//! preceded by a bounds check against r8, which the verifier proves.
+
+use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Label, Reg, Size};
+use Reg::*;
+
+/// `XDP_ABORTED`.
+pub const XDP_ABORTED: u32 = 0;
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`.
+pub const XDP_TX: u32 = 3;
+/// `XDP_REDIRECT`.
+pub const XDP_REDIRECT: u32 = 4;
+
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_REDIRECT_MAP: i32 = 51;
+
+/// What the program does with router traffic arriving on a queue that has no
+/// AF_XDP socket in `xsks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingSocket {
+    /// Give it to the kernel (the default: nothing breaks before the daemon
+    /// binds its sockets, or on a queue it did not bind).
+    #[default]
+    Pass,
+    /// Drop it.
+    Drop,
+}
+
+impl MissingSocket {
+    const fn action(self) -> u32 {
+        match self {
+            MissingSocket::Pass => XDP_PASS,
+            MissingSocket::Drop => XDP_DROP,
+        }
+    }
+}
+
+/// The program's counters, indices into the per-CPU `counters` array.
+/// Every packet increments exactly one of the first seven; `NoSocket`
+/// additionally counts redirects that found no socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counter {
+    /// Passed to the kernel.
+    Pass = 0,
+    /// IPv4 TCP to a service (address, port).
+    ServiceV4 = 1,
+    /// IPv4 fragment of TCP to a service address.
+    FragmentV4 = 2,
+    /// IP-in-IP over IPv4 from a peer.
+    PeerV4 = 3,
+    /// IPv6 TCP to a service (address, port).
+    ServiceV6 = 4,
+    /// IPv6 fragment of TCP to a service address.
+    FragmentV6 = 5,
+    /// IP-in-IP over IPv6 from a peer.
+    PeerV6 = 6,
+    /// A redirect that found no socket for its queue (fallback applied).
+    NoSocket = 7,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 8] = [
+        Counter::Pass,
+        Counter::ServiceV4,
+        Counter::FragmentV4,
+        Counter::PeerV4,
+        Counter::ServiceV6,
+        Counter::FragmentV6,
+        Counter::PeerV6,
+        Counter::NoSocket,
+    ];
+    /// Number of counters (the array's size).
+    pub const COUNT: u32 = 8;
+}
+
+/// The map file descriptors the program refers to.
+#[derive(Debug, Clone, Copy)]
+pub struct MapFds {
+    /// `services_v4`.
+    pub services_v4: i32,
+    /// `services_v6`.
+    pub services_v6: i32,
+    /// `peers_v4`.
+    pub peers_v4: i32,
+    /// `peers_v6`.
+    pub peers_v6: i32,
+    /// `xsks`.
+    pub xsks: i32,
+    /// `counters`.
+    pub counters: i32,
+}
+
+/// Key sizes, shared with the loader.
+pub(crate) const SERVICE_V4_KEY: u32 = 8;
+pub(crate) const SERVICE_V6_KEY: u32 = 20;
+pub(crate) const PEER_V4_KEY: u32 = 4;
+pub(crate) const PEER_V6_KEY: u32 = 16;
+
+// Ethernet types and IP protocols, as the program's 16-bit loads see them
+// (network byte order read by a native-order load).
+const fn wire16(v: u16) -> i32 {
+    u16::from_ne_bytes(v.to_be_bytes()) as i32
+}
+const ETH_P_IPV4: i32 = wire16(0x0800);
+const ETH_P_IPV6: i32 = wire16(0x86dd);
+const ETH_P_8021Q: i32 = wire16(0x8100);
+const ETH_P_8021AD: i32 = wire16(0x88a8);
+/// IPv4 flags/fragment-offset field: MF bit and the 13-bit offset.
+const IPV4_FRAG_MASK: i32 = wire16(0x3fff);
+const PROTO_TCP: i32 = 6;
+const PROTO_IPIP: i32 = 4;
+const PROTO_IPV6: i32 = 41;
+const PROTO_FRAGMENT: i32 = 44;
+
+// Stack layout (offsets from r10).
+const KEY: i16 = -40; // up to 20 bytes: -40..-20
+const COUNTER_INDEX: i16 = -4;
+
+/// Builds the program for the given maps and missing-socket action.
+pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>, AsmError> {
+    let mut a = Asm::new();
+    let pass = a.label();
+    let redirect = a.label();
+    let vlan = a.label();
+    let l3 = a.label();
+    let ipv4 = a.label();
+    let ipv6 = a.label();
+    let v4_tcp = a.label();
+    let v4_frag = a.label();
+    let v4_tunnel = a.label();
+    let v6_tcp = a.label();
+    let v6_frag = a.label();
+    let v6_tunnel = a.label();
+
+    // ---- Ethernet: r7 = data, r8 = data_end, r9 = network header, r2 = type.
+    a.mov_reg(R6, R1);
+    a.load(Size::W, R7, R6, 0); // xdp_md.data
+    a.load(Size::W, R8, R6, 4); // xdp_md.data_end
+    a.mov_reg(R9, R7).alu_imm(Alu::Add, R9, 14);
+    a.jmp_reg(Cond::Gt, R9, R8, pass); // shorter than an Ethernet header
+    a.load(Size::H, R2, R7, 12);
+    a.jmp_imm(Cond::Eq, R2, ETH_P_8021Q, vlan);
+    a.jmp_imm(Cond::Eq, R2, ETH_P_8021AD, vlan);
+    a.ja(l3);
+
+    // ---- One VLAN tag: the real type follows it. A second tag is passed
+    // (its type is neither IPv4 nor IPv6).
+    a.bind(vlan);
+    a.mov_reg(R9, R7).alu_imm(Alu::Add, R9, 18);
+    a.jmp_reg(Cond::Gt, R9, R8, pass);
+    a.load(Size::H, R2, R7, 16);
+
+    a.bind(l3);
+    a.jmp_imm(Cond::Eq, R2, ETH_P_IPV4, ipv4);
+    a.jmp_imm(Cond::Eq, R2, ETH_P_IPV6, ipv6);
+    a.ja(pass);
+
+    // ---- IPv4: version 4, IHL >= 5, then by protocol. r2 = header length.
+    a.bind(ipv4);
+    a.mov_reg(R3, R9).alu_imm(Alu::Add, R3, 20);
+    a.jmp_reg(Cond::Gt, R3, R8, pass);
+    a.load(Size::B, R2, R9, 0);
+    a.mov_reg(R3, R2).alu_imm(Alu::Rsh, R3, 4);
+    a.jmp_imm(Cond::Ne, R3, 4, pass);
+    a.alu_imm(Alu::And, R2, 0x0f);
+    a.jmp_imm(Cond::Lt, R2, 5, pass);
+    a.alu_imm(Alu::Lsh, R2, 2); // 20..=60 bytes
+    a.load(Size::B, R4, R9, 9); // protocol
+    a.jmp_imm(Cond::Eq, R4, PROTO_TCP, v4_tcp);
+    a.jmp_imm(Cond::Eq, R4, PROTO_IPIP, v4_tunnel);
+    a.jmp_imm(Cond::Eq, R4, PROTO_IPV6, v4_tunnel);
+    a.ja(pass);
+
+    // IPv4 TCP, not a fragment: key (destination, destination port).
+    a.bind(v4_tcp);
+    a.load(Size::H, R3, R9, 6);
+    a.alu_imm(Alu::And, R3, IPV4_FRAG_MASK);
+    a.jmp_imm(Cond::Ne, R3, 0, v4_frag);
+    a.mov_reg(R3, R9).alu_reg(Alu::Add, R3, R2); // TCP header (after options)
+    a.mov_reg(R4, R3).alu_imm(Alu::Add, R4, 4);
+    a.jmp_reg(Cond::Gt, R4, R8, pass); // ports truncated
+    a.load(Size::H, R4, R3, 2); // destination port
+    a.load(Size::W, R5, R9, 16); // destination address
+    a.store(Size::W, R10, KEY, R5);
+    a.store(Size::H, R10, KEY + 4, R4);
+    a.store_imm(Size::H, R10, KEY + 6, 0);
+    lookup_or_pass(&mut a, maps.services_v4, pass);
+    a.mov_imm(R7, Counter::ServiceV4 as i32).ja(redirect);
+
+    // IPv4 fragment of TCP: key (destination, port 0) = "has a service".
+    a.bind(v4_frag);
+    a.load(Size::W, R5, R9, 16);
+    a.store(Size::W, R10, KEY, R5);
+    a.store_imm(Size::W, R10, KEY + 4, 0);
+    lookup_or_pass(&mut a, maps.services_v4, pass);
+    a.mov_imm(R7, Counter::FragmentV4 as i32).ja(redirect);
+
+    // IP-in-IP over IPv4: key = outer source.
+    a.bind(v4_tunnel);
+    a.load(Size::W, R5, R9, 12);
+    a.store(Size::W, R10, KEY, R5);
+    lookup_or_pass(&mut a, maps.peers_v4, pass);
+    a.mov_imm(R7, Counter::PeerV4 as i32).ja(redirect);
+
+    // ---- IPv6: fixed header, then by next header (no extension walk).
+    a.bind(ipv6);
+    a.mov_reg(R3, R9).alu_imm(Alu::Add, R3, 40);
+    a.jmp_reg(Cond::Gt, R3, R8, pass);
+    a.load(Size::B, R2, R9, 0);
+    a.alu_imm(Alu::Rsh, R2, 4);
+    a.jmp_imm(Cond::Ne, R2, 6, pass);
+    a.load(Size::B, R4, R9, 6); // next header
+    a.jmp_imm(Cond::Eq, R4, PROTO_TCP, v6_tcp);
+    a.jmp_imm(Cond::Eq, R4, PROTO_FRAGMENT, v6_frag);
+    a.jmp_imm(Cond::Eq, R4, PROTO_IPIP, v6_tunnel);
+    a.jmp_imm(Cond::Eq, R4, PROTO_IPV6, v6_tunnel);
+    a.ja(pass);
+
+    // IPv6 TCP: key (destination, destination port).
+    a.bind(v6_tcp);
+    a.mov_reg(R3, R9).alu_imm(Alu::Add, R3, 44);
+    a.jmp_reg(Cond::Gt, R3, R8, pass);
+    a.load(Size::H, R4, R9, 42); // destination port
+    copy_v6_addr(&mut a, 24); // destination address
+    a.store(Size::H, R10, KEY + 16, R4);
+    a.store_imm(Size::H, R10, KEY + 18, 0);
+    lookup_or_pass(&mut a, maps.services_v6, pass);
+    a.mov_imm(R7, Counter::ServiceV6 as i32).ja(redirect);
+
+    // IPv6 Fragment header carrying TCP: key (destination, port 0).
+    a.bind(v6_frag);
+    a.mov_reg(R3, R9).alu_imm(Alu::Add, R3, 48);
+    a.jmp_reg(Cond::Gt, R3, R8, pass);
+    a.load(Size::B, R4, R9, 40); // the fragment header's next header
+    a.jmp_imm(Cond::Ne, R4, PROTO_TCP, pass);
+    copy_v6_addr(&mut a, 24);
+    a.store_imm(Size::W, R10, KEY + 16, 0);
+    lookup_or_pass(&mut a, maps.services_v6, pass);
+    a.mov_imm(R7, Counter::FragmentV6 as i32).ja(redirect);
+
+    // IP-in-IP over IPv6: key = outer source.
+    a.bind(v6_tunnel);
+    copy_v6_addr(&mut a, 8);
+    lookup_or_pass(&mut a, maps.peers_v6, pass);
+    a.mov_imm(R7, Counter::PeerV6 as i32).ja(redirect);
+
+    // ---- Redirect into the socket of this receive queue; r7 = counter.
+    a.bind(redirect);
+    count(&mut a, maps.counters, None);
+    a.load(Size::W, R2, R6, 16); // xdp_md.rx_queue_index
+    a.load_map_fd(R1, maps.xsks);
+    a.mov_imm(R3, missing.action() as i32); // returned when the slot is empty
+    a.call(HELPER_REDIRECT_MAP);
+    a.mov_reg(R7, R0);
+    let done = a.label();
+    a.jmp_imm(Cond::Eq, R7, XDP_REDIRECT as i32, done);
+    count(&mut a, maps.counters, Some(Counter::NoSocket));
+    a.bind(done);
+    a.mov_reg(R0, R7);
+    a.exit();
+
+    // ---- Everything else: to the kernel.
+    a.bind(pass);
+    count(&mut a, maps.counters, Some(Counter::Pass));
+    a.mov_imm(R0, XDP_PASS as i32);
+    a.exit();
+
+    a.finish()
+}
+
+/// `r0 = lookup(map, r10 + KEY)`; `goto pass` when absent.
+fn lookup_or_pass(a: &mut Asm, map: i32, pass: Label) {
+    a.load_map_fd(R1, map);
+    a.mov_reg(R2, R10).alu_imm(Alu::Add, R2, i32::from(KEY));
+    a.call(HELPER_MAP_LOOKUP_ELEM);
+    a.jmp_imm(Cond::Eq, R0, 0, pass);
+}
+
+/// Copies 16 address bytes at `r9 + off` to the key; clobbers r5.
+fn copy_v6_addr(a: &mut Asm, off: i16) {
+    for i in 0..4 {
+        a.load(Size::W, R5, R9, off + 4 * i);
+        a.store(Size::W, R10, KEY + 4 * i, R5);
+    }
+}
+
+/// Increments a counter: `which`, or the index in r7. Clobbers r0–r5.
+fn count(a: &mut Asm, counters: i32, which: Option<Counter>) {
+    match which {
+        Some(c) => a.store_imm(Size::W, R10, COUNTER_INDEX, c as i32),
+        None => a.store(Size::W, R10, COUNTER_INDEX, R7),
+    };
+    a.load_map_fd(R1, counters);
+    a.mov_reg(R2, R10)
+        .alu_imm(Alu::Add, R2, i32::from(COUNTER_INDEX));
+    a.call(HELPER_MAP_LOOKUP_ELEM);
+    let skip = a.label();
+    a.jmp_imm(Cond::Eq, R0, 0, skip);
+    // Per-CPU slot: no other writer, a plain add is enough.
+    a.load(Size::DW, R1, R0, 0);
+    a.alu_imm(Alu::Add, R1, 1);
+    a.store(Size::DW, R0, 0, R1);
+    a.bind(skip);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assembles_and_ends_in_exit() {
+        let fds = MapFds {
+            services_v4: 3,
+            services_v6: 4,
+            peers_v4: 5,
+            peers_v6: 6,
+            xsks: 7,
+            counters: 8,
+        };
+        let p = router_program(&fds, MissingSocket::Pass).unwrap();
+        eprintln!("router program: {} instructions", p.len());
+        assert!(p.len() < 400, "{} insns", p.len());
+        assert_eq!(p.last().map(|i| i.code), Some(0x95));
+    }
+
+    #[test]
+    fn wire_constants_are_network_order() {
+        assert_eq!(ETH_P_IPV4.to_ne_bytes()[..2], [0x08, 0x00]);
+        assert_eq!(ETH_P_IPV6.to_ne_bytes()[..2], [0x86, 0xdd]);
+        assert_eq!(IPV4_FRAG_MASK.to_ne_bytes()[..2], [0x3f, 0xff]);
+    }
+}
