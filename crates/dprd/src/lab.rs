@@ -70,7 +70,7 @@ impl Default for LabSpec {
             service_ms: 20,
             workers: 2,
             size: 2000,
-            report_interval_ms: 100,
+            report_interval_ms: 50,
             dead_after_ms: 500,
             stranger: false,
         }
@@ -108,6 +108,7 @@ pub struct Lab {
     namespaces: Vec<String>,
     httpd: Vec<Option<Child>>,
     dprd: Vec<Option<Child>>,
+    extra: Vec<Child>,
 }
 
 impl Lab {
@@ -162,6 +163,7 @@ impl Lab {
             namespaces: Vec::new(),
             httpd: Vec::new(),
             dprd: Vec::new(),
+            extra: Vec::new(),
         };
         // Every error below returns `lab`'s Drop: what exists is removed.
         let br = lab.bridge_ns();
@@ -250,7 +252,7 @@ impl Lab {
         let s = &self.spec;
         let mut t = format!(
             "# dprd lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
-             [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 20\n\n\
+             [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
              [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
              [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\n",
@@ -435,11 +437,59 @@ impl Lab {
         Ok(left)
     }
 
-    /// Runs the load generator in the client namespace.
+    /// Runs `program args` in namespace `ns` and returns its stdout.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
+        sh(self.in_ns(ns, program).args(args))
+    }
+
+    /// Starts `program args` in namespace `ns` in the background; it is
+    /// killed when the lab is dropped (or by [`Self::kill_extras`]).
+    pub fn spawn_in(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<(), String> {
+        let c = self
+            .in_ns(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{program}: {e}"))?;
+        self.extra.push(c);
+        Ok(())
+    }
+
+    /// Kills what [`Self::spawn_in`] started.
+    pub fn kill_extras(&mut self) {
+        for mut c in self.extra.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills host `i`'s web server.
+    pub fn kill_httpd(&mut self, i: usize) {
+        if let Some(mut c) = self.httpd.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the load generator in the client namespace against every host.
     pub fn load(&self, rate: f64, secs: f64, skew: f64, label: &str) -> Result<LoadResult, String> {
-        let targets: Vec<String> = (0..self.spec.hosts)
-            .map(|i| service_addr(i).to_string())
-            .collect();
+        let all: Vec<usize> = (0..self.spec.hosts).collect();
+        self.load_targets(&all, rate, secs, skew, label)
+    }
+
+    /// Runs the load generator against the service addresses of `hosts`
+    /// (the first one gets the `skew` share).
+    pub fn load_targets(
+        &self,
+        hosts: &[usize],
+        rate: f64,
+        secs: f64,
+        skew: f64,
+        label: &str,
+    ) -> Result<LoadResult, String> {
+        let targets: Vec<String> = hosts.iter().map(|i| service_addr(*i).to_string()).collect();
         let exe = self.exe.to_string_lossy().into_owned();
         let out = self
             .in_ns(&self.client_ns(), &exe)
@@ -460,6 +510,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for i in 0..self.dprd.len() {
             if self.dprd[i].is_some() {
                 let _ = self.signal_dprd(i, "TERM");
