@@ -527,8 +527,15 @@ impl Config {
         self.load_table_config()
             .validate()
             .map_err(|e| bad("cluster", e.to_string()))?;
-        self.make_policy()
-            .map_err(|e| bad("policy", e.to_string()))?;
+        self.make_policy().map_err(|e| {
+            let dpr_policy::PolicyError::InvalidConfig { field, reason } = e;
+            let field = if field == "buckets" {
+                "hash_buckets"
+            } else {
+                field
+            };
+            bad(format!("policy.{field}"), reason)
+        })?;
         Ok(())
     }
 
@@ -667,7 +674,7 @@ service_addrs = ["198.18.0.2"]
         let e = err_of(&GOOD.replace("id = 1", "id = 0"));
         assert_eq!(e.field, "cluster.peers[0].id");
         let e = err_of(&format!("{GOOD}\n[policy]\nthreshold = -1.0\n"));
-        assert_eq!(e.field, "policy");
+        assert_eq!(e.field, "policy.threshold");
         let e = err_of(&format!("{GOOD}\n[backend]\nkind = \"af-xdp\"\n"));
         assert_eq!(e.field, "backend.kind");
         let e = err_of(&GOOD.replace("uplink", "uplnk"));
@@ -675,5 +682,25 @@ service_addrs = ["198.18.0.2"]
         assert!(e.reason.contains("uplnk"), "{}", e.reason);
         let e = err_of(&GOOD.replace("\"198.18.0.2\"", "\"198.18.0.1\""));
         assert_eq!(e.field, "cluster.peers[0].service_addrs");
+    }
+}
+
+#[cfg(test)]
+mod example_files {
+    use super::*;
+
+    #[test]
+    fn the_example_configurations_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "toml") {
+                if let Err(err) = Config::load(&e.path()) {
+                    unreachable!("{}: {err}", e.path().display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "example configs not found in {}", dir.display());
     }
 }

@@ -164,6 +164,16 @@ impl Drop for Workers {
 
 /// `dprd run --config FILE`.
 pub fn run(config_path: &Path) -> Result<(), String> {
+    run_with_policy(config_path, None)
+}
+
+/// Runs the daemon with a policy of the caller's instead of the one the
+/// configuration names (`[policy]` is then ignored, also on reload): the
+/// way to embed a user-written [`Policy`] in a complete router.
+pub fn run_with_policy(
+    config_path: &Path,
+    custom: Option<Box<dyn Policy + Send>>,
+) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
@@ -182,7 +192,11 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     // From here on, every exit path drops the guard and undoes the setup.
     let guard = HostGuard::setup(&host_plan(&cfg, &tun)).map_err(|e| e.to_string())?;
     tracing::info!(undo_steps = guard.pending_undo().len(), "host set up");
-    let policy = SwappablePolicy::new(cfg.make_policy().map_err(|e| e.to_string())?);
+    let fixed_policy = custom.is_some();
+    let policy = SwappablePolicy::new(match custom {
+        Some(p) => p,
+        None => cfg.make_policy().map_err(|e| e.to_string())?,
+    });
     let engine = build_engine(&cfg, policy.clone())?;
     let shared = Arc::new(Shared::new(engine));
     let control = {
@@ -243,6 +257,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         control,
         guard,
         policy,
+        fixed_policy,
         started: Instant::now(),
         draining_since: None,
     };
@@ -275,6 +290,7 @@ struct LoopCtx {
     control: ControlPlane,
     guard: HostGuard,
     policy: SwappablePolicy,
+    fixed_policy: bool,
     started: Instant,
     draining_since: Option<Instant>,
 }
@@ -421,7 +437,9 @@ impl LoopCtx {
                 .reload(&new, now, &mut e)
                 .map_err(|e| e.to_string())?;
         }
-        self.policy.swap(policy);
+        if !self.fixed_policy {
+            self.policy.swap(policy);
+        }
         self.cfg = new;
         Ok(())
     }
