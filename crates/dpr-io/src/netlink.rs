@@ -1,0 +1,595 @@
+//! Route netlink, just what host setup needs: addresses, routes, policy
+//! rules, and a route dump. Message building and parsing are pure (unit
+//! tested on bytes); [`Netlink`] sends them over [`crate::sys::NetlinkSocket`].
+//!
+//! A request is kept as its payload (the `ifaddrmsg` / `rtmsg` /
+//! `fib_rule_hdr` and its attributes) plus its [`Object`]: the same payload
+//! sent with the matching `DEL` type undoes an `ADD`, which is how the host
+//! guard records its undo list.
+
+use crate::sys::NetlinkSocket;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// Request flag.
+pub const NLM_F_REQUEST: u16 = 0x1;
+/// Ask for an acknowledgement.
+pub const NLM_F_ACK: u16 = 0x4;
+/// Replace an existing object.
+pub const NLM_F_REPLACE: u16 = 0x100;
+/// Fail if the object exists.
+pub const NLM_F_EXCL: u16 = 0x200;
+/// Create the object.
+pub const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_DUMP: u16 = 0x300;
+
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_PREFSRC: u16 = 7;
+const RTA_METRICS: u16 = 8;
+const RTA_TABLE: u16 = 15;
+const RTAX_ADVMSS: u16 = 8;
+
+const FRA_DST: u16 = 1;
+const FRA_SRC: u16 = 2;
+const FRA_IIFNAME: u16 = 3;
+const FRA_PRIORITY: u16 = 6;
+const FRA_TABLE: u16 = 15;
+const FRA_IP_PROTO: u16 = 22;
+const FRA_DPORT_RANGE: u16 = 24;
+const FR_ACT_TO_TBL: u8 = 1;
+
+/// The main routing table.
+pub const RT_TABLE_MAIN: u32 = 254;
+/// The local routing table.
+pub const RT_TABLE_LOCAL: u32 = 255;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_HOST: u8 = 254;
+const RTN_UNICAST: u8 = 1;
+
+/// What kind of object a request adds or deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    /// An interface address.
+    Addr,
+    /// A route.
+    Route,
+    /// A policy-routing rule.
+    Rule,
+}
+
+impl Object {
+    /// The message type that adds it.
+    pub fn new_type(self) -> u16 {
+        match self {
+            Self::Addr => RTM_NEWADDR,
+            Self::Route => RTM_NEWROUTE,
+            Self::Rule => RTM_NEWRULE,
+        }
+    }
+    /// The message type that deletes it.
+    pub fn del_type(self) -> u16 {
+        match self {
+            Self::Addr => RTM_DELADDR,
+            Self::Route => RTM_DELROUTE,
+            Self::Rule => RTM_DELRULE,
+        }
+    }
+}
+
+/// One object: what it is and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Kind.
+    pub object: Object,
+    /// Header and attributes, without the netlink header.
+    pub payload: Vec<u8>,
+    /// For logs: `ip`-like text.
+    pub describe: String,
+}
+
+fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(data);
+    while buf.len() % 4 != 0 {
+        buf.push(0);
+    }
+}
+
+fn family(a: IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+fn addr_bytes(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+fn full_prefix(a: IpAddr) -> u8 {
+    if a.is_ipv4() { 32 } else { 128 }
+}
+
+/// `ip addr add ADDR/PREFIX dev IFINDEX` (host scope when `host_scope`).
+pub fn addr(ifindex: u32, a: IpAddr, prefix: u8, host_scope: bool) -> Request {
+    let mut p = vec![
+        family(a),
+        prefix,
+        0,
+        if host_scope {
+            RT_SCOPE_HOST
+        } else {
+            RT_SCOPE_UNIVERSE
+        },
+    ];
+    p.extend_from_slice(&ifindex.to_ne_bytes());
+    push_attr(&mut p, IFA_LOCAL, &addr_bytes(a));
+    push_attr(&mut p, IFA_ADDRESS, &addr_bytes(a));
+    Request {
+        object: Object::Addr,
+        payload: p,
+        describe: format!("address {a}/{prefix} on ifindex {ifindex}"),
+    }
+}
+
+fn rtmsg(fam: u8, dst_len: u8, table: u32, scope: u8) -> Vec<u8> {
+    let mut p = vec![
+        fam,
+        dst_len,
+        0,
+        0,
+        u8::try_from(table).unwrap_or(0), // RT_TABLE_UNSPEC when it does not fit: RTA_TABLE says
+        RTPROT_STATIC,
+        scope,
+        RTN_UNICAST,
+    ];
+    p.extend_from_slice(&0u32.to_ne_bytes());
+    push_attr(&mut p, RTA_TABLE, &table.to_ne_bytes());
+    p
+}
+
+/// `ip route add default dev IFINDEX table TABLE` (IPv4 when `v4`).
+pub fn default_route(ifindex: u32, table: u32, v4: bool) -> Request {
+    let fam = if v4 { libc::AF_INET } else { libc::AF_INET6 } as u8;
+    let mut p = rtmsg(fam, 0, table, RT_SCOPE_UNIVERSE);
+    push_attr(&mut p, RTA_OIF, &ifindex.to_ne_bytes());
+    Request {
+        object: Object::Route,
+        payload: p,
+        describe: format!("route default dev ifindex {ifindex} table {table}"),
+    }
+}
+
+/// A policy rule: `ip rule add pref PRIORITY [iif IIF] [from SRC] [to DST]
+/// [ipproto PROTO] [dport PORT] lookup TABLE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Preference.
+    pub priority: u32,
+    /// Table to look up.
+    pub table: u32,
+    /// Input interface name.
+    pub iif: Option<String>,
+    /// Source address (full-length prefix).
+    pub from: Option<IpAddr>,
+    /// Destination address (full-length prefix).
+    pub to: Option<IpAddr>,
+    /// IP protocol.
+    pub ipproto: Option<u8>,
+    /// Destination port.
+    pub dport: Option<u16>,
+    /// IPv6 rule (else IPv4).
+    pub v6: bool,
+}
+
+impl Rule {
+    /// The request for this rule.
+    pub fn request(&self) -> Request {
+        let fam = if self.v6 {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        } as u8;
+        let dst_len = self.to.map_or(0, full_prefix);
+        let src_len = self.from.map_or(0, full_prefix);
+        let table_byte = u8::try_from(self.table).unwrap_or(0);
+        let mut p = vec![fam, dst_len, src_len, 0, table_byte, 0, 0, FR_ACT_TO_TBL];
+        p.extend_from_slice(&0u32.to_ne_bytes());
+        push_attr(&mut p, FRA_PRIORITY, &self.priority.to_ne_bytes());
+        push_attr(&mut p, FRA_TABLE, &self.table.to_ne_bytes());
+        if let Some(i) = &self.iif {
+            let mut n = i.as_bytes().to_vec();
+            n.push(0);
+            push_attr(&mut p, FRA_IIFNAME, &n);
+        }
+        if let Some(a) = self.from {
+            push_attr(&mut p, FRA_SRC, &addr_bytes(a));
+        }
+        if let Some(a) = self.to {
+            push_attr(&mut p, FRA_DST, &addr_bytes(a));
+        }
+        if let Some(proto) = self.ipproto {
+            push_attr(&mut p, FRA_IP_PROTO, &[proto]);
+        }
+        if let Some(port) = self.dport {
+            let mut r = port.to_ne_bytes().to_vec();
+            r.extend_from_slice(&port.to_ne_bytes());
+            push_attr(&mut p, FRA_DPORT_RANGE, &r);
+        }
+        let mut d = format!("rule pref {}", self.priority);
+        if let Some(i) = &self.iif {
+            d += &format!(" iif {i}");
+        }
+        if let Some(a) = self.from {
+            d += &format!(" from {a}");
+        }
+        if let Some(a) = self.to {
+            d += &format!(" to {a}");
+        }
+        if let Some(x) = self.ipproto {
+            d += &format!(" ipproto {x}");
+        }
+        if let Some(x) = self.dport {
+            d += &format!(" dport {x}");
+        }
+        d += &format!(" lookup {}", self.table);
+        Request {
+            object: Object::Rule,
+            payload: p,
+            describe: d,
+        }
+    }
+}
+
+/// Walks `(type, data)` attributes of a payload after `skip` header bytes.
+pub fn attrs(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = skip;
+    while i + 4 <= payload.len() {
+        let len = usize::from(u16::from_ne_bytes([payload[i], payload[i + 1]]));
+        let ty = u16::from_ne_bytes([payload[i + 2], payload[i + 3]]) & 0x3fff;
+        if len < 4 || i + len > payload.len() {
+            break;
+        }
+        out.push((ty, &payload[i + 4..i + len]));
+        i += (len + 3) & !3;
+    }
+    out
+}
+
+const RTMSG_LEN: usize = 12;
+
+/// A route from a dump, as far as setup needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The table.
+    pub table: u32,
+    /// Output interface.
+    pub oif: Option<u32>,
+    /// Route type (1 = unicast).
+    pub route_type: u8,
+    /// The payload as dumped.
+    pub payload: Vec<u8>,
+}
+
+/// Parses a route payload from a dump.
+pub fn parse_route(payload: &[u8]) -> Option<RouteInfo> {
+    if payload.len() < RTMSG_LEN {
+        return None;
+    }
+    let mut table = u32::from(payload[4]);
+    let mut oif = None;
+    for (ty, d) in attrs(payload, RTMSG_LEN) {
+        match ty {
+            RTA_TABLE if d.len() == 4 => table = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+            RTA_OIF if d.len() == 4 => oif = Some(u32::from_ne_bytes([d[0], d[1], d[2], d[3]])),
+            _ => {}
+        }
+    }
+    Some(RouteInfo {
+        table,
+        oif,
+        route_type: payload[7],
+        payload: payload.to_vec(),
+    })
+}
+
+/// The same route in `table`, with `advmss` as its only metric: the copy
+/// that makes the local stack announce a smaller MSS on it.
+pub fn copy_route_with_advmss(route: &RouteInfo, table: u32, advmss: u32) -> Request {
+    let src = &route.payload;
+    let mut p = src[..RTMSG_LEN].to_vec();
+    p[4] = u8::try_from(table).unwrap_or(0);
+    p[5] = RTPROT_STATIC;
+    push_attr(&mut p, RTA_TABLE, &table.to_ne_bytes());
+    for (ty, d) in attrs(src, RTMSG_LEN) {
+        if matches!(
+            ty,
+            RTA_DST | RTA_OIF | RTA_GATEWAY | RTA_PREFSRC | RTA_PRIORITY
+        ) {
+            push_attr(&mut p, ty, d);
+        }
+    }
+    let mut metrics = Vec::new();
+    push_attr(&mut metrics, RTAX_ADVMSS, &advmss.to_ne_bytes());
+    push_attr(&mut p, RTA_METRICS, &metrics);
+    let dst = attrs(src, RTMSG_LEN)
+        .into_iter()
+        .find(|(t, d)| *t == RTA_DST && d.len() == 4)
+        .map(|(_, d)| Ipv4Addr::new(d[0], d[1], d[2], d[3]).to_string())
+        .unwrap_or_else(|| "default".into());
+    Request {
+        object: Object::Route,
+        payload: p,
+        describe: format!("route {dst}/{} advmss {advmss} table {table}", src[1]),
+    }
+}
+
+/// Builds one netlink message.
+pub fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + payload.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// One message of a received datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// An acknowledgement (error 0) or an error (negative errno).
+    Ack {
+        /// Sequence number acknowledged.
+        seq: u32,
+        /// 0 or a negative errno.
+        error: i32,
+    },
+    /// End of a dump.
+    Done,
+    /// A data message of a dump.
+    Data {
+        /// Message type.
+        ty: u16,
+        /// Payload.
+        payload: &'a [u8],
+    },
+}
+
+/// Splits a datagram into messages; stops at the first malformed one.
+pub fn parse_replies(buf: &[u8]) -> Vec<Reply<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + NLMSG_HDRLEN <= buf.len() {
+        let len = u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) as usize;
+        let ty = u16::from_ne_bytes([buf[i + 4], buf[i + 5]]);
+        let seq = u32::from_ne_bytes([buf[i + 8], buf[i + 9], buf[i + 10], buf[i + 11]]);
+        if len < NLMSG_HDRLEN || i + len > buf.len() {
+            break;
+        }
+        let payload = &buf[i + NLMSG_HDRLEN..i + len];
+        out.push(match ty {
+            NLMSG_ERROR if payload.len() >= 4 => Reply::Ack {
+                seq,
+                error: i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]),
+            },
+            NLMSG_DONE => Reply::Done,
+            _ => Reply::Data { ty, payload },
+        });
+        i += (len + 3) & !3;
+    }
+    out
+}
+
+/// A route netlink client.
+#[derive(Debug)]
+pub struct Netlink {
+    sock: NetlinkSocket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// Opens the socket.
+    pub fn open() -> io::Result<Self> {
+        Ok(Self {
+            sock: NetlinkSocket::open()?,
+            seq: 1,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Sends a request and waits for its acknowledgement.
+    pub fn exec(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.sock.send(&message(
+            ty,
+            flags | NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            payload,
+        ))?;
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            for r in parse_replies(&self.buf[..n]) {
+                if let Reply::Ack { seq: s, error } = r {
+                    if s == seq {
+                        return if error == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::from_raw_os_error(-error))
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the object of `req` (fails if it exists).
+    pub fn add(&mut self, req: &Request) -> io::Result<()> {
+        self.exec(
+            req.object.new_type(),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &req.payload,
+        )
+    }
+
+    /// Deletes the object of `req`.
+    pub fn del(&mut self, req: &Request) -> io::Result<()> {
+        self.exec(req.object.del_type(), 0, &req.payload)
+    }
+
+    /// Dumps the IPv4 routes of every table.
+    pub fn dump_routes_v4(&mut self) -> io::Result<Vec<RouteInfo>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut req = vec![libc::AF_INET as u8];
+        req.extend_from_slice(&[0u8; RTMSG_LEN - 1]);
+        self.sock.send(&message(
+            RTM_GETROUTE,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            self.seq,
+            &req,
+        ))?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            for r in parse_replies(&self.buf[..n]) {
+                match r {
+                    Reply::Done => return Ok(out),
+                    Reply::Ack { error, .. } if error != 0 => {
+                        return Err(io::Error::from_raw_os_error(-error));
+                    }
+                    Reply::Data { payload, .. } => out.extend(parse_route(payload)),
+                    Reply::Ack { .. } => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_request_bytes() {
+        let r = addr(7, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 32, true);
+        let mut want = vec![2u8, 32, 0, 254];
+        want.extend_from_slice(&7u32.to_ne_bytes());
+        for ty in [IFA_LOCAL, IFA_ADDRESS] {
+            want.extend_from_slice(&8u16.to_ne_bytes());
+            want.extend_from_slice(&ty.to_ne_bytes());
+            want.extend_from_slice(&[198, 18, 0, 2]);
+        }
+        assert_eq!(r.payload, want);
+        assert_eq!(r.object.del_type(), RTM_DELADDR);
+    }
+
+    #[test]
+    fn rule_request_has_every_selector() {
+        let r = Rule {
+            priority: 10,
+            table: 100,
+            iif: Some("eth0".into()),
+            to: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
+            ipproto: Some(6),
+            dport: Some(80),
+            ..Rule::default()
+        }
+        .request();
+        assert_eq!(&r.payload[..8], &[2, 32, 0, 0, 100, 0, 0, FR_ACT_TO_TBL]);
+        let a = attrs(&r.payload, 12);
+        let types: Vec<u16> = a.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            types,
+            vec![
+                FRA_PRIORITY,
+                FRA_TABLE,
+                FRA_IIFNAME,
+                FRA_DST,
+                FRA_IP_PROTO,
+                FRA_DPORT_RANGE
+            ]
+        );
+        assert_eq!(a[2].1, b"eth0\0");
+        assert_eq!(a[4].1, &[6]);
+        assert_eq!(
+            r.describe,
+            "rule pref 10 iif eth0 to 198.18.0.1 ipproto 6 dport 80 lookup 100"
+        );
+    }
+
+    #[test]
+    fn replies_parse_and_truncation_stops() {
+        let mut d = message(NLMSG_ERROR, 0, 5, &(-17i32).to_ne_bytes());
+        d.extend(message(NLMSG_DONE, 0, 6, &[0, 0, 0, 0]));
+        assert_eq!(
+            parse_replies(&d),
+            vec![Reply::Ack { seq: 5, error: -17 }, Reply::Done]
+        );
+        assert_eq!(parse_replies(&d[..10]), vec![]);
+        let mut lying = d.clone();
+        lying[0] = 200;
+        assert_eq!(parse_replies(&lying), vec![]);
+    }
+
+    #[test]
+    fn route_copy_keeps_selectors_and_sets_advmss() {
+        let mut p = vec![2u8, 24, 0, 0, 254, 2, 253, 1, 0, 0, 0, 0];
+        push_attr(&mut p, RTA_TABLE, &254u32.to_ne_bytes());
+        push_attr(&mut p, RTA_DST, &[198, 18, 0, 0]);
+        push_attr(&mut p, RTA_OIF, &3u32.to_ne_bytes());
+        push_attr(&mut p, 12, &[0; 16]); // RTA_CACHEINFO: dropped
+        let info = parse_route(&p).unwrap_or_else(|| unreachable!());
+        assert_eq!((info.table, info.oif, info.route_type), (254, Some(3), 1));
+        let c = copy_route_with_advmss(&info, 101, 1400);
+        let a = attrs(&c.payload, 12);
+        assert_eq!(c.payload[4], 101);
+        assert_eq!(a[0], (RTA_TABLE, &101u32.to_ne_bytes()[..]));
+        assert!(
+            a.iter()
+                .any(|(t, d)| *t == RTA_DST && *d == [198, 18, 0, 0])
+        );
+        assert!(!a.iter().any(|(t, _)| *t == 12));
+        let m = a.iter().find(|(t, _)| *t == RTA_METRICS).map(|(_, d)| *d);
+        assert_eq!(
+            m.map(|m| attrs(m, 0)),
+            Some(vec![(RTAX_ADVMSS, &1400u32.to_ne_bytes()[..])])
+        );
+        assert_eq!(c.describe, "route 198.18.0.0/24 advmss 1400 table 101");
+    }
+
+    #[test]
+    fn attrs_stop_on_lying_length() {
+        let mut p = Vec::new();
+        push_attr(&mut p, 1, &[1, 2, 3, 4]);
+        p.extend_from_slice(&[50, 0, 2, 0, 9]);
+        assert_eq!(attrs(&p, 0), vec![(1, &[1u8, 2, 3, 4][..])]);
+    }
+}

@@ -1,0 +1,337 @@
+//! Every system call of `dpr-io`, in one small module: the only one where
+//! `unsafe` is allowed. Each block says why it is sound.
+//!
+//! The TUN backend reaches its device through [`TunSys`], implemented by
+//! [`RealTun`] (a `tun-rs` queue plus `poll(2)`) and by [`FakeTun`]
+//! (in-memory, for tests: scripted packets in, written packets out, and
+//! injected write failures).
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// What the TUN backend needs from one device queue.
+pub trait TunSys: Send {
+    /// Waits up to `timeout` for the queue to become readable.
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
+    /// Reads one packet without blocking (`WouldBlock` when none).
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one packet.
+    fn send(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `pfd` is a valid, exclusively borrowed pollfd and we pass a
+    // count of exactly one; poll does not keep the pointer after returning.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match r {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0),
+    }
+}
+
+/// One queue of a real TUN device.
+pub struct RealTun(pub tun_rs::SyncDevice);
+
+impl std::fmt::Debug for RealTun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RealTun(fd {})", self.0.as_raw_fd())
+    }
+}
+
+impl TunSys for RealTun {
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        poll_readable(self.0.as_raw_fd(), timeout)
+    }
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf)
+    }
+}
+
+/// State shared between a [`FakeTun`] and the test that drives it.
+#[derive(Debug, Default)]
+pub struct FakeTunState {
+    /// Packets the "kernel" will hand to the next reads.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Packets written to the device, in order.
+    pub tx: Vec<Vec<u8>>,
+    /// The next this many writes fail with `EINVAL`.
+    pub fail_sends: usize,
+    /// Reads performed (including the one that found nothing).
+    pub reads: usize,
+}
+
+/// An in-memory stand-in for a TUN queue.
+#[derive(Debug, Clone, Default)]
+pub struct FakeTun(pub Arc<Mutex<FakeTunState>>);
+
+impl FakeTun {
+    fn with<R>(&self, f: impl FnOnce(&mut FakeTunState) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut g)
+    }
+}
+
+impl TunSys for FakeTun {
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        if self.with(|s| !s.rx.is_empty()) {
+            return Ok(true);
+        }
+        std::thread::sleep(timeout.min(Duration::from_millis(1)));
+        Ok(self.with(|s| !s.rx.is_empty()))
+    }
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.with(|s| {
+            s.reads += 1;
+            match s.rx.pop_front() {
+                None => Err(io::ErrorKind::WouldBlock.into()),
+                Some(p) => {
+                    // A real TUN read truncates a packet longer than the buffer.
+                    let n = p.len().min(buf.len());
+                    buf[..n].copy_from_slice(&p[..n]);
+                    Ok(n)
+                }
+            }
+        })
+    }
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|s| {
+            if s.fail_sends > 0 {
+                s.fail_sends -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            s.tx.push(buf.to_vec());
+            Ok(buf.len())
+        })
+    }
+}
+
+/// The index of interface `name` in this network namespace.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no network interface named {name:?}"),
+        ))
+    } else {
+        Ok(i)
+    }
+}
+
+/// A `NETLINK_ROUTE` socket.
+#[derive(Debug)]
+pub struct NetlinkSocket {
+    fd: OwnedFd,
+}
+
+impl NetlinkSocket {
+    /// Opens and binds a route netlink socket (kernel-assigned port id).
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2) call with constant arguments; the result is
+        // checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2), is valid and owned by
+        // nobody else; OwnedFd takes sole ownership and closes it on drop.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is a plain C struct for which all-zero is a
+        // valid value (family set below, pid 0 = let the kernel choose).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `sa` is a valid sockaddr_nl and we pass its exact size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// Sends one request to the kernel.
+    pub fn send(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: `msg` is a valid readable slice of `msg.len()` bytes for
+        // the duration of the call; the fd is open (owned by self).
+        let r = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Receives one datagram (one or more netlink messages) into `buf`.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes;
+            // the kernel writes at most that many.
+            let r =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Linux capability numbers this crate refers to.
+pub const CAP_NET_ADMIN: u32 = 12;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Switches to `uid`/`gid` (no supplementary groups) keeping only the
+/// capabilities in `keep` (numbers below 32), and sets no_new_privs.
+pub fn drop_to_user(uid: u32, gid: u32, keep: &[u32]) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; failure is reported by -1.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })?;
+    // SAFETY: a zero-length group list with a null pointer is valid for setgroups.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: integer arguments only. KEEPCAPS (set above) keeps the
+    // permitted set across the uid change; the effective set is restored below.
+    check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    let mask = keep
+        .iter()
+        .filter(|&&c| c < 32)
+        .fold(0u32, |m, &c| m | (1 << c));
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: mask,
+            permitted: mask,
+            inheritable: 0,
+        },
+        CapData::default(),
+    ];
+    // SAFETY: capset takes a header and an array of two data structs for
+    // version 3; both are valid, correctly laid out (#[repr(C)]) and live
+    // for the duration of the call.
+    check(unsafe {
+        libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as libc::c_int
+    })?;
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// The effective capability mask of this thread (bits of capabilities < 32).
+pub fn effective_caps() -> io::Result<u32> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData structs for version 3 into `data`,
+    // which has room for exactly two; `hdr` is valid.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        ) as libc::c_int
+    })?;
+    Ok(data[0].effective)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_tun_reads_in_order_and_fails_on_demand() {
+        let f = FakeTun::default();
+        f.with(|s| {
+            s.rx.push_back(vec![1, 2]);
+            s.fail_sends = 1;
+        });
+        let mut b = [0u8; 4];
+        assert!(f.wait_readable(Duration::ZERO).unwrap_or(false));
+        assert_eq!(f.try_recv(&mut b).ok(), Some(2));
+        assert_eq!(
+            f.try_recv(&mut b).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        assert!(f.send(&[9]).is_err());
+        assert!(f.send(&[9]).is_ok());
+        assert_eq!(f.with(|s| s.tx.clone()), vec![vec![9]]);
+    }
+
+    #[test]
+    fn if_index_of_loopback() {
+        assert!(if_index("lo").is_ok());
+        assert!(if_index("no-such-if-dpr").is_err());
+    }
+}

@@ -1,0 +1,706 @@
+//! The daemon's TOML configuration: parsed with serde (unknown fields are
+//! errors), then checked field by field. Every field is documented in
+//! `docs/configuration.md`.
+
+use dpr_policy::{
+    LeastLoad, Policy, StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig, TwoChoices,
+};
+use dpr_router::{DeadPeerAction, EngineConfig};
+use dpr_table::{Capacity, ConnTableConfig, LoadMetric, LoadTableConfig, PeerId};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This host.
+    pub host: HostSection,
+    /// The packet backend.
+    #[serde(default)]
+    pub backend: BackendSection,
+    /// The redirect policy.
+    #[serde(default)]
+    pub policy: PolicySection,
+    /// How load is measured.
+    #[serde(default)]
+    pub load: LoadSection,
+    /// The cluster: peers and load reports.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    /// The connection routing table.
+    #[serde(default)]
+    pub table: TableSection,
+    /// The tunnel between hosts.
+    #[serde(default)]
+    pub tunnel: TunnelSection,
+    /// Admin socket, metrics, logs.
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Name for status output and logs.
+    pub name: String,
+    /// Cluster-wide unique id (0..=65535).
+    pub id: u16,
+    /// Unique tunnel address (outer IP-in-IP, load reports), on the uplink.
+    pub tunnel_addr: IpAddr,
+    /// This host's service addresses (on the uplink).
+    pub service_addrs: Vec<IpAddr>,
+    /// TCP service ports.
+    pub service_ports: Vec<u16>,
+    /// The uplink interface.
+    pub uplink: String,
+    /// Drop root to this user after setup (name or uid).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Backend kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// TUN device with policy routing.
+    #[default]
+    Tun,
+    /// AF_XDP (not implemented yet).
+    AfXdp,
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSection {
+    /// `tun` or `af-xdp`.
+    pub kind: BackendKind,
+    /// TUN device name.
+    pub tun_name: String,
+    /// Queues (one worker thread each).
+    pub queues: usize,
+    /// Largest batch a worker processes under one engine lock.
+    pub batch: usize,
+    /// Routing table of the diversion into the TUN.
+    pub divert_table: u32,
+    /// Routing table of the advmss route copies.
+    pub mss_table: u32,
+    /// Preference of the first diversion rule.
+    pub rule_priority: u32,
+    /// New preference of the `local` rule (above ours).
+    pub local_rule_priority: u32,
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Tun,
+            tun_name: "dpr0".into(),
+            queues: 1,
+            batch: 32,
+            divert_table: 100,
+            mss_table: 101,
+            rule_priority: 10,
+            local_rule_priority: 100,
+        }
+    }
+}
+
+/// Policy kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// Serve below the threshold, else the least-loaded peer (the seed).
+    #[default]
+    Threshold,
+    /// Always the least-loaded host.
+    LeastLoad,
+    /// Stateless: hash of the client's address and port.
+    Hash,
+    /// Power of two choices.
+    P2c,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Strategy.
+    pub kind: PolicyKind,
+    /// Threshold in load units per unit of capacity (threshold policy).
+    pub threshold: f64,
+    /// Cluster-wide seed of the hash policy.
+    pub hash_seed: u64,
+    /// Buckets of the hash policy.
+    pub hash_buckets: u32,
+    /// Seed of the random source (p2c); 0 = from the host id.
+    pub seed: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            kind: PolicyKind::Threshold,
+            threshold: 100.0,
+            hash_seed: 0x0064_7072,
+            hash_buckets: 65_536,
+            seed: 0,
+        }
+    }
+}
+
+/// Load metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricKind {
+    /// Open TCP connections on the service ports (from /proc/net/tcp).
+    #[default]
+    OpenConnections,
+}
+
+/// `[load]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadSection {
+    /// The metric.
+    pub metric: MetricKind,
+    /// This host's CPU capacity relative to a reference host.
+    pub capacity: f32,
+    /// How often the local load is measured, in milliseconds.
+    pub refresh_ms: u64,
+}
+
+impl Default for LoadSection {
+    fn default() -> Self {
+        Self {
+            metric: MetricKind::OpenConnections,
+            capacity: 1.0,
+            refresh_ms: 100,
+        }
+    }
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Its id.
+    pub id: u16,
+    /// Name for status output (optional).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its tunnel address.
+    pub tunnel_addr: IpAddr,
+    /// Its service addresses.
+    pub service_addrs: Vec<IpAddr>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// UDP port of the load reports (on the tunnel address).
+    pub port: u16,
+    /// Report interval in milliseconds.
+    pub report_interval_ms: u64,
+    /// A peer silent this long is dead (milliseconds).
+    pub dead_after_ms: u64,
+    /// File with the cluster key (authenticates reports).
+    pub key_file: Option<PathBuf>,
+    /// The peers.
+    pub peers: Vec<PeerSection>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            port: 6870,
+            report_interval_ms: 200,
+            dead_after_ms: 1000,
+            key_file: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[table]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableSection {
+    /// Connections the routing table holds (and the served table).
+    pub capacity: u32,
+    /// Idle timeout before the handshake completes (seconds).
+    pub half_open_timeout_s: u64,
+    /// Idle timeout of an established connection (seconds).
+    pub established_timeout_s: u64,
+    /// Idle timeout after a FIN (seconds).
+    pub closing_timeout_s: u64,
+}
+
+impl Default for TableSection {
+    fn default() -> Self {
+        let d = ConnTableConfig::default();
+        Self {
+            capacity: 1 << 16,
+            half_open_timeout_s: d.half_open_timeout.as_secs(),
+            established_timeout_s: d.established_timeout.as_secs(),
+            closing_timeout_s: d.closing_timeout.as_secs(),
+        }
+    }
+}
+
+/// What to do with a dead peer's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadPeerKind {
+    /// RST to the client.
+    #[default]
+    Reset,
+    /// Drop.
+    Drop,
+}
+
+/// `[tunnel]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSection {
+    /// Path MTU between hosts.
+    pub mtu: u16,
+    /// Clamp the MSS of connections that cross the tunnel.
+    pub mss_clamp: bool,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// `reset` or `drop`.
+    pub dead_peer: DeadPeerKind,
+}
+
+impl Default for TunnelSection {
+    fn default() -> Self {
+        Self {
+            mtu: 1500,
+            mss_clamp: true,
+            ttl: 64,
+            dead_peer: DeadPeerKind::Reset,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The admin unix socket.
+    pub socket: PathBuf,
+    /// Prometheus metrics listen address (`None`: off).
+    pub metrics: Option<SocketAddr>,
+    /// Log level: error, warn, info, debug, trace.
+    pub log_level: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/dprd/dprd.sock"),
+            metrics: None,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error: the field and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field (`cluster.peers[1].tunnel_addr`), or
+    /// `syntax` for a TOML error (whose message carries line and column).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field == "syntax" {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "`{}`: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The MSS the serving host must announce on redirected connections:
+/// the tunnel MTU less the outer (20) and inner IPv4 + TCP (40) headers.
+pub fn clamped_mss(mtu: u16) -> u16 {
+    mtu.saturating_sub(60)
+}
+
+impl Config {
+    /// Parses TOML text (syntax and unknown fields) and validates it.
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        let c: Config = toml::from_str(text).map_err(|e| bad("syntax", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, FieldError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("file", format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Checks every field beyond what the types say; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let h = &self.host;
+        if h.name.is_empty() {
+            return Err(bad("host.name", "must not be empty"));
+        }
+        if h.uplink.is_empty() || h.uplink.len() > 15 {
+            return Err(bad(
+                "host.uplink",
+                "must be an interface name of 1 to 15 bytes",
+            ));
+        }
+        if !h.tunnel_addr.is_ipv4() {
+            return Err(bad(
+                "host.tunnel_addr",
+                "the TUN backend's host setup is IPv4-only for now",
+            ));
+        }
+        if h.service_addrs.is_empty() {
+            return Err(bad(
+                "host.service_addrs",
+                "at least one service address is needed",
+            ));
+        }
+        for (i, a) in h.service_addrs.iter().enumerate() {
+            if !a.is_ipv4() {
+                return Err(bad(
+                    format!("host.service_addrs[{i}]"),
+                    "the TUN backend's host setup is IPv4-only for now",
+                ));
+            }
+        }
+        if self.backend.kind == BackendKind::AfXdp {
+            return Err(bad(
+                "backend.kind",
+                "af-xdp is not implemented yet; use \"tun\"",
+            ));
+        }
+        if self.backend.tun_name.is_empty() || self.backend.tun_name.len() > 15 {
+            return Err(bad("backend.tun_name", "must be 1 to 15 bytes"));
+        }
+        if self.backend.queues == 0 || self.backend.queues > 64 {
+            return Err(bad("backend.queues", "must be 1 ..= 64"));
+        }
+        if self.backend.batch == 0 || self.backend.batch > 1024 {
+            return Err(bad("backend.batch", "must be 1 ..= 1024"));
+        }
+        let tables = [self.backend.divert_table, self.backend.mss_table];
+        if tables.iter().any(|t| *t == 0 || (253..=255).contains(t)) || tables[0] == tables[1] {
+            return Err(bad(
+                "backend.divert_table",
+                "divert_table and mss_table must differ and not be 0, 253 (default), 254 (main) or 255 (local)",
+            ));
+        }
+        if self.backend.local_rule_priority <= self.backend.rule_priority + 5 {
+            return Err(bad(
+                "backend.local_rule_priority",
+                "must be above rule_priority + 5 (the local rule moves below ours)",
+            ));
+        }
+        if !(self.load.capacity.is_finite() && self.load.capacity > 0.0) {
+            return Err(bad("load.capacity", "must be a positive number"));
+        }
+        if self.load.refresh_ms == 0 {
+            return Err(bad("load.refresh_ms", "must be at least 1"));
+        }
+        let c = &self.cluster;
+        if c.port == 0 {
+            return Err(bad("cluster.port", "must not be 0"));
+        }
+        if c.report_interval_ms == 0 {
+            return Err(bad("cluster.report_interval_ms", "must be at least 1"));
+        }
+        if c.dead_after_ms < 2 * c.report_interval_ms {
+            return Err(bad(
+                "cluster.dead_after_ms",
+                "must be at least two report intervals",
+            ));
+        }
+        if let Some(k) = &c.key_file {
+            if k.as_os_str().is_empty() {
+                return Err(bad("cluster.key_file", "must not be empty"));
+            }
+        }
+        let mut ids = vec![h.id];
+        let mut tunnels = vec![h.tunnel_addr];
+        let mut services: Vec<IpAddr> = h.service_addrs.clone();
+        for (i, p) in c.peers.iter().enumerate() {
+            let f = |x: &str| format!("cluster.peers[{i}].{x}");
+            if ids.contains(&p.id) {
+                return Err(bad(
+                    f("id"),
+                    format!("id {} is used twice (or is this host's)", p.id),
+                ));
+            }
+            ids.push(p.id);
+            if !p.tunnel_addr.is_ipv4() {
+                return Err(bad(f("tunnel_addr"), "must be IPv4 like host.tunnel_addr"));
+            }
+            if tunnels.contains(&p.tunnel_addr) {
+                return Err(bad(f("tunnel_addr"), "already used by another host"));
+            }
+            tunnels.push(p.tunnel_addr);
+            if p.service_addrs.is_empty() {
+                return Err(bad(
+                    f("service_addrs"),
+                    "at least one service address is needed",
+                ));
+            }
+            for a in &p.service_addrs {
+                if !a.is_ipv4() {
+                    return Err(bad(f("service_addrs"), "IPv4 only for now"));
+                }
+                if services.contains(a) {
+                    return Err(bad(
+                        f("service_addrs"),
+                        format!("{a} is already another host's"),
+                    ));
+                }
+                services.push(*a);
+            }
+        }
+        if tunnels.iter().any(|t| services.contains(t)) {
+            return Err(bad(
+                "host.tunnel_addr",
+                "tunnel addresses must differ from every service address",
+            ));
+        }
+        if self.table.capacity == 0 || self.table.capacity > dpr_table::conn::MAX_CAPACITY {
+            return Err(bad("table.capacity", "must be 1 ..= 2^30"));
+        }
+        for (name, v) in [
+            ("table.half_open_timeout_s", self.table.half_open_timeout_s),
+            (
+                "table.established_timeout_s",
+                self.table.established_timeout_s,
+            ),
+            ("table.closing_timeout_s", self.table.closing_timeout_s),
+        ] {
+            if v == 0 {
+                return Err(bad(name, "must be at least 1 second"));
+            }
+        }
+        if self.tunnel.mtu < 576 {
+            return Err(bad("tunnel.mtu", "must be at least 576"));
+        }
+        if self.tunnel.ttl == 0 {
+            return Err(bad("tunnel.ttl", "must be at least 1"));
+        }
+        if !matches!(
+            self.admin.log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(bad(
+                "admin.log_level",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        // What the lower layers check, reported with our field names.
+        self.engine_config()
+            .validate()
+            .map_err(|e| bad(format!("(engine) {}", e.field), e.reason))?;
+        self.load_table_config()
+            .validate()
+            .map_err(|e| bad("cluster", e.to_string()))?;
+        self.make_policy().map_err(|e| {
+            let dpr_policy::PolicyError::InvalidConfig { field, reason } = e;
+            let field = if field == "buckets" {
+                "hash_buckets"
+            } else {
+                field
+            };
+            bad(format!("policy.{field}"), reason)
+        })?;
+        Ok(())
+    }
+
+    /// The engine's configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut e = EngineConfig::new(
+            self.host.tunnel_addr,
+            self.host.service_addrs.clone(),
+            self.host.service_ports.clone(),
+        );
+        e.tunnel_mtu = self.tunnel.mtu;
+        e.clamp_mss = self.tunnel.mss_clamp;
+        e.outer_ttl = self.tunnel.ttl;
+        e.dead_peer = match self.tunnel.dead_peer {
+            DeadPeerKind::Reset => DeadPeerAction::Reset,
+            DeadPeerKind::Drop => DeadPeerAction::Drop,
+        };
+        let t = ConnTableConfig {
+            capacity: self.table.capacity,
+            half_open_timeout: Duration::from_secs(self.table.half_open_timeout_s),
+            established_timeout: Duration::from_secs(self.table.established_timeout_s),
+            closing_timeout: Duration::from_secs(self.table.closing_timeout_s),
+            ..ConnTableConfig::default()
+        };
+        e.routes = t;
+        e.served = t;
+        e
+    }
+
+    /// The load table's configuration.
+    pub fn load_table_config(&self) -> LoadTableConfig {
+        let interval = self.cluster.report_interval_ms.max(1);
+        let dead = self.cluster.dead_after_ms.div_ceil(interval).max(2);
+        LoadTableConfig {
+            report_interval: Duration::from_millis(interval),
+            suspect_after_missed: 2.min(u32::try_from(dead).unwrap_or(u32::MAX)),
+            dead_after_missed: u32::try_from(dead).unwrap_or(u32::MAX),
+            metric: match self.load.metric {
+                MetricKind::OpenConnections => LoadMetric::OpenConnections,
+            },
+            ..LoadTableConfig::default()
+        }
+    }
+
+    /// This host's capacity.
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            cpu: self.load.capacity,
+            memory: 1.0,
+        }
+    }
+
+    /// The policy.
+    pub fn make_policy(&self) -> Result<Box<dyn Policy + Send>, dpr_policy::PolicyError> {
+        Ok(match self.policy.kind {
+            PolicyKind::Threshold => Box::new(Threshold::new(ThresholdConfig {
+                threshold: self.policy.threshold,
+            })?),
+            PolicyKind::LeastLoad => Box::new(LeastLoad),
+            PolicyKind::Hash => Box::new(StatelessHash::new(StatelessHashConfig {
+                seed: self.policy.hash_seed,
+                buckets: self.policy.hash_buckets,
+            })?),
+            PolicyKind::P2c => Box::new(TwoChoices),
+        })
+    }
+
+    /// This host's id.
+    pub fn local_id(&self) -> PeerId {
+        PeerId(self.host.id)
+    }
+
+    /// The peers' service addresses (IPv4), to be held on the TUN.
+    pub fn peer_service_v4(&self) -> Vec<Ipv4Addr> {
+        self.cluster
+            .peers
+            .iter()
+            .flat_map(|p| p.service_addrs.iter())
+            .filter_map(|a| match a {
+                IpAddr::V4(v) => Some(*v),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every service address this host may be asked to serve (its own and
+    /// its peers'): what the local load counts.
+    pub fn all_service_addrs(&self) -> Vec<IpAddr> {
+        let mut v = self.host.service_addrs.clone();
+        for p in &self.cluster.peers {
+            v.extend(p.service_addrs.iter().copied());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[host]
+name = "h0"
+id = 0
+tunnel_addr = "198.19.0.1"
+service_addrs = ["198.18.0.1"]
+service_ports = [80]
+uplink = "eth0"
+
+[[cluster.peers]]
+id = 1
+tunnel_addr = "198.19.0.2"
+service_addrs = ["198.18.0.2"]
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.cluster.port, 6870);
+        assert_eq!(c.backend.kind, BackendKind::Tun);
+        assert_eq!(c.peer_service_v4(), vec![Ipv4Addr::new(198, 18, 0, 2)]);
+        assert_eq!(c.load_table_config().dead_after_missed, 5);
+    }
+
+    fn err_of(text: &str) -> FieldError {
+        match Config::parse(text) {
+            Ok(_) => unreachable!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err_of(&GOOD.replace("198.19.0.2", "198.19.0.1"));
+        assert_eq!(e.field, "cluster.peers[0].tunnel_addr");
+        let e = err_of(&GOOD.replace("id = 1", "id = 0"));
+        assert_eq!(e.field, "cluster.peers[0].id");
+        let e = err_of(&format!("{GOOD}\n[policy]\nthreshold = -1.0\n"));
+        assert_eq!(e.field, "policy.threshold");
+        let e = err_of(&format!("{GOOD}\n[backend]\nkind = \"af-xdp\"\n"));
+        assert_eq!(e.field, "backend.kind");
+        let e = err_of(&GOOD.replace("uplink", "uplnk"));
+        assert_eq!(e.field, "syntax");
+        assert!(e.reason.contains("uplnk"), "{}", e.reason);
+        let e = err_of(&GOOD.replace("\"198.18.0.2\"", "\"198.18.0.1\""));
+        assert_eq!(e.field, "cluster.peers[0].service_addrs");
+    }
+}
+
+#[cfg(test)]
+mod example_files {
+    use super::*;
+
+    #[test]
+    fn the_example_configurations_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "toml") {
+                if let Err(err) = Config::load(&e.path()) {
+                    unreachable!("{}: {err}", e.path().display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "example configs not found in {}", dir.display());
+    }
+}

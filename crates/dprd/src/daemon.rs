@@ -1,0 +1,597 @@
+//! `dprd run`: set the host up, start the data path, run the control loop,
+//! undo everything on the way out.
+//!
+//! ```text
+//!  main thread: config ─► TUN ─► HostGuard::setup ─► engine ─► bind sockets ─► drop root
+//!                 └─► tokio (current thread): control loop
+//!                        UDP control port ◄─► ControlPlane ─┐
+//!                        admin unix socket (status, drain)   ├─ lock engine briefly
+//!                        metrics HTTP, signals, timers ──────┘
+//!  worker threads (one per TUN queue): recv batch ─► lock engine ─► process ─► send batch
+//! ```
+//! On SIGTERM / SIGINT, or an error anywhere after setup began, the guard is
+//! dropped (rules, routes, addresses, sysctls undone), the workers stop and
+//! close their queues (the TUN device disappears), and the admin socket is
+//! removed.
+
+use crate::config::{Config, clamped_mss};
+use crate::control::{Clock, ControlPlane};
+use crate::datapath::{Shared, run_worker};
+use crate::status::{PeerRow, Status};
+use crate::{load, metrics};
+use dpr_io::host::{HostGuard, HostPlan};
+use dpr_io::tun::{TunConfig, TunDevice};
+use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, SplitMix64};
+use dpr_router::{DropReason, Engine};
+use dpr_table::{LoadFigures, LoadTable};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+/// A policy that SIGHUP can replace while the engine keeps its tables.
+#[derive(Clone)]
+pub struct SwappablePolicy(Arc<Mutex<Box<dyn Policy + Send>>>);
+
+impl std::fmt::Debug for SwappablePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SwappablePolicy({})", self.name())
+    }
+}
+
+impl SwappablePolicy {
+    /// Wraps `p`.
+    pub fn new(p: Box<dyn Policy + Send>) -> Self {
+        Self(Arc::new(Mutex::new(p)))
+    }
+    /// Replaces the policy.
+    pub fn swap(&self, p: Box<dyn Policy + Send>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = p;
+    }
+}
+
+impl Policy for SwappablePolicy {
+    fn decide(
+        &mut self,
+        c: &NewConnection,
+        l: &LoadTable,
+        r: &mut dyn RandomSource,
+    ) -> RedirectDecision {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decide(c, l, r)
+    }
+    fn name(&self) -> &'static str {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).name()
+    }
+}
+
+fn clock(shared: &Shared) -> Clock {
+    Clock {
+        mono: shared.now(),
+        unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+    }
+}
+
+/// Builds the engine a configuration describes (peers are added by the control plane).
+pub fn build_engine(cfg: &Config, policy: SwappablePolicy) -> Result<Engine, String> {
+    let seed = if cfg.policy.seed == 0 {
+        0x5eed ^ u64::from(cfg.host.id)
+    } else {
+        cfg.policy.seed
+    };
+    Engine::new(
+        cfg.engine_config(),
+        cfg.local_id(),
+        cfg.capacity(),
+        cfg.load_table_config(),
+        Box::new(policy),
+        Box::new(SplitMix64::new(seed)),
+    )
+    .map_err(|e| format!("engine: {e}"))
+}
+
+fn v4(addrs: &[IpAddr]) -> Vec<Ipv4Addr> {
+    addrs
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v) => Some(*v),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+fn host_plan(cfg: &Config, tun: &TunDevice) -> HostPlan {
+    let tunnel_addr = match cfg.host.tunnel_addr {
+        IpAddr::V4(v) => v,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED, // refused by Config::validate
+    };
+    HostPlan {
+        uplink: cfg.host.uplink.clone(),
+        tun_name: tun.name.clone(),
+        tun_ifindex: tun.ifindex,
+        tunnel_addr,
+        service_addrs: v4(&cfg.host.service_addrs),
+        peer_service_addrs: cfg.peer_service_v4(),
+        service_ports: cfg.host.service_ports.clone(),
+        divert_table: cfg.backend.divert_table,
+        mss_table: cfg.backend.mss_table,
+        advmss: cfg.tunnel.mss_clamp.then(|| clamped_mss(cfg.tunnel.mtu)),
+        rule_priority: cfg.backend.rule_priority,
+        local_rule_priority: cfg.backend.local_rule_priority,
+    }
+}
+
+/// Logs to stderr at `level`.
+pub fn init_logs(level: &str) {
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Removes the admin socket file on drop.
+struct SocketFile(PathBuf);
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Stops and joins the workers on drop.
+struct Workers {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `dprd run --config FILE`.
+pub fn run(config_path: &Path) -> Result<(), String> {
+    run_with_policy(config_path, None)
+}
+
+/// Runs the daemon with a policy of the caller's instead of the one the
+/// configuration names (`[policy]` is then ignored, also on reload): the
+/// way to embed a user-written [`Policy`] in a complete router.
+pub fn run_with_policy(
+    config_path: &Path,
+    custom: Option<Box<dyn Policy + Send>>,
+) -> Result<(), String> {
+    let cfg = Config::load(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    init_logs(&cfg.admin.log_level);
+    if !dpr_io::host::can_set_up() {
+        return Err("dprd run needs root (CAP_NET_ADMIN) to create its TUN device and set up routing; \
+                    `dprd check-config` and `cargo run -p dpr-examples --bin cluster-demo` need none"
+            .into());
+    }
+    let mut tun = TunDevice::create(&TunConfig {
+        name: cfg.backend.tun_name.clone(),
+        mtu: cfg.tunnel.mtu,
+        queues: cfg.backend.queues,
+    })
+    .map_err(|e| format!("TUN device: {e}"))?;
+    let queues = tun.take_queues();
+    tracing::info!(dev = %tun.name, queues = queues.len(), "TUN device up");
+    // From here on, every exit path drops the guard and undoes the setup.
+    let guard = HostGuard::setup(&host_plan(&cfg, &tun)).map_err(|e| e.to_string())?;
+    tracing::info!(undo_steps = guard.pending_undo().len(), "host set up");
+    let fixed_policy = custom.is_some();
+    let policy = SwappablePolicy::new(match custom {
+        Some(p) => p,
+        None => cfg.make_policy().map_err(|e| e.to_string())?,
+    });
+    let engine = build_engine(&cfg, policy.clone())?;
+    let shared = Arc::new(Shared::new(engine));
+    let control = {
+        let now = clock(&shared);
+        let mut e = shared.lock();
+        ControlPlane::new(&cfg, now, &mut e).map_err(|e| e.to_string())?
+    };
+    // Sockets, bound while privileged.
+    if let Some(dir) = cfg.admin.socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("admin socket directory {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&cfg.admin.socket);
+    let admin = std::os::unix::net::UnixListener::bind(&cfg.admin.socket)
+        .map_err(|e| format!("admin socket {}: {e}", cfg.admin.socket.display()))?;
+    let admin_file = SocketFile(cfg.admin.socket.clone());
+    let udp = std::net::UdpSocket::bind(SocketAddr::new(cfg.host.tunnel_addr, cfg.cluster.port))
+        .map_err(|e| {
+            format!(
+                "control socket {}:{}: {e}",
+                cfg.host.tunnel_addr, cfg.cluster.port
+            )
+        })?;
+    let metrics_l = match cfg.admin.metrics {
+        Some(a) => {
+            Some(std::net::TcpListener::bind(a).map_err(|e| format!("metrics address {a}: {e}"))?)
+        }
+        None => None,
+    };
+    if let Some(user) = &cfg.host.user {
+        let who = dpr_io::privs::lookup(user).map_err(|e| format!("host.user: {e}"))?;
+        dpr_io::privs::drop_to(who).map_err(|e| format!("dropping privileges to {user}: {e}"))?;
+        tracing::info!(%user, uid = who.uid, "privileges dropped; keeping CAP_NET_ADMIN");
+    }
+    let mut workers = Workers {
+        shared: shared.clone(),
+        threads: Vec::new(),
+    };
+    let mtu = usize::from(cfg.tunnel.mtu).max(1500);
+    for (i, q) in queues.into_iter().enumerate() {
+        let s = shared.clone();
+        let batch = cfg.backend.batch;
+        let t = std::thread::Builder::new()
+            .name(format!("dpr-q{i}"))
+            .spawn(move || run_worker(q, s, batch, mtu))
+            .map_err(|e| format!("starting worker {i}: {e}"))?;
+        workers.threads.push(t);
+    }
+    tracing::info!(host = %cfg.host.name, policy = %cfg.policy.kind_name(), "dprd running");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let ctx = LoopCtx {
+        cfg,
+        config_path: config_path.to_path_buf(),
+        shared: shared.clone(),
+        control,
+        guard,
+        policy,
+        fixed_policy,
+        started: Instant::now(),
+        draining_since: None,
+    };
+    let result = rt.block_on(control_loop(ctx, admin, udp, metrics_l));
+    // The guard was dropped at the end of control_loop (rules first, so no
+    // traffic is diverted into a device that is about to go); then the
+    // workers stop and close the TUN queues.
+    drop(workers);
+    drop(admin_file);
+    tracing::info!("dprd stopped; host setup undone");
+    result
+}
+
+impl crate::config::PolicySection {
+    /// The policy's name as configured.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            crate::config::PolicyKind::Threshold => "threshold",
+            crate::config::PolicyKind::LeastLoad => "least-load",
+            crate::config::PolicyKind::Hash => "hash",
+            crate::config::PolicyKind::P2c => "p2c",
+        }
+    }
+}
+
+struct LoopCtx {
+    cfg: Config,
+    config_path: PathBuf,
+    shared: Arc<Shared>,
+    control: ControlPlane,
+    guard: HostGuard,
+    policy: SwappablePolicy,
+    fixed_policy: bool,
+    started: Instant,
+    draining_since: Option<Instant>,
+}
+
+struct AdminRequest {
+    line: String,
+    reply: oneshot::Sender<String>,
+}
+
+impl LoopCtx {
+    fn status(&self) -> Status {
+        let now = clock(&self.shared);
+        let e = self.shared.lock();
+        let c = e.counters();
+        let mut verdicts = BTreeMap::new();
+        for (k, v) in [
+            ("delivered", c.delivered),
+            ("forwarded", c.forwarded),
+            ("passed", c.passed),
+            ("replied", c.replied),
+            ("dropped", c.dropped),
+        ] {
+            verdicts.insert(k.to_string(), v);
+        }
+        let mut events = BTreeMap::new();
+        for (k, v) in [
+            ("new_local", c.new_local),
+            ("new_redirected", c.new_redirected),
+            ("new_from_peer", c.new_from_peer),
+            ("syn_retransmits", c.syn_retransmits),
+            ("unknown_flow_delivered", c.unknown_flow_delivered),
+            ("mss_clamped", c.mss_clamped),
+            ("too_big_replies", c.too_big_replies),
+            ("dead_peer_resets", c.dead_peer_resets),
+            ("dead_peer_reroutes", c.dead_peer_reroutes),
+        ] {
+            events.insert(k.to_string(), v);
+        }
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), c.drops_of(*r)))
+            .collect();
+        let malformed = c
+            .malformed_by_layer
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect();
+        let s = &self.shared;
+        let mut io = BTreeMap::new();
+        for (k, v) in [
+            ("rx_packets", s.rx_packets.load(Ordering::Relaxed)),
+            ("tx_packets", s.tx_packets.load(Ordering::Relaxed)),
+            ("tx_failed", s.tx_failed.load(Ordering::Relaxed)),
+            ("rx_errors", s.rx_errors.load(Ordering::Relaxed)),
+            ("reports_sent", self.control.sent()),
+            ("reports_rejected", self.control.rejected()),
+        ] {
+            io.insert(k.to_string(), v);
+        }
+        let peers = self
+            .control
+            .peers(now, &e)
+            .into_iter()
+            .map(|p| {
+                let pc = c
+                    .peers
+                    .get(&dpr_table::PeerId(p.id))
+                    .copied()
+                    .unwrap_or_default();
+                PeerRow {
+                    peer: p,
+                    redirected_connections: pc.redirected_connections,
+                    forwarded_packets: pc.forwarded_packets,
+                    forwarded_bytes: pc.forwarded_bytes,
+                    received_packets: pc.received_packets,
+                    served_connections: pc.served_connections,
+                }
+            })
+            .collect();
+        let (rs, ss) = (e.routes().stats(), e.served().stats());
+        Status {
+            host: self.cfg.host.name.clone(),
+            id: self.cfg.host.id,
+            policy: e.policy_name().to_string(),
+            backend: "tun".into(),
+            draining: self.control.is_draining(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            open_connections: self.open_connections_measured(),
+            load: e.loads().local_load(),
+            routes: e.routes().len(),
+            served: e.served().len(),
+            table_capacity: e.routes().capacity(),
+            evicted: rs.evicted + ss.evicted,
+            expired: rs.expired + ss.expired,
+            peers,
+            verdicts,
+            events,
+            drops,
+            malformed,
+            io,
+        }
+    }
+
+    fn open_connections_measured(&self) -> u32 {
+        load::measure(&self.cfg.all_service_addrs(), &self.cfg.host.service_ports)
+    }
+
+    fn refresh_load(&mut self) {
+        let open = self.open_connections_measured();
+        // Draining: this host looks full to its own policy, so every new
+        // connection goes to a peer (threshold and least-load policies).
+        let figures = LoadFigures {
+            open_connections: if self.control.is_draining() {
+                open.max(1 << 20)
+            } else {
+                open
+            },
+            ..LoadFigures::default()
+        };
+        let cap = self.cfg.capacity();
+        if let Err(e) = self.shared.lock().set_local_load(figures, cap) {
+            tracing::warn!(error = %e, "setting the local load");
+        }
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        let new = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        if new.host != self.cfg.host
+            || new.backend != self.cfg.backend
+            || new.tunnel != self.cfg.tunnel
+        {
+            return Err(
+                "[host], [backend] and [tunnel] changes need a restart; nothing reloaded".into(),
+            );
+        }
+        let policy = new.make_policy().map_err(|e| e.to_string())?;
+        self.guard
+            .set_peer_service_addrs(&new.peer_service_v4())
+            .map_err(|e| e.to_string())?;
+        let now = clock(&self.shared);
+        {
+            let mut e = self.shared.lock();
+            self.control
+                .reload(&new, now, &mut e)
+                .map_err(|e| e.to_string())?;
+        }
+        if !self.fixed_policy {
+            self.policy.swap(policy);
+        }
+        self.cfg = new;
+        Ok(())
+    }
+
+    fn admin(&mut self, line: &str) -> String {
+        match line.trim() {
+            "status" => serde_json::to_string(&self.status()).unwrap_or_default(),
+            "drain" => {
+                let now = clock(&self.shared);
+                {
+                    let mut e = self.shared.lock();
+                    self.control
+                        .start_drain(now, Duration::from_secs(60), &mut e);
+                }
+                self.draining_since.get_or_insert_with(Instant::now);
+                self.refresh_load();
+                tracing::info!("draining: new connections go to peers");
+                r#"{"ok":true,"message":"draining: new connections go to peers, established ones stay"}"#.into()
+            }
+            "reload" => match self.reload() {
+                Ok(()) => r#"{"ok":true,"message":"reloaded"}"#.into(),
+                Err(e) => serde_json::json!({"ok": false, "message": e}).to_string(),
+            },
+            other => {
+                serde_json::json!({"ok": false, "message": format!("unknown request {other:?}")})
+                    .to_string()
+            }
+        }
+    }
+}
+
+async fn admin_conn(sock: tokio::net::UnixStream, tx: mpsc::Sender<AdminRequest>) {
+    let (r, mut w) = sock.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(AdminRequest { line, reply }).await.is_err() {
+            return;
+        }
+        let Ok(mut answer) = rx.await else { return };
+        answer.push('\n');
+        if w.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn control_loop(
+    mut ctx: LoopCtx,
+    admin: std::os::unix::net::UnixListener,
+    udp: std::net::UdpSocket,
+    metrics_l: Option<std::net::TcpListener>,
+) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |e: std::io::Error| e.to_string();
+    admin.set_nonblocking(true).map_err(io)?;
+    udp.set_nonblocking(true).map_err(io)?;
+    let admin = tokio::net::UnixListener::from_std(admin).map_err(io)?;
+    let udp = tokio::net::UdpSocket::from_std(udp).map_err(io)?;
+    let status = Arc::new(Mutex::new(ctx.status()));
+    if let Some(l) = metrics_l {
+        l.set_nonblocking(true).map_err(io)?;
+        let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
+        let reg = Arc::new(metrics::registry(status.clone()));
+        tokio::spawn(metrics::serve(l, reg));
+    }
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(16);
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let refresh = Duration::from_millis(ctx.cfg.load.refresh_ms);
+    let mut last_refresh = Instant::now() - refresh;
+    let mut last_status = Instant::now();
+    let mut buf = vec![0u8; 2048];
+    let port = ctx.cfg.cluster.port;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => match ctx.reload() {
+                Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
+            },
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    let now = clock(&ctx.shared);
+                    let mut e = ctx.shared.lock();
+                    ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut e);
+                }
+            }
+            c = admin.accept() => {
+                if let Ok((sock, _)) = c {
+                    tokio::spawn(admin_conn(sock, admin_tx.clone()));
+                }
+            }
+            Some(req) = admin_rx.recv() => {
+                let answer = ctx.admin(&req.line);
+                let _ = req.reply.send(answer);
+            }
+            _ = tick.tick() => {
+                let now = clock(&ctx.shared);
+                if last_refresh.elapsed() >= refresh {
+                    last_refresh = Instant::now();
+                    ctx.refresh_load();
+                }
+                let mut e = ctx.shared.lock();
+                e.tick(now.mono, 256);
+                if now.mono >= ctx.control.poll_timeout() {
+                    ctx.control.handle_timeout(now, &mut e);
+                }
+            }
+        }
+        // Flush what the control plane wants sent.
+        let now = clock(&ctx.shared);
+        let out: Vec<_> = {
+            let e = ctx.shared.lock();
+            std::iter::from_fn(|| ctx.control.poll_transmit(now, &e)).collect()
+        };
+        for t in out {
+            let _ = udp.send_to(&t.payload, SocketAddr::new(t.to, port)).await;
+        }
+        if last_status.elapsed() >= Duration::from_millis(250) {
+            last_status = Instant::now();
+            let s = ctx.status();
+            *status.lock().unwrap_or_else(PoisonError::into_inner) = s;
+        }
+    }
+    let failed = ctx.guard.teardown();
+    if !failed.is_empty() {
+        return Err(format!("teardown incomplete: {}", failed.join("; ")));
+    }
+    Ok(())
+}
+
+/// Sends one admin request and returns the answer line.
+pub fn admin_request(socket: &Path, line: &str) -> Result<String, String> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach dprd at {} ({e}); is it running? (--socket PATH to choose another)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer.trim_end().to_string())
+}

@@ -1,0 +1,741 @@
+//! `dprd lab`: a DPR cluster in network namespaces, measured with DPR off
+//! and on under the same skewed load.
+//!
+//! ```text
+//!   ns client (198.18.0.200) ──┐
+//!   ns h0  eth0: service 198.18.0.1, tunnel 198.18.0.11; dpr0 (TUN) holds the peers' service addresses
+//!   ns h1  eth0: service 198.18.0.2, tunnel 198.18.0.12      ├── bridge (in its own ns)
+//!   ...                                                     ─┘
+//! ```
+//! Each host runs `dprd httpd` (the web server) and, for the "DPR on"
+//! phase, `dprd run`. Everything is created under names carrying this
+//! process's id and removed by [`Lab`]'s `Drop` (children killed, namespaces
+//! deleted, files removed), also after an error or Ctrl-C. The same type
+//! builds the clusters of the end-to-end tests. Addresses are taken only
+//! from 198.18.0.0/15 and used only inside these namespaces.
+
+use crate::loadgen::LoadResult;
+use crate::status::Status;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SERIAL: AtomicU32 = AtomicU32::new(0);
+
+/// Host `i`'s service address.
+pub fn service_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 1 + i as u8)
+}
+
+/// Host `i`'s tunnel address.
+pub fn tunnel_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 11 + i as u8)
+}
+
+/// The client's address.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+
+/// What the cluster's hosts run.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Hosts (2..=8).
+    pub hosts: usize,
+    /// Policy name (threshold, least-load, hash, p2c).
+    pub policy: String,
+    /// Threshold of the threshold policy.
+    pub threshold: f64,
+    /// Web server service time.
+    pub service_ms: u64,
+    /// Web server slots.
+    pub workers: usize,
+    /// Default response size.
+    pub size: usize,
+    /// Report interval (ms).
+    pub report_interval_ms: u64,
+    /// Dead after (ms).
+    pub dead_after_ms: u64,
+    /// Also start namespace `stranger` (198.18.0.250) on the bridge.
+    pub stranger: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            hosts: 4,
+            policy: "threshold".into(),
+            threshold: 4.0,
+            service_ms: 20,
+            workers: 2,
+            size: 2000,
+            report_interval_ms: 50,
+            dead_after_ms: 500,
+            stranger: false,
+        }
+    }
+}
+
+/// Runs `cmd`, returning its stdout, or an error with its stderr.
+pub fn sh(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    sh(Command::new("ip").args(args))
+}
+
+/// A cluster in namespaces; dropping it removes everything it made.
+#[derive(Debug)]
+pub struct Lab {
+    /// Name prefix (`dprlab-PID-N`).
+    pub prefix: String,
+    /// What it runs.
+    pub spec: LabSpec,
+    /// The dprd executable.
+    pub exe: PathBuf,
+    /// Directory of configs, sockets, logs.
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    httpd: Vec<Option<Child>>,
+    dprd: Vec<Option<Child>>,
+    extra: Vec<Child>,
+}
+
+impl Lab {
+    /// Namespace of host `i`.
+    pub fn host_ns(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+    /// Namespace of the client.
+    pub fn client_ns(&self) -> String {
+        format!("{}-c", self.prefix)
+    }
+    /// Namespace of the stranger (not a peer).
+    pub fn stranger_ns(&self) -> String {
+        format!("{}-x", self.prefix)
+    }
+    fn bridge_ns(&self) -> String {
+        format!("{}-br", self.prefix)
+    }
+    /// Admin socket of host `i`.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}.sock"))
+    }
+    /// Log file of host `i`'s dprd.
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}.log"))
+    }
+    /// Config file of host `i`.
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}.toml"))
+    }
+
+    /// Builds the namespaces and links (no programs yet).
+    pub fn create(spec: LabSpec, exe: &Path) -> Result<Self, String> {
+        if !dpr_io::host::can_set_up() {
+            return Err(not_root_message());
+        }
+        if !(2..=8).contains(&spec.hosts) {
+            return Err("--hosts must be 2 ..= 8".into());
+        }
+        let prefix = format!(
+            "dprlab-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut lab = Self {
+            prefix,
+            spec,
+            exe: exe.to_path_buf(),
+            dir,
+            namespaces: Vec::new(),
+            httpd: Vec::new(),
+            dprd: Vec::new(),
+            extra: Vec::new(),
+        };
+        // Every error below returns `lab`'s Drop: what exists is removed.
+        let br = lab.bridge_ns();
+        lab.add_ns(&br)?;
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &br, "link", "set", "br0", "up"])?;
+        let mut members: Vec<(String, String, Vec<String>)> = Vec::new();
+        for i in 0..lab.spec.hosts {
+            members.push((
+                lab.host_ns(i),
+                format!("v{i}"),
+                vec![
+                    format!("{}/24", service_addr(i)),
+                    format!("{}/24", tunnel_addr(i)),
+                ],
+            ));
+        }
+        members.push((
+            lab.client_ns(),
+            "vc".into(),
+            vec![format!("{CLIENT_ADDR}/24")],
+        ));
+        if lab.spec.stranger {
+            members.push((
+                lab.stranger_ns(),
+                "vx".into(),
+                vec!["198.18.0.250/24".into()],
+            ));
+        }
+        for (ns, port, addrs) in &members {
+            lab.add_ns(ns)?;
+            ip(&[
+                "-n", &br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ])?;
+            ip(&["-n", &br, "link", "set", port, "master", "br0", "up"])?;
+            for a in addrs {
+                ip(&["-n", ns, "addr", "add", a, "dev", "eth0"])?;
+            }
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        lab.httpd = (0..lab.spec.hosts).map(|_| None).collect();
+        lab.dprd = (0..lab.spec.hosts).map(|_| None).collect();
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<(), String> {
+        ip(&["netns", "add", ns])?;
+        self.namespaces.push(ns.to_string());
+        Ok(())
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn in_ns(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Starts host `i`'s web server.
+    pub fn start_httpd(&mut self, i: usize) -> Result<(), String> {
+        let exe = self.exe.to_string_lossy().into_owned();
+        let child = self
+            .in_ns(&self.host_ns(i), &exe)
+            .args([
+                "httpd",
+                "--listen",
+                "0.0.0.0:80",
+                "--name",
+                &format!("h{i}"),
+            ])
+            .args(["--service-ms", &self.spec.service_ms.to_string()])
+            .args(["--workers", &self.spec.workers.to_string()])
+            .args(["--size", &self.spec.size.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting httpd: {e}"))?;
+        self.httpd[i] = Some(child);
+        Ok(())
+    }
+
+    /// The configuration of host `i`.
+    pub fn config_text(&self, i: usize) -> String {
+        let s = &self.spec;
+        let mut t = format!(
+            "# dprd lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
+             [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
+             [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
+             [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
+             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\n",
+            tunnel_addr(i),
+            service_addr(i),
+            s.policy,
+            s.threshold,
+            self.socket(i).display(),
+            s.report_interval_ms,
+            s.dead_after_ms
+        );
+        for j in (0..s.hosts).filter(|j| *j != i) {
+            t += &format!(
+                "\n[[cluster.peers]]\nid = {j}\nname = \"h{j}\"\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\n",
+                tunnel_addr(j),
+                service_addr(j)
+            );
+        }
+        t
+    }
+
+    /// Starts host `i`'s dprd with `config` (see [`Self::config_text`]) and
+    /// waits until its admin socket answers.
+    pub fn start_dprd_with(&mut self, i: usize, config: &str) -> Result<(), String> {
+        let path = self.config_path(i);
+        std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+        let log = std::fs::File::create(self.log(i)).map_err(|e| e.to_string())?;
+        let exe = self.exe.to_string_lossy().into_owned();
+        let child = self
+            .in_ns(&self.host_ns(i), &exe)
+            .args(["run", "--config", &path.to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("starting dprd: {e}"))?;
+        self.dprd[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.status(i).is_ok() {
+                return Ok(());
+            }
+            if let Some(Some(c)) = self.dprd.get_mut(i) {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return Err(format!("dprd h{i} exited ({st}): {}", self.log_tail(i)));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("dprd h{i} did not come up: {}", self.log_tail(i)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts host `i`'s dprd with the generated configuration.
+    pub fn start_dprd(&mut self, i: usize) -> Result<(), String> {
+        let c = self.config_text(i);
+        self.start_dprd_with(i, &c)
+    }
+
+    /// The last lines of host `i`'s dprd log.
+    pub fn log_tail(&self, i: usize) -> String {
+        let t = std::fs::read_to_string(self.log(i)).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    /// Host `i`'s dprd status.
+    pub fn status(&self, i: usize) -> Result<Status, String> {
+        let a = crate::daemon::admin_request(&self.socket(i), "status")?;
+        serde_json::from_str(&a).map_err(|e| e.to_string())
+    }
+
+    /// Sends an admin request to host `i`'s dprd.
+    pub fn admin(&self, i: usize, line: &str) -> Result<String, String> {
+        crate::daemon::admin_request(&self.socket(i), line)
+    }
+
+    /// Waits until every running dprd sees every other running one alive.
+    pub fn wait_alive(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<usize> = (0..self.spec.hosts)
+            .filter(|i| self.dprd[*i].is_some())
+            .collect();
+        loop {
+            let ok = running.iter().all(|&i| {
+                self.status(i).is_ok_and(|s| {
+                    running.iter().filter(|&&j| j != i).all(|&j| {
+                        s.peers
+                            .iter()
+                            .any(|p| usize::from(p.peer.id) == j && p.peer.state == "alive")
+                    })
+                })
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("peers did not all become alive".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `sig` (TERM, KILL, ...) to host `i`'s dprd; with TERM, waits for
+    /// it to exit (killing it after 10 s). Returns its exit status text.
+    pub fn signal_dprd(&mut self, i: usize, sig: &str) -> Result<String, String> {
+        let Some(mut c) = self.dprd.get_mut(i).and_then(Option::take) else {
+            return Err(format!("dprd h{i} is not running"));
+        };
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Ok(st.to_string());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Err(format!("dprd h{i} ignored SIG{sig}; killed"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What dprd may leave behind in host `i`'s namespace: rules that are
+    /// not the three defaults, routes in tables 100/101, the TUN device,
+    /// addresses other than its own. Empty when clean.
+    pub fn leftovers(&self, i: usize) -> Result<Vec<String>, String> {
+        let ns = self.host_ns(i);
+        let mut left = Vec::new();
+        for l in ip(&["-n", &ns, "rule", "show"])?.lines() {
+            let l = l.trim();
+            if !(l.starts_with("0:\tfrom all lookup local")
+                || l.starts_with("32766:\tfrom all lookup main")
+                || l.starts_with("32767:\tfrom all lookup default"))
+            {
+                left.push(format!("rule {l}"));
+            }
+        }
+        for t in ["100", "101"] {
+            for l in ip(&["-n", &ns, "route", "show", "table", t])
+                .unwrap_or_default()
+                .lines()
+            {
+                left.push(format!("route table {t}: {l}"));
+            }
+        }
+        for l in ip(&["-n", &ns, "-o", "link", "show"])?.lines() {
+            if l.contains("dpr0") {
+                left.push(format!("link {l}"));
+            }
+        }
+        let addrs = ip(&["-n", &ns, "-o", "-4", "addr", "show"])?;
+        for l in addrs.lines() {
+            let own = [
+                service_addr(i).to_string(),
+                tunnel_addr(i).to_string(),
+                "127.0.0.1".into(),
+            ];
+            if !own.iter().any(|a| l.contains(&format!(" {a}/"))) {
+                left.push(format!("address {l}"));
+            }
+        }
+        let sysctl = |p: &str| {
+            sh(self.in_ns(&ns, "cat").arg(p))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        for (p, want) in [
+            ("/proc/sys/net/ipv4/tcp_early_demux", "1"),
+            ("/proc/sys/net/ipv4/conf/all/arp_ignore", "0"),
+            ("/proc/sys/net/ipv4/ip_forward", "0"),
+        ] {
+            let v = sysctl(p);
+            if v != want {
+                left.push(format!("sysctl {p} = {v} (was {want})"));
+            }
+        }
+        Ok(left)
+    }
+
+    /// Runs `program args` in namespace `ns` and returns its stdout.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
+        sh(self.in_ns(ns, program).args(args))
+    }
+
+    /// Starts `program args` in namespace `ns` in the background; it is
+    /// killed when the lab is dropped (or by [`Self::kill_extras`]).
+    pub fn spawn_in(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<(), String> {
+        let c = self
+            .in_ns(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{program}: {e}"))?;
+        self.extra.push(c);
+        Ok(())
+    }
+
+    /// Kills what [`Self::spawn_in`] started.
+    pub fn kill_extras(&mut self) {
+        for mut c in self.extra.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills host `i`'s web server.
+    pub fn kill_httpd(&mut self, i: usize) {
+        if let Some(mut c) = self.httpd.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the load generator in the client namespace against every host.
+    pub fn load(&self, rate: f64, secs: f64, skew: f64, label: &str) -> Result<LoadResult, String> {
+        let all: Vec<usize> = (0..self.spec.hosts).collect();
+        self.load_targets(&all, rate, secs, skew, label)
+    }
+
+    /// Runs the load generator against the service addresses of `hosts`
+    /// (the first one gets the `skew` share).
+    pub fn load_targets(
+        &self,
+        hosts: &[usize],
+        rate: f64,
+        secs: f64,
+        skew: f64,
+        label: &str,
+    ) -> Result<LoadResult, String> {
+        let targets: Vec<String> = hosts.iter().map(|i| service_addr(*i).to_string()).collect();
+        let exe = self.exe.to_string_lossy().into_owned();
+        let out = self
+            .in_ns(&self.client_ns(), &exe)
+            .args(["loadgen", "--targets", &targets.join(",")])
+            .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
+            .args(["--skew", &skew.to_string(), "--label", label])
+            .args(["--size", &self.spec.size.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("loadgen: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("loadgen failed: {}", out.status));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("loadgen output: {e}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for i in 0..self.dprd.len() {
+            if self.dprd[i].is_some() {
+                let _ = self.signal_dprd(i, "TERM");
+            }
+        }
+        for c in self.httpd.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What to say when not root.
+pub fn not_root_message() -> String {
+    "the lab needs root (it creates network namespaces, veths, TUN devices and policy routes).\n\
+     Without root you can run:\n  \
+     cargo run --release -p dpr-examples --bin cluster-demo   (the same comparison on an in-memory cluster: real engines, simulated TCP and network)\n  \
+     cargo test -p dpr-router                                  (the seeded cluster simulator tests)"
+        .into()
+}
+
+/// Per-host row of the lab's table.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    received: usize,
+    served: usize,
+    redirected_out: u64,
+    redirected_in: u64,
+    p50: f64,
+    p99: f64,
+    errors: usize,
+}
+
+fn rows(lab: &Lab, r: &LoadResult, statuses: &[Option<Status>]) -> Vec<Row> {
+    (0..lab.spec.hosts)
+        .map(|i| {
+            let t = r
+                .get(&service_addr(i).to_string())
+                .cloned()
+                .unwrap_or_default();
+            let served = r
+                .values()
+                .map(|t| t.served_by.get(&format!("h{i}")).copied().unwrap_or(0))
+                .sum();
+            let (out, inn) = statuses
+                .get(i)
+                .and_then(Option::as_ref)
+                .map(|s| {
+                    (
+                        s.events.get("new_redirected").copied().unwrap_or(0),
+                        s.events.get("new_from_peer").copied().unwrap_or(0),
+                    )
+                })
+                .unwrap_or((0, 0));
+            Row {
+                received: t.sent,
+                served,
+                redirected_out: out,
+                redirected_in: inn,
+                p50: t.quantile(0.5),
+                p99: t.quantile(0.99),
+                errors: t.errors,
+            }
+        })
+        .collect()
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    println!("{title}");
+    println!(
+        "  {:<5} {:>9} {:>7} {:>9} {:>8} {:>9} {:>9} {:>7}",
+        "host", "received", "served", "redir-out", "redir-in", "p50 ms", "p99 ms", "errors"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        println!(
+            "  h{i:<4} {:>9} {:>7} {:>9} {:>8} {:>9.1} {:>9.1} {:>7}",
+            r.received, r.served, r.redirected_out, r.redirected_in, r.p50, r.p99, r.errors
+        );
+    }
+    let total_err: usize = rows.iter().map(|r| r.errors).sum();
+    let total: usize = rows.iter().map(|r| r.received).sum();
+    println!("  total {total} connections, {total_err} errors\n");
+}
+
+/// Lab options.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Cluster.
+    pub spec: LabSpec,
+    /// Fraction of clients on host 0.
+    pub skew: f64,
+    /// Seconds of load per phase.
+    pub duration: f64,
+    /// Connections per second.
+    pub rate: f64,
+}
+
+fn parse(args: &[String]) -> Result<LabOptions, String> {
+    use crate::httpd::parse_opt as opt;
+    let d = LabSpec::default();
+    let o = LabOptions {
+        spec: LabSpec {
+            hosts: opt(args, "--hosts", d.hosts)?,
+            policy: opt(args, "--policy", d.policy.clone())?,
+            threshold: opt(args, "--threshold", d.threshold)?,
+            service_ms: opt(args, "--service-ms", d.service_ms)?,
+            workers: opt(args, "--workers", d.workers)?,
+            size: opt(args, "--size", d.size)?,
+            ..d
+        },
+        skew: opt(args, "--skew", 0.7)?,
+        duration: opt(args, "--duration", 8.0)?,
+        rate: opt(args, "--rate", 150.0)?,
+    };
+    if !["threshold", "least-load", "hash", "p2c"].contains(&o.spec.policy.as_str()) {
+        return Err("--policy must be threshold, least-load, hash or p2c".into());
+    }
+    if !(0.0..=1.0).contains(&o.skew)
+        || !(1.0..=120.0).contains(&o.duration)
+        || !(1.0..=1000.0).contains(&o.rate)
+    {
+        return Err("--skew in 0..=1, --duration in 1..=120 s, --rate in 1..=1000".into());
+    }
+    Ok(o)
+}
+
+/// `dprd lab`.
+pub fn main(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    if !dpr_io::host::can_set_up() {
+        return Err(not_root_message());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Ctrl-C / SIGTERM: stop between steps; Lab's Drop cleans up.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut i), Ok(mut t)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
+                stop.store(true, Ordering::SeqCst);
+            });
+        });
+    }
+    let check = |stop: &AtomicBool| {
+        if stop.load(Ordering::SeqCst) {
+            Err("interrupted; everything the lab created is being removed".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    let n = o.spec.hosts;
+    println!(
+        "dprd lab: {n} hosts in network namespaces (TUN backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \
+         service {} ms x {} slots per host",
+        o.spec.policy,
+        o.skew * 100.0,
+        o.rate,
+        o.duration,
+        o.spec.service_ms,
+        o.spec.workers
+    );
+    let started = Instant::now();
+    let mut lab = Lab::create(o.spec.clone(), &exe)?;
+    for i in 0..n {
+        lab.start_httpd(i)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    check(&stop)?;
+    eprintln!("phase 1: DPR off (every host serves what it receives)");
+    let off = lab.load(o.rate, o.duration, o.skew, "DPR off")?;
+    check(&stop)?;
+    eprintln!("phase 2: starting dprd on every host");
+    for i in 0..n {
+        lab.start_dprd(i)?;
+    }
+    lab.wait_alive(Duration::from_secs(10))?;
+    check(&stop)?;
+    let on = lab.load(o.rate, o.duration, o.skew, "DPR on")?;
+    let statuses: Vec<Option<Status>> = (0..n).map(|i| lab.status(i).ok()).collect();
+    check(&stop)?;
+    println!();
+    print_table("DPR off:", &rows(&lab, &off, &[]));
+    print_table(
+        &format!("DPR on ({}):", o.spec.policy),
+        &rows(&lab, &on, &statuses),
+    );
+    let mut clean = true;
+    for i in 0..n {
+        lab.signal_dprd(i, "TERM")?;
+        let left = lab.leftovers(i)?;
+        if !left.is_empty() {
+            clean = false;
+            println!("h{i}: left behind after SIGTERM: {left:?}");
+        }
+    }
+    if clean {
+        println!(
+            "SIGTERM: every dprd removed its rules, routes, addresses, TUN device and sysctls."
+        );
+    }
+    drop(lab);
+    println!("lab removed ({:.0} s).", started.elapsed().as_secs_f64());
+    Ok(())
+}

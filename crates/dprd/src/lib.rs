@@ -1,0 +1,25 @@
+//! `dprd`: the dpr daemon, a thin layer over the library crates.
+//!
+//! It reads a TOML [`config`], opens the TUN backend of `dpr-io`, sets the
+//! host up (and undoes it on exit), runs one data-path worker per queue
+//! ([`datapath`]) over a shared `dpr_router::Engine`, and runs the control
+//! plane on tokio ([`daemon`]): load reports through the [`control`]
+//! module (the one place the cluster protocol plugs in), the admin socket
+//! ([`status`], drain, reload), Prometheus [`metrics`], signals. [`lab`]
+//! builds a whole cluster in network namespaces and measures it with DPR
+//! off and on ([`httpd`] is its web server, [`loadgen`] its client).
+//!
+//! What it may not do: contain packet logic. Every per-packet decision is
+//! the engine's; every system call is `dpr-io`'s or the standard library's.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod httpd;
+pub mod lab;
+pub mod load;
+pub mod loadgen;
+pub mod metrics;
+pub mod status;

@@ -1,0 +1,78 @@
+//! This host's load: open TCP connections on the service ports.
+//!
+//! Measured from `/proc/net/tcp` rather than derived from the engine's
+//! tables: the kernel's socket table counts exactly the connections this
+//! host serves (its own and those redirected in from peers, which arrive on
+//! the peers' service addresses), ends them when they really close, and
+//! needs no guess about timeouts (with direct server return the router
+//! sees only the client's half of a connection, so its table entries
+//! outlive the connections). Counted: every state but LISTEN, TIME_WAIT
+//! and CLOSE, with a local address among the service addresses (this
+//! host's and its peers') and a local port among the service ports.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+const LISTEN: u8 = 0x0a;
+const TIME_WAIT: u8 = 0x06;
+const CLOSE: u8 = 0x07;
+
+/// Counts open service connections in `/proc/net/tcp` text.
+pub fn count_open(proc_net_tcp: &str, addrs: &[IpAddr], ports: &[u16]) -> u32 {
+    let mut n = 0u32;
+    for line in proc_net_tcp.lines().skip(1) {
+        let mut f = line.split_whitespace();
+        let (Some(_sl), Some(local), Some(_remote), Some(st)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Ok(st) = u8::from_str_radix(st, 16) else {
+            continue;
+        };
+        if matches!(st, LISTEN | TIME_WAIT | CLOSE) {
+            continue;
+        }
+        let Some((a, p)) = local.split_once(':') else {
+            continue;
+        };
+        let (Ok(a), Ok(p)) = (u32::from_str_radix(a, 16), u16::from_str_radix(p, 16)) else {
+            continue;
+        };
+        // The kernel prints the address's in-memory (network order) bytes as a native u32.
+        let addr = IpAddr::V4(Ipv4Addr::from(a.to_ne_bytes()));
+        if ports.contains(&p) && addrs.contains(&addr) {
+            n = n.saturating_add(1);
+        }
+    }
+    n
+}
+
+/// Reads `/proc/net/tcp` of this process's network namespace.
+pub fn measure(addrs: &[IpAddr], ports: &[u16]) -> u32 {
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| count_open(&t, addrs, ports))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_service_connections_only() {
+        let a = u32::from_ne_bytes([198, 18, 0, 1]);
+        let other = u32::from_ne_bytes([198, 18, 0, 9]);
+        let t = format!(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n\
+   1: {a:08X}:0050 C6126401:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n\
+   2: {a:08X}:0050 C6126401:9C41 06 00000000:00000000 00:00000000 00000000     0        0 3\n\
+   3: {a:08X}:0051 C6126401:9C42 01 00000000:00000000 00:00000000 00000000     0        0 4\n\
+   4: {other:08X}:0050 C6126401:9C43 01 00000000:00000000 00:00000000 00000000     0        0 5\n\
+   5: {a:08X}:0050 C6126401:9C44 03 00000000:00000000 00:00000000 00000000     0        0 6\n\
+   garbage\n"
+        );
+        let addrs = [IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))];
+        assert_eq!(count_open(&t, &addrs, &[80]), 2);
+    }
+}

@@ -1,0 +1,114 @@
+//! `dprd`: the dpr daemon. See `dprd help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+dprd — Distributed Packet Rewriting daemon
+
+USAGE:
+  dprd run --config FILE          run the router (root; undoes its setup on exit)
+  dprd check-config FILE          validate a configuration, naming the bad field
+  dprd status [--json] [--socket PATH]   peers, loads, table, counters of a running dprd
+  dprd drain [--socket PATH]      send new connections to peers; established ones stay
+  dprd reload [--socket PATH]     reload the configuration (as SIGHUP does)
+  dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--duration 8] [--rate 150]
+           [--service-ms 20] [--workers 2] [--size 2000]
+                                  a cluster in network namespaces, DPR off vs on (root)
+";
+
+const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
+
+fn take_opt(args: &mut Vec<String>, name: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == name)?;
+    if i + 1 < args.len() {
+        let v = args.remove(i + 1);
+        args.remove(i);
+        Some(v)
+    } else {
+        args.remove(i);
+        None
+    }
+}
+
+fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    match args.iter().position(|a| a == name) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let cmd = args.remove(0);
+    let socket = take_opt(&mut args, "--socket")
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+    let result: Result<(), String> = match cmd.as_str() {
+        "run" => match take_opt(&mut args, "--config") {
+            Some(path) => dprd::daemon::run(&PathBuf::from(path)),
+            None => Err("dprd run needs --config FILE".into()),
+        },
+        "check-config" => match args.first() {
+            Some(path) => match dprd::config::Config::load(&PathBuf::from(path)) {
+                Ok(c) => {
+                    println!(
+                        "{path}: ok — host {} (id {}), {} peer(s), policy {}, backend tun",
+                        c.host.name,
+                        c.host.id,
+                        c.cluster.peers.len(),
+                        c.policy.kind_name()
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(format!("{path}: {e}")),
+            },
+            None => Err("dprd check-config needs a FILE".into()),
+        },
+        "status" => {
+            let json = take_flag(&mut args, "--json");
+            dprd::daemon::admin_request(&socket, "status").and_then(|a| {
+                if json {
+                    println!("{a}");
+                    return Ok(());
+                }
+                let s: dprd::status::Status =
+                    serde_json::from_str(&a).map_err(|e| format!("bad answer from dprd: {e}"))?;
+                print!("{}", s.render());
+                Ok(())
+            })
+        }
+        "drain" | "reload" => dprd::daemon::admin_request(&socket, &cmd).and_then(|a| {
+            let v: serde_json::Value = serde_json::from_str(&a).unwrap_or_default();
+            let msg = v["message"].as_str().unwrap_or(&a).to_string();
+            if v["ok"].as_bool() == Some(true) {
+                println!("{msg}");
+                Ok(())
+            } else {
+                Err(msg)
+            }
+        }),
+        "lab" => dprd::lab::main(&args),
+        // Internal: the lab's per-namespace programs.
+        "httpd" => dprd::httpd::main(&args),
+        "loadgen" => dprd::loadgen::main(&args),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dprd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

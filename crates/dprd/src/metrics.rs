@@ -1,0 +1,258 @@
+//! Prometheus metrics, read from the latest [`Status`] snapshot at each
+//! scrape (a `prometheus-client` collector), served over plain HTTP.
+
+use crate::status::Status;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The collector: the shared snapshot.
+#[derive(Debug)]
+pub struct StatusCollector(pub Arc<Mutex<Status>>);
+
+fn counter_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (l, v) in values {
+        let labels = [(label, l.as_str())];
+        ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstGauge::new(0f64).metric_type())?;
+    for (l, v) in values {
+        let labels = [(label, l.as_str())];
+        ConstGauge::new(*v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let pairs = |m: &std::collections::BTreeMap<String, u64>| -> Vec<(String, u64)> {
+            m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        counter_family(
+            &mut enc,
+            "dpr_packets",
+            "Packets per engine verdict",
+            "verdict",
+            &pairs(&s.verdicts),
+        )?;
+        counter_family(
+            &mut enc,
+            "dpr_drops",
+            "Dropped packets per reason",
+            "reason",
+            &pairs(&s.drops),
+        )?;
+        counter_family(
+            &mut enc,
+            "dpr_connection_events",
+            "New connections (local, redirected, from peers) and other events",
+            "event",
+            &pairs(&s.events),
+        )?;
+        counter_family(
+            &mut enc,
+            "dpr_io",
+            "Backend and control-plane counters",
+            "counter",
+            &pairs(&s.io),
+        )?;
+        let redir: Vec<(String, u64)> = s
+            .peers
+            .iter()
+            .map(|p| (p.peer.name.clone(), p.redirected_connections))
+            .collect();
+        counter_family(
+            &mut enc,
+            "dpr_redirected_connections",
+            "Connections redirected per peer",
+            "peer",
+            &redir,
+        )?;
+        let states: Vec<(String, f64)> = s
+            .peers
+            .iter()
+            .map(|p| {
+                let v = match p.peer.state.as_str() {
+                    "alive" => 0.0,
+                    "suspect" => 1.0,
+                    "dead" => 2.0,
+                    "draining" => 3.0,
+                    _ => 4.0,
+                };
+                (p.peer.name.clone(), v)
+            })
+            .collect();
+        gauge_family(
+            &mut enc,
+            "dpr_peer_state",
+            "Peer state: 0 alive, 1 suspect, 2 dead, 3 draining, 4 left",
+            "peer",
+            &states,
+        )?;
+        let ages: Vec<(String, f64)> = s
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.peer.name.clone(),
+                    p.peer.report_age_ms.map_or(-1.0, |a| a as f64 / 1000.0),
+                )
+            })
+            .collect();
+        gauge_family(
+            &mut enc,
+            "dpr_peer_report_age_seconds",
+            "Age of the last load report per peer (-1: none yet)",
+            "peer",
+            &ages,
+        )?;
+        let loads: Vec<(String, f64)> = s
+            .peers
+            .iter()
+            .map(|p| (p.peer.name.clone(), p.peer.load))
+            .collect();
+        gauge_family(
+            &mut enc,
+            "dpr_peer_load",
+            "Normalised load per peer",
+            "peer",
+            &loads,
+        )?;
+        gauge(
+            &mut enc,
+            "dpr_table_entries",
+            "Entries of the routing table",
+            s.routes as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "dpr_served_table_entries",
+            "Entries of the served-for-peers table",
+            s.served as f64,
+        )?;
+        let ev = ConstCounter::new(s.evicted);
+        let m = enc.encode_descriptor(
+            "dpr_table_evictions",
+            "Table entries evicted at capacity",
+            None,
+            ev.metric_type(),
+        )?;
+        ev.encode(m)?;
+        gauge(
+            &mut enc,
+            "dpr_open_connections",
+            "Open service connections on this host",
+            f64::from(s.open_connections),
+        )?;
+        gauge(
+            &mut enc,
+            "dpr_draining",
+            "1 while draining",
+            if s.draining { 1.0 } else { 0.0 },
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry with the collector.
+pub fn registry(status: Arc<Mutex<Status>>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(StatusCollector(status)));
+    r
+}
+
+/// The text exposition.
+pub fn render(reg: &Registry) -> String {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, reg);
+    out
+}
+
+/// Serves `GET /metrics` (any path) until the task is dropped.
+pub async fn serve(listener: TcpListener, reg: Arc<Registry>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut n = 0;
+            // Read the request head (bounded); the body, if any, is ignored.
+            while n < buf.len() {
+                match sock.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let body = render(&reg);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_families() {
+        let mut s = Status::default();
+        s.drops.insert("malformed".into(), 4);
+        s.verdicts.insert("forwarded".into(), 9);
+        let reg = registry(Arc::new(Mutex::new(s)));
+        let t = render(&reg);
+        assert!(t.contains("dpr_drops_total{reason=\"malformed\"} 4"), "{t}");
+        assert!(
+            t.contains("dpr_packets_total{verdict=\"forwarded\"} 9"),
+            "{t}"
+        );
+        assert!(t.contains("dpr_table_entries 0"), "{t}");
+    }
+}

@@ -1,0 +1,533 @@
+//! End-to-end tests: real `dprd` processes in network namespaces.
+//!
+//! Each test builds its own cluster with `dprd::lab::Lab` (names carry the
+//! test process's id; everything is removed on drop, also when a test
+//! fails) and uses addresses from 198.18.0.0/15 only, inside those
+//! namespaces. They need root; without it every test says SKIPPED loudly on
+//! stderr and passes. They run one at a time (a lock): they share two cores.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
+
+use dprd::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
+use dprd::status::Status;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn root_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !dpr_io::host::can_set_up() {
+        eprintln!(
+            "\n*** SKIPPED e2e test `{test}`: not root. These tests create network namespaces, \
+             TUN devices and policy routes; run `sudo scripts/test` (CI runs them as root). ***\n"
+        );
+        return None;
+    }
+    Some(ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_dprd"))
+}
+
+fn ok<T>(r: Result<T, String>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A lab with every host's web server and dprd running, peers alive.
+fn cluster(spec: LabSpec) -> Lab {
+    let n = spec.hosts;
+    let mut lab = ok(Lab::create(spec, exe()));
+    for i in 0..n {
+        ok(lab.start_httpd(i));
+    }
+    for i in 0..n {
+        ok(lab.start_dprd(i));
+    }
+    ok(lab.wait_alive(Duration::from_secs(10)));
+    lab
+}
+
+fn status(lab: &Lab, i: usize) -> Status {
+    ok(lab.status(i))
+}
+
+fn event(s: &Status, k: &str) -> u64 {
+    s.events.get(k).copied().unwrap_or(0)
+}
+
+fn drop_count(s: &Status, k: &str) -> u64 {
+    s.drops.get(k).copied().unwrap_or(0)
+}
+
+/// Holds `n` idle connections from the client to host 0 so that its load
+/// (open connections) reaches `n`, and waits until dprd has measured it.
+fn load_host0(lab: &mut Lab, n: usize) {
+    let mut script = String::new();
+    for k in 0..n {
+        script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
+    }
+    script += "sleep 60";
+    let ns = lab.client_ns();
+    ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(lab, 0).open_connections < n as u32 {
+        assert!(
+            Instant::now() < deadline,
+            "host 0 never saw its idle connections"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One more load refresh and one report interval for the peers.
+    std::thread::sleep(Duration::from_millis(250));
+}
+
+fn curl(lab: &Lab, args: &[&str]) -> String {
+    let ns = lab.client_ns();
+    ok(lab.exec(&ns, "curl", &[&["-sS", "--max-time", "60"], args].concat()))
+}
+
+fn threshold_one(hosts: usize) -> LabSpec {
+    LabSpec {
+        hosts,
+        threshold: 1.0,
+        ..LabSpec::default()
+    }
+}
+
+#[test]
+fn curl_over_a_redirected_connection_is_answered_as_the_address_it_used() {
+    let Some(_g) = root_or_skip("curl_over_redirect") else {
+        return;
+    };
+    let mut lab = cluster(threshold_one(3));
+    load_host0(&mut lab, 2);
+    let before = status(&lab, 0);
+    let out = curl(
+        &lab,
+        &[
+            "-w",
+            "\\nremote %{remote_ip}\\n",
+            &format!("http://{}/?size=100", service_addr(0)),
+        ],
+    );
+    let served_by = out.split_whitespace().nth(1).unwrap_or("").to_string();
+    assert!(out.starts_with("served-by h"), "{out}");
+    assert_ne!(
+        served_by, "h0",
+        "host 0 is over its threshold: a peer must serve\n{out}"
+    );
+    assert!(
+        out.contains(&format!("remote {}", service_addr(0))),
+        "the answer comes from the address the client used\n{out}"
+    );
+    let after = status(&lab, 0);
+    assert!(event(&after, "new_redirected") > event(&before, "new_redirected"));
+    let server: usize = served_by[1..].parse().unwrap_or(0);
+    assert!(event(&status(&lab, server), "new_from_peer") >= 1);
+    assert!(event(&status(&lab, server), "mss_clamped") + event(&after, "mss_clamped") >= 1);
+}
+
+fn ip_stat(lab: &Lab, ns: &str, field: &str) -> u64 {
+    let t = ok(lab.exec(ns, "cat", &["/proc/net/snmp"]));
+    let mut lines = t.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn twenty_megabytes_each_way_over_redirected_connections_without_fragments() {
+    let Some(_g) = root_or_skip("large_transfers") else {
+        return;
+    };
+    let mut lab = cluster(threshold_one(3));
+    load_host0(&mut lab, 2);
+    let file = lab.dir.join("upload.bin");
+    ok(std::fs::write(&file, vec![b'x'; 20_000_000]).map_err(|e| e.to_string()));
+    let mut namespaces: Vec<String> = (0..3).map(|i| lab.host_ns(i)).collect();
+    namespaces.push(lab.client_ns());
+    let frag_before: Vec<(u64, u64)> = namespaces
+        .iter()
+        .map(|ns| {
+            (
+                ip_stat(&lab, ns, "FragCreates"),
+                ip_stat(&lab, ns, "ReasmReqds"),
+            )
+        })
+        .collect();
+    let url = format!("http://{}/", service_addr(0));
+    for round in 0..2 {
+        let down = curl(
+            &lab,
+            &[
+                "-o",
+                "-",
+                "-w",
+                "\\n%{size_download} %{http_code}",
+                &format!("{url}?size=20000000"),
+            ],
+        );
+        let first = down.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("served-by h") && !first.starts_with("served-by h0"),
+            "round {round}: {first}"
+        );
+        assert!(
+            down.ends_with("20000000 200"),
+            "download incomplete: {}",
+            &down[down.len().saturating_sub(40)..]
+        );
+        let up = curl(
+            &lab,
+            &[
+                "--data-binary",
+                &format!("@{}", file.display()),
+                "-H",
+                "Content-Type: application/octet-stream",
+                &url,
+            ],
+        );
+        assert!(
+            up.starts_with("served-by h") && !up.starts_with("served-by h0"),
+            "{up}"
+        );
+        assert!(
+            up.trim_end().ends_with("received 20000000"),
+            "upload incomplete: {up}"
+        );
+    }
+    for (ns, (fc, rr)) in namespaces.iter().zip(frag_before) {
+        assert_eq!(
+            ip_stat(&lab, ns, "FragCreates"),
+            fc,
+            "{ns} fragmented packets"
+        );
+        assert_eq!(
+            ip_stat(&lab, ns, "ReasmReqds"),
+            rr,
+            "{ns} received fragments"
+        );
+    }
+    for i in 0..3 {
+        let s = status(&lab, i);
+        assert_eq!(drop_count(&s, "fragment"), 0);
+        assert_eq!(
+            event(&s, "too_big_replies"),
+            0,
+            "h{i}: the MSS clamp should make PMTU replies unnecessary"
+        );
+    }
+}
+
+#[test]
+fn threshold_policy_under_skewed_load_evens_out_served_counts() {
+    let Some(_g) = root_or_skip("threshold_skew") else {
+        return;
+    };
+    // Threshold 1: a host with a connection open looks for a less-loaded peer.
+    let lab = cluster(threshold_one(4));
+    let r = ok(lab.load(150.0, 5.0, 0.8, "skewed"));
+    let served: Vec<usize> = (0..4)
+        .map(|i| {
+            r.values()
+                .map(|t| t.served_by.get(&format!("h{i}")).copied().unwrap_or(0))
+                .sum()
+        })
+        .collect();
+    let errors: usize = r.values().map(|t| t.errors).sum();
+    let total: usize = served.iter().sum();
+    let received0 = r.get(&service_addr(0).to_string()).map_or(0, |t| t.sent);
+    eprintln!("received by h0 {received0} of {total}; served {served:?}; errors {errors}");
+    assert_eq!(errors, 0);
+    assert!(
+        event(&status(&lab, 0), "new_redirected") > 0,
+        "the overloaded host redirects"
+    );
+    // The threshold policy keeps the overloaded host busy up to its
+    // threshold and sends the rest away: its share falls from what it
+    // received to about half of that, every peer serves more than it
+    // received, and no host serves more than three times another.
+    let received = |i: usize| r.get(&service_addr(i).to_string()).map_or(0, |t| t.sent);
+    assert!(
+        (served[0] as f64) < 0.7 * received0 as f64,
+        "h0 kept too much: {served:?}"
+    );
+    for i in 1..4 {
+        assert!(
+            served[i] as f64 > 1.5 * received(i) as f64,
+            "h{i} took too little: {served:?}"
+        );
+    }
+    let (max, min) = (
+        served.iter().max().copied().unwrap_or(0),
+        served.iter().min().copied().unwrap_or(0),
+    );
+    assert!(max < 4 * min, "served counts too uneven: {served:?}");
+}
+
+#[test]
+fn a_killed_host_gets_no_new_connections_after_dead_after() {
+    let Some(_g) = root_or_skip("killed_host") else {
+        return;
+    };
+    let spec = threshold_one(3);
+    let dead_after = Duration::from_millis(spec.dead_after_ms);
+    let interval = Duration::from_millis(spec.report_interval_ms);
+    let mut lab = cluster(spec);
+    // Load on h0 so that it redirects: h1 and h2 both take connections.
+    load_host0(&mut lab, 2);
+    let warm = ok(lab.load_targets(&[0, 1], 40.0, 2.0, 0.9, "before the kill"));
+    assert_eq!(warm.values().map(|t| t.errors).sum::<usize>(), 0);
+    // Kill host 2: its daemon and web server die, its link goes down.
+    let killed = Instant::now();
+    let _ = lab.signal_dprd(2, "KILL");
+    lab.kill_httpd(2);
+    let ns2 = lab.host_ns(2);
+    ok(lab.exec(&ns2, "ip", &["link", "set", "eth0", "down"]));
+    let peer_state = |lab: &Lab, i: usize| {
+        status(lab, i)
+            .peers
+            .iter()
+            .find(|p| p.peer.id == 2)
+            .map(|p| p.peer.state.clone())
+            .unwrap_or_default()
+    };
+    while peer_state(&lab, 0) != "dead" || peer_state(&lab, 1) != "dead" {
+        assert!(
+            killed.elapsed() < dead_after + 2 * interval + Duration::from_millis(500),
+            "peers still think h2 is {} / {} after {:?}",
+            peer_state(&lab, 0),
+            peer_state(&lab, 1),
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen_dead = killed.elapsed();
+    let to_h2 = |lab: &Lab| {
+        status(lab, 0)
+            .peers
+            .iter()
+            .find(|p| p.peer.id == 2)
+            .map_or(0, |p| p.redirected_connections)
+    };
+    let before = to_h2(&lab);
+    let after_kill = ok(lab.load_targets(&[0, 1], 40.0, 3.0, 0.9, "after the kill"));
+    let errors: usize = after_kill.values().map(|t| t.errors).sum();
+    let sent: usize = after_kill.values().map(|t| t.sent).sum();
+    eprintln!("h2 seen dead after {seen_dead:?}; {sent} new connections, {errors} errors");
+    assert_eq!(errors, 0, "new connections keep succeeding");
+    assert_eq!(
+        to_h2(&lab),
+        before,
+        "no new connection went to the dead host"
+    );
+    assert!(event(&status(&lab, 0), "new_redirected") > 0);
+}
+
+fn scapy(lab: &Lab, ns: &str, program: &str) {
+    let code = format!("from scapy.all import *\nconf.verb = 0\n{program}\n");
+    ok(lab.exec(ns, "python3", &["-c", &code]));
+}
+
+#[test]
+fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted() {
+    let Some(_g) = root_or_skip("ipip_from_stranger") else {
+        return;
+    };
+    let lab = cluster(LabSpec {
+        hosts: 2,
+        stranger: true,
+        ..LabSpec::default()
+    });
+    let passive = |lab: &Lab| {
+        let t = ok(lab.exec(&lab.host_ns(0), "cat", &["/proc/net/snmp"]));
+        let mut l = t.lines().filter(|l| l.starts_with("Tcp:"));
+        let (Some(n), Some(v)) = (l.next(), l.next()) else {
+            return 0u64;
+        };
+        n.split_whitespace()
+            .zip(v.split_whitespace())
+            .find(|(n, _)| *n == "PassiveOpens")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = status(&lab, 0);
+    let opens = passive(&lab);
+    scapy(
+        &lab,
+        &lab.stranger_ns(),
+        &format!(
+            "send(IP(src='198.18.0.250', dst='{}')/IP(src='198.18.0.250', dst='{}')/TCP(sport=RandShort(), dport=80, flags='S'), count=20)",
+            tunnel_addr(0),
+            service_addr(0)
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = status(&lab, 0);
+    let d =
+        drop_count(&after, "unknown_tunnel_source") - drop_count(&before, "unknown_tunnel_source");
+    assert!(d >= 20, "unknown_tunnel_source rose by {d}");
+    assert_eq!(passive(&lab), opens, "no SYN reached the local stack");
+    let _ = CLIENT_ADDR;
+}
+
+#[test]
+fn malformed_burst_at_the_service_port_is_counted_and_service_goes_on() {
+    let Some(_g) = root_or_skip("malformed_burst") else {
+        return;
+    };
+    let lab = cluster(LabSpec {
+        hosts: 2,
+        ..LabSpec::default()
+    });
+    let before = status(&lab, 0);
+    let dst = service_addr(0);
+    scapy(
+        &lab,
+        &lab.client_ns(),
+        &format!(
+            "d = '{dst}'\n\
+             pk = []\n\
+             for i in range(50):\n\
+             \x20   pk.append(IP(dst=d)/TCP(dport=80, dataofs=15, flags='S'))\n\
+             \x20   pk.append(IP(dst=d, proto=6)/Raw(b'\\x9c\\x40\\x00\\x50\\x00'))\n\
+             \x20   pk.append(IP(dst=d)/TCP(dport=80, flags='S', options=[(2, b'')]))\n\
+             \x20   pk.append(IP(dst=d)/TCP(dport=80, flags='S')/Raw(b'\\x02\\x00\\x00\\x00'))\n\
+             \x20   pk.append(IP(dst=d, ihl=15)/TCP(dport=80, flags='S'))\n\
+             \x20   pk.append(IP(dst=d, len=1000)/TCP(dport=80, flags='S'))\n\
+             \x20   pk.append(IP(dst=d)/TCP(dport=80, flags='A', dataofs=6)/Raw(b'\\x02\\x01'))\n\
+             send(pk)"
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = status(&lab, 0);
+    let d = drop_count(&after, "malformed") - drop_count(&before, "malformed");
+    eprintln!("malformed drops +{d}; by layer {:?}", after.malformed);
+    assert!(d >= 50, "malformed drops rose by only {d}");
+    let out = curl(&lab, &[&format!("http://{dst}/?size=100")]);
+    assert!(out.starts_with("served-by h"), "still serving: {out}");
+    let r = ok(lab.load(60.0, 1.0, 0.5, "after the burst"));
+    assert_eq!(r.values().map(|t| t.errors).sum::<usize>(), 0);
+}
+
+#[test]
+fn drain_under_load_fails_no_established_connection() {
+    let Some(_g) = root_or_skip("drain") else {
+        return;
+    };
+    let mut lab = cluster(LabSpec {
+        hosts: 3,
+        service_ms: 300,
+        workers: 64,
+        threshold: 1000.0,
+        ..LabSpec::default()
+    });
+    let done = std::sync::Arc::new(Mutex::new(None));
+    std::thread::scope(|s| {
+        let lab_ref = &lab;
+        let done2 = done.clone();
+        s.spawn(move || {
+            let r = lab_ref.load(60.0, 4.0, 0.8, "drain");
+            *done2.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let open = status(lab_ref, 0).open_connections;
+        let a = ok(lab_ref.admin(0, "drain"));
+        assert!(a.contains("\"ok\":true"), "{a}");
+        eprintln!("drained h0 with {open} connections open");
+        assert!(
+            open > 0,
+            "connections were established when the drain began"
+        );
+    });
+    let r = match done.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        Some(r) => ok(r),
+        None => panic!("load did not finish"),
+    };
+    let errors: usize = r.values().map(|t| t.errors).sum();
+    assert_eq!(errors, 0, "{r:?}");
+    let s0 = status(&lab, 0);
+    assert!(s0.draining);
+    assert!(
+        event(&s0, "new_redirected") > 0,
+        "new connections went to peers after the drain"
+    );
+    let s1 = status(&lab, 1);
+    let h0 = s1
+        .peers
+        .iter()
+        .find(|p| p.peer.id == 0)
+        .map(|p| p.peer.state.clone());
+    assert_eq!(h0.as_deref(), Some("draining"));
+    lab.kill_extras();
+}
+
+#[test]
+fn sigterm_and_a_failed_setup_leave_nothing_behind() {
+    let Some(_g) = root_or_skip("cleanup") else {
+        return;
+    };
+    let mut lab = ok(Lab::create(
+        LabSpec {
+            hosts: 3,
+            ..LabSpec::default()
+        },
+        exe(),
+    ));
+    for i in 0..3 {
+        ok(lab.start_httpd(i));
+    }
+    // h1 drops root to nobody after setup, keeping CAP_NET_ADMIN for the teardown.
+    ok(lab.start_dprd(0));
+    let c1 = lab
+        .config_text(1)
+        .replace("uplink = \"eth0\"", "uplink = \"eth0\"\nuser = \"nobody\"");
+    ok(lab.start_dprd_with(1, &c1));
+    ok(lab.wait_alive(Duration::from_secs(10)));
+    let out = curl(&lab, &[&format!("http://{}/?size=10", service_addr(1))]);
+    assert!(out.starts_with("served-by"), "{out}");
+    for i in 0..2 {
+        assert!(
+            !ok(lab.leftovers(i)).is_empty(),
+            "h{i} is set up while running"
+        );
+        let st = ok(lab.signal_dprd(i, "TERM"));
+        assert!(
+            st.contains("exit status: 0"),
+            "h{i} exited {st}: {}",
+            lab.log_tail(i)
+        );
+        assert_eq!(
+            ok(lab.leftovers(i)),
+            Vec::<String>::new(),
+            "h{i} after SIGTERM"
+        );
+    }
+    // Setup failing half-way (a rule it wants already exists): undone too.
+    let ns = lab.host_ns(2);
+    let t2 = tunnel_addr(2).to_string();
+    let clash = [
+        "rule", "add", "pref", "11", "iif", "eth0", "to", &t2, "ipproto", "4", "lookup", "100",
+    ];
+    ok(lab.exec(&ns, "ip", &clash));
+    let err = lab.start_dprd(2);
+    assert!(err.is_err(), "setup should have failed");
+    let log = lab.log_tail(2);
+    assert!(
+        log.contains("host setup failed at adding rule pref 11"),
+        "{log}"
+    );
+    let left = ok(lab.leftovers(2));
+    assert_eq!(left.len(), 1, "only the clashing rule is left: {left:?}");
+}
