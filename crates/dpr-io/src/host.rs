@@ -11,7 +11,8 @@
 //!   uplink, `rp_filter` 1 → 2 on `all` and the uplink, `rp_filter=0` and
 //!   `accept_local=1` on the TUN;
 //! - the peers' service addresses on the TUN (it answers no ARP);
-//! - `default dev TUN table T` and the diversion rules
+//! - with `divert` (the TUN backend; the AF_XDP backend's XDP program
+//!   takes the traffic instead): `default dev TUN table T` and the diversion rules
 //!   `iif UPLINK to SERVICE ipproto tcp dport P lookup T` and
 //!   `iif UPLINK to TUNNEL ipproto ipip lookup T`;
 //! - the `local` rule moved below them (pref 0 → `local_rule_priority`);
@@ -55,6 +56,11 @@ pub struct HostPlan {
     pub rule_priority: u32,
     /// Where the `local` rule moves to (must be above every rule of ours).
     pub local_rule_priority: u32,
+    /// Divert service traffic and IP-in-IP into the TUN with policy
+    /// routing (the TUN backend). The AF_XDP backend sets this to false:
+    /// its XDP program takes that traffic before the kernel sees it, so no
+    /// diversion route, rules or `local` rule move are made.
+    pub divert: bool,
 }
 
 /// A setup step that failed, with what it was doing.
@@ -167,40 +173,9 @@ impl HostGuard {
         for a in &plan.peer_service_addrs {
             g.add(netlink::addr(plan.tun_ifindex, IpAddr::V4(*a), 32, false))?;
         }
-        g.add(netlink::default_route(
-            plan.tun_ifindex,
-            plan.divert_table,
-            true,
-        ))?;
-        let mut prio = plan.rule_priority;
-        for a in &plan.service_addrs {
-            for p in &plan.service_ports {
-                g.add(
-                    Rule {
-                        priority: prio,
-                        table: plan.divert_table,
-                        iif: Some(plan.uplink.clone()),
-                        to: Some(IpAddr::V4(*a)),
-                        ipproto: Some(libc::IPPROTO_TCP as u8),
-                        dport: Some(*p),
-                        ..Rule::default()
-                    }
-                    .request(),
-                )?;
-            }
+        if plan.divert {
+            g.add_diversion()?;
         }
-        prio += 1;
-        g.add(
-            Rule {
-                priority: prio,
-                table: plan.divert_table,
-                iif: Some(plan.uplink.clone()),
-                to: Some(IpAddr::V4(plan.tunnel_addr)),
-                ipproto: Some(libc::IPPROTO_IPIP as u8),
-                ..Rule::default()
-            }
-            .request(),
-        )?;
         if let Some(mss) = plan.advmss {
             let uplink_index =
                 sys::if_index(&plan.uplink).map_err(step("finding the uplink interface"))?;
@@ -218,8 +193,56 @@ impl HostGuard {
             }
             g.add_mss_rules(&plan.peer_service_addrs)?;
         }
-        // Move the local rule below ours: add it at its new place first, so
-        // local delivery never stops, then delete the one at 0.
+        if plan.divert {
+            g.move_local_rule()?;
+        }
+        Ok(g)
+    }
+
+    /// `default dev TUN` in the divert table and the diversion rules.
+    fn add_diversion(&mut self) -> Result<(), SetupError> {
+        let plan = self.plan.clone();
+        self.add(netlink::default_route(
+            plan.tun_ifindex,
+            plan.divert_table,
+            true,
+        ))?;
+        let mut prio = plan.rule_priority;
+        for a in &plan.service_addrs {
+            for p in &plan.service_ports {
+                self.add(
+                    Rule {
+                        priority: prio,
+                        table: plan.divert_table,
+                        iif: Some(plan.uplink.clone()),
+                        to: Some(IpAddr::V4(*a)),
+                        ipproto: Some(libc::IPPROTO_TCP as u8),
+                        dport: Some(*p),
+                        ..Rule::default()
+                    }
+                    .request(),
+                )?;
+            }
+        }
+        prio += 1;
+        self.add(
+            Rule {
+                priority: prio,
+                table: plan.divert_table,
+                iif: Some(plan.uplink.clone()),
+                to: Some(IpAddr::V4(plan.tunnel_addr)),
+                ipproto: Some(libc::IPPROTO_IPIP as u8),
+                ..Rule::default()
+            }
+            .request(),
+        )?;
+        Ok(())
+    }
+
+    /// Moves the local rule below ours: adds it at its new place first, so
+    /// local delivery never stops, then deletes the one at 0.
+    fn move_local_rule(&mut self) -> Result<(), SetupError> {
+        let plan = self.plan.clone();
         let local_new = Rule {
             priority: plan.local_rule_priority,
             table: RT_TABLE_LOCAL,
@@ -232,11 +255,13 @@ impl HostGuard {
             ..Rule::default()
         }
         .request();
-        g.add(local_new)?;
-        g.nl.del(&local_old)
-            .map_err(step(&format!("deleting {}", local_old.describe)))?;
-        g.undo.push(Undo::Add(local_old));
-        Ok(g)
+        self.add(local_new)?;
+        self.nl.del(&local_old).map_err(|e| SetupError {
+            step: format!("deleting {}", local_old.describe),
+            source: e,
+        })?;
+        self.undo.push(Undo::Add(local_old));
+        Ok(())
     }
 
     fn mss_rule(&self, a: Ipv4Addr) -> Request {

@@ -5,7 +5,9 @@
 //! headroom for an outer IP-in-IP header), and [`Backend::send_batch`]
 //! transmits the frames the caller marked. Three backends, one module
 //! each: [`tun`] (a multi-queue TUN device, one queue per worker thread),
-//! [`mem`] (in-memory queues for tests) and, later, AF_XDP. [`host`]
+//! [`mem`] (in-memory queues for tests) and [`afxdp`] (an AF_XDP socket
+//! per uplink queue, forwarding in place; its worker runs the engine from
+//! a callback instead of the batch trait, and delivers through a TUN queue). [`host`]
 //! prepares the host (addresses, policy routing, sysctls) over netlink and
 //! undoes it when its guard is dropped; [`privs`] drops root after setup.
 //!
@@ -26,6 +28,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod afxdp;
 pub mod backend;
 pub mod host;
 pub mod mem;

@@ -110,6 +110,12 @@ impl<S: TunSys> TunQueue<S> {
     pub fn new(sys: S) -> Self {
         Self { sys }
     }
+
+    /// The syscall layer underneath (the AF_XDP backend writes single
+    /// packets into the device through it).
+    pub fn into_inner(self) -> S {
+        self.sys
+    }
 }
 
 impl<S: TunSys> Backend for TunQueue<S> {

@@ -70,8 +70,23 @@ pub enum BackendKind {
     /// TUN device with policy routing.
     #[default]
     Tun,
-    /// AF_XDP (not implemented yet).
+    /// AF_XDP: an XDP program steers the router's traffic into AF_XDP
+    /// sockets; forwarding leaves from the same memory. Falls back to
+    /// `Tun` with a warning where it cannot start.
     AfXdp,
+}
+
+/// How the XDP program is attached (`backend.xdp_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpModeSetting {
+    /// Native where the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; falls back to TUN where unsupported.
+    Native,
+    /// Generic (skb) mode: every driver, slower.
+    Generic,
 }
 
 /// `[backend]`.
@@ -94,6 +109,8 @@ pub struct BackendSection {
     pub rule_priority: u32,
     /// New preference of the `local` rule (above ours).
     pub local_rule_priority: u32,
+    /// AF_XDP: how the XDP program is attached.
+    pub xdp_mode: XdpModeSetting,
 }
 
 impl Default for BackendSection {
@@ -107,6 +124,7 @@ impl Default for BackendSection {
             mss_table: 101,
             rule_priority: 10,
             local_rule_priority: 100,
+            xdp_mode: XdpModeSetting::Auto,
         }
     }
 }
@@ -394,12 +412,6 @@ impl Config {
                 ));
             }
         }
-        if self.backend.kind == BackendKind::AfXdp {
-            return Err(bad(
-                "backend.kind",
-                "af-xdp is not implemented yet; use \"tun\"",
-            ));
-        }
         if self.backend.tun_name.is_empty() || self.backend.tun_name.len() > 15 {
             return Err(bad("backend.tun_name", "must be 1 to 15 bytes"));
         }
@@ -675,8 +687,17 @@ service_addrs = ["198.18.0.2"]
         assert_eq!(e.field, "cluster.peers[0].id");
         let e = err_of(&format!("{GOOD}\n[policy]\nthreshold = -1.0\n"));
         assert_eq!(e.field, "policy.threshold");
-        let e = err_of(&format!("{GOOD}\n[backend]\nkind = \"af-xdp\"\n"));
-        assert_eq!(e.field, "backend.kind");
+        let e = err_of(&format!(
+            "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_mode = \"fast\"\n"
+        ));
+        assert_eq!(e.field, "syntax");
+        assert!(e.reason.contains("fast"), "{}", e.reason);
+        let c = Config::parse(&format!(
+            "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n"
+        ))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.backend.kind, BackendKind::AfXdp);
+        assert_eq!(c.backend.xdp_mode, XdpModeSetting::Generic);
         let e = err_of(&GOOD.replace("uplink", "uplnk"));
         assert_eq!(e.field, "syntax");
         assert!(e.reason.contains("uplnk"), "{}", e.reason);

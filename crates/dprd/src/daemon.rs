@@ -16,8 +16,9 @@
 
 use crate::config::{Config, clamped_mss};
 use crate::control::{Clock, ControlPlane};
-use crate::datapath::{Shared, run_worker};
+use crate::datapath::{Shared, run_worker, run_xdp_worker};
 use crate::status::{PeerRow, Status};
+use crate::xdp::XdpBackend;
 use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::tun::{TunConfig, TunDevice};
@@ -109,7 +110,7 @@ fn v4(addrs: &[IpAddr]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn host_plan(cfg: &Config, tun: &TunDevice) -> HostPlan {
+fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
     let tunnel_addr = match cfg.host.tunnel_addr {
         IpAddr::V4(v) => v,
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED, // refused by Config::validate
@@ -127,6 +128,7 @@ fn host_plan(cfg: &Config, tun: &TunDevice) -> HostPlan {
         advmss: cfg.tunnel.mss_clamp.then(|| clamped_mss(cfg.tunnel.mtu)),
         rule_priority: cfg.backend.rule_priority,
         local_rule_priority: cfg.backend.local_rule_priority,
+        divert,
     }
 }
 
@@ -189,8 +191,25 @@ pub fn run_with_policy(
     .map_err(|e| format!("TUN device: {e}"))?;
     let queues = tun.take_queues();
     tracing::info!(dev = %tun.name, queues = queues.len(), "TUN device up");
+    let mut xdp = match cfg.backend.kind {
+        crate::config::BackendKind::AfXdp => match crate::xdp::start(&cfg) {
+            Ok(x) => {
+                tracing::info!(backend = %x.name(), uplink = %cfg.host.uplink, "XDP program attached");
+                Some(x)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "AF_XDP cannot start; falling back to the TUN backend");
+                None
+            }
+        },
+        crate::config::BackendKind::Tun => None,
+    };
+    let backend_name = xdp
+        .as_ref()
+        .map_or_else(|| "tun".to_string(), XdpBackend::name);
     // From here on, every exit path drops the guard and undoes the setup.
-    let guard = HostGuard::setup(&host_plan(&cfg, &tun)).map_err(|e| e.to_string())?;
+    let guard =
+        HostGuard::setup(&host_plan(&cfg, &tun, xdp.is_none())).map_err(|e| e.to_string())?;
     tracing::info!(undo_steps = guard.pending_undo().len(), "host set up");
     let fixed_policy = custom.is_some();
     let policy = SwappablePolicy::new(match custom {
@@ -236,13 +255,20 @@ pub fn run_with_policy(
         threads: Vec::new(),
     };
     let mtu = usize::from(cfg.tunnel.mtu).max(1500);
+    let sockets = xdp.as_mut().map(|x| std::mem::take(&mut x.sockets));
+    let mut sockets = sockets.map(Vec::into_iter);
     for (i, q) in queues.into_iter().enumerate() {
         let s = shared.clone();
         let batch = cfg.backend.batch;
-        let t = std::thread::Builder::new()
-            .name(format!("dpr-q{i}"))
-            .spawn(move || run_worker(q, s, batch, mtu))
-            .map_err(|e| format!("starting worker {i}: {e}"))?;
+        let b = std::thread::Builder::new().name(format!("dpr-q{i}"));
+        let t = match (sockets.as_mut().and_then(Iterator::next), &xdp) {
+            (Some(xsk), Some(x)) => {
+                let q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
+                b.spawn(move || run_xdp_worker(q, s, batch))
+            }
+            _ => b.spawn(move || run_worker(q, s, batch, mtu)),
+        }
+        .map_err(|e| format!("starting worker {i}: {e}"))?;
         workers.threads.push(t);
     }
     tracing::info!(host = %cfg.host.name, policy = %cfg.policy.kind_name(), "dprd running");
@@ -260,6 +286,8 @@ pub fn run_with_policy(
         fixed_policy,
         started: Instant::now(),
         draining_since: None,
+        backend_name,
+        xdp,
     };
     let result = rt.block_on(control_loop(ctx, admin, udp, metrics_l));
     // The guard was dropped at the end of control_loop (rules first, so no
@@ -293,6 +321,11 @@ struct LoopCtx {
     fixed_policy: bool,
     started: Instant,
     draining_since: Option<Instant>,
+    /// The backend in use ("tun", "af-xdp (native)", …).
+    backend_name: String,
+    /// The AF_XDP program and attachment (detached when this is dropped,
+    /// at the end of the control loop).
+    xdp: Option<XdpBackend>,
 }
 
 struct AdminRequest {
@@ -347,8 +380,18 @@ impl LoopCtx {
             ("rx_errors", s.rx_errors.load(Ordering::Relaxed)),
             ("reports_sent", self.control.sent()),
             ("reports_rejected", self.control.rejected()),
+            (
+                "xdp_fast_forwarded",
+                s.xdp_fast_forwarded.load(Ordering::Relaxed),
+            ),
+            ("xdp_unresolved", s.xdp_unresolved.load(Ordering::Relaxed)),
         ] {
             io.insert(k.to_string(), v);
+        }
+        if let Some(c) = self.xdp.as_ref().and_then(|x| x.program.counters().ok()) {
+            for k in dpr_xdp::Counter::ALL {
+                io.insert(format!("xdp_prog_{k:?}").to_lowercase(), c.get(k));
+            }
         }
         let peers = self
             .control
@@ -375,7 +418,7 @@ impl LoopCtx {
             host: self.cfg.host.name.clone(),
             id: self.cfg.host.id,
             policy: e.policy_name().to_string(),
-            backend: "tun".into(),
+            backend: self.backend_name.clone(),
             draining: self.control.is_draining(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             open_connections: self.open_connections_measured(),
@@ -430,6 +473,9 @@ impl LoopCtx {
         self.guard
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;
+        if let Some(x) = self.xdp.as_mut() {
+            x.set_peers(&new.peer_tunnel_addrs())?;
+        }
         let now = clock(&self.shared);
         {
             let mut e = self.shared.lock();

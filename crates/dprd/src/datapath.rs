@@ -16,6 +16,8 @@
 //! (IP-in-IP from our tunnel address, `accept_local=1` on the TUN) and
 //! `Reply` packets out of the uplink.
 
+use dpr_io::afxdp::{Egress, XdpQueue};
+use dpr_io::sys::TunSys;
 use dpr_io::{Backend, Batch};
 use dpr_router::{Engine, PacketBuf, Verdict};
 use dpr_table::Timestamp;
@@ -40,6 +42,10 @@ pub struct Shared {
     pub tx_failed: AtomicU64,
     /// Backend receive errors.
     pub rx_errors: AtomicU64,
+    /// AF_XDP: forwards that left from the received frame.
+    pub xdp_fast_forwarded: AtomicU64,
+    /// AF_XDP: forwards sent through the kernel (next hop unresolved).
+    pub xdp_unresolved: AtomicU64,
 }
 
 impl Shared {
@@ -53,6 +59,8 @@ impl Shared {
             tx_packets: AtomicU64::new(0),
             tx_failed: AtomicU64::new(0),
             rx_errors: AtomicU64::new(0),
+            xdp_fast_forwarded: AtomicU64::new(0),
+            xdp_unresolved: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +126,67 @@ pub fn run_worker<B: Backend>(mut backend: B, shared: Arc<Shared>, batch_size: u
             Err(e) => tracing::warn!(backend = backend.kind(), error = %e, "transmit failed"),
         }
     }
+}
+
+/// One AF_XDP worker: runs until `shared.stop` is set. The engine works
+/// on the IP packet of each frame in place (the frame's headroom takes the
+/// outer header); `Forward` leaves from the same frame, everything else
+/// but `Drop` is written into the TUN queue for the kernel.
+pub fn run_xdp_worker<S: TunSys>(mut q: XdpQueue<S>, shared: Arc<Shared>, batch_size: usize) {
+    let max = u32::try_from(batch_size).unwrap_or(u32::MAX);
+    let mut reported = q.counters();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match q.wait(Duration::from_millis(50)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                shared.rx_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(backend = "af-xdp", error = %e, "receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        }
+        let r = {
+            let now = shared.now();
+            let mut engine = shared.lock();
+            q.run_batch(max, |frame, range| {
+                let Some(mut pkt) = PacketBuf::new(frame, range.start, range.end) else {
+                    return Egress::Drop;
+                };
+                match engine.process(now, &mut pkt) {
+                    Verdict::Forward { to, .. } => Egress::Peer {
+                        next_hop: to,
+                        range: pkt.range(),
+                    },
+                    Verdict::Drop(_) => Egress::Drop,
+                    _ => Egress::Kernel(pkt.range()),
+                }
+            })
+        };
+        if let Err(e) = r {
+            shared.rx_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(backend = "af-xdp", error = %e, "batch failed");
+        }
+        q.after_batch();
+        let c = q.counters();
+        shared
+            .rx_packets
+            .fetch_add(c.rx - reported.rx, Ordering::Relaxed);
+        let sent = (c.tx_fast + c.to_kernel + c.unresolved)
+            - (reported.tx_fast + reported.to_kernel + reported.unresolved);
+        shared.tx_packets.fetch_add(sent, Ordering::Relaxed);
+        shared
+            .tx_failed
+            .fetch_add(c.kernel_failed - reported.kernel_failed, Ordering::Relaxed);
+        shared
+            .xdp_fast_forwarded
+            .fetch_add(c.tx_fast - reported.tx_fast, Ordering::Relaxed);
+        shared
+            .xdp_unresolved
+            .fetch_add(c.unresolved - reported.unresolved, Ordering::Relaxed);
+        reported = c;
+    }
+    q.drain(Duration::from_millis(100));
 }
 
 #[cfg(test)]

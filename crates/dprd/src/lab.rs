@@ -59,6 +59,27 @@ pub struct LabSpec {
     pub dead_after_ms: u64,
     /// Also start namespace `stranger` (198.18.0.250) on the bridge.
     pub stranger: bool,
+    /// dprd's backend: `tun`, `af-xdp-native` or `af-xdp-generic`.
+    pub backend: String,
+}
+
+impl LabSpec {
+    /// The `[backend]` section of the hosts' configuration.
+    fn backend_section(&self) -> Result<&'static str, String> {
+        match self.backend.as_str() {
+            "tun" => Ok("[backend]\nkind = \"tun\"\n"),
+            "af-xdp-native" => Ok("[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n"),
+            "af-xdp-generic" => Ok("[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n"),
+            other => Err(format!(
+                "backend {other:?}: tun, af-xdp-native or af-xdp-generic"
+            )),
+        }
+    }
+
+    /// Whether the hosts run the AF_XDP backend.
+    pub fn is_xdp(&self) -> bool {
+        self.backend.starts_with("af-xdp")
+    }
 }
 
 impl Default for LabSpec {
@@ -73,6 +94,7 @@ impl Default for LabSpec {
             report_interval_ms: 50,
             dead_after_ms: 500,
             stranger: false,
+            backend: "tun".into(),
         }
     }
 }
@@ -148,6 +170,7 @@ impl Lab {
         if !(2..=8).contains(&spec.hosts) {
             return Err("--hosts must be 2 ..= 8".into());
         }
+        spec.backend_section()?;
         let prefix = format!(
             "dprlab-{}-{}",
             std::process::id(),
@@ -204,6 +227,13 @@ impl Lab {
             }
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            if lab.spec.is_xdp() {
+                // AF_XDP receives raw frames: with the sender's checksum
+                // offload on, veth hands them over with partial checksums
+                // (and TSO super-frames in generic mode). Off on every
+                // sender of the lab, as a NIC would deliver them.
+                sh(lab.in_ns(ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
+            }
         }
         lab.httpd = (0..lab.spec.hosts).map(|_| None).collect();
         lab.dprd = (0..lab.spec.hosts).map(|_| None).collect();
@@ -255,14 +285,15 @@ impl Lab {
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
              [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
-             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\n",
+             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\n\n{}",
             tunnel_addr(i),
             service_addr(i),
             s.policy,
             s.threshold,
             self.socket(i).display(),
             s.report_interval_ms,
-            s.dead_after_ms
+            s.dead_after_ms,
+            s.backend_section().unwrap_or_default()
         );
         for j in (0..s.hosts).filter(|j| *j != i) {
             t += &format!(
@@ -404,7 +435,7 @@ impl Lab {
             }
         }
         for l in ip(&["-n", &ns, "-o", "link", "show"])?.lines() {
-            if l.contains("dpr0") {
+            if l.contains("dpr0") || l.contains(" xdp") {
                 left.push(format!("link {l}"));
             }
         }
@@ -629,6 +660,7 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
             service_ms: opt(args, "--service-ms", d.service_ms)?,
             workers: opt(args, "--workers", d.workers)?,
             size: opt(args, "--size", d.size)?,
+            backend: opt(args, "--backend", d.backend.clone())?,
             ..d
         },
         skew: opt(args, "--skew", 0.7)?,
@@ -687,8 +719,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
     };
     let n = o.spec.hosts;
     println!(
-        "dprd lab: {n} hosts in network namespaces (TUN backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \
+        "dprd lab: {n} hosts in network namespaces ({} backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \
          service {} ms x {} slots per host",
+        o.spec.backend,
         o.spec.policy,
         o.skew * 100.0,
         o.rate,

@@ -1,6 +1,8 @@
 //! `dprd`: the dpr daemon, a thin layer over the library crates.
 //!
-//! It reads a TOML [`config`], opens the TUN backend of `dpr-io`, sets the
+//! It reads a TOML [`config`], opens the TUN backend of `dpr-io` (and,
+//! with `backend.kind = "af-xdp`, attaches the XDP program and binds the
+//! AF_XDP sockets: [`xdp`]), sets the
 //! host up (and undoes it on exit), runs one data-path worker per queue
 //! ([`datapath`]) over a shared `dpr_router::Engine`, and runs the control
 //! plane on tokio ([`daemon`]): load reports through the [`control`]
@@ -23,3 +25,4 @@ pub mod load;
 pub mod loadgen;
 pub mod metrics;
 pub mod status;
+pub mod xdp;

@@ -59,11 +59,12 @@ fn main() -> ExitCode {
             Some(path) => match dprd::config::Config::load(&PathBuf::from(path)) {
                 Ok(c) => {
                     println!(
-                        "{path}: ok — host {} (id {}), {} peer(s), policy {}, backend tun",
+                        "{path}: ok — host {} (id {}), {} peer(s), policy {}, backend {}",
                         c.host.name,
                         c.host.id,
                         c.cluster.peers.len(),
-                        c.policy.kind_name()
+                        c.policy.kind_name(),
+                        c.backend_name()
                     );
                     Ok(())
                 }

@@ -49,7 +49,25 @@ fn cluster(spec: LabSpec) -> Lab {
         ok(lab.start_dprd(i));
     }
     ok(lab.wait_alive(Duration::from_secs(10)));
+    for i in 0..n {
+        expect_backend(&lab, i);
+    }
     lab
+}
+
+/// Host `i` runs the backend its spec asks for (no silent fallback to TUN).
+fn expect_backend(lab: &Lab, i: usize) {
+    let want = match lab.spec.backend.as_str() {
+        "af-xdp-native" => "af-xdp (native)",
+        "af-xdp-generic" => "af-xdp (generic)",
+        _ => "tun",
+    };
+    let got = status(lab, i).backend;
+    assert_eq!(got, want, "h{i}: {}", lab.log_tail(i));
+}
+
+fn io(s: &Status, k: &str) -> u64 {
+    s.io.get(k).copied().unwrap_or(0)
 }
 
 fn status(lab: &Lab, i: usize) -> Status {
@@ -91,20 +109,27 @@ fn curl(lab: &Lab, args: &[&str]) -> String {
     ok(lab.exec(&ns, "curl", &[&["-sS", "--max-time", "60"], args].concat()))
 }
 
-fn threshold_one(hosts: usize) -> LabSpec {
+fn threshold_one(hosts: usize, backend: &str) -> LabSpec {
     LabSpec {
         hosts,
         threshold: 1.0,
+        ..spec(backend)
+    }
+}
+
+/// The default lab on `backend`.
+fn spec(backend: &str) -> LabSpec {
+    LabSpec {
+        backend: backend.into(),
         ..LabSpec::default()
     }
 }
 
-#[test]
-fn curl_over_a_redirected_connection_is_answered_as_the_address_it_used() {
+fn curl_over_a_redirected_connection_is_answered_as_the_address_it_used(backend: &str) {
     let Some(_g) = root_or_skip("curl_over_redirect") else {
         return;
     };
-    let mut lab = cluster(threshold_one(3));
+    let mut lab = cluster(threshold_one(3, backend));
     load_host0(&mut lab, 2);
     let before = status(&lab, 0);
     let out = curl(
@@ -146,12 +171,11 @@ fn ip_stat(lab: &Lab, ns: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn twenty_megabytes_each_way_over_redirected_connections_without_fragments() {
+fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backend: &str) {
     let Some(_g) = root_or_skip("large_transfers") else {
         return;
     };
-    let mut lab = cluster(threshold_one(3));
+    let mut lab = cluster(threshold_one(3, backend));
     load_host0(&mut lab, 2);
     let file = lab.dir.join("upload.bin");
     ok(std::fs::write(&file, vec![b'x'; 20_000_000]).map_err(|e| e.to_string()));
@@ -230,13 +254,12 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments() {
     }
 }
 
-#[test]
-fn threshold_policy_under_skewed_load_evens_out_served_counts() {
+fn threshold_policy_under_skewed_load_evens_out_served_counts(backend: &str) {
     let Some(_g) = root_or_skip("threshold_skew") else {
         return;
     };
     // Threshold 1: a host with a connection open looks for a less-loaded peer.
-    let lab = cluster(threshold_one(4));
+    let lab = cluster(threshold_one(4, backend));
     let r = ok(lab.load(150.0, 5.0, 0.8, "skewed"));
     let served: Vec<usize> = (0..4)
         .map(|i| {
@@ -276,12 +299,11 @@ fn threshold_policy_under_skewed_load_evens_out_served_counts() {
     assert!(max < 4 * min, "served counts too uneven: {served:?}");
 }
 
-#[test]
-fn a_killed_host_gets_no_new_connections_after_dead_after() {
+fn a_killed_host_gets_no_new_connections_after_dead_after(backend: &str) {
     let Some(_g) = root_or_skip("killed_host") else {
         return;
     };
-    let spec = threshold_one(3);
+    let spec = threshold_one(3, backend);
     let dead_after = Duration::from_millis(spec.dead_after_ms);
     let interval = Duration::from_millis(spec.report_interval_ms);
     let mut lab = cluster(spec);
@@ -340,15 +362,14 @@ fn scapy(lab: &Lab, ns: &str, program: &str) {
     ok(lab.exec(ns, "python3", &["-c", &code]));
 }
 
-#[test]
-fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted() {
+fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted(backend: &str) {
     let Some(_g) = root_or_skip("ipip_from_stranger") else {
         return;
     };
     let lab = cluster(LabSpec {
         hosts: 2,
         stranger: true,
-        ..LabSpec::default()
+        ..spec(backend)
     });
     let passive = |lab: &Lab| {
         let t = ok(lab.exec(&lab.host_ns(0), "cat", &["/proc/net/snmp"]));
@@ -375,21 +396,32 @@ fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let after = status(&lab, 0);
-    let d =
-        drop_count(&after, "unknown_tunnel_source") - drop_count(&before, "unknown_tunnel_source");
-    assert!(d >= 20, "unknown_tunnel_source rose by {d}");
+    if lab.spec.is_xdp() {
+        // The XDP program takes IP-in-IP from configured peers only: the
+        // stranger's packets go to the kernel, which has no tunnel for them.
+        let d = io(&after, "xdp_prog_pass") - io(&before, "xdp_prog_pass");
+        assert!(d >= 20, "the XDP program passed only {d} to the kernel");
+        assert_eq!(
+            io(&after, "xdp_prog_peerv4"),
+            io(&before, "xdp_prog_peerv4"),
+            "not taken as a peer's"
+        );
+    } else {
+        let d = drop_count(&after, "unknown_tunnel_source")
+            - drop_count(&before, "unknown_tunnel_source");
+        assert!(d >= 20, "unknown_tunnel_source rose by {d}");
+    }
     assert_eq!(passive(&lab), opens, "no SYN reached the local stack");
     let _ = CLIENT_ADDR;
 }
 
-#[test]
-fn malformed_burst_at_the_service_port_is_counted_and_service_goes_on() {
+fn malformed_burst_at_the_service_port_is_counted_and_service_goes_on(backend: &str) {
     let Some(_g) = root_or_skip("malformed_burst") else {
         return;
     };
     let lab = cluster(LabSpec {
         hosts: 2,
-        ..LabSpec::default()
+        ..spec(backend)
     });
     let before = status(&lab, 0);
     let dst = service_addr(0);
@@ -421,8 +453,7 @@ fn malformed_burst_at_the_service_port_is_counted_and_service_goes_on() {
     assert_eq!(r.values().map(|t| t.errors).sum::<usize>(), 0);
 }
 
-#[test]
-fn drain_under_load_fails_no_established_connection() {
+fn drain_under_load_fails_no_established_connection(backend: &str) {
     let Some(_g) = root_or_skip("drain") else {
         return;
     };
@@ -431,7 +462,7 @@ fn drain_under_load_fails_no_established_connection() {
         service_ms: 300,
         workers: 64,
         threshold: 1000.0,
-        ..LabSpec::default()
+        ..spec(backend)
     });
     let done = std::sync::Arc::new(Mutex::new(None));
     std::thread::scope(|s| {
@@ -473,15 +504,14 @@ fn drain_under_load_fails_no_established_connection() {
     lab.kill_extras();
 }
 
-#[test]
-fn sigterm_and_a_failed_setup_leave_nothing_behind() {
+fn sigterm_and_a_failed_setup_leave_nothing_behind(backend: &str) {
     let Some(_g) = root_or_skip("cleanup") else {
         return;
     };
     let mut lab = ok(Lab::create(
         LabSpec {
             hosts: 3,
-            ..LabSpec::default()
+            ..spec(backend)
         },
         exe(),
     ));
@@ -495,6 +525,8 @@ fn sigterm_and_a_failed_setup_leave_nothing_behind() {
         .replace("uplink = \"eth0\"", "uplink = \"eth0\"\nuser = \"nobody\"");
     ok(lab.start_dprd_with(1, &c1));
     ok(lab.wait_alive(Duration::from_secs(10)));
+    expect_backend(&lab, 0);
+    expect_backend(&lab, 1);
     let out = curl(&lab, &[&format!("http://{}/?size=10", service_addr(1))]);
     assert!(out.starts_with("served-by"), "{out}");
     for i in 0..2 {
@@ -515,19 +547,58 @@ fn sigterm_and_a_failed_setup_leave_nothing_behind() {
         );
     }
     // Setup failing half-way (a rule it wants already exists): undone too.
+    // AF_XDP makes no diversion rules: clash with an MSS rule instead.
     let ns = lab.host_ns(2);
     let t2 = tunnel_addr(2).to_string();
-    let clash = [
-        "rule", "add", "pref", "11", "iif", "eth0", "to", &t2, "ipproto", "4", "lookup", "100",
-    ];
+    let s0 = service_addr(0).to_string();
+    let (clash, pref): (Vec<&str>, &str) = if lab.spec.is_xdp() {
+        (
+            vec!["rule", "add", "pref", "15", "from", &s0, "lookup", "101"],
+            "15",
+        )
+    } else {
+        (
+            vec![
+                "rule", "add", "pref", "11", "iif", "eth0", "to", &t2, "ipproto", "4", "lookup",
+                "100",
+            ],
+            "11",
+        )
+    };
     ok(lab.exec(&ns, "ip", &clash));
     let err = lab.start_dprd(2);
     assert!(err.is_err(), "setup should have failed");
     let log = lab.log_tail(2);
     assert!(
-        log.contains("host setup failed at adding rule pref 11"),
+        log.contains(&format!("host setup failed at adding rule pref {pref}")),
         "{log}"
     );
     let left = ok(lab.leftovers(2));
     assert_eq!(left.len(), 1, "only the clashing rule is left: {left:?}");
 }
+
+/// Every test runs on the TUN backend and on AF_XDP in native and generic mode.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod tun {
+            $( #[test] fn $name() { super::$name("tun") } )*
+        }
+        mod af_xdp_native {
+            $( #[test] fn $name() { super::$name("af-xdp-native") } )*
+        }
+        mod af_xdp_generic {
+            $( #[test] fn $name() { super::$name("af-xdp-generic") } )*
+        }
+    };
+}
+
+on_every_backend!(
+    curl_over_a_redirected_connection_is_answered_as_the_address_it_used,
+    twenty_megabytes_each_way_over_redirected_connections_without_fragments,
+    threshold_policy_under_skewed_load_evens_out_served_counts,
+    a_killed_host_gets_no_new_connections_after_dead_after,
+    ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted,
+    malformed_burst_at_the_service_port_is_counted_and_service_goes_on,
+    drain_under_load_fails_no_established_connection,
+    sigterm_and_a_failed_setup_leave_nothing_behind,
+);

@@ -67,6 +67,7 @@ fn run(path: &str) -> Result<(), String> {
         advmss: cfg.tunnel.mss_clamp.then(|| clamped_mss(cfg.tunnel.mtu)),
         rule_priority: cfg.backend.rule_priority,
         local_rule_priority: cfg.backend.local_rule_priority,
+        divert: true,
     })
     .map_err(|e| e.to_string())?;
     // Every host must use the same seed and buckets to agree on the owner.

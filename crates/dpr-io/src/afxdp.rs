@@ -1,0 +1,349 @@
+//! The AF_XDP backend: one [`XdpQueue`] per receive queue of the uplink.
+//!
+//! The XDP program (`dpr-xdp`) redirects the router's traffic (TCP to a
+//! service address and port, IP-in-IP from a known peer) into the queue's
+//! AF_XDP socket; everything else goes to the kernel untouched. A worker
+//! calls [`XdpQueue::wait`], then [`XdpQueue::run_batch`] with a handler
+//! that runs the engine on the IP packet of each frame (the Ethernet header
+//! is skipped; the frame's 256 bytes of headroom leave room for an outer
+//! header and a new Ethernet header) and says where it goes:
+//!
+//! ```text
+//!  uplink queue q ─► XDP program ─► XSK rx ─► handler(frame, IP range) ─┬ Egress::Peer, next hop resolved:
+//!                                                                       │   Ethernet header written in front,
+//!                                                                       │   same frame out of the XSK tx ring (no copy)
+//!                                                                       ├ Egress::Peer, next hop unresolved:
+//!                                                                       │   IP-in-IP packet written into the TUN; the
+//!                                                                       │   kernel routes it (and resolves the neighbour)
+//!                                                                       ├ Egress::Kernel: IP packet written into the TUN:
+//!                                                                       │   the local stack receives it (iif TUN)
+//!                                                                       └ Egress::Drop
+//! ```
+//!
+//! Local delivery goes through the TUN device, as on the TUN path: a
+//! locally served connection's first SYN is written into the TUN by the
+//! same worker that decided it, so it is never lost, and the local stack
+//! answers the client directly. The TUN is write-only here (no diversion
+//! rules point into it).
+//!
+//! Next hops' MACs come from the kernel's neighbour table, cached per
+//! queue ([`NeighCache`]): looked up after the batch (outside the engine
+//! lock), refreshed every second, and solicited while unresolved.
+
+use crate::sys::TunSys;
+use dpr_xdp::neigh::{self, Neighbour};
+use dpr_xdp::xsk::{RxAction, XskSocket};
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+const ETH_HLEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// Where the handler sends the packet it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// Out of the uplink towards `next_hop` (a peer's tunnel address); the
+    /// packet (IP-in-IP) is `range` of the frame.
+    Peer {
+        /// Neighbour to send to.
+        next_hop: IpAddr,
+        /// The IP packet within the frame.
+        range: Range<usize>,
+    },
+    /// To the kernel (local delivery, replies, anything not the router's).
+    Kernel(Range<usize>),
+    /// Nowhere.
+    Drop,
+}
+
+/// Per-queue counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpQueueCounters {
+    /// Frames received from the socket.
+    pub rx: u64,
+    /// Frames forwarded in place out of the uplink.
+    pub tx_fast: u64,
+    /// Packets written into the TUN (local delivery, replies).
+    pub to_kernel: u64,
+    /// Forwards sent through the kernel because the next hop was unresolved.
+    pub unresolved: u64,
+    /// TUN writes the kernel refused.
+    pub kernel_failed: u64,
+    /// Frames the handler dropped.
+    pub dropped: u64,
+    /// Frames that were not Ethernet + IPv4/IPv6 (dropped).
+    pub not_ip: u64,
+}
+
+/// Cached neighbour entries of one queue.
+#[derive(Debug, Default)]
+pub struct NeighCache {
+    entries: HashMap<IpAddr, CacheEntry>,
+    pending: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CacheEntry {
+    mac: Option<[u8; 6]>,
+    checked: Instant,
+    queued: bool,
+}
+
+impl NeighCache {
+    /// How long a resolved entry is used before it is looked up again (it
+    /// stays in use meanwhile).
+    pub const REFRESH: Duration = Duration::from_secs(1);
+    /// How often an unresolved address is looked up (and solicited).
+    pub const RETRY: Duration = Duration::from_millis(20);
+
+    /// The MAC of `addr` if known; queues a lookup when there is none or
+    /// it is due for a refresh.
+    pub fn get(&mut self, addr: IpAddr, now: Instant) -> Option<[u8; 6]> {
+        match self.entries.get_mut(&addr) {
+            Some(e) => {
+                let due = if e.mac.is_some() {
+                    Self::REFRESH
+                } else {
+                    Self::RETRY
+                };
+                if !e.queued && now.saturating_duration_since(e.checked) >= due {
+                    e.queued = true;
+                    self.pending.push(addr);
+                }
+                e.mac
+            }
+            None => {
+                self.entries.insert(
+                    addr,
+                    CacheEntry {
+                        mac: None,
+                        checked: now,
+                        queued: true,
+                    },
+                );
+                self.pending.push(addr);
+                None
+            }
+        }
+    }
+
+    /// Addresses to look up now (emptied).
+    pub fn take_pending(&mut self) -> Vec<IpAddr> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Records a lookup's result.
+    pub fn update(&mut self, addr: IpAddr, mac: Option<[u8; 6]>, now: Instant) {
+        self.entries.insert(
+            addr,
+            CacheEntry {
+                mac,
+                checked: now,
+                queued: false,
+            },
+        );
+    }
+}
+
+/// One receive queue of the uplink: its AF_XDP socket, a TUN queue towards
+/// the local stack, and a neighbour cache.
+#[derive(Debug)]
+pub struct XdpQueue<S: TunSys> {
+    xsk: XskSocket,
+    kernel: S,
+    ifindex: u32,
+    src_mac: [u8; 6],
+    neigh: NeighCache,
+    counters: XdpQueueCounters,
+}
+
+fn xdp_err(e: dpr_xdp::Error) -> io::Error {
+    match e {
+        dpr_xdp::Error::Syscall { op, source } => {
+            io::Error::new(source.kind(), format!("{op}: {source}"))
+        }
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl<S: TunSys> XdpQueue<S> {
+    /// A queue over a bound socket; `kernel` is a TUN queue of the local
+    /// device; `ifindex` and `src_mac` are the uplink's.
+    pub fn new(xsk: XskSocket, kernel: S, ifindex: u32, src_mac: [u8; 6]) -> Self {
+        Self {
+            xsk,
+            kernel,
+            ifindex,
+            src_mac,
+            neigh: NeighCache::default(),
+            counters: XdpQueueCounters::default(),
+        }
+    }
+
+    /// Our counters.
+    pub fn counters(&self) -> XdpQueueCounters {
+        self.counters
+    }
+
+    /// The socket's own counters.
+    pub fn xsk_counters(&self) -> dpr_xdp::xsk::XskCounters {
+        self.xsk.counters()
+    }
+
+    /// Waits up to `timeout` for frames.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.xsk.wait_rx(timeout).map_err(xdp_err)
+    }
+
+    /// Runs `handler` on up to `max` received frames: it gets the whole
+    /// frame and the IP packet's range in it, may rewrite the frame, and
+    /// returns the [`Egress`]. Returns the number of frames read.
+    pub fn run_batch(
+        &mut self,
+        max: u32,
+        mut handler: impl FnMut(&mut [u8], Range<usize>) -> Egress,
+    ) -> io::Result<usize> {
+        let Self {
+            xsk,
+            kernel,
+            src_mac,
+            neigh,
+            counters,
+            ..
+        } = self;
+        let now = Instant::now();
+        let n = xsk
+            .rx_batch(max, |frame, off, len| {
+                counters.rx += 1;
+                let Some(eth) = frame.get(off..off + ETH_HLEN) else {
+                    counters.not_ip += 1;
+                    return RxAction::Drop;
+                };
+                let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+                if len < ETH_HLEN || !matches!(ethertype, ETHERTYPE_IPV4 | ETHERTYPE_IPV6) {
+                    counters.not_ip += 1;
+                    return RxAction::Drop;
+                }
+                match handler(frame, off + ETH_HLEN..off + len) {
+                    Egress::Drop => {
+                        counters.dropped += 1;
+                        RxAction::Drop
+                    }
+                    Egress::Kernel(r) => {
+                        to_kernel(kernel, frame, r, counters);
+                        counters.to_kernel += 1;
+                        RxAction::Copied
+                    }
+                    Egress::Peer { next_hop, range } => match neigh.get(next_hop, now) {
+                        Some(dst) if range.start >= ETH_HLEN && range.end <= frame.len() => {
+                            let version = frame.get(range.start).map_or(0, |b| b >> 4);
+                            let ty = if version == 6 {
+                                ETHERTYPE_IPV6
+                            } else {
+                                ETHERTYPE_IPV4
+                            };
+                            let e = range.start - ETH_HLEN;
+                            frame[e..e + 6].copy_from_slice(&dst);
+                            frame[e + 6..e + 12].copy_from_slice(src_mac);
+                            frame[e + 12..e + 14].copy_from_slice(&ty.to_be_bytes());
+                            counters.tx_fast += 1;
+                            RxAction::Transmit {
+                                offset: e,
+                                len: range.end - e,
+                            }
+                        }
+                        _ => {
+                            counters.unresolved += 1;
+                            to_kernel(kernel, frame, range, counters);
+                            RxAction::Copied
+                        }
+                    },
+                }
+            })
+            .map_err(xdp_err)?;
+        Ok(n)
+    }
+
+    /// Work to do after a batch, outside the engine lock: neighbour
+    /// lookups (one netlink dump each) and solicitations.
+    pub fn after_batch(&mut self) {
+        for addr in self.neigh.take_pending() {
+            let mac = match neigh::lookup(self.ifindex, addr) {
+                Ok(Neighbour::Resolved(mac)) => Some(mac),
+                Ok(Neighbour::Unresolved(why)) => {
+                    tracing::debug!(%addr, ?why, "next hop unresolved; kernel path meanwhile");
+                    if let IpAddr::V4(a) = addr {
+                        let _ = neigh::solicit(a);
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "neighbour lookup failed");
+                    None
+                }
+            };
+            self.neigh.update(addr, mac, Instant::now());
+        }
+    }
+
+    /// Waits up to `timeout` for queued transmits to complete (shutdown).
+    pub fn drain(&mut self, timeout: Duration) {
+        let _ = self.xsk.drain_tx(timeout);
+    }
+}
+
+fn to_kernel<S: TunSys>(
+    kernel: &S,
+    frame: &[u8],
+    r: Range<usize>,
+    counters: &mut XdpQueueCounters,
+) {
+    let Some(bytes) = frame.get(r) else {
+        counters.kernel_failed += 1;
+        return;
+    };
+    loop {
+        match kernel.send(bytes) {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                counters.kernel_failed += 1;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbour_cache_queues_lookups_and_retries() {
+        let mut c = NeighCache::default();
+        let a: IpAddr = "198.18.0.12".parse().unwrap_or_else(|_| unreachable!());
+        let t0 = Instant::now();
+        assert_eq!(c.get(a, t0), None);
+        assert_eq!(c.get(a, t0), None, "asked once");
+        assert_eq!(c.take_pending(), vec![a]);
+        c.update(a, None, t0);
+        assert_eq!(c.get(a, t0), None);
+        assert!(c.take_pending().is_empty(), "retry not due yet");
+        assert_eq!(c.get(a, t0 + NeighCache::RETRY), None);
+        assert_eq!(c.take_pending(), vec![a]);
+        let mac = [2, 0, 0, 0, 0, 9];
+        c.update(a, Some(mac), t0);
+        assert_eq!(c.get(a, t0 + Duration::from_millis(500)), Some(mac));
+        assert!(c.take_pending().is_empty());
+        assert_eq!(
+            c.get(a, t0 + NeighCache::REFRESH),
+            Some(mac),
+            "kept while refreshing"
+        );
+        assert_eq!(c.take_pending(), vec![a]);
+    }
+}
