@@ -488,6 +488,11 @@ impl Lab {
         Ok(())
     }
 
+    /// The process id of host `i`'s dprd, if running.
+    pub fn dprd_pid(&self, i: usize) -> Option<u32> {
+        self.dprd.get(i)?.as_ref().map(Child::id)
+    }
+
     /// Kills what [`Self::spawn_in`] started.
     pub fn kill_extras(&mut self) {
         for mut c in self.extra.drain(..) {

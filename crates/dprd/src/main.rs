@@ -13,8 +13,12 @@ USAGE:
   dprd drain [--socket PATH]      send new connections to peers; established ones stay
   dprd reload [--socket PATH]     reload the configuration (as SIGHUP does)
   dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--duration 8] [--rate 150]
-           [--service-ms 20] [--workers 2] [--size 2000]
-                                  a cluster in network namespaces, DPR off vs on (root)
+           [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
+                                  a cluster in network namespaces, DPR off vs on (root);
+                                  --backend tun | af-xdp-native | af-xdp-generic
+  dprd bench [--runs 5] [--secs 3] [--flows 1024] [--only fwd,http,mem]
+                                  the data-path benchmarks of docs/benchmarks.md (root;
+                                  needs wrk and haproxy: use scripts/bench)
 ";
 
 const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
@@ -96,6 +100,8 @@ fn main() -> ExitCode {
             }
         }),
         "lab" => dprd::lab::main(&args),
+        "bench" => dprd::bench::main(&args),
+        "bench-gen" => dprd::bench::gen_main(&args),
         // Internal: the lab's per-namespace programs.
         "httpd" => dprd::httpd::main(&args),
         "loadgen" => dprd::loadgen::main(&args),

@@ -224,7 +224,8 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
         );
         assert!(
             up.starts_with("served-by h") && !up.starts_with("served-by h0"),
-            "{up}"
+            "round {round}: {up}\nh0: {:?}",
+            status(&lab, 0)
         );
         assert!(
             up.trim_end().ends_with("received 20000000"),

@@ -1,0 +1,679 @@
+//! `dprd bench`: the data-path benchmarks of `docs/benchmarks.md`, on a
+//! topology it builds itself (a [`Lab`] of two hosts and a client on one
+//! bridge, 198.18.0.0/15 only, removed on exit) and `dprd bench-gen`, a
+//! bounded small-packet generator (an AF_XDP socket in copy mode, transmit
+//! only) that runs in the client's namespace.
+//!
+//! ```text
+//!  client (gen / wrk) ──┐
+//!  h0 = A (redirects)   ├── bridge       A: dprd (tun | af-xdp native | af-xdp generic),
+//!  h1 = B (sink/server) ┘                   or plain kernel forwarding, or HAProxy
+//! ```
+//! 1. Small-packet forwarding, client → A → B, counted at B's interface
+//!    (B drops them in routing: `ip rule … blackhole`), for each of: kernel
+//!    IP forwarding on A, DPR/TUN, DPR/AF_XDP native and generic. DPR's A is
+//!    drained, so every flow is redirected to B; the flows' SYNs go first,
+//!    then ACK-only segments (60-byte frames) of established flows.
+//! 2. HTTP requests per second and latency (`wrk`, one connection per
+//!    request): direct to B; through A redirecting (both backends); through
+//!    HAProxy (TCP mode) on A.
+//! 3. CPU per forwarded packet (A's dprd process, and the whole machine),
+//!    and the resident memory of A's dprd with 1 million tracked flows.
+//!
+//! Every figure is the median of `--runs` runs with its range.
+
+use crate::httpd::parse_opt as opt;
+use crate::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, sh, tunnel_addr};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// What `bench-gen` sends.
+#[derive(Debug, Clone)]
+struct GenSpec {
+    ifname: String,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    dst: Ipv4Addr,
+    port: u16,
+    flows: u32,
+    syn: bool,
+    count: u64,
+    secs: f64,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("bad MAC {s}"));
+    }
+    for (b, p) in m.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {s}"))?;
+    }
+    Ok(m)
+}
+
+/// Flow `i`'s source: 198.18.0.200 for the first 50,000 flows (ports
+/// 10000..), then addresses of 198.18.64.0/18, 32 ports each.
+fn flow_source(i: u32) -> (Ipv4Addr, u16) {
+    if i < 50_000 {
+        (CLIENT_ADDR, 10_000 + i as u16)
+    } else {
+        let j = i - 50_000;
+        let host = j / 32;
+        let a = u32::from(Ipv4Addr::new(198, 18, 64, 0)) + (host % 16_384);
+        (Ipv4Addr::from(a), 20_000 + (j % 32) as u16)
+    }
+}
+
+/// One 60-byte Ethernet frame: IPv4 + TCP (20 bytes) + 6 bytes of payload.
+fn frame(g: &GenSpec, i: u32) -> [u8; 60] {
+    let (src, sport) = flow_source(i);
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&g.dst_mac);
+    f[6..12].copy_from_slice(&g.src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&g.dst.octets());
+    let c = dpr_packet::checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let tcp = &mut f[34..60];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&g.port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&(if g.syn { 0u32 } else { 1 }).to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = if g.syn { 0x02 } else { 0x10 };
+    tcp[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    let ph = dpr_packet::checksum::pseudo_header_v4(src, g.dst, 6, 26);
+    let c = dpr_packet::checksum::fold(dpr_packet::checksum::combine(
+        ph,
+        dpr_packet::checksum::sum(tcp),
+    ));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// `dprd bench-gen`: sends `--count` frames (at most `--secs` seconds) of
+/// `--flows` flows round-robin from an AF_XDP socket on `--ifname` queue 0;
+/// prints `{"sent": N, "secs": S}`.
+pub fn gen_main(args: &[String]) -> Result<(), String> {
+    let g = GenSpec {
+        ifname: opt(args, "--ifname", "eth0".to_string())?,
+        src_mac: parse_mac(&opt(args, "--src-mac", String::new())?)?,
+        dst_mac: parse_mac(&opt(args, "--dst-mac", String::new())?)?,
+        dst: opt(args, "--dst", Ipv4Addr::new(198, 18, 0, 1))?,
+        port: opt(args, "--port", 80u16)?,
+        flows: opt(args, "--flows", 1024u32)?.clamp(1, 1 << 20),
+        syn: args.iter().any(|a| a == "--syn"),
+        count: opt(args, "--count", 10_000_000u64)?.min(100_000_000),
+        secs: opt(args, "--secs", 3.0f64)?.clamp(0.1, 30.0),
+    };
+    let ifindex = dpr_xdp::ifindex(&g.ifname).map_err(|e| e.to_string())?;
+    let cfg = dpr_xdp::xsk::XskConfig {
+        rx_frames: 64,
+        tx_frames: 4096,
+        rx_ring: 64,
+        fill_ring: 128,
+        ..dpr_xdp::xsk::XskConfig::default()
+    };
+    let mut xsk = dpr_xdp::xsk::XskSocket::bind(ifindex, 0, &cfg).map_err(|e| e.to_string())?;
+    let frames: Vec<[u8; 60]> = (0..g.flows).map(|i| frame(&g, i)).collect();
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(g.secs);
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    while sent < g.count && start.elapsed() < limit {
+        let n = (g.count - sent).min(64) as usize;
+        let batch = (0..n).map(|k| &frames[(next + k) % frames.len()][..]);
+        let q = xsk.tx_copy_many(batch).map_err(|e| e.to_string())?;
+        next = (next + q) % frames.len();
+        sent += q as u64;
+        if q < n {
+            xsk.complete();
+        }
+    }
+    let _ = xsk.drain_tx(Duration::from_millis(200));
+    let secs = start.elapsed().as_secs_f64();
+    println!("{{\"sent\": {sent}, \"secs\": {secs}}}");
+    Ok(())
+}
+
+/// Median and range of samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(v: &[f64]) -> Stat {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return Stat::default();
+    }
+    v.sort_by(f64::total_cmp);
+    Stat {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+fn fmt_stat(s: Stat, scale: f64, digits: usize) -> String {
+    format!(
+        "{:.d$} ({:.d$}–{:.d$})",
+        s.median / scale,
+        s.min / scale,
+        s.max / scale,
+        d = digits
+    )
+}
+
+struct Bench {
+    lab: Lab,
+    runs: usize,
+    secs: f64,
+}
+
+fn mac_of(lab: &Lab, ns: &str) -> Result<String, String> {
+    let out = lab.exec(ns, "cat", &["/sys/class/net/eth0/address"])?;
+    Ok(out.trim().to_string())
+}
+
+fn read_u64(lab: &Lab, ns: &str, path: &str) -> u64 {
+    lab.exec(ns, "cat", &[path])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, seconds.
+fn proc_cpu(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    (t(11) + t(12)) / 100.0
+}
+
+/// Busy CPU seconds of the whole machine (all but idle and iowait).
+fn machine_busy() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(l) = s.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<f64> = l
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct FwdResult {
+    pps: Vec<f64>,
+    sent_pps: Vec<f64>,
+    proc_ns: Vec<f64>,
+    machine_ns: Vec<f64>,
+}
+
+impl Bench {
+    fn a(&self) -> String {
+        self.lab.host_ns(0)
+    }
+    fn b(&self) -> String {
+        self.lab.host_ns(1)
+    }
+
+    fn backend_section(backend: &str) -> &'static str {
+        match backend {
+            "af-xdp-native" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n",
+            "af-xdp-generic" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n",
+            _ => "[backend]\nkind = \"tun\"\n",
+        }
+    }
+
+    /// Host `i`'s configuration with `backend` and `extra` appended.
+    fn config(&self, i: usize, backend: &str, extra: &str) -> String {
+        let mut t = self.lab.config_text(i);
+        for b in ["af-xdp-native", "af-xdp-generic", "tun"] {
+            t = t.replace(Self::backend_section(b), "");
+        }
+        format!("{t}\n{}{extra}", Self::backend_section(backend))
+    }
+
+    /// A runs dprd on `backend`, drained (every new connection goes to B).
+    fn start_a(&mut self, backend: &str, extra: &str) -> Result<(), String> {
+        let c = self.config(0, backend, extra);
+        self.lab.start_dprd_with(0, &c)?;
+        self.lab.wait_alive(Duration::from_secs(10))?;
+        let s = self.lab.status(0)?;
+        let want = match backend {
+            "af-xdp-native" => "af-xdp (native)",
+            "af-xdp-generic" => "af-xdp (generic)",
+            _ => "tun",
+        };
+        if s.backend != want {
+            return Err(format!("A runs {} instead of {want}", s.backend));
+        }
+        let r = self.lab.admin(0, "drain")?;
+        if !r.contains("\"ok\":true") {
+            return Err(format!("drain: {r}"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    fn stop_a(&mut self) {
+        let _ = self.lab.signal_dprd(0, "TERM");
+    }
+
+    fn generate(
+        &self,
+        dst: Ipv4Addr,
+        flows: u32,
+        syn: bool,
+        count: u64,
+        secs: f64,
+    ) -> Result<(u64, f64), String> {
+        let src_mac = mac_of(&self.lab, &self.lab.client_ns())?;
+        let dst_mac = mac_of(&self.lab, &self.a())?;
+        let exe = self.lab.exe.to_string_lossy().into_owned();
+        let mut args: Vec<String> = [
+            "bench-gen",
+            "--ifname",
+            "eth0",
+            "--src-mac",
+            &src_mac,
+            "--dst-mac",
+            &dst_mac,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "--dst".into(),
+            dst.to_string(),
+            "--flows".into(),
+            flows.to_string(),
+            "--count".into(),
+            count.to_string(),
+            "--secs".into(),
+            secs.to_string(),
+        ]);
+        if syn {
+            args.push("--syn".into());
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.lab.exec(&self.lab.client_ns(), &exe, &a)?;
+        let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| e.to_string())?;
+        Ok((
+            v["sent"].as_u64().unwrap_or(0),
+            v["secs"].as_f64().unwrap_or(secs),
+        ))
+    }
+
+    /// Runs the ACK stream `runs` times; B's received count per second.
+    fn measure_fwd(
+        &self,
+        dst: Ipv4Addr,
+        flows: u32,
+        pid: Option<u32>,
+    ) -> Result<FwdResult, String> {
+        let b = self.b();
+        let rx = "/sys/class/net/eth0/statistics/rx_packets";
+        let mut r = FwdResult::default();
+        for _ in 0..self.runs {
+            let before = read_u64(&self.lab, &b, rx);
+            let cpu0 = pid.map(proc_cpu);
+            let m0 = machine_busy();
+            let (sent, secs) = self.generate(dst, flows, false, 50_000_000, self.secs)?;
+            std::thread::sleep(Duration::from_millis(100));
+            let got = read_u64(&self.lab, &b, rx).saturating_sub(before) as f64;
+            let m1 = machine_busy();
+            r.pps.push(got / secs);
+            r.sent_pps.push(sent as f64 / secs);
+            if let (Some(c0), Some(p)) = (cpu0, pid) {
+                r.proc_ns.push((proc_cpu(p) - c0) * 1e9 / got.max(1.0));
+            }
+            r.machine_ns.push((m1 - m0) * 1e9 / got.max(1.0));
+        }
+        Ok(r)
+    }
+
+    fn forwarding(&mut self, flows: u32) -> Result<Vec<(String, FwdResult)>, String> {
+        let (a, b) = (self.a(), self.b());
+        // B drops what A sends it, early and the same way in every case.
+        self.lab.exec(
+            &b,
+            "ip",
+            &[
+                "rule",
+                "add",
+                "pref",
+                "5",
+                "iif",
+                "eth0",
+                "ipproto",
+                "4",
+                "blackhole",
+            ],
+        )?;
+        self.lab
+            .exec(&b, "ip", &["route", "add", "blackhole", "198.19.1.0/24"])?;
+        let mut out = Vec::new();
+        // Kernel forwarding on A: client → 198.19.1.1 via A → via B.
+        {
+            let c = self.lab.client_ns();
+            let a_addr = service_addr(0).to_string();
+            let b_addr = tunnel_addr(1).to_string();
+            self.lab
+                .exec(&c, "ip", &["route", "add", "198.19.1.0/24", "via", &a_addr])?;
+            for k in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ] {
+                self.lab.exec(&a, "sysctl", &["-qw", k])?;
+            }
+            self.lab
+                .exec(&a, "ip", &["route", "add", "198.19.1.0/24", "via", &b_addr])?;
+            // Resolve the neighbours first.
+            let _ = self.generate(
+                Ipv4Addr::new(198, 19, 1, 1),
+                flows,
+                true,
+                u64::from(flows),
+                2.0,
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            eprintln!("bench: forwarding, kernel");
+            out.push((
+                "kernel forwarding".to_string(),
+                self.measure_fwd(Ipv4Addr::new(198, 19, 1, 1), flows, None)?,
+            ));
+            self.lab
+                .exec(&a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
+            self.lab
+                .exec(&a, "sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+        }
+        for backend in ["tun", "af-xdp-native", "af-xdp-generic"] {
+            eprintln!("bench: forwarding, dpr {backend}");
+            self.start_a(backend, "")?;
+            // The flows' SYNs: A records each as redirected to B.
+            self.generate(service_addr(0), flows, true, u64::from(flows), 5.0)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let pid = self.lab.dprd_pid(0);
+            let r = self.measure_fwd(service_addr(0), flows, pid)?;
+            self.stop_a();
+            out.push((format!("DPR {backend}"), r));
+        }
+        Ok(out)
+    }
+
+    fn wrk(&self, url: &str) -> Result<(f64, f64, f64), String> {
+        let c = self.lab.client_ns();
+        let secs = format!("{}s", self.secs.round().max(1.0));
+        let out = self.lab.exec(
+            &c,
+            "wrk",
+            &[
+                "-t1",
+                "-c16",
+                "-d",
+                &secs,
+                "--latency",
+                "-H",
+                "Connection: close",
+                url,
+            ],
+        )?;
+        let rps = out
+            .lines()
+            .find(|l| l.starts_with("Requests/sec:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let lat = |p: &str| {
+            out.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(p))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map_or(0.0, parse_wrk_time)
+        };
+        Ok((rps, lat("50%"), lat("99%")))
+    }
+
+    fn http_runs(&self, url: &str) -> Result<[Vec<f64>; 3], String> {
+        let mut r: [Vec<f64>; 3] = Default::default();
+        for _ in 0..self.runs {
+            let (rps, p50, p99) = self.wrk(url)?;
+            r[0].push(rps);
+            r[1].push(p50);
+            r[2].push(p99);
+        }
+        Ok(r)
+    }
+
+    fn http(&mut self) -> Result<Vec<(String, [Vec<f64>; 3])>, String> {
+        let (a, b) = (self.a(), self.b());
+        // The sink rules of the forwarding test come off: B serves now.
+        let _ = self.lab.exec(
+            &b,
+            "ip",
+            &[
+                "rule",
+                "del",
+                "pref",
+                "5",
+                "iif",
+                "eth0",
+                "ipproto",
+                "4",
+                "blackhole",
+            ],
+        );
+        let mut out = Vec::new();
+        eprintln!("bench: http, direct");
+        let direct = format!("http://{}/?size=100", service_addr(1));
+        out.push(("direct to B".to_string(), self.http_runs(&direct)?));
+        let via_a = format!("http://{}/?size=100", service_addr(0));
+        for backend in ["tun", "af-xdp-native", "af-xdp-generic"] {
+            eprintln!("bench: http, dpr {backend}");
+            self.start_a(backend, "")?;
+            out.push((format!("DPR {backend} (A → B)"), self.http_runs(&via_a)?));
+            self.stop_a();
+        }
+        eprintln!("bench: http, haproxy");
+        let cfg = self.lab.dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                 frontend f\n  bind {}:8080\n  default_backend b\nbackend b\n  server s1 {}:80\n",
+                service_addr(0),
+                service_addr(1)
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        self.lab.spawn_in(&a, "haproxy", &["-db", "-f", &cfg_s])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let hp = format!("http://{}:8080/?size=100", service_addr(0));
+        out.push(("HAProxy TCP mode on A".to_string(), self.http_runs(&hp)?));
+        self.lab.kill_extras();
+        Ok(out)
+    }
+
+    fn memory(&mut self, flows: u32) -> Result<(u64, u64, usize), String> {
+        eprintln!("bench: memory with {flows} flows");
+        let _ = self.lab.exec(
+            &self.b(),
+            "ip",
+            &[
+                "rule",
+                "add",
+                "pref",
+                "5",
+                "iif",
+                "eth0",
+                "ipproto",
+                "4",
+                "blackhole",
+            ],
+        );
+        self.start_a("af-xdp-native", "\n[table]\ncapacity = 1100000\n")?;
+        let pid = self.lab.dprd_pid(0).ok_or("no pid")?;
+        let idle = rss_kib(pid);
+        let mut sent = 0;
+        for _ in 0..4 {
+            if sent >= u64::from(flows) {
+                break;
+            }
+            sent += self
+                .generate(service_addr(0), flows, true, u64::from(flows), 10.0)?
+                .0;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let routes = self.lab.status(0)?.routes;
+        let full = rss_kib(pid);
+        self.stop_a();
+        Ok((idle, full, routes))
+    }
+}
+
+fn parse_wrk_time(s: &str) -> f64 {
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().map_or(0.0, |v| v * scale)
+}
+
+/// `dprd bench [--runs 5] [--secs 3] [--flows 1024] [--mem-flows 1000000] [--only fwd,http,mem]`.
+pub fn main(args: &[String]) -> Result<(), String> {
+    let runs: usize = opt(args, "--runs", 5usize)?.clamp(1, 20);
+    let secs: f64 = opt(args, "--secs", 3.0f64)?.clamp(0.5, 20.0);
+    let flows: u32 = opt(args, "--flows", 1024u32)?.clamp(1, 65_536);
+    let mem_flows: u32 = opt(args, "--mem-flows", 1_000_000u32)?.clamp(1, 1 << 20);
+    let only: String = opt(args, "--only", "fwd,http,mem".to_string())?;
+    if !dpr_io::host::can_set_up() {
+        return Err(crate::lab::not_root_message());
+    }
+    for tool in ["wrk", "haproxy", "ethtool"] {
+        if only.contains("http") || tool == "ethtool" {
+            sh(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+                .map_err(|_| format!("{tool} is missing (scripts/bench installs it)"))?;
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let spec = LabSpec {
+        hosts: 2,
+        threshold: 1000.0,
+        service_ms: 0,
+        workers: 64,
+        size: 100,
+        backend: "af-xdp-native".into(), // checksum offload off on every veth
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::create(spec, &exe)?;
+    for ns in [lab.host_ns(0), lab.host_ns(1)] {
+        // veth NAPI in its own thread (used by native XDP), as in RECIPES.
+        let _ = lab.exec(&ns, "sh", &["-c", "echo 1 > /sys/class/net/eth0/threaded"]);
+    }
+    lab.start_httpd(1)?;
+    let b_cfg = lab.config_text(1).replace(
+        "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n",
+        "[backend]\nkind = \"tun\"\n",
+    );
+    lab.start_dprd_with(1, &b_cfg)?;
+    let mut bench = Bench { lab, runs, secs };
+    println!(
+        "dprd bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if only.contains("fwd") {
+        let r = bench.forwarding(flows)?;
+        let base = stat(&r[0].1.pps).median.max(1.0);
+        println!(
+            "\n1. Small-packet forwarding client → A → B (60-byte frames, {flows} established flows), counted at B"
+        );
+        println!(
+            "| path through A | forwarded (kpps) | offered (kpps) | ratio to kernel | A's dprd CPU ns/pkt | machine CPU ns/pkt |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (name, f) in &r {
+            let s = stat(&f.pps);
+            println!(
+                "| {name} | {} | {} | {:.2} | {} | {} |",
+                fmt_stat(s, 1e3, 0),
+                fmt_stat(stat(&f.sent_pps), 1e3, 0),
+                s.median / base,
+                if f.proc_ns.is_empty() {
+                    "—".to_string()
+                } else {
+                    fmt_stat(stat(&f.proc_ns), 1.0, 0)
+                },
+                fmt_stat(stat(&f.machine_ns), 1.0, 0)
+            );
+        }
+    }
+    if only.contains("http") {
+        let r = bench.http()?;
+        let base = stat(&r[0].1[0]).median.max(1.0);
+        println!("\n2. HTTP, one connection per request (wrk -t1 -c16, 100-byte answers)");
+        println!("| path | requests/s | ratio to direct | p50 ms | p99 ms |");
+        println!("|---|---|---|---|---|");
+        for (name, v) in &r {
+            let s = stat(&v[0]);
+            println!(
+                "| {name} | {} | {:.2} | {} | {} |",
+                fmt_stat(s, 1.0, 0),
+                s.median / base,
+                fmt_stat(stat(&v[1]), 1.0, 2),
+                fmt_stat(stat(&v[2]), 1.0, 2)
+            );
+        }
+    }
+    if only.contains("mem") {
+        let (idle, full, routes) = bench.memory(mem_flows)?;
+        println!("\n3. Memory of A's dprd (af-xdp native, table capacity 1,100,000)");
+        println!("| state | RSS (MiB) | routes tracked |");
+        println!("|---|---|---|");
+        println!(
+            "| started, empty tables | {:.1} | 0 |",
+            idle as f64 / 1024.0
+        );
+        println!(
+            "| after {mem_flows} SYNs of distinct flows | {:.1} | {routes} |",
+            full as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
