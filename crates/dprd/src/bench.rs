@@ -36,6 +36,7 @@ struct GenSpec {
     dst: Ipv4Addr,
     port: u16,
     flows: u32,
+    first: u32,
     syn: bool,
     count: u64,
     secs: f64,
@@ -111,6 +112,7 @@ pub fn gen_main(args: &[String]) -> Result<(), String> {
         dst: opt(args, "--dst", Ipv4Addr::new(198, 18, 0, 1))?,
         port: opt(args, "--port", 80u16)?,
         flows: opt(args, "--flows", 1024u32)?.clamp(1, 1 << 20),
+        first: opt(args, "--first", 0u32)?.min(1 << 20),
         syn: args.iter().any(|a| a == "--syn"),
         count: opt(args, "--count", 10_000_000u64)?.min(100_000_000),
         secs: opt(args, "--secs", 3.0f64)?.clamp(0.1, 30.0),
@@ -124,7 +126,7 @@ pub fn gen_main(args: &[String]) -> Result<(), String> {
         ..dpr_xdp::xsk::XskConfig::default()
     };
     let mut xsk = dpr_xdp::xsk::XskSocket::bind(ifindex, 0, &cfg).map_err(|e| e.to_string())?;
-    let frames: Vec<[u8; 60]> = (0..g.flows).map(|i| frame(&g, i)).collect();
+    let frames: Vec<[u8; 60]> = (0..g.flows).map(|i| frame(&g, g.first + i)).collect();
     let start = Instant::now();
     let limit = Duration::from_secs_f64(g.secs);
     let mut sent = 0u64;
@@ -230,6 +232,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Requests per second, p50 and p99 (ms) of each run.
+type HttpSamples = [Vec<f64>; 3];
+
 #[derive(Debug, Default)]
 struct FwdResult {
     pps: Vec<f64>,
@@ -293,6 +298,7 @@ impl Bench {
         &self,
         dst: Ipv4Addr,
         flows: u32,
+        first: u32,
         syn: bool,
         count: u64,
         secs: f64,
@@ -317,6 +323,8 @@ impl Bench {
             dst.to_string(),
             "--flows".into(),
             flows.to_string(),
+            "--first".into(),
+            first.to_string(),
             "--count".into(),
             count.to_string(),
             "--secs".into(),
@@ -348,7 +356,7 @@ impl Bench {
             let before = read_u64(&self.lab, &b, rx);
             let cpu0 = pid.map(proc_cpu);
             let m0 = machine_busy();
-            let (sent, secs) = self.generate(dst, flows, false, 50_000_000, self.secs)?;
+            let (sent, secs) = self.generate(dst, flows, 0, false, 50_000_000, self.secs)?;
             std::thread::sleep(Duration::from_millis(100));
             let got = read_u64(&self.lab, &b, rx).saturating_sub(before) as f64;
             let m1 = machine_busy();
@@ -403,6 +411,7 @@ impl Bench {
             let _ = self.generate(
                 Ipv4Addr::new(198, 19, 1, 1),
                 flows,
+                0,
                 true,
                 u64::from(flows),
                 2.0,
@@ -422,7 +431,7 @@ impl Bench {
             eprintln!("bench: forwarding, dpr {backend}");
             self.start_a(backend, "")?;
             // The flows' SYNs: A records each as redirected to B.
-            self.generate(service_addr(0), flows, true, u64::from(flows), 5.0)?;
+            self.generate(service_addr(0), flows, 0, true, u64::from(flows), 5.0)?;
             std::thread::sleep(Duration::from_millis(300));
             let pid = self.lab.dprd_pid(0);
             let r = self.measure_fwd(service_addr(0), flows, pid)?;
@@ -465,7 +474,7 @@ impl Bench {
         Ok((rps, lat("50%"), lat("99%")))
     }
 
-    fn http_runs(&self, url: &str) -> Result<[Vec<f64>; 3], String> {
+    fn http_runs(&self, url: &str) -> Result<HttpSamples, String> {
         let mut r: [Vec<f64>; 3] = Default::default();
         for _ in 0..self.runs {
             let (rps, p50, p99) = self.wrk(url)?;
@@ -476,7 +485,7 @@ impl Bench {
         Ok(r)
     }
 
-    fn http(&mut self) -> Result<Vec<(String, [Vec<f64>; 3])>, String> {
+    fn http(&mut self) -> Result<Vec<(String, HttpSamples)>, String> {
         let (a, b) = (self.a(), self.b());
         // The sink rules of the forwarding test come off: B serves now.
         let _ = self.lab.exec(
@@ -511,15 +520,18 @@ impl Bench {
             &cfg,
             format!(
                 "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-                 frontend f\n  bind {}:8080\n  default_backend b\nbackend b\n  server s1 {}:80\n",
+                 frontend f\n  bind {}:8080\n  default_backend b\nbackend b\n  server s1 {}:80 source {}\n",
                 service_addr(0),
-                service_addr(1)
+                service_addr(1),
+                tunnel_addr(0)
             ),
         )
         .map_err(|e| e.to_string())?;
         let cfg_s = cfg.to_string_lossy().into_owned();
         self.lab.spawn_in(&a, "haproxy", &["-db", "-f", &cfg_s])?;
         std::thread::sleep(Duration::from_millis(500));
+        // B holds A's service address (as every peer's): HAProxy connects
+        // from A's tunnel address, or B would answer itself.
         let hp = format!("http://{}:8080/?size=100", service_addr(0));
         out.push(("HAProxy TCP mode on A".to_string(), self.http_runs(&hp)?));
         self.lab.kill_extras();
@@ -546,13 +558,17 @@ impl Bench {
         self.start_a("af-xdp-native", "\n[table]\ncapacity = 1100000\n")?;
         let pid = self.lab.dprd_pid(0).ok_or("no pid")?;
         let idle = rss_kib(pid);
-        let mut sent = 0;
-        for _ in 0..4 {
+        // Bounded: at most 8 rounds of at most 30 s, each continuing
+        // where the previous one stopped.
+        let mut sent = 0u64;
+        for _ in 0..8 {
             if sent >= u64::from(flows) {
                 break;
             }
+            let first = u32::try_from(sent).unwrap_or(u32::MAX);
+            let left = flows.saturating_sub(first);
             sent += self
-                .generate(service_addr(0), flows, true, u64::from(flows), 10.0)?
+                .generate(service_addr(0), left, first, true, u64::from(left), 30.0)?
                 .0;
         }
         std::thread::sleep(Duration::from_millis(500));
