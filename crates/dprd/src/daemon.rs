@@ -199,10 +199,11 @@ pub fn run_with_policy(
     });
     let engine = build_engine(&cfg, policy.clone())?;
     let shared = Arc::new(Shared::new(engine));
+    let keys = cfg.load_keys().map_err(|e| e.to_string())?;
     let control = {
         let now = clock(&shared);
         let mut e = shared.lock();
-        ControlPlane::new(&cfg, now, &mut e).map_err(|e| e.to_string())?
+        ControlPlane::new(&cfg, keys, now, &mut e).map_err(|e| e.to_string())?
     };
     // Sockets, bound while privileged.
     if let Some(dir) = cfg.admin.socket.parent() {
@@ -220,6 +221,15 @@ pub fn run_with_policy(
                 cfg.host.tunnel_addr, cfg.cluster.port
             )
         })?;
+    if let Some(IpAddr::V4(g)) = cfg.node_config().mode.multicast_group() {
+        let IpAddr::V4(me) = cfg.host.tunnel_addr else {
+            return Err("multicast reports need an IPv4 tunnel address".into());
+        };
+        udp.join_multicast_v4(&g, &me)
+            .map_err(|e| format!("joining multicast group {g}: {e}"))?;
+        udp.set_multicast_loop_v4(false)
+            .map_err(|e| format!("multicast loop: {e}"))?;
+    }
     let metrics_l = match cfg.admin.metrics {
         Some(a) => {
             Some(std::net::TcpListener::bind(a).map_err(|e| format!("metrics address {a}: {e}"))?)
@@ -345,10 +355,16 @@ impl LoopCtx {
             ("tx_packets", s.tx_packets.load(Ordering::Relaxed)),
             ("tx_failed", s.tx_failed.load(Ordering::Relaxed)),
             ("rx_errors", s.rx_errors.load(Ordering::Relaxed)),
-            ("reports_sent", self.control.sent()),
-            ("reports_rejected", self.control.rejected()),
+            ("control_sent", self.control.sent()),
+            ("control_accepted", self.control.counters().accepted),
+            ("control_rejected", self.control.rejected()),
+            ("routes_restored", c.routes_restored),
+            ("drain_redirects", c.drain_redirects),
         ] {
             io.insert(k.to_string(), v);
+        }
+        for (reason, v) in self.control.rejected_by_reason() {
+            io.insert(format!("control_rejected_{reason}"), v);
         }
         let peers = self
             .control
@@ -377,6 +393,7 @@ impl LoopCtx {
             policy: e.policy_name().to_string(),
             backend: "tun".into(),
             draining: self.control.is_draining(),
+            phase: crate::control::phase_name(self.control.phase()).into(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             open_connections: self.open_connections_measured(),
             load: e.loads().local_load(),
@@ -399,15 +416,8 @@ impl LoopCtx {
     }
 
     fn refresh_load(&mut self) {
-        let open = self.open_connections_measured();
-        // Draining: this host looks full to its own policy, so every new
-        // connection goes to a peer (threshold and least-load policies).
         let figures = LoadFigures {
-            open_connections: if self.control.is_draining() {
-                open.max(1 << 20)
-            } else {
-                open
-            },
+            open_connections: self.open_connections_measured(),
             ..LoadFigures::default()
         };
         let cap = self.cfg.capacity();
@@ -427,6 +437,7 @@ impl LoopCtx {
             );
         }
         let policy = new.make_policy().map_err(|e| e.to_string())?;
+        let keys = new.load_keys().map_err(|e| e.to_string())?;
         self.guard
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;
@@ -434,7 +445,7 @@ impl LoopCtx {
         {
             let mut e = self.shared.lock();
             self.control
-                .reload(&new, now, &mut e)
+                .reload(&new, keys, now, &mut e)
                 .map_err(|e| e.to_string())?;
         }
         if !self.fixed_policy {
@@ -451,12 +462,13 @@ impl LoopCtx {
                 let now = clock(&self.shared);
                 {
                     let mut e = self.shared.lock();
-                    self.control
-                        .start_drain(now, Duration::from_secs(60), &mut e);
+                    self.control.start_drain(now, None, &mut e);
                 }
                 self.draining_since.get_or_insert_with(Instant::now);
-                self.refresh_load();
-                tracing::info!("draining: new connections go to peers");
+                tracing::info!(
+                    deadline_s = self.cfg.cluster.drain_deadline_s,
+                    "draining: new connections go to peers"
+                );
                 r#"{"ok":true,"message":"draining: new connections go to peers, established ones stay"}"#.into()
             }
             "reload" => match self.reload() {
@@ -555,11 +567,7 @@ async fn control_loop(
             }
         }
         // Flush what the control plane wants sent.
-        let now = clock(&ctx.shared);
-        let out: Vec<_> = {
-            let e = ctx.shared.lock();
-            std::iter::from_fn(|| ctx.control.poll_transmit(now, &e)).collect()
-        };
+        let out: Vec<_> = std::iter::from_fn(|| ctx.control.poll_transmit()).collect();
         for t in out {
             let _ = udp.send_to(&t.payload, SocketAddr::new(t.to, port)).await;
         }

@@ -155,6 +155,9 @@ impl Lab {
         );
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key = crate::keygen::new_key_file()?;
+        std::fs::write(dir.join("cluster.key"), key)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut lab = Self {
             prefix,
             spec,
@@ -255,14 +258,15 @@ impl Lab {
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
              [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
-             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\n",
+             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\nkey_file = \"{}\"\n",
             tunnel_addr(i),
             service_addr(i),
             s.policy,
             s.threshold,
             self.socket(i).display(),
             s.report_interval_ms,
-            s.dead_after_ms
+            s.dead_after_ms,
+            self.dir.join("cluster.key").display()
         );
         for j in (0..s.hosts).filter(|j| *j != i) {
             t += &format!(
