@@ -178,9 +178,14 @@ impl Lab {
             members.push((
                 lab.host_ns(i),
                 format!("v{i}"),
+                // The tunnel address holds the subnet (it is the primary
+                // address, so ARP for peers goes out with it as sender);
+                // the service address is a /32. The other way round, ARP
+                // requests for a peer carry our service address, which
+                // every peer holds on its TUN, and the peer drops them.
                 vec![
-                    format!("{}/24", service_addr(i)),
                     format!("{}/24", tunnel_addr(i)),
+                    format!("{}/32", service_addr(i)),
                 ],
             ));
         }

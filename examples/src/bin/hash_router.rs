@@ -16,10 +16,8 @@
 //! ```
 //! (A normal `dprd` config file; `[policy]`, `[cluster]` timers and `[admin]` are ignored.)
 //!
-//! KNOWN ISSUE (under investigation): in a two-host smoke test the
-//! connections this router redirects did not reach the peer (the kernel
-//! counted them forwarded, nothing left the uplink), while `dprd run
-//! --policy hash` over the same data path works (`dprd lab --policy hash`).
+//! Tested for real by `examples/tests/routers.rs` (two hosts in network
+//! namespaces: connections to one host's address are served by both).
 
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::tun::{TunConfig, TunDevice};
