@@ -1,0 +1,3 @@
+//! `dpr-sim`: runs a named simulation scenario (see `dpr_sim::cli`).
+
+fn main() {}
