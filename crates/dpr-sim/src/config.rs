@@ -189,6 +189,10 @@ pub struct ClusterConfig {
     pub duration: f64,
     /// Arrivals before this are not measured, seconds.
     pub warmup: f64,
+    /// After `duration`, how long the run goes on (arrivals included,
+    /// unmeasured) for measured connections to finish, at most, seconds;
+    /// those still running are reported as unfinished.
+    pub drain: f64,
     /// Interval of the load-imbalance samples, seconds.
     pub sample_interval: f64,
     /// Width of a time-series bucket, seconds.
@@ -224,6 +228,7 @@ impl ClusterConfig {
             health: None,
             duration: 35.0,
             warmup: 5.0,
+            drain: 30.0,
             sample_interval: 0.010,
             series_bucket: 1.0,
             failures: Vec::new(),
@@ -296,6 +301,9 @@ impl ClusterConfig {
         }
         if !(self.warmup >= 0.0 && self.warmup < self.duration) {
             return Err("warmup must be in 0..duration".into());
+        }
+        if self.drain.is_nan() || self.drain < 0.0 {
+            return Err("drain must be non-negative".into());
         }
         if !(self.net_delay >= 0.0 && self.redirect_latency >= 0.0) {
             return Err("delays must be non-negative".into());

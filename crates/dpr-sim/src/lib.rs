@@ -31,11 +31,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod demand;
 pub mod model;
+pub mod plot;
 
 pub mod rng;
+pub mod scenario;
 
 pub mod stats;
 
@@ -43,4 +46,5 @@ pub use config::{AddressMode, ClientModel, ClusterConfig, Failure, Flash, Policy
 pub use demand::Demand;
 pub use model::{Sim, run};
 
+pub use scenario::{Case, Scenario, ScenarioReport, run_scenario, scenario, scenario_names};
 pub use stats::{Histogram, RunReport, SeriesPoint};

@@ -444,7 +444,7 @@ impl Sim {
         }
         // Arrivals go on past `duration` (unmeasured) so the last measured
         // connections see a loaded system, until they have all finished.
-        let hard_end = self.cfg.duration + self.cfg.duration.max(10.0);
+        let hard_end = self.cfg.duration + self.cfg.drain;
         while let Some(Scheduled { t, ev, .. }) = self.queue.pop() {
             if t >= self.cfg.duration && self.outstanding_measured == 0 || t > hard_end {
                 break;

@@ -10,6 +10,7 @@
 //! build; the tolerances follow from the number of samples (the standard
 //! error of the mean response at these sizes is about 1 % for exponential
 //! demand and 2-3 % for the bounded Pareto one).
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use dpr_sim::{ClientModel, ClusterConfig, Demand, PolicyKind, ReportMode, run};
 
