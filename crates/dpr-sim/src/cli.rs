@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: dpr-sim <scenario> [--seed N] [--quick] [--jobs N] [--plots DIR | --no-plots]
+usage: dpr-sim <scenario> [--seed N] [--quick] [--jobs N] [--policies a,b,..]
+               [--plots DIR | --no-plots]
        dpr-sim --list
 
 Runs a named scenario of the DPR cluster simulator and prints the comparison
 table; writes SVG plots to DIR (default docs/img). --quick runs the small
 version (seconds). --jobs runs that many simulations at once (default 1);
-the output does not depend on it.";
+the output does not depend on it. --policies keeps only the policies with
+these labels (e.g. rr-dns,threshold-4,ideal).";
 
 /// Parsed options.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +30,8 @@ pub struct Options {
     pub jobs: usize,
     /// Where plots go (`None`: no plots).
     pub plots: Option<PathBuf>,
+    /// Only these policy labels (empty: all).
+    pub policies: Vec<String>,
 }
 
 /// Parses `args` (without the program name). `Ok(None)`: help or list was
@@ -40,6 +44,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
         quick: false,
         jobs: 1,
         plots: Some(PathBuf::from("docs/img")),
+        policies: Vec::new(),
     };
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -63,6 +68,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--seed" => opts.seed = num(it.next(), "--seed")?,
             "--jobs" => opts.jobs = num(it.next(), "--jobs")?.clamp(1, 64) as usize,
             "--quick" => opts.quick = true,
+            "--policies" => {
+                let v = it.next().ok_or("--policies needs a list")?;
+                opts.policies = v.split(',').map(str::to_string).collect();
+            }
             "--no-plots" => opts.plots = None,
             "--plots" => {
                 opts.plots = Some(PathBuf::from(it.next().ok_or("--plots needs a directory")?))
@@ -93,13 +102,22 @@ fn try_main(args: &[String]) -> Result<(), String> {
     let Some(opts) = parse(args)? else {
         return Ok(());
     };
-    let sc = scenario(&opts.scenario, opts.quick).ok_or_else(|| {
+    let mut sc = scenario(&opts.scenario, opts.quick).ok_or_else(|| {
         format!(
             "no scenario {:?}; known: {}",
             opts.scenario,
             scenario_names().join(", ")
         )
     })?;
+    if !opts.policies.is_empty() {
+        for c in &mut sc.cases {
+            c.policies.retain(|p| opts.policies.contains(&p.label()));
+        }
+        sc.cases.retain(|c| !c.policies.is_empty());
+        if sc.cases.is_empty() {
+            return Err(format!("no policy of {:?} in this scenario", opts.policies));
+        }
+    }
     println!(
         "# {}{} (seed {})\n# {}",
         sc.name,

@@ -29,6 +29,11 @@ pub enum PolicyKind {
     LeastLoad,
     /// Power of two choices, from the load table.
     TwoChoices,
+    /// Threshold decides whether, two choices decides where: below this
+    /// threshold serve here; above it, redirect to the less loaded of two
+    /// capacity-weighted samples if it is less loaded than this host. Not
+    /// (yet) a `dpr-policy` strategy: composed here from the real pieces.
+    ThresholdTwoChoices(f64),
     /// A central least-connections dispatcher with perfect, instant
     /// knowledge and no redirect cost: the bound, not a DPR policy.
     Ideal,
@@ -43,6 +48,7 @@ impl PolicyKind {
             PolicyKind::Threshold(t) => format!("threshold-{t}"),
             PolicyKind::LeastLoad => "least-load".into(),
             PolicyKind::TwoChoices => "two-choices".into(),
+            PolicyKind::ThresholdTwoChoices(t) => format!("thr-p2c-{t}"),
             PolicyKind::Ideal => "ideal".into(),
         }
     }
@@ -57,7 +63,10 @@ impl PolicyKind {
     pub fn uses_loads(&self) -> bool {
         matches!(
             self,
-            PolicyKind::Threshold(_) | PolicyKind::LeastLoad | PolicyKind::TwoChoices
+            PolicyKind::Threshold(_)
+                | PolicyKind::LeastLoad
+                | PolicyKind::TwoChoices
+                | PolicyKind::ThresholdTwoChoices(_)
         )
     }
 }

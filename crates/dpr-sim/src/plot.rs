@@ -249,7 +249,7 @@ pub fn write_plots(report: &ScenarioReport, dir: &Path) -> Result<Vec<PathBuf>, 
         PlotKind::TimeSeries => {
             for (ci, case) in sc.cases.iter().enumerate() {
                 let rows: Vec<_> = report.rows.iter().filter(|r| r.case == ci).collect();
-                let resp = rows
+                let resp: Vec<Series> = rows
                     .iter()
                     .map(|r| {
                         let pts = r
@@ -262,7 +262,7 @@ pub fn write_plots(report: &ScenarioReport, dir: &Path) -> Result<Vec<PathBuf>, 
                         (r.run.policy.clone(), pts)
                     })
                     .collect();
-                let lost = rows
+                let lost: Vec<Series> = rows
                     .iter()
                     .map(|r| {
                         let pts = r
@@ -275,7 +275,7 @@ pub fn write_plots(report: &ScenarioReport, dir: &Path) -> Result<Vec<PathBuf>, 
                         (r.run.policy.clone(), pts)
                     })
                     .collect();
-                let imb = rows
+                let imb: Vec<Series> = rows
                     .iter()
                     .map(|r| {
                         let pts = r.run.series.iter().map(|p| (p.t, p.imbalance)).collect();
@@ -298,6 +298,9 @@ pub fn write_plots(report: &ScenarioReport, dir: &Path) -> Result<Vec<PathBuf>, 
                     ),
                     ("imbalance", "max / mean load", false, imb),
                 ] {
+                    if series.iter().all(|l| l.1.iter().all(|p| p.1 == 0.0)) {
+                        continue; // e.g. nothing lost: no plot
+                    }
                     let title = format!("{}: {}", sc.name, case.label);
                     out(
                         format!("{s}-{name}"),

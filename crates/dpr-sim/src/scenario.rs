@@ -89,6 +89,7 @@ fn all_policies() -> Vec<PolicyKind> {
         PolicyKind::Threshold(DEFAULT_THRESHOLD),
         PolicyKind::LeastLoad,
         PolicyKind::TwoChoices,
+        PolicyKind::ThresholdTwoChoices(DEFAULT_THRESHOLD),
         PolicyKind::Ideal,
     ]
 }
@@ -246,6 +247,7 @@ pub fn scenario(name: &str, quick: bool) -> Option<Scenario> {
                         PolicyKind::Threshold(DEFAULT_THRESHOLD),
                         PolicyKind::LeastLoad,
                         PolicyKind::TwoChoices,
+                        PolicyKind::ThresholdTwoChoices(DEFAULT_THRESHOLD),
                     ],
                 ));
             }
