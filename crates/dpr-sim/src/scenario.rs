@@ -112,6 +112,8 @@ pub fn scenario(name: &str, quick: bool) -> Option<Scenario> {
         "seed" => {
             let mut policies = all_policies();
             policies.splice(2..3, [2.0, 4.0, 8.0].map(PolicyKind::Threshold));
+            let p2c4 = policies.len() - 2;
+            policies.insert(p2c4, PolicyKind::ThresholdTwoChoices(2.0));
             let base = ClusterConfig {
                 duration: dur(205.0),
                 warmup: warm(5.0),
