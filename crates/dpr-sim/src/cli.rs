@@ -98,7 +98,8 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn try_main(args: &[String]) -> Result<(), String> {
+/// As [`main`], returning the error instead of printing it.
+pub fn try_main(args: &[String]) -> Result<(), String> {
     let Some(opts) = parse(args)? else {
         return Ok(());
     };

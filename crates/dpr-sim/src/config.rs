@@ -2,18 +2,26 @@
 //! faults, and which policy routes new connections.
 
 use crate::demand::Demand;
+use dpr_packet::control;
 
-/// Bytes on the wire of one full-mesh load report (UDP/IPv4 headers
-/// included). Provisional: the cluster protocol fixes the exact figure.
-pub const FULL_MESH_REPORT_BYTES: u64 = 120;
-/// Bytes of a gossip message before its relayed entries.
-pub const GOSSIP_BASE_BYTES: u64 = 120;
-/// Bytes of each entry a gossip message relays.
-pub const GOSSIP_ENTRY_BYTES: u64 = 40;
+/// Bytes on the wire of one full-mesh load report: the cluster protocol's
+/// report with the sender's entry and one IPv4 service address
+/// (`dpr_packet::control`), plus UDP and IPv4 headers.
+pub const FULL_MESH_REPORT_BYTES: u64 = (control::HEADER_LEN
+    + control::REPORT_PREFIX_LEN
+    + control::ENTRY_LEN
+    + 5
+    + control::TAG_LEN
+    + 28) as u64;
+/// Bytes of a gossip (bounded fan-out) report before its relayed entries.
+pub const GOSSIP_BASE_BYTES: u64 = FULL_MESH_REPORT_BYTES;
+/// Bytes of each entry a gossip report relays.
+pub const GOSSIP_ENTRY_BYTES: u64 = control::ENTRY_LEN as u64;
 /// Default gossip fan-out (peers per host per interval).
 pub const GOSSIP_FANOUT: u32 = 3;
-/// Default number of relayed entries per gossip message.
-pub const GOSSIP_MAX_RELAYED: u32 = 30;
+/// Default number of relayed entries per gossip message (the protocol's
+/// default and maximum: 26 fit one report).
+pub const GOSSIP_MAX_RELAYED: u32 = 26;
 
 /// Who decides where a new connection is served.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -29,8 +29,7 @@ use dpr_policy::{
     StatelessHashConfig, Threshold, ThresholdConfig, TwoChoices, decide_and_account,
 };
 use dpr_table::{
-    Capacity, HostRef, LoadFigures, LoadReport, LoadTable, LoadTableConfig, PeerId, PeerState,
-    Timestamp,
+    Capacity, LoadFigures, LoadReport, LoadTable, LoadTableConfig, PeerId, PeerState, Timestamp,
 };
 use std::collections::BinaryHeap;
 use std::rc::Rc;
@@ -193,40 +192,6 @@ impl Policy for SharedHashPolicy<'_> {
     }
 }
 
-/// Threshold for whether to redirect, two choices for where (see
-/// [`PolicyKind::ThresholdTwoChoices`]): the load table's sampling and the
-/// threshold strategy's pure rule, [`dpr_policy::threshold::select`].
-struct ThresholdTwoChoices {
-    threshold: f64,
-}
-
-impl Policy for ThresholdTwoChoices {
-    fn decide(
-        &mut self,
-        conn: &NewConnection,
-        loads: &LoadTable,
-        rng: &mut dyn RandomSource,
-    ) -> RedirectDecision {
-        let local = loads.local_load();
-        if conn.arrived_from_peer || local < self.threshold {
-            return RedirectDecision::ServeLocally;
-        }
-        let a = loads.sample_host_with_load(rng.next_u64());
-        let b = loads.sample_host_with_load(rng.next_u64());
-        let best = [a, b]
-            .into_iter()
-            .filter_map(|(h, l)| match h {
-                HostRef::Peer(p) => Some((p, l)),
-                HostRef::Local => None,
-            })
-            .min_by(|x, y| x.1.total_cmp(&y.1));
-        dpr_policy::threshold::select(local, self.threshold, best)
-    }
-    fn name(&self) -> &'static str {
-        "threshold-two-choices"
-    }
-}
-
 /// Per-run counters and accumulators.
 #[derive(Default)]
 struct Stats {
@@ -373,9 +338,12 @@ impl Sim {
                     ),
                     PolicyKind::LeastLoad => Box::new(LeastLoad),
                     PolicyKind::TwoChoices => Box::new(TwoChoices),
-                    PolicyKind::ThresholdTwoChoices(threshold) => {
-                        Box::new(ThresholdTwoChoices { threshold })
-                    }
+                    PolicyKind::ThresholdTwoChoices(threshold) => Box::new(
+                        dpr_policy::ThresholdTwoChoices::new(dpr_policy::ThresholdConfig {
+                            threshold,
+                        })
+                        .map_err(|e| format!("policy: {e}"))?,
+                    ),
                     _ => Box::new(LeastLoad), // unused: see `route`
                 };
                 sim.policies.push(p);

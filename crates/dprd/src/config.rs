@@ -3,7 +3,8 @@
 //! `docs/configuration.md`.
 
 use dpr_policy::{
-    LeastLoad, Policy, StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig, TwoChoices,
+    LeastLoad, Policy, StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig,
+    ThresholdTwoChoices, TwoChoices,
 };
 use dpr_router::cluster::{KeyRing, NodeConfig, PeerConfig, ReportMode};
 use dpr_router::{DeadPeerAction, EngineConfig};
@@ -125,6 +126,9 @@ pub enum PolicyKind {
     Hash,
     /// Power of two choices.
     P2c,
+    /// Serve below the threshold, else the less loaded of two sampled
+    /// peers (what `docs/simulation.md` recommends).
+    ThrP2c,
 }
 
 /// `[policy]`.
@@ -732,6 +736,9 @@ impl Config {
                 buckets: self.policy.hash_buckets,
             })?),
             PolicyKind::P2c => Box::new(TwoChoices),
+            PolicyKind::ThrP2c => Box::new(ThresholdTwoChoices::new(ThresholdConfig {
+                threshold: self.policy.threshold,
+            })?),
         })
     }
 

@@ -289,6 +289,7 @@ impl crate::config::PolicySection {
             crate::config::PolicyKind::LeastLoad => "least-load",
             crate::config::PolicyKind::Hash => "hash",
             crate::config::PolicyKind::P2c => "p2c",
+            crate::config::PolicyKind::ThrP2c => "thr-p2c",
         }
     }
 }

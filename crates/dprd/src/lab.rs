@@ -43,7 +43,7 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 pub struct LabSpec {
     /// Hosts (2..=8).
     pub hosts: usize,
-    /// Policy name (threshold, least-load, hash, p2c).
+    /// Policy name (threshold, least-load, hash, p2c, thr-p2c).
     pub policy: String,
     /// Threshold of the threshold policy.
     pub threshold: f64,
@@ -644,8 +644,8 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
         duration: opt(args, "--duration", 8.0)?,
         rate: opt(args, "--rate", 150.0)?,
     };
-    if !["threshold", "least-load", "hash", "p2c"].contains(&o.spec.policy.as_str()) {
-        return Err("--policy must be threshold, least-load, hash or p2c".into());
+    if !["threshold", "least-load", "hash", "p2c", "thr-p2c"].contains(&o.spec.policy.as_str()) {
+        return Err("--policy must be threshold, least-load, hash, p2c or thr-p2c".into());
     }
     if !(0.0..=1.0).contains(&o.skew)
         || !(1.0..=120.0).contains(&o.duration)
