@@ -366,6 +366,11 @@ impl Lab {
         }
     }
 
+    /// The process id of host `i`'s dprd, while it runs.
+    pub fn dprd_pid(&self, i: usize) -> Option<u32> {
+        self.dprd.get(i)?.as_ref().map(std::process::Child::id)
+    }
+
     /// Sends `sig` (TERM, KILL, ...) to host `i`'s dprd; with TERM, waits for
     /// it to exit (killing it after 10 s). Returns its exit status text.
     pub fn signal_dprd(&mut self, i: usize, sig: &str) -> Result<String, String> {

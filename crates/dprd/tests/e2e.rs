@@ -681,3 +681,107 @@ fn without_recovery_the_same_restart_breaks_them() {
     );
     lab.kill_extras();
 }
+
+#[test]
+fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
+    let Some(_g) = root_or_skip("sighup_reload") else {
+        return;
+    };
+    let mut lab = ok(Lab::create(threshold_one(3), exe()));
+    for i in 0..3 {
+        ok(lab.start_httpd(i));
+    }
+    // Host 0 starts knowing only h1, with a metrics endpoint on its
+    // namespace's loopback.
+    let full =
+        lab.config_text(0)
+            .replacen("[admin]\n", "[admin]\nmetrics = \"127.0.0.1:9109\"\n", 1);
+    let peer2 = format!(
+        "\n[[cluster.peers]]\nid = 2\nname = \"h2\"\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\n",
+        tunnel_addr(2),
+        service_addr(2)
+    );
+    let first = full.replace(&peer2, "");
+    assert_ne!(first, full, "the edit applied");
+    ok(lab.start_dprd_with(0, &first));
+    for i in 1..3 {
+        ok(lab.start_dprd(i));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(status(&lab, 0).peers.iter().all(|p| p.peer.id != 2));
+    load_host0(&mut lab, 2);
+    // Established connections across the reload: half a POST now, the
+    // rest after.
+    let script = lab.dir.join("half_posts.py");
+    std::fs::write(&script, HALF_POSTS).unwrap();
+    let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
+    let ns = lab.client_ns();
+    let args = [
+        script.to_string_lossy().into_owned(),
+        service_addr(0).to_string(),
+        "6".into(),
+        go.to_string_lossy().into_owned(),
+        out.to_string_lossy().into_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(lab.spawn_in(&ns, "python3", &args));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.dir.join("out.ready").exists() {
+        assert!(Instant::now() < deadline, "client never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGHUP with h2 added and the policy changed to least-load.
+    let new = full.replace("kind = \"threshold\"", "kind = \"least-load\"");
+    std::fs::write(lab.config_path(0), &new).unwrap();
+    let pid = lab.dprd_pid(0).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status(&lab, 0);
+        let h2 = s.peers.iter().find(|p| p.peer.id == 2);
+        if s.policy == "least-load" && h2.is_some_and(|p| p.peer.state == "alive") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied: {} {:?}",
+            s.policy,
+            s.peers
+                .iter()
+                .map(|p| (p.peer.id, p.peer.state.clone()))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every connection opened before the reload finishes.
+    std::fs::write(&go, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.exists() {
+        assert!(Instant::now() < deadline, "client never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(lines.lines().count(), 6, "{lines}");
+    assert!(lines.lines().all(|l| l.starts_with("ok h")), "{lines}");
+    // Metrics: Prometheus text with the engine's counters.
+    let h0 = lab.host_ns(0);
+    let m = ok(lab.exec(
+        &h0,
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:9109/metrics"],
+    ));
+    for want in [
+        "dpr_packets_total{verdict=\"forwarded\"}",
+        "dpr_peer_state",
+        "dpr_table_entries",
+        "dpr_drops_total{reason=\"malformed\"}",
+    ] {
+        assert!(m.contains(want), "{want} missing from metrics:\n{m}");
+    }
+    lab.kill_extras();
+}
