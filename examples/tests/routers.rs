@@ -83,18 +83,17 @@ fn serve_with(
         std::thread::sleep(Duration::from_millis(100));
     }
     if idle > 0 {
-        // Idle connections held open to host 0, so that it has a load.
+        // Idle connections to host 0's service, opened inside host 0 (they
+        // do not pass the router, yet count in its load): host 0 is loaded,
+        // host 1 is not, whatever the timing.
         let mut script = String::new();
         for k in 0..idle {
-            script += &format!(
-                "exec {}<>/dev/tcp/{}/80; sleep 0.2; ",
-                3 + k,
-                service_addr(0)
-            );
+            script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
         }
         script += "sleep 60";
-        ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
-        std::thread::sleep(Duration::from_millis(300 * idle as u64));
+        let h0 = lab.host_ns(0);
+        ok(lab.spawn_in(&h0, "bash", &["-c", &script]));
+        std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..n {
