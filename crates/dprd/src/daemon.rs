@@ -109,7 +109,8 @@ fn v4(addrs: &[IpAddr]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn host_plan(cfg: &Config, tun: &TunDevice) -> HostPlan {
+/// The host setup a configuration asks for, around TUN device `tun`.
+pub fn host_plan(cfg: &Config, tun: &TunDevice) -> HostPlan {
     let tunnel_addr = match cfg.host.tunnel_addr {
         IpAddr::V4(v) => v,
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED, // refused by Config::validate

@@ -10,7 +10,7 @@
 
 use dprd::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
 use dprd::status::Status;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -587,10 +587,9 @@ fn overloaded_host0(extra: &str) -> (Lab, String) {
     (lab, cfg)
 }
 
-/// Restarts host 0's dprd while `n` connections it redirected are half
-/// way through their requests; returns the client's lines.
-fn restart_mid_request(lab: &mut Lab, n: usize, config: Option<&str>) -> (Vec<String>, u64) {
-    let base = event(&status(lab, 0), "new_redirected");
+/// Starts the half-POST client against host 0 with `n` connections and
+/// waits until all of them are connected; returns its `go` and `out` files.
+fn start_half_posts(lab: &mut Lab, n: usize) -> (PathBuf, PathBuf) {
     let script = lab.dir.join("half_posts.py");
     std::fs::write(&script, HALF_POSTS).unwrap();
     let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
@@ -610,6 +609,30 @@ fn restart_mid_request(lab: &mut Lab, n: usize, config: Option<&str>) -> (Vec<St
         assert!(Instant::now() < deadline, "client never connected");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (go, out)
+}
+
+/// Lets the half-POST client finish and returns its lines.
+fn finish_half_posts(go: &Path, out: &Path) -> Vec<String> {
+    std::fs::write(go, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !out.exists() {
+        assert!(Instant::now() < deadline, "client never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Restarts host 0's dprd while `n` connections it redirected are half
+/// way through their requests; returns the client's lines.
+fn restart_mid_request(lab: &mut Lab, n: usize, config: Option<&str>) -> (Vec<String>, u64) {
+    let base = event(&status(lab, 0), "new_redirected");
+    let (go, out) = start_half_posts(lab, n);
     std::thread::sleep(Duration::from_millis(200));
     let before = status(lab, 0);
     eprintln!(
@@ -624,18 +647,7 @@ fn restart_mid_request(lab: &mut Lab, n: usize, config: Option<&str>) -> (Vec<St
     }
     // Recovery is one round trip to the peers; give it a few intervals.
     std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(&go, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !out.exists() {
-        assert!(Instant::now() < deadline, "client never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let lines = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let lines = finish_half_posts(&go, &out);
     (lines, event(&before, "new_redirected") - base)
 }
 
@@ -712,24 +724,7 @@ fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
     load_host0(&mut lab, 2);
     // Established connections across the reload: half a POST now, the
     // rest after.
-    let script = lab.dir.join("half_posts.py");
-    std::fs::write(&script, HALF_POSTS).unwrap();
-    let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
-    let ns = lab.client_ns();
-    let args = [
-        script.to_string_lossy().into_owned(),
-        service_addr(0).to_string(),
-        "6".into(),
-        go.to_string_lossy().into_owned(),
-        out.to_string_lossy().into_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(lab.spawn_in(&ns, "python3", &args));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lab.dir.join("out.ready").exists() {
-        assert!(Instant::now() < deadline, "client never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (go, out) = start_half_posts(&mut lab, 6);
     // SIGHUP with h2 added and the policy changed to least-load.
     let new = full.replace("kind = \"threshold\"", "kind = \"least-load\"");
     std::fs::write(lab.config_path(0), &new).unwrap();
@@ -758,16 +753,9 @@ fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Every connection opened before the reload finishes.
-    std::fs::write(&go, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !out.exists() {
-        assert!(Instant::now() < deadline, "client never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let lines = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(lines.lines().count(), 6, "{lines}");
-    assert!(lines.lines().all(|l| l.starts_with("ok h")), "{lines}");
+    let lines = finish_half_posts(&go, &out);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("ok h")), "{lines:?}");
     // Metrics: Prometheus text with the engine's counters.
     let h0 = lab.host_ns(0);
     let m = ok(lab.exec(
