@@ -37,6 +37,7 @@ pub mod metric;
 pub mod random;
 pub mod stateless_hash;
 pub mod threshold;
+pub mod threshold_two_choices;
 pub mod two_choices;
 
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub use least_load::LeastLoad;
 pub use random::{RandomSource, SplitMix64};
 pub use stateless_hash::{StatelessHash, StatelessHashConfig};
 pub use threshold::{Threshold, ThresholdConfig};
+pub use threshold_two_choices::ThresholdTwoChoices;
 pub use two_choices::TwoChoices;
 
 use dpr_packet::FlowKey;

@@ -106,6 +106,7 @@ fn strategies() -> Vec<Box<dyn Policy>> {
             .unwrap(),
         ),
         Box::new(TwoChoices),
+        Box::new(ThresholdTwoChoices::new(ThresholdConfig { threshold: 100.0 }).unwrap()),
     ]
 }
 
@@ -244,6 +245,48 @@ fn two_choices_avoids_the_herd_on_stale_loads() {
 }
 
 #[test]
+fn threshold_two_choices_avoids_the_herd_and_respects_the_threshold() {
+    // The same stale table as above: the seed's threshold sends everything
+    // to peer 1; with two choices it gets only its sampled share.
+    let mut peers = vec![(0u32, 1u8, 0u8, 0u8)];
+    peers.extend(std::iter::repeat_n((50, 1, 0, 0), 9));
+    let t = table(50, &peers);
+    let cfg = ThresholdConfig { threshold: 10.0 };
+    let mut thr = Threshold::new(cfg).unwrap();
+    let mut p = ThresholdTwoChoices::new(cfg).unwrap();
+    let mut rng = SplitMix64::new(5);
+    let (mut herd, mut spread) = (0, 0);
+    let n = 10_000;
+    for i in 0..n {
+        let c = NewConnection::from_client(flow(i));
+        if thr.decide(&c, &t, &mut rng) == RedirectDecision::Redirect(PeerId(1)) {
+            herd += 1;
+        }
+        if p.decide(&c, &t, &mut rng) == RedirectDecision::Redirect(PeerId(1)) {
+            spread += 1;
+        }
+    }
+    assert_eq!(herd, n);
+    let share = f64::from(spread) / f64::from(n);
+    assert!((0.15..0.20).contains(&share), "{share}");
+    // Below the threshold: always local.
+    let idle = table(5, &peers);
+    for i in 0..100 {
+        let c = NewConnection::from_client(flow(i));
+        assert_eq!(
+            p.decide(&c, &idle, &mut rng),
+            RedirectDecision::ServeLocally
+        );
+    }
+    assert!(
+        ThresholdTwoChoices::new(ThresholdConfig {
+            threshold: f64::NAN
+        })
+        .is_err()
+    );
+}
+
+#[test]
 fn two_choices_select_rule() {
     use crate::two_choices::select;
     let a = (HostRef::Peer(PeerId(1)), 3.0);
@@ -317,6 +360,22 @@ proptest! {
             let (bp, bl) = best.unwrap();
             prop_assert_eq!(p, PeerId(bp));
             prop_assert!(bl < local && local >= threshold);
+        }
+    }
+
+    /// Threshold-two-choices: never below the threshold, and only to a
+    /// peer less loaded than this host.
+    #[test]
+    fn threshold_two_choices_respects_threshold(local in 0u32..300, peers in prop::collection::vec(peer_spec(), 0..30), seed: u64) {
+        let t = table(local, &peers);
+        let mut p = ThresholdTwoChoices::new(ThresholdConfig { threshold: 100.0 }).unwrap();
+        let d = p.decide(&NewConnection::from_client(flow(local)), &t, &mut SplitMix64::new(seed));
+        if t.local_load() < 100.0 {
+            prop_assert_eq!(d, RedirectDecision::ServeLocally);
+        }
+        if let RedirectDecision::Redirect(id) = d {
+            prop_assert!(t.host_load(HostRef::Peer(id)) < t.local_load());
+            prop_assert!(t.is_eligible(id));
         }
     }
 

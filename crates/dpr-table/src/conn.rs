@@ -677,25 +677,13 @@ impl<K: TableKey> ConnTable<K> {
         route: Route,
         now: Timestamp,
     ) -> Result<InsertOutcome> {
-        self.sweep_some(now);
-        let key = K::from_flow(flow).ok_or(TableError::UnsupportedKey)?;
-        let h = self.hasher.hash(flow);
-        if let Some((pos, e)) = self.find(h, &key) {
-            if !self.is_expired(e, now.0) && self.entries[e as usize].state & ST_MASK != ST_CLOSED {
-                self.touch(e);
-                return Ok(InsertOutcome::Existing(self.entries[e as usize].route()));
-            }
-            // An expired entry, or a new connection reusing a closed tuple.
-            self.remove_at(pos, e);
-            self.stats.expired += 1;
-        }
         let state = if flow.protocol == IpProtocol::Tcp {
             ST_SYN
         } else {
             ST_EST
         };
-        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0);
-        Ok(InsertOutcome::Inserted { evicted })
+        // A new connection may reuse the tuple of a closed one.
+        self.insert_in_state(flow, route, state, true, now)
     }
 
     /// Records a connection already past its handshake, learnt from
@@ -707,17 +695,33 @@ impl<K: TableKey> ConnTable<K> {
         route: Route,
         now: Timestamp,
     ) -> Result<InsertOutcome> {
+        self.insert_in_state(flow, route, ST_EST, false, now)
+    }
+
+    /// Inserts in `state` unless a live entry exists (a closed one counts
+    /// as gone when `replace_closed`); expired entries are replaced.
+    fn insert_in_state(
+        &mut self,
+        flow: &FlowKey,
+        route: Route,
+        state: u8,
+        replace_closed: bool,
+        now: Timestamp,
+    ) -> Result<InsertOutcome> {
         self.sweep_some(now);
         let key = K::from_flow(flow).ok_or(TableError::UnsupportedKey)?;
         let h = self.hasher.hash(flow);
         if let Some((pos, e)) = self.find(h, &key) {
-            if !self.is_expired(e, now.0) {
+            let closed = self.entries[e as usize].state & ST_MASK == ST_CLOSED;
+            let gone = self.is_expired(e, now.0) || (replace_closed && closed);
+            if !gone {
+                self.touch(e);
                 return Ok(InsertOutcome::Existing(self.entries[e as usize].route()));
             }
             self.remove_at(pos, e);
             self.stats.expired += 1;
         }
-        let evicted = self.insert_new(h, key, route, ST_EST, now.0, 0, 0);
+        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0);
         Ok(InsertOutcome::Inserted { evicted })
     }
 

@@ -445,7 +445,7 @@ impl Bench {
             self.lab
                 .exec(&a, "sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
         }
-        for backend in ["tun", "af-xdp-native", "af-xdp-generic"] {
+        for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
             eprintln!("bench: forwarding, dpr {backend}");
             self.start_a(backend, "")?;
             // The flows' SYNs: A records each as redirected to B.
@@ -525,13 +525,6 @@ impl Bench {
         eprintln!("bench: http, direct");
         let direct = format!("http://{}/?size=100", service_addr(1));
         out.push(("direct to B".to_string(), self.http_runs(&direct)?));
-        let via_a = format!("http://{}/?size=100", service_addr(0));
-        for backend in ["tun", "af-xdp-native", "af-xdp-generic"] {
-            eprintln!("bench: http, dpr {backend}");
-            self.start_a(backend, "")?;
-            out.push((format!("DPR {backend} (A → B)"), self.http_runs(&via_a)?));
-            self.stop_a();
-        }
         eprintln!("bench: http, haproxy");
         let cfg = self.lab.dir.join("haproxy.cfg");
         std::fs::write(
@@ -553,6 +546,13 @@ impl Bench {
         let hp = format!("http://{}:8080/?size=100", service_addr(0));
         out.push(("HAProxy TCP mode on A".to_string(), self.http_runs(&hp)?));
         self.lab.kill_extras();
+        let via_a = format!("http://{}/?size=100", service_addr(0));
+        for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
+            eprintln!("bench: http, dpr {backend}");
+            self.start_a(backend, "")?;
+            out.push((format!("DPR {backend} (A → B)"), self.http_runs(&via_a)?));
+            self.stop_a();
+        }
         Ok(out)
     }
 
@@ -641,10 +641,6 @@ pub fn main(args: &[String]) -> Result<(), String> {
         ..LabSpec::default()
     };
     let mut lab = Lab::create(spec, &exe)?;
-    for ns in [lab.host_ns(0), lab.host_ns(1)] {
-        // veth NAPI in its own thread (used by native XDP), as in RECIPES.
-        let _ = lab.exec(&ns, "sh", &["-c", "echo 1 > /sys/class/net/eth0/threaded"]);
-    }
     lab.start_httpd(1)?;
     let mut bench = Bench { lab, runs, secs };
     println!(

@@ -3,8 +3,10 @@
 //! `docs/configuration.md`.
 
 use dpr_policy::{
-    LeastLoad, Policy, StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig, TwoChoices,
+    LeastLoad, Policy, StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig,
+    ThresholdTwoChoices, TwoChoices,
 };
+use dpr_router::cluster::{KeyRing, NodeConfig, PeerConfig, ReportMode};
 use dpr_router::{DeadPeerAction, EngineConfig};
 use dpr_table::{Capacity, ConnTableConfig, LoadMetric, LoadTableConfig, PeerId};
 use serde::{Deserialize, Serialize};
@@ -142,6 +144,9 @@ pub enum PolicyKind {
     Hash,
     /// Power of two choices.
     P2c,
+    /// Serve below the threshold, else the less loaded of two sampled
+    /// peers (what `docs/simulation.md` recommends).
+    ThrP2c,
 }
 
 /// `[policy]`.
@@ -222,16 +227,48 @@ pub struct PeerSection {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// UDP port of the load reports (on the tunnel address).
+    /// UDP port of the control protocol (on the tunnel address).
     pub port: u16,
     /// Report interval in milliseconds.
     pub report_interval_ms: u64,
-    /// A peer silent this long is dead (milliseconds).
+    /// A peer silent this long is dead (milliseconds); suspect after one
+    /// interval.
     pub dead_after_ms: u64,
-    /// File with the cluster key (authenticates reports).
+    /// File with the cluster key(s): `ID HEX` per line, the first signs.
+    /// Relative paths are relative to the configuration file.
     pub key_file: Option<PathBuf>,
+    /// How reports travel: `full-mesh`, `fan-out` or `multicast`.
+    pub report_mode: ReportModeKind,
+    /// Fan-out: peers each report goes to.
+    pub fanout_peers: u16,
+    /// Fan-out: other hosts' entries each report relays (at most 26).
+    pub fanout_relay: u8,
+    /// Multicast: the group every host joined.
+    pub multicast_group: Option<IpAddr>,
+    /// Each interval is shortened by a random fraction up to this.
+    pub report_jitter: f64,
+    /// Messages sent further than this from our clock are refused (ms).
+    pub max_clock_skew_ms: u64,
+    /// Ask the peers for our redirected connections after a start.
+    pub recover_on_start: bool,
+    /// Longest wait for their answers (ms).
+    pub recovery_timeout_ms: u64,
+    /// A drain ends at the latest after this many seconds.
+    pub drain_deadline_s: u64,
     /// The peers.
     pub peers: Vec<PeerSection>,
+}
+
+/// `cluster.report_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReportModeKind {
+    /// One report to every peer each interval.
+    FullMesh,
+    /// One report to `fanout_peers` random peers, with relayed entries.
+    FanOut,
+    /// One report to `multicast_group`.
+    Multicast,
 }
 
 impl Default for ClusterSection {
@@ -241,6 +278,15 @@ impl Default for ClusterSection {
             report_interval_ms: 200,
             dead_after_ms: 1000,
             key_file: None,
+            report_mode: ReportModeKind::FullMesh,
+            fanout_peers: 3,
+            fanout_relay: 26,
+            multicast_group: None,
+            report_jitter: 0.2,
+            max_clock_skew_ms: 30_000,
+            recover_on_start: true,
+            recovery_timeout_ms: 2000,
+            drain_deadline_s: 300,
             peers: Vec::new(),
         }
     }
@@ -373,11 +419,77 @@ impl Config {
         Ok(c)
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file, resolves a relative `cluster.key_file`
+    /// against the file's directory, and checks the key file too.
     pub fn load(path: &Path) -> Result<Self, FieldError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad("file", format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text)
+        let mut c = Self::parse(&text)?;
+        if let Some(k) = &c.cluster.key_file {
+            if k.is_relative() {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                c.cluster.key_file = Some(dir.join(k));
+            }
+        }
+        c.load_keys()?;
+        Ok(c)
+    }
+
+    /// Reads the cluster key file.
+    pub fn load_keys(&self) -> Result<KeyRing, FieldError> {
+        let Some(path) = &self.cluster.key_file else {
+            return Err(bad(
+                "cluster.key_file",
+                "required: every control message is signed",
+            ));
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            bad(
+                "cluster.key_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        KeyRing::parse(&text)
+            .map_err(|e| bad("cluster.key_file", format!("{}: {e}", path.display())))
+    }
+
+    /// The cluster protocol's configuration.
+    pub fn node_config(&self) -> NodeConfig {
+        let c = &self.cluster;
+        let mut n = NodeConfig::new(self.local_id(), self.host.service_addrs.clone());
+        n.capacity = self.capacity();
+        n.report_interval = Duration::from_millis(c.report_interval_ms);
+        n.jitter = c.report_jitter;
+        n.mode = match c.report_mode {
+            ReportModeKind::FullMesh => ReportMode::FullMesh,
+            ReportModeKind::FanOut => ReportMode::FanOut {
+                k: c.fanout_peers,
+                relay: c.fanout_relay,
+            },
+            ReportModeKind::Multicast => match c.multicast_group {
+                Some(g) => ReportMode::Multicast(g),
+                None => ReportMode::FullMesh,
+            },
+        };
+        n.max_clock_skew = Duration::from_millis(c.max_clock_skew_ms);
+        n.recover_on_start = c.recover_on_start;
+        n.recovery_timeout = Duration::from_millis(c.recovery_timeout_ms);
+        n.drain_deadline = Duration::from_secs(c.drain_deadline_s);
+        n.seed = self.policy.seed ^ u64::from(self.host.id) << 48;
+        n
+    }
+
+    /// The peers as the cluster protocol takes them.
+    pub fn peer_configs(&self) -> Vec<PeerConfig> {
+        self.cluster
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                id: PeerId(p.id),
+                tunnel_addr: p.tunnel_addr,
+                service_addrs: p.service_addrs.clone(),
+            })
+            .collect()
     }
 
     /// Checks every field beyond what the types say; the error names the first bad one.
@@ -457,6 +569,30 @@ impl Config {
             if k.as_os_str().is_empty() {
                 return Err(bad("cluster.key_file", "must not be empty"));
             }
+        }
+        if !(0.0..0.5).contains(&c.report_jitter) {
+            return Err(bad("cluster.report_jitter", "must be in 0 .. 0.5"));
+        }
+        if c.max_clock_skew_ms == 0 {
+            return Err(bad("cluster.max_clock_skew_ms", "must be at least 1"));
+        }
+        match c.report_mode {
+            ReportModeKind::FanOut if c.fanout_peers == 0 => {
+                return Err(bad("cluster.fanout_peers", "must be at least 1"));
+            }
+            ReportModeKind::FanOut if c.fanout_relay > 26 => {
+                return Err(bad(
+                    "cluster.fanout_relay",
+                    "at most 26 entries fit one report",
+                ));
+            }
+            ReportModeKind::Multicast if !c.multicast_group.is_some_and(|g| g.is_multicast()) => {
+                return Err(bad(
+                    "cluster.multicast_group",
+                    "report_mode = \"multicast\" needs a multicast group address",
+                ));
+            }
+            _ => {}
         }
         let mut ids = vec![h.id];
         let mut tunnels = vec![h.tunnel_addr];
@@ -583,7 +719,7 @@ impl Config {
         let dead = self.cluster.dead_after_ms.div_ceil(interval).max(2);
         LoadTableConfig {
             report_interval: Duration::from_millis(interval),
-            suspect_after_missed: 2.min(u32::try_from(dead).unwrap_or(u32::MAX)),
+            suspect_after_missed: 1,
             dead_after_missed: u32::try_from(dead).unwrap_or(u32::MAX),
             metric: match self.load.metric {
                 MetricKind::OpenConnections => LoadMetric::OpenConnections,
@@ -612,6 +748,9 @@ impl Config {
                 buckets: self.policy.hash_buckets,
             })?),
             PolicyKind::P2c => Box::new(TwoChoices),
+            PolicyKind::ThrP2c => Box::new(ThresholdTwoChoices::new(ThresholdConfig {
+                threshold: self.policy.threshold,
+            })?),
         })
     }
 
@@ -670,6 +809,8 @@ service_addrs = ["198.18.0.2"]
         assert_eq!(c.backend.kind, BackendKind::Tun);
         assert_eq!(c.peer_service_v4(), vec![Ipv4Addr::new(198, 18, 0, 2)]);
         assert_eq!(c.load_table_config().dead_after_missed, 5);
+        assert_eq!(c.load_table_config().suspect_after_missed, 1);
+        assert_eq!(c.node_config().mode, ReportMode::FullMesh);
     }
 
     fn err_of(text: &str) -> FieldError {
@@ -703,6 +844,53 @@ service_addrs = ["198.18.0.2"]
         assert!(e.reason.contains("uplnk"), "{}", e.reason);
         let e = err_of(&GOOD.replace("\"198.18.0.2\"", "\"198.18.0.1\""));
         assert_eq!(e.field, "cluster.peers[0].service_addrs");
+        let mc = "[cluster]\nreport_mode = \"multicast\"\n";
+        let e = err_of(&format!("{mc}{GOOD}"));
+        assert_eq!(e.field, "cluster.multicast_group");
+        let e = err_of(&format!("[cluster]\nreport_jitter = 0.7\n{GOOD}"));
+        assert_eq!(e.field, "cluster.report_jitter");
+        let e = err_of(&format!(
+            "[cluster]\nreport_mode = \"fan-out\"\nfanout_relay = 27\n{GOOD}"
+        ));
+        assert_eq!(e.field, "cluster.fanout_relay");
+    }
+
+    #[test]
+    fn the_key_file_is_required_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("dprd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let cfg = dir.join("h0.toml");
+        let write = |extra: &str| {
+            std::fs::write(&cfg, format!("[cluster]\n{extra}\n{GOOD}")).unwrap_or_default();
+        };
+        write("");
+        assert_eq!(
+            Config::load(&cfg).map(|_| ()).unwrap_err().field,
+            "cluster.key_file"
+        );
+        write("key_file = \"missing.key\"");
+        let e = Config::load(&cfg).map(|_| ()).unwrap_err();
+        assert!(
+            e.field == "cluster.key_file" && e.reason.contains("missing.key"),
+            "{e}"
+        );
+        std::fs::write(dir.join("short.key"), "1 abcd\n").unwrap_or_default();
+        write("key_file = \"short.key\"");
+        assert_eq!(
+            Config::load(&cfg).map(|_| ()).unwrap_err().field,
+            "cluster.key_file"
+        );
+        let key = crate::keygen::new_key_file().unwrap_or_default();
+        std::fs::write(dir.join("good.key"), key).unwrap_or_default();
+        write("key_file = \"good.key\"");
+        // Relative to the configuration file, not to the working directory.
+        let c = Config::load(&cfg).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.cluster.key_file, Some(dir.join("good.key")));
+        assert_eq!(
+            c.load_keys().map(|k| k.key_ids()).unwrap_or_default(),
+            vec![1]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

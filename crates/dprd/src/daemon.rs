@@ -110,7 +110,9 @@ fn v4(addrs: &[IpAddr]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
+/// The host setup a configuration asks for, around TUN device `tun`;
+/// `divert`: policy routing into the TUN (the TUN backend).
+pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
     let tunnel_addr = match cfg.host.tunnel_addr {
         IpAddr::V4(v) => v,
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED, // refused by Config::validate
@@ -218,10 +220,11 @@ pub fn run_with_policy(
     });
     let engine = build_engine(&cfg, policy.clone())?;
     let shared = Arc::new(Shared::new(engine));
+    let keys = cfg.load_keys().map_err(|e| e.to_string())?;
     let control = {
         let now = clock(&shared);
         let mut e = shared.lock();
-        ControlPlane::new(&cfg, now, &mut e).map_err(|e| e.to_string())?
+        ControlPlane::new(&cfg, keys, now, &mut e).map_err(|e| e.to_string())?
     };
     // Sockets, bound while privileged.
     if let Some(dir) = cfg.admin.socket.parent() {
@@ -239,6 +242,15 @@ pub fn run_with_policy(
                 cfg.host.tunnel_addr, cfg.cluster.port
             )
         })?;
+    if let Some(IpAddr::V4(g)) = cfg.node_config().mode.multicast_group() {
+        let IpAddr::V4(me) = cfg.host.tunnel_addr else {
+            return Err("multicast reports need an IPv4 tunnel address".into());
+        };
+        udp.join_multicast_v4(&g, &me)
+            .map_err(|e| format!("joining multicast group {g}: {e}"))?;
+        udp.set_multicast_loop_v4(false)
+            .map_err(|e| format!("multicast loop: {e}"))?;
+    }
     let metrics_l = match cfg.admin.metrics {
         Some(a) => {
             Some(std::net::TcpListener::bind(a).map_err(|e| format!("metrics address {a}: {e}"))?)
@@ -307,6 +319,7 @@ impl crate::config::PolicySection {
             crate::config::PolicyKind::LeastLoad => "least-load",
             crate::config::PolicyKind::Hash => "hash",
             crate::config::PolicyKind::P2c => "p2c",
+            crate::config::PolicyKind::ThrP2c => "thr-p2c",
         }
     }
 }
@@ -378,8 +391,11 @@ impl LoopCtx {
             ("tx_packets", s.tx_packets.load(Ordering::Relaxed)),
             ("tx_failed", s.tx_failed.load(Ordering::Relaxed)),
             ("rx_errors", s.rx_errors.load(Ordering::Relaxed)),
-            ("reports_sent", self.control.sent()),
-            ("reports_rejected", self.control.rejected()),
+            ("control_sent", self.control.sent()),
+            ("control_accepted", self.control.counters().accepted),
+            ("control_rejected", self.control.rejected()),
+            ("routes_restored", c.routes_restored),
+            ("drain_redirects", c.drain_redirects),
             (
                 "xdp_fast_forwarded",
                 s.xdp_fast_forwarded.load(Ordering::Relaxed),
@@ -387,6 +403,9 @@ impl LoopCtx {
             ("xdp_unresolved", s.xdp_unresolved.load(Ordering::Relaxed)),
         ] {
             io.insert(k.to_string(), v);
+        }
+        for (reason, v) in self.control.rejected_by_reason() {
+            io.insert(format!("control_rejected_{reason}"), v);
         }
         if let Some(c) = self.xdp.as_ref().and_then(|x| x.program.counters().ok()) {
             for k in dpr_xdp::Counter::ALL {
@@ -420,6 +439,7 @@ impl LoopCtx {
             policy: e.policy_name().to_string(),
             backend: self.backend_name.clone(),
             draining: self.control.is_draining(),
+            phase: crate::control::phase_name(self.control.phase()).into(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             open_connections: self.open_connections_measured(),
             load: e.loads().local_load(),
@@ -442,15 +462,8 @@ impl LoopCtx {
     }
 
     fn refresh_load(&mut self) {
-        let open = self.open_connections_measured();
-        // Draining: this host looks full to its own policy, so every new
-        // connection goes to a peer (threshold and least-load policies).
         let figures = LoadFigures {
-            open_connections: if self.control.is_draining() {
-                open.max(1 << 20)
-            } else {
-                open
-            },
+            open_connections: self.open_connections_measured(),
             ..LoadFigures::default()
         };
         let cap = self.cfg.capacity();
@@ -470,6 +483,7 @@ impl LoopCtx {
             );
         }
         let policy = new.make_policy().map_err(|e| e.to_string())?;
+        let keys = new.load_keys().map_err(|e| e.to_string())?;
         self.guard
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;
@@ -480,7 +494,7 @@ impl LoopCtx {
         {
             let mut e = self.shared.lock();
             self.control
-                .reload(&new, now, &mut e)
+                .reload(&new, keys, now, &mut e)
                 .map_err(|e| e.to_string())?;
         }
         if !self.fixed_policy {
@@ -497,12 +511,13 @@ impl LoopCtx {
                 let now = clock(&self.shared);
                 {
                     let mut e = self.shared.lock();
-                    self.control
-                        .start_drain(now, Duration::from_secs(60), &mut e);
+                    self.control.start_drain(now, None, &mut e);
                 }
                 self.draining_since.get_or_insert_with(Instant::now);
-                self.refresh_load();
-                tracing::info!("draining: new connections go to peers");
+                tracing::info!(
+                    deadline_s = self.cfg.cluster.drain_deadline_s,
+                    "draining: new connections go to peers"
+                );
                 r#"{"ok":true,"message":"draining: new connections go to peers, established ones stay"}"#.into()
             }
             "reload" => match self.reload() {
@@ -601,11 +616,7 @@ async fn control_loop(
             }
         }
         // Flush what the control plane wants sent.
-        let now = clock(&ctx.shared);
-        let out: Vec<_> = {
-            let e = ctx.shared.lock();
-            std::iter::from_fn(|| ctx.control.poll_transmit(now, &e)).collect()
-        };
+        let out: Vec<_> = std::iter::from_fn(|| ctx.control.poll_transmit()).collect();
         for t in out {
             let _ = udp.send_to(&t.payload, SocketAddr::new(t.to, port)).await;
         }

@@ -43,7 +43,7 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 pub struct LabSpec {
     /// Hosts (2..=8).
     pub hosts: usize,
-    /// Policy name (threshold, least-load, hash, p2c).
+    /// Policy name (threshold, least-load, hash, p2c, thr-p2c).
     pub policy: String,
     /// Threshold of the threshold policy.
     pub threshold: f64,
@@ -178,6 +178,9 @@ impl Lab {
         );
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key = crate::keygen::new_key_file()?;
+        std::fs::write(dir.join("cluster.key"), key)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut lab = Self {
             prefix,
             spec,
@@ -198,9 +201,14 @@ impl Lab {
             members.push((
                 lab.host_ns(i),
                 format!("v{i}"),
+                // The tunnel address holds the subnet (it is the primary
+                // address, so ARP for peers goes out with it as sender);
+                // the service address is a /32. The other way round, ARP
+                // requests for a peer carry our service address, which
+                // every peer holds on its TUN, and the peer drops them.
                 vec![
-                    format!("{}/24", service_addr(i)),
                     format!("{}/24", tunnel_addr(i)),
+                    format!("{}/32", service_addr(i)),
                 ],
             ));
         }
@@ -285,7 +293,7 @@ impl Lab {
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
              [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
-             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\n\n{}",
+             [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\nkey_file = \"{}\"\n\n{}",
             tunnel_addr(i),
             service_addr(i),
             s.policy,
@@ -293,6 +301,7 @@ impl Lab {
             self.socket(i).display(),
             s.report_interval_ms,
             s.dead_after_ms,
+            self.dir.join("cluster.key").display(),
             s.backend_section().unwrap_or_default()
         );
         for j in (0..s.hosts).filter(|j| *j != i) {
@@ -386,6 +395,11 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id of host `i`'s dprd, while it runs.
+    pub fn dprd_pid(&self, i: usize) -> Option<u32> {
+        self.dprd.get(i)?.as_ref().map(std::process::Child::id)
     }
 
     /// Sends `sig` (TERM, KILL, ...) to host `i`'s dprd; with TERM, waits for
@@ -486,11 +500,6 @@ impl Lab {
             .map_err(|e| format!("{program}: {e}"))?;
         self.extra.push(c);
         Ok(())
-    }
-
-    /// The process id of host `i`'s dprd, if running.
-    pub fn dprd_pid(&self, i: usize) -> Option<u32> {
-        self.dprd.get(i)?.as_ref().map(Child::id)
     }
 
     /// Kills what [`Self::spawn_in`] started.
@@ -672,8 +681,8 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
         duration: opt(args, "--duration", 8.0)?,
         rate: opt(args, "--rate", 150.0)?,
     };
-    if !["threshold", "least-load", "hash", "p2c"].contains(&o.spec.policy.as_str()) {
-        return Err("--policy must be threshold, least-load, hash or p2c".into());
+    if !["threshold", "least-load", "hash", "p2c", "thr-p2c"].contains(&o.spec.policy.as_str()) {
+        return Err("--policy must be threshold, least-load, hash, p2c or thr-p2c".into());
     }
     if !(0.0..=1.0).contains(&o.skew)
         || !(1.0..=120.0).contains(&o.duration)

@@ -5,8 +5,9 @@
 //! AF_XDP sockets: [`xdp`]), sets the
 //! host up (and undoes it on exit), runs one data-path worker per queue
 //! ([`datapath`]) over a shared `dpr_router::Engine`, and runs the control
-//! plane on tokio ([`daemon`]): load reports through the [`control`]
-//! module (the one place the cluster protocol plugs in), the admin socket
+//! plane on tokio ([`daemon`]): the cluster protocol
+//! (`dpr_router::cluster::Node`: signed load reports, membership, drain,
+//! restart recovery) through the [`control`] adapter, the admin socket
 //! ([`status`], drain, reload), Prometheus [`metrics`], signals. [`lab`]
 //! builds a whole cluster in network namespaces and measures it with DPR
 //! off and on ([`httpd`] is its web server, [`loadgen`] its client).
@@ -21,6 +22,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod httpd;
+pub mod keygen;
 pub mod lab;
 pub mod load;
 pub mod loadgen;

@@ -37,6 +37,9 @@ pub struct Status {
     pub backend: String,
     /// Draining.
     pub draining: bool,
+    /// Cluster protocol phase: recovering, active, draining, leaving, left.
+    #[serde(default)]
+    pub phase: String,
     /// Seconds since start.
     pub uptime_s: f64,
     /// Open service connections on this host (the load metric).
@@ -78,7 +81,11 @@ impl Status {
     /// The table `dprd status` prints.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let state = if self.draining { "DRAINING" } else { "serving" };
+        let state = match self.phase.as_str() {
+            "" if self.draining => "DRAINING".to_string(),
+            "" | "active" => "serving".to_string(),
+            p => p.to_uppercase(),
+        };
         let _ = writeln!(
             s,
             "dprd {} (id {})  policy {}  backend {}  {}  up {:.0}s",

@@ -10,7 +10,7 @@
 
 use dprd::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
 use dprd::status::Status;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -576,6 +576,248 @@ fn sigterm_and_a_failed_setup_leave_nothing_behind(backend: &str) {
     );
     let left = ok(lab.leftovers(2));
     assert_eq!(left.len(), 1, "only the clashing rule is left: {left:?}");
+}
+
+/// A client script: opens `n` connections to `addr`:80, sends each a POST
+/// with half its body, waits for `go` to exist, sends the other halves and
+/// writes one line per connection to `out`: `ok <served-by>` or `error ...`.
+const HALF_POSTS: &str = r#"
+import os, socket, sys, time
+addr, n, go, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+body = b"x" * 2000
+conns = []
+for _ in range(n):
+    s = socket.create_connection((addr, 80), timeout=20)
+    s.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2000\r\n\r\n" + body[:1000])
+    conns.append(s)
+open(out + ".ready", "w").close()
+deadline = time.time() + 60
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.05)
+lines = []
+for s in conns:
+    try:
+        s.sendall(body[1000:])
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        text = data.decode("latin-1")
+        head, _, rest = text.partition("\r\n\r\n")
+        lines.append("ok " + rest.split()[1] if rest.startswith("served-by") else "error " + repr(text[:80]))
+    except Exception as e:
+        lines.append("error " + repr(e))
+with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+"#;
+
+/// A 3-host lab where host 0 holds 8 idle local connections and then, by
+/// a configuration reload (threshold 0.5), redirects new ones; host 0's
+/// configuration text with `extra` added to `[cluster]`.
+fn overloaded_host0(extra: &str) -> (Lab, String) {
+    let mut lab = cluster(LabSpec {
+        hosts: 3,
+        threshold: 1000.0,
+        ..LabSpec::default()
+    });
+    load_host0(&mut lab, 8);
+    let cfg = lab
+        .config_text(0)
+        .replace("threshold = 1000.0", "threshold = 0.5")
+        .replacen("[cluster]\n", &format!("[cluster]\n{extra}"), 1);
+    std::fs::write(lab.config_path(0), &cfg).unwrap();
+    let a = ok(lab.admin(0, "reload"));
+    assert!(a.contains("\"ok\":true"), "{a}");
+    (lab, cfg)
+}
+
+/// Starts the half-POST client against host 0 with `n` connections and
+/// waits until all of them are connected; returns its `go` and `out` files.
+fn start_half_posts(lab: &mut Lab, n: usize) -> (PathBuf, PathBuf) {
+    let script = lab.dir.join("half_posts.py");
+    std::fs::write(&script, HALF_POSTS).unwrap();
+    let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
+    let ns = lab.client_ns();
+    let args = [
+        script.to_string_lossy().into_owned(),
+        service_addr(0).to_string(),
+        n.to_string(),
+        go.to_string_lossy().into_owned(),
+        out.to_string_lossy().into_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(lab.spawn_in(&ns, "python3", &args));
+    let ready = lab.dir.join("out.ready");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "client never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (go, out)
+}
+
+/// Lets the half-POST client finish and returns its lines.
+fn finish_half_posts(go: &Path, out: &Path) -> Vec<String> {
+    std::fs::write(go, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !out.exists() {
+        assert!(Instant::now() < deadline, "client never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Restarts host 0's dprd while `n` connections it redirected are half
+/// way through their requests; returns the client's lines.
+fn restart_mid_request(lab: &mut Lab, n: usize, config: Option<&str>) -> (Vec<String>, u64) {
+    let base = event(&status(lab, 0), "new_redirected");
+    let (go, out) = start_half_posts(lab, n);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = status(lab, 0);
+    eprintln!(
+        "h0 before restart: {} redirected, {} routes",
+        event(&before, "new_redirected"),
+        before.routes
+    );
+    ok(lab.signal_dprd(0, "TERM"));
+    match config {
+        Some(c) => ok(lab.start_dprd_with(0, c)),
+        None => ok(lab.start_dprd(0)),
+    }
+    // Recovery is one round trip to the peers; give it a few intervals.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = finish_half_posts(&go, &out);
+    (lines, event(&before, "new_redirected") - base)
+}
+
+#[test]
+fn a_restarted_router_recovers_the_connections_it_redirected() {
+    let Some(_g) = root_or_skip("restart_recovery") else {
+        return;
+    };
+    let (mut lab, cfg) = overloaded_host0("");
+    let (lines, redirected) = restart_mid_request(&mut lab, 12, Some(&cfg));
+    let s0 = status(&lab, 0);
+    eprintln!("client: {lines:?}\nh0 after: io {:?}", s0.io);
+    assert!(redirected >= 8, "host 0 redirected only {redirected} of 12");
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    for l in &lines {
+        assert!(l.starts_with("ok h"), "a connection broke: {l}");
+    }
+    let by_peers = lines.iter().filter(|l| *l != "ok h0").count() as u64;
+    assert_eq!(by_peers, redirected);
+    assert!(
+        s0.io.get("routes_restored").copied().unwrap_or(0) >= redirected,
+        "{:?}",
+        s0.io
+    );
+    assert_eq!(s0.phase, "active");
+    lab.kill_extras();
+}
+
+#[test]
+fn without_recovery_the_same_restart_breaks_them() {
+    let Some(_g) = root_or_skip("restart_without_recovery") else {
+        return;
+    };
+    // Host 0 restarts with recovery off.
+    let (mut lab, cfg) = overloaded_host0("recover_on_start = false\n");
+    let (lines, redirected) = restart_mid_request(&mut lab, 12, Some(&cfg));
+    let broken = lines.iter().filter(|l| l.starts_with("error")).count() as u64;
+    eprintln!("client: {lines:?}");
+    assert!(redirected >= 8, "host 0 redirected only {redirected} of 12");
+    assert_eq!(
+        broken, redirected,
+        "without recovery every redirected connection breaks, the local ones live: {lines:?}"
+    );
+    lab.kill_extras();
+}
+
+#[test]
+fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
+    let Some(_g) = root_or_skip("sighup_reload") else {
+        return;
+    };
+    let mut lab = ok(Lab::create(threshold_one(3, "tun"), exe()));
+    for i in 0..3 {
+        ok(lab.start_httpd(i));
+    }
+    // Host 0 starts knowing only h1, with a metrics endpoint on its
+    // namespace's loopback.
+    let full =
+        lab.config_text(0)
+            .replacen("[admin]\n", "[admin]\nmetrics = \"127.0.0.1:9109\"\n", 1);
+    let peer2 = format!(
+        "\n[[cluster.peers]]\nid = 2\nname = \"h2\"\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\n",
+        tunnel_addr(2),
+        service_addr(2)
+    );
+    let first = full.replace(&peer2, "");
+    assert_ne!(first, full, "the edit applied");
+    ok(lab.start_dprd_with(0, &first));
+    for i in 1..3 {
+        ok(lab.start_dprd(i));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(status(&lab, 0).peers.iter().all(|p| p.peer.id != 2));
+    load_host0(&mut lab, 2);
+    // Established connections across the reload: half a POST now, the
+    // rest after.
+    let (go, out) = start_half_posts(&mut lab, 6);
+    // SIGHUP with h2 added and the policy changed to least-load.
+    let new = full.replace("kind = \"threshold\"", "kind = \"least-load\"");
+    std::fs::write(lab.config_path(0), &new).unwrap();
+    let pid = lab.dprd_pid(0).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status(&lab, 0);
+        let h2 = s.peers.iter().find(|p| p.peer.id == 2);
+        if s.policy == "least-load" && h2.is_some_and(|p| p.peer.state == "alive") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied: {} {:?}",
+            s.policy,
+            s.peers
+                .iter()
+                .map(|p| (p.peer.id, p.peer.state.clone()))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every connection opened before the reload finishes.
+    let lines = finish_half_posts(&go, &out);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("ok h")), "{lines:?}");
+    // Metrics: Prometheus text with the engine's counters.
+    let h0 = lab.host_ns(0);
+    let m = ok(lab.exec(
+        &h0,
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:9109/metrics"],
+    ));
+    for want in [
+        "dpr_packets_total{verdict=\"forwarded\"}",
+        "dpr_peer_state",
+        "dpr_table_entries",
+        "dpr_drops_total{reason=\"malformed\"}",
+    ] {
+        assert!(m.contains(want), "{want} missing from metrics:\n{m}");
+    }
+    lab.kill_extras();
 }
 
 /// Every test runs on the TUN backend and on AF_XDP in native and generic mode.

@@ -16,30 +16,20 @@
 //! ```
 //! (A normal `dprd` config file; `[policy]`, `[cluster]` timers and `[admin]` are ignored.)
 //!
-//! KNOWN ISSUE (under investigation): in a two-host smoke test the
-//! connections this router redirects did not reach the peer (the kernel
-//! counted them forwarded, nothing left the uplink), while `dprd run
-//! --policy hash` over the same data path works (`dprd lab --policy hash`).
+//! Tested for real by `examples/tests/routers.rs` (two hosts in network
+//! namespaces: connections to one host's address are served by both).
 
-use dpr_io::host::{HostGuard, HostPlan};
+use dpr_io::host::HostGuard;
 use dpr_io::tun::{TunConfig, TunDevice};
 use dpr_policy::{SplitMix64, StatelessHash, StatelessHashConfig};
 use dpr_router::Engine;
 use dpr_table::{Capacity, LoadFigures, LoadReport, PeerId};
-use dprd::config::{Config, clamped_mss};
+use dprd::config::Config;
 use dprd::datapath::{Shared, run_worker};
-use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-fn v4(a: IpAddr) -> Option<std::net::Ipv4Addr> {
-    match a {
-        IpAddr::V4(v) => Some(v),
-        IpAddr::V6(_) => None,
-    }
-}
 
 fn run(path: &str) -> Result<(), String> {
     let cfg = Config::load(path.as_ref()).map_err(|e| e.to_string())?;
@@ -49,27 +39,8 @@ fn run(path: &str) -> Result<(), String> {
         queues: cfg.backend.queues,
     })
     .map_err(|e| e.to_string())?;
-    let _guard = HostGuard::setup(&HostPlan {
-        uplink: cfg.host.uplink.clone(),
-        tun_name: tun.name.clone(),
-        tun_ifindex: tun.ifindex,
-        tunnel_addr: v4(cfg.host.tunnel_addr).ok_or("IPv4 tunnel address needed")?,
-        service_addrs: cfg
-            .host
-            .service_addrs
-            .iter()
-            .filter_map(|a| v4(*a))
-            .collect(),
-        peer_service_addrs: cfg.peer_service_v4(),
-        service_ports: cfg.host.service_ports.clone(),
-        divert_table: cfg.backend.divert_table,
-        mss_table: cfg.backend.mss_table,
-        advmss: cfg.tunnel.mss_clamp.then(|| clamped_mss(cfg.tunnel.mtu)),
-        rule_priority: cfg.backend.rule_priority,
-        local_rule_priority: cfg.backend.local_rule_priority,
-        divert: true,
-    })
-    .map_err(|e| e.to_string())?;
+    let _guard =
+        HostGuard::setup(&dprd::daemon::host_plan(&cfg, &tun, true)).map_err(|e| e.to_string())?;
     // Every host must use the same seed and buckets to agree on the owner.
     let policy = StatelessHash::new(StatelessHashConfig {
         seed: cfg.policy.hash_seed,

@@ -95,6 +95,16 @@ pub enum ReportMode {
     },
 }
 
+impl ReportMode {
+    /// The multicast group, in multicast mode.
+    pub fn multicast_group(&self) -> Option<IpAddr> {
+        match self {
+            Self::Multicast(g) => Some(*g),
+            _ => None,
+        }
+    }
+}
+
 /// A peer as the configuration names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerConfig {

@@ -152,6 +152,23 @@ impl ClientConn {
         p
     }
 
+    /// Our FIN (with the ACK of what was received); the state moves to
+    /// `FinSent`.
+    fn fin(&mut self) -> Vec<u8> {
+        let p = tcp_packet(
+            self.local,
+            self.remote,
+            self.snd_nxt,
+            self.rcv_nxt,
+            TcpFlags::FIN | TcpFlags::ACK,
+            None,
+            &[],
+        );
+        self.snd_nxt = self.snd_nxt.wrapping_add(1);
+        self.state = ClientState::FinSent;
+        p
+    }
+
     /// The response's header line: `DPR <host> <len>`.
     pub fn served_by(&self) -> Option<&str> {
         let end = self.received.iter().position(|&b| b == b'\n')?;
@@ -267,18 +284,7 @@ impl Client {
         if c.state != ClientState::Established {
             return None;
         }
-        let fin = tcp_packet(
-            c.local,
-            c.remote,
-            c.snd_nxt,
-            c.rcv_nxt,
-            TcpFlags::FIN | TcpFlags::ACK,
-            None,
-            &[],
-        );
-        c.snd_nxt = c.snd_nxt.wrapping_add(1);
-        c.state = ClientState::FinSent;
-        Some(fin)
+        Some(c.fin())
     }
 
     /// Takes a packet from the network; returns packets to send.
@@ -354,17 +360,7 @@ impl Client {
                     c.finished_at.get_or_insert(now);
                 }
                 if c.state == ClientState::Established && c.response_complete() && !c.hold_open {
-                    out.push(tcp_packet(
-                        c.local,
-                        c.remote,
-                        c.snd_nxt,
-                        c.rcv_nxt,
-                        TcpFlags::FIN | TcpFlags::ACK,
-                        None,
-                        &[],
-                    ));
-                    c.snd_nxt = c.snd_nxt.wrapping_add(1);
-                    c.state = ClientState::FinSent;
+                    out.push(c.fin());
                 } else if !s.payload.is_empty() {
                     out.push(tcp_packet(
                         c.local,
