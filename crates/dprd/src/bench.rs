@@ -55,14 +55,14 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 /// Flow `i`'s source: 198.18.0.200 for the first 50,000 flows (ports
-/// 10000..), then addresses of 198.18.64.0/18, 32 ports each.
+/// 10000..), then addresses of 198.18.128.0/17, 32 ports each.
 fn flow_source(i: u32) -> (Ipv4Addr, u16) {
     if i < 50_000 {
         (CLIENT_ADDR, 10_000 + i as u16)
     } else {
         let j = i - 50_000;
         let host = j / 32;
-        let a = u32::from(Ipv4Addr::new(198, 18, 64, 0)) + (host % 16_384);
+        let a = u32::from(Ipv4Addr::new(198, 18, 128, 0)) + (host % 32_768);
         (Ipv4Addr::from(a), 20_000 + (j % 32) as u16)
     }
 }
@@ -308,6 +308,33 @@ impl Bench {
         Ok(())
     }
 
+    /// A runs dprd on `backend` and redirects every new connection to B
+    /// without draining (a drained host leaves the cluster once it has no
+    /// connections, and B then drops its IP-in-IP): A's capacity is tiny and
+    /// it holds one idle local connection, so its load is far above B's.
+    fn start_a_loaded(&mut self, backend: &str) -> Result<(), String> {
+        let _ = self.lab.signal_dprd(1, "TERM");
+        let b = self.config(1, "tun", "");
+        self.lab.start_dprd_with(1, &b)?;
+        let c = self
+            .config(0, backend, "")
+            .replace("[load]\n", "[load]\ncapacity = 0.0001\n");
+        self.lab.start_dprd_with(0, &c)?;
+        self.lab.wait_alive(Duration::from_secs(10))?;
+        let ns = self.lab.client_ns();
+        let script = format!("exec 3<>/dev/tcp/{}/80; sleep 100", service_addr(0));
+        self.lab.spawn_in(&ns, "bash", &["-c", &script])?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.lab.status(0)?.open_connections < 1 {
+            if Instant::now() > deadline {
+                return Err("A never saw its idle connection".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
     fn stop_a(&mut self) {
         let _ = self.lab.signal_dprd(0, "TERM");
     }
@@ -505,22 +532,12 @@ impl Bench {
 
     fn http(&mut self) -> Result<Vec<(String, HttpSamples)>, String> {
         let (a, b) = (self.a(), self.b());
-        // The sink rules of the forwarding test come off: B serves now.
-        let _ = self.lab.exec(
-            &b,
-            "ip",
-            &[
-                "rule",
-                "del",
-                "pref",
-                "5",
-                "iif",
-                "eth0",
-                "ipproto",
-                "4",
-                "blackhole",
-            ],
-        );
+        // The sink rule of the forwarding test comes off: B serves now.
+        while self
+            .lab
+            .exec(&b, "ip", &["rule", "del", "pref", "5"])
+            .is_ok()
+        {}
         let mut out = Vec::new();
         eprintln!("bench: http, direct");
         let direct = format!("http://{}/?size=100", service_addr(1));
@@ -549,8 +566,20 @@ impl Bench {
         let via_a = format!("http://{}/?size=100", service_addr(0));
         for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
             eprintln!("bench: http, dpr {backend}");
-            self.start_a(backend, "")?;
-            out.push((format!("DPR {backend} (A → B)"), self.http_runs(&via_a)?));
+            self.start_a_loaded(backend)?;
+            let r = self.http_runs(&via_a).map_err(|e| {
+                let st = |i: usize| {
+                    self.lab.status(i).map(|s| {
+                        format!(
+                            "{} {:?} {:?} {:?}",
+                            s.backend, s.verdicts, s.events, s.drops
+                        )
+                    })
+                };
+                format!("{e}\nA: {:?}\nB: {:?}", st(0), st(1))
+            })?;
+            out.push((format!("DPR {backend} (A → B)"), r));
+            self.lab.kill_extras();
             self.stop_a();
         }
         Ok(out)
@@ -573,7 +602,10 @@ impl Bench {
                 "blackhole",
             ],
         );
-        self.start_a("af-xdp-native", "\n[table]\ncapacity = 1100000\n")?;
+        self.start_a(
+            "af-xdp-native",
+            "\n[table]\ncapacity = 1100000\nhalf_open_timeout_s = 600\n",
+        )?;
         let pid = self.lab.dprd_pid(0).ok_or("no pid")?;
         let idle = rss_kib(pid);
         // Bounded: at most 8 rounds of at most 30 s, each continuing
@@ -641,6 +673,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         ..LabSpec::default()
     };
     let mut lab = Lab::create(spec, &exe)?;
+    lab.start_httpd(0)?;
     lab.start_httpd(1)?;
     let mut bench = Bench { lab, runs, secs };
     println!(
