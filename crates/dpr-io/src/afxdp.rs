@@ -33,7 +33,6 @@
 use crate::sys::TunSys;
 use dpr_xdp::neigh::{self, Neighbour};
 use dpr_xdp::xsk::{RxAction, XskSocket};
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -80,16 +79,21 @@ pub struct XdpQueueCounters {
 }
 
 /// Cached neighbour entries of one queue.
+///
+/// A short list searched linearly: a host has a handful of peers, and the
+/// profile showed a `HashMap` (SipHash per packet) and `Instant`
+/// arithmetic as half of the AF_XDP worker's user time. Each entry keeps the
+/// instant its next lookup is due, so the per-packet test is one compare.
 #[derive(Debug, Default)]
 pub struct NeighCache {
-    entries: HashMap<IpAddr, CacheEntry>,
+    entries: Vec<(IpAddr, CacheEntry)>,
     pending: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct CacheEntry {
     mac: Option<[u8; 6]>,
-    checked: Instant,
+    due: Instant,
     queued: bool,
 }
 
@@ -103,28 +107,23 @@ impl NeighCache {
     /// The MAC of `addr` if known; queues a lookup when there is none or
     /// it is due for a refresh.
     pub fn get(&mut self, addr: IpAddr, now: Instant) -> Option<[u8; 6]> {
-        match self.entries.get_mut(&addr) {
-            Some(e) => {
-                let due = if e.mac.is_some() {
-                    Self::REFRESH
-                } else {
-                    Self::RETRY
-                };
-                if !e.queued && now.saturating_duration_since(e.checked) >= due {
+        match self.entries.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, e)) => {
+                if !e.queued && now >= e.due {
                     e.queued = true;
                     self.pending.push(addr);
                 }
                 e.mac
             }
             None => {
-                self.entries.insert(
+                self.entries.push((
                     addr,
                     CacheEntry {
                         mac: None,
-                        checked: now,
+                        due: now,
                         queued: true,
                     },
-                );
+                ));
                 self.pending.push(addr);
                 None
             }
@@ -138,14 +137,20 @@ impl NeighCache {
 
     /// Records a lookup's result.
     pub fn update(&mut self, addr: IpAddr, mac: Option<[u8; 6]>, now: Instant) {
-        self.entries.insert(
-            addr,
-            CacheEntry {
-                mac,
-                checked: now,
-                queued: false,
-            },
-        );
+        let e = CacheEntry {
+            mac,
+            due: now
+                + if mac.is_some() {
+                    Self::REFRESH
+                } else {
+                    Self::RETRY
+                },
+            queued: false,
+        };
+        match self.entries.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, old)) => *old = e,
+            None => self.entries.push((addr, e)),
+        }
     }
 }
 
