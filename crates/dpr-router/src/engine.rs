@@ -129,7 +129,11 @@ impl Engine {
             }
             .into());
         }
-        if tunnel_addr == self.cfg.tunnel_addr || self.peer_by_tunnel.contains_key(&tunnel_addr) {
+        let taken = self
+            .peer_by_tunnel
+            .get(&tunnel_addr)
+            .is_some_and(|p| *p != id);
+        if tunnel_addr == self.cfg.tunnel_addr || taken {
             return Err(ConfigError {
                 field: "peers.tunnel_addr",
                 reason: "already in use",
@@ -166,6 +170,16 @@ impl Engine {
         self.loads.mark_left(id)?;
         self.peer_by_tunnel.retain(|_, p| *p != id);
         Ok(())
+    }
+
+    /// Marks a peer as having left the cluster (it announced it): it takes
+    /// no new connections, and packets of connections routed to it are
+    /// handled as for a dead peer; but IP-in-IP from it is still accepted,
+    /// since a host that has left keeps redirecting the clients that still
+    /// reach its address until it is stopped. [`Engine::add_peer`] brings it
+    /// back.
+    pub fn mark_peer_left(&mut self, id: PeerId) -> Result<(), EngineError> {
+        Ok(self.loads.mark_left(id)?)
     }
 
     /// Applies a peer's load report.

@@ -386,6 +386,29 @@ fn drain_completes_without_breaking_a_connection() {
             assert_eq!(conn.state, ClientState::Done, "client {client} port {p}");
         }
     }
+    // Left, but clients that still reach its address (cached RR-DNS
+    // answers) are redirected, and its peers still accept its IP-in-IP.
+    let late: Vec<u16> = (0..4).map(|_| c.connect(4, 1, false)).collect();
+    c.settle(Duration::from_millis(20));
+    for &p in &late {
+        let conn = c.conn(4, p).unwrap();
+        assert_eq!(conn.state, ClientState::Done, "late port {p}");
+        assert_ne!(conn.served_by(), Some("host1"));
+    }
+    assert_eq!(
+        c.hosts[0]
+            .engine
+            .counters()
+            .drops_of(DropReason::UnknownTunnelSource),
+        0
+    );
+    assert_eq!(
+        c.hosts[2]
+            .engine
+            .counters()
+            .drops_of(DropReason::UnknownTunnelSource),
+        0
+    );
 }
 
 #[test]

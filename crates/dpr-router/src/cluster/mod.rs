@@ -1017,7 +1017,7 @@ impl Node {
                 .peer(origin)
                 .is_some_and(|p| p.state != PeerState::Left)
             {
-                let _ = engine.remove_peer(origin);
+                let _ = engine.mark_peer_left(origin);
                 self.counters.peers_left += 1;
             }
             return true;
