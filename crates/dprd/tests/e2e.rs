@@ -358,9 +358,19 @@ fn a_killed_host_gets_no_new_connections_after_dead_after(backend: &str) {
     assert!(event(&status(&lab, 0), "new_redirected") > 0);
 }
 
+/// Debian's python3, which has the python3-scapy package `scripts/test`
+/// installs (a `python3` earlier in PATH, such as pyenv's, may not).
+fn system_python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
 fn scapy(lab: &Lab, ns: &str, program: &str) {
     let code = format!("from scapy.all import *\nconf.verb = 0\n{program}\n");
-    ok(lab.exec(ns, "python3", &["-c", &code]));
+    ok(lab.exec(ns, system_python(), &["-c", &code]));
 }
 
 fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted(backend: &str) {
