@@ -82,15 +82,18 @@ fn drop_count(s: &Status, k: &str) -> u64 {
     s.drops.get(k).copied().unwrap_or(0)
 }
 
-/// Holds `n` idle connections from the client to host 0 so that its load
-/// (open connections) reaches `n`, and waits until dprd has measured it.
+/// Holds `n` idle connections to host 0's service address so that its
+/// load (open connections) reaches `n`, and waits until dprd has measured
+/// it. They are opened inside host 0 (over loopback, past no router): from
+/// the client, the policy could redirect some of them as the load rises,
+/// and the load would depend on timing.
 fn load_host0(lab: &mut Lab, n: usize) {
     let mut script = String::new();
     for k in 0..n {
         script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
     }
     script += "sleep 60";
-    let ns = lab.client_ns();
+    let ns = lab.host_ns(0);
     ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
     let deadline = Instant::now() + Duration::from_secs(5);
     while status(lab, 0).open_connections < n as u32 {
@@ -191,42 +194,61 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
         })
         .collect();
     let url = format!("http://{}/", service_addr(0));
+    // A transfer served by h0 itself crossed no tunnel: it does not count.
+    // That happens when h0 sees no peer eligible at that instant (a report
+    // late on this loaded two-core machine makes a peer suspect for an
+    // interval); try again, a few times at most.
+    let redirected = |what: &str, run: &dyn Fn() -> String| -> String {
+        for attempt in 0..4 {
+            let out = run();
+            if !out.starts_with("served-by h0") {
+                return out;
+            }
+            let s = status(&lab, 0);
+            eprintln!(
+                "{what}, attempt {attempt}: served by h0 itself; h0 sees {:?}",
+                s.peers
+                    .iter()
+                    .map(|p| (p.peer.id, p.peer.state.clone(), p.peer.open_connections))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("{what}: never redirected in 4 attempts");
+    };
     for round in 0..2 {
-        let down = curl(
-            &lab,
-            &[
-                "-o",
-                "-",
-                "-w",
-                "\\n%{size_download} %{http_code}",
-                &format!("{url}?size=20000000"),
-            ],
-        );
+        let down = redirected("download", &|| {
+            curl(
+                &lab,
+                &[
+                    "-o",
+                    "-",
+                    "-w",
+                    "\\n%{size_download} %{http_code}",
+                    &format!("{url}?size=20000000"),
+                ],
+            )
+        });
         let first = down.lines().next().unwrap_or("");
-        assert!(
-            first.starts_with("served-by h") && !first.starts_with("served-by h0"),
-            "round {round}: {first}"
-        );
+        assert!(first.starts_with("served-by h"), "round {round}: {first}");
         assert!(
             down.ends_with("20000000 200"),
             "download incomplete: {}",
             &down[down.len().saturating_sub(40)..]
         );
-        let up = curl(
-            &lab,
-            &[
-                "--data-binary",
-                &format!("@{}", file.display()),
-                "-H",
-                "Content-Type: application/octet-stream",
-                &url,
-            ],
-        );
-        assert!(
-            up.starts_with("served-by h") && !up.starts_with("served-by h0"),
-            "round {round}: {up}\nh0: {:?}",
-            status(&lab, 0)
-        );
+        let up = redirected("upload", &|| {
+            curl(
+                &lab,
+                &[
+                    "--data-binary",
+                    &format!("@{}", file.display()),
+                    "-H",
+                    "Content-Type: application/octet-stream",
+                    &url,
+                ],
+            )
+        });
+        assert!(up.starts_with("served-by h"), "round {round}: {up}");
         assert!(
             up.trim_end().ends_with("received 20000000"),
             "upload incomplete: {up}"
