@@ -42,6 +42,20 @@ struct GenSpec {
     secs: f64,
 }
 
+/// The rule that makes B drop the IP-in-IP A sends it, early and the same
+/// way in every configuration (`ip` arguments).
+const B_DROPS_TUNNEL: &[&str] = &[
+    "rule",
+    "add",
+    "pref",
+    "5",
+    "iif",
+    "eth0",
+    "ipproto",
+    "4",
+    "blackhole",
+];
+
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let mut m = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
@@ -418,21 +432,7 @@ impl Bench {
     fn forwarding(&mut self, flows: u32) -> Result<Vec<(String, FwdResult)>, String> {
         let (a, b) = (self.a(), self.b());
         // B drops what A sends it, early and the same way in every case.
-        self.lab.exec(
-            &b,
-            "ip",
-            &[
-                "rule",
-                "add",
-                "pref",
-                "5",
-                "iif",
-                "eth0",
-                "ipproto",
-                "4",
-                "blackhole",
-            ],
-        )?;
+        self.lab.exec(&b, "ip", B_DROPS_TUNNEL)?;
         self.lab
             .exec(&b, "ip", &["route", "add", "blackhole", "198.19.1.0/24"])?;
         let mut out = Vec::new();
@@ -587,21 +587,8 @@ impl Bench {
 
     fn memory(&mut self, flows: u32) -> Result<(u64, u64, usize), String> {
         eprintln!("bench: memory with {flows} flows");
-        let _ = self.lab.exec(
-            &self.b(),
-            "ip",
-            &[
-                "rule",
-                "add",
-                "pref",
-                "5",
-                "iif",
-                "eth0",
-                "ipproto",
-                "4",
-                "blackhole",
-            ],
-        );
+        // Already there when the forwarding phase ran first.
+        let _ = self.lab.exec(&self.b(), "ip", B_DROPS_TUNNEL);
         self.start_a(
             "af-xdp-native",
             "\n[table]\ncapacity = 1100000\nhalf_open_timeout_s = 600\n",
