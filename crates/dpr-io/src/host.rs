@@ -117,6 +117,59 @@ fn conf(dev: &str, key: &str) -> PathBuf {
     PathBuf::from(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"))
 }
 
+/// Addresses on the uplink that would make peers ignore this host's ARP
+/// requests. With `arp_announce=2` the kernel sends an ARP request for a
+/// peer's tunnel address from the primary address of the uplink subnet
+/// that holds it; if that address is one of this host's service
+/// addresses, every peer holds it too (on its TUN) and drops the request,
+/// so the peer stays unresolved and redirected packets go nowhere. One
+/// message per affected peer, naming the fix; empty when the layout is
+/// right (tunnel address primary, service addresses /32).
+pub fn arp_source_problems(
+    addrs: &[netlink::AddrInfo],
+    uplink: u32,
+    service_addrs: &[Ipv4Addr],
+    peer_tunnels: &[Ipv4Addr],
+) -> Vec<String> {
+    let contains = |a: &netlink::AddrInfo, t: Ipv4Addr| {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(a.prefix.min(32)))
+            .unwrap_or(0);
+        u32::from(a.addr) & mask == u32::from(t) & mask
+    };
+    let mut out = Vec::new();
+    for &t in peer_tunnels {
+        let sender = addrs
+            .iter()
+            .find(|a| a.ifindex == uplink && !a.secondary && contains(a, t));
+        if let Some(a) = sender.filter(|a| service_addrs.contains(&a.addr)) {
+            out.push(format!(
+                "ARP requests for peer {t} would be sent from service address {}/{}, which every \
+                 peer holds and so ignores: make the tunnel address the subnet's primary \
+                 address and add service addresses as /32 (docs/configuration.md)",
+                a.addr, a.prefix
+            ));
+        }
+    }
+    out
+}
+
+/// Reads the uplink's addresses and returns [`arp_source_problems`].
+pub fn check_uplink_addresses(
+    uplink: &str,
+    service_addrs: &[Ipv4Addr],
+    peer_tunnels: &[Ipv4Addr],
+) -> io::Result<Vec<String>> {
+    let ifindex = sys::if_index(uplink)?;
+    let addrs = Netlink::open()?.dump_addrs_v4()?;
+    Ok(arp_source_problems(
+        &addrs,
+        ifindex,
+        service_addrs,
+        peer_tunnels,
+    ))
+}
+
 /// Whether this process can set up the host (root or `CAP_NET_ADMIN`).
 pub fn can_set_up() -> bool {
     sys::geteuid() == 0 || sys::effective_caps().is_ok_and(|c| c & (1 << sys::CAP_NET_ADMIN) != 0)
@@ -388,5 +441,39 @@ impl HostGuard {
 impl Drop for HostGuard {
     fn drop(&mut self) {
         let _ = self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::AddrInfo;
+
+    fn a(addr: [u8; 4], prefix: u8, secondary: bool) -> AddrInfo {
+        AddrInfo {
+            ifindex: 2,
+            addr: Ipv4Addr::from(addr),
+            prefix,
+            secondary,
+        }
+    }
+
+    #[test]
+    fn a_service_address_as_the_subnet_primary_is_reported() {
+        let svc = [Ipv4Addr::new(198, 18, 0, 1)];
+        let peers = [Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 19, 9, 9)];
+        // Service first (/24, primary), tunnel second (secondary): wrong.
+        let wrong = [a([198, 18, 0, 1], 24, false), a([198, 18, 0, 11], 24, true)];
+        let p = arp_source_problems(&wrong, 2, &svc, &peers);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("198.18.0.12") && p[0].contains("198.18.0.1/24"));
+        // Tunnel primary, service /32: right.
+        let right = [
+            a([198, 18, 0, 11], 24, false),
+            a([198, 18, 0, 1], 32, false),
+        ];
+        assert!(arp_source_problems(&right, 2, &svc, &peers).is_empty());
+        // Another interface does not count.
+        assert!(arp_source_problems(&wrong, 3, &svc, &peers).is_empty());
     }
 }

@@ -28,6 +28,7 @@ const NLM_F_DUMP: u16 = 0x300;
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
@@ -36,6 +37,8 @@ const RTM_DELRULE: u16 = 33;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_F_SECONDARY: u8 = 0x01;
+const IFADDRMSG_LEN: usize = 8;
 
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -295,6 +298,37 @@ pub struct RouteInfo {
     pub payload: Vec<u8>,
 }
 
+/// One IPv4 address of an interface, as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// The interface.
+    pub ifindex: u32,
+    /// The address.
+    pub addr: std::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// A secondary address of its subnet (the first one added is primary).
+    pub secondary: bool,
+}
+
+/// Parses an address payload from a dump (IPv4 only; `None` otherwise).
+pub fn parse_addr(payload: &[u8]) -> Option<AddrInfo> {
+    if payload.len() < IFADDRMSG_LEN || i32::from(payload[0]) != libc::AF_INET {
+        return None;
+    }
+    let local = attrs(payload, IFADDRMSG_LEN)
+        .into_iter()
+        .filter(|(ty, d)| matches!(*ty, IFA_LOCAL | IFA_ADDRESS) && d.len() == 4)
+        .min_by_key(|(ty, _)| if *ty == IFA_LOCAL { 0 } else { 1 })?;
+    let d = local.1;
+    Some(AddrInfo {
+        ifindex: u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]),
+        addr: std::net::Ipv4Addr::new(d[0], d[1], d[2], d[3]),
+        prefix: payload[1],
+        secondary: payload[2] & IFA_F_SECONDARY != 0,
+    })
+}
+
 /// Parses a route payload from a dump.
 pub fn parse_route(payload: &[u8]) -> Option<RouteInfo> {
     if payload.len() < RTMSG_LEN {
@@ -465,6 +499,33 @@ impl Netlink {
         self.exec(req.object.del_type(), 0, &req.payload)
     }
 
+    /// Dumps the IPv4 addresses of every interface.
+    pub fn dump_addrs_v4(&mut self) -> io::Result<Vec<AddrInfo>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut req = vec![libc::AF_INET as u8];
+        req.extend_from_slice(&[0u8; IFADDRMSG_LEN - 1]);
+        self.sock.send(&message(
+            RTM_GETADDR,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            self.seq,
+            &req,
+        ))?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            for r in parse_replies(&self.buf[..n]) {
+                match r {
+                    Reply::Done => return Ok(out),
+                    Reply::Ack { error, .. } if error != 0 => {
+                        return Err(io::Error::from_raw_os_error(-error));
+                    }
+                    Reply::Data { payload, .. } => out.extend(parse_addr(payload)),
+                    Reply::Ack { .. } => {}
+                }
+            }
+        }
+    }
+
     /// Dumps the IPv4 routes of every table.
     pub fn dump_routes_v4(&mut self) -> io::Result<Vec<RouteInfo>> {
         self.seq = self.seq.wrapping_add(1);
@@ -496,6 +557,29 @@ impl Netlink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addr_dump_entries_parse() {
+        // What an address request carries is what a dump entry carries.
+        let r = addr(7, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 24, false);
+        let mut p = r.payload.clone();
+        assert_eq!(
+            parse_addr(&p),
+            Some(AddrInfo {
+                ifindex: 7,
+                addr: Ipv4Addr::new(198, 18, 0, 2),
+                prefix: 24,
+                secondary: false
+            })
+        );
+        p[2] |= IFA_F_SECONDARY;
+        assert!(parse_addr(&p).is_some_and(|a| a.secondary));
+        p[0] = 10; // AF_INET6
+        assert_eq!(parse_addr(&p), None);
+        assert_eq!(parse_addr(&r.payload[..7]), None);
+        // No address attribute: nothing.
+        assert_eq!(parse_addr(&r.payload[..IFADDRMSG_LEN]), None);
+    }
 
     #[test]
     fn addr_request_bytes() {

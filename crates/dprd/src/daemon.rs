@@ -213,6 +213,26 @@ pub fn run_with_policy(
     let guard =
         HostGuard::setup(&host_plan(&cfg, &tun, xdp.is_none())).map_err(|e| e.to_string())?;
     tracing::info!(undo_steps = guard.pending_undo().len(), "host set up");
+    // A layout that makes peers ignore our ARP requests fails silently
+    // (redirected packets go nowhere): say so at start.
+    let peer_tunnels: Vec<Ipv4Addr> = v4(&cfg
+        .cluster
+        .peers
+        .iter()
+        .map(|p| p.tunnel_addr)
+        .collect::<Vec<_>>());
+    match dpr_io::host::check_uplink_addresses(
+        &cfg.host.uplink,
+        &v4(&cfg.host.service_addrs),
+        &peer_tunnels,
+    ) {
+        Ok(problems) => {
+            for p in problems {
+                tracing::warn!(uplink = %cfg.host.uplink, "{p}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the uplink's addresses"),
+    }
     let fixed_policy = custom.is_some();
     let policy = SwappablePolicy::new(match custom {
         Some(p) => p,

@@ -877,3 +877,34 @@ on_every_backend!(
     drain_under_load_fails_no_established_connection,
     sigterm_and_a_failed_setup_leave_nothing_behind,
 );
+
+#[test]
+fn an_address_layout_that_breaks_arp_is_reported_at_start() {
+    let Some(_g) = root_or_skip("arp_layout") else {
+        return;
+    };
+    let mut lab = ok(Lab::create(threshold_one(2, "tun"), exe()));
+    // Host 0 the wrong way round: the service address is the subnet's
+    // primary address, the tunnel address a secondary one.
+    let ns = lab.host_ns(0);
+    let (svc, tun) = (service_addr(0), tunnel_addr(0));
+    for args in [
+        vec!["addr", "del", &format!("{svc}/32"), "dev", "eth0"],
+        vec!["addr", "del", &format!("{tun}/24"), "dev", "eth0"],
+        vec!["addr", "add", &format!("{svc}/24"), "dev", "eth0"],
+        vec!["addr", "add", &format!("{tun}/24"), "dev", "eth0"],
+    ] {
+        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
+        ok(lab.exec(&ns, "ip", &args));
+    }
+    ok(lab.start_dprd(0));
+    ok(lab.start_dprd(1));
+    let log = std::fs::read_to_string(lab.log(0)).unwrap();
+    assert!(
+        log.contains(&format!("ARP requests for peer {}", tunnel_addr(1))),
+        "no warning in h0's log:\n{log}"
+    );
+    // The right layout (host 1, as the lab builds it) is not reported.
+    let log1 = std::fs::read_to_string(lab.log(1)).unwrap();
+    assert!(!log1.contains("ARP requests for peer"), "{log1}");
+}
