@@ -501,42 +501,27 @@ impl Netlink {
 
     /// Dumps the IPv4 addresses of every interface.
     pub fn dump_addrs_v4(&mut self) -> io::Result<Vec<AddrInfo>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut req = vec![libc::AF_INET as u8];
-        req.extend_from_slice(&[0u8; IFADDRMSG_LEN - 1]);
-        self.sock.send(&message(
-            RTM_GETADDR,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            self.seq,
-            &req,
-        ))?;
-        let mut out = Vec::new();
-        loop {
-            let n = self.sock.recv(&mut self.buf)?;
-            for r in parse_replies(&self.buf[..n]) {
-                match r {
-                    Reply::Done => return Ok(out),
-                    Reply::Ack { error, .. } if error != 0 => {
-                        return Err(io::Error::from_raw_os_error(-error));
-                    }
-                    Reply::Data { payload, .. } => out.extend(parse_addr(payload)),
-                    Reply::Ack { .. } => {}
-                }
-            }
-        }
+        self.dump_v4(RTM_GETADDR, IFADDRMSG_LEN, parse_addr)
     }
 
     /// Dumps the IPv4 routes of every table.
     pub fn dump_routes_v4(&mut self) -> io::Result<Vec<RouteInfo>> {
+        self.dump_v4(RTM_GETROUTE, RTMSG_LEN, parse_route)
+    }
+
+    /// Sends an IPv4 dump request of type `ty` (a family byte, then zeros
+    /// to `header_len`) and collects what `parse` makes of each entry.
+    fn dump_v4<T>(
+        &mut self,
+        ty: u16,
+        header_len: usize,
+        parse: fn(&[u8]) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
         self.seq = self.seq.wrapping_add(1);
         let mut req = vec![libc::AF_INET as u8];
-        req.extend_from_slice(&[0u8; RTMSG_LEN - 1]);
-        self.sock.send(&message(
-            RTM_GETROUTE,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            self.seq,
-            &req,
-        ))?;
+        req.resize(header_len, 0);
+        self.sock
+            .send(&message(ty, NLM_F_REQUEST | NLM_F_DUMP, self.seq, &req))?;
         let mut out = Vec::new();
         loop {
             let n = self.sock.recv(&mut self.buf)?;
@@ -546,7 +531,7 @@ impl Netlink {
                     Reply::Ack { error, .. } if error != 0 => {
                         return Err(io::Error::from_raw_os_error(-error));
                     }
-                    Reply::Data { payload, .. } => out.extend(parse_route(payload)),
+                    Reply::Data { payload, .. } => out.extend(parse(payload)),
                     Reply::Ack { .. } => {}
                 }
             }

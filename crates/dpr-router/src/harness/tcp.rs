@@ -152,6 +152,19 @@ impl ClientConn {
         p
     }
 
+    /// A bare ACK of what was received.
+    fn ack(&self) -> Vec<u8> {
+        tcp_packet(
+            self.local,
+            self.remote,
+            self.snd_nxt,
+            self.rcv_nxt,
+            TcpFlags::ACK,
+            None,
+            &[],
+        )
+    }
+
     /// Our FIN (with the ACK of what was received); the state moves to
     /// `FinSent`.
     fn fin(&mut self) -> Vec<u8> {
@@ -342,15 +355,7 @@ impl Client {
                     && s.seq.wrapping_add(s.payload.len() as u32) == c.rcv_nxt
                 {
                     c.rcv_nxt = c.rcv_nxt.wrapping_add(1);
-                    out.push(tcp_packet(
-                        c.local,
-                        c.remote,
-                        c.snd_nxt,
-                        c.rcv_nxt,
-                        TcpFlags::ACK,
-                        None,
-                        &[],
-                    ));
+                    out.push(c.ack());
                     if c.state == ClientState::FinSent {
                         c.state = ClientState::Done;
                     }
@@ -362,15 +367,7 @@ impl Client {
                 if c.state == ClientState::Established && c.response_complete() && !c.hold_open {
                     out.push(c.fin());
                 } else if !s.payload.is_empty() {
-                    out.push(tcp_packet(
-                        c.local,
-                        c.remote,
-                        c.snd_nxt,
-                        c.rcv_nxt,
-                        TcpFlags::ACK,
-                        None,
-                        &[],
-                    ));
+                    out.push(c.ack());
                 }
             }
             _ => {}
