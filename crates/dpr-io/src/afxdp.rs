@@ -199,6 +199,11 @@ impl<S: TunSys> XdpQueue<S> {
         self.xsk.counters()
     }
 
+    /// The kernel's counters for the socket (one system call).
+    pub fn kernel_stats(&self) -> io::Result<dpr_xdp::xsk::KernelStats> {
+        self.xsk.kernel_stats().map_err(xdp_err)
+    }
+
     /// Waits up to `timeout` for frames.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         self.xsk.wait_rx(timeout).map_err(xdp_err)

@@ -34,6 +34,7 @@ pub mod host;
 pub mod mem;
 pub mod netlink;
 pub mod privs;
+pub mod sockdiag;
 pub mod sys;
 pub mod tun;
 

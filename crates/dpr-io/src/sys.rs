@@ -176,7 +176,7 @@ pub fn if_hwaddr(name: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// A `NETLINK_ROUTE` socket.
+/// A netlink socket (`NETLINK_ROUTE` unless opened with another protocol).
 #[derive(Debug)]
 pub struct NetlinkSocket {
     fd: OwnedFd,
@@ -185,13 +185,18 @@ pub struct NetlinkSocket {
 impl NetlinkSocket {
     /// Opens and binds a route netlink socket (kernel-assigned port id).
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2) call with constant arguments; the result is
-        // checked before use.
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// Opens and binds a netlink socket of `protocol` (`NETLINK_ROUTE`,
+    /// `NETLINK_SOCK_DIAG`...).
+    pub fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
+                protocol,
             )
         };
         if fd < 0 {

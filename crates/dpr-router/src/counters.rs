@@ -46,6 +46,10 @@ pub struct Counters {
     pub malformed_by_layer: BTreeMap<&'static str, u64>,
     /// New connections served locally.
     pub new_local: u64,
+    /// New connections served locally because no peer was eligible (every
+    /// peer suspect, dead, draining or left): a sign of late load reports
+    /// when it grows on a loaded host.
+    pub new_local_no_peer: u64,
     /// New connections redirected to a peer.
     pub new_redirected: u64,
     /// New connections that arrived from a peer.

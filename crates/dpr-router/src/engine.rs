@@ -407,7 +407,13 @@ impl Engine {
             }
             let v = self.follow(route, pkt, meta);
             match (route, v) {
-                (Route::Local, _) => self.counters.c.new_local += 1,
+                (Route::Local, _) => {
+                    self.counters.c.new_local += 1;
+                    self.loads.record_local();
+                    if self.loads.least_loaded_peer().is_none() && self.loads.host_count() > 1 {
+                        self.counters.c.new_local_no_peer += 1;
+                    }
+                }
                 (Route::Peer(p), Verdict::Forward { .. }) => {
                     self.counters.c.new_redirected += 1;
                     self.counters.peer(p).redirected_connections += 1;
@@ -622,6 +628,7 @@ impl Engine {
                 }
                 self.counters.c.new_from_peer += 1;
                 self.counters.peer(origin).served_connections += 1;
+                self.loads.record_local();
             } else if outcome == PacketOutcome::Unknown && !flags.contains(TcpFlags::RST) {
                 // Mid-connection and not in the table (this host restarted,
                 // or the entry was evicted): learn it again, so the origin

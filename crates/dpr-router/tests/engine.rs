@@ -688,3 +688,57 @@ fn readded_peer_id_starts_clean() {
     );
     assert_eq!(e.counters().unknown_flow_delivered, 1);
 }
+
+/// Between two measurements of the local load, every connection served
+/// here counts against it (as a redirect counts against a peer): a burst of
+/// SYNs below the threshold is served locally only until the threshold is
+/// reached, then goes to the less loaded peer; a new measurement resets
+/// the count.
+#[test]
+fn local_connections_count_until_the_next_measurement() {
+    use dpr_policy::{Threshold, ThresholdConfig};
+    let cfg = EngineConfig::new(A_TUN.into(), vec![A_SVC.into()], vec![80]);
+    let loads = LoadTableConfig {
+        report_interval: Duration::from_millis(100),
+        ..LoadTableConfig::default()
+    };
+    let policy = Threshold::new(ThresholdConfig { threshold: 5.0 }).unwrap();
+    let mut e = Engine::new(
+        cfg,
+        PeerId(0),
+        Capacity::default(),
+        loads,
+        Box::new(policy),
+        Box::new(SplitMix64::new(1)),
+    )
+    .unwrap();
+    e.add_peer(PeerId(1), B_TUN.into(), vec![B_SVC.into()], Timestamp::ZERO)
+        .unwrap();
+    alive(&mut e, 1, Timestamp::ZERO);
+    let measured = |open| LoadFigures {
+        open_connections: open,
+        ..LoadFigures::default()
+    };
+    e.set_local_load(measured(3), Capacity::default()).unwrap();
+    let now = Timestamp::from_nanos(1_000_000);
+    let verdicts: Vec<bool> = (0..4)
+        .map(|i| {
+            matches!(
+                run(&mut e, now, &syn(40_000 + i)).0,
+                Verdict::Forward { .. }
+            )
+        })
+        .collect();
+    // 3 measured + 2 taken = 5: the threshold; the next ones are redirected.
+    assert_eq!(verdicts, vec![false, false, true, true]);
+    assert_eq!(e.loads().local_pending(), 2);
+    // A fresh measurement replaces the optimistic count.
+    e.set_local_load(measured(0), Capacity::default()).unwrap();
+    assert_eq!(e.loads().local_pending(), 0);
+    assert!(!matches!(
+        run(&mut e, now, &syn(40_100)).0,
+        Verdict::Forward { .. }
+    ));
+    let c = e.counters();
+    assert_eq!((c.new_local, c.new_redirected), (3, 2));
+}

@@ -314,6 +314,7 @@ pub struct LoadTable {
     local_figures: LoadFigures,
     local_capacity: Capacity,
     local_score: f64,
+    local_pending: u32,
     peers: Vec<PeerRecord>,
     /// Slot of each peer id (`NO_SLOT` where none): a dense array, because
     /// ids are small and this is on the decision path.
@@ -349,6 +350,7 @@ impl LoadTable {
             local_figures: LoadFigures::default(),
             local_capacity,
             local_score: 0.0,
+            local_pending: 0,
             peers: Vec::new(),
             slot_of: Vec::new(),
             ids: Vec::new(),
@@ -379,6 +381,25 @@ impl LoadTable {
         self.local_score
     }
 
+    /// Optimistic accounting of this host: counts one new connection it
+    /// serves against its load until the next [`Self::set_local`], as
+    /// [`Self::record_redirect`] does for a peer, so decisions between two
+    /// measurements of the local load see the connections taken since.
+    pub fn record_local(&mut self) {
+        self.local_pending = self.local_pending.saturating_add(1);
+        self.local_score = self.config.normalised_load(
+            &self.local_figures,
+            self.local_pending,
+            &self.local_capacity,
+        );
+    }
+
+    /// New local connections counted by [`Self::record_local`] since the
+    /// last [`Self::set_local`].
+    pub fn local_pending(&self) -> u32 {
+        self.local_pending
+    }
+
     /// This host's figures.
     pub fn local_figures(&self) -> LoadFigures {
         self.local_figures
@@ -395,6 +416,7 @@ impl LoadTable {
         self.config.check_capacity(&capacity)?;
         self.local_figures = figures;
         self.local_capacity = capacity;
+        self.local_pending = 0;
         self.local_score = self.config.normalised_load(&figures, 0, &capacity);
         self.set_weight(0, self.weight_of(&capacity));
         Ok(())

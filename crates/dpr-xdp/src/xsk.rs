@@ -122,6 +122,8 @@ pub struct XskCounters {
     pub dropped: u64,
     /// Frames the callback copied.
     pub copied: u64,
+    /// `sendto` transmit kicks.
+    pub kicks: u64,
 }
 
 /// The kernel's counters for the socket (`XDP_STATISTICS`).
@@ -174,6 +176,8 @@ pub struct XskSocket {
     tx_free: Vec<u64>,
     /// Descriptors in the tx ring not yet completed.
     tx_outstanding: u32,
+    /// Forwards of the current batch, queued on the tx ring after it.
+    tx_batch: Vec<XdpDesc>,
     counters: XskCounters,
 }
 
@@ -271,6 +275,7 @@ impl XskSocket {
             refill: (0..rx_frames).map(|i| i * fs).collect(),
             tx_free: (rx_frames..frame_count).map(|i| i * fs).collect(),
             tx_outstanding: 0,
+            tx_batch: Vec::new(),
             counters: XskCounters::default(),
         };
         s.refill_fill_ring();
@@ -322,21 +327,37 @@ impl XskSocket {
     }
 
     /// Moves waiting receive frames into the fill ring, as many as fit.
+    ///
+    /// A reservation may be smaller than the room the ring has: xdpilone
+    /// re-reads the kernel's consumer index only once its cached view shows
+    /// no room at all. Reserving again until a reservation comes back empty
+    /// sees the real room.
     fn refill_fill_ring(&mut self) {
-        if self.refill.is_empty() {
-            return;
-        }
-        let n = u32::try_from(self.refill.len()).unwrap_or(u32::MAX);
-        let put = {
+        while !self.refill.is_empty() {
+            let n = u32::try_from(self.refill.len()).unwrap_or(u32::MAX);
             let mut w = self.device.fill(n);
             let start = self.refill.len() - w.capacity() as usize;
             let put = w.insert(self.refill[start..].iter().copied()) as usize;
             w.commit();
-            put
-        };
-        self.refill.truncate(self.refill.len() - put);
+            drop(w);
+            if put == 0 {
+                break;
+            }
+            self.refill.truncate(self.refill.len() - put);
+        }
         if self.device.needs_wakeup() {
             self.device.wake();
+        }
+    }
+
+    /// Returns the frame holding `addr` to its pool: receive frames to
+    /// the fill ring's list, transmit frames to the free list.
+    fn recycle(&mut self, addr: u64) {
+        let base = addr - addr % self.frame_size;
+        if base < self.rx_frames * self.frame_size {
+            self.refill.push(base);
+        } else if base < self.frame_count * self.frame_size {
+            self.tx_free.push(base);
         }
     }
 
@@ -360,15 +381,62 @@ impl XskSocket {
         n
     }
 
-    /// Kicks the kernel to transmit (copy mode sends only from `sendto`).
+    /// Most `sendto` kicks per call of [`Self::kick_tx`].
+    const MAX_KICKS: u32 = 64;
+
+    /// Kicks the kernel to transmit what the tx ring holds. Copy mode sends
+    /// only from `sendto`, and at most 32 descriptors per call (the
+    /// kernel's `TX_BATCH_SIZE`, then `EAGAIN`): kicking once per batch
+    /// would leave the rest in the ring until the next batch, which may
+    /// be much later, and fill the ring under load. So this kicks until the
+    /// kernel has taken everything, a kick makes no progress (the device is
+    /// busy), or `MAX_KICKS`.
     fn kick_tx(&mut self) -> Result<(), Error> {
-        if self.tx_outstanding > 0 && self.tx.needs_wakeup() {
+        if self.tx_outstanding == 0 {
+            return Ok(());
+        }
+        for _ in 0..Self::MAX_KICKS {
+            let before = self.tx.pending();
+            if before == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
             sys::xsk_kick(self.user.as_raw_fd()).map_err(|source| Error::Syscall {
                 op: "sendto(AF_XDP)",
                 source,
             })?;
+            self.counters.kicks += 1;
+            if self.tx.pending() >= before {
+                break;
+            }
         }
         Ok(())
+    }
+
+    /// Queues `self.tx_batch` on the tx ring (reserving again when a
+    /// reservation is short: see [`Self::refill_fill_ring`]); what finds no
+    /// room is dropped, its frame recycled. Returns how many were queued.
+    fn queue_tx_batch(&mut self) -> u32 {
+        let mut done = 0usize;
+        while done < self.tx_batch.len() {
+            let want = u32::try_from(self.tx_batch.len() - done).unwrap_or(u32::MAX);
+            let mut tx = self.tx.transmit(want);
+            let cap = tx.capacity() as usize;
+            if cap == 0 {
+                break;
+            }
+            for d in &self.tx_batch[done..done + cap] {
+                tx.insert_once(*d);
+            }
+            tx.commit();
+            done += cap;
+        }
+        let unsent: Vec<u64> = self.tx_batch.drain(done..).map(|d| d.addr).collect();
+        for addr in unsent {
+            self.counters.tx_full += 1;
+            self.recycle(addr);
+        }
+        self.tx_batch.clear();
+        u32::try_from(done).unwrap_or(u32::MAX)
     }
 
     /// Waits until the rx ring has something or `timeout` passes.
@@ -399,10 +467,8 @@ impl XskSocket {
         let fs = self.frame_size;
         let umem_end = self.frame_count * fs;
         let mut read = 0;
-        let mut queued = 0u32;
         {
             let mut rx = self.rx.receive(max);
-            let mut tx = self.tx.transmit(max);
             while let Some(desc) = rx.read() {
                 read += 1;
                 let base = desc.addr - desc.addr % fs;
@@ -428,16 +494,12 @@ impl XskSocket {
                         if !fits || len == 0 {
                             self.counters.tx_bad_range += 1;
                             self.refill.push(base);
-                        } else if tx.insert_once(XdpDesc {
-                            addr: base + offset as u64,
-                            len: len as u32,
-                            options: 0,
-                        }) {
-                            queued += 1;
-                            self.counters.tx_forwarded += 1;
                         } else {
-                            self.counters.tx_full += 1;
-                            self.refill.push(base);
+                            self.tx_batch.push(XdpDesc {
+                                addr: base + offset as u64,
+                                len: len as u32,
+                                options: 0,
+                            });
                         }
                     }
                     RxAction::Drop => {
@@ -451,9 +513,10 @@ impl XskSocket {
                 }
             }
             rx.release();
-            tx.commit();
         }
+        let queued = self.queue_tx_batch();
         self.counters.rx += read as u64;
+        self.counters.tx_forwarded += u64::from(queued);
         self.tx_outstanding += queued;
         self.refill_fill_ring();
         self.kick_tx()?;
@@ -471,46 +534,30 @@ impl XskSocket {
             self.complete();
         }
         let max_len = self.frame_size as usize - self.data_offset;
-        let mut queued = 0usize;
-        {
-            let n = u32::try_from(self.tx_free.len()).unwrap_or(u32::MAX);
-            let mut tx = self.tx.transmit(n);
-            for bytes in frames {
-                if bytes.len() > max_len || bytes.is_empty() {
-                    self.counters.tx_bad_range += 1;
-                    continue;
-                }
-                if tx.capacity() as usize <= queued {
-                    self.counters.tx_full += 1;
-                    break;
-                }
-                let Some(base) = self.tx_free.pop() else {
-                    self.counters.tx_full += 1;
-                    break;
-                };
-                let Some(chunk) = self.umem.frame(BufIdx((base / self.frame_size) as u32)) else {
-                    continue;
-                };
-                // SAFETY: `base` came from the free list, so the kernel does
-                // not own this chunk (not in any ring); `umem.frame` checked
-                // its bounds; the mapping outlives this borrow.
-                let frame = unsafe { &mut *chunk.addr.as_ptr() };
-                frame[self.data_offset..self.data_offset + bytes.len()].copy_from_slice(bytes);
-                let desc = XdpDesc {
-                    addr: base + self.data_offset as u64,
-                    len: bytes.len() as u32,
-                    options: 0,
-                };
-                if tx.insert_once(desc) {
-                    queued += 1;
-                } else {
-                    self.tx_free.push(base);
-                    self.counters.tx_full += 1;
-                    break;
-                }
+        for bytes in frames {
+            if bytes.len() > max_len || bytes.is_empty() {
+                self.counters.tx_bad_range += 1;
+                continue;
             }
-            tx.commit();
+            let Some(base) = self.tx_free.pop() else {
+                self.counters.tx_full += 1;
+                break;
+            };
+            let Some(chunk) = self.umem.frame(BufIdx((base / self.frame_size) as u32)) else {
+                continue;
+            };
+            // SAFETY: `base` came from the free list, so the kernel does
+            // not own this chunk (not in any ring); `umem.frame` checked
+            // its bounds; the mapping outlives this borrow.
+            let frame = unsafe { &mut *chunk.addr.as_ptr() };
+            frame[self.data_offset..self.data_offset + bytes.len()].copy_from_slice(bytes);
+            self.tx_batch.push(XdpDesc {
+                addr: base + self.data_offset as u64,
+                len: bytes.len() as u32,
+                options: 0,
+            });
         }
+        let queued = self.queue_tx_batch() as usize;
         self.counters.tx_copied += queued as u64;
         self.tx_outstanding += queued as u32;
         self.kick_tx()?;

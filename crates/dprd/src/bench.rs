@@ -236,6 +236,30 @@ fn machine_busy() -> f64 {
     (total - idle) / 100.0
 }
 
+/// TCP counters of namespace `ns` (`/proc/net/snmp` and `/proc/net/netstat`
+/// rows, as `Tcp.RetransSegs`, `TcpExt.TCPSynRetrans`...).
+fn tcp_stats(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for f in ["/proc/net/snmp", "/proc/net/netstat"] {
+        let text = lab.exec(ns, "cat", &[f]).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [h, v] = pair else { continue };
+            let (mut h, mut v) = (h.split_whitespace(), v.split_whitespace());
+            let (Some(p), Some(_)) = (h.next(), v.next()) else {
+                continue;
+            };
+            let p = p.trim_end_matches(':');
+            for (k, x) in h.zip(v) {
+                if let Ok(x) = x.parse() {
+                    m.insert(format!("{p}.{k}"), x);
+                }
+            }
+        }
+    }
+    m
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -246,8 +270,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Requests per second, p50 and p99 (ms) of each run.
-type HttpSamples = [Vec<f64>; 3];
+/// One HTTP path's figures, one entry per run.
+#[derive(Debug, Default)]
+struct HttpSamples {
+    rps: Vec<f64>,
+    /// Latency percentiles, ms.
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    /// Busy CPU time of the whole machine per request, µs.
+    machine_us: Vec<f64>,
+    /// CPU time of the dprd processes (A and B) per request, µs.
+    dprd_us: Vec<f64>,
+    /// TCP retransmissions (client, A and B) per 1,000 requests.
+    retrans_per_k: Vec<f64>,
+}
 
 #[derive(Debug, Default)]
 struct FwdResult {
@@ -326,9 +362,10 @@ impl Bench {
     /// without draining (a drained host leaves the cluster once it has no
     /// connections, and B then drops its IP-in-IP): A's capacity is tiny and
     /// it holds one idle local connection, so its load is far above B's.
+    /// B runs the same backend as A, as a cluster would.
     fn start_a_loaded(&mut self, backend: &str) -> Result<(), String> {
         let _ = self.lab.signal_dprd(1, "TERM");
-        let b = self.config(1, "tun", "");
+        let b = self.config(1, backend, "");
         self.lab.start_dprd_with(1, &b)?;
         let c = self
             .config(0, backend, "")
@@ -519,13 +556,40 @@ impl Bench {
         Ok((rps, lat("50%"), lat("99%")))
     }
 
-    fn http_runs(&self, url: &str) -> Result<HttpSamples, String> {
-        let mut r: [Vec<f64>; 3] = Default::default();
+    /// `--runs` runs of wrk on `url`, with the machine's CPU time, the
+    /// CPU time of the dprd processes running (A's and B's), and the TCP
+    /// retransmissions of the client, A and B (a sign of loss on the path).
+    fn http_runs(&self, url: &str, with_dprd: bool) -> Result<HttpSamples, String> {
+        let mut r = HttpSamples::default();
+        let nss = [self.lab.client_ns(), self.a(), self.b()];
+        let retrans = || -> u64 {
+            nss.iter()
+                .map(|ns| {
+                    let t = tcp_stats(&self.lab, ns);
+                    t.get("Tcp.RetransSegs").copied().unwrap_or(0)
+                })
+                .sum()
+        };
+        let pids: Vec<u32> = if with_dprd {
+            (0..2).filter_map(|i| self.lab.dprd_pid(i)).collect()
+        } else {
+            Vec::new()
+        };
+        let dprd_cpu = || pids.iter().map(|p| proc_cpu(*p)).sum::<f64>();
         for _ in 0..self.runs {
+            let (rt0, m0, d0) = (retrans(), machine_busy(), dprd_cpu());
             let (rps, p50, p99) = self.wrk(url)?;
-            r[0].push(rps);
-            r[1].push(p50);
-            r[2].push(p99);
+            let (rt1, m1, d1) = (retrans(), machine_busy(), dprd_cpu());
+            let reqs = (rps * self.secs.round().max(1.0)).max(1.0);
+            r.rps.push(rps);
+            r.p50.push(p50);
+            r.p99.push(p99);
+            r.machine_us.push((m1 - m0) * 1e6 / reqs);
+            if !pids.is_empty() {
+                r.dprd_us.push((d1 - d0) * 1e6 / reqs);
+            }
+            r.retrans_per_k
+                .push(rt1.saturating_sub(rt0) as f64 * 1000.0 / reqs);
         }
         Ok(r)
     }
@@ -538,10 +602,13 @@ impl Bench {
             .exec(&b, "ip", &["rule", "del", "pref", "5"])
             .is_ok()
         {}
+        // No dprd for the baselines: B's kernel alone serves, as without DPR.
+        let _ = self.lab.signal_dprd(0, "TERM");
+        let _ = self.lab.signal_dprd(1, "TERM");
         let mut out = Vec::new();
         eprintln!("bench: http, direct");
         let direct = format!("http://{}/?size=100", service_addr(1));
-        out.push(("direct to B".to_string(), self.http_runs(&direct)?));
+        out.push(("direct to B".to_string(), self.http_runs(&direct, false)?));
         eprintln!("bench: http, haproxy");
         let cfg = self.lab.dir.join("haproxy.cfg");
         std::fs::write(
@@ -561,13 +628,42 @@ impl Bench {
         // B holds A's service address (as every peer's): HAProxy connects
         // from A's tunnel address, or B would answer itself.
         let hp = format!("http://{}:8080/?size=100", service_addr(0));
-        out.push(("HAProxy TCP mode on A".to_string(), self.http_runs(&hp)?));
+        out.push((
+            "HAProxy TCP mode on A".to_string(),
+            self.http_runs(&hp, false)?,
+        ));
         self.lab.kill_extras();
+        // The path's floor: the same hops as a DPR redirect (client → A →
+        // B, B answers the client directly), with A a plain IP router.
+        eprintln!("bench: http, kernel forwarding through A");
+        {
+            let c = self.lab.client_ns();
+            let b_svc = format!("{}/32", service_addr(1));
+            let a_addr = tunnel_addr(0).to_string();
+            for k in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ] {
+                self.lab.exec(&a, "sysctl", &["-qw", k])?;
+            }
+            self.lab
+                .exec(&c, "ip", &["route", "add", &b_svc, "via", &a_addr])?;
+            let r = self.http_runs(&direct, false);
+            let _ = self.lab.exec(&c, "ip", &["route", "del", &b_svc]);
+            let _ = self
+                .lab
+                .exec(&a, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+            out.push((
+                "kernel IP forwarding through A (no balancing)".to_string(),
+                r?,
+            ));
+        }
         let via_a = format!("http://{}/?size=100", service_addr(0));
         for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
             eprintln!("bench: http, dpr {backend}");
             self.start_a_loaded(backend)?;
-            let r = self.http_runs(&via_a).map_err(|e| {
+            let r = self.http_runs(&via_a, true).map_err(|e| {
                 let st = |i: usize| {
                     self.lab.status(i).map(|s| {
                         format!(
@@ -578,6 +674,19 @@ impl Bench {
                 };
                 format!("{e}\nA: {:?}\nB: {:?}", st(0), st(1))
             })?;
+            if let Ok(s) = self.lab.status(0) {
+                let ev = |k: &str| s.events.get(k).copied().unwrap_or(0);
+                let io = |k: &str| s.io.get(k).copied().unwrap_or(0);
+                eprintln!(
+                    "bench: A redirected {} new connections and served {} ({} with no peer eligible); \
+                     AF_XDP tx ring full {}, forwards through the kernel {}",
+                    ev("new_redirected"),
+                    ev("new_local"),
+                    ev("new_local_no_peer"),
+                    io("xsk_tx_full"),
+                    io("xdp_unresolved")
+                );
+            }
             out.push((format!("DPR {backend} (A → B)"), r));
             self.lab.kill_extras();
             self.stop_a();
@@ -695,18 +804,27 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     if only.contains("http") {
         let r = bench.http()?;
-        let base = stat(&r[0].1[0]).median.max(1.0);
+        let base = stat(&r[0].1.rps).median.max(1.0);
         println!("\n2. HTTP, one connection per request (wrk -t1 -c16, 100-byte answers)");
-        println!("| path | requests/s | ratio to direct | p50 ms | p99 ms |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| path | requests/s | ratio to direct | p50 ms | p99 ms | machine CPU µs/req | dprd CPU µs/req | TCP retransmits / 1k req |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
         for (name, v) in &r {
-            let s = stat(&v[0]);
+            let s = stat(&v.rps);
             println!(
-                "| {name} | {} | {:.2} | {} | {} |",
+                "| {name} | {} | {:.2} | {} | {} | {} | {} | {} |",
                 fmt_stat(s, 1.0, 0),
                 s.median / base,
-                fmt_stat(stat(&v[1]), 1.0, 2),
-                fmt_stat(stat(&v[2]), 1.0, 2)
+                fmt_stat(stat(&v.p50), 1.0, 2),
+                fmt_stat(stat(&v.p99), 1.0, 2),
+                fmt_stat(stat(&v.machine_us), 1.0, 0),
+                if v.dprd_us.is_empty() {
+                    "—".to_string()
+                } else {
+                    fmt_stat(stat(&v.dprd_us), 1.0, 0)
+                },
+                fmt_stat(stat(&v.retrans_per_k), 1.0, 1)
             );
         }
     }

@@ -181,7 +181,7 @@ impl Default for PolicySection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum MetricKind {
-    /// Open TCP connections on the service ports (from /proc/net/tcp).
+    /// Open TCP connections on the service ports (from the kernel's socket table).
     #[default]
     OpenConnections,
 }

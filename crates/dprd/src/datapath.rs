@@ -46,6 +46,17 @@ pub struct Shared {
     pub xdp_fast_forwarded: AtomicU64,
     /// AF_XDP: forwards sent through the kernel (next hop unresolved).
     pub xdp_unresolved: AtomicU64,
+    /// AF_XDP: forwards dropped because the socket's tx ring was full.
+    pub xsk_tx_full: AtomicU64,
+    /// AF_XDP, the kernel's socket counters (summed over queues):
+    /// frames dropped because the rx ring was full.
+    pub xsk_rx_ring_full: AtomicU64,
+    /// ... frames dropped for other reasons (no fill-ring frame).
+    pub xsk_rx_dropped: AtomicU64,
+    /// ... times the fill ring was empty when a frame arrived.
+    pub xsk_fill_ring_empty: AtomicU64,
+    /// ... invalid tx descriptors.
+    pub xsk_tx_invalid: AtomicU64,
 }
 
 impl Shared {
@@ -61,6 +72,11 @@ impl Shared {
             rx_errors: AtomicU64::new(0),
             xdp_fast_forwarded: AtomicU64::new(0),
             xdp_unresolved: AtomicU64::new(0),
+            xsk_tx_full: AtomicU64::new(0),
+            xsk_rx_ring_full: AtomicU64::new(0),
+            xsk_rx_dropped: AtomicU64::new(0),
+            xsk_fill_ring_empty: AtomicU64::new(0),
+            xsk_tx_invalid: AtomicU64::new(0),
         }
     }
 
@@ -135,7 +151,40 @@ pub fn run_worker<B: Backend>(mut backend: B, shared: Arc<Shared>, batch_size: u
 pub fn run_xdp_worker<S: TunSys>(mut q: XdpQueue<S>, shared: Arc<Shared>, batch_size: usize) {
     let max = u32::try_from(batch_size).unwrap_or(u32::MAX);
     let mut reported = q.counters();
+    let mut reported_xsk = q.xsk_counters();
+    let mut reported_kernel = dpr_xdp::xsk::KernelStats::default();
+    let mut stats_due = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
+        if Instant::now() >= stats_due {
+            // The kernel's counters cost a system call: four times a second.
+            stats_due = Instant::now() + Duration::from_millis(250);
+            if let Ok(k) = q.kernel_stats() {
+                let add = |a: &AtomicU64, new: u64, old: u64| {
+                    a.fetch_add(new.saturating_sub(old), Ordering::Relaxed);
+                };
+                add(
+                    &shared.xsk_rx_ring_full,
+                    k.rx_ring_full,
+                    reported_kernel.rx_ring_full,
+                );
+                add(
+                    &shared.xsk_rx_dropped,
+                    k.rx_dropped,
+                    reported_kernel.rx_dropped,
+                );
+                add(
+                    &shared.xsk_fill_ring_empty,
+                    k.rx_fill_ring_empty_descs,
+                    reported_kernel.rx_fill_ring_empty_descs,
+                );
+                add(
+                    &shared.xsk_tx_invalid,
+                    k.tx_invalid_descs,
+                    reported_kernel.tx_invalid_descs,
+                );
+                reported_kernel = k;
+            }
+        }
         match q.wait(Duration::from_millis(50)) {
             Ok(true) => {}
             Ok(false) => continue,
@@ -185,6 +234,11 @@ pub fn run_xdp_worker<S: TunSys>(mut q: XdpQueue<S>, shared: Arc<Shared>, batch_
             .xdp_unresolved
             .fetch_add(c.unresolved - reported.unresolved, Ordering::Relaxed);
         reported = c;
+        let x = q.xsk_counters();
+        shared
+            .xsk_tx_full
+            .fetch_add(x.tx_full - reported_xsk.tx_full, Ordering::Relaxed);
+        reported_xsk = x;
     }
     q.drain(Duration::from_millis(100));
 }

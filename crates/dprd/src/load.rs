@@ -1,6 +1,10 @@
 //! This host's load: open TCP connections on the service ports.
 //!
-//! Measured from `/proc/net/tcp` rather than derived from the engine's
+//! The daemon counts them over `NETLINK_SOCK_DIAG` (`dpr_io::sockdiag`);
+//! this module is the fallback where that is unavailable, reading
+//! `/proc/net/tcp`, which formats every socket (TIME_WAIT included) and
+//! costs far more on a busy server. Both take the kernel's count rather
+//! than one derived from the engine's
 //! tables: the kernel's socket table counts exactly the connections this
 //! host serves (its own and those redirected in from peers, which arrive on
 //! the peers' service addresses), ends them when they really close, and
