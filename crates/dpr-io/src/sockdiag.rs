@@ -139,23 +139,34 @@ impl TcpCounter {
     }
 
     /// Open connections (see [`OPEN_STATES`]) whose local address is one
-    /// of `addrs` and local port one of `ports`.
-    pub fn count_open(&mut self, addrs: &[IpAddr], ports: &[u16]) -> io::Result<u32> {
-        let mut n = 0u32;
-        let mut count = |s: &TcpSocket| {
+    /// of `addrs` and local port one of `ports`, appended to `out`.
+    pub fn open_sockets(
+        &mut self,
+        addrs: &[IpAddr],
+        ports: &[u16],
+        out: &mut Vec<TcpSocket>,
+    ) -> io::Result<()> {
+        let mut keep = |s: &TcpSocket| {
             if ports.contains(&s.local.port()) && addrs.contains(&s.local.ip()) {
-                n = n.saturating_add(1);
+                out.push(*s);
             }
         };
-        self.for_each(libc::AF_INET, OPEN_STATES, &mut count)?;
+        self.for_each(libc::AF_INET, OPEN_STATES, &mut keep)?;
         // IPv6 sockets, and IPv4 connections of dual-stack sockets
         // (v4-mapped). Without IPv6 in the kernel this dump fails, which
         // matters only when a service address is IPv6.
-        let v6 = self.for_each(libc::AF_INET6, OPEN_STATES, &mut count);
+        let v6 = self.for_each(libc::AF_INET6, OPEN_STATES, &mut keep);
         if addrs.iter().any(IpAddr::is_ipv6) {
             v6?;
         }
-        Ok(n)
+        Ok(())
+    }
+
+    /// How many [`Self::open_sockets`] finds.
+    pub fn count_open(&mut self, addrs: &[IpAddr], ports: &[u16]) -> io::Result<u32> {
+        let mut v = Vec::new();
+        self.open_sockets(addrs, ports, &mut v)?;
+        Ok(u32::try_from(v.len()).unwrap_or(u32::MAX))
     }
 }
 

@@ -299,6 +299,16 @@ impl Engine {
         &self.routes
     }
 
+    /// The local stack reports `flow` (client to a peer's service) open:
+    /// its entry in the served table becomes established and active now.
+    /// For packets the engine does not see (decapsulated by the XDP
+    /// program): without this, such an entry would expire while its
+    /// connection lives, and a restarted peer could not recover it.
+    /// Returns whether there was an entry.
+    pub fn confirm_served(&mut self, flow: &FlowKey, now: Timestamp) -> bool {
+        self.served.confirm_open(flow, now)
+    }
+
     /// Connections this host serves for peers (`Route::Peer(origin)`).
     pub fn served(&self) -> &ConnTable<WideKey> {
         &self.served

@@ -521,6 +521,31 @@ impl<K: TableKey> ConnTable<K> {
         Some(e)
     }
 
+    /// Someone who can see the connection itself (the kernel's socket
+    /// table, where the packets this table does not see end up) says it is
+    /// open: a `SynSeen` entry becomes `Established`, and an `Established`
+    /// one counts as active now (its idle time restarts, LRU order too).
+    /// A closing or reset entry is left as it is, and nothing is created.
+    /// Returns whether a live entry was found.
+    pub fn confirm_open(&mut self, flow: &FlowKey, now: Timestamp) -> bool {
+        let Some(e) = self.live_entry(flow, now) else {
+            return false;
+        };
+        let s = &mut self.entries[e as usize];
+        if s.state & RST_SEEN != 0 {
+            return true;
+        }
+        match s.state & ST_MASK {
+            ST_SYN | ST_EST => {
+                s.state = (s.state & !ST_MASK) | ST_EST;
+                s.last_seen = now.0;
+                self.touch(e);
+            }
+            _ => {}
+        }
+        true
+    }
+
     /// A copy of the entry for `flow` without expiry or any change.
     pub fn get(&self, flow: &FlowKey) -> Option<ConnEntry> {
         let key = K::from_flow(flow)?;

@@ -131,6 +131,45 @@ fn lifecycle_syn_established_fin_fin_grace() {
     assert!(t.is_empty());
 }
 
+/// An entry whose packets bypass the table (decapsulated by the XDP
+/// program) is kept alive and moved to `Established` by confirmations from
+/// the socket table; closing and reset entries are not revived, unknown
+/// flows not created.
+#[test]
+fn confirm_open_keeps_an_unseen_connection_alive() {
+    let mut t = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(1)).unwrap();
+    let (f, r) = (flow(1), Route::Peer(PeerId(7)));
+    t.insert(&f, r, Timestamp(0)).unwrap();
+    assert!(t.confirm_open(&f, Timestamp(90)));
+    assert_eq!(t.get(&f).unwrap().state, ConnState::Established);
+    // Idle past the half-open timeout (100) but not the established one.
+    assert!(t.confirm_open(&f, Timestamp(900)));
+    assert_eq!(t.get(&f).unwrap().last_seen, Timestamp(900));
+    assert!(t.lookup(&f, Timestamp(1899)).is_some());
+    assert!(!t.confirm_open(&flow(2), Timestamp(900)));
+    assert_eq!(t.len(), 1, "nothing created");
+    t.on_packet(
+        &f,
+        Direction::Original,
+        ACK | TcpFlags::FIN,
+        40,
+        Timestamp(1000),
+    );
+    assert!(t.confirm_open(&f, Timestamp(1100)));
+    let e = t.get(&f).unwrap();
+    assert_eq!(
+        (e.state, e.last_seen),
+        (ConnState::Closing, Timestamp(1000))
+    );
+    let g = flow(3);
+    t.insert(&g, r, Timestamp(0)).unwrap();
+    t.on_packet(&g, Direction::Original, TcpFlags::RST, 40, Timestamp(10));
+    assert!(t.confirm_open(&g, Timestamp(20)));
+    assert_eq!(t.get(&g).unwrap().state, ConnState::Closed);
+    // Expired entries are removed, not confirmed.
+    assert!(!t.confirm_open(&f, Timestamp(5000)));
+}
+
 #[test]
 fn rst_starts_the_grace_time_and_udp_starts_established() {
     let mut t = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(1)).unwrap();

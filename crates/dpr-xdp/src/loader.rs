@@ -27,6 +27,8 @@ pub struct ProgramConfig {
     pub max_services: u32,
     /// Peer tunnel addresses per family.
     pub max_peers: u32,
+    /// (peer, service address, port) entries of the decapsulation fast path.
+    pub max_tunnel_services: u32,
     /// What router traffic does on a queue without a socket.
     pub missing_socket: MissingSocket,
 }
@@ -37,6 +39,7 @@ impl Default for ProgramConfig {
             max_queues: 64,
             max_services: 1024,
             max_peers: 1024,
+            max_tunnel_services: 16_384,
             missing_socket: MissingSocket::Pass,
         }
     }
@@ -95,6 +98,7 @@ pub struct RouterProgram {
     services_v6: MapFd,
     peers_v4: MapFd,
     peers_v6: MapFd,
+    tunnel_services_v4: MapFd,
     xsks: MapFd,
     counters: MapFd,
     /// Services per address, for the (address, 0) fragment marker.
@@ -132,6 +136,20 @@ fn service_key(addr: SocketAddr) -> Vec<u8> {
     k.extend_from_slice(&addr.port().to_be_bytes());
     k.extend_from_slice(&[0, 0]);
     k
+}
+
+fn tunnel_service_key(tunnel_addr: IpAddr, service: SocketAddr) -> Result<Vec<u8>, Error> {
+    let (IpAddr::V4(t), IpAddr::V4(s)) = (tunnel_addr, service.ip()) else {
+        return Err(Error::Parse("tunnel service: IPv4 only"));
+    };
+    if service.port() == 0 {
+        return Err(Error::Parse("service port 0"));
+    }
+    let mut k = t.octets().to_vec();
+    k.extend_from_slice(&s.octets());
+    k.extend_from_slice(&service.port().to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    Ok(k)
 }
 
 fn ip_key(addr: IpAddr) -> Vec<u8> {
@@ -177,6 +195,11 @@ impl RouterProgram {
         let services_v6 = hash(program::SERVICE_V6_KEY, cfg.max_services * 2, "dpr_svc6")?;
         let peers_v4 = hash(program::PEER_V4_KEY, cfg.max_peers, "dpr_peer4")?;
         let peers_v6 = hash(program::PEER_V6_KEY, cfg.max_peers, "dpr_peer6")?;
+        let tunnel_services_v4 = hash(
+            program::TUNNEL_SERVICE_V4_KEY,
+            cfg.max_tunnel_services,
+            "dpr_tsvc4",
+        )?;
         let xsks = sys::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, cfg.max_queues, 4, "dpr_xsks")
             .map_err(syscall("BPF_MAP_CREATE"))?;
         let counters = sys::map_create(
@@ -193,6 +216,7 @@ impl RouterProgram {
             services_v6: services_v6.raw(),
             peers_v4: peers_v4.raw(),
             peers_v6: peers_v6.raw(),
+            tunnel_services_v4: tunnel_services_v4.raw(),
             xsks: xsks.raw(),
             counters: counters.raw(),
         };
@@ -204,6 +228,7 @@ impl RouterProgram {
             services_v6,
             peers_v4,
             peers_v6,
+            tunnel_services_v4,
             xsks,
             counters,
             per_address: HashMap::new(),
@@ -287,6 +312,32 @@ impl RouterProgram {
             .map_err(syscall("BPF_MAP_DELETE_ELEM"))
     }
 
+    /// Lets the program decapsulate itself the IPv4-in-IPv4 packets that
+    /// peer `tunnel_addr` sends to `service` (one of that peer's service
+    /// addresses and ports), and pass them to the kernel (see the
+    /// program's documentation; SYN, FIN, RST and anything unusual still go
+    /// to the router). IPv4 only: other pairs are refused with
+    /// [`Error::Parse`].
+    pub fn add_tunnel_service(
+        &mut self,
+        tunnel_addr: IpAddr,
+        service: SocketAddr,
+    ) -> Result<(), Error> {
+        let key = tunnel_service_key(tunnel_addr, service)?;
+        sys::map_update(&self.tunnel_services_v4, &key, &PRESENT, 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Undoes [`Self::add_tunnel_service`]. `Ok(false)` if it was not there.
+    pub fn remove_tunnel_service(
+        &mut self,
+        tunnel_addr: IpAddr,
+        service: SocketAddr,
+    ) -> Result<bool, Error> {
+        let key = tunnel_service_key(tunnel_addr, service)?;
+        sys::map_delete(&self.tunnel_services_v4, &key).map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
     /// Puts an AF_XDP socket in the slot of receive queue `queue`.
     pub fn set_socket(&mut self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), Error> {
         let fd = xsk.as_raw_fd() as u32;
@@ -324,6 +375,14 @@ impl RouterProgram {
         let out = sys::prog_test_run(self.prog.as_fd(), frame, 1)
             .map_err(syscall("BPF_PROG_TEST_RUN"))?;
         Ok(out.retval)
+    }
+
+    /// Runs the program once on `frame`; its verdict and the frame as the
+    /// program left it.
+    pub fn test_run_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
+        let out = sys::prog_test_run(self.prog.as_fd(), frame, 1)
+            .map_err(syscall("BPF_PROG_TEST_RUN"))?;
+        Ok((out.retval, out.data))
     }
 
     /// Runs the program `repeat` times on `frame`; the kernel's average

@@ -9,9 +9,28 @@
 //! | IPv4/IPv6 TCP to a (service address, port) in `services_v4`/`services_v6` | redirect |
 //! | IPv4 fragment (MF set or offset > 0) of TCP to a service *address* | redirect (the engine counts and drops it) |
 //! | IPv6 with a Fragment header directly before TCP, to a service address | redirect (likewise) |
-//! | IP protocol 4 or 41 (IP-in-IP, IPv6-in-IP) from an address in `peers_v4`/`peers_v6` | redirect |
+//! | IPv4-in-IPv4 from a peer, untagged, both headers without options, neither a fragment, same ECN bits outside and inside, TCP to one of *that peer's* service (address, port) in `tunnel_services_v4`, not SYN, FIN or RST | **decapsulated here** and passed to the kernel (see below) |
+//! | IP protocol 4 or 41 (IP-in-IP, IPv6-in-IP) from an address in `peers_v4`/`peers_v6` (anything else) | redirect |
 //! | Ethernet with one 802.1Q / 802.1ad tag | as above, after the tag |
 //! | anything else: ARP, other ports, UDP, ICMP, non-peer IP-in-IP, two VLAN tags, other IPv6 extension headers, IPv4 with a bad version or IHL, truncated headers | pass |
+//!
+//! **Decapsulation in the program.** Most packets a peer tunnels to this host
+//! are the middle of connections it serves: the engine only strips the
+//! outer header and hands the inner packet to the local stack. For those
+//! the program does it itself (`bpf_xdp_adjust_head` by the 20 outer bytes,
+//! the same MAC addresses written in front, `XDP_PASS`), which saves the
+//! copy into the socket, a wake-up of the worker and a TUN write per packet.
+//! The kernel then receives the client's packet as if the client had sent
+//! it here (the peers' service addresses are local addresses of this host).
+//! What the engine must see still goes to it: SYN, FIN and RST (the
+//! served-for-peers table records and ends connections from them; the daemon
+//! keeps the entries of live connections fresh from the kernel's socket
+//! table), and every packet outside the plain case above — options,
+//! fragments, ECN to combine, VLAN tags, IPv6, an inner packet that is not
+//! service TCP of that peer (the engine counts and drops it). The outer
+//! header's checksum is not verified on this path; the kernel verifies the
+//! inner IP and TCP checksums as for any packet. Enabled when the loader is
+//! given `tunnel_services_v4` entries (`RouterProgram::add_tunnel_service`).
 //!
 //! When the queue has no socket in `xsks`, `bpf_redirect_map` returns the
 //! configured fallback ([`MissingSocket`], pass by default): before the
@@ -32,6 +51,7 @@
 //! | `services_v6` | hash | IPv6 address (16) + port (2) + zero (2) | `u32` |
 //! | `peers_v4` | hash | IPv4 tunnel address (4) | `u32` |
 //! | `peers_v6` | hash | IPv6 tunnel address (16) | `u32` |
+//! | `tunnel_services_v4` | hash | peer's IPv4 tunnel address (4) + its service address (4) + port (2) + zero (2) | `u32` |
 //! | `xsks` | xskmap | receive queue index `u32` | AF_XDP socket fd |
 //! | `counters` | per-CPU array | [`Counter`] index `u32` | `u64` packets |
 //!
@@ -55,6 +75,7 @@ pub const XDP_REDIRECT: u32 = 4;
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const HELPER_REDIRECT_MAP: i32 = 51;
+const HELPER_XDP_ADJUST_HEAD: i32 = 44;
 
 /// What the program does with router traffic arriving on a queue that has no
 /// AF_XDP socket in `xsks`.
@@ -78,8 +99,8 @@ impl MissingSocket {
 }
 
 /// The program's counters, indices into the per-CPU `counters` array.
-/// Every packet increments exactly one of the first seven; `NoSocket`
-/// additionally counts redirects that found no socket.
+/// Every packet increments exactly one of `Pass` … `PeerV6` or `DecapV4`;
+/// `NoSocket` additionally counts redirects that found no socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Counter {
@@ -99,11 +120,13 @@ pub enum Counter {
     PeerV6 = 6,
     /// A redirect that found no socket for its queue (fallback applied).
     NoSocket = 7,
+    /// IPv4-in-IPv4 from a peer decapsulated here and passed to the kernel.
+    DecapV4 = 8,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Pass,
         Counter::ServiceV4,
         Counter::FragmentV4,
@@ -112,9 +135,10 @@ impl Counter {
         Counter::FragmentV6,
         Counter::PeerV6,
         Counter::NoSocket,
+        Counter::DecapV4,
     ];
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// The map file descriptors the program refers to.
@@ -128,6 +152,8 @@ pub struct MapFds {
     pub peers_v4: i32,
     /// `peers_v6`.
     pub peers_v6: i32,
+    /// `tunnel_services_v4`.
+    pub tunnel_services_v4: i32,
     /// `xsks`.
     pub xsks: i32,
     /// `counters`.
@@ -139,6 +165,7 @@ pub(crate) const SERVICE_V4_KEY: u32 = 8;
 pub(crate) const SERVICE_V6_KEY: u32 = 20;
 pub(crate) const PEER_V4_KEY: u32 = 4;
 pub(crate) const PEER_V6_KEY: u32 = 16;
+pub(crate) const TUNNEL_SERVICE_V4_KEY: u32 = 12;
 
 // Ethernet types and IP protocols, as the program's 16-bit loads see them
 // (network byte order read by a native-order load).
@@ -159,6 +186,9 @@ const PROTO_FRAGMENT: i32 = 44;
 // Stack layout (offsets from r10).
 const KEY: i16 = -40; // up to 20 bytes: -40..-20
 const COUNTER_INDEX: i16 = -4;
+const MACS: i16 = -56; // the 12 MAC bytes while the head moves: -56..-44
+/// TCP flags that must reach the engine: FIN, SYN, RST.
+const TCP_FIN_SYN_RST: i32 = 0x07;
 
 /// Builds the program for the given maps and missing-socket action.
 pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>, AsmError> {
@@ -244,6 +274,9 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.load(Size::W, R5, R9, 12);
     a.store(Size::W, R10, KEY, R5);
     lookup_or_pass(&mut a, maps.peers_v4, pass);
+    let to_engine = a.label();
+    decap_v4(&mut a, maps, to_engine);
+    a.bind(to_engine);
     a.mov_imm(R7, Counter::PeerV4 as i32).ja(redirect);
 
     // ---- IPv6: fixed header, then by next header (no extension walk).
@@ -312,6 +345,84 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.finish()
 }
 
+/// The decapsulation fast path (see the module documentation) for an
+/// IPv4-in-IPv4 frame from a known peer (r7 data, r8 end, r9 outer IPv4
+/// header): returns `XDP_PASS` with the inner packet, or jumps to
+/// `to_engine` with the frame untouched.
+fn decap_v4(a: &mut Asm, maps: &MapFds, to_engine: Label) {
+    a.mov_reg(R3, R7).alu_imm(Alu::Add, R3, 14);
+    a.jmp_reg(Cond::Ne, R3, R9, to_engine); // a VLAN tag
+    a.mov_reg(R3, R9).alu_imm(Alu::Add, R3, 20 + 20 + 14);
+    a.jmp_reg(Cond::Gt, R3, R8, to_engine); // through the inner TCP flags
+    // Outer: version 4, no options, IP-in-IP, not a fragment.
+    a.load(Size::B, R2, R9, 0);
+    a.jmp_imm(Cond::Ne, R2, 0x45, to_engine);
+    a.load(Size::B, R2, R9, 9);
+    a.jmp_imm(Cond::Ne, R2, PROTO_IPIP, to_engine);
+    a.load(Size::H, R2, R9, 6);
+    a.alu_imm(Alu::And, R2, IPV4_FRAG_MASK);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // Inner: version 4, no options, TCP, not a fragment.
+    a.load(Size::B, R2, R9, 20);
+    a.jmp_imm(Cond::Ne, R2, 0x45, to_engine);
+    a.load(Size::B, R2, R9, 20 + 9);
+    a.jmp_imm(Cond::Ne, R2, PROTO_TCP, to_engine);
+    a.load(Size::H, R2, R9, 20 + 6);
+    a.alu_imm(Alu::And, R2, IPV4_FRAG_MASK);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // The same ECN bits outside and inside: nothing to combine (RFC 6040).
+    a.load(Size::B, R2, R9, 1);
+    a.load(Size::B, R3, R9, 20 + 1);
+    a.alu_reg(Alu::Xor, R2, R3).alu_imm(Alu::And, R2, 3);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // Lengths agree: outer total = inner total + 20.
+    for (reg, off) in [(R2, 2), (R3, 20 + 2)] {
+        a.load(Size::B, reg, R9, off).alu_imm(Alu::Lsh, reg, 8);
+        a.load(Size::B, R4, R9, off + 1);
+        a.alu_reg(Alu::Or, reg, R4);
+    }
+    a.alu_imm(Alu::Add, R3, 20);
+    a.jmp_reg(Cond::Ne, R2, R3, to_engine);
+    // SYN, FIN and RST go to the engine.
+    a.load(Size::B, R2, R9, 20 + 20 + 13);
+    a.alu_imm(Alu::And, R2, TCP_FIN_SYN_RST);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // (peer, inner destination, destination port): a service of that peer.
+    a.load(Size::W, R5, R9, 12);
+    a.store(Size::W, R10, KEY, R5);
+    a.load(Size::W, R5, R9, 20 + 16);
+    a.store(Size::W, R10, KEY + 4, R5);
+    a.load(Size::H, R5, R9, 20 + 20 + 2);
+    a.store(Size::H, R10, KEY + 8, R5);
+    a.store_imm(Size::H, R10, KEY + 10, 0);
+    lookup_or_pass(a, maps.tunnel_services_v4, to_engine);
+    // Keep the MAC addresses, drop the outer header, write them back.
+    a.load(Size::W, R2, R7, 0).store(Size::W, R10, MACS, R2);
+    a.load(Size::H, R2, R7, 4).store(Size::H, R10, MACS + 4, R2);
+    a.load(Size::H, R2, R7, 6).store(Size::H, R10, MACS + 6, R2);
+    a.load(Size::W, R2, R7, 8).store(Size::W, R10, MACS + 8, R2);
+    a.mov_reg(R1, R6).mov_imm(R2, 20);
+    a.call(HELPER_XDP_ADJUST_HEAD);
+    a.jmp_imm(Cond::Ne, R0, 0, to_engine); // refused: the frame is unchanged
+    a.load(Size::W, R7, R6, 0);
+    a.load(Size::W, R8, R6, 4);
+    a.mov_reg(R3, R7).alu_imm(Alu::Add, R3, 14);
+    let aborted = a.label();
+    a.jmp_reg(Cond::Gt, R3, R8, aborted);
+    a.load(Size::W, R2, R10, MACS).store(Size::W, R7, 0, R2);
+    a.load(Size::H, R2, R10, MACS + 4).store(Size::H, R7, 4, R2);
+    a.load(Size::H, R2, R10, MACS + 6).store(Size::H, R7, 6, R2);
+    a.load(Size::W, R2, R10, MACS + 8).store(Size::W, R7, 8, R2);
+    a.store_imm(Size::H, R7, 12, ETH_P_IPV4);
+    count(a, maps.counters, Some(Counter::DecapV4));
+    a.mov_imm(R0, XDP_PASS as i32);
+    a.exit();
+    // Cannot happen (the frame only shrank); never pass a half-written one.
+    a.bind(aborted);
+    a.mov_imm(R0, XDP_ABORTED as i32);
+    a.exit();
+}
+
 /// `r0 = lookup(map, r10 + KEY)`; `goto pass` when absent.
 fn lookup_or_pass(a: &mut Asm, map: i32, pass: Label) {
     a.load_map_fd(R1, map);
@@ -358,6 +469,7 @@ mod tests {
             services_v6: 4,
             peers_v4: 5,
             peers_v6: 6,
+            tunnel_services_v4: 9,
             xsks: 7,
             counters: 8,
         };

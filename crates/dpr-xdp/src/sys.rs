@@ -286,10 +286,12 @@ pub(crate) fn prog_load_xdp(
 }
 
 /// What `BPF_PROG_TEST_RUN` reports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct TestRunOutput {
     pub(crate) retval: u32,
     pub(crate) duration_ns: u32,
+    /// The frame as the program left it.
+    pub(crate) data: Vec<u8>,
 }
 
 /// `BPF_PROG_TEST_RUN` of `prog` on `data` (an Ethernet frame), `repeat` times.
@@ -299,17 +301,23 @@ pub(crate) fn prog_test_run(
     repeat: u32,
 ) -> io::Result<TestRunOutput> {
     let data_size_in = u32::try_from(data.len()).map_err(|_| io::Error::other("frame too big"))?;
+    // Room for the frame the program leaves (it may grow by the headroom).
+    let mut out = vec![0u8; data.len() + 512];
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in,
         data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        data_size_out: u32::try_from(out.len()).unwrap_or(u32::MAX),
         repeat,
         ..Default::default()
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    out.truncate((attr.data_size_out as usize).min(out.len()));
     Ok(TestRunOutput {
         retval: attr.retval,
         duration_ns: attr.duration,
+        data: out,
     })
 }
 

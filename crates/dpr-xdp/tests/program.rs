@@ -329,7 +329,7 @@ fn every_frame_class_gets_its_verdict() {
         return;
     }
     let p = loaded(MissingSocket::Drop);
-    let mut want = [0u64; 8];
+    let mut want = [0u64; Counter::COUNT as usize];
     for (name, frame, counter) in cases() {
         let action = p.test_run(&frame).unwrap();
         let expected = if counter == Counter::Pass {
@@ -477,4 +477,116 @@ fn program_cost_per_packet() {
         let (_, ns) = p.test_run_timed(&frame, 100_000).unwrap();
         eprintln!("program_cost_per_packet: {name}: {ns} ns/run");
     }
+}
+
+/// An IPv4-in-IPv4 frame from `outer_src` carrying `inner` (an IPv4 packet).
+fn tunnelled(outer_src: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    eth(MAC_A, MAC_B, 0x0800, &ipv4(outer_src, SVC4, 4, inner))
+}
+
+/// An inner IPv4 TCP packet client → service with `flags` and a payload.
+fn inner_tcp(dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = tcp_header(40000, dport, flags);
+    t.extend_from_slice(payload);
+    ipv4(CLIENT4, SVC4, 6, &t)
+}
+
+/// Plain tunnelled packets of a connection in progress are decapsulated by
+/// the program and passed to the kernel as the client's own packet (same
+/// MAC addresses); everything the engine must judge or record still goes
+/// to it, untouched.
+#[test]
+fn plain_tunnel_traffic_is_decapsulated_and_the_rest_goes_to_the_router() {
+    if !root_or_skip("plain_tunnel_traffic_is_decapsulated_and_the_rest_goes_to_the_router") {
+        return;
+    }
+    const OTHER_PEER: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
+    let mut p = loaded(MissingSocket::Drop);
+    p.add_peer(OTHER_PEER.into()).unwrap();
+    let svc80 = SocketAddr::new(SVC4.into(), 80);
+    p.add_tunnel_service(PEER4.into(), svc80).unwrap();
+    assert!(
+        p.add_tunnel_service(PEER6.into(), svc80).is_err(),
+        "IPv4 only"
+    );
+
+    let ack = inner_tcp(80, 0x10, b"GET / HTTP/1.1\r\n\r\n");
+    let (action, out) = p.test_run_output(&tunnelled(PEER4, &ack)).unwrap();
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(
+        out,
+        eth(MAC_A, MAC_B, 0x0800, &ack),
+        "the inner packet, same MACs"
+    );
+    assert_eq!(p.counters().unwrap().get(Counter::DecapV4), 1);
+    // The same ECN codepoint outside and inside (ECT(0)): decapsulated too.
+    let mut ect = ack.clone();
+    ect[1] |= 0b10;
+    let mut frame = tunnelled(PEER4, &ect);
+    frame[14 + 1] |= 0b10;
+    assert_eq!(
+        p.test_run_output(&frame).unwrap(),
+        (XDP_PASS, eth(MAC_A, MAC_B, 0x0800, &ect))
+    );
+
+    let mut ce_outside = frame.clone();
+    ce_outside[14 + 1] |= 0b11; // CE outside, ECT(0) inside: the engine combines
+    let options = eth(
+        MAC_A,
+        MAC_B,
+        0x0800,
+        &ipv4_with(PEER4, SVC4, 4, 0x4000, &[1, 1, 1, 0], &ack),
+    );
+    let mut long = tunnelled(PEER4, &ack);
+    long[14 + 3] += 4; // the outer header claims 4 more bytes than the inner
+    let inner_frag = ipv4_with(CLIENT4, SVC4, 6, 0x2000, &[], &tcp_header(40000, 80, 0x10));
+    let to_router: Vec<(&str, Vec<u8>)> = vec![
+        ("SYN", tunnelled(PEER4, &inner_tcp(80, 0x02, b""))),
+        ("FIN", tunnelled(PEER4, &inner_tcp(80, 0x11, b""))),
+        ("RST", tunnelled(PEER4, &inner_tcp(80, 0x04, b""))),
+        (
+            "not a service port",
+            tunnelled(PEER4, &inner_tcp(22, 0x10, b"x")),
+        ),
+        ("a service of another peer", tunnelled(OTHER_PEER, &ack)),
+        ("ECN to combine", ce_outside),
+        ("outer options", options),
+        ("inner fragment", tunnelled(PEER4, &inner_frag)),
+        ("lengths disagree", long),
+        (
+            "inner UDP",
+            tunnelled(PEER4, &ipv4(CLIENT4, SVC4, 17, &udp(1, 80, b"x"))),
+        ),
+        (
+            "truncated inner TCP",
+            tunnelled(PEER4, &ack)[..14 + 20 + 20 + 10].to_vec(),
+        ),
+        (
+            "VLAN-tagged",
+            vlan(0x8100, 0x0800, &ipv4(PEER4, SVC4, 4, &ack)),
+        ),
+    ];
+    for (name, frame) in to_router {
+        let before = p.counters().unwrap();
+        let (action, out) = p.test_run_output(&frame).unwrap();
+        assert_eq!(
+            action, XDP_DROP,
+            "{name}: to the router (dropped: no socket)"
+        );
+        assert_eq!(out, frame, "{name}: untouched");
+        let after = p.counters().unwrap();
+        assert_eq!(
+            after.get(Counter::DecapV4),
+            before.get(Counter::DecapV4),
+            "{name}"
+        );
+        assert_eq!(
+            after.get(Counter::PeerV4),
+            before.get(Counter::PeerV4) + 1,
+            "{name}"
+        );
+    }
+    // Forgetting the pair sends its traffic back to the router.
+    assert!(p.remove_tunnel_service(PEER4.into(), svc80).unwrap());
+    assert_eq!(p.test_run(&tunnelled(PEER4, &ack)).unwrap(), XDP_DROP);
 }

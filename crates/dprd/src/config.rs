@@ -113,6 +113,9 @@ pub struct BackendSection {
     pub local_rule_priority: u32,
     /// AF_XDP: how the XDP program is attached.
     pub xdp_mode: XdpModeSetting,
+    /// AF_XDP: the XDP program decapsulates plain IPv4-in-IPv4 packets of
+    /// connections in progress itself and passes them to the kernel.
+    pub xdp_decap: bool,
 }
 
 impl Default for BackendSection {
@@ -127,6 +130,7 @@ impl Default for BackendSection {
             rule_priority: 10,
             local_rule_priority: 100,
             xdp_mode: XdpModeSetting::Auto,
+            xdp_decap: true,
         }
     }
 }
@@ -770,6 +774,20 @@ impl Config {
                 IpAddr::V6(_) => None,
             })
             .collect()
+    }
+
+    /// (peer's tunnel address, one of its service addresses and ports): the
+    /// pairs the XDP program may decapsulate itself.
+    pub fn peer_tunnel_services(&self) -> Vec<(IpAddr, std::net::SocketAddr)> {
+        let mut v = Vec::new();
+        for p in &self.cluster.peers {
+            for a in &p.service_addrs {
+                for port in &self.host.service_ports {
+                    v.push((p.tunnel_addr, std::net::SocketAddr::new(*a, *port)));
+                }
+            }
+        }
+        v
     }
 
     /// Every service address this host may be asked to serve (its own and

@@ -22,6 +22,7 @@ use crate::xdp::XdpBackend;
 use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::tun::{TunConfig, TunDevice};
+use dpr_packet::{FlowKey, IpProtocol};
 use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, SplitMix64};
 use dpr_router::{DropReason, Engine};
 use dpr_table::{LoadFigures, LoadTable};
@@ -503,12 +504,36 @@ impl LoopCtx {
 
     /// Open service connections: a sock_diag dump of the open states,
     /// `/proc/net/tcp` where that is unavailable (see `dpr_io::sockdiag`).
+    /// The connections to peers' service addresses confirm their entries
+    /// in the engine's served table (see `Engine::confirm_served`).
     fn open_connections_measured(&mut self) -> u32 {
         let addrs = self.cfg.all_service_addrs();
         let ports = &self.cfg.host.service_ports;
         if let Some(t) = &mut self.tcp {
-            match t.count_open(&addrs, ports) {
-                Ok(n) => return n,
+            let mut socks = Vec::new();
+            match t.open_sockets(&addrs, ports, &mut socks) {
+                Ok(()) => {
+                    let peers_addrs: Vec<IpAddr> = self
+                        .cfg
+                        .cluster
+                        .peers
+                        .iter()
+                        .flat_map(|p| p.service_addrs.iter().copied())
+                        .collect();
+                    let now = self.shared.now();
+                    let mut e = self.shared.lock();
+                    for s in socks.iter().filter(|s| peers_addrs.contains(&s.local.ip())) {
+                        let flow = FlowKey::new(
+                            IpProtocol::Tcp,
+                            s.remote.ip(),
+                            s.remote.port(),
+                            s.local.ip(),
+                            s.local.port(),
+                        );
+                        e.confirm_served(&flow, now);
+                    }
+                    return u32::try_from(socks.len()).unwrap_or(u32::MAX);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "sock_diag dump failed: counting from /proc/net/tcp");
                     self.tcp = None;
@@ -546,7 +571,7 @@ impl LoopCtx {
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;
         if let Some(x) = self.xdp.as_mut() {
-            x.set_peers(&new.peer_tunnel_addrs())?;
+            x.set_peers(&new)?;
         }
         let now = clock(&self.shared);
         {
@@ -672,7 +697,11 @@ async fn control_loop(
                     // the engine (`LoadTable::record_local`).
                     let cost = t.elapsed();
                     ctx.load_measure_us = u64::try_from(cost.as_micros()).unwrap_or(u64::MAX);
-                    next_refresh = Instant::now() + refresh.max(cost * 100);
+                    // At most every 2 s all the same: the measurement also
+                    // keeps alive the served-table entries of connections
+                    // whose packets the XDP program decapsulates.
+                    let most = refresh.max(Duration::from_secs(2));
+                    next_refresh = Instant::now() + refresh.max(cost * 100).min(most);
                 }
                 let mut e = ctx.shared.lock();
                 e.tick(now.mono, 256);

@@ -26,6 +26,9 @@ pub struct XdpBackend {
     /// Uplink MAC.
     pub mac: [u8; 6],
     peers: BTreeSet<IpAddr>,
+    /// (peer, service) pairs the program decapsulates itself.
+    tunnel_services: BTreeSet<(IpAddr, SocketAddr)>,
+    decap: bool,
 }
 
 impl XdpBackend {
@@ -37,8 +40,26 @@ impl XdpBackend {
         }
     }
 
-    /// Makes the program redirect IP-in-IP from exactly `peers` (reload).
-    pub fn set_peers(&mut self, peers: &[IpAddr]) -> Result<(), String> {
+    /// Makes the program take IP-in-IP from exactly the peers of `cfg`
+    /// (reload), and decapsulate itself what they send to their services.
+    pub fn set_peers(&mut self, cfg: &Config) -> Result<(), String> {
+        self.set_tunnel_peers(&cfg.peer_tunnel_addrs())?;
+        let new = decap_pairs(cfg, self.decap);
+        for (p, s) in self.tunnel_services.difference(&new) {
+            self.program
+                .remove_tunnel_service(*p, *s)
+                .map_err(|e| format!("XDP tunnel service map: {e}"))?;
+        }
+        for (p, s) in new.difference(&self.tunnel_services) {
+            self.program
+                .add_tunnel_service(*p, *s)
+                .map_err(|e| format!("XDP tunnel service map: {e}"))?;
+        }
+        self.tunnel_services = new;
+        Ok(())
+    }
+
+    fn set_tunnel_peers(&mut self, peers: &[IpAddr]) -> Result<(), String> {
         let new: BTreeSet<IpAddr> = peers.iter().copied().collect();
         for p in self.peers.difference(&new) {
             self.program
@@ -70,6 +91,18 @@ impl Config {
     pub fn peer_tunnel_addrs(&self) -> Vec<IpAddr> {
         self.cluster.peers.iter().map(|p| p.tunnel_addr).collect()
     }
+}
+
+/// The (peer, service) pairs to decapsulate in the program: IPv4 ones, when
+/// enabled.
+fn decap_pairs(cfg: &Config, enabled: bool) -> BTreeSet<(IpAddr, SocketAddr)> {
+    if !enabled {
+        return BTreeSet::new();
+    }
+    cfg.peer_tunnel_services()
+        .into_iter()
+        .filter(|(p, s)| p.is_ipv4() && s.is_ipv4())
+        .collect()
 }
 
 /// Loads and attaches the program and binds `cfg.backend.queues` sockets
@@ -106,6 +139,12 @@ pub fn start(cfg: &Config) -> Result<XdpBackend, String> {
             .add_peer(*p)
             .map_err(|e| format!("XDP peer map: {e}"))?;
     }
+    let tunnel_services = decap_pairs(cfg, cfg.backend.xdp_decap);
+    for (p, s) in &tunnel_services {
+        program
+            .add_tunnel_service(*p, *s)
+            .map_err(|e| format!("XDP tunnel service map: {e}"))?;
+    }
     let xsk_cfg = XskConfig::default();
     let mut sockets = Vec::new();
     for q in 0..queues {
@@ -130,6 +169,8 @@ pub fn start(cfg: &Config) -> Result<XdpBackend, String> {
         ifindex,
         mac,
         peers,
+        tunnel_services,
+        decap: cfg.backend.xdp_decap,
     })
 }
 
