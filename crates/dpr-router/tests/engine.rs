@@ -39,6 +39,14 @@ impl Policy for Fixed {
 }
 
 fn engine_with(target: Option<PeerId>, tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
+    engine_with_policy(Box::new(Fixed(target)), tweak)
+}
+
+/// Engine A with `policy`, peer 1 (B) alive.
+fn engine_with_policy(
+    policy: Box<dyn Policy + Send>,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Engine {
     let mut cfg = EngineConfig::new(A_TUN.into(), vec![A_SVC.into()], vec![80]);
     tweak(&mut cfg);
     let loads = LoadTableConfig {
@@ -50,7 +58,7 @@ fn engine_with(target: Option<PeerId>, tweak: impl FnOnce(&mut EngineConfig)) ->
         PeerId(0),
         Capacity::default(),
         loads,
-        Box::new(Fixed(target)),
+        policy,
         Box::new(SplitMix64::new(1)),
     )
     .unwrap();
@@ -697,24 +705,8 @@ fn readded_peer_id_starts_clean() {
 #[test]
 fn local_connections_count_until_the_next_measurement() {
     use dpr_policy::{Threshold, ThresholdConfig};
-    let cfg = EngineConfig::new(A_TUN.into(), vec![A_SVC.into()], vec![80]);
-    let loads = LoadTableConfig {
-        report_interval: Duration::from_millis(100),
-        ..LoadTableConfig::default()
-    };
     let policy = Threshold::new(ThresholdConfig { threshold: 5.0 }).unwrap();
-    let mut e = Engine::new(
-        cfg,
-        PeerId(0),
-        Capacity::default(),
-        loads,
-        Box::new(policy),
-        Box::new(SplitMix64::new(1)),
-    )
-    .unwrap();
-    e.add_peer(PeerId(1), B_TUN.into(), vec![B_SVC.into()], Timestamp::ZERO)
-        .unwrap();
-    alive(&mut e, 1, Timestamp::ZERO);
+    let mut e = engine_with_policy(Box::new(policy), |_| {});
     let measured = |open| LoadFigures {
         open_connections: open,
         ..LoadFigures::default()

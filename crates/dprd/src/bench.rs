@@ -386,6 +386,25 @@ impl Bench {
         Ok(())
     }
 
+    /// Makes A a plain IP router (forwarding on, no ICMP redirects: the
+    /// next hop is on the same link), or stops its forwarding.
+    fn a_routes(&self, on: bool) -> Result<(), String> {
+        let a = self.a();
+        let settings: &[&str] = if on {
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ]
+        } else {
+            &["net.ipv4.ip_forward=0"]
+        };
+        for k in settings {
+            self.lab.exec(&a, "sysctl", &["-qw", k])?;
+        }
+        Ok(())
+    }
+
     fn stop_a(&mut self) {
         let _ = self.lab.signal_dprd(0, "TERM");
     }
@@ -480,13 +499,7 @@ impl Bench {
             let b_addr = tunnel_addr(1).to_string();
             self.lab
                 .exec(&c, "ip", &["route", "add", "198.19.1.0/24", "via", &a_addr])?;
-            for k in [
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                "net.ipv4.conf.eth0.send_redirects=0",
-            ] {
-                self.lab.exec(&a, "sysctl", &["-qw", k])?;
-            }
+            self.a_routes(true)?;
             self.lab
                 .exec(&a, "ip", &["route", "add", "198.19.1.0/24", "via", &b_addr])?;
             // Resolve the neighbours first.
@@ -506,8 +519,7 @@ impl Bench {
             ));
             self.lab
                 .exec(&a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
-            self.lab
-                .exec(&a, "sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+            self.a_routes(false)?;
         }
         for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
             eprintln!("bench: forwarding, dpr {backend}");
@@ -640,20 +652,12 @@ impl Bench {
             let c = self.lab.client_ns();
             let b_svc = format!("{}/32", service_addr(1));
             let a_addr = tunnel_addr(0).to_string();
-            for k in [
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                "net.ipv4.conf.eth0.send_redirects=0",
-            ] {
-                self.lab.exec(&a, "sysctl", &["-qw", k])?;
-            }
+            self.a_routes(true)?;
             self.lab
                 .exec(&c, "ip", &["route", "add", &b_svc, "via", &a_addr])?;
             let r = self.http_runs(&direct, false);
             let _ = self.lab.exec(&c, "ip", &["route", "del", &b_svc]);
-            let _ = self
-                .lab
-                .exec(&a, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+            let _ = self.a_routes(false);
             out.push((
                 "kernel IP forwarding through A (no balancing)".to_string(),
                 r?,

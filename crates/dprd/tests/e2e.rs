@@ -70,6 +70,13 @@ fn io(s: &Status, k: &str) -> u64 {
     s.io.get(k).copied().unwrap_or(0)
 }
 
+/// Packets the XDP programs of hosts 1 and 2 decapsulated themselves.
+fn decapsulated_by_peers(lab: &Lab) -> u64 {
+    (1..3)
+        .map(|i| io(&status(lab, i), "xdp_prog_decapv4"))
+        .sum()
+}
+
 fn status(lab: &Lab, i: usize) -> Status {
     ok(lab.status(i))
 }
@@ -269,9 +276,7 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
     if backend.starts_with("af-xdp") {
         // The bulk of each upload reached its server decapsulated by the
         // server's XDP program, not through its daemon.
-        let decapsulated: u64 = (1..3)
-            .map(|i| io(&status(&lab, i), "xdp_prog_decapv4"))
-            .sum();
+        let decapsulated = decapsulated_by_peers(&lab);
         assert!(decapsulated > 10_000, "decapsulated in XDP: {decapsulated}");
     }
     for i in 0..3 {
@@ -769,10 +774,10 @@ fn a_restarted_router_recovers_connections_whose_packets_its_peers_decapsulate()
     let (lines, redirected) =
         restart_mid_request(&mut lab, 12, Some(&cfg), Duration::from_secs(12));
     check_recovered(&lab, &lines, redirected);
-    let decapsulated: u64 = (1..3)
-        .map(|i| io(&status(&lab, i), "xdp_prog_decapv4"))
-        .sum();
-    assert!(decapsulated > 0, "the peers decapsulated nothing in XDP");
+    assert!(
+        decapsulated_by_peers(&lab) > 0,
+        "the peers decapsulated nothing in XDP"
+    );
     lab.kill_extras();
 }
 
