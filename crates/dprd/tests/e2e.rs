@@ -314,17 +314,21 @@ fn threshold_policy_under_skewed_load_evens_out_served_counts(backend: &str) {
         "the overloaded host redirects"
     );
     // The threshold policy keeps the overloaded host busy up to its
-    // threshold and sends the rest away: its share falls from what it
-    // received to about half of that, every peer serves more than it
-    // received, and no host serves more than three times another.
+    // threshold and sends the rest away: its share falls to under half of
+    // what it received, every peer serves at least twice what it received,
+    // and no host serves more than about twice another. (Measured after the
+    // load measurement stopped delaying reports: h0 kept 35–38 % of what it
+    // received, peers served 3× theirs, max/min ≤ 1.55. Before, late
+    // reports left h0 with ~2.5× a peer's share, and these bounds were
+    // 0.7, 1.5 and 4.)
     let received = |i: usize| r.get(&service_addr(i).to_string()).map_or(0, |t| t.sent);
     assert!(
-        (served[0] as f64) < 0.7 * received0 as f64,
+        (served[0] as f64) < 0.5 * received0 as f64,
         "h0 kept too much: {served:?}"
     );
     for i in 1..4 {
         assert!(
-            served[i] as f64 > 1.5 * received(i) as f64,
+            served[i] as f64 > 2.0 * received(i) as f64,
             "h{i} took too little: {served:?}"
         );
     }
@@ -332,7 +336,10 @@ fn threshold_policy_under_skewed_load_evens_out_served_counts(backend: &str) {
         served.iter().max().copied().unwrap_or(0),
         served.iter().min().copied().unwrap_or(0),
     );
-    assert!(max < 4 * min, "served counts too uneven: {served:?}");
+    assert!(
+        (max as f64) < 2.2 * min as f64,
+        "served counts too uneven: {served:?}"
+    );
 }
 
 fn a_killed_host_gets_no_new_connections_after_dead_after(backend: &str) {
