@@ -304,9 +304,36 @@ impl Engine {
     /// For packets the engine does not see (decapsulated by the XDP
     /// program): without this, such an entry would expire while its
     /// connection lives, and a restarted peer could not recover it.
-    /// Returns whether there was an entry.
+    ///
+    /// A connection with no entry (this host restarted; the XDP program
+    /// keeps its packets from the engine, which would otherwise learn it
+    /// mid-stream) is learned when its service address belongs to exactly
+    /// one peer: only that peer redirects connections to it. With an
+    /// address shared by several peers (one VIP) the origin is unknown and
+    /// nothing is learned. Returns whether the flow has an entry now.
     pub fn confirm_served(&mut self, flow: &FlowKey, now: Timestamp) -> bool {
-        self.served.confirm_open(flow, now)
+        if self.served.confirm_open(flow, now) {
+            return true;
+        }
+        let mut owners = self
+            .loads
+            .peers()
+            .iter()
+            .filter(|p| p.service_addrs.contains(&flow.dst));
+        let (Some(origin), None) = (owners.next(), owners.next()) else {
+            return false;
+        };
+        let origin = origin.id;
+        match self
+            .served
+            .insert_established(flow, Route::Peer(origin), now)
+        {
+            Ok(_) => true,
+            Err(_) => {
+                self.counters.c.table_insert_failures += 1;
+                false
+            }
+        }
     }
 
     /// Connections this host serves for peers (`Route::Peer(origin)`).

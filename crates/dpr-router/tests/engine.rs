@@ -734,3 +734,44 @@ fn local_connections_count_until_the_next_measurement() {
     let c = e.counters();
     assert_eq!((c.new_local, c.new_redirected), (3, 2));
 }
+
+/// The socket table's confirmations: an entry made on a SYN is kept; a
+/// connection the engine never saw (a restart, packets decapsulated in XDP)
+/// is learned for the one peer that owns its service address, and only
+/// then.
+#[test]
+fn confirmed_connections_are_learned_for_the_peer_that_owns_the_address() {
+    let mut e = engine_with(None, |_| {});
+    let to_b = |port| {
+        dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            CLIENT.into(),
+            port,
+            B_SVC.into(),
+            80,
+        )
+    };
+    let now = Timestamp::from_nanos(5);
+    assert!(e.confirm_served(&to_b(41_000), now));
+    assert_eq!(e.served_for(PeerId(1)), vec![to_b(41_000)]);
+    // Not a peer's service address: nothing learned.
+    let to_a = dpr_packet::FlowKey::new(
+        dpr_packet::IpProtocol::Tcp,
+        CLIENT.into(),
+        41_001,
+        A_SVC.into(),
+        80,
+    );
+    assert!(!e.confirm_served(&to_a, now));
+    // An address two peers share: the origin is unknown.
+    e.add_peer(
+        PeerId(2),
+        Ipv4Addr::new(198, 19, 0, 3).into(),
+        vec![B_SVC.into()],
+        Timestamp::ZERO,
+    )
+    .unwrap();
+    assert!(!e.confirm_served(&to_b(41_002), now));
+    assert!(e.confirm_served(&to_b(41_000), now), "known ones stay");
+    assert_eq!(e.served().len(), 1);
+}
