@@ -2,6 +2,7 @@
 //! Rust, no system fonts).
 
 use crate::scenario::{PlotKind, ScenarioReport};
+use crate::stats::SeriesPoint;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -249,39 +250,25 @@ pub fn write_plots(report: &ScenarioReport, dir: &Path) -> Result<Vec<PathBuf>, 
         PlotKind::TimeSeries => {
             for (ci, case) in sc.cases.iter().enumerate() {
                 let rows: Vec<_> = report.rows.iter().filter(|r| r.case == ci).collect();
-                let resp: Vec<Series> = rows
-                    .iter()
-                    .map(|r| {
-                        let pts = r
-                            .run
-                            .series
-                            .iter()
-                            .filter(|p| p.arrivals > p.errors)
-                            .map(|p| (p.t, p.mean_response * 1e3))
-                            .collect();
-                        (r.run.policy.clone(), pts)
-                    })
-                    .collect();
-                let lost: Vec<Series> = rows
-                    .iter()
-                    .map(|r| {
-                        let pts = r
-                            .run
-                            .series
-                            .iter()
-                            .filter(|p| p.arrivals > 0)
-                            .map(|p| (p.t, p.errors as f64 / p.arrivals as f64 * 100.0))
-                            .collect();
-                        (r.run.policy.clone(), pts)
-                    })
-                    .collect();
-                let imb: Vec<Series> = rows
-                    .iter()
-                    .map(|r| {
-                        let pts = r.run.series.iter().map(|p| (p.t, p.imbalance)).collect();
-                        (r.run.policy.clone(), pts)
-                    })
-                    .collect();
+                // One line per policy: (t, y) for the points `y` keeps.
+                let series = |y: &dyn Fn(&SeriesPoint) -> Option<f64>| -> Vec<Series> {
+                    rows.iter()
+                        .map(|r| {
+                            let pts = r
+                                .run
+                                .series
+                                .iter()
+                                .filter_map(|p| Some((p.t, y(p)?)))
+                                .collect();
+                            (r.run.policy.clone(), pts)
+                        })
+                        .collect()
+                };
+                let resp = series(&|p| (p.arrivals > p.errors).then_some(p.mean_response * 1e3));
+                let lost = series(&|p| {
+                    (p.arrivals > 0).then(|| p.errors as f64 / p.arrivals as f64 * 100.0)
+                });
+                let imb = series(&|p| Some(p.imbalance));
                 let s = slug(&case.label);
                 for (name, y_label, log_y, series) in [
                     (
