@@ -286,6 +286,49 @@ fn threshold_two_choices_avoids_the_herd_and_respects_the_threshold() {
     );
 }
 
+/// Threshold-two-choices decides *whether* exactly as threshold does, so
+/// its threshold is in normalised units too: a host of capacity 2 serves up
+/// to 200 connections at threshold 100, not 400.
+#[test]
+fn threshold_two_choices_scales_with_capacity_as_threshold_does() {
+    let peers = vec![(0u32, 1u8, 0u8, 0u8); 20];
+    let cfg = ThresholdConfig { threshold: 100.0 };
+    let mut p = ThresholdTwoChoices::new(cfg).unwrap();
+    let mut rng = SplitMix64::new(3);
+    let on_capacity_2 = |conns| {
+        let mut t = table(0, &peers);
+        t.set_local(
+            LoadFigures {
+                open_connections: conns,
+                ..LoadFigures::default()
+            },
+            Capacity {
+                cpu: 2.0,
+                memory: 1.0,
+            },
+        )
+        .unwrap();
+        t
+    };
+    let below = on_capacity_2(150); // normalised 75
+    let above = on_capacity_2(250); // normalised 125
+    let mut redirected = 0;
+    for i in 0..100 {
+        let c = NewConnection::from_client(flow(i));
+        assert_eq!(
+            p.decide(&c, &below, &mut rng),
+            RedirectDecision::ServeLocally
+        );
+        if p.decide(&c, &above, &mut rng) != RedirectDecision::ServeLocally {
+            redirected += 1;
+        }
+    }
+    assert!(
+        redirected > 80,
+        "above the threshold, redirected {redirected} of 100"
+    );
+}
+
 #[test]
 fn two_choices_select_rule() {
     use crate::two_choices::select;

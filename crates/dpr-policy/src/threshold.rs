@@ -42,6 +42,12 @@ impl Threshold {
         })
     }
 
+    /// The threshold, in normalised units (what [`LoadTable::local_load`]
+    /// is compared with).
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
     /// The threshold in raw load units for this host (threshold x capacity).
     pub fn effective_threshold(&self, loads: &LoadTable) -> f64 {
         self.threshold * loads.local_capacity_scalar()

@@ -51,7 +51,7 @@ impl Policy for ThresholdTwoChoices {
         rng: &mut dyn RandomSource,
     ) -> RedirectDecision {
         let local = loads.local_load();
-        let t = self.threshold.effective_threshold(loads);
+        let t = self.threshold.threshold();
         if conn.arrived_from_peer || local < t {
             return RedirectDecision::ServeLocally;
         }
