@@ -24,7 +24,8 @@ pub const NLM_F_REPLACE: u16 = 0x100;
 pub const NLM_F_EXCL: u16 = 0x200;
 /// Create the object.
 pub const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
+/// Dump every object (root and match).
+pub const NLM_F_DUMP: u16 = 0x300;
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
@@ -520,20 +521,41 @@ impl Netlink {
         self.seq = self.seq.wrapping_add(1);
         let mut req = vec![libc::AF_INET as u8];
         req.resize(header_len, 0);
-        self.sock
-            .send(&message(ty, NLM_F_REQUEST | NLM_F_DUMP, self.seq, &req))?;
+        let request = message(ty, NLM_F_REQUEST | NLM_F_DUMP, self.seq, &req);
         let mut out = Vec::new();
-        loop {
-            let n = self.sock.recv(&mut self.buf)?;
-            for r in parse_replies(&self.buf[..n]) {
-                match r {
-                    Reply::Done => return Ok(out),
-                    Reply::Ack { error, .. } if error != 0 => {
-                        return Err(io::Error::from_raw_os_error(-error));
-                    }
-                    Reply::Data { payload, .. } => out.extend(parse(payload)),
-                    Reply::Ack { .. } => {}
+        dump(&self.sock, &mut self.buf, &request, |p| {
+            out.extend(parse(p))
+        })?;
+        Ok(out)
+    }
+}
+
+/// Sends the dump `request` on `sock` and calls `each` on the payload of
+/// every entry until the kernel's `NLMSG_DONE`; an error acknowledgement is
+/// the error. Shared by the route and the sock-diag dumps.
+pub(crate) fn dump(
+    sock: &NetlinkSocket,
+    buf: &mut [u8],
+    request: &[u8],
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    sock.send(request)?;
+    loop {
+        let n = sock.recv(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "netlink dump ended without NLMSG_DONE",
+            ));
+        }
+        for r in parse_replies(&buf[..n]) {
+            match r {
+                Reply::Done => return Ok(()),
+                Reply::Ack { error, .. } if error != 0 => {
+                    return Err(io::Error::from_raw_os_error(-error));
                 }
+                Reply::Data { payload, .. } => each(payload),
+                Reply::Ack { .. } => {}
             }
         }
     }

@@ -10,14 +10,12 @@
 //! skips TIME_WAIT, LISTEN and CLOSE sockets before anything is formatted;
 //! the addresses and ports are then matched here. IPv4 and IPv6.
 
-use crate::netlink::{Reply, message, parse_replies};
+use crate::netlink::{NLM_F_DUMP, NLM_F_REQUEST, dump, message};
 use crate::sys::NetlinkSocket;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
 /// `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg` without its attributes.
@@ -110,32 +108,17 @@ impl TcpCounter {
     ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let fam = u8::try_from(family).map_err(|_| io::Error::other("bad family"))?;
-        self.sock.send(&message(
+        let req = message(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
             self.seq,
             &request(fam, states),
-        ))?;
-        loop {
-            let n = self.sock.recv(&mut self.buf)?;
-            if n == 0 {
-                return Ok(());
+        );
+        dump(&self.sock, &mut self.buf, &req, |p| {
+            if let Some(s) = parse(p) {
+                f(&s);
             }
-            for r in parse_replies(&self.buf[..n]) {
-                match r {
-                    Reply::Done => return Ok(()),
-                    Reply::Ack { error, .. } if error != 0 => {
-                        return Err(io::Error::from_raw_os_error(-error));
-                    }
-                    Reply::Data { payload, .. } => {
-                        if let Some(s) = parse(payload) {
-                            f(&s);
-                        }
-                    }
-                    Reply::Ack { .. } => {}
-                }
-            }
-        }
+        })
     }
 
     /// Open connections (see [`OPEN_STATES`]) whose local address is one
