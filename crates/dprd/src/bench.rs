@@ -192,6 +192,16 @@ fn fmt_stat(s: Stat, scale: f64, digits: usize) -> String {
     )
 }
 
+/// [`fmt_stat`] of the samples, or "—" when there are none (a path with
+/// no dprd).
+fn fmt_samples(v: &[f64], scale: f64, digits: usize) -> String {
+    if v.is_empty() {
+        "—".to_string()
+    } else {
+        fmt_stat(stat(v), scale, digits)
+    }
+}
+
 struct Bench {
     lab: Lab,
     runs: usize,
@@ -797,11 +807,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
                 fmt_stat(s, 1e3, 0),
                 fmt_stat(stat(&f.sent_pps), 1e3, 0),
                 s.median / base,
-                if f.proc_ns.is_empty() {
-                    "—".to_string()
-                } else {
-                    fmt_stat(stat(&f.proc_ns), 1.0, 0)
-                },
+                fmt_samples(&f.proc_ns, 1.0, 0),
                 fmt_stat(stat(&f.machine_ns), 1.0, 0)
             );
         }
@@ -823,11 +829,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
                 fmt_stat(stat(&v.p50), 1.0, 2),
                 fmt_stat(stat(&v.p99), 1.0, 2),
                 fmt_stat(stat(&v.machine_us), 1.0, 0),
-                if v.dprd_us.is_empty() {
-                    "—".to_string()
-                } else {
-                    fmt_stat(stat(&v.dprd_us), 1.0, 0)
-                },
+                fmt_samples(&v.dprd_us, 1.0, 0),
                 fmt_stat(stat(&v.retrans_per_k), 1.0, 1)
             );
         }
