@@ -80,7 +80,7 @@ pub fn parse(payload: &[u8]) -> Option<TcpSocket> {
     })
 }
 
-/// A sock-diag client that counts open service connections.
+/// A sock-diag client that lists open service connections.
 #[derive(Debug)]
 pub struct TcpCounter {
     sock: NetlinkSocket,
@@ -143,13 +143,6 @@ impl TcpCounter {
             v6?;
         }
         Ok(())
-    }
-
-    /// How many [`Self::open_sockets`] finds.
-    pub fn count_open(&mut self, addrs: &[IpAddr], ports: &[u16]) -> io::Result<u32> {
-        let mut v = Vec::new();
-        self.open_sockets(addrs, ports, &mut v)?;
-        Ok(u32::try_from(v.len()).unwrap_or(u32::MAX))
     }
 }
 
@@ -225,10 +218,17 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
         let lo = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
-        assert_eq!(c.count_open(&lo, &[port]).ok(), Some(0));
+        let open = |c: &mut TcpCounter| {
+            let mut v = Vec::new();
+            c.open_sockets(&lo, &[port], &mut v).map(|()| v)
+        };
+        assert_eq!(open(&mut c).ok(), Some(vec![]));
         let _s =
             std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
         let (_a, _) = l.accept().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.count_open(&lo, &[port]).ok(), Some(1));
+        let found = open(&mut c).unwrap_or_default();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].local.port(), port);
+        assert_eq!(found[0].state, 1, "established");
     }
 }

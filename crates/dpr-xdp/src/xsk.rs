@@ -430,11 +430,12 @@ impl XskSocket {
             tx.commit();
             done += cap;
         }
-        let unsent: Vec<u64> = self.tx_batch.drain(done..).map(|d| d.addr).collect();
-        for addr in unsent {
+        let batch = std::mem::take(&mut self.tx_batch);
+        for d in &batch[done..] {
             self.counters.tx_full += 1;
-            self.recycle(addr);
+            self.recycle(d.addr);
         }
+        self.tx_batch = batch;
         self.tx_batch.clear();
         u32::try_from(done).unwrap_or(u32::MAX)
     }
