@@ -246,30 +246,6 @@ fn machine_busy() -> f64 {
     (total - idle) / 100.0
 }
 
-/// TCP counters of namespace `ns` (`/proc/net/snmp` and `/proc/net/netstat`
-/// rows, as `Tcp.RetransSegs`, `TcpExt.TCPSynRetrans`...).
-fn tcp_stats(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut m = std::collections::BTreeMap::new();
-    for f in ["/proc/net/snmp", "/proc/net/netstat"] {
-        let text = lab.exec(ns, "cat", &[f]).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks(2) {
-            let [h, v] = pair else { continue };
-            let (mut h, mut v) = (h.split_whitespace(), v.split_whitespace());
-            let (Some(p), Some(_)) = (h.next(), v.next()) else {
-                continue;
-            };
-            let p = p.trim_end_matches(':');
-            for (k, x) in h.zip(v) {
-                if let Ok(x) = x.parse() {
-                    m.insert(format!("{p}.{k}"), x);
-                }
-            }
-        }
-    }
-    m
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -586,10 +562,7 @@ impl Bench {
         let nss = [self.lab.client_ns(), self.a(), self.b()];
         let retrans = || -> u64 {
             nss.iter()
-                .map(|ns| {
-                    let t = tcp_stats(&self.lab, ns);
-                    t.get("Tcp.RetransSegs").copied().unwrap_or(0)
-                })
+                .map(|ns| self.lab.snmp(ns, "Tcp", "RetransSegs").unwrap_or(0))
                 .sum()
         };
         let pids: Vec<u32> = if with_dprd {

@@ -482,6 +482,23 @@ impl Lab {
         Ok(left)
     }
 
+    /// One counter of namespace `ns`'s `/proc/net/snmp`: `row` is `Ip`,
+    /// `Tcp`, `Udp`…, `field` a column of that row (0 if absent).
+    pub fn snmp(&self, ns: &str, row: &str, field: &str) -> Result<u64, String> {
+        let t = self.exec(ns, "cat", &["/proc/net/snmp"])?;
+        let prefix = format!("{row}:");
+        let mut lines = t.lines().filter(|l| l.starts_with(&prefix));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return Ok(0);
+        };
+        Ok(names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == field)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Runs `program args` in namespace `ns` and returns its stdout.
     pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
         sh(self.in_ns(ns, program).args(args))

@@ -168,17 +168,7 @@ fn curl_over_a_redirected_connection_is_answered_as_the_address_it_used(backend:
 }
 
 fn ip_stat(lab: &Lab, ns: &str, field: &str) -> u64 {
-    let t = ok(lab.exec(ns, "cat", &["/proc/net/snmp"]));
-    let mut lines = t.lines().filter(|l| l.starts_with("Ip:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == field)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    ok(lab.snmp(ns, "Ip", field))
 }
 
 fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backend: &str) {
@@ -424,18 +414,7 @@ fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted(backend: &str) {
         stranger: true,
         ..spec(backend)
     });
-    let passive = |lab: &Lab| {
-        let t = ok(lab.exec(&lab.host_ns(0), "cat", &["/proc/net/snmp"]));
-        let mut l = t.lines().filter(|l| l.starts_with("Tcp:"));
-        let (Some(n), Some(v)) = (l.next(), l.next()) else {
-            return 0u64;
-        };
-        n.split_whitespace()
-            .zip(v.split_whitespace())
-            .find(|(n, _)| *n == "PassiveOpens")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let passive = |lab: &Lab| ok(lab.snmp(&lab.host_ns(0), "Tcp", "PassiveOpens"));
     let before = status(&lab, 0);
     let opens = passive(&lab);
     scapy(
