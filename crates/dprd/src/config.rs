@@ -857,6 +857,12 @@ service_addrs = ["198.18.0.2"]
         .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(c.backend.kind, BackendKind::AfXdp);
         assert_eq!(c.backend.xdp_mode, XdpModeSetting::Generic);
+        assert!(c.backend.xdp_decap, "on by default");
+        let e = err_of(&format!(
+            "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_decap = \"yes\"\n"
+        ));
+        assert_eq!(e.field, "syntax");
+        assert!(e.reason.contains("xdp_decap"), "{}", e.reason);
         let e = err_of(&GOOD.replace("uplink", "uplnk"));
         assert_eq!(e.field, "syntax");
         assert!(e.reason.contains("uplnk"), "{}", e.reason);
