@@ -253,6 +253,32 @@ impl NetlinkSocket {
     }
 }
 
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock ids passed are
+    // constants every Linux kernel supports, and on failure `ts` stays zero.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `std::time::Instant` reads,
+/// and the same in every network namespace of a host, so programs in
+/// different namespaces (a daemon and the lab's web server) can put their
+/// events on one time line.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time the calling thread has used, in nanoseconds. Unlike wall-clock
+/// time it does not grow while the thread waits for a CPU, so work paced
+/// by it (the load measurement) does not slow down on a busy host.
+pub fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
 /// The effective user id.
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -346,6 +372,18 @@ pub fn effective_caps() -> io::Result<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clocks_move_forward() {
+        let (m, c) = (super::monotonic_ns(), super::thread_cpu_ns());
+        let mut x = 0u64;
+        for i in 0..200_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(super::monotonic_ns() > m);
+        assert!(super::thread_cpu_ns() > c);
+    }
+
     use super::*;
 
     #[test]

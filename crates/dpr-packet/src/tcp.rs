@@ -40,6 +40,11 @@ impl TcpFlags {
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
     }
+    /// True when any flag of `other` is set.
+    #[inline]
+    pub const fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
     /// A connection-opening SYN: SYN set, ACK and RST clear.
     #[inline]
     pub const fn is_syn(self) -> bool {

@@ -14,6 +14,9 @@ pub enum DeadPeerAction {
     Drop,
 }
 
+/// Largest [`EngineConfig::decision_log`].
+pub const MAX_DECISION_LOG: usize = 1 << 20;
+
 /// Everything the engine needs to know about this host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
@@ -43,6 +46,10 @@ pub struct EngineConfig {
     pub served: ConnTableConfig,
     /// Seed of the flow hash (table index, IPv6 outer flow label).
     pub flow_hash_seed: u64,
+    /// How many of the latest SYN decisions the engine keeps for
+    /// [`Engine::take_decisions`](crate::Engine::take_decisions) (0: none).
+    /// For measuring the load figure against the truth (`dprd lab`).
+    pub decision_log: usize,
 }
 
 impl EngineConfig {
@@ -60,6 +67,7 @@ impl EngineConfig {
             routes: ConnTableConfig::default(),
             served: ConnTableConfig::default(),
             flow_hash_seed: 0x6470_725f_6873_6864,
+            decision_log: 0,
         }
     }
 
@@ -101,6 +109,9 @@ impl EngineConfig {
         }
         if self.outer_ttl == 0 {
             return bad("outer_ttl", "must be at least 1");
+        }
+        if self.decision_log > MAX_DECISION_LOG {
+            return bad("decision_log", "must be at most 1,048,576");
         }
         self.routes.validate().map_err(|_| ConfigError {
             field: "routes",

@@ -54,8 +54,18 @@ pub struct Counters {
     pub new_redirected: u64,
     /// New connections that arrived from a peer.
     pub new_from_peer: u64,
-    /// SYNs of connections already in the table (retransmissions).
+    /// SYNs of connections already in the table with the same initial
+    /// sequence number (retransmissions): they follow the recorded route.
     pub syn_retransmits: u64,
+    /// SYNs that reuse the 4-tuple of a recorded connection that had
+    /// ended (FIN or RST seen) or that carry another initial sequence
+    /// number: new connections, decided afresh (and counted in
+    /// `new_local` / `new_redirected` too).
+    pub syn_new_incarnations: u64,
+    /// Connections this host routes or serves whose end it saw (the
+    /// client's first FIN or RST): each stops counting against the load of
+    /// the host that serves it at once, not at the next measurement.
+    pub connections_ended: u64,
     /// Non-SYN packets of unknown connections, delivered locally (the local
     /// stack answers RST for a connection it does not know).
     pub unknown_flow_delivered: u64,

@@ -19,9 +19,27 @@ use dpr_table::{
     LoadTableConfig, PacketOutcome, PeerId, PeerState, ReportOutcome, Route, TableError, Timestamp,
     WideKey,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
+
+/// One new connection's routing decision, as the engine took it: what
+/// `dprd lab` compares with the true load of the host at that instant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecisionRecord {
+    /// When the SYN was processed.
+    pub at: Timestamp,
+    /// The connection, client to service.
+    pub flow: FlowKey,
+    /// This host's normalised load as the policy saw it (before the
+    /// decision counted the new connection).
+    pub local_load: f64,
+    /// Where it went.
+    pub route: Route,
+    /// Whether the SYN reused the 4-tuple of an ended connection (or
+    /// carried another initial sequence number).
+    pub new_incarnation: bool,
+}
 
 /// An error building or reconfiguring the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +91,7 @@ pub struct Engine {
     counters: LiveCounters,
     draining: bool,
     recovering: bool,
+    decisions: VecDeque<DecisionRecord>,
 }
 
 impl fmt::Debug for Engine {
@@ -110,6 +129,7 @@ impl Engine {
             counters: LiveCounters::default(),
             draining: false,
             recovering: false,
+            decisions: VecDeque::new(),
             cfg,
         })
     }
@@ -341,6 +361,12 @@ impl Engine {
         &self.served
     }
 
+    /// The SYN decisions taken since the last call, oldest first (at
+    /// most [`EngineConfig::decision_log`] of the latest).
+    pub fn take_decisions(&mut self) -> Vec<DecisionRecord> {
+        self.decisions.drain(..).collect()
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.counters.snapshot()
@@ -405,6 +431,30 @@ impl Engine {
         let flow = meta.flow;
         let flags = meta.tcp_flags;
         let len = meta.l3_len;
+        let mut new_incarnation = false;
+        if flags.is_syn() {
+            // A SYN for a recorded 4-tuple is a retransmission only while
+            // that connection lives and the sequence number is the same;
+            // clients reuse ports within seconds of a close.
+            let isn = tcp_seq(pkt.bytes(), meta);
+            if let Some(e) = self.routes.get(&flow) {
+                let ended = matches!(e.state, ConnState::Closing | ConnState::Closed);
+                if ended || e.isn.zip(isn).is_some_and(|(a, b)| a != b) {
+                    if !ended {
+                        self.connection_ended(e.route);
+                    }
+                    self.routes.remove(&flow);
+                    self.counters.c.syn_new_incarnations += 1;
+                    new_incarnation = true;
+                }
+            }
+        } else if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
+            if let Some(e) = self.routes.get(&flow) {
+                if matches!(e.state, ConnState::SynSeen | ConnState::Established) {
+                    self.connection_ended(e.route);
+                }
+            }
+        }
         let known = self
             .routes
             .on_packet(&flow, Direction::Original, flags, len, now);
@@ -423,6 +473,7 @@ impl Engine {
                 }
                 PacketOutcome::Unknown => {}
             }
+            let local_load = self.loads.local_load();
             let decision = if self.draining {
                 self.drain_decision()
             } else {
@@ -438,9 +489,12 @@ impl Engine {
                 RedirectDecision::ServeLocally => Route::Local,
                 RedirectDecision::Redirect(p) => Route::Peer(p),
             };
-            match self.routes.insert(&flow, route, now) {
-                Ok(InsertOutcome::Inserted { .. } | InsertOutcome::Existing(_)) => {}
-                Err(_) => self.counters.c.table_insert_failures += 1,
+            let inserted = match tcp_seq(pkt.bytes(), meta) {
+                Some(isn) => self.routes.insert_syn(&flow, route, isn, now),
+                None => self.routes.insert(&flow, route, now),
+            };
+            if inserted.is_err() {
+                self.counters.c.table_insert_failures += 1;
             }
             let v = self.follow(route, pkt, meta);
             match (route, v) {
@@ -456,9 +510,22 @@ impl Engine {
                     self.counters.peer(p).redirected_connections += 1;
                 }
                 // Could not be sent: do not keep a route nothing followed.
-                (Route::Peer(_), _) => {
+                (Route::Peer(p), _) => {
                     self.routes.remove(&flow);
+                    let _ = self.loads.record_redirect_end(p);
                 }
+            }
+            if self.cfg.decision_log > 0 {
+                if self.decisions.len() >= self.cfg.decision_log {
+                    self.decisions.pop_front();
+                }
+                self.decisions.push_back(DecisionRecord {
+                    at: now,
+                    flow,
+                    local_load,
+                    route,
+                    new_incarnation,
+                });
             }
             return v;
         }
@@ -470,6 +537,18 @@ impl Engine {
             }
             PacketOutcome::Forward(route) | PacketOutcome::Reset(route) => {
                 self.follow(route, pkt, meta)
+            }
+        }
+    }
+
+    /// A connection routed along `route` ended (its client's first FIN or
+    /// RST): it stops counting against the serving host's load estimate.
+    fn connection_ended(&mut self, route: Route) {
+        self.counters.c.connections_ended += 1;
+        match route {
+            Route::Local => self.loads.record_local_end(),
+            Route::Peer(p) => {
+                let _ = self.loads.record_redirect_end(p);
             }
         }
     }
@@ -653,6 +732,16 @@ impl Engine {
         c.received_bytes += u64::from(inner.l3_len);
         if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
+            if flags.intersects(TcpFlags::FIN | TcpFlags::RST)
+                && self
+                    .served
+                    .get(&inner.flow)
+                    .is_some_and(|e| matches!(e.state, ConnState::SynSeen | ConnState::Established))
+            {
+                // Served here for a peer: it leaves this host's load now.
+                self.counters.c.connections_ended += 1;
+                self.loads.record_local_end();
+            }
             let outcome =
                 self.served
                     .on_packet(&inner.flow, Direction::Original, flags, inner.l3_len, now);
@@ -720,4 +809,12 @@ impl Engine {
             _ => Verdict::Pass,
         }
     }
+}
+
+/// The sequence number of the TCP segment `meta` describes, if its header
+/// is in `bytes`.
+fn tcp_seq(bytes: &[u8], meta: &PacketMeta) -> Option<u32> {
+    let at = usize::from(meta.l4_offset) + 4;
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }

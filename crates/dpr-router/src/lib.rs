@@ -94,5 +94,5 @@ pub mod verdict;
 pub use buffer::PacketBuf;
 pub use config::{ConfigError, DeadPeerAction, EngineConfig};
 pub use counters::{Counters, PeerCounters};
-pub use engine::{Engine, EngineError};
+pub use engine::{DecisionRecord, Engine, EngineError};
 pub use verdict::{DropReason, Verdict};

@@ -13,7 +13,7 @@
 //! bounded number of entries (`sweep_per_call`).
 
 use crate::error::{Result, TableError};
-use crate::key::{TableKey, V4Key};
+use crate::key::{IsnSlot, TableKey, V4Key};
 use crate::load::PeerId;
 use crate::time::{Timestamp, duration_nanos};
 use core::time::Duration;
@@ -125,6 +125,10 @@ pub struct ConnEntry {
     pub packets: u32,
     /// Bytes counted (saturating).
     pub bytes: u64,
+    /// The initial sequence number of the SYN that opened it, where the
+    /// caller recorded one ([`ConnTable::insert_syn`]): a later SYN with
+    /// another one is a new incarnation of the 4-tuple, not a retransmission.
+    pub isn: Option<u32>,
 }
 
 /// What [`ConnTable::insert`] did.
@@ -197,12 +201,15 @@ const FIN_REPLY: u8 = 0x10;
 /// An RST was seen; the entry is in its grace time (`ST_CLOSED`) and comes
 /// back to life if the connection goes on (the endpoint refused the RST).
 const RST_SEEN: u8 = 0x20;
+/// `isn` holds the opening SYN's sequence number.
+const ISN_KNOWN: u8 = 0x40;
 const LOCAL: u8 = 0x80;
 
 /// One stored entry. For `V4Key` this is 48 bytes: the compiler orders
-/// fields by alignment and the 13-byte key fills the tail.
+/// fields by alignment and the 13-byte key fills the tail. For `WideKey`
+/// (the engine's) it is 80 bytes, `isn` included (it fills padding).
 #[derive(Clone, Copy, Debug)]
-struct Slot<K> {
+struct Slot<K: TableKey> {
     last_seen: u64,
     bytes: u64,
     packets: u32,
@@ -210,6 +217,8 @@ struct Slot<K> {
     next: u32,
     /// Low 32 bits of the flow hash: the home position in the index.
     hash: u32,
+    /// The opening SYN's sequence number, when `ISN_KNOWN`.
+    isn: K::Isn,
     peer: u16,
     /// `ST_*` in the low bits, plus `FIN_*` and `LOCAL`.
     state: u8,
@@ -242,6 +251,11 @@ impl<K: TableKey> Slot<K> {
             last_seen: Timestamp(self.last_seen),
             packets: self.packets,
             bytes: self.bytes,
+            isn: if self.state & ISN_KNOWN != 0 {
+                self.isn.load()
+            } else {
+                None
+            },
         }
     }
 }
@@ -711,6 +725,28 @@ impl<K: TableKey> ConnTable<K> {
         self.insert_in_state(flow, route, state, true, now)
     }
 
+    /// [`insert`](Self::insert) for a TCP SYN, recording its sequence
+    /// number (`isn`) where the key form has room for it ([`WideKey`]),
+    /// so that a later SYN can be told apart: the same number is a
+    /// retransmission, another one a new connection.
+    pub fn insert_syn(
+        &mut self,
+        flow: &FlowKey,
+        route: Route,
+        isn: u32,
+        now: Timestamp,
+    ) -> Result<InsertOutcome> {
+        let out = self.insert_in_state(flow, route, ST_SYN, true, now)?;
+        if let InsertOutcome::Inserted { .. } = out {
+            if let Some(e) = self.live_entry(flow, now) {
+                let s = &mut self.entries[e as usize];
+                s.isn = K::Isn::store(isn);
+                s.state |= ISN_KNOWN;
+            }
+        }
+        Ok(out)
+    }
+
     /// Records a connection already past its handshake, learnt from
     /// elsewhere (restart recovery): it starts `Established`, so it gets
     /// the established timeout. An entry already present is kept as is.
@@ -778,6 +814,7 @@ impl<K: TableKey> ConnTable<K> {
             prev: NIL,
             next: NIL,
             hash: h as u32,
+            isn: K::Isn::default(),
             peer,
             state: state | local,
             key,

@@ -10,10 +10,42 @@ use dpr_packet::{FlowKey, IpProtocol};
 
 /// A stored key form: converts from and to [`FlowKey`] without loss.
 pub trait TableKey: Copy + Eq + core::fmt::Debug {
+    /// Where an entry keeps its opening SYN's sequence number: `u32` where
+    /// the entry has room for it in its padding ([`WideKey`]), `()` where
+    /// it would make the entry larger ([`V4Key`]: 48 bytes, no spare byte).
+    type Isn: IsnSlot;
     /// The stored form of `flow`, or `None` if this form cannot hold it.
     fn from_flow(flow: &FlowKey) -> Option<Self>;
     /// The flow this key stands for.
     fn to_flow(&self) -> FlowKey;
+}
+
+/// Storage for an initial sequence number, or none.
+pub trait IsnSlot: Copy + Default + core::fmt::Debug {
+    /// Stores `isn` (a no-op where there is no room).
+    fn store(isn: u32) -> Self;
+    /// The stored number, if this form keeps one.
+    fn load(&self) -> Option<u32>;
+}
+
+impl IsnSlot for u32 {
+    #[inline]
+    fn store(isn: u32) -> Self {
+        isn
+    }
+    #[inline]
+    fn load(&self) -> Option<u32> {
+        Some(*self)
+    }
+}
+
+impl IsnSlot for () {
+    #[inline]
+    fn store(_: u32) -> Self {}
+    #[inline]
+    fn load(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// An IPv4 five-tuple in 13 bytes with alignment 1.
@@ -35,6 +67,7 @@ impl PartialEq for V4Key {
 }
 
 impl TableKey for V4Key {
+    type Isn = ();
     #[inline]
     fn from_flow(flow: &FlowKey) -> Option<Self> {
         let (IpAddr::V4(s), IpAddr::V4(d)) = (flow.src, flow.dst) else {
@@ -88,6 +121,7 @@ fn addr_from(bytes: [u8; 16], v4: bool) -> IpAddr {
 }
 
 impl TableKey for WideKey {
+    type Isn = u32;
     #[inline]
     fn from_flow(flow: &FlowKey) -> Option<Self> {
         let (src, s4) = addr_bytes(flow.src);

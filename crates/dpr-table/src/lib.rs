@@ -42,7 +42,7 @@ pub use conn::{
     PacketOutcome, Route, TableStats,
 };
 pub use error::{Result, TableError};
-pub use key::{TableKey, V4Key, WideKey};
+pub use key::{IsnSlot, TableKey, V4Key, WideKey};
 pub use load::{
     Capacity, CapacityWeights, HostRef, LoadFigures, LoadMetric, LoadReport, LoadTable,
     LoadTableConfig, MetricWeights, PeerId, PeerRecord, PeerState, ReportOutcome,

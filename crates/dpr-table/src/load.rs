@@ -194,11 +194,18 @@ impl LoadTableConfig {
     /// The raw (not normalised) load of `f` plus `pending` optimistic
     /// connections, under the configured metric.
     pub fn raw_load(&self, f: &LoadFigures, pending: u32) -> f64 {
-        let p = f64::from(pending);
-        let conns = f64::from(f.open_connections) + p;
-        let cpu = f64::from(f.cpu_utilisation) + p * self.cpu_per_connection;
+        self.raw_load_delta(f, i64::from(pending))
+    }
+
+    /// [`Self::raw_load`] with a signed correction: connections opened
+    /// minus connections ended since `f` was measured. No figure goes
+    /// below zero, whatever the correction.
+    pub fn raw_load_delta(&self, f: &LoadFigures, delta: i64) -> f64 {
+        let p = delta as f64;
+        let conns = (f64::from(f.open_connections) + p).max(0.0);
+        let cpu = (f64::from(f.cpu_utilisation) + p * self.cpu_per_connection).max(0.0);
         let redirected = f64::from(f.redirected_connections);
-        let sockets = f64::from(f.active_sockets) + p;
+        let sockets = (f64::from(f.active_sockets) + p).max(0.0);
         match self.metric {
             LoadMetric::OpenConnections => conns,
             LoadMetric::CpuUtilisation => cpu,
@@ -222,6 +229,12 @@ impl LoadTableConfig {
     /// Load divided by capacity: what every policy compares.
     pub fn normalised_load(&self, f: &LoadFigures, pending: u32, c: &Capacity) -> f64 {
         self.raw_load(f, pending) / self.capacity_scalar(c)
+    }
+
+    /// [`Self::normalised_load`] with a signed correction (see
+    /// [`Self::raw_load_delta`]).
+    pub fn normalised_load_delta(&self, f: &LoadFigures, delta: i64, c: &Capacity) -> f64 {
+        self.raw_load_delta(f, delta) / self.capacity_scalar(c)
     }
 
     fn check_capacity(&self, c: &Capacity) -> Result<()> {
@@ -271,6 +284,11 @@ pub struct PeerRecord {
     /// Connections redirected to it since its last report (optimistic
     /// accounting: they count against its load until the next report).
     pub pending_redirects: u32,
+    /// Connections this host had redirected to it that ended (the client's
+    /// FIN or RST, or a timeout) since its last report: they no longer
+    /// count against its load, whether they began before the report or
+    /// after it.
+    pub ended_redirects: u32,
     score: f64,
     /// Drained by [`LoadTable::mark_draining`] (an operator's decision
     /// here), not by its own report: reports cannot undo it.
@@ -278,6 +296,11 @@ pub struct PeerRecord {
 }
 
 impl PeerRecord {
+    /// Redirects since the last report less those that ended since.
+    fn delta(&self) -> i64 {
+        i64::from(self.pending_redirects) - i64::from(self.ended_redirects)
+    }
+
     /// Normalised load including pending redirects (as last reported;
     /// meaningful for status output even when the peer is not eligible).
     pub fn load(&self) -> f64 {
@@ -315,6 +338,7 @@ pub struct LoadTable {
     local_capacity: Capacity,
     local_score: f64,
     local_pending: u32,
+    local_ended: u32,
     peers: Vec<PeerRecord>,
     /// Slot of each peer id (`NO_SLOT` where none): a dense array, because
     /// ids are small and this is on the decision path.
@@ -351,6 +375,7 @@ impl LoadTable {
             local_capacity,
             local_score: 0.0,
             local_pending: 0,
+            local_ended: 0,
             peers: Vec::new(),
             slot_of: Vec::new(),
             ids: Vec::new(),
@@ -381,23 +406,45 @@ impl LoadTable {
         self.local_score
     }
 
-    /// Optimistic accounting of this host: counts one new connection it
-    /// serves against its load until the next [`Self::set_local`], as
-    /// [`Self::record_redirect`] does for a peer, so decisions between two
-    /// measurements of the local load see the connections taken since.
+    /// The estimate of this host's load between two measurements: the
+    /// last measurement ([`Self::set_local`]), plus the connections taken
+    /// since ([`Self::record_local`]), less those that ended since
+    /// ([`Self::record_local_end`]). Both corrections are let go at the
+    /// next measurement, so the estimate is right between measurements
+    /// however far apart they are, and a measurement that is late (a
+    /// descheduled daemon) cannot inflate it.
+    ///
+    /// Counts one new connection served here.
     pub fn record_local(&mut self) {
         self.local_pending = self.local_pending.saturating_add(1);
-        self.local_score = self.config.normalised_load(
-            &self.local_figures,
-            self.local_pending,
-            &self.local_capacity,
-        );
+        self.update_local_score();
+    }
+
+    /// Counts the end of a connection served here (the client's FIN or
+    /// RST, or its entry timed out), whether it began before the last
+    /// measurement or after it.
+    pub fn record_local_end(&mut self) {
+        self.local_ended = self.local_ended.saturating_add(1);
+        self.update_local_score();
+    }
+
+    fn update_local_score(&mut self) {
+        let delta = i64::from(self.local_pending) - i64::from(self.local_ended);
+        self.local_score =
+            self.config
+                .normalised_load_delta(&self.local_figures, delta, &self.local_capacity);
     }
 
     /// New local connections counted by [`Self::record_local`] since the
     /// last [`Self::set_local`].
     pub fn local_pending(&self) -> u32 {
         self.local_pending
+    }
+
+    /// Local connections whose end [`Self::record_local_end`] counted
+    /// since the last [`Self::set_local`].
+    pub fn local_ended(&self) -> u32 {
+        self.local_ended
     }
 
     /// This host's figures.
@@ -417,6 +464,7 @@ impl LoadTable {
         self.local_figures = figures;
         self.local_capacity = capacity;
         self.local_pending = 0;
+        self.local_ended = 0;
         self.local_score = self.config.normalised_load(&figures, 0, &capacity);
         self.set_weight(0, self.weight_of(&capacity));
         Ok(())
@@ -444,6 +492,7 @@ impl LoadTable {
             received_at: now,
             state: PeerState::Suspect,
             pending_redirects: 0,
+            ended_redirects: 0,
             score: 0.0,
             held_draining: false,
         };
@@ -497,6 +546,7 @@ impl LoadTable {
         p.seq = Some(report.seq);
         p.received_at = now;
         p.pending_redirects = 0;
+        p.ended_redirects = 0;
         p.state = if report.draining || p.held_draining {
             PeerState::Draining
         } else {
@@ -562,6 +612,17 @@ impl LoadTable {
         let slot = self.slot(id).ok_or(TableError::UnknownPeer(id.0))?;
         let p = &mut self.peers[slot as usize];
         p.pending_redirects = p.pending_redirects.saturating_add(1);
+        self.update_slot(slot);
+        Ok(())
+    }
+
+    /// Optimistic accounting, the other way: a connection this host had
+    /// redirected to `id` ended, so it stops counting against `id`'s load
+    /// until `id`'s next report (which no longer counts it either).
+    pub fn record_redirect_end(&mut self, id: PeerId) -> Result<()> {
+        let slot = self.slot(id).ok_or(TableError::UnknownPeer(id.0))?;
+        let p = &mut self.peers[slot as usize];
+        p.ended_redirects = p.ended_redirects.saturating_add(1);
         self.update_slot(slot);
         Ok(())
     }
@@ -691,7 +752,7 @@ impl LoadTable {
         let p = &self.peers[slot as usize];
         let load = self
             .config
-            .normalised_load(&p.figures, p.pending_redirects, &p.capacity);
+            .normalised_load_delta(&p.figures, p.delta(), &p.capacity);
         let eligible = p.state == PeerState::Alive;
         let (key, weight) = if eligible {
             (load, self.weight_of(&p.capacity))
@@ -733,7 +794,7 @@ impl LoadTable {
         for (slot, p) in self.peers.iter_mut().enumerate() {
             p.score = self
                 .config
-                .normalised_load(&p.figures, p.pending_redirects, &p.capacity);
+                .normalised_load_delta(&p.figures, p.delta(), &p.capacity);
             let key = if p.state == PeerState::Alive {
                 p.score
             } else {

@@ -368,6 +368,10 @@ pub struct AdminSection {
     pub metrics: Option<SocketAddr>,
     /// Log level: error, warn, info, debug, trace.
     pub log_level: String,
+    /// How many of the latest new-connection decisions to keep for the
+    /// admin request `decisions` (0: none kept). `dprd lab` uses it to
+    /// compare the load the engine decided on with the true load.
+    pub decision_log: usize,
 }
 
 impl Default for AdminSection {
@@ -376,6 +380,7 @@ impl Default for AdminSection {
             socket: PathBuf::from("/run/dprd/dprd.sock"),
             metrics: None,
             log_level: "info".into(),
+            decision_log: 0,
         }
     }
 }
@@ -663,6 +668,9 @@ impl Config {
         if self.tunnel.ttl == 0 {
             return Err(bad("tunnel.ttl", "must be at least 1"));
         }
+        if self.admin.decision_log > dpr_router::config::MAX_DECISION_LOG {
+            return Err(bad("admin.decision_log", "must be at most 1048576"));
+        }
         if !matches!(
             self.admin.log_level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -714,6 +722,7 @@ impl Config {
         };
         e.routes = t;
         e.served = t;
+        e.decision_log = self.admin.decision_log;
         e
     }
 

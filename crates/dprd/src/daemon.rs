@@ -399,6 +399,8 @@ impl LoopCtx {
             ("new_redirected", c.new_redirected),
             ("new_from_peer", c.new_from_peer),
             ("syn_retransmits", c.syn_retransmits),
+            ("syn_new_incarnations", c.syn_new_incarnations),
+            ("connections_ended", c.connections_ended),
             ("new_local_no_peer", c.new_local_no_peer),
             ("unknown_flow_delivered", c.unknown_flow_delivered),
             ("mss_clamped", c.mss_clamped),
@@ -543,6 +545,35 @@ impl LoopCtx {
         load::measure(&addrs, ports)
     }
 
+    /// The decisions the engine kept since the last request (see
+    /// `[admin] decision_log`), with times on `CLOCK_MONOTONIC` so they can
+    /// be matched with events of other processes on this host.
+    fn decisions_json(&self) -> String {
+        let (list, engine_now) = {
+            let mut e = self.shared.lock();
+            (e.take_decisions(), self.shared.now())
+        };
+        let offset = dpr_io::sys::monotonic_ns().saturating_sub(engine_now.0);
+        let rows: Vec<serde_json::Value> = list
+            .iter()
+            .map(|d| {
+                let (local, peer) = match d.route {
+                    dpr_table::Route::Local => (true, None),
+                    dpr_table::Route::Peer(p) => (false, Some(p.0)),
+                };
+                serde_json::json!({
+                    "t_ns": d.at.0 + offset,
+                    "client": SocketAddr::new(d.flow.src, d.flow.src_port).to_string(),
+                    "load": d.local_load,
+                    "local": local,
+                    "peer": peer,
+                    "new_incarnation": d.new_incarnation,
+                })
+            })
+            .collect();
+        serde_json::json!({ "ok": true, "decisions": rows }).to_string()
+    }
+
     fn refresh_load(&mut self) {
         self.open_connections = self.open_connections_measured();
         let figures = LoadFigures {
@@ -603,6 +634,7 @@ impl LoopCtx {
                 );
                 r#"{"ok":true,"message":"draining: new connections go to peers, established ones stay"}"#.into()
             }
+            "decisions" => self.decisions_json(),
             "reload" => match self.reload() {
                 Ok(()) => r#"{"ok":true,"message":"reloaded"}"#.into(),
                 Err(e) => serde_json::json!({"ok": false, "message": e}).to_string(),
@@ -688,20 +720,11 @@ async fn control_loop(
             _ = tick.tick() => {
                 let now = clock(&ctx.shared);
                 if Instant::now() >= next_refresh {
-                    let t = Instant::now();
+                    let (t, cpu) = (Instant::now(), dpr_io::sys::thread_cpu_ns());
                     ctx.refresh_load();
-                    // The socket table is walked whole (TIME_WAIT included):
-                    // at thousands of connections a second it costs
-                    // milliseconds, so measuring stays under 1 % of this
-                    // thread; connections taken in between are counted by
-                    // the engine (`LoadTable::record_local`).
-                    let cost = t.elapsed();
-                    ctx.load_measure_us = u64::try_from(cost.as_micros()).unwrap_or(u64::MAX);
-                    // At most every 2 s all the same: the measurement also
-                    // keeps alive the served-table entries of connections
-                    // whose packets the XDP program decapsulates.
-                    let most = refresh.max(Duration::from_secs(2));
-                    next_refresh = Instant::now() + refresh.max(cost * 100).min(most);
+                    ctx.load_measure_us = t.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+                    let cpu = Duration::from_nanos(dpr_io::sys::thread_cpu_ns().saturating_sub(cpu));
+                    next_refresh = Instant::now() + load::measurement_interval(refresh, cpu);
                 }
                 let mut e = ctx.shared.lock();
                 e.tick(now.mono, 256);

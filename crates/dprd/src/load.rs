@@ -15,6 +15,29 @@
 //! host's and its peers') and a local port among the service ports.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// The longest wait between two measurements: they also keep alive the
+/// served-table entries of connections whose packets the XDP program
+/// decapsulates, and bound how long any error of the engine's estimate
+/// between measurements (a connection that ended unseen) can last.
+pub const MAX_MEASUREMENT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// When to measure next, given `[load] refresh_ms` and the CPU time the
+/// last measurement cost. The socket table is walked whole (TIME_WAIT
+/// included): at thousands of connections a second a dump costs
+/// milliseconds, so measuring is kept under 1 % of the control thread's
+/// CPU. CPU time, not wall-clock time: a daemon descheduled on a busy host
+/// takes longer by the clock for the same work, and must not measure less
+/// often for it. Between measurements the engine's estimate follows the
+/// connections it sees open and end (`LoadTable::record_local`,
+/// `LoadTable::record_local_end`), so a longer interval costs accuracy
+/// only for connections that end unseen.
+pub fn measurement_interval(refresh: Duration, cpu_cost: Duration) -> Duration {
+    refresh
+        .max(cpu_cost.saturating_mul(100))
+        .min(refresh.max(MAX_MEASUREMENT_INTERVAL))
+}
 
 const LISTEN: u8 = 0x0a;
 const TIME_WAIT: u8 = 0x06;
@@ -60,6 +83,25 @@ pub fn measure(addrs: &[IpAddr], ports: &[u16]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn measurement_interval_follows_cpu_cost_not_wall_clock() {
+        let r = Duration::from_millis(10);
+        // Cheap: at the configured refresh.
+        assert_eq!(super::measurement_interval(r, Duration::from_micros(20)), r);
+        // 1 ms of CPU: 100 ms, so measuring stays under 1 % of the thread.
+        assert_eq!(
+            super::measurement_interval(r, Duration::from_millis(1)),
+            Duration::from_millis(100)
+        );
+        // Never past the bound, however dear.
+        assert_eq!(
+            super::measurement_interval(r, Duration::from_secs(1)),
+            super::MAX_MEASUREMENT_INTERVAL
+        );
+        // A refresh longer than the bound is kept.
+        let slow = Duration::from_secs(5);
+        assert_eq!(super::measurement_interval(slow, Duration::ZERO), slow);
+    }
     use super::*;
 
     #[test]
