@@ -775,3 +775,210 @@ fn confirmed_connections_are_learned_for_the_peer_that_owns_the_address() {
     assert!(e.confirm_served(&to_b(41_000), now), "known ones stay");
     assert_eq!(e.served().len(), 1);
 }
+
+fn syn_isn(port: u16, isn: u32) -> Vec<u8> {
+    tcp_packet(client(port), svc(), isn, 0, TcpFlags::SYN, Some(1460), &[])
+}
+fn fin(port: u16) -> Vec<u8> {
+    tcp_packet(
+        client(port),
+        svc(),
+        101,
+        7,
+        TcpFlags::FIN | TcpFlags::ACK,
+        None,
+        &[],
+    )
+}
+fn rst(port: u16) -> Vec<u8> {
+    tcp_packet(client(port), svc(), 101, 0, TcpFlags::RST, None, &[])
+}
+
+/// The threshold policy on engine A, with this host measured at `open`.
+fn threshold_engine(threshold: f64, open: u32) -> Engine {
+    use dpr_policy::{Threshold, ThresholdConfig};
+    let policy = Threshold::new(ThresholdConfig { threshold }).unwrap();
+    let mut e = engine_with_policy(Box::new(policy), |c| c.decision_log = 16);
+    e.set_local_load(
+        LoadFigures {
+            open_connections: open,
+            ..LoadFigures::default()
+        },
+        Capacity::default(),
+    )
+    .unwrap();
+    e
+}
+
+fn redirected(v: Verdict) -> bool {
+    matches!(v, Verdict::Forward { .. })
+}
+
+/// A connection served here counts against the local load from its SYN to
+/// its client's FIN or RST, not until the next measurement: a host that
+/// serves short connections one after another stays under its threshold
+/// however long the daemon goes without measuring.
+#[test]
+fn a_connection_that_ended_stops_counting() {
+    let mut e = threshold_engine(3.0, 0);
+    let now = Timestamp::from_millis(1);
+    for i in 0..100u16 {
+        let port = 20_000 + i;
+        assert!(!redirected(run(&mut e, now, &syn(port)).0), "SYN {i}");
+        run(&mut e, now, &ack(port, b"GET /"));
+        if i % 2 == 0 {
+            run(&mut e, now, &fin(port));
+        } else {
+            run(&mut e, now, &rst(port));
+        }
+        // A retransmitted FIN is not a second end.
+        run(&mut e, now, &fin(port));
+    }
+    assert_eq!(e.loads().local_load(), 0.0);
+    let c = e.counters();
+    assert_eq!(
+        (c.new_local, c.new_redirected, c.connections_ended),
+        (100, 0, 100)
+    );
+    // Three open at once reach the threshold of 3: the fourth goes away.
+    let v: Vec<bool> = (0..4)
+        .map(|i| redirected(run(&mut e, now, &syn(30_000 + i)).0))
+        .collect();
+    assert_eq!(v, [false, false, false, true]);
+    // One of the three ends: room for one more here.
+    run(&mut e, now, &fin(30_000));
+    assert!(!redirected(run(&mut e, now, &syn(30_010)).0));
+}
+
+/// Ends are counted against the measurement too: a connection open at the
+/// measurement that ends after it leaves the estimate (never below zero).
+#[test]
+fn ends_after_a_measurement_lower_the_measured_load() {
+    let mut e = threshold_engine(3.0, 0);
+    let now = Timestamp::from_millis(1);
+    for i in 0..3 {
+        run(&mut e, now, &syn(21_000 + i));
+    }
+    // The measurement sees the three; then two end.
+    e.set_local_load(
+        LoadFigures {
+            open_connections: 3,
+            ..LoadFigures::default()
+        },
+        Capacity::default(),
+    )
+    .unwrap();
+    run(&mut e, now, &fin(21_000));
+    run(&mut e, now, &fin(21_001));
+    assert_eq!(e.loads().local_load(), 1.0);
+    assert_eq!(e.loads().local_ended(), 2);
+    // More ends than anything counted: the estimate stops at zero.
+    e.set_local_load(LoadFigures::default(), Capacity::default())
+        .unwrap();
+    run(&mut e, now, &fin(21_002));
+    assert_eq!(e.loads().local_load(), 0.0);
+}
+
+/// A redirected connection counts against its peer until the client ends
+/// it, then no longer (optimistic accounting both ways).
+#[test]
+fn a_redirected_connection_that_ended_stops_counting_against_the_peer() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let now = Timestamp::from_millis(1);
+    for i in 0..4 {
+        assert!(redirected(run(&mut e, now, &syn(22_000 + i)).0));
+    }
+    let b = |e: &Engine| e.loads().host_load(dpr_table::HostRef::Peer(PeerId(1)));
+    assert_eq!(b(&e), 4.0);
+    run(&mut e, now, &fin(22_000));
+    run(&mut e, now, &rst(22_001));
+    assert_eq!(b(&e), 2.0);
+    // The peer's next report counts what it serves; our corrections reset.
+    alive(&mut e, 2, now);
+    assert_eq!(b(&e), 0.0);
+    assert_eq!(e.loads().peer(PeerId(1)).unwrap().ended_redirects, 0);
+}
+
+/// Clients reuse ports within seconds. A SYN for the 4-tuple of a
+/// connection that ended (FIN or RST seen) is a new connection, decided
+/// afresh with the loads of now; a retransmitted SYN (the same initial
+/// sequence number) follows the route of the first; a SYN with another
+/// initial sequence number is a new connection too.
+#[test]
+fn a_new_incarnation_of_a_four_tuple_is_decided_afresh() {
+    // Over the threshold: the first connection goes to B.
+    let mut e = threshold_engine(2.0, 5);
+    let now = Timestamp::from_millis(1);
+    assert!(redirected(run(&mut e, now, &syn_isn(23_000, 1000)).0));
+    // Retransmission: same ISN, same route, not a decision.
+    assert!(redirected(run(&mut e, now, &syn_isn(23_000, 1000)).0));
+    assert_eq!(e.counters().syn_retransmits, 1);
+    run(&mut e, now, &ack(23_000, b"GET /"));
+    run(&mut e, now, &fin(23_000));
+    // The load fell meanwhile: the port's next connection is served here.
+    e.set_local_load(LoadFigures::default(), Capacity::default())
+        .unwrap();
+    assert!(!redirected(run(&mut e, now, &syn_isn(23_000, 9000)).0));
+    // Its retransmission stays here too.
+    assert!(!redirected(run(&mut e, now, &syn_isn(23_000, 9000)).0));
+    let c = e.counters();
+    assert_eq!((c.syn_retransmits, c.syn_new_incarnations), (2, 1));
+    assert_eq!((c.new_local, c.new_redirected), (1, 1));
+    // After an RST, the same.
+    run(&mut e, now, &rst(23_000));
+    e.set_local_load(
+        LoadFigures {
+            open_connections: 5,
+            ..LoadFigures::default()
+        },
+        Capacity::default(),
+    )
+    .unwrap();
+    assert!(redirected(run(&mut e, now, &syn_isn(23_000, 20_000)).0));
+    // A SYN with another ISN while the entry is still half-open: the
+    // client gave up on the first attempt and made a new one.
+    e.set_local_load(LoadFigures::default(), Capacity::default())
+        .unwrap();
+    assert!(!redirected(run(&mut e, now, &syn_isn(23_000, 30_000)).0));
+    let c = e.counters();
+    assert_eq!(c.syn_new_incarnations, 3);
+    assert_eq!(
+        c.new_local + c.new_redirected,
+        4,
+        "every incarnation decided"
+    );
+    // The decision log has each one, with the load the policy saw.
+    let d = e.take_decisions();
+    let seen: Vec<(f64, bool, bool)> = d
+        .iter()
+        .map(|d| (d.local_load, d.route == Route::Local, d.new_incarnation))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (5.0, false, false),
+            (0.0, true, true),
+            (5.0, false, true),
+            (0.0, true, true)
+        ]
+    );
+    assert!(e.take_decisions().is_empty(), "taken once");
+}
+
+/// The decision log keeps the latest `decision_log` decisions only.
+#[test]
+fn the_decision_log_is_bounded() {
+    let mut e = threshold_engine(100.0, 0);
+    let now = Timestamp::from_millis(1);
+    for i in 0..40 {
+        run(&mut e, now, &syn(24_000 + i));
+    }
+    let d = e.take_decisions();
+    assert_eq!(d.len(), 16);
+    assert_eq!(d[0].flow.src_port, 24_024);
+    assert_eq!(d[15].flow.src_port, 24_039);
+    // Off by default.
+    let mut quiet = engine_with(None, |_| {});
+    run(&mut quiet, now, &syn(1));
+    assert!(quiet.take_decisions().is_empty());
+}

@@ -684,6 +684,75 @@ fn optimistic_accounting_until_next_report() {
     assert_eq!(t.local_load(), 3.0);
 }
 
+/// The estimator between two measurements: measured + opened − ended,
+/// for this host and for each peer, never below zero, reset by the next
+/// measurement (or report). However long no measurement comes (a
+/// descheduled daemon), connections that come and go leave no trace.
+#[test]
+fn load_estimate_lets_ended_connections_go() {
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![], Timestamp(0))
+        .unwrap();
+    t.apply_report(PeerId(1), &report(1, 4, 1.0), Timestamp(0))
+        .unwrap();
+    let open = |n| LoadFigures {
+        open_connections: n,
+        ..LoadFigures::default()
+    };
+    t.set_local(open(2), Capacity::default()).unwrap();
+    for _ in 0..100_000 {
+        t.record_local();
+        t.record_redirect(PeerId(1)).unwrap();
+        t.record_local_end();
+        t.record_redirect_end(PeerId(1)).unwrap();
+    }
+    assert_eq!(t.local_load(), 2.0);
+    assert_eq!(t.host_load(HostRef::Peer(PeerId(1))), 4.0);
+    // Ends of connections that were open at the measurement lower it.
+    t.record_local_end();
+    t.record_redirect_end(PeerId(1)).unwrap();
+    assert_eq!(t.local_load(), 1.0);
+    assert_eq!(t.host_load(HostRef::Peer(PeerId(1))), 3.0);
+    // Never below zero, and the least-loaded index follows.
+    for _ in 0..10 {
+        t.record_local_end();
+        t.record_redirect_end(PeerId(1)).unwrap();
+    }
+    assert_eq!(t.local_load(), 0.0);
+    assert_eq!(t.least_loaded_peer(), Some((PeerId(1), 0.0)));
+    // The next measurement and report replace every correction.
+    t.set_local(open(5), Capacity::default()).unwrap();
+    t.apply_report(PeerId(1), &report(2, 6, 1.0), Timestamp(1))
+        .unwrap();
+    assert_eq!((t.local_pending(), t.local_ended()), (0, 0));
+    assert_eq!(t.local_load(), 5.0);
+    assert_eq!(t.host_load(HostRef::Peer(PeerId(1))), 6.0);
+    assert_eq!(
+        t.record_redirect_end(PeerId(9)),
+        Err(TableError::UnknownPeer(9))
+    );
+}
+
+/// A table keyed by `WideKey` keeps a SYN's initial sequence number in its
+/// entry (in padding: the entry is no larger); `V4Key` has no room and
+/// keeps none.
+#[test]
+fn syn_sequence_numbers_are_kept_where_there_is_room() {
+    let now = Timestamp(1);
+    let mut w = ConnTable::<WideKey>::new(cfg(8), FlowHasher::new(0)).unwrap();
+    w.insert_syn(&flow(1), Route::Local, 77, now).unwrap();
+    w.insert(&flow(2), Route::Local, now).unwrap();
+    assert_eq!(w.get(&flow(1)).unwrap().isn, Some(77));
+    assert_eq!(w.get(&flow(2)).unwrap().isn, None);
+    // A live entry is not replaced by another SYN: the caller decides.
+    w.insert_syn(&flow(1), Route::Local, 99, now).unwrap();
+    assert_eq!(w.get(&flow(1)).unwrap().isn, Some(77));
+    let mut v = ConnTable::<V4Key>::new(cfg(8), FlowHasher::new(0)).unwrap();
+    v.insert_syn(&flow(1), Route::Local, 77, now).unwrap();
+    assert_eq!(v.get(&flow(1)).unwrap().isn, None);
+    assert_eq!(ConnTable::<WideKey>::entry_size(), 80);
+}
+
 #[test]
 fn sampling_is_weighted_by_capacity() {
     let mut t = lt();
