@@ -884,6 +884,97 @@ fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
     lab.kill_extras();
 }
 
+/// New connections decided at host 0 and SYNs it took for retransmissions.
+fn decisions_and_retransmits(s: &Status) -> (u64, u64) {
+    (
+        event(s, "new_local") + event(s, "new_redirected"),
+        event(s, "syn_retransmits"),
+    )
+}
+
+/// A client that reuses its source port for one connection after another
+/// (as busy clients do within seconds): every connection is a new one,
+/// decided afresh by the policy, not taken for a retransmission of the
+/// first and sent where it went.
+fn a_client_reusing_its_port_gets_a_decision_per_connection(backend: &str) {
+    let Some(_g) = root_or_skip("port_reuse") else {
+        return;
+    };
+    let mut lab = cluster(threshold_one(3, backend));
+    load_host0(&mut lab, 2);
+    let before = status(&lab, 0);
+    let n = 30;
+    let script = format!(
+        "for i in $(seq {n}); do curl -sS --max-time 10 --local-port 40123 \
+         -o /dev/null -w '%{{http_code}}\n' http://{}/?size=100 || echo failed; done",
+        service_addr(0)
+    );
+    let ns = lab.client_ns();
+    let out = ok(lab.exec(&ns, "bash", &["-c", &script]));
+    let codes: Vec<&str> = out.lines().collect();
+    assert_eq!(codes.len(), n, "{out}");
+    assert!(codes.iter().all(|c| *c == "200"), "{out}");
+    let after = status(&lab, 0);
+    let (d0, r0) = decisions_and_retransmits(&before);
+    let (d1, r1) = decisions_and_retransmits(&after);
+    eprintln!(
+        "decisions {}, retransmissions {}, new incarnations {}",
+        d1 - d0,
+        r1 - r0,
+        event(&after, "syn_new_incarnations") - event(&before, "syn_new_incarnations")
+    );
+    assert_eq!(d1 - d0, n as u64, "one decision per connection");
+    assert!(
+        event(&after, "syn_new_incarnations") - event(&before, "syn_new_incarnations")
+            >= n as u64 - 1,
+        "every connection after the first reused an ended 4-tuple"
+    );
+}
+
+/// `wrk` with `Connection: close` through a redirecting host: at least
+/// 99 % of the connections are decided by the policy (the rest are SYNs
+/// the client really retransmitted).
+fn wrk_with_connection_close_is_decided_per_connection(backend: &str) {
+    let Some(_g) = root_or_skip("wrk_close") else {
+        return;
+    };
+    let mut lab = cluster(LabSpec {
+        service_ms: 0,
+        ..threshold_one(3, backend)
+    });
+    load_host0(&mut lab, 2);
+    let before = status(&lab, 0);
+    let ns = lab.client_ns();
+    let out = ok(lab.exec(
+        &ns,
+        "wrk",
+        &[
+            "-t1",
+            "-c10",
+            "-d4s",
+            "--timeout",
+            "5s",
+            "-H",
+            "Connection: close",
+            &format!("http://{}/?size=100", service_addr(0)),
+        ],
+    ));
+    let after = status(&lab, 0);
+    let (d0, r0) = decisions_and_retransmits(&before);
+    let (d1, r1) = decisions_and_retransmits(&after);
+    let (d, r) = (d1 - d0, r1 - r0);
+    eprintln!(
+        "{out}\ndecisions {d}, retransmissions followed {r}, new incarnations {}",
+        event(&after, "syn_new_incarnations") - event(&before, "syn_new_incarnations")
+    );
+    assert!(d > 100, "wrk made too few connections to judge: {d}\n{out}");
+    assert!(
+        d as f64 >= 0.99 * (d + r) as f64,
+        "only {d} of {} new connections decided",
+        d + r
+    );
+}
+
 /// Every test runs on the TUN backend and on AF_XDP in native and generic mode.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -908,6 +999,8 @@ on_every_backend!(
     malformed_burst_at_the_service_port_is_counted_and_service_goes_on,
     drain_under_load_fails_no_established_connection,
     sigterm_and_a_failed_setup_leave_nothing_behind,
+    a_client_reusing_its_port_gets_a_decision_per_connection,
+    wrk_with_connection_close_is_decided_per_connection,
 );
 
 #[test]
