@@ -463,27 +463,7 @@ impl Netlink {
     /// Sends a request and waits for its acknowledgement.
     pub fn exec(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        self.sock.send(&message(
-            ty,
-            flags | NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            payload,
-        ))?;
-        loop {
-            let n = self.sock.recv(&mut self.buf)?;
-            for r in parse_replies(&self.buf[..n]) {
-                if let Reply::Ack { seq: s, error } = r {
-                    if s == seq {
-                        return if error == 0 {
-                            Ok(())
-                        } else {
-                            Err(io::Error::from_raw_os_error(-error))
-                        };
-                    }
-                }
-            }
-        }
+        exec(&self.sock, &mut self.buf, self.seq, ty, flags, payload)
     }
 
     /// Adds the object of `req` (fails if it exists).
@@ -533,6 +513,38 @@ impl Netlink {
 /// Sends the dump `request` on `sock` and calls `each` on the payload of
 /// every entry until the kernel's `NLMSG_DONE`; an error acknowledgement is
 /// the error. Shared by the route and the sock-diag dumps.
+/// Sends request `seq` on `sock` with an acknowledgement asked for, and
+/// waits for that acknowledgement: `Ok` or the error the kernel returned.
+pub(crate) fn exec(
+    sock: &NetlinkSocket,
+    buf: &mut [u8],
+    seq: u32,
+    ty: u16,
+    flags: u16,
+    payload: &[u8],
+) -> io::Result<()> {
+    sock.send(&message(
+        ty,
+        flags | NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        payload,
+    ))?;
+    loop {
+        let n = sock.recv(buf)?;
+        for r in parse_replies(&buf[..n]) {
+            if let Reply::Ack { seq: s, error } = r {
+                if s == seq {
+                    return if error == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-error))
+                    };
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn dump(
     sock: &NetlinkSocket,
     buf: &mut [u8],

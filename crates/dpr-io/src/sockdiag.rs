@@ -10,12 +10,13 @@
 //! skips TIME_WAIT, LISTEN and CLOSE sockets before anything is formatted;
 //! the addresses and ports are then matched here. IPv4 and IPv6.
 
-use crate::netlink::{NLM_F_DUMP, NLM_F_REQUEST, dump, message};
+use crate::netlink::{NLM_F_DUMP, NLM_F_REQUEST, dump, exec, message};
 use crate::sys::NetlinkSocket;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
 /// `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg` without its attributes.
@@ -49,6 +50,26 @@ pub fn request(family: u8, states: u32) -> [u8; REQ_LEN] {
     r[0] = family;
     r[1] = libc::IPPROTO_TCP as u8;
     r[4..8].copy_from_slice(&states.to_ne_bytes());
+    r
+}
+
+/// The payload of a `SOCK_DESTROY` request for the TCP socket `local` ↔
+/// `remote` (any state; no cookie: the 4-tuple names it).
+pub fn destroy_request(local: SocketAddr, remote: SocketAddr) -> [u8; REQ_LEN] {
+    let v6 = local.is_ipv6() || remote.is_ipv6();
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    let mut r = request(family as u8, u32::MAX);
+    r[8..10].copy_from_slice(&local.port().to_be_bytes());
+    r[10..12].copy_from_slice(&remote.port().to_be_bytes());
+    let put = |r: &mut [u8; REQ_LEN], at: usize, a: IpAddr| match (a, v6) {
+        (IpAddr::V4(a), false) => r[at..at + 4].copy_from_slice(&a.octets()),
+        (IpAddr::V4(a), true) => r[at..at + 16].copy_from_slice(&a.to_ipv6_mapped().octets()),
+        (IpAddr::V6(a), _) => r[at..at + 16].copy_from_slice(&a.octets()),
+    };
+    put(&mut r, 12, local.ip());
+    put(&mut r, 28, remote.ip());
+    // Interface any; cookie INET_DIAG_NOCOOKIE.
+    r[48..56].fill(0xff);
     r
 }
 
@@ -121,6 +142,19 @@ impl TcpCounter {
         })
     }
 
+    /// Aborts the TCP socket `local` ↔ `remote` (`SOCK_DESTROY`: the
+    /// kernel resets it as `ss -K` does; needs `CAP_NET_ADMIN`). `Ok(false)`
+    /// when there is no such socket.
+    pub fn destroy(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = destroy_request(local, remote);
+        match exec(&self.sock, &mut self.buf, self.seq, SOCK_DESTROY, 0, &req) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Open connections (see [`OPEN_STATES`]) whose local address is one
     /// of `addrs` and local port one of `ports`, appended to `out`.
     pub fn open_sockets(
@@ -149,6 +183,31 @@ impl TcpCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destroy_request_names_the_four_tuple() {
+        let l: SocketAddr = "198.18.0.1:80".parse().unwrap_or_else(|_| unreachable!());
+        let r: SocketAddr = "198.18.0.200:40000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let q = destroy_request(l, r);
+        assert_eq!(i32::from(q[0]), libc::AF_INET);
+        assert_eq!(i32::from(q[1]), libc::IPPROTO_TCP);
+        assert_eq!(&q[4..8], &u32::MAX.to_ne_bytes(), "any state");
+        assert_eq!(&q[8..12], &[0, 80, 0x9c, 0x40]);
+        assert_eq!(&q[12..16], &[198, 18, 0, 1]);
+        assert_eq!(&q[28..32], &[198, 18, 0, 200]);
+        assert_eq!(&q[48..56], &[0xff; 8]);
+        let r6: SocketAddr = "[2001:2::1]:40000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let q6 = destroy_request(l, r6);
+        assert_eq!(i32::from(q6[0]), libc::AF_INET6);
+        assert_eq!(
+            &q6[12..28],
+            &Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets()
+        );
+    }
 
     fn msg(family: u8, state: u8, local: &[u8], lport: u16, remote: &[u8], rport: u16) -> Vec<u8> {
         let mut m = vec![0u8; MSG_LEN];

@@ -60,6 +60,10 @@ pub enum MessageKind {
     RecoveryRequest,
     /// One chunk of the answer to a recovery request.
     RecoveryReply,
+    /// One chunk of a list of flows the sender had routed to the receiver
+    /// and cut (answered RST to their clients) while the receiver was dead
+    /// or gone: the receiver's own sockets of those flows are stale.
+    CutNotice,
     /// A kind this version does not know: data, not an error.
     Unknown(u8),
 }
@@ -70,6 +74,7 @@ impl From<u8> for MessageKind {
             1 => Self::Report,
             2 => Self::RecoveryRequest,
             3 => Self::RecoveryReply,
+            4 => Self::CutNotice,
             v => Self::Unknown(v),
         }
     }
@@ -81,6 +86,7 @@ impl From<MessageKind> for u8 {
             MessageKind::Report => 1,
             MessageKind::RecoveryRequest => 2,
             MessageKind::RecoveryReply => 3,
+            MessageKind::CutNotice => 4,
             MessageKind::Unknown(v) => v,
         }
     }
@@ -205,6 +211,9 @@ pub enum Body<'a> {
     },
     /// One chunk of a recovery reply.
     RecoveryReply(ReplyView<'a>),
+    /// One chunk of a cut notice: the same layout as a recovery reply,
+    /// its request id 0.
+    CutNotice(ReplyView<'a>),
     /// A kind this version does not know (body not interpreted).
     Unknown(&'a [u8]),
 }
@@ -365,6 +374,14 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>> {
             }
         }
         MessageKind::RecoveryReply => Body::RecoveryReply(parse_reply(body)?),
+        MessageKind::CutNotice => {
+            let r = parse_reply(body)?;
+            // The request id field is reserved here.
+            if r.request_id != 0 {
+                return Err(bad(HEADER_LEN, Malformed::FieldValue));
+            }
+            Body::CutNotice(r)
+        }
         MessageKind::Unknown(_) => Body::Unknown(body),
     };
     Ok(Message {
@@ -714,6 +731,50 @@ pub fn emit_recovery_reply(
     chunks: u16,
     flows: &[FlowKey],
 ) -> Result<usize> {
+    emit_flow_list(
+        buf,
+        &Header {
+            kind: MessageKind::RecoveryReply,
+            ..*h
+        },
+        request_id,
+        chunk,
+        chunks,
+        flows,
+    )
+}
+
+/// Writes one chunk of a cut notice (the layout of a recovery reply, with
+/// request id 0); returns the signed length (see [`emit_report`]).
+pub fn emit_cut_notice(
+    buf: &mut [u8],
+    h: &Header,
+    chunk: u16,
+    chunks: u16,
+    flows: &[FlowKey],
+) -> Result<usize> {
+    emit_flow_list(
+        buf,
+        &Header {
+            kind: MessageKind::CutNotice,
+            ..*h
+        },
+        0,
+        chunk,
+        chunks,
+        flows,
+    )
+}
+
+/// A message of kind `h.kind` whose body is a chunk of a flow list.
+fn emit_flow_list(
+    buf: &mut [u8],
+    h: &Header,
+    request_id: u32,
+    chunk: u16,
+    chunks: u16,
+    flows: &[FlowKey],
+) -> Result<usize> {
     if chunks == 0 || chunk >= chunks {
         return Err(bad(HEADER_LEN + 4, Malformed::FieldValue));
     }
@@ -723,14 +784,7 @@ pub fn emit_recovery_reply(
         flows_len += flow_wire_len(f).ok_or(bad(HEADER_LEN, Malformed::Protocol))?;
     }
     let body_len = REPLY_PREFIX_LEN + flows_len;
-    emit_header(
-        buf,
-        &Header {
-            kind: MessageKind::RecoveryReply,
-            ..*h
-        },
-        body_len,
-    )?;
+    emit_header(buf, h, body_len)?;
     let b = &mut buf[HEADER_LEN..HEADER_LEN + body_len];
     put32(b, 0, request_id);
     put16(b, 4, chunk);

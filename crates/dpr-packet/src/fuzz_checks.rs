@@ -370,6 +370,11 @@ pub fn control(data: &[u8]) {
                 &flows,
             )
         }
+        Body::CutNotice(r) => {
+            let flows: Vec<_> = r.flows().collect();
+            assert_eq!(flows.len(), r.flow_count());
+            control::emit_cut_notice(&mut out, &m.header, r.chunk, r.chunks, &flows)
+        }
         Body::Unknown(_) => return,
     };
     // Anything that parses fits a message this version would send, except

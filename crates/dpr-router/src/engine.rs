@@ -92,7 +92,15 @@ pub struct Engine {
     draining: bool,
     recovering: bool,
     decisions: VecDeque<DecisionRecord>,
+    /// Per peer id: flows routed to that peer that this host cut (answered
+    /// RST, or dropped) while the peer was dead or gone, for a cut notice
+    /// when it is back (see [`Engine::take_cut`]).
+    cut: Vec<Vec<FlowKey>>,
 }
+
+/// The most cut flows kept per peer (40 B each); later ones are not kept,
+/// and their stale sockets on the peer end by its own timeouts.
+pub const MAX_CUT_PER_PEER: usize = 16_384;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,6 +138,7 @@ impl Engine {
             draining: false,
             recovering: false,
             decisions: VecDeque::new(),
+            cut: Vec::new(),
             cfg,
         })
     }
@@ -361,6 +370,44 @@ impl Engine {
         &self.served
     }
 
+    fn remember_cut(&mut self, p: PeerId, flow: FlowKey) {
+        let i = usize::from(p.0);
+        if self.cut.len() <= i {
+            self.cut.resize_with(i + 1, Vec::new);
+        }
+        if self.cut[i].len() < MAX_CUT_PER_PEER {
+            self.cut[i].push(flow);
+        }
+    }
+
+    /// True when this host cut connections routed to `peer` while it was
+    /// dead or gone, and has not yet told it.
+    pub fn has_cut(&self, peer: PeerId) -> bool {
+        self.cut
+            .get(usize::from(peer.0))
+            .is_some_and(|c| !c.is_empty())
+    }
+
+    /// The connections routed to `peer` that this host cut while the peer
+    /// was dead or gone (their clients got an RST, or nothing): the
+    /// sockets `peer` still holds for them serve nobody, yet count as its
+    /// load. For a cut notice once `peer` is back; taken once. A flow whose
+    /// 4-tuple has a route again (a new connection) is left out.
+    pub fn take_cut(&mut self, peer: PeerId) -> Vec<FlowKey> {
+        let Some(c) = self.cut.get_mut(usize::from(peer.0)) else {
+            return Vec::new();
+        };
+        let mut flows = std::mem::take(c);
+        flows.retain(|f| self.routes.get(f).is_none());
+        flows
+    }
+
+    /// A peer cut `flow` (a connection it had redirected here): forget
+    /// its served-table entry. Returns whether there was one.
+    pub fn forget_served(&mut self, flow: &FlowKey) -> bool {
+        self.served.remove(flow).is_some()
+    }
+
     /// The SYN decisions taken since the last call, oldest first (at
     /// most [`EngineConfig::decision_log`] of the latest).
     pub fn take_decisions(&mut self) -> Vec<DecisionRecord> {
@@ -586,7 +633,9 @@ impl Engine {
             return self.forward(p, to, pkt, meta, true);
         }
         self.counters.peer(p).dead_peer_packets += 1;
-        self.routes.remove(&meta.flow);
+        if self.routes.remove(&meta.flow).is_some() && meta.flow.protocol == IpProtocol::Tcp {
+            self.remember_cut(p, meta.flow);
+        }
         match self.cfg.dead_peer {
             DeadPeerAction::Drop => Verdict::Drop(DropReason::DeadPeer),
             DeadPeerAction::Reset => {

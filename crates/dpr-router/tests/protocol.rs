@@ -725,3 +725,74 @@ fn report_sizes() {
     assert_eq!(b.len(), 125, "one entry, one IPv4 service address");
     let _ = UNIX_EPOCH_OFFSET;
 }
+
+/// A peer whose router was down came back: the connections routed to it
+/// that were cut meanwhile (their clients got an RST) are named to it in a
+/// cut notice, once, so it can abort its own sockets of them instead of
+/// counting them as load until they time out.
+#[test]
+fn connections_cut_while_a_peer_was_down_are_named_to_it_when_it_is_back() {
+    let mut c = Cluster::new(cfg(3), least_load).unwrap();
+    for (i, l) in [(0, 100), (1, 0), (2, 50)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(INTERVAL * 2);
+    let port = c.connect(0, 0, true);
+    c.settle(Duration::from_millis(10));
+    assert_eq!(routed_to(&c, 0, 0, port), Some(PeerId(1)));
+    let flow = {
+        let conn = c.conn(0, port).unwrap();
+        dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            conn.local.ip(),
+            conn.local.port(),
+            conn.remote.ip(),
+            conn.remote.port(),
+        )
+    };
+    // Host 1's router goes down; host 0 declares it dead and resets the
+    // client at its next packet.
+    c.kill(1);
+    c.run_for(INTERVAL * 6);
+    assert_eq!(state(&c, 0, 1), PeerState::Dead);
+    assert!(c.request(0, port));
+    c.settle(Duration::from_millis(10));
+    assert_eq!(c.conn(0, port).unwrap().state, ClientState::Reset);
+    assert!(c.hosts[0].engine.has_cut(PeerId(1)));
+    // Nothing is said while it is away.
+    assert_eq!(c.hosts[0].node.counters().cut_flows_sent, 0);
+    // Back (a restarted router over the same stack): told once.
+    c.restart(1).unwrap();
+    c.hosts[1].forced_load = Some(0);
+    c.run_for(INTERVAL * 3);
+    assert_eq!(state(&c, 0, 1), PeerState::Alive);
+    assert_eq!(c.hosts[0].node.counters().cut_flows_sent, 1);
+    assert!(!c.hosts[0].engine.has_cut(PeerId(1)));
+    assert_eq!(c.hosts[1].node.counters().cut_flows_received, 1);
+    assert_eq!(c.hosts[1].node.poll_abort(), Some(flow));
+    assert_eq!(c.hosts[1].node.poll_abort(), None);
+    c.run_for(INTERVAL * 3);
+    assert_eq!(c.hosts[0].node.counters().cut_flows_sent, 1, "once");
+    // A notice from host 2 naming a flow to host 0's address is not acted
+    // on: host 2 routes nothing to host 1 on host 0's address.
+    let keys = dpr_router::harness::Cluster::key_ring();
+    let h = Header {
+        kind: MessageKind::CutNotice,
+        key_id: keys.signing_id(),
+        sender: 2,
+        incarnation: c.hosts[2].node.incarnation(),
+        seq: 1_000_000,
+        sent_at_ns: c.clock().unix_ns,
+    };
+    let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+    let n = control::emit_cut_notice(&mut buf, &h, 0, 1, &[flow]).unwrap();
+    buf.truncate(n + TAG_LEN);
+    let tag = keys.sign(&buf[..n]);
+    buf[n..].copy_from_slice(&tag);
+    let accepted = c.hosts[1].node.counters().accepted;
+    c.inject_control(1, tunnel_addr(2), buf);
+    c.run_for(INTERVAL / 10);
+    assert!(c.hosts[1].node.counters().accepted > accepted);
+    assert_eq!(c.hosts[1].node.counters().cut_flows_received, 1);
+    assert_eq!(c.hosts[1].node.poll_abort(), None);
+}

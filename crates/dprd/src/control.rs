@@ -112,6 +112,12 @@ impl ControlPlane {
         }
     }
 
+    /// The next connection a peer cut while this host was away (client to
+    /// service): its socket here, if any, is to be aborted.
+    pub fn poll_abort(&mut self) -> Option<dpr_packet::FlowKey> {
+        self.node.poll_abort()
+    }
+
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.node.poll_transmit()

@@ -324,6 +324,7 @@ pub fn run_with_policy(
             .ok(),
         open_connections: 0,
         load_measure_us: 0,
+        cut_aborted: 0,
         backend_name,
         xdp,
     };
@@ -366,6 +367,8 @@ struct LoopCtx {
     open_connections: u32,
     /// What the last count cost, µs.
     load_measure_us: u64,
+    /// Sockets aborted because a peer cut their connections.
+    cut_aborted: u64,
     /// The backend in use ("tun", "af-xdp (native)", …).
     backend_name: String,
     /// The AF_XDP program and attachment (detached when this is dropped,
@@ -437,6 +440,12 @@ impl LoopCtx {
             ),
             ("xdp_unresolved", s.xdp_unresolved.load(Ordering::Relaxed)),
             ("load_measure_us", self.load_measure_us),
+            ("cut_flows_sent", self.control.counters().cut_flows_sent),
+            (
+                "cut_flows_received",
+                self.control.counters().cut_flows_received,
+            ),
+            ("cut_sockets_aborted", self.cut_aborted),
             ("xsk_tx_full", s.xsk_tx_full.load(Ordering::Relaxed)),
             (
                 "xsk_rx_ring_full",
@@ -572,6 +581,27 @@ impl LoopCtx {
             })
             .collect();
         serde_json::json!({ "ok": true, "decisions": rows }).to_string()
+    }
+
+    /// Aborts this host's sockets of the connections peers cut while it
+    /// was away (their clients were reset): they serve nobody, and counted
+    /// as load they would keep new connections away until they time out.
+    fn abort_cut_connections(&mut self) {
+        while let Some(f) = self.control.poll_abort() {
+            let local = SocketAddr::new(f.dst, f.dst_port);
+            let remote = SocketAddr::new(f.src, f.src_port);
+            let done = match &mut self.tcp {
+                Some(t) => t.destroy(local, remote),
+                None => Err(std::io::Error::other("sock_diag unavailable")),
+            };
+            match done {
+                Ok(true) => self.cut_aborted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %local, %remote, "aborting a connection a peer cut");
+                }
+            }
+        }
     }
 
     fn refresh_load(&mut self) {
@@ -733,6 +763,7 @@ async fn control_loop(
                 }
             }
         }
+        ctx.abort_cut_connections();
         // Flush what the control plane wants sent.
         let out: Vec<_> = std::iter::from_fn(|| ctx.control.poll_transmit()).collect();
         for t in out {

@@ -767,6 +767,100 @@ fn a_restarted_router_recovers_connections_whose_packets_its_peers_decapsulate()
     lab.kill_extras();
 }
 
+/// Polls `cond` every 50 ms for at most `limit`; false if it never held.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Host 1's router is down while host 0 redirects to it: host 0 resets
+/// the clients of the connections routed to host 1, whose own sockets stay
+/// open with nobody behind them. When host 1's router is back, host 0
+/// names those connections to it (a cut notice) and host 1 aborts them:
+/// its load falls back to what it really serves, and it takes new
+/// connections again within a few report intervals instead of after the
+/// sockets time out.
+fn a_host_back_after_its_router_was_down_drops_the_connections_cut_meanwhile(backend: &str) {
+    let Some(_g) = root_or_skip("cut_notice") else {
+        return;
+    };
+    let (mut lab, _) = overloaded_host0("", backend);
+    let (go, out) = start_half_posts(&mut lab, 8);
+    assert!(
+        eventually(Duration::from_secs(5), || status(&lab, 1).open_connections
+            > 0),
+        "host 1 got none of the half-sent requests"
+    );
+    let on_h1 = status(&lab, 1).open_connections;
+    ok(lab.signal_dprd(1, "TERM"));
+    let dead = |lab: &Lab| {
+        status(lab, 0)
+            .peers
+            .iter()
+            .any(|p| p.peer.id == 1 && p.peer.state == "dead")
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || dead(&lab)),
+        "h1 never dead at h0"
+    );
+    let lines = finish_half_posts(&go, &out);
+    let failed = lines.iter().filter(|l| l.starts_with("error")).count();
+    eprintln!("{on_h1} requests on h1 when its router stopped; client: {lines:?}");
+    assert_eq!(
+        failed as u32, on_h1,
+        "exactly the connections on h1 are cut"
+    );
+    let stale = |lab: &Lab| {
+        let out = lab
+            .exec(
+                &lab.host_ns(1),
+                "ss",
+                &["-Htn", "state", "established", "( sport = :80 )"],
+            )
+            .unwrap_or_default();
+        out.lines().count()
+    };
+    assert_eq!(
+        stale(&lab) as u32,
+        on_h1,
+        "h1's stack still holds the cut ones"
+    );
+    ok(lab.start_dprd(1));
+    ok(lab.wait_alive(Duration::from_secs(10)));
+    assert!(
+        eventually(Duration::from_secs(5), || stale(&lab) == 0
+            && status(&lab, 1).open_connections == 0),
+        "h1 still holds {} cut connections (open {})",
+        stale(&lab),
+        status(&lab, 1).open_connections
+    );
+    let (s0, s1) = (status(&lab, 0), status(&lab, 1));
+    eprintln!(
+        "cut notices: h0 sent {} flows, h1 aborted {} sockets",
+        io(&s0, "cut_flows_sent"),
+        io(&s1, "cut_sockets_aborted")
+    );
+    assert_eq!(io(&s0, "cut_flows_sent"), u64::from(on_h1));
+    assert_eq!(io(&s1, "cut_sockets_aborted"), u64::from(on_h1));
+    // Useful again: new connections through host 0 reach host 1.
+    let served: Vec<String> = (0..10)
+        .map(|_| curl(&lab, &[&format!("http://{}/?size=100", service_addr(0))]))
+        .collect();
+    assert!(
+        served.iter().any(|o| o.starts_with("served-by h1")),
+        "host 1 got no new connection: {served:?}"
+    );
+    lab.kill_extras();
+}
+
 fn check_recovered(lab: &Lab, lines: &[String], redirected: u64) {
     let s0 = status(lab, 0);
     eprintln!("client: {lines:?}\nh0 after: io {:?}", s0.io);
@@ -1001,6 +1095,7 @@ on_every_backend!(
     sigterm_and_a_failed_setup_leave_nothing_behind,
     a_client_reusing_its_port_gets_a_decision_per_connection,
     wrk_with_connection_close_is_decided_per_connection,
+    a_host_back_after_its_router_was_down_drops_the_connections_cut_meanwhile,
 );
 
 #[test]

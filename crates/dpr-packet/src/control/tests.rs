@@ -124,6 +124,27 @@ fn recovery_messages_round_trip() {
 }
 
 #[test]
+fn cut_notice_round_trips_and_its_request_id_is_reserved() {
+    let mut buf = vec![0u8; 4096];
+    let f4 = FlowKey::new(IpProtocol::Tcp, v4(100), 40000, v4(1), 80);
+    let n = emit_cut_notice(&mut buf, &header(), 0, 1, &[f4]).unwrap();
+    assert_eq!(n, HEADER_LEN + REPLY_PREFIX_LEN + 14);
+    assert_eq!(buf[3], 4, "kind 4");
+    let m = parse(&buf[..n + TAG_LEN]).unwrap();
+    assert_eq!(m.header.kind, MessageKind::CutNotice);
+    let Body::CutNotice(r) = m.body else {
+        panic!("not a cut notice")
+    };
+    assert_eq!((r.request_id, r.chunk, r.chunks), (0, 0, 1));
+    assert_eq!(r.flows().collect::<Vec<_>>(), vec![f4]);
+    crate::fuzz_checks::control(&buf[..n + TAG_LEN]);
+    // A request id in a cut notice: malformed, at the field.
+    buf[HEADER_LEN + 3] = 1;
+    let e = parse(&buf[..n + TAG_LEN]).unwrap_err();
+    assert_eq!(usize::from(e.offset), HEADER_LEN);
+}
+
+#[test]
 fn emit_refuses_what_parse_would_reject() {
     let mut buf = vec![0u8; 4096];
     let h = header();

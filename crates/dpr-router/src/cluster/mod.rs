@@ -310,6 +310,12 @@ pub struct ClusterCounters {
     pub recovery_flows_sent: u64,
     /// Flows received in recovery replies (routes restored or already known).
     pub recovery_flows_received: u64,
+    /// Flows named in cut notices sent: connections routed to a peer that
+    /// this host cut while the peer was dead or gone, told to it once back.
+    pub cut_flows_sent: u64,
+    /// Flows named in cut notices received and handed to the host to
+    /// abort (its sockets of them serve nobody).
+    pub cut_flows_received: u64,
 }
 
 impl ClusterCounters {
@@ -455,9 +461,15 @@ pub struct Node {
     next_report: Timestamp,
     recovery: Option<Recovery>,
     outbox: VecDeque<Transmit>,
+    /// Flows peers cut: the host's sockets of them are to be aborted.
+    aborts: VecDeque<FlowKey>,
     relay_cursor: usize,
     counters: ClusterCounters,
 }
+
+/// The most flows waiting in [`Node::poll_abort`]'s queue; a peer that
+/// names more has them dropped (and they end by their own timeouts).
+const MAX_ABORTS: usize = 65_536;
 
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -504,6 +516,7 @@ impl Node {
             next_report: now.mono,
             recovery: None,
             outbox: VecDeque::new(),
+            aborts: VecDeque::new(),
             relay_cursor: 0,
             counters: ClusterCounters::default(),
             keys,
@@ -961,6 +974,7 @@ impl Node {
                 self.on_request(now, sender, request_id, engine)
             }
             Body::RecoveryReply(r) => self.on_reply(now, sender, &r, engine),
+            Body::CutNotice(r) => self.on_cut(sender, &r, engine),
             Body::Unknown(_) => return Err(Reject::UnknownKind),
         }
         Ok(h.kind)
@@ -1038,7 +1052,7 @@ impl Node {
             draining: e.state == HostState::Draining,
         };
         let (tunnel, services) = (peer.cfg.tunnel_addr, peer.cfg.service_addrs.clone());
-        match engine.apply_report(origin, &report, at) {
+        let applied = match engine.apply_report(origin, &report, at) {
             Ok(ReportOutcome::PeerLeft) => {
                 // It left, and is back (a new incarnation, or it changed its
                 // mind): re-admit it.
@@ -1049,7 +1063,65 @@ impl Node {
             }
             Ok(_) => true,
             Err(_) => false,
+        };
+        let back = engine
+            .loads()
+            .peer(origin)
+            .is_some_and(|p| matches!(p.state, PeerState::Alive | PeerState::Draining));
+        if applied && back && engine.has_cut(origin) {
+            self.send_cut(now, origin, engine);
         }
+        applied
+    }
+
+    /// Tells `peer`, back after being dead or gone, which of the
+    /// connections routed to it this host cut meanwhile: its sockets of
+    /// them hold no client any more, yet count as its load and would keep
+    /// new connections from it until they time out. Sent once (a lost
+    /// notice leaves them to those timeouts).
+    fn send_cut(&mut self, now: Clock, peer: PeerId, engine: &mut Engine) {
+        let Some(to) = self.peers.get(&peer).map(|p| p.cfg.tunnel_addr) else {
+            return;
+        };
+        let flows = engine.take_cut(peer);
+        if flows.is_empty() {
+            return;
+        }
+        let chunks = flow_chunks(&flows);
+        let Ok(count) = u16::try_from(chunks.len()) else {
+            return;
+        };
+        for (i, c) in chunks.iter().enumerate() {
+            let h = self.header(MessageKind::CutNotice, now);
+            let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+            if let Ok(n) = control::emit_cut_notice(&mut buf, &h, i as u16, count, c) {
+                self.counters.cut_flows_sent += c.len() as u64;
+                let payload = self.seal(buf, n);
+                self.outbox.push_back(Transmit { to, payload });
+            }
+        }
+    }
+
+    /// A peer cut connections it had routed here: forget them, and queue
+    /// them for the host to abort (only flows to that peer's own service
+    /// addresses: a peer routes nothing else here).
+    fn on_cut(&mut self, sender: PeerId, r: &ReplyView<'_>, engine: &mut Engine) {
+        let Some(services) = self.peers.get(&sender).map(|p| &p.cfg.service_addrs) else {
+            return;
+        };
+        for f in r.flows().filter(|f| services.contains(&f.dst)) {
+            engine.forget_served(&f);
+            if self.aborts.len() < MAX_ABORTS {
+                self.aborts.push_back(f);
+                self.counters.cut_flows_received += 1;
+            }
+        }
+    }
+
+    /// The next connection a peer cut while this host was away: the host
+    /// aborts its socket of it, if it still has one (client to service).
+    pub fn poll_abort(&mut self) -> Option<FlowKey> {
+        self.aborts.pop_front()
     }
 
     fn on_request(&mut self, now: Clock, sender: PeerId, request_id: u32, engine: &Engine) {
@@ -1058,33 +1130,15 @@ impl Node {
         };
         self.counters.recovery_requests_answered += 1;
         let flows = engine.served_for(sender);
-        // Chunks that fit one message each.
-        let room = MAX_MESSAGE_LEN - control::HEADER_LEN - REPLY_PREFIX_LEN - TAG_LEN;
-        let mut chunks: Vec<&[FlowKey]> = Vec::new();
-        let (mut start, mut used) = (0, 0);
-        for (i, f) in flows.iter().enumerate() {
-            let n = control::flow_wire_len(f).unwrap_or(0);
-            if used + n > room || i - start == usize::from(u16::MAX) {
-                chunks.push(&flows[start..i]);
-                start = i;
-                used = 0;
-            }
-            used += n;
-        }
-        chunks.push(&flows[start..]);
+        let chunks = flow_chunks(&flows);
         let Ok(count) = u16::try_from(chunks.len()) else {
             return;
         };
-        for (i, c) in chunks.iter().enumerate() {
-            let flows: Vec<FlowKey> = c
-                .iter()
-                .filter(|f| control::flow_wire_len(f).is_some())
-                .copied()
-                .collect();
+        for (i, flows) in chunks.iter().enumerate() {
             let h = self.header(MessageKind::RecoveryReply, now);
             let mut buf = vec![0u8; MAX_MESSAGE_LEN];
             if let Ok(n) =
-                control::emit_recovery_reply(&mut buf, &h, request_id, i as u16, count, &flows)
+                control::emit_recovery_reply(&mut buf, &h, request_id, i as u16, count, flows)
             {
                 self.counters.recovery_flows_sent += flows.len() as u64;
                 let payload = self.seal(buf, n);
@@ -1116,6 +1170,28 @@ impl Node {
         }
         self.maybe_finish_recovery(engine);
     }
+}
+
+/// `flows` (those the wire can carry: TCP, one family per flow) in chunks
+/// that fit one flow-list message each; at least one chunk, maybe empty.
+fn flow_chunks(flows: &[FlowKey]) -> Vec<Vec<FlowKey>> {
+    let room = MAX_MESSAGE_LEN - control::HEADER_LEN - REPLY_PREFIX_LEN - TAG_LEN;
+    let mut chunks = vec![Vec::new()];
+    let mut used = 0;
+    for f in flows {
+        let Some(n) = control::flow_wire_len(f) else {
+            continue;
+        };
+        let last = chunks.len() - 1;
+        if used + n > room || chunks[last].len() == usize::from(u16::MAX) {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += n;
+        let last = chunks.len() - 1;
+        chunks[last].push(*f);
+    }
+    chunks
 }
 
 fn finite(v: f32) -> f32 {
