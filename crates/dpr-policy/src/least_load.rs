@@ -1,5 +1,6 @@
 //! Least-load: the least-loaded of all `Alive` hosts, this one included
-//! (ties go to this host: a redirect costs a tunnel hop).
+//! (ties with this host go to this host: a redirect costs a tunnel hop;
+//! ties among peers are broken at random).
 
 use crate::random::RandomSource;
 use crate::{NewConnection, Policy, RedirectDecision};
@@ -24,12 +25,15 @@ impl Policy for LeastLoad {
         &mut self,
         conn: &NewConnection,
         loads: &LoadTable,
-        _rng: &mut dyn RandomSource,
+        rng: &mut dyn RandomSource,
     ) -> RedirectDecision {
         if conn.arrived_from_peer {
             return RedirectDecision::ServeLocally;
         }
-        select(loads.local_load(), loads.least_loaded_peer())
+        select(
+            loads.local_load(),
+            loads.least_loaded_peer_among_ties(rng.next_u64()),
+        )
     }
 
     fn name(&self) -> &'static str {

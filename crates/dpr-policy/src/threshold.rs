@@ -1,6 +1,7 @@
 //! Threshold (the seed design): serve here while this host's load is below
-//! the threshold; above it, redirect to the least-loaded `Alive` peer, but
-//! only if that peer is less loaded than this host.
+//! the threshold; above it, redirect to the least-loaded `Alive` peer (one
+//! chosen at random among equally loaded ones), but only if that peer is
+//! less loaded than this host.
 //!
 //! The threshold is in normalised units (load per unit of capacity), so it
 //! scales with the host's capacity as configured in the load table's
@@ -77,15 +78,18 @@ impl Policy for Threshold {
         &mut self,
         conn: &NewConnection,
         loads: &LoadTable,
-        _rng: &mut dyn RandomSource,
+        rng: &mut dyn RandomSource,
     ) -> RedirectDecision {
-        if conn.arrived_from_peer {
+        let local = loads.local_load();
+        if conn.arrived_from_peer || local < self.threshold {
             return RedirectDecision::ServeLocally;
         }
+        // Among equally loaded peers, any: by order of addition, an idle
+        // cluster would send every redirect to the same one.
         select(
-            loads.local_load(),
+            local,
             self.threshold,
-            loads.least_loaded_peer(),
+            loads.least_loaded_peer_among_ties(rng.next_u64()),
         )
     }
 

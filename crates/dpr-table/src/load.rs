@@ -347,6 +347,9 @@ pub struct LoadTable {
     ids: Vec<PeerId>,
     /// Min-tree over peer slots: `(load, slot)`; leaves at `tree_size + i`.
     tree: Vec<(f64, u32)>,
+    /// Beside each node of `tree`: how many leaves below it hold its
+    /// minimum (for a uniform choice among equally loaded peers).
+    ties: Vec<u32>,
     tree_size: usize,
     /// Fenwick tree over hosts: position 1 is this host, `2 + slot` a peer.
     fenwick: Vec<u64>,
@@ -380,6 +383,7 @@ impl LoadTable {
             slot_of: Vec::new(),
             ids: Vec::new(),
             tree: Vec::new(),
+            ties: Vec::new(),
             tree_size: 0,
             fenwick: Vec::new(),
             weights: Vec::new(),
@@ -659,6 +663,37 @@ impl LoadTable {
         (load.is_finite()).then(|| (self.ids[slot as usize], load))
     }
 
+    /// A least-loaded eligible peer and its normalised load, chosen
+    /// uniformly among the peers that share the least load, from one
+    /// uniform random `u64`. O(log N). Choosing by order of addition
+    /// instead ([`Self::least_loaded_peer`]) sends every redirect of an
+    /// idle cluster to the same peer.
+    pub fn least_loaded_peer_among_ties(&self, random: u64) -> Option<(PeerId, f64)> {
+        let (load, _) = *self.tree.get(1)?;
+        if !load.is_finite() {
+            return None;
+        }
+        let total = u64::from(self.ties[1].max(1));
+        let mut rank = ((u128::from(random) * u128::from(total)) >> 64) as u32;
+        let mut i = 1;
+        while i < self.tree_size {
+            let (l, r) = (2 * i, 2 * i + 1);
+            i = if self.tree[l].0 == load && self.tree[r].0 == load {
+                if rank < self.ties[l] {
+                    l
+                } else {
+                    rank -= self.ties[l];
+                    r
+                }
+            } else if self.tree[l].0 == load {
+                l
+            } else {
+                r
+            };
+        }
+        Some((self.ids[i - self.tree_size], load))
+    }
+
     /// Normalised load of a host (infinite for an ineligible peer).
     #[inline]
     pub fn host_load(&self, host: HostRef) -> f64 {
@@ -764,7 +799,7 @@ impl LoadTable {
         self.tree[i] = (key, slot);
         while i > 1 {
             i /= 2;
-            self.tree[i] = min_pair(self.tree[2 * i], self.tree[2 * i + 1]);
+            self.pull_up(i);
         }
         self.set_weight(slot as usize + 1, weight);
     }
@@ -808,8 +843,9 @@ impl LoadTable {
                 self.weights[slot + 1] = self.weight_of(&p.capacity);
             }
         }
+        self.ties = vec![1; 2 * self.tree_size];
         for i in (1..self.tree_size).rev() {
-            self.tree[i] = min_pair(self.tree[2 * i], self.tree[2 * i + 1]);
+            self.pull_up(i);
         }
         self.fenwick = vec![0; n + 2];
         for (h, &w) in self.weights.iter().enumerate() {
@@ -821,6 +857,22 @@ impl LoadTable {
         }
         self.total_weight = self.weights.iter().sum();
         self.epoch += 1;
+    }
+}
+
+impl LoadTable {
+    /// Recomputes inner node `i` of the min-tree from its children.
+    #[inline]
+    fn pull_up(&mut self, i: usize) {
+        let (l, r) = (self.tree[2 * i], self.tree[2 * i + 1]);
+        self.tree[i] = min_pair(l, r);
+        self.ties[i] = if l.0 == r.0 {
+            self.ties[2 * i] + self.ties[2 * i + 1]
+        } else if l.0 < r.0 {
+            self.ties[2 * i]
+        } else {
+            self.ties[2 * i + 1]
+        };
     }
 }
 

@@ -753,6 +753,84 @@ fn syn_sequence_numbers_are_kept_where_there_is_room() {
     assert_eq!(ConnTable::<WideKey>::entry_size(), 80);
 }
 
+/// Ties for the least load are broken uniformly, not by order of addition;
+/// a unique least-loaded peer is always chosen; ineligible peers never.
+#[test]
+fn least_loaded_ties_are_broken_uniformly() {
+    let mut t = lt();
+    for i in 1..=5u16 {
+        t.add_peer(PeerId(i), addr(i), vec![], Timestamp(0))
+            .unwrap();
+        let load = if i == 4 { 9 } else { 2 };
+        t.apply_report(PeerId(i), &report(1, load, 1.0), Timestamp(0))
+            .unwrap();
+    }
+    t.mark_draining(PeerId(5)).unwrap();
+    let mut counts = [0u32; 6];
+    let mut x = 1u64;
+    for _ in 0..40_000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let (p, l) = t.least_loaded_peer_among_ties(x).unwrap();
+        assert_eq!(l, 2.0);
+        counts[usize::from(p.0)] += 1;
+    }
+    assert_eq!((counts[4], counts[5]), (0, 0), "{counts:?}");
+    for c in &counts[1..=3] {
+        assert!((12_000..14_700).contains(c), "{counts:?}");
+    }
+    // One least-loaded peer: always it.
+    t.record_redirect(PeerId(1)).unwrap();
+    t.record_redirect(PeerId(2)).unwrap();
+    for r in [0, u64::MAX / 3, u64::MAX] {
+        assert_eq!(t.least_loaded_peer_among_ties(r), Some((PeerId(3), 2.0)));
+    }
+    let empty = lt();
+    assert_eq!(empty.least_loaded_peer_among_ties(7), None);
+}
+
+proptest! {
+    /// Whatever the loads and states, the choice is one of the peers with
+    /// the least load among the eligible ones, and every such peer is
+    /// reachable by some random value.
+    #[test]
+    fn tie_break_picks_only_and_every_least_loaded_peer(
+        loads in proptest::collection::vec((0u32..4, any::<bool>()), 1..20),
+    ) {
+        let mut t = lt();
+        for (i, (l, alive)) in loads.iter().enumerate() {
+            let id = PeerId(i as u16 + 1);
+            t.add_peer(id, addr(id.0), vec![], Timestamp(0)).unwrap();
+            if *alive {
+                t.apply_report(id, &report(1, *l, 1.0), Timestamp(0)).unwrap();
+            }
+        }
+        let best = loads.iter().filter(|x| x.1).map(|x| x.0).min();
+        let tied: Vec<u16> = loads
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.1 && Some(x.0) == best)
+            .map(|(i, _)| i as u16 + 1)
+            .collect();
+        let n = tied.len() as u64;
+        let mut seen = std::collections::BTreeSet::new();
+        for k in 0..n.max(1) {
+            // The middle of the k-th of n equal shares of the u64 range.
+            let r = ((u128::from(k) * 2 + 1) * (1u128 << 64) / (2 * u128::from(n.max(1)))) as u64;
+            match t.least_loaded_peer_among_ties(r) {
+                Some((p, l)) => {
+                    prop_assert!(tied.contains(&p.0));
+                    prop_assert_eq!(Some(l as u32), best);
+                    seen.insert(p.0);
+                }
+                None => prop_assert!(best.is_none()),
+            }
+        }
+        prop_assert_eq!(seen.len(), tied.len());
+    }
+}
+
 #[test]
 fn sampling_is_weighted_by_capacity() {
     let mut t = lt();
