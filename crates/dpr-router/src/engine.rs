@@ -221,6 +221,18 @@ impl Engine {
         Ok(self.loads.apply_report(id, report, now)?)
     }
 
+    /// Updates this host's own load figures from a measurement that began
+    /// at `mark` ([`LoadTable::local_mark`], taken from [`Engine::loads`]):
+    /// the connections opened and ended while it ran stay counted.
+    pub fn set_local_load_since(
+        &mut self,
+        figures: LoadFigures,
+        capacity: Capacity,
+        mark: dpr_table::LocalMark,
+    ) -> Result<(), EngineError> {
+        Ok(self.loads.set_local_since(figures, capacity, mark)?)
+    }
+
     /// Updates this host's own load figures.
     pub fn set_local_load(
         &mut self,

@@ -605,13 +605,14 @@ impl LoopCtx {
     }
 
     fn refresh_load(&mut self) {
+        let mark = self.shared.lock().loads().local_mark();
         self.open_connections = self.open_connections_measured();
         let figures = LoadFigures {
             open_connections: self.open_connections,
             ..LoadFigures::default()
         };
         let cap = self.cfg.capacity();
-        if let Err(e) = self.shared.lock().set_local_load(figures, cap) {
+        if let Err(e) = self.shared.lock().set_local_load_since(figures, cap, mark) {
             tracing::warn!(error = %e, "setting the local load");
         }
     }
