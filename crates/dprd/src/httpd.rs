@@ -151,6 +151,15 @@ pub fn parse_opt<T: std::str::FromStr>(
     }
 }
 
+/// What `dprd httpd --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd httpd [--listen 0.0.0.0:80] [--name host] [--service-ms 20] [--workers 2]
+                  [--size 2000]
+
+The lab's web server: every request holds one of --workers slots for --service-ms,
+then gets --size bytes (GET /?size=N for another size) starting with `served-by NAME`.
+";
+
 /// `dprd httpd --listen ADDR --name NAME --service-ms MS --workers N --size BYTES`.
 pub fn main(args: &[String]) -> Result<(), String> {
     serve(HttpdOptions {

@@ -710,6 +710,30 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
     Ok(o)
 }
 
+/// What `dprd lab --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--threshold 4.0]
+                [--duration 8] [--rate 150] [--service-ms 20] [--workers 2]
+                [--size 2000] [--backend tun]
+
+A DPR cluster in network namespaces (root): --hosts hosts on a bridge, each running the
+lab web server (`dprd httpd`) and, in the last phase, `dprd run`; a client namespace runs
+an open-loop Poisson load (`dprd loadgen`), --skew of it on h0. Two phases on the same
+arrivals: DPR off (RR-DNS: every host serves what it receives), then DPR on; a table
+per host for each.
+Everything it creates is removed at the end, also on error or Ctrl-C.
+  --hosts N         2..=8
+  --skew F          share of the arrivals on h0, 0..=1
+  --policy NAME     threshold, least-load, hash, p2c or thr-p2c
+  --threshold F     the threshold policy's threshold (normalised load)
+  --duration S      seconds of load per phase, 1..=120
+  --rate R          connections per second, 1..=1000
+  --service-ms MS   web server service time per request
+  --workers N       web server slots per host
+  --size BYTES      response size
+  --backend B       tun, af-xdp-native or af-xdp-generic
+";
+
 /// `dprd lab`.
 pub fn main(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;

@@ -174,6 +174,17 @@ pub fn run(
     out
 }
 
+/// What `dprd loadgen --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd loadgen --targets A,B,.. [--port 80] [--rate 150] [--duration 8] [--skew 0.7]
+                    [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]
+
+The lab's client: open-loop Poisson arrivals at --rate per second for --duration s,
+one HTTP request per connection, to the first target with probability --skew and
+another uniformly otherwise (cached RR-DNS answers); prints per-target results as
+JSON on stdout.
+";
+
 /// `dprd loadgen --targets A,B,.. [--port 80] [--rate 150] [--duration 8]
 /// [--skew 0.7] [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]`.
 pub fn main(args: &[String]) -> Result<(), String> {
