@@ -35,6 +35,11 @@ pub fn tunnel_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + i as u8)
 }
 
+/// Decisions each lab host's dprd keeps for [`Lab::ground_truth`]
+/// (`[admin] decision_log`): a whole phase of up to 65,536 connections (the
+/// defaults make 1,200); beyond, the oldest are forgotten.
+pub const DECISION_LOG: usize = 65_536;
+
 /// The client's address.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 
@@ -157,6 +162,10 @@ impl Lab {
     pub fn log(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}.log"))
     }
+    /// Open-connection trace of host `i`'s web server (`dprd httpd --trace`).
+    pub fn trace_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}.trace"))
+    }
     /// Config file of host `i`.
     pub fn config_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}.toml"))
@@ -276,6 +285,7 @@ impl Lab {
             .args(["--service-ms", &self.spec.service_ms.to_string()])
             .args(["--workers", &self.spec.workers.to_string()])
             .args(["--size", &self.spec.size.to_string()])
+            .args(["--trace", &self.trace_path(i).to_string_lossy()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -292,7 +302,7 @@ impl Lab {
             "# dprd lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
-             [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
+             [admin]\nsocket = \"{}\"\nlog_level = \"info\"\ndecision_log = {DECISION_LOG}\n\n\
              [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\nkey_file = \"{}\"\n\n{}",
             tunnel_addr(i),
             service_addr(i),
