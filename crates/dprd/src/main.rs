@@ -7,7 +7,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 dprd — Distributed Packet Rewriting daemon
 
-USAGE:
+USAGE (`dprd COMMAND --help`: one command's usage):
   dprd run --config FILE          run the router (root; undoes its setup on exit)
   dprd check-config FILE          validate a configuration, naming the bad field
   dprd status [--json] [--socket PATH]   peers, loads, table, counters of a running dprd
@@ -18,9 +18,10 @@ USAGE:
                                   the cluster simulator: policies compared on one trace (no root;
                                   `dprd sim --list` names the scenarios; docs/simulation.md)
   dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--threshold 4.0] [--duration 8]
-           [--rate 150] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
-                                  a cluster in network namespaces, DPR off vs on (root);
-                                  --backend tun | af-xdp-native | af-xdp-generic
+           [--rate 150] [--seed 1] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
+                                  a cluster in network namespaces (root): DPR off (RR-DNS), an
+                                  ideal (central JSQ) and DPR on under one load, and the ground
+                                  truth of DPR's decisions; `dprd lab --help` for the options
   dprd bench [--runs 5] [--secs 3] [--flows 1024] [--only fwd,http,mem]
                                   the data-path benchmarks of docs/benchmarks.md (root;
                                   needs wrk and haproxy: use scripts/bench)
