@@ -725,6 +725,19 @@ fn parse_wrk_time(s: &str) -> f64 {
     num.parse::<f64>().map_or(0.0, |v| v * scale)
 }
 
+/// What `dprd bench --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd bench [--runs 5] [--secs 3] [--flows 1024] [--mem-flows 1000000] [--only fwd,http,mem]
+
+The data-path benchmarks of docs/benchmarks.md, in network namespaces (root; needs wrk,
+haproxy and ethtool: scripts/bench installs them and runs this).
+  --runs N        runs per figure (1..=20)
+  --secs S        seconds per run (0.5..=20)
+  --flows N       flows of the forwarding benchmark (1..=65536)
+  --mem-flows N   flows of the in-memory engine benchmark
+  --only LIST     which benchmarks: fwd, http, mem (comma-separated)
+";
+
 /// `dprd bench [--runs 5] [--secs 3] [--flows 1024] [--mem-flows 1000000] [--only fwd,http,mem]`.
 pub fn main(args: &[String]) -> Result<(), String> {
     let runs: usize = opt(args, "--runs", 5usize)?.clamp(1, 20);

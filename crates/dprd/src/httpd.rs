@@ -7,9 +7,16 @@
 //! `served-by NAME`; a request with a body (`POST`/`PUT`, `Content-Length`,
 //! `Expect: 100-continue` honoured) is read to its end and answered with
 //! `served-by NAME received BYTES`. Every answer carries `X-Served-By`.
+//!
+//! With `--trace FILE`, every change of the count of open connections
+//! (accepted, not yet closed) appends `<CLOCK_MONOTONIC ns> <count>` to FILE
+//! in one write, so a killed server loses nothing: the ground truth `dprd
+//! lab` compares the daemon's load figures with.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +33,50 @@ pub struct HttpdOptions {
     pub workers: usize,
     /// Default response size.
     pub size: usize,
+    /// Where to append the open-connection trace.
+    pub trace: Option<PathBuf>,
+}
+
+/// The count of open connections, and the trace of its changes.
+#[derive(Debug)]
+struct OpenCount {
+    state: Mutex<(usize, Option<File>)>,
+}
+
+impl OpenCount {
+    fn new(trace: Option<File>) -> Self {
+        Self {
+            state: Mutex::new((0, trace)),
+        }
+    }
+
+    /// One more open connection; it counts until the guard is dropped.
+    fn open(self: &Arc<Self>) -> OpenGuard {
+        self.change(true);
+        OpenGuard(self.clone())
+    }
+
+    fn change(&self, up: bool) {
+        let mut g = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        g.0 = if up { g.0 + 1 } else { g.0.saturating_sub(1) };
+        let count = g.0;
+        if let Some(f) = g.1.as_mut() {
+            // The time is read under the lock, so the lines are in order.
+            let line = format!("{} {count}\n", dpr_io::sys::monotonic_ns());
+            // A full disk must not stop the server; the trace just ends.
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// An open connection, counted until dropped (after its socket is closed).
+#[derive(Debug)]
+struct OpenGuard(Arc<OpenCount>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.change(false);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -122,15 +173,30 @@ fn serve_one(mut s: TcpStream, o: &HttpdOptions, slots: &Slots) -> std::io::Resu
 /// Runs the server until killed.
 pub fn serve(o: HttpdOptions) -> Result<(), String> {
     let l = TcpListener::bind(&o.listen).map_err(|e| format!("httpd: bind {}: {e}", o.listen))?;
+    let trace = match &o.trace {
+        Some(p) => Some(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("httpd: trace {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let open = Arc::new(OpenCount::new(trace));
     let o = Arc::new(o);
     let slots = Arc::new(Slots::default());
     for s in l.incoming() {
         let Ok(s) = s else { continue };
+        let guard = open.open();
         let (o, slots) = (o.clone(), slots.clone());
+        // If the thread cannot start, the closure is dropped: the socket
+        // closes and the guard uncounts it.
         let _ = std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
                 let _ = serve_one(s, &o, &slots);
+                drop(guard);
             });
     }
     Ok(())
@@ -151,13 +217,58 @@ pub fn parse_opt<T: std::str::FromStr>(
     }
 }
 
-/// `dprd httpd --listen ADDR --name NAME --service-ms MS --workers N --size BYTES`.
+/// What `dprd httpd --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd httpd [--listen 0.0.0.0:80] [--name host] [--service-ms 20] [--workers 2]
+                  [--size 2000] [--trace FILE]
+
+The lab's web server: every request holds one of --workers slots for --service-ms,
+then gets --size bytes (GET /?size=N for another size) starting with `served-by NAME`.
+  --trace FILE    append `<CLOCK_MONOTONIC ns> <open connections>` to FILE at every
+                  change of the count of accepted, not yet closed connections
+";
+
+/// `dprd httpd --listen ADDR --name NAME --service-ms MS --workers N --size BYTES
+/// [--trace FILE]`.
 pub fn main(args: &[String]) -> Result<(), String> {
+    let trace: String = parse_opt(args, "--trace", String::new())?;
     serve(HttpdOptions {
+        trace: (!trace.is_empty()).then(|| PathBuf::from(trace)),
         listen: parse_opt(args, "--listen", "0.0.0.0:80".to_string())?,
         name: parse_opt(args, "--name", "host".to_string())?,
         service: Duration::from_millis(parse_opt(args, "--service-ms", 20u64)?),
         workers: parse_opt(args, "--workers", 2usize)?.max(1),
         size: parse_opt(args, "--size", 2000usize)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_records_every_change_in_order() {
+        let path = std::env::temp_dir().join(format!("dprd-httpd-trace-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let file = File::options().create(true).append(true).open(&path);
+        let open = Arc::new(OpenCount::new(file.ok()));
+        let a = open.open();
+        let b = open.open();
+        drop(a);
+        let c = open.open();
+        drop(b);
+        drop(c);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<(u64, usize)> = text
+            .lines()
+            .filter_map(|l| {
+                let (t, n) = l.split_once(' ')?;
+                Some((t.parse().ok()?, n.parse().ok()?))
+            })
+            .collect();
+        let counts: Vec<usize> = lines.iter().map(|l| l.1).collect();
+        assert_eq!(counts, vec![1, 2, 1, 2, 1, 0]);
+        assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
 }

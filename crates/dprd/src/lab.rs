@@ -14,8 +14,9 @@
 //! builds the clusters of the end-to-end tests. Addresses are taken only
 //! from 198.18.0.0/15 and used only inside these namespaces.
 
-use crate::loadgen::LoadResult;
+use crate::loadgen::{Dispatch, LoadResult, quantile};
 use crate::status::Status;
+use crate::truth::{self, GroundTruth, Joined};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +35,11 @@ pub fn service_addr(i: usize) -> Ipv4Addr {
 pub fn tunnel_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + i as u8)
 }
+
+/// Decisions each lab host's dprd keeps for [`Lab::ground_truth`]
+/// (`[admin] decision_log`): a whole phase of up to 65,536 connections (the
+/// defaults make 1,200); beyond, the oldest are forgotten.
+pub const DECISION_LOG: usize = 65_536;
 
 /// The client's address.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
@@ -157,6 +163,10 @@ impl Lab {
     pub fn log(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}.log"))
     }
+    /// Open-connection trace of host `i`'s web server (`dprd httpd --trace`).
+    pub fn trace_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}.trace"))
+    }
     /// Config file of host `i`.
     pub fn config_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}.toml"))
@@ -276,6 +286,7 @@ impl Lab {
             .args(["--service-ms", &self.spec.service_ms.to_string()])
             .args(["--workers", &self.spec.workers.to_string()])
             .args(["--size", &self.spec.size.to_string()])
+            .args(["--trace", &self.trace_path(i).to_string_lossy()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -292,7 +303,7 @@ impl Lab {
             "# dprd lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
-             [admin]\nsocket = \"{}\"\nlog_level = \"info\"\n\n\
+             [admin]\nsocket = \"{}\"\nlog_level = \"info\"\ndecision_log = {DECISION_LOG}\n\n\
              [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\nkey_file = \"{}\"\n\n{}",
             tunnel_addr(i),
             service_addr(i),
@@ -369,6 +380,27 @@ impl Lab {
     /// Sends an admin request to host `i`'s dprd.
     pub fn admin(&self, i: usize, line: &str) -> Result<String, String> {
         crate::daemon::admin_request(&self.socket(i), line)
+    }
+
+    /// Host `i`'s SYN decisions since the last call (the admin request
+    /// `decisions`), each beside its web server's open connections at that
+    /// instant (its `--trace`). Capacity 1: the lab's hosts are all alike.
+    pub fn decisions_joined(&self, i: usize) -> Result<Vec<Joined>, String> {
+        let decisions = truth::parse_decisions(&self.admin(i, "decisions")?)
+            .map_err(|e| format!("h{i}: {e}"))?;
+        let path = self.trace_path(i);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let trace = truth::parse_trace(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(truth::join(&decisions, &trace, 1.0))
+    }
+
+    /// [`Self::decisions_joined`] summed up against `threshold` (in
+    /// connections): how often host `i` misjudged its own load, and what
+    /// share of the connections it received while under the threshold it
+    /// redirected. Forgets the decisions it read.
+    pub fn ground_truth(&self, i: usize, threshold: f64) -> Result<GroundTruth, String> {
+        Ok(GroundTruth::of(&self.decisions_joined(i)?, threshold))
     }
 
     /// Waits until every running dprd sees every other running one alive.
@@ -535,14 +567,15 @@ impl Lab {
         }
     }
 
-    /// Runs the load generator in the client namespace against every host.
+    /// Runs the load generator in the client namespace against every host
+    /// (skewed dispatch, seed 1).
     pub fn load(&self, rate: f64, secs: f64, skew: f64, label: &str) -> Result<LoadResult, String> {
         let all: Vec<usize> = (0..self.spec.hosts).collect();
         self.load_targets(&all, rate, secs, skew, label)
     }
 
     /// Runs the load generator against the service addresses of `hosts`
-    /// (the first one gets the `skew` share).
+    /// (the first one gets the `skew` share; seed 1).
     pub fn load_targets(
         &self,
         hosts: &[usize],
@@ -551,13 +584,41 @@ impl Lab {
         skew: f64,
         label: &str,
     ) -> Result<LoadResult, String> {
+        let load = LoadSpec {
+            rate,
+            secs,
+            skew,
+            seed: 1,
+            dispatch: Dispatch::Skewed,
+        };
+        self.run_load_targets(hosts, &load, label)
+    }
+
+    /// Runs the load generator as `load` says against every host.
+    pub fn run_load(&self, load: &LoadSpec, label: &str) -> Result<LoadResult, String> {
+        let all: Vec<usize> = (0..self.spec.hosts).collect();
+        self.run_load_targets(&all, load, label)
+    }
+
+    /// Runs the load generator as `load` says against the service addresses
+    /// of `hosts` (the first one gets the `skew` share when dispatch is
+    /// skewed).
+    pub fn run_load_targets(
+        &self,
+        hosts: &[usize],
+        load: &LoadSpec,
+        label: &str,
+    ) -> Result<LoadResult, String> {
         let targets: Vec<String> = hosts.iter().map(|i| service_addr(*i).to_string()).collect();
         let exe = self.exe.to_string_lossy().into_owned();
         let out = self
             .in_ns(&self.client_ns(), &exe)
             .args(["loadgen", "--targets", &targets.join(",")])
-            .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
-            .args(["--skew", &skew.to_string(), "--label", label])
+            .args(["--rate", &load.rate.to_string()])
+            .args(["--duration", &load.secs.to_string()])
+            .args(["--skew", &load.skew.to_string()])
+            .args(["--seed", &load.seed.to_string()])
+            .args(["--dispatch", load.dispatch.name(), "--label", label])
             .args(["--size", &self.spec.size.to_string()])
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
@@ -568,6 +629,21 @@ impl Lab {
         }
         serde_json::from_slice(&out.stdout).map_err(|e| format!("loadgen output: {e}"))
     }
+}
+
+/// One run of the load generator (`dprd loadgen`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSpec {
+    /// Connections per second (Poisson arrivals).
+    pub rate: f64,
+    /// Seconds.
+    pub secs: f64,
+    /// Share of the arrivals on the first target (skewed dispatch).
+    pub skew: f64,
+    /// Random seed: the same seed, the same arrival times.
+    pub seed: u64,
+    /// How arrivals pick their target.
+    pub dispatch: Dispatch,
 }
 
 impl Drop for Lab {
@@ -650,7 +726,7 @@ fn rows(lab: &Lab, r: &LoadResult, statuses: &[Option<Status>]) -> Vec<Row> {
         .collect()
 }
 
-fn print_table(title: &str, rows: &[Row]) {
+fn print_table(title: &str, rows: &[Row], r: &LoadResult) {
     println!("{title}");
     println!(
         "  {:<5} {:>9} {:>7} {:>9} {:>8} {:>9} {:>9} {:>7}",
@@ -664,7 +740,103 @@ fn print_table(title: &str, rows: &[Row]) {
     }
     let total_err: usize = rows.iter().map(|r| r.errors).sum();
     let total: usize = rows.iter().map(|r| r.received).sum();
-    println!("  total {total} connections, {total_err} errors\n");
+    let all = crate::loadgen::all_latencies(r);
+    println!(
+        "  total {total} connections, {total_err} errors; all: p50 {:.1} ms, p99 {:.1} ms\n",
+        quantile(&all, 0.5),
+        quantile(&all, 0.99)
+    );
+}
+
+/// `a / b` as a ratio (`1.15x`), or `n/a` without a denominator.
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// The lines comparing each phase's p50 and p99 (over all its connections)
+/// with the ideal's: `DPR p99 / ideal p99: 1.15x`.
+pub fn ratio_lines(phases: &[(&str, &[f64])], ideal: &[f64]) -> String {
+    let mut out = String::new();
+    for (name, l) in phases {
+        for (q, p) in [("p50", 0.5), ("p99", 0.99)] {
+            out += &format!(
+                "{name} {q} / ideal {q}: {}\n",
+                ratio(quantile(l, p), quantile(ideal, p))
+            );
+        }
+    }
+    out
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// The ground-truth table: per host, how the load its decisions used
+/// compares with its web server's open connections at the same instant.
+pub fn ground_truth_table(hosts: &[Result<GroundTruth, String>], threshold: f64) -> String {
+    let mut out = format!(
+        "DPR on, ground truth (each SYN decision's load against the web server's open connections \
+         at that instant; threshold {threshold:.1}):\n  {:<5} {:>9} {:>9} {:>9} {:>8} {:>11} {:>11}  {}\n",
+        "host",
+        "decisions",
+        "mean|u-t|",
+        "p99|u-t|",
+        "mean u-t",
+        "wrong-above",
+        "wrong-below",
+        "redirected while under threshold"
+    );
+    let mut worst: Option<(usize, f64)> = None;
+    let mut complete = true;
+    for (i, g) in hosts.iter().enumerate() {
+        match g {
+            Ok(g) => {
+                out += &format!(
+                    "  h{i:<4} {:>9} {:>9.2} {:>9.2} {:>+8.2} {:>11} {:>11}  {} ({} of {})\n",
+                    g.decisions,
+                    g.mean_abs_error,
+                    g.p99_abs_error,
+                    g.mean_error,
+                    percent(g.wrong_above_share()),
+                    percent(g.wrong_below_share()),
+                    percent(g.redirected_under_share()),
+                    g.redirected_under,
+                    g.under
+                );
+                let s = g.redirected_under_share();
+                if worst.is_none_or(|(_, w)| s > w) {
+                    worst = Some((i, s));
+                }
+            }
+            Err(e) => {
+                complete = false;
+                out += &format!("  h{i:<4} {e}\n");
+            }
+        }
+    }
+    out += "  (u: the load the decision used; t: the truth; wrong-above: u >= threshold > t; \
+            wrong-below: t >= threshold > u)\n";
+    match worst {
+        Some((i, w)) => {
+            let verdict = if w < 0.02 && complete {
+                "met"
+            } else {
+                "NOT met"
+            };
+            out += &format!(
+                "  issue 13's bar, under 2% of the connections received while under the threshold \
+                 redirected: {verdict} (worst h{i}: {})\n",
+                percent(w)
+            );
+        }
+        None => out += "  no host's decisions could be read\n",
+    }
+    out
 }
 
 /// Lab options.
@@ -678,6 +850,21 @@ pub struct LabOptions {
     pub duration: f64,
     /// Connections per second.
     pub rate: f64,
+    /// The load generator's seed (the same in every phase).
+    pub seed: u64,
+}
+
+impl LabOptions {
+    /// The load of every phase, dispatched as `dispatch`.
+    fn load(&self, dispatch: Dispatch) -> LoadSpec {
+        LoadSpec {
+            rate: self.rate,
+            secs: self.duration,
+            skew: self.skew,
+            seed: self.seed,
+            dispatch,
+        }
+    }
 }
 
 fn parse(args: &[String]) -> Result<LabOptions, String> {
@@ -697,6 +884,7 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
         skew: opt(args, "--skew", 0.7)?,
         duration: opt(args, "--duration", 8.0)?,
         rate: opt(args, "--rate", 150.0)?,
+        seed: opt(args, "--seed", 1u64)?,
     };
     if !["threshold", "least-load", "hash", "p2c", "thr-p2c"].contains(&o.spec.policy.as_str()) {
         return Err("--policy must be threshold, least-load, hash, p2c or thr-p2c".into());
@@ -709,6 +897,35 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
     }
     Ok(o)
 }
+
+/// What `dprd lab --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--threshold 4.0]
+                [--duration 8] [--rate 150] [--seed 1] [--service-ms 20] [--workers 2]
+                [--size 2000] [--backend tun]
+
+A DPR cluster in network namespaces (root): --hosts hosts on a bridge, each running the
+lab web server (`dprd httpd`) and, in the last phase, `dprd run`; a client namespace runs
+an open-loop Poisson load (`dprd loadgen`), --skew of it on h0. Three phases on the same
+arrivals: DPR off (RR-DNS: every host serves what it receives), ideal (a central
+join-shortest-queue dispatcher in the client, no dprd), DPR on. Prints a table per
+phase, DPR's and RR-DNS's p50 and p99 against the ideal's, and the ground truth of
+DPR's decisions: the load each one used against the web server's open connections
+at that instant (each server's --trace), and the share of connections a host
+redirected while under its threshold.
+Everything it creates is removed at the end, also on error or Ctrl-C.
+  --hosts N         2..=8
+  --skew F          share of the arrivals on h0, 0..=1
+  --policy NAME     threshold, least-load, hash, p2c or thr-p2c
+  --threshold F     the threshold policy's threshold (normalised load)
+  --duration S      seconds of load per phase, 1..=120
+  --rate R          connections per second, 1..=1000
+  --seed N          the load generator's seed (the same in every phase)
+  --service-ms MS   web server service time per request
+  --workers N       web server slots per host
+  --size BYTES      response size
+  --backend B       tun, af-xdp-native or af-xdp-generic
+";
 
 /// `dprd lab`.
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -767,24 +984,48 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     std::thread::sleep(Duration::from_millis(300));
     check(&stop)?;
-    eprintln!("phase 1: DPR off (every host serves what it receives)");
-    let off = lab.load(o.rate, o.duration, o.skew, "DPR off")?;
+    eprintln!("phase 1: DPR off (RR-DNS: every host serves what it receives)");
+    let off = lab.run_load(&o.load(Dispatch::Skewed), "DPR off")?;
     check(&stop)?;
-    eprintln!("phase 2: starting dprd on every host");
+    eprintln!("phase 2: ideal (central join-shortest-queue in the client, no dprd)");
+    let ideal = lab.run_load(&o.load(Dispatch::Jsq), "ideal")?;
+    check(&stop)?;
+    eprintln!("phase 3: starting dprd on every host");
     for i in 0..n {
         lab.start_dprd(i)?;
     }
     lab.wait_alive(Duration::from_secs(10))?;
     check(&stop)?;
-    let on = lab.load(o.rate, o.duration, o.skew, "DPR on")?;
+    let on = lab.run_load(&o.load(Dispatch::Skewed), "DPR on")?;
     let statuses: Vec<Option<Status>> = (0..n).map(|i| lab.status(i).ok()).collect();
+    let truths: Vec<Result<GroundTruth, String>> = (0..n)
+        .map(|i| lab.ground_truth(i, o.spec.threshold))
+        .collect();
     check(&stop)?;
     println!();
-    print_table("DPR off:", &rows(&lab, &off, &[]));
+    print_table("DPR off (RR-DNS):", &rows(&lab, &off, &[]), &off);
+    print_table(
+        "Ideal (central join-shortest-queue, perfect knowledge):",
+        &rows(&lab, &ideal, &[]),
+        &ideal,
+    );
     print_table(
         &format!("DPR on ({}):", o.spec.policy),
         &rows(&lab, &on, &statuses),
+        &on,
     );
+    print!("{}", ground_truth_table(&truths, o.spec.threshold));
+    println!();
+    let (off_l, ideal_l, on_l) = (
+        crate::loadgen::all_latencies(&off),
+        crate::loadgen::all_latencies(&ideal),
+        crate::loadgen::all_latencies(&on),
+    );
+    print!(
+        "{}",
+        ratio_lines(&[("DPR", &on_l), ("RR-DNS", &off_l)], &ideal_l)
+    );
+    println!();
     let mut clean = true;
     for i in 0..n {
         lab.signal_dprd(i, "TERM")?;
@@ -802,4 +1043,43 @@ pub fn main(args: &[String]) -> Result<(), String> {
     drop(lab);
     println!("lab removed ({:.0} s).", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_lines_compare_quantiles_with_the_ideal() {
+        let ideal = [10.0, 20.0, 20.0, 40.0];
+        let dpr = [10.0, 22.0, 22.0, 46.0];
+        let t = ratio_lines(&[("DPR", &dpr), ("RR-DNS", &[])], &ideal);
+        assert!(t.contains("DPR p50 / ideal p50: 1.10x\n"), "{t}");
+        assert!(t.contains("DPR p99 / ideal p99: 1.15x\n"), "{t}");
+        assert!(t.contains("RR-DNS p99 / ideal p99: 0.00x\n"), "{t}");
+        assert!(ratio_lines(&[("DPR", &dpr)], &[]).contains("DPR p50 / ideal p50: n/a"));
+    }
+
+    #[test]
+    fn ground_truth_table_judges_the_worst_host() {
+        let ok = GroundTruth {
+            decisions: 100,
+            under: 50,
+            redirected_under: 0,
+            ..GroundTruth::default()
+        };
+        let bad = GroundTruth {
+            decisions: 100,
+            under: 50,
+            redirected_under: 5,
+            ..GroundTruth::default()
+        };
+        let t = ground_truth_table(&[Ok(ok.clone()), Ok(ok.clone())], 4.0);
+        assert!(t.contains(": met (worst h0: 0.0%)"), "{t}");
+        let t = ground_truth_table(&[Ok(ok.clone()), Ok(bad)], 4.0);
+        assert!(t.contains("NOT met (worst h1: 10.0%)"), "{t}");
+        assert!(t.contains("10.0% (5 of 50)"), "{t}");
+        let t = ground_truth_table(&[Ok(ok), Err("h1: no answer".into())], 4.0);
+        assert!(t.contains("NOT met") && t.contains("h1: no answer"), "{t}");
+    }
 }

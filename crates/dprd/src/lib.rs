@@ -10,7 +10,8 @@
 //! restart recovery) through the [`control`] adapter, the admin socket
 //! ([`status`], drain, reload), Prometheus [`metrics`], signals. [`lab`]
 //! builds a whole cluster in network namespaces and measures it with DPR
-//! off and on ([`httpd`] is its web server, [`loadgen`] its client).
+//! off and on ([`httpd`] is its web server, [`loadgen`] its client, [`truth`]
+//! sets the daemon's decisions against the web servers' open connections).
 //!
 //! What it may not do: contain packet logic. Every per-packet decision is
 //! the engine's; every system call is `dpr-io`'s or the standard library's.
@@ -28,4 +29,5 @@ pub mod load;
 pub mod loadgen;
 pub mod metrics;
 pub mod status;
+pub mod truth;
 pub mod xdp;

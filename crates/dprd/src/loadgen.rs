@@ -6,6 +6,11 @@
 //! answer. At most `--max-inflight` connections at once (more are counted
 //! as errors, never queued without bound). Progress goes to stderr; the
 //! per-target results to stdout as one JSON object.
+//!
+//! `--dispatch jsq` sends each arrival instead to the target with the fewest
+//! of this client's connections in flight: a central join-shortest-queue
+//! dispatcher with perfect knowledge, the ideal `dprd lab` compares DPR
+//! with. It makes the same random draws, so the arrival times are the same.
 
 use crate::httpd::parse_opt as opt;
 use dpr_policy::{RandomSource, SplitMix64};
@@ -35,16 +40,73 @@ pub struct TargetResult {
 impl TargetResult {
     /// The p-quantile of the latencies (0 when none).
     pub fn quantile(&self, p: f64) -> f64 {
-        let l = &self.latencies_ms;
-        if l.is_empty() {
-            return 0.0;
-        }
-        l[(((l.len() - 1) as f64) * p).round() as usize]
+        quantile(&self.latencies_ms, p)
     }
+}
+
+/// The p-quantile (nearest rank) of sorted values (0 when none).
+pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = (((sorted.len() - 1) as f64) * p.clamp(0.0, 1.0)).round() as usize;
+    sorted.get(i).copied().unwrap_or(0.0)
 }
 
 /// The whole run.
 pub type LoadResult = BTreeMap<String, TargetResult>;
+
+/// The latencies of every completed connection of a run, sorted.
+pub fn all_latencies(r: &LoadResult) -> Vec<f64> {
+    let mut l: Vec<f64> = r
+        .values()
+        .flat_map(|t| t.latencies_ms.iter().copied())
+        .collect();
+    l.sort_by(f64::total_cmp);
+    l
+}
+
+/// How each arrival picks its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// The first target with probability `skew`, another uniformly
+    /// otherwise (clients with cached RR-DNS answers).
+    #[default]
+    Skewed,
+    /// The target with the fewest connections in flight from this client
+    /// (ties: the first): join-shortest-queue.
+    Jsq,
+}
+
+impl std::str::FromStr for Dispatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skewed" => Ok(Self::Skewed),
+            "jsq" => Ok(Self::Jsq),
+            other => Err(format!("--dispatch {other:?}: skewed or jsq")),
+        }
+    }
+}
+
+impl Dispatch {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Skewed => "skewed",
+            Self::Jsq => "jsq",
+        }
+    }
+}
+
+/// The index of the smallest count (the first of equals); 0 when empty.
+pub fn shortest_queue(inflight: &[usize]) -> usize {
+    inflight
+        .iter()
+        .enumerate()
+        .min_by_key(|&(i, n)| (*n, i))
+        .map_or(0, |(i, _)| i)
+}
 
 fn one(addr: SocketAddr, size: usize) -> Result<String, String> {
     let mut s =
@@ -89,10 +151,13 @@ pub fn run(
     seed: u64,
     size: usize,
     max_inflight: usize,
+    dispatch: Dispatch,
     label: &str,
 ) -> LoadResult {
     let results: Arc<Mutex<LoadResult>> = Arc::new(Mutex::new(BTreeMap::new()));
     let inflight = Arc::new(AtomicUsize::new(0));
+    let per_target: Arc<Vec<AtomicUsize>> =
+        Arc::new(targets.iter().map(|_| AtomicUsize::new(0)).collect());
     let mut rng = SplitMix64::new(seed);
     let mut unit = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let start = Instant::now();
@@ -107,12 +172,25 @@ pub fn run(
             std::thread::sleep(wait);
         }
         let n = targets.len();
-        let h = if n <= 1 || unit() < skew {
+        // Drawn in both modes, so both make the same draws.
+        let skewed = if n <= 1 || unit() < skew {
             0
         } else {
             1 + (unit() * (n - 1) as f64) as usize % (n - 1)
         };
-        let target = targets[h];
+        let h = match dispatch {
+            Dispatch::Skewed => skewed,
+            Dispatch::Jsq => {
+                let counts: Vec<usize> = per_target
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect();
+                shortest_queue(&counts)
+            }
+        };
+        let Some(&target) = targets.get(h) else {
+            continue;
+        };
         let key = target.to_string();
         results
             .lock()
@@ -130,14 +208,16 @@ pub fn run(
             continue;
         }
         inflight.fetch_add(1, Ordering::Relaxed);
-        let (results, inflight_c) = (results.clone(), inflight.clone());
+        per_target[h].fetch_add(1, Ordering::Relaxed);
+        let (results_c, inflight_c, per_target_c) =
+            (results.clone(), inflight.clone(), per_target.clone());
         let began = Instant::now();
         let spawned = std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
                 let r = one(SocketAddr::new(target, port), size);
                 let ms = began.elapsed().as_secs_f64() * 1000.0;
-                let mut g = results.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut g = results_c.lock().unwrap_or_else(PoisonError::into_inner);
                 let e = g.entry(key).or_default();
                 match r {
                     Ok(by) => {
@@ -147,12 +227,21 @@ pub fn run(
                     }
                     Err(_) => e.errors += 1,
                 }
+                drop(g);
+                per_target_c[h].fetch_sub(1, Ordering::Relaxed);
                 inflight_c.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
-            Ok(h) => handles.push(h),
+            Ok(handle) => handles.push(handle),
             Err(_) => {
+                per_target[h].fetch_sub(1, Ordering::Relaxed);
                 inflight.fetch_sub(1, Ordering::Relaxed);
+                results
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(target.to_string())
+                    .or_default()
+                    .errors += 1;
             }
         }
         if last_progress.elapsed() >= Duration::from_secs(1) || i + 1 == total {
@@ -174,8 +263,24 @@ pub fn run(
     out
 }
 
+/// What `dprd loadgen --help` prints.
+pub const USAGE: &str = "\
+USAGE: dprd loadgen --targets A,B,.. [--port 80] [--rate 150] [--duration 8] [--skew 0.7]
+                    [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]
+                    [--dispatch skewed|jsq]
+
+The lab's client: open-loop Poisson arrivals at --rate per second for --duration s,
+one HTTP request per connection; prints per-target results as JSON on stdout.
+  --dispatch skewed   the first target with probability --skew, another uniformly
+                      otherwise (cached RR-DNS answers; the default)
+  --dispatch jsq      the target with the fewest of this client's connections in
+                      flight (ties: the first): an ideal central dispatcher. Same
+                      arrival times and random draws as skewed for the same --seed
+";
+
 /// `dprd loadgen --targets A,B,.. [--port 80] [--rate 150] [--duration 8]
-/// [--skew 0.7] [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]`.
+/// [--skew 0.7] [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]
+/// [--dispatch skewed|jsq]`.
 pub fn main(args: &[String]) -> Result<(), String> {
     let targets: String = opt(args, "--targets", String::new())?;
     let targets: Vec<IpAddr> = targets
@@ -200,8 +305,38 @@ pub fn main(args: &[String]) -> Result<(), String> {
         opt(args, "--seed", 1u64)?,
         opt(args, "--size", 2000usize)?,
         opt(args, "--max-inflight", 1000usize)?,
+        opt(args, "--dispatch", Dispatch::Skewed)?,
         &opt(args, "--label", "load".to_string())?,
     );
     println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_queue_takes_the_first_of_the_least_busy() {
+        assert_eq!(shortest_queue(&[3, 1, 2, 1]), 1);
+        assert_eq!(shortest_queue(&[0, 0, 0]), 0);
+        assert_eq!(shortest_queue(&[5, 4, 4, 0]), 3);
+        assert_eq!(shortest_queue(&[]), 0);
+    }
+
+    #[test]
+    fn dispatch_parses_its_two_names() {
+        for d in [Dispatch::Skewed, Dispatch::Jsq] {
+            assert_eq!(d.name().parse::<Dispatch>(), Ok(d));
+        }
+        assert!("round-robin".parse::<Dispatch>().is_err());
+    }
+
+    #[test]
+    fn all_latencies_merges_and_sorts() {
+        let mut r = LoadResult::new();
+        r.entry("a".into()).or_default().latencies_ms = vec![1.0, 5.0];
+        r.entry("b".into()).or_default().latencies_ms = vec![2.0, 3.0];
+        assert_eq!(all_latencies(&r), vec![1.0, 2.0, 3.0, 5.0]);
+    }
 }

@@ -1,4 +1,5 @@
-//! `dprd`: the dpr daemon. See `dprd help`.
+//! `dprd`: the dpr daemon. See `dprd help`; `dprd CMD --help` prints one
+//! command's usage and does nothing else.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 dprd — Distributed Packet Rewriting daemon
 
-USAGE:
+USAGE (`dprd COMMAND --help`: one command's usage):
   dprd run --config FILE          run the router (root; undoes its setup on exit)
   dprd check-config FILE          validate a configuration, naming the bad field
   dprd status [--json] [--socket PATH]   peers, loads, table, counters of a running dprd
@@ -16,16 +17,74 @@ USAGE:
   dprd sim SCENARIO [--quick] [--seed N] [--plots DIR | --no-plots] [--jobs N]
                                   the cluster simulator: policies compared on one trace (no root;
                                   `dprd sim --list` names the scenarios; docs/simulation.md)
-  dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--duration 8] [--rate 150]
-           [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
-                                  a cluster in network namespaces, DPR off vs on (root);
-                                  --backend tun | af-xdp-native | af-xdp-generic
+  dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--threshold 4.0] [--duration 8]
+           [--rate 150] [--seed 1] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
+                                  a cluster in network namespaces (root): DPR off (RR-DNS), an
+                                  ideal (central JSQ) and DPR on under one load, and the ground
+                                  truth of DPR's decisions; `dprd lab --help` for the options
   dprd bench [--runs 5] [--secs 3] [--flows 1024] [--only fwd,http,mem]
                                   the data-path benchmarks of docs/benchmarks.md (root;
                                   needs wrk and haproxy: use scripts/bench)
 ";
 
 const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
+
+/// The usage of one command, for `dprd CMD --help` (None: no such command,
+/// or one that answers `--help` itself).
+fn command_usage(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "run" => {
+            "\
+USAGE: dprd run --config FILE
+
+Runs the router on this host (root): sets up the TUN device or AF_XDP sockets,
+policy routes and sysctls, joins the cluster, serves the admin socket; SIGTERM
+or Ctrl-C undoes the setup, SIGHUP reloads the configuration.
+"
+        }
+        "check-config" => {
+            "\
+USAGE: dprd check-config FILE
+
+Validates a configuration file and says what it describes, or names the bad field.
+"
+        }
+        "status" => {
+            "\
+USAGE: dprd status [--json] [--socket PATH]
+
+Peers, loads, states, table and counters of the dprd listening on PATH
+(default /run/dprd/dprd.sock); --json prints the raw answer.
+"
+        }
+        "drain" => {
+            "\
+USAGE: dprd drain [--socket PATH]
+
+New connections go to peers; established ones stay until they end.
+"
+        }
+        "reload" => {
+            "\
+USAGE: dprd reload [--socket PATH]
+
+Reloads the configuration (as SIGHUP does): peers and policy, no connection dropped.
+"
+        }
+        "keygen" => {
+            "\
+USAGE: dprd keygen
+
+Prints a new cluster key file (put the same file on every host, mode 0600).
+"
+        }
+        "lab" => dprd::lab::USAGE,
+        "loadgen" => dprd::loadgen::USAGE,
+        "httpd" => dprd::httpd::USAGE,
+        "bench" => dprd::bench::USAGE,
+        _ => return None,
+    })
+}
 
 fn take_opt(args: &mut Vec<String>, name: &str) -> Option<String> {
     let i = args.iter().position(|a| a == name)?;
@@ -56,6 +115,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cmd = args.remove(0);
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        if let Some(u) = command_usage(&cmd) {
+            print!("{u}");
+            return ExitCode::SUCCESS;
+        }
+    }
     let socket = take_opt(&mut args, "--socket")
         .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
     let result: Result<(), String> = match cmd.as_str() {
@@ -123,5 +188,28 @@ fn main() -> ExitCode {
             eprintln!("dprd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_has_its_usage() {
+        for cmd in [
+            "run",
+            "check-config",
+            "status",
+            "drain",
+            "reload",
+            "keygen",
+            "lab",
+            "loadgen",
+            "httpd",
+            "bench",
+        ] {
+            let u = super::command_usage(cmd).unwrap_or_default();
+            assert!(u.starts_with(&format!("USAGE: dprd {cmd}")), "{cmd}: {u}");
+        }
+        assert!(super::command_usage("nonsense").is_none());
     }
 }

@@ -10,6 +10,7 @@
 
 use dprd::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
 use dprd::status::Status;
+use dprd::truth::GroundTruth;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -1105,6 +1106,67 @@ fn wrk_with_connection_close_is_decided_per_connection(backend: &str) {
         "only {d} of {} new connections decided",
         d + r
     );
+}
+
+/// The default lab (threshold 4, capacity 1) under its default skewed load
+/// for `secs`; per host: connections the client sent it, its dprd's
+/// counters, and its decisions joined with its web server's trace.
+fn skewed_ground_truth(secs: f64) -> Vec<(usize, Status, GroundTruth)> {
+    let lab = cluster(spec("tun"));
+    let threshold = lab.spec.threshold;
+    let r = ok(lab.load(150.0, secs, 0.7, "ground truth"));
+    (0..lab.spec.hosts)
+        .map(|i| {
+            let received = r.get(&service_addr(i).to_string()).map_or(0, |t| t.sent);
+            let g = ok(lab.ground_truth(i, threshold));
+            eprintln!("h{i}: received {received}, {g:?}");
+            (received, status(&lab, i), g)
+        })
+        .collect()
+}
+
+/// Every connection a host received has one decision in its log, served
+/// and redirected as its counters say. Counts only, no timing.
+#[test]
+fn decision_logs_match_the_counters() {
+    let Some(_g) = root_or_skip("decision_logs") else {
+        return;
+    };
+    for (i, (received, s, g)) in skewed_ground_truth(4.0).into_iter().enumerate() {
+        assert_eq!(g.decisions, received, "h{i}: one decision per connection");
+        assert_eq!(
+            (g.decisions - g.redirected) as u64,
+            event(&s, "new_local"),
+            "h{i}: local decisions against new_local"
+        );
+        assert_eq!(
+            g.redirected as u64,
+            event(&s, "new_redirected"),
+            "h{i}: redirects against new_redirected"
+        );
+    }
+}
+
+/// Issue 13's bar on every host: under 2% of the connections a host
+/// received while under its threshold (by its web server's count) are
+/// redirected. Ignored until the load estimate is fixed: on 2b07384
+/// (release build), h0 redirected 12.8–13.7% of them, nearly all with a
+/// load of 4 used while the server had 3 open; in the debug build h0
+/// redirected 8% (21 of 264) and h1 1 of 54.
+#[test]
+#[ignore = "issue 13: h0 redirects ~13% of what it receives under its threshold"]
+fn no_host_redirects_over_two_percent_of_what_it_receives_under_its_threshold() {
+    let Some(_g) = root_or_skip("under_threshold") else {
+        return;
+    };
+    for (i, (_, _, g)) in skewed_ground_truth(8.0).into_iter().enumerate() {
+        assert!(
+            g.redirected_under_share() < 0.02,
+            "h{i} redirected {} of {} connections received under its threshold",
+            g.redirected_under,
+            g.under
+        );
+    }
 }
 
 /// Every test runs on the TUN backend and on AF_XDP in native and generic mode.
