@@ -92,11 +92,18 @@ pub struct Engine {
     draining: bool,
     recovering: bool,
     decisions: VecDeque<DecisionRecord>,
+    /// While a load measurement runs: connections opened (true) and ended
+    /// (false) here since it began.
+    measuring: Option<Vec<(FlowKey, bool)>>,
     /// Per peer id: flows routed to that peer that this host cut (answered
     /// RST, or dropped) while the peer was dead or gone, for a cut notice
     /// when it is back (see [`Engine::take_cut`]).
     cut: Vec<Vec<FlowKey>>,
 }
+
+/// The most connection events noted while one load measurement runs (a
+/// dump takes milliseconds; more than this means something is stuck).
+const MAX_MEASURING: usize = 65_536;
 
 /// The most cut flows kept per peer (40 B each); later ones are not kept,
 /// and their stale sockets on the peer end by its own timeouts.
@@ -138,6 +145,7 @@ impl Engine {
             draining: false,
             recovering: false,
             decisions: VecDeque::new(),
+            measuring: None,
             cut: Vec::new(),
             cfg,
         })
@@ -221,16 +229,58 @@ impl Engine {
         Ok(self.loads.apply_report(id, report, now)?)
     }
 
-    /// Updates this host's own load figures from a measurement that began
-    /// at `mark` ([`LoadTable::local_mark`], taken from [`Engine::loads`]):
-    /// the connections opened and ended while it ran stay counted.
-    pub fn set_local_load_since(
+    /// A measurement of this host's load begins (a socket-table dump that
+    /// takes milliseconds): from now on the engine notes which connections
+    /// it sees open and end here, to reconcile them with what the dump
+    /// listed in [`Engine::finish_load_measurement`].
+    pub fn begin_load_measurement(&mut self) {
+        self.measuring = Some(Vec::new());
+    }
+
+    /// The measurement begun by [`Engine::begin_load_measurement`] is in:
+    /// `figures`, and `listed` says whether the dump listed a connection
+    /// (client to service); `None` when it cannot say (no list). A
+    /// connection that opened meanwhile counts on top of the figures only
+    /// if the dump missed it, one that ended only if the dump still listed
+    /// it (or it was counted on top): whichever way each raced the dump,
+    /// the estimate starts right.
+    pub fn finish_load_measurement(
         &mut self,
         figures: LoadFigures,
         capacity: Capacity,
-        mark: dpr_table::LocalMark,
+        listed: Option<&dyn Fn(&FlowKey) -> bool>,
     ) -> Result<(), EngineError> {
-        Ok(self.loads.set_local_since(figures, capacity, mark)?)
+        let events = self.measuring.take().unwrap_or_default();
+        let (mut opened, mut ended) = (0u32, 0u32);
+        let mut added: Vec<FlowKey> = Vec::new();
+        for (flow, open) in events {
+            let seen = listed.is_none_or(|l| l(&flow));
+            if open {
+                if listed.is_none() || !seen {
+                    opened += 1;
+                    added.push(flow);
+                }
+            } else if seen || added.contains(&flow) {
+                ended += 1;
+            }
+        }
+        Ok(self
+            .loads
+            .set_local_corrected(figures, capacity, opened, ended)?)
+    }
+
+    fn local_opened(&mut self, flow: FlowKey) {
+        self.loads.record_local();
+        if let Some(m) = self.measuring.as_mut().filter(|m| m.len() < MAX_MEASURING) {
+            m.push((flow, true));
+        }
+    }
+
+    fn local_ended(&mut self, flow: FlowKey) {
+        self.loads.record_local_end();
+        if let Some(m) = self.measuring.as_mut().filter(|m| m.len() < MAX_MEASURING) {
+            m.push((flow, false));
+        }
     }
 
     /// Updates this host's own load figures.
@@ -500,7 +550,7 @@ impl Engine {
                 let ended = matches!(e.state, ConnState::Closing | ConnState::Closed);
                 if ended || e.isn.zip(isn).is_some_and(|(a, b)| a != b) {
                     if !ended {
-                        self.connection_ended(e.route);
+                        self.connection_ended(e.route, flow);
                     }
                     self.routes.remove(&flow);
                     self.counters.c.syn_new_incarnations += 1;
@@ -510,7 +560,7 @@ impl Engine {
         } else if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
             if let Some(e) = self.routes.get(&flow) {
                 if matches!(e.state, ConnState::SynSeen | ConnState::Established) {
-                    self.connection_ended(e.route);
+                    self.connection_ended(e.route, flow);
                 }
             }
         }
@@ -559,7 +609,7 @@ impl Engine {
             match (route, v) {
                 (Route::Local, _) => {
                     self.counters.c.new_local += 1;
-                    self.loads.record_local();
+                    self.local_opened(flow);
                     if self.loads.least_loaded_peer().is_none() && self.loads.host_count() > 1 {
                         self.counters.c.new_local_no_peer += 1;
                     }
@@ -602,10 +652,10 @@ impl Engine {
 
     /// A connection routed along `route` ended (its client's first FIN or
     /// RST): it stops counting against the serving host's load estimate.
-    fn connection_ended(&mut self, route: Route) {
+    fn connection_ended(&mut self, route: Route, flow: FlowKey) {
         self.counters.c.connections_ended += 1;
         match route {
-            Route::Local => self.loads.record_local_end(),
+            Route::Local => self.local_ended(flow),
             Route::Peer(p) => {
                 let _ = self.loads.record_redirect_end(p);
             }
@@ -801,7 +851,7 @@ impl Engine {
             {
                 // Served here for a peer: it leaves this host's load now.
                 self.counters.c.connections_ended += 1;
-                self.loads.record_local_end();
+                self.local_ended(inner.flow);
             }
             let outcome =
                 self.served
@@ -815,7 +865,7 @@ impl Engine {
                 }
                 self.counters.c.new_from_peer += 1;
                 self.counters.peer(origin).served_connections += 1;
-                self.loads.record_local();
+                self.local_opened(inner.flow);
             } else if outcome == PacketOutcome::Unknown && !flags.contains(TcpFlags::RST) {
                 // Mid-connection and not in the table (this host restarted,
                 // or the entry was evicted): learn it again, so the origin

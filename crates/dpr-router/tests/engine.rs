@@ -982,3 +982,51 @@ fn the_decision_log_is_bounded() {
     run(&mut quiet, now, &syn(1));
     assert!(quiet.take_decisions().is_empty());
 }
+
+/// A load measurement takes time (a socket-table dump): connections that
+/// open or end while it runs may or may not be in it. The engine notes
+/// them and reconciles with what the dump listed, so the estimate starts
+/// right whichever way each one raced the dump.
+#[test]
+fn connections_that_race_a_measurement_are_counted_once() {
+    let mut e = threshold_engine(100.0, 0);
+    let now = Timestamp::from_millis(1);
+    let flow = |port| {
+        dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            CLIENT.into(),
+            port,
+            A_SVC.into(),
+            80,
+        )
+    };
+    // B and D were open before the measurement began.
+    run(&mut e, now, &syn(2));
+    run(&mut e, now, &syn(4));
+    e.begin_load_measurement();
+    run(&mut e, now, &syn(1)); // A opens: the dump missed it
+    run(&mut e, now, &fin(2)); // B ends: the dump still listed it
+    run(&mut e, now, &syn(3)); // C opens and ends: the dump missed both
+    run(&mut e, now, &fin(3));
+    run(&mut e, now, &fin(4)); // D ends: the dump no longer listed it
+    run(&mut e, now, &syn(5)); // E opens: the dump listed it already
+    let listed = [flow(2), flow(5)];
+    let seen = |f: &dpr_packet::FlowKey| listed.contains(f);
+    let measured = LoadFigures {
+        open_connections: 2,
+        ..LoadFigures::default()
+    };
+    e.finish_load_measurement(measured, Capacity::default(), Some(&seen))
+        .unwrap();
+    // Open now: A and E.
+    assert_eq!(e.loads().local_load(), 2.0);
+    // Without a list (the /proc fallback) every event counts on top.
+    run(&mut e, now, &syn(6));
+    e.begin_load_measurement();
+    run(&mut e, now, &syn(7));
+    run(&mut e, now, &fin(6));
+    e.finish_load_measurement(measured, Capacity::default(), None)
+        .unwrap();
+    assert_eq!(e.loads().local_load(), 2.0);
+    assert_eq!((e.loads().local_pending(), e.loads().local_ended()), (1, 1));
+}

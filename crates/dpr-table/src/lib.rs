@@ -45,7 +45,7 @@ pub use error::{Result, TableError};
 pub use key::{IsnSlot, TableKey, V4Key, WideKey};
 pub use load::{
     Capacity, CapacityWeights, HostRef, LoadFigures, LoadMetric, LoadReport, LoadTable,
-    LoadTableConfig, LocalMark, MetricWeights, PeerId, PeerRecord, PeerState, ReportOutcome,
+    LoadTableConfig, MetricWeights, PeerId, PeerRecord, PeerState, ReportOutcome,
 };
 pub use shard::{ShardedConnTable, worker_for};
 pub use time::Timestamp;

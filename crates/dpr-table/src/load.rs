@@ -308,13 +308,6 @@ impl PeerRecord {
     }
 }
 
-/// The local corrections at one instant ([`LoadTable::local_mark`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LocalMark {
-    opened: u32,
-    ended: u32,
-}
-
 /// A host a policy can choose: this one or a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HostRef {
@@ -458,29 +451,18 @@ impl LoadTable {
         self.local_ended
     }
 
-    /// Where the corrections stand now: take it just before measuring,
-    /// and pass it to [`Self::set_local_since`] with the measurement.
-    pub fn local_mark(&self) -> LocalMark {
-        LocalMark {
-            opened: self.local_pending,
-            ended: self.local_ended,
-        }
-    }
-
-    /// [`Self::set_local`] for a measurement that took time: the
-    /// connections opened and ended since `mark` (taken when the
-    /// measurement began) are kept as corrections to it instead of being
-    /// forgotten. A sock_diag dump takes milliseconds; SYNs and FINs the
-    /// engine handles meanwhile would otherwise be lost from the estimate
-    /// until the next measurement, hundreds of milliseconds later.
-    pub fn set_local_since(
+    /// [`Self::set_local`] for a measurement that took time, with the
+    /// corrections that already apply to it: `opened` connections it did
+    /// not see yet and `ended` ones it still counted. The caller (the
+    /// engine, which knows which connections opened and ended while the
+    /// measurement ran and which of them it listed) works them out.
+    pub fn set_local_corrected(
         &mut self,
         figures: LoadFigures,
         capacity: Capacity,
-        mark: LocalMark,
+        opened: u32,
+        ended: u32,
     ) -> Result<()> {
-        let opened = self.local_pending.saturating_sub(mark.opened);
-        let ended = self.local_ended.saturating_sub(mark.ended);
         self.set_local(figures, capacity)?;
         self.local_pending = opened;
         self.local_ended = ended;

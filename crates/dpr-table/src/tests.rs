@@ -733,28 +733,19 @@ fn load_estimate_lets_ended_connections_go() {
     );
 }
 
-/// A measurement that took time keeps what happened while it ran.
+/// A measurement that took time starts with the corrections it is given.
 #[test]
-fn a_slow_measurement_keeps_the_connections_that_came_and_went_meanwhile() {
+fn a_corrected_measurement_starts_from_its_corrections() {
     let mut t = lt();
     let open = |n| LoadFigures {
         open_connections: n,
         ..LoadFigures::default()
     };
-    t.set_local(open(1), Capacity::default()).unwrap();
     t.record_local();
-    t.record_local();
-    let mark = t.local_mark();
-    // While the dump runs: one more opens, one ends.
-    t.record_local();
-    t.record_local();
-    t.record_local_end();
-    // The dump saw three.
-    t.set_local_since(open(3), Capacity::default(), mark)
+    t.set_local_corrected(open(3), Capacity::default(), 2, 1)
         .unwrap();
     assert_eq!((t.local_pending(), t.local_ended()), (2, 1));
     assert_eq!(t.local_load(), 4.0);
-    // A plain measurement forgets everything.
     t.set_local(open(3), Capacity::default()).unwrap();
     assert_eq!(t.local_load(), 3.0);
 }

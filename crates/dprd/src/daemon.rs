@@ -376,6 +376,13 @@ struct LoopCtx {
     xdp: Option<XdpBackend>,
 }
 
+/// What a load measurement found: the open service sockets themselves
+/// (sock_diag), or only their number (`/proc/net/tcp`).
+enum Listed {
+    Sockets(Vec<dpr_io::sockdiag::TcpSocket>),
+    Count(u32),
+}
+
 struct AdminRequest {
     line: String,
     reply: oneshot::Sender<String>,
@@ -517,7 +524,7 @@ impl LoopCtx {
     /// `/proc/net/tcp` where that is unavailable (see `dpr_io::sockdiag`).
     /// The connections to peers' service addresses confirm their entries
     /// in the engine's served table (see `Engine::confirm_served`).
-    fn open_connections_measured(&mut self) -> u32 {
+    fn open_connections_measured(&mut self) -> Listed {
         let addrs = self.cfg.all_service_addrs();
         let ports = &self.cfg.host.service_ports;
         if let Some(t) = &mut self.tcp {
@@ -543,7 +550,7 @@ impl LoopCtx {
                         );
                         e.confirm_served(&flow, now);
                     }
-                    return u32::try_from(socks.len()).unwrap_or(u32::MAX);
+                    return Listed::Sockets(socks);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sock_diag dump failed: counting from /proc/net/tcp");
@@ -551,7 +558,7 @@ impl LoopCtx {
                 }
             }
         }
-        load::measure(&addrs, ports)
+        Listed::Count(load::measure(&addrs, ports))
     }
 
     /// The decisions the engine kept since the last request (see
@@ -605,14 +612,37 @@ impl LoopCtx {
     }
 
     fn refresh_load(&mut self) {
-        let mark = self.shared.lock().loads().local_mark();
-        self.open_connections = self.open_connections_measured();
+        self.shared.lock().begin_load_measurement();
+        let listed = self.open_connections_measured();
+        self.open_connections = match &listed {
+            Listed::Sockets(s) => u32::try_from(s.len()).unwrap_or(u32::MAX),
+            Listed::Count(n) => *n,
+        };
         let figures = LoadFigures {
             open_connections: self.open_connections,
             ..LoadFigures::default()
         };
         let cap = self.cfg.capacity();
-        if let Err(e) = self.shared.lock().set_local_load_since(figures, cap, mark) {
+        let result = match &listed {
+            Listed::Sockets(socks) => {
+                let set: std::collections::HashSet<(SocketAddr, SocketAddr)> =
+                    socks.iter().map(|s| (s.remote, s.local)).collect();
+                let seen = |f: &FlowKey| {
+                    set.contains(&(
+                        SocketAddr::new(f.src, f.src_port),
+                        SocketAddr::new(f.dst, f.dst_port),
+                    ))
+                };
+                self.shared
+                    .lock()
+                    .finish_load_measurement(figures, cap, Some(&seen))
+            }
+            Listed::Count(_) => self
+                .shared
+                .lock()
+                .finish_load_measurement(figures, cap, None),
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "setting the local load");
         }
     }
