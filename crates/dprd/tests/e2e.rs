@@ -1078,13 +1078,19 @@ fn wrk_with_connection_close_is_decided_per_connection(backend: &str) {
     load_host0(&mut lab, 2);
     let before = status(&lab, 0);
     let ns = lab.client_ns();
+    // DPR_WRK_SECS=30 for the 30 s run; 4 s in the suite.
+    let secs = std::env::var("DPR_WRK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(4)
+        .clamp(1, 600);
     let out = ok(lab.exec(
         &ns,
         "wrk",
         &[
             "-t1",
             "-c10",
-            "-d4s",
+            &format!("-d{secs}s"),
             "--timeout",
             "5s",
             "-H",
