@@ -172,7 +172,7 @@ pub struct PolicySection {
 impl Default for PolicySection {
     fn default() -> Self {
         Self {
-            kind: PolicyKind::Threshold,
+            kind: PolicyKind::ThrP2c,
             threshold: 100.0,
             hash_seed: 0x0064_7072,
             hash_buckets: 65_536,

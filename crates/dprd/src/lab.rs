@@ -867,14 +867,24 @@ impl LabOptions {
     }
 }
 
+/// `dprd lab`'s policy when none is given: the one the simulator and the
+/// lab measured closest to the ideal dispatcher (docs/simulation.md,
+/// section 6), as `dprd`'s own default is.
+pub const LAB_POLICY: &str = "thr-p2c";
+
+/// `dprd lab`'s threshold when none is given: its hosts' two service
+/// slots (and the simulator's best threshold at load 0.8). [`LabSpec`]'s
+/// own default (threshold 4) is what the end-to-end tests build on.
+pub const LAB_THRESHOLD: f64 = 2.0;
+
 fn parse(args: &[String]) -> Result<LabOptions, String> {
     use crate::httpd::parse_opt as opt;
     let d = LabSpec::default();
     let o = LabOptions {
         spec: LabSpec {
             hosts: opt(args, "--hosts", d.hosts)?,
-            policy: opt(args, "--policy", d.policy.clone())?,
-            threshold: opt(args, "--threshold", d.threshold)?,
+            policy: opt(args, "--policy", LAB_POLICY.to_string())?,
+            threshold: opt(args, "--threshold", LAB_THRESHOLD)?,
             service_ms: opt(args, "--service-ms", d.service_ms)?,
             workers: opt(args, "--workers", d.workers)?,
             size: opt(args, "--size", d.size)?,
@@ -900,7 +910,7 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
 
 /// What `dprd lab --help` prints.
 pub const USAGE: &str = "\
-USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy threshold] [--threshold 4.0]
+USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy thr-p2c] [--threshold 2.0]
                 [--duration 8] [--rate 150] [--seed 1] [--service-ms 20] [--workers 2]
                 [--size 2000] [--backend tun]
 
@@ -917,7 +927,7 @@ Everything it creates is removed at the end, also on error or Ctrl-C.
   --hosts N         2..=8
   --skew F          share of the arrivals on h0, 0..=1
   --policy NAME     threshold, least-load, hash, p2c or thr-p2c
-  --threshold F     the threshold policy's threshold (normalised load)
+  --threshold F     threshold and thr-p2c: the load at which redirecting starts
   --duration S      seconds of load per phase, 1..=120
   --rate R          connections per second, 1..=1000
   --seed N          the load generator's seed (the same in every phase)
