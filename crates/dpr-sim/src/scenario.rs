@@ -356,6 +356,40 @@ pub fn run_scenario(
 }
 
 impl ScenarioReport {
+    /// The `ideal` run that `row`'s ratios refer to: the one in the same
+    /// case, else the one in a case that differs only by its report mode
+    /// (the ideal reads no reports, so it is the same run; the scale
+    /// scenario runs it once per size).
+    pub fn ideal_for(&self, row: &Row) -> Option<&RunReport> {
+        let cases = &self.scenario.cases;
+        let ideal = |c: usize| {
+            self.rows
+                .iter()
+                .find(|r| r.case == c && r.run.policy == PolicyKind::Ideal.label())
+                .map(|r| &r.run)
+        };
+        ideal(row.case).or_else(|| {
+            let me = &cases[row.case].config;
+            (0..cases.len())
+                .filter(|&c| {
+                    c != row.case
+                        && ClusterConfig {
+                            report_mode: me.report_mode,
+                            ..cases[c].config.clone()
+                        } == *me
+                })
+                .find_map(ideal)
+        })
+    }
+
+    /// `row`'s mean and p99 response times as multiples of the ideal
+    /// dispatcher's on the same arrivals (`None` without an ideal run).
+    pub fn ratio_to_ideal(&self, row: &Row) -> Option<(f64, f64)> {
+        let ideal = self.ideal_for(row)?;
+        let (m, p) = (ideal.mean_response(), ideal.p99_response());
+        (m > 0.0 && p > 0.0).then(|| (row.run.mean_response() / m, row.run.p99_response() / p))
+    }
+
     /// The comparison table, aligned, one line per run.
     pub fn table(&self) -> String {
         let head = [
@@ -364,6 +398,8 @@ impl ScenarioReport {
             "mode",
             "mean ms",
             "p99 ms",
+            "mean/ideal",
+            "p99/ideal",
             "max/mean",
             "redir %",
             "lost %",
@@ -379,12 +415,19 @@ impl ScenarioReport {
             if x.unfinished > 0 {
                 mean.push_str(&format!(" ({} unfinished)", x.unfinished));
             }
+            let (mean_ratio, p99_ratio) = self
+                .ratio_to_ideal(r)
+                .map_or(("-".into(), "-".into()), |(m, p)| {
+                    (format!("{m:.2}x"), format!("{p:.2}x"))
+                });
             lines.push(vec![
                 self.scenario.cases[r.case].label.clone(),
                 x.policy.clone(),
                 x.mode.clone(),
                 mean,
                 format!("{:.1}", x.p99_response() * 1e3),
+                mean_ratio,
+                p99_ratio,
                 format!("{:.2}", x.imbalance),
                 format!("{:.1}", x.redirect_fraction * 100.0),
                 format!("{:.3}", x.error_fraction() * 100.0),
