@@ -31,6 +31,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod candidates;
 pub mod cli;
 pub mod config;
 pub mod demand;
