@@ -12,8 +12,8 @@
 //! empty in the last report is rarely empty now; a host that has just
 //! become idle and says so is. `docs/simulation.md` (issue 13) measures
 //! it: with advertisements and a threshold of 1 (serve only when idle) the
-//! mean response time is 1.1 to 1.6 x the ideal dispatcher's where the
-//! best report-only rule is 1.4 to 2.5 x.
+//! mean response time is 1.1 to 1.8 x the ideal dispatcher's where the
+//! best rule over reports alone is 1.4 to 3.7 x.
 //!
 //! The advertisements come from outside (the caller hands each one to
 //! [`JoinIdle::advertised_idle`]): the cluster protocol does not carry them
@@ -35,11 +35,11 @@ use std::collections::VecDeque;
 /// Configuration of [`JoinIdle`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct JoinIdleConfig {
-    /// Normalised load at and above which this host redirects (finite,
-    /// >= 0). With advertisements, 1.0 (serve only when idle) measured
-    /// best; without, about rho / (1 - rho) at the planned load, halved.
+    /// Normalised load at and above which this host redirects (finite and
+    /// not negative). With advertisements 1.0 (serve only when idle)
+    /// measured best; without them 2.0 at load 0.8 (`docs/simulation.md`).
     pub threshold: f64,
-    /// Advertisements kept; the oldest is dropped beyond (>= 1).
+    /// Advertisements kept, at least 1; beyond, the oldest is dropped.
     pub max_advertised: usize,
 }
 
