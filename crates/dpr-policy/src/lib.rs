@@ -5,16 +5,20 @@
 //! redirect it to which peer? It sees the new connection's
 //! `FlowKey` (and whether it already arrived from a
 //! peer), the [`LoadTable`] with this host's own load beside the peers',
-//! and an injected [`RandomSource`]. Four strategies, one module each:
+//! and an injected [`RandomSource`]. Six strategies, one module each:
 //! [`threshold`] (the seed design), [`least_load`], [`stateless_hash`]
-//! (weighted rendezvous over a bucket table) and [`two_choices`] (power of
-//! two choices). Each factors its pure selection function out so property
-//! tests reach it directly. [`metric`] describes how load is measured.
+//! (weighted rendezvous over a bucket table), [`two_choices`] (power of
+//! two choices), [`threshold_two_choices`] (threshold decides whether, two
+//! choices where) and [`join_idle`] (the same, preferring peers that
+//! advertised they were idle). Each factors its pure selection function out
+//! so property tests reach it directly. [`metric`] describes how load is
+//! measured.
 //!
 //! What this layer may not do: read a clock, a socket or a file, or draw
 //! randomness of its own; it keeps no per-connection state. The only state
 //! a strategy keeps is derived from the load table (the hash strategy's
-//! bucket table), rebuilt when the table's membership epoch moves. It never
+//! bucket table), rebuilt when the table's membership epoch moves, or
+//! handed to it by the caller (join-idle's idle advertisements). It never
 //! redirects a connection that arrived from a peer (one hop only) and never
 //! names a peer that is not `Alive` (dead, suspect, draining or left).
 //!
@@ -32,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod join_idle;
 pub mod least_load;
 pub mod metric;
 pub mod random;
@@ -44,6 +49,7 @@ pub mod two_choices;
 mod tests;
 
 pub use error::PolicyError;
+pub use join_idle::{JoinIdle, JoinIdleConfig};
 pub use least_load::LeastLoad;
 pub use random::{RandomSource, SplitMix64};
 pub use stateless_hash::{StatelessHash, StatelessHashConfig};

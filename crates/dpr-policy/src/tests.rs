@@ -107,6 +107,7 @@ fn strategies() -> Vec<Box<dyn Policy>> {
         ),
         Box::new(TwoChoices),
         Box::new(ThresholdTwoChoices::new(ThresholdConfig { threshold: 100.0 }).unwrap()),
+        Box::new(join_idle_with_ads(100.0, &[1, 2, 3, 7, 39])),
     ]
 }
 
@@ -286,6 +287,112 @@ fn threshold_two_choices_avoids_the_herd_and_respects_the_threshold() {
     );
 }
 
+/// A join-idle strategy holding advertisements from these peers (the last
+/// the freshest).
+fn join_idle_with_ads(threshold: f64, ads: &[u16]) -> JoinIdle {
+    let mut p = JoinIdle::new(JoinIdleConfig {
+        threshold,
+        ..JoinIdleConfig::default()
+    })
+    .unwrap();
+    for &a in ads {
+        p.advertised_idle(PeerId(a));
+    }
+    p
+}
+
+#[test]
+fn join_idle_select_rule() {
+    let (a, s) = (Some(PeerId(3)), Some((PeerId(4), 1.0)));
+    let serve = RedirectDecision::ServeLocally;
+    // Under the threshold: serve, whatever was advertised.
+    assert_eq!(join_idle::select(0.0, 1.0, a, s), serve);
+    // At it: the advertised peer first, even if sampled looks lighter.
+    assert_eq!(
+        join_idle::select(1.0, 1.0, a, Some((PeerId(4), 0.0))),
+        RedirectDecision::Redirect(PeerId(3))
+    );
+    // Without an advertisement: the thr-p2c rule (strictly lighter only).
+    assert_eq!(join_idle::select(1.0, 1.0, None, s), serve);
+    assert_eq!(
+        join_idle::select(2.0, 1.0, None, s),
+        RedirectDecision::Redirect(PeerId(4))
+    );
+    assert_eq!(join_idle::select(2.0, 1.0, None, None), serve);
+}
+
+#[test]
+fn join_idle_uses_each_advertisement_once_freshest_first() {
+    // Peers 1..=4 alive and reported busy; peer 5 suspect (never reported).
+    let mut peers = vec![(9u32, 1u8, 0u8, 0u8); 4];
+    peers.push((0, 1, 1, 0));
+    let t = table(3, &peers);
+    let mut p = join_idle_with_ads(1.0, &[2, 5, 3, 2]);
+    // Re-advertising refreshes: the list is now 5, 3, 2 (2 the freshest).
+    assert_eq!(
+        p.advertised().collect::<Vec<_>>(),
+        [PeerId(5), PeerId(3), PeerId(2)]
+    );
+    let mut rng = SplitMix64::new(1);
+    let c = NewConnection::from_client(flow(1));
+    assert_eq!(
+        p.decide(&c, &t, &mut rng),
+        RedirectDecision::Redirect(PeerId(2))
+    );
+    assert_eq!(
+        p.decide(&c, &t, &mut rng),
+        RedirectDecision::Redirect(PeerId(3))
+    );
+    // Peer 5 is not Alive: dropped, and with no advertisement left the
+    // sampled peers (all busier than this host) do not qualify.
+    assert_eq!(p.decide(&c, &t, &mut rng), RedirectDecision::ServeLocally);
+    assert_eq!(p.advertised().len(), 0);
+    // Bounded: the oldest advertisement goes first.
+    let mut q = JoinIdle::new(JoinIdleConfig {
+        threshold: 1.0,
+        max_advertised: 2,
+    })
+    .unwrap();
+    for a in 1..=3 {
+        q.advertised_idle(PeerId(a));
+    }
+    assert_eq!(q.advertised().collect::<Vec<_>>(), [PeerId(2), PeerId(3)]);
+    assert!(
+        JoinIdle::new(JoinIdleConfig {
+            threshold: 1.0,
+            max_advertised: 0
+        })
+        .is_err()
+    );
+    assert!(
+        JoinIdle::new(JoinIdleConfig {
+            threshold: -1.0,
+            ..JoinIdleConfig::default()
+        })
+        .is_err()
+    );
+}
+
+/// Without advertisements join-idle is threshold-two-choices: the same
+/// decisions from the same random stream.
+#[test]
+fn join_idle_without_advertisements_is_threshold_two_choices() {
+    let mut peers: Vec<PeerSpec> = (0..30)
+        .map(|i| (i * 7 % 40, 1 + (i % 3) as u8, 0, 0))
+        .collect();
+    peers.push((0, 1, 2, 0));
+    let mut j = join_idle_with_ads(10.0, &[]);
+    let mut p = ThresholdTwoChoices::new(ThresholdConfig { threshold: 10.0 }).unwrap();
+    for local in [0, 9, 10, 25, 60] {
+        let t = table(local, &peers);
+        let (mut r1, mut r2) = (SplitMix64::new(local.into()), SplitMix64::new(local.into()));
+        for i in 0..200 {
+            let c = NewConnection::from_client(flow(i));
+            assert_eq!(j.decide(&c, &t, &mut r1), p.decide(&c, &t, &mut r2));
+        }
+    }
+}
+
 /// Threshold-two-choices decides *whether* exactly as threshold does, so
 /// its threshold is in normalised units too: a host of capacity 2 serves up
 /// to 200 connections at threshold 100, not 400.
@@ -419,6 +526,27 @@ proptest! {
         if let RedirectDecision::Redirect(id) = d {
             prop_assert!(t.host_load(HostRef::Peer(id)) < t.local_load());
             prop_assert!(t.is_eligible(id));
+        }
+    }
+
+    /// Join-idle: never below the threshold, whatever it was told; above
+    /// it only Alive peers, and an unadvertised one only if lighter.
+    #[test]
+    fn join_idle_respects_threshold(
+        local in 0u32..300,
+        peers in prop::collection::vec(peer_spec(), 0..30),
+        ads in prop::collection::vec(1u16..40, 0..10),
+        seed: u64,
+    ) {
+        let t = table(local, &peers);
+        let mut p = join_idle_with_ads(100.0, &ads);
+        let d = p.decide(&NewConnection::from_client(flow(local)), &t, &mut SplitMix64::new(seed));
+        if t.local_load() < 100.0 {
+            prop_assert_eq!(d, RedirectDecision::ServeLocally);
+        }
+        if let RedirectDecision::Redirect(id) = d {
+            prop_assert!(t.is_eligible(id));
+            prop_assert!(ads.contains(&id.0) || t.host_load(HostRef::Peer(id)) < t.local_load());
         }
     }
 

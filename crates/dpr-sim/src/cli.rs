@@ -8,14 +8,15 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: dpr-sim <scenario> [--seed N] [--quick] [--jobs N] [--policies a,b,..]
-               [--plots DIR | --no-plots]
+               [--hosts N,..] [--plots DIR | --no-plots]
        dpr-sim --list
 
 Runs a named scenario of the DPR cluster simulator and prints the comparison
 table; writes SVG plots to DIR (default docs/img). --quick runs the small
 version (seconds). --jobs runs that many simulations at once (default 1);
 the output does not depend on it. --policies keeps only the policies with
-these labels (e.g. rr-dns,threshold-4,ideal).";
+these labels (e.g. rr-dns,threshold-4,ideal); --hosts only the cases of
+these cluster sizes.";
 
 /// Parsed options.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +33,8 @@ pub struct Options {
     pub plots: Option<PathBuf>,
     /// Only these policy labels (empty: all).
     pub policies: Vec<String>,
+    /// Only cases of these cluster sizes (empty: all).
+    pub hosts: Vec<usize>,
 }
 
 /// Parses `args` (without the program name). `Ok(None)`: help or list was
@@ -45,6 +48,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
         jobs: 1,
         plots: Some(PathBuf::from("docs/img")),
         policies: Vec::new(),
+        hosts: Vec::new(),
     };
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -71,6 +75,16 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--policies" => {
                 let v = it.next().ok_or("--policies needs a list")?;
                 opts.policies = v.split(',').map(str::to_string).collect();
+            }
+            "--hosts" => {
+                let v = it.next().ok_or("--hosts needs a list")?;
+                opts.hosts = v
+                    .split(',')
+                    .map(|n| {
+                        n.parse()
+                            .map_err(|_| format!("--hosts: {n} is not a number"))
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "--no-plots" => opts.plots = None,
             "--plots" => {
@@ -110,6 +124,15 @@ pub fn try_main(args: &[String]) -> Result<(), String> {
             scenario_names().join(", ")
         )
     })?;
+    if !opts.hosts.is_empty() {
+        sc.cases.retain(|c| opts.hosts.contains(&c.config.hosts));
+        if sc.cases.is_empty() {
+            return Err(format!(
+                "no case with {:?} hosts in this scenario",
+                opts.hosts
+            ));
+        }
+    }
     if !opts.policies.is_empty() {
         for c in &mut sc.cases {
             c.policies.retain(|p| opts.policies.contains(&p.label()));

@@ -1,6 +1,7 @@
 //! What a run simulates: the cluster, its clients, its protocol, its
 //! faults, and which policy routes new connections.
 
+use crate::candidates::{CandidateSpec, IdleAds};
 use crate::demand::Demand;
 use dpr_packet::control;
 
@@ -45,7 +46,23 @@ pub enum PolicyKind {
     /// A central least-connections dispatcher with perfect, instant
     /// knowledge and no redirect cost: the bound, not a DPR policy.
     Ideal,
+    /// A candidate of issue 13 (see [`crate::candidates`]).
+    Candidate(CandidateSpec),
+    /// `dpr_policy::JoinIdle` with this threshold, fed with idle
+    /// advertisements as [`JOIN_IDLE_ADS`] says: a message the cluster
+    /// protocol does not have yet, simulated here only.
+    JoinIdle(f64),
 }
+
+/// How hosts advertise idleness to the join-idle strategy: on becoming
+/// idle, to the peer that last redirected a connection to them and two
+/// random peers.
+pub const JOIN_IDLE_ADS: IdleAds = IdleAds {
+    watermark: 0,
+    fanout: 3,
+    to_redirector: true,
+    use_above: 0,
+};
 
 impl PolicyKind {
     /// The name used in tables and plots.
@@ -58,6 +75,17 @@ impl PolicyKind {
             PolicyKind::TwoChoices => "two-choices".into(),
             PolicyKind::ThresholdTwoChoices(t) => format!("thr-p2c-{t}"),
             PolicyKind::Ideal => "ideal".into(),
+            PolicyKind::Candidate(c) => c.label(),
+            PolicyKind::JoinIdle(t) => format!("join-idle-{t}"),
+        }
+    }
+
+    /// How hosts advertise idleness, for the policies that listen.
+    pub fn idle_ads(&self) -> Option<IdleAds> {
+        match self {
+            PolicyKind::Candidate(c) => c.idle,
+            PolicyKind::JoinIdle(_) => Some(JOIN_IDLE_ADS),
+            _ => None,
         }
     }
 
@@ -75,6 +103,8 @@ impl PolicyKind {
                 | PolicyKind::LeastLoad
                 | PolicyKind::TwoChoices
                 | PolicyKind::ThresholdTwoChoices(_)
+                | PolicyKind::Candidate(_)
+                | PolicyKind::JoinIdle(_)
         )
     }
 }

@@ -18,10 +18,12 @@
 //!                                                 │
 //!   event queue (BinaryHeap by time, then order of scheduling)
 //!     Arrival ─► client model picks a host ─► policy at that host
-//!                  (LoadTable + Threshold / LeastLoad / TwoChoices / hash)
+//!                  (LoadTable + Threshold / LeastLoad / TwoChoices / hash /
+//!                   ThresholdTwoChoices / JoinIdle / candidates)
 //!                  ├─ ServeLocally ─► join the host's processor-sharing queue
 //!                  └─ Redirect(p) ─► Join at p after the tunnel latency
-//!     Departure ─► response time ─► histogram, time series
+//!     Departure ─► response time ─► histogram, time series; a host left
+//!                  idle advertises it (join-idle, simulated message) ─► Idle
 //!     Tick ─► load report (full mesh: N-1 unicasts; gossip: k peers,
 //!             relayed entries) ─► apply_report at the receivers, later
 //!     Sample ─► load imbalance, knowledge age, health view
@@ -31,6 +33,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod candidates;
 pub mod cli;
 pub mod config;
 pub mod demand;

@@ -14,6 +14,7 @@
 //! [`decide_and_account`]. The model reads no clock: time is the event
 //! queue's, and every random draw comes from a stream seeded by the run.
 
+use crate::candidates::{Candidate, WithIdle};
 use crate::config::{
     AddressMode, ClientModel, ClusterConfig, FULL_MESH_REPORT_BYTES, GOSSIP_BASE_BYTES,
     GOSSIP_ENTRY_BYTES, PolicyKind, ReportMode,
@@ -25,13 +26,13 @@ use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
 use dpr_packet::{FlowKey, IpProtocol};
 use dpr_policy::{
-    LeastLoad, NewConnection, Policy, RandomSource, RedirectDecision, StatelessHash,
-    StatelessHashConfig, Threshold, ThresholdConfig, TwoChoices, decide_and_account,
+    JoinIdle, JoinIdleConfig, LeastLoad, NewConnection, Policy, RandomSource, RedirectDecision,
+    StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig, TwoChoices, decide_and_account,
 };
 use dpr_table::{
     Capacity, LoadFigures, LoadReport, LoadTable, LoadTableConfig, PeerId, PeerState, Timestamp,
 };
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 /// `f64` ordered by `total_cmp`, for heaps.
@@ -62,14 +63,38 @@ struct Entry {
 enum Ev {
     Arrival,
     FlashArrival,
-    Join { host: u32, conn: u32, epoch: u32 },
-    Departure { host: u32, generation: u64 },
-    Tick { host: u32, epoch: u32 },
-    Mesh { entry: Entry },
-    Gossip { to: u32, entries: Rc<[Entry]> },
+    Join {
+        host: u32,
+        conn: u32,
+        epoch: u32,
+        from: u32,
+    },
+    Departure {
+        host: u32,
+        generation: u64,
+    },
+    Tick {
+        host: u32,
+        epoch: u32,
+    },
+    Mesh {
+        entry: Entry,
+    },
+    Gossip {
+        to: u32,
+        entries: Rc<[Entry]>,
+    },
     Sample,
-    Down { host: u32 },
-    Up { host: u32 },
+    Down {
+        host: u32,
+    },
+    Up {
+        host: u32,
+    },
+    Idle {
+        to: u32,
+        from: u32,
+    },
 }
 
 struct Scheduled {
@@ -222,6 +247,13 @@ pub struct Sim {
     hosts: Vec<Host>,
     tables: Vec<LoadTable>,
     policies: Vec<Box<dyn Policy>>,
+    candidates: Vec<Candidate>,
+    join_idle: Vec<JoinIdle>,
+    /// Per host: peers that advertised they were idle (candidates only).
+    idle: Vec<VecDeque<PeerId>>,
+    rng_idle: Rng,
+    /// Per host: the peer that last redirected a connection to it.
+    last_redirector: Vec<Option<usize>>,
     shared_hash: Option<SharedHash>,
     ideal: Option<MinTree>,
     /// `know[observer * n + subject]`: the freshest entry the observer has.
@@ -289,6 +321,11 @@ impl Sim {
             hosts,
             tables: Vec::new(),
             policies: Vec::new(),
+            candidates: Vec::new(),
+            join_idle: Vec::new(),
+            idle: Vec::new(),
+            rng_idle: Rng::new(seed, 5),
+            last_redirector: Vec::new(),
             shared_hash: None,
             ideal: None,
             know: Vec::new(),
@@ -349,6 +386,21 @@ impl Sim {
                 sim.policies.push(p);
                 let _ = i;
             }
+        }
+        if let PolicyKind::Candidate(spec) = policy {
+            sim.candidates = (0..n).map(|_| Candidate::new(spec)).collect();
+            sim.idle = vec![VecDeque::new(); n];
+        }
+        if let PolicyKind::JoinIdle(threshold) = policy {
+            let p = JoinIdle::new(JoinIdleConfig {
+                threshold,
+                ..JoinIdleConfig::default()
+            })
+            .map_err(|e| format!("policy: {e}"))?;
+            sim.join_idle = vec![p; n];
+        }
+        if policy.idle_ads().is_some() {
+            sim.last_redirector = vec![None; n];
         }
         if policy == PolicyKind::StatelessHash {
             let phantom = Capacity {
@@ -459,7 +511,12 @@ impl Sim {
             match ev {
                 Ev::Arrival => self.on_arrival(t, false),
                 Ev::FlashArrival => self.on_arrival(t, true),
-                Ev::Join { host, conn, epoch } => self.on_join(t, host as usize, conn, epoch),
+                Ev::Join {
+                    host,
+                    conn,
+                    epoch,
+                    from,
+                } => self.on_join(t, host as usize, conn, epoch, from as usize),
                 Ev::Departure { host, generation } => {
                     self.on_departure(t, host as usize, generation)
                 }
@@ -469,6 +526,7 @@ impl Sim {
                 Ev::Sample => self.on_sample(t),
                 Ev::Down { host } => self.on_down(t, host as usize),
                 Ev::Up { host } => self.on_up(t, host as usize),
+                Ev::Idle { to, from } => self.on_idle(to as usize, from as usize),
             }
         }
         self.finish()
@@ -571,6 +629,21 @@ impl Sim {
             (Some(sh), PolicyKind::StatelessHash) => {
                 decide_and_account(&mut SharedHashPolicy(sh), &nc, table, &mut self.rng_policy)
             }
+            (_, PolicyKind::Candidate(spec)) if spec.idle.is_some() => decide_and_account(
+                &mut WithIdle {
+                    candidate: &mut self.candidates[host],
+                    idle: &mut self.idle[host],
+                },
+                &nc,
+                table,
+                &mut self.rng_policy,
+            ),
+            (_, PolicyKind::Candidate(_)) => {
+                decide_and_account(&mut self.candidates[host], &nc, table, &mut self.rng_policy)
+            }
+            (_, PolicyKind::JoinIdle(_)) => {
+                decide_and_account(&mut self.join_idle[host], &nc, table, &mut self.rng_policy)
+            }
             _ => decide_and_account(
                 self.policies[host].as_mut(),
                 &nc,
@@ -592,6 +665,7 @@ impl Sim {
                         host: p as u32,
                         conn,
                         epoch,
+                        from: host as u32,
                     },
                 );
             }
@@ -679,10 +753,13 @@ impl Sim {
         self.reschedule(h, t);
     }
 
-    fn on_join(&mut self, t: f64, h: usize, conn: u32, epoch: u32) {
+    fn on_join(&mut self, t: f64, h: usize, conn: u32, epoch: u32, from: usize) {
         if !self.hosts[h].up || self.hosts[h].epoch != epoch {
             self.lose(conn);
         } else {
+            if let Some(r) = self.last_redirector.get_mut(h) {
+                *r = Some(from);
+            }
             self.join(t, h, conn);
         }
     }
@@ -710,6 +787,56 @@ impl Sim {
         self.free.push(conn);
         self.load_changed(h);
         self.reschedule(h, t);
+        self.advertise_idle(t, h);
+    }
+
+    /// Idle advertisements: a host whose open connections just fell to the
+    /// watermark tells a few random peers.
+    fn advertise_idle(&mut self, t: f64, h: usize) {
+        let Some(ads) = self.policy.idle_ads() else {
+            return;
+        };
+        if self.hosts[h].active.len() != ads.watermark as usize || self.n < 2 {
+            return;
+        }
+        let counted = self.in_window(t);
+        let redirector = if ads.to_redirector {
+            self.last_redirector[h]
+        } else {
+            None
+        };
+        for i in 0..ads.fanout.min(self.n as u32 - 1) {
+            let to = match redirector {
+                Some(r) if i == 0 => r,
+                _ => {
+                    let to = self.rng_idle.below(self.n - 1);
+                    if to >= h { to + 1 } else { to }
+                }
+            };
+            if counted {
+                self.stats.msgs += 1;
+                self.stats.bytes += FULL_MESH_REPORT_BYTES;
+            }
+            self.push(
+                t + self.cfg.net_delay,
+                Ev::Idle {
+                    to: to as u32,
+                    from: h as u32,
+                },
+            );
+        }
+    }
+
+    fn on_idle(&mut self, to: usize, from: usize) {
+        if !self.hosts[to].up {
+            return;
+        }
+        if let Some(p) = self.join_idle.get_mut(to) {
+            p.advertised_idle(peer(from));
+        } else if let Some(list) = self.idle.get_mut(to) {
+            list.retain(|&p| p != peer(from));
+            list.push_back(peer(from));
+        }
     }
 
     fn on_tick(&mut self, t: f64, h: usize, epoch: u32) {
@@ -937,6 +1064,19 @@ impl Sim {
             // dead would reject a restarted sequence as stale).
             if let Ok(table) = self.fresh_table(h, t) {
                 self.tables[h] = table;
+            }
+            if let Some(list) = self.idle.get_mut(h) {
+                list.clear();
+            }
+            if let (Some(p), PolicyKind::JoinIdle(threshold)) =
+                (self.join_idle.get_mut(h), self.policy)
+            {
+                if let Ok(fresh) = JoinIdle::new(JoinIdleConfig {
+                    threshold,
+                    ..JoinIdleConfig::default()
+                }) {
+                    *p = fresh;
+                }
             }
             let n = self.n;
             for x in 0..n {

@@ -138,6 +138,7 @@ pub fn write_plots(report: &ScenarioReport, dir: &Path) -> Result<Vec<PathBuf>, 
         Ok(())
     };
     match sc.plot {
+        PlotKind::None => {}
         PlotKind::Cdf => {
             for (ci, case) in sc.cases.iter().enumerate() {
                 let series: Vec<Series> = report

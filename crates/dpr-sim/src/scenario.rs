@@ -4,6 +4,7 @@
 //! Every scenario has a full size (the figures in `docs/simulation.md`)
 //! and a quick size (seconds, for CI and a first look).
 
+use crate::candidates::{CandidateSpec, IdleAds, Pick, When};
 use crate::config::{
     AddressMode, ClientModel, ClusterConfig, Failure, Flash, PolicyKind, ReportMode,
 };
@@ -29,6 +30,8 @@ pub enum PlotKind {
     },
     /// Metrics over time, one plot per case.
     TimeSeries,
+    /// The table says it all.
+    None,
 }
 
 /// One configuration and the policies run on it.
@@ -79,7 +82,137 @@ pub struct ScenarioReport {
 
 /// The scenario names.
 pub fn scenario_names() -> &'static [&'static str] {
-    &["seed", "staleness", "failure", "scale", "flash", "mixed"]
+    &[
+        "seed",
+        "staleness",
+        "failure",
+        "scale",
+        "skew",
+        "candidates",
+        "flash",
+        "mixed",
+    ]
+}
+
+/// Share of all connections that reach host 0 in the skewed cases.
+pub const HOT_SHARE: f64 = 0.7;
+
+/// The cases of issue 13's goal: 4, 64 and 1,000 hosts at load 0.8,
+/// uniform clients or [`HOT_SHARE`] of them on host 0, full-mesh or gossip
+/// reports, each with `policies` (the ideal among them runs once per size
+/// and client model: it reads no reports).
+fn goal_cases(quick: bool, policies: &[PolicyKind]) -> Vec<Case> {
+    let sizes: &[usize] = if quick { &[4, 64] } else { &[4, 64, 1000] };
+    let mut cases = Vec::new();
+    for &n in sizes {
+        let big = n >= 256;
+        // As the scale scenario: quick runs simulate a tenth of the time.
+        let (duration, warmup) = if big { (13.0, 3.0) } else { (35.0, 5.0) };
+        let base = ClusterConfig {
+            load: 0.8,
+            duration: if quick { duration / 10.0 } else { duration },
+            warmup: if quick { warmup / 5.0 } else { warmup },
+            drain: if big { 5.0 } else { 30.0 },
+            ..ClusterConfig::new(n)
+        };
+        // `fraction` on host 0 on top of a uniform share that includes it.
+        let one = 1.0 / n as f64;
+        let hot = ClientModel::Hot {
+            fraction: ((HOT_SHARE - one) / (1.0 - one)).max(0.0),
+        };
+        for (clients, what) in [(ClientModel::Uniform, "uniform"), (hot, "70% on host0")] {
+            for mode in [ReportMode::FullMesh, ReportMode::GOSSIP] {
+                let ps: Vec<PolicyKind> = policies
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        mode == ReportMode::FullMesh || p.uses_tables() && *p != PolicyKind::Ideal
+                    })
+                    .collect();
+                cases.push(case(
+                    format!("{n} hosts, {what}, {}", mode.label()),
+                    n as f64,
+                    ClusterConfig {
+                        clients,
+                        report_mode: mode,
+                        ..base.clone()
+                    },
+                    ps,
+                ));
+            }
+        }
+    }
+    cases
+}
+
+/// The candidates of issue 13 (see [`crate::candidates`]), with the
+/// policy they must beat and the ideal.
+pub fn candidate_policies() -> Vec<PolicyKind> {
+    let c = |when, pick, lighter_by, idle| {
+        PolicyKind::Candidate(CandidateSpec {
+            when,
+            pick,
+            lighter_by,
+            idle,
+        })
+    };
+    let p2m = Pick::Sample { d: 2, memory: true };
+    let p3m = Pick::Sample { d: 3, memory: true };
+    let p2 = Pick::Sample {
+        d: 2,
+        memory: false,
+    };
+    let jiq = |watermark, fanout, to_redirector| {
+        Some(IdleAds {
+            watermark,
+            fanout,
+            to_redirector,
+            use_above: watermark,
+        })
+    };
+    let jiq_above = |use_above, fanout| {
+        Some(IdleAds {
+            watermark: 0,
+            fanout,
+            to_redirector: true,
+            use_above,
+        })
+    };
+    vec![
+        PolicyKind::ThresholdTwoChoices(DEFAULT_THRESHOLD),
+        PolicyKind::ThresholdTwoChoices(1.0),
+        PolicyKind::ThresholdTwoChoices(2.0),
+        c(When::Fixed(1.0), Pick::LeastRandomTie, 0.0, None),
+        c(When::Fixed(2.0), Pick::LeastRandomTie, 0.0, None),
+        c(When::Fixed(1.0), p2m, 0.0, None),
+        c(When::Fixed(1.0), p3m, 0.0, None),
+        c(When::Fixed(2.0), p3m, 0.0, None),
+        c(When::AboveMean(0.0), p2, 0.0, None),
+        c(When::AboveMean(0.0), p2m, 0.0, None),
+        c(When::AboveMean(0.5), p3m, 0.0, None),
+        c(When::AboveMean(1.0), p3m, 0.0, None),
+        c(When::Fixed(1.0), p3m, 1.0, None),
+        c(When::Fixed(1.0), p2m, 0.0, jiq(0, 1, false)),
+        c(When::Fixed(1.0), p2m, 0.0, jiq(0, 2, false)),
+        c(When::Fixed(1.0), p2m, 0.0, jiq(0, 3, false)),
+        c(When::Fixed(1.0), p2m, 0.0, jiq(0, 1, true)),
+        c(When::Fixed(1.0), p2m, 0.0, jiq(0, 2, true)),
+        c(When::Fixed(1.0), p2m, 0.0, jiq(0, 3, true)),
+        c(When::Fixed(1.0), p2, 0.0, jiq(0, 2, true)),
+        c(When::Fixed(1.0), p3m, 0.0, jiq(1, 2, true)),
+        c(When::Fixed(2.0), p2, 0.0, jiq(0, 2, true)),
+        c(When::Fixed(2.0), p2, 0.0, jiq(0, 3, true)),
+        c(When::AboveMean(0.0), p2, 0.0, jiq(0, 2, true)),
+        c(When::AboveMean(0.0), p2, 0.0, jiq(0, 3, true)),
+        c(When::Fixed(2.0), p2, 0.0, jiq_above(1, 2)),
+        c(When::Fixed(2.0), p2, 0.0, jiq_above(1, 3)),
+        c(When::Fixed(1.0), p2, 0.0, jiq(0, 3, true)),
+        c(When::Fixed(1.0), p2, 0.0, jiq(0, 4, true)),
+        c(When::Fixed(1.0), p2, 0.0, jiq(0, 6, true)),
+        c(When::Fixed(1.0), p3m, 0.0, jiq(0, 4, true)),
+        PolicyKind::JoinIdle(1.0),
+        PolicyKind::Ideal,
+    ]
 }
 
 fn all_policies() -> Vec<PolicyKind> {
@@ -231,11 +364,19 @@ pub fn scenario(name: &str, quick: bool) -> Option<Scenario> {
                     drain: if big { 5.0 } else { 30.0 },
                     ..ClusterConfig::new(n)
                 };
+                // Issue 13's two: thr-p2c at the threshold that ships, and
+                // join-idle with (simulated) idle advertisements.
+                let issue13 = [
+                    PolicyKind::ThresholdTwoChoices(2.0),
+                    PolicyKind::JoinIdle(1.0),
+                ];
+                let mut mesh = all_policies();
+                mesh.splice(mesh.len() - 1..mesh.len() - 1, issue13);
                 cases.push(case(
                     format!("{n} hosts, mesh"),
                     n as f64,
                     base.clone(),
-                    all_policies(),
+                    mesh,
                 ));
                 cases.push(case(
                     format!("{n} hosts, gossip"),
@@ -250,6 +391,8 @@ pub fn scenario(name: &str, quick: bool) -> Option<Scenario> {
                         PolicyKind::LeastLoad,
                         PolicyKind::TwoChoices,
                         PolicyKind::ThresholdTwoChoices(DEFAULT_THRESHOLD),
+                        issue13[0],
+                        issue13[1],
                     ],
                 ));
             }
@@ -260,6 +403,27 @@ pub fn scenario(name: &str, quick: bool) -> Option<Scenario> {
                 cases,
             }
         }
+        "skew" => Scenario {
+            name: "skew",
+            title: "Issue 13: 4, 64, 1,000 hosts at load 0.8, uniform or 70% on host0, mesh and gossip",
+            plot: PlotKind::None,
+            cases: goal_cases(
+                quick,
+                &[
+                    PolicyKind::RrDns,
+                    PolicyKind::ThresholdTwoChoices(DEFAULT_THRESHOLD),
+                    PolicyKind::ThresholdTwoChoices(2.0),
+                    PolicyKind::JoinIdle(1.0),
+                    PolicyKind::Ideal,
+                ],
+            ),
+        },
+        "candidates" => Scenario {
+            name: "candidates",
+            title: "Issue 13's candidates on the skew scenario's cases",
+            plot: PlotKind::None,
+            cases: goal_cases(quick, &candidate_policies()),
+        },
         "flash" => {
             let cfg = ClusterConfig {
                 load: 0.5,
@@ -356,6 +520,45 @@ pub fn run_scenario(
 }
 
 impl ScenarioReport {
+    /// The `ideal` run that `row`'s ratios refer to: the one in the same
+    /// case, else the one in a case that differs only by its report mode
+    /// (the ideal reads no reports, so it is the same run; the scale
+    /// scenario runs it once per size).
+    pub fn ideal_for(&self, row: &Row) -> Option<&RunReport> {
+        let cases = &self.scenario.cases;
+        let ideal = |c: usize| {
+            self.rows
+                .iter()
+                .find(|r| r.case == c && r.run.policy == PolicyKind::Ideal.label())
+                .map(|r| &r.run)
+        };
+        ideal(row.case).or_else(|| {
+            let me = &cases[row.case].config;
+            (0..cases.len())
+                .filter(|&c| {
+                    c != row.case
+                        && ClusterConfig {
+                            report_mode: me.report_mode,
+                            ..cases[c].config.clone()
+                        } == *me
+                })
+                .find_map(ideal)
+        })
+    }
+
+    /// `row`'s mean and p99 response times as multiples of the ideal
+    /// dispatcher's on the same arrivals (`None` without an ideal run, or
+    /// when over 1 % of `row`'s measured connections never finished: its
+    /// figures are those of the lucky ones).
+    pub fn ratio_to_ideal(&self, row: &Row) -> Option<(f64, f64)> {
+        if row.run.unfinished * 100 > row.run.arrivals {
+            return None;
+        }
+        let ideal = self.ideal_for(row)?;
+        let (m, p) = (ideal.mean_response(), ideal.p99_response());
+        (m > 0.0 && p > 0.0).then(|| (row.run.mean_response() / m, row.run.p99_response() / p))
+    }
+
     /// The comparison table, aligned, one line per run.
     pub fn table(&self) -> String {
         let head = [
@@ -364,6 +567,8 @@ impl ScenarioReport {
             "mode",
             "mean ms",
             "p99 ms",
+            "mean/ideal",
+            "p99/ideal",
             "max/mean",
             "redir %",
             "lost %",
@@ -379,12 +584,19 @@ impl ScenarioReport {
             if x.unfinished > 0 {
                 mean.push_str(&format!(" ({} unfinished)", x.unfinished));
             }
+            let (mean_ratio, p99_ratio) = self
+                .ratio_to_ideal(r)
+                .map_or(("-".into(), "-".into()), |(m, p)| {
+                    (format!("{m:.2}x"), format!("{p:.2}x"))
+                });
             lines.push(vec![
                 self.scenario.cases[r.case].label.clone(),
                 x.policy.clone(),
                 x.mode.clone(),
                 mean,
                 format!("{:.1}", x.p99_response() * 1e3),
+                mean_ratio,
+                p99_ratio,
                 format!("{:.2}", x.imbalance),
                 format!("{:.1}", x.redirect_fraction * 100.0),
                 format!("{:.3}", x.error_fraction() * 100.0),

@@ -137,3 +137,47 @@ fn failures_lose_connections_and_peers_stop_redirecting_to_the_dead() {
     let v = run(&vip, PolicyKind::LeastLoad, 4).unwrap();
     assert!(v.errors * 5 < r.errors, "{} vs {}", v.errors, r.errors);
 }
+
+/// Issue 13: the ratios to the ideal dispatcher measured on the quick skew
+/// cases (deterministic: the same seed gives the same figures), with a
+/// little room for harmless changes of the model. join-idle needs idle
+/// advertisements the protocol does not carry yet; thr-p2c-2 is what ships
+/// without them. The full-size figures are in docs/simulation.md.
+#[test]
+fn skew_quick_policies_stay_within_their_measured_ratios_to_ideal() {
+    let mut sc = scenario("skew", true).unwrap();
+    let keep = ["thr-p2c-2", "join-idle-1", "ideal"];
+    for c in &mut sc.cases {
+        c.policies.retain(|p| keep.contains(&p.label().as_str()));
+    }
+    let rep = run_scenario(&sc, 1, 2, &quiet).unwrap();
+    // (case label, policy, mean ratio at most, p99 ratio at most).
+    let bounds = [
+        ("4 hosts, uniform, mesh", "join-idle-1", 1.13, 1.00),
+        ("4 hosts, 70% on host0, mesh", "join-idle-1", 1.20, 1.18),
+        ("64 hosts, uniform, mesh", "join-idle-1", 1.30, 1.18),
+        ("64 hosts, uniform, gossip", "join-idle-1", 1.30, 1.17),
+        ("64 hosts, 70% on host0, mesh", "join-idle-1", 1.49, 1.43),
+        ("64 hosts, 70% on host0, gossip", "join-idle-1", 1.64, 1.67),
+        ("4 hosts, uniform, mesh", "thr-p2c-2", 1.29, 0.89),
+        ("4 hosts, 70% on host0, mesh", "thr-p2c-2", 1.76, 1.89),
+        ("64 hosts, uniform, mesh", "thr-p2c-2", 1.61, 1.76),
+        ("64 hosts, 70% on host0, mesh", "thr-p2c-2", 2.31, 2.30),
+    ];
+    for (case, policy, mean, p99) in bounds {
+        let row = rep
+            .rows
+            .iter()
+            .find(|r| sc.cases[r.case].label == case && r.run.policy == policy)
+            .unwrap();
+        let (m, p) = rep.ratio_to_ideal(row).unwrap();
+        assert!(m <= mean, "{case} {policy}: mean {m:.3}x ideal > {mean}");
+        assert!(p <= p99, "{case} {policy}: p99 {p:.3}x ideal > {p99}");
+    }
+    // With advertisements, join-idle beats thr-p2c-2 in every case.
+    for (i, c) in sc.cases.iter().enumerate() {
+        let ji = find(&rep.rows, i, "join-idle-1").mean_response();
+        let tp = find(&rep.rows, i, "thr-p2c-2").mean_response();
+        assert!(ji < tp, "{}: join-idle {ji} vs thr-p2c-2 {tp}", c.label);
+    }
+}
