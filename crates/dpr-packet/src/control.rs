@@ -43,6 +43,8 @@ pub const REPORT_PREFIX_LEN: usize = 4;
 pub const REPLY_PREFIX_LEN: usize = 12;
 /// Bytes of a recovery request body.
 pub const REQUEST_LEN: usize = 8;
+/// Bytes of an idle advertisement's body (one reserved word).
+pub const IDLE_LEN: usize = 4;
 /// The largest message this version sends: with IPv6 and UDP headers (48
 /// bytes) it fits a 1,500-byte path with room for a tunnel.
 pub const MAX_MESSAGE_LEN: usize = 1400;
@@ -64,6 +66,9 @@ pub enum MessageKind {
     /// and cut (answered RST to their clients) while the receiver was dead
     /// or gone: the receiver's own sockets of those flows are stale.
     CutNotice,
+    /// The sender has just become idle (no open connection): a host over
+    /// its threshold may send it the next new connection (join-idle).
+    IdleAdvert,
     /// A kind this version does not know: data, not an error.
     Unknown(u8),
 }
@@ -75,6 +80,7 @@ impl From<u8> for MessageKind {
             2 => Self::RecoveryRequest,
             3 => Self::RecoveryReply,
             4 => Self::CutNotice,
+            5 => Self::IdleAdvert,
             v => Self::Unknown(v),
         }
     }
@@ -87,6 +93,7 @@ impl From<MessageKind> for u8 {
             MessageKind::RecoveryRequest => 2,
             MessageKind::RecoveryReply => 3,
             MessageKind::CutNotice => 4,
+            MessageKind::IdleAdvert => 5,
             MessageKind::Unknown(v) => v,
         }
     }
@@ -214,6 +221,8 @@ pub enum Body<'a> {
     /// One chunk of a cut notice: the same layout as a recovery reply,
     /// its request id 0.
     CutNotice(ReplyView<'a>),
+    /// An idle advertisement (its body is a reserved zero word).
+    IdleAdvert,
     /// A kind this version does not know (body not interpreted).
     Unknown(&'a [u8]),
 }
@@ -374,6 +383,15 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>> {
             }
         }
         MessageKind::RecoveryReply => Body::RecoveryReply(parse_reply(body)?),
+        MessageKind::IdleAdvert => {
+            if body.len() != IDLE_LEN {
+                return Err(bad(6, Malformed::TotalLength));
+            }
+            if be32(body, 0) != 0 {
+                return Err(bad(HEADER_LEN, Malformed::FieldValue));
+            }
+            Body::IdleAdvert
+        }
         MessageKind::CutNotice => {
             let r = parse_reply(body)?;
             // The request id field is reserved here.
@@ -718,6 +736,21 @@ pub fn emit_recovery_request(buf: &mut [u8], h: &Header, request_id: u32) -> Res
     put32(buf, HEADER_LEN, request_id);
     put32(buf, HEADER_LEN + 4, 0);
     Ok(HEADER_LEN + REQUEST_LEN)
+}
+
+/// Writes an idle advertisement; returns the signed length (see
+/// [`emit_report`]).
+pub fn emit_idle_advert(buf: &mut [u8], h: &Header) -> Result<usize> {
+    emit_header(
+        buf,
+        &Header {
+            kind: MessageKind::IdleAdvert,
+            ..*h
+        },
+        IDLE_LEN,
+    )?;
+    put32(buf, HEADER_LEN, 0);
+    Ok(HEADER_LEN + IDLE_LEN)
 }
 
 /// Writes one chunk of a recovery reply; returns the signed length (see

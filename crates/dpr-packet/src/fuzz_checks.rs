@@ -370,6 +370,7 @@ pub fn control(data: &[u8]) {
                 &flows,
             )
         }
+        Body::IdleAdvert => control::emit_idle_advert(&mut out, &m.header),
         Body::CutNotice(r) => {
             let flows: Vec<_> = r.flows().collect();
             assert_eq!(flows.len(), r.flow_count());

@@ -15,9 +15,9 @@
 //! mean response time is 1.1 to 1.8 x the ideal dispatcher's where the
 //! best rule over reports alone is 1.4 to 3.7 x.
 //!
-//! The advertisements come from outside (the caller hands each one to
-//! [`JoinIdle::advertised_idle`]): the cluster protocol does not carry them
-//! yet. Without any, this strategy decides exactly as
+//! The advertisements come from outside: the cluster protocol's idle
+//! advertisement (control kind 5) reaches [`Policy::peer_idle`], which is
+//! [`JoinIdle::advertised_idle`]. Without any, this strategy decides exactly as
 //! [`ThresholdTwoChoices`](crate::ThresholdTwoChoices) with the same
 //! threshold.
 //!
@@ -159,5 +159,9 @@ impl Policy for JoinIdle {
 
     fn name(&self) -> &'static str {
         "join-idle"
+    }
+
+    fn peer_idle(&mut self, peer: PeerId) {
+        self.advertised_idle(peer);
     }
 }

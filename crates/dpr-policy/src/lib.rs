@@ -102,6 +102,11 @@ pub trait Policy {
 
     /// A short name for status output.
     fn name(&self) -> &'static str;
+
+    /// `peer` advertised that it has just become idle (the cluster
+    /// protocol's idle advertisement). Only strategies that use it
+    /// (join-idle) do anything.
+    fn peer_idle(&mut self, _peer: PeerId) {}
 }
 
 /// Runs `policy`, enforces the two rules whatever the strategy returned

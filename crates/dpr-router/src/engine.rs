@@ -92,6 +92,8 @@ pub struct Engine {
     draining: bool,
     recovering: bool,
     decisions: VecDeque<DecisionRecord>,
+    /// The peer that last redirected a new connection here.
+    last_redirector: Option<PeerId>,
     /// While a load measurement runs: connections opened (true) and ended
     /// (false) here since it began.
     measuring: Option<Vec<(FlowKey, bool)>>,
@@ -146,6 +148,7 @@ impl Engine {
             recovering: false,
             decisions: VecDeque::new(),
             measuring: None,
+            last_redirector: None,
             cut: Vec::new(),
             cfg,
         })
@@ -430,6 +433,17 @@ impl Engine {
     /// Connections this host serves for peers (`Route::Peer(origin)`).
     pub fn served(&self) -> &ConnTable<WideKey> {
         &self.served
+    }
+
+    /// `peer` advertised that it has just become idle: the policy hears
+    /// it (join-idle sends it the next connection it redirects).
+    pub fn peer_idle(&mut self, peer: PeerId) {
+        self.policy.peer_idle(peer);
+    }
+
+    /// The peer that last redirected a new connection here, if any.
+    pub fn last_redirector(&self) -> Option<PeerId> {
+        self.last_redirector
     }
 
     fn remember_cut(&mut self, p: PeerId, flow: FlowKey) {
@@ -865,6 +879,7 @@ impl Engine {
                 }
                 self.counters.c.new_from_peer += 1;
                 self.counters.peer(origin).served_connections += 1;
+                self.last_redirector = Some(origin);
                 self.local_opened(inner.flow);
             } else if outcome == PacketOutcome::Unknown && !flags.contains(TcpFlags::RST) {
                 // Mid-connection and not in the table (this host restarted,

@@ -796,3 +796,46 @@ fn connections_cut_while_a_peer_was_down_are_named_to_it_when_it_is_back() {
     assert_eq!(c.hosts[1].node.counters().cut_flows_received, 1);
     assert_eq!(c.hosts[1].node.poll_abort(), None);
 }
+
+/// Join-idle over the protocol: a host whose load falls to zero tells its
+/// peers (an idle advertisement); a join-idle host over its threshold then
+/// sends its next new connection there, even where reports say another
+/// peer is as idle, and uses each advertisement once.
+#[test]
+fn an_idle_advertisement_draws_the_next_redirect() {
+    use dpr_policy::{JoinIdle, JoinIdleConfig};
+    let cfg = ClusterConfig {
+        idle_advert_fanout: 3,
+        ..cfg(4)
+    };
+    let mut c = Cluster::new(cfg, |_| {
+        Box::new(
+            JoinIdle::new(JoinIdleConfig {
+                threshold: 1.0,
+                ..JoinIdleConfig::default()
+            })
+            .unwrap(),
+        )
+    })
+    .unwrap();
+    for (i, l) in [(0, 10), (1, 0), (2, 0), (3, 1)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(INTERVAL * 2);
+    // Nothing changed state: no advertisement yet.
+    assert_eq!(c.hosts[0].node.counters().idle_adverts_received, 0);
+    // Host 3 finishes its connection: it says so to its three peers.
+    c.hosts[3].forced_load = Some(0);
+    c.run_for(INTERVAL / 5);
+    assert_eq!(c.hosts[3].node.counters().idle_adverts_sent, 3);
+    assert_eq!(c.hosts[0].node.counters().idle_adverts_received, 1);
+    // Host 0 is over its threshold: the next connection goes to host 3,
+    // before its next report says it is idle.
+    let port = c.connect(0, 0, true);
+    c.settle(Duration::from_millis(5));
+    assert_eq!(routed_to(&c, 0, 0, port), Some(PeerId(3)));
+    // Used once: the next one goes by sampling (any peer less loaded).
+    let port = c.connect(1, 0, true);
+    c.settle(Duration::from_millis(5));
+    assert!(routed_to(&c, 0, 1, port).is_some());
+}

@@ -149,9 +149,17 @@ pub enum PolicyKind {
     /// Power of two choices.
     P2c,
     /// Serve below the threshold, else the less loaded of two sampled
-    /// peers (what `docs/simulation.md` recommends).
+    /// peers (what `docs/simulation.md` recommends over reports alone).
     ThrP2c,
+    /// Serve below the threshold, else the freshest peer that advertised
+    /// it was idle, else as thr-p2c; this host advertises when it becomes
+    /// idle (`docs/simulation.md`, section 6).
+    JoinIdle,
 }
+
+/// Peers a join-idle host tells when it becomes idle (the simulator's
+/// model, `docs/simulation.md` section 6).
+pub const IDLE_ADVERT_FANOUT: usize = 3;
 
 /// `[policy]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -485,6 +493,9 @@ impl Config {
         n.recovery_timeout = Duration::from_millis(c.recovery_timeout_ms);
         n.drain_deadline = Duration::from_secs(c.drain_deadline_s);
         n.seed = self.policy.seed ^ u64::from(self.host.id) << 48;
+        if self.policy.kind == PolicyKind::JoinIdle {
+            n.idle_advert_fanout = IDLE_ADVERT_FANOUT;
+        }
         n
     }
 
@@ -764,6 +775,12 @@ impl Config {
             PolicyKind::ThrP2c => Box::new(ThresholdTwoChoices::new(ThresholdConfig {
                 threshold: self.policy.threshold,
             })?),
+            PolicyKind::JoinIdle => {
+                Box::new(dpr_policy::JoinIdle::new(dpr_policy::JoinIdleConfig {
+                    threshold: self.policy.threshold,
+                    ..dpr_policy::JoinIdleConfig::default()
+                })?)
+            }
         })
     }
 

@@ -112,6 +112,11 @@ impl ControlPlane {
         }
     }
 
+    /// Tells peers when this host has just become idle (join-idle).
+    pub fn check_idle(&mut self, now: Clock, engine: &Engine) {
+        self.node.check_idle(now, engine);
+    }
+
     /// The next connection a peer cut while this host was away (client to
     /// service): its socket here, if any, is to be aborted.
     pub fn poll_abort(&mut self) -> Option<dpr_packet::FlowKey> {

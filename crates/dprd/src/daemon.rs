@@ -71,6 +71,12 @@ impl Policy for SwappablePolicy {
     fn name(&self) -> &'static str {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).name()
     }
+    fn peer_idle(&mut self, peer: dpr_table::PeerId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peer_idle(peer);
+    }
 }
 
 fn clock(shared: &Shared) -> Clock {
@@ -347,6 +353,7 @@ impl crate::config::PolicySection {
             crate::config::PolicyKind::Hash => "hash",
             crate::config::PolicyKind::P2c => "p2c",
             crate::config::PolicyKind::ThrP2c => "thr-p2c",
+            crate::config::PolicyKind::JoinIdle => "join-idle",
         }
     }
 }
@@ -453,6 +460,14 @@ impl LoopCtx {
                 self.control.counters().cut_flows_received,
             ),
             ("cut_sockets_aborted", self.cut_aborted),
+            (
+                "idle_adverts_sent",
+                self.control.counters().idle_adverts_sent,
+            ),
+            (
+                "idle_adverts_received",
+                self.control.counters().idle_adverts_received,
+            ),
             ("xsk_tx_full", s.xsk_tx_full.load(Ordering::Relaxed)),
             (
                 "xsk_rx_ring_full",
@@ -789,6 +804,7 @@ async fn control_loop(
                 }
                 let mut e = ctx.shared.lock();
                 e.tick(now.mono, 256);
+                ctx.control.check_idle(now, &e);
                 if now.mono >= ctx.control.poll_timeout() {
                     ctx.control.handle_timeout(now, &mut e);
                 }

@@ -896,8 +896,19 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
         rate: opt(args, "--rate", 150.0)?,
         seed: opt(args, "--seed", 1u64)?,
     };
-    if !["threshold", "least-load", "hash", "p2c", "thr-p2c"].contains(&o.spec.policy.as_str()) {
-        return Err("--policy must be threshold, least-load, hash, p2c or thr-p2c".into());
+    if ![
+        "threshold",
+        "least-load",
+        "hash",
+        "p2c",
+        "thr-p2c",
+        "join-idle",
+    ]
+    .contains(&o.spec.policy.as_str())
+    {
+        return Err(
+            "--policy must be threshold, least-load, hash, p2c, thr-p2c or join-idle".into(),
+        );
     }
     if !(0.0..=1.0).contains(&o.skew)
         || !(1.0..=120.0).contains(&o.duration)
@@ -926,7 +937,7 @@ redirected while under its threshold.
 Everything it creates is removed at the end, also on error or Ctrl-C.
   --hosts N         2..=8
   --skew F          share of the arrivals on h0, 0..=1
-  --policy NAME     threshold, least-load, hash, p2c or thr-p2c
+  --policy NAME     threshold, least-load, hash, p2c, thr-p2c or join-idle
   --threshold F     threshold and thr-p2c: the load at which redirecting starts
   --duration S      seconds of load per phase, 1..=120
   --rate R          connections per second, 1..=1000

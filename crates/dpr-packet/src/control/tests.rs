@@ -124,6 +124,26 @@ fn recovery_messages_round_trip() {
 }
 
 #[test]
+fn idle_advert_round_trips_and_its_word_is_reserved() {
+    let mut buf = vec![0u8; 256];
+    let n = emit_idle_advert(&mut buf, &header()).unwrap();
+    assert_eq!(n, HEADER_LEN + IDLE_LEN);
+    assert_eq!(buf[3], 5, "kind 5");
+    let m = parse(&buf[..n + TAG_LEN]).unwrap();
+    assert_eq!(m.header.kind, MessageKind::IdleAdvert);
+    assert!(matches!(m.body, Body::IdleAdvert));
+    crate::fuzz_checks::control(&buf[..n + TAG_LEN]);
+    buf[HEADER_LEN] = 1;
+    let e = parse(&buf[..n + TAG_LEN]).unwrap_err();
+    assert_eq!(usize::from(e.offset), HEADER_LEN);
+    // A longer body: the lengths disagree.
+    let mut long = vec![0u8; 256];
+    let n = emit_cut_notice(&mut long, &header(), 0, 1, &[]).unwrap();
+    long[3] = 5;
+    assert!(parse(&long[..n + TAG_LEN]).is_err());
+}
+
+#[test]
 fn cut_notice_round_trips_and_its_request_id_is_reserved() {
     let mut buf = vec![0u8; 4096];
     let f4 = FlowKey::new(IpProtocol::Tcp, v4(100), 40000, v4(1), 80);

@@ -145,6 +145,9 @@ pub struct NodeConfig {
     pub drain_deadline: Duration,
     /// Reports announcing `Leaving` before the node says it has left.
     pub leave_announcements: u32,
+    /// Peers told when this host becomes idle (its load falls to zero),
+    /// for the join-idle policy; 0: none.
+    pub idle_advert_fanout: usize,
     /// Seed for jitter and fan-out choices.
     pub seed: u64,
 }
@@ -164,6 +167,7 @@ impl NodeConfig {
             recover_on_start: true,
             drain_deadline: Duration::from_secs(300),
             leave_announcements: 3,
+            idle_advert_fanout: 0,
             seed: 0x0063_6c75_7374_6572,
         }
     }
@@ -316,6 +320,10 @@ pub struct ClusterCounters {
     /// Flows named in cut notices received and handed to the host to
     /// abort (its sockets of them serve nobody).
     pub cut_flows_received: u64,
+    /// Idle advertisements sent (one per peer told).
+    pub idle_adverts_sent: u64,
+    /// Idle advertisements received and handed to the policy.
+    pub idle_adverts_received: u64,
 }
 
 impl ClusterCounters {
@@ -463,6 +471,8 @@ pub struct Node {
     outbox: VecDeque<Transmit>,
     /// Flows peers cut: the host's sockets of them are to be aborted.
     aborts: VecDeque<FlowKey>,
+    /// This host had connections at the last [`Node::check_idle`].
+    was_busy: bool,
     relay_cursor: usize,
     counters: ClusterCounters,
 }
@@ -517,6 +527,7 @@ impl Node {
             recovery: None,
             outbox: VecDeque::new(),
             aborts: VecDeque::new(),
+            was_busy: false,
             relay_cursor: 0,
             counters: ClusterCounters::default(),
             keys,
@@ -975,6 +986,10 @@ impl Node {
             }
             Body::RecoveryReply(r) => self.on_reply(now, sender, &r, engine),
             Body::CutNotice(r) => self.on_cut(sender, &r, engine),
+            Body::IdleAdvert => {
+                self.counters.idle_adverts_received += 1;
+                engine.peer_idle(sender);
+            }
             Body::Unknown(_) => return Err(Reject::UnknownKind),
         }
         Ok(h.kind)
@@ -1114,6 +1129,42 @@ impl Node {
             if self.aborts.len() < MAX_ABORTS {
                 self.aborts.push_back(f);
                 self.counters.cut_flows_received += 1;
+            }
+        }
+    }
+
+    /// Call often (every few milliseconds): when this host's load has just
+    /// fallen to zero, tells `idle_advert_fanout` peers it is idle, the
+    /// first the peer that last redirected a connection here (it is the
+    /// likeliest to have more), the others at random. Join-idle hosts over
+    /// their threshold send their next new connection to the freshest
+    /// idle peer they heard of, each once: news a report interval old is
+    /// stale by tens of service times, an advertisement is not.
+    pub fn check_idle(&mut self, now: Clock, engine: &Engine) {
+        let busy = engine.loads().local_load() > 0.0;
+        let became_idle = self.was_busy && !busy;
+        self.was_busy = busy;
+        let k = self.cfg.idle_advert_fanout;
+        if !became_idle || k == 0 || self.phase != NodePhase::Active {
+            return;
+        }
+        let first = engine
+            .last_redirector()
+            .and_then(|p| self.peers.get(&p))
+            .map(|p| p.cfg.tunnel_addr);
+        let mut to: Vec<IpAddr> = first.into_iter().collect();
+        for a in self.pick(k + 1) {
+            if to.len() < k && !to.contains(&a) {
+                to.push(a);
+            }
+        }
+        for t in to {
+            let h = self.header(MessageKind::IdleAdvert, now);
+            let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+            if let Ok(n) = control::emit_idle_advert(&mut buf, &h) {
+                self.counters.idle_adverts_sent += 1;
+                let payload = self.seal(buf, n);
+                self.outbox.push_back(Transmit { to: t, payload });
             }
         }
     }

@@ -72,6 +72,8 @@ pub struct ClusterConfig {
     pub suspect_after_missed: u32,
     /// Adjusts each host's engine configuration (index, config).
     pub tweak: fn(usize, &mut EngineConfig),
+    /// Peers each host tells when it becomes idle (join-idle); 0: none.
+    pub idle_advert_fanout: usize,
 }
 
 impl Default for ClusterConfig {
@@ -89,6 +91,7 @@ impl Default for ClusterConfig {
             report_mode: ReportMode::FullMesh,
             suspect_after_missed: 1,
             tweak: |_, _| {},
+            idle_advert_fanout: 0,
         }
     }
 }
@@ -286,6 +289,7 @@ impl Cluster {
         nc.mode = self.cfg.report_mode;
         nc.recovery_timeout = self.cfg.report_interval * 10;
         nc.seed = self.cfg.seed ^ (i as u64) << 40;
+        nc.idle_advert_fanout = self.cfg.idle_advert_fanout;
         nc
     }
 
@@ -545,12 +549,13 @@ impl Cluster {
             };
             let _ = h.engine.set_local_load(figures, Capacity::default());
             h.engine.tick(now.mono, 256);
+            h.node.check_idle(now, &h.engine);
             h.next_tick = now.mono.0 + tick;
         }
         if now.mono >= h.node.poll_timeout() {
             h.node.handle_timeout(now, &mut h.engine);
-            self.flush_control(i);
         }
+        self.flush_control(i);
     }
 
     fn flush_control(&mut self, i: usize) {
