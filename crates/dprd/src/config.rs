@@ -180,7 +180,7 @@ pub struct PolicySection {
 impl Default for PolicySection {
     fn default() -> Self {
         Self {
-            kind: PolicyKind::ThrP2c,
+            kind: PolicyKind::JoinIdle,
             threshold: 100.0,
             hash_seed: 0x0064_7072,
             hash_buckets: 65_536,

@@ -870,7 +870,7 @@ impl LabOptions {
 /// `dprd lab`'s policy when none is given: the one the simulator and the
 /// lab measured closest to the ideal dispatcher (docs/simulation.md,
 /// section 6), as `dprd`'s own default is.
-pub const LAB_POLICY: &str = "thr-p2c";
+pub const LAB_POLICY: &str = "join-idle";
 
 /// `dprd lab`'s threshold when none is given: its hosts' two service
 /// slots (and the simulator's best threshold at load 0.8). [`LabSpec`]'s
@@ -921,7 +921,7 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
 
 /// What `dprd lab --help` prints.
 pub const USAGE: &str = "\
-USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy thr-p2c] [--threshold 2.0]
+USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0]
                 [--duration 8] [--rate 150] [--seed 1] [--service-ms 20] [--workers 2]
                 [--size 2000] [--backend tun]
 
@@ -938,7 +938,7 @@ Everything it creates is removed at the end, also on error or Ctrl-C.
   --hosts N         2..=8
   --skew F          share of the arrivals on h0, 0..=1
   --policy NAME     threshold, least-load, hash, p2c, thr-p2c or join-idle
-  --threshold F     threshold and thr-p2c: the load at which redirecting starts
+  --threshold F     threshold, thr-p2c and join-idle: the load at which redirecting starts
   --duration S      seconds of load per phase, 1..=120
   --rate R          connections per second, 1..=1000
   --seed N          the load generator's seed (the same in every phase)

@@ -17,7 +17,7 @@ USAGE (`dprd COMMAND --help`: one command's usage):
   dprd sim SCENARIO [--quick] [--seed N] [--plots DIR | --no-plots] [--jobs N]
                                   the cluster simulator: policies compared on one trace (no root;
                                   `dprd sim --list` names the scenarios; docs/simulation.md)
-  dprd lab [--hosts 4] [--skew 0.7] [--policy thr-p2c] [--threshold 2.0] [--duration 8]
+  dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0] [--duration 8]
            [--rate 150] [--seed 1] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
                                   a cluster in network namespaces (root): DPR off (RR-DNS), an
                                   ideal (central JSQ) and DPR on under one load, and the ground
