@@ -1214,6 +1214,37 @@ fn hosts_under_their_threshold_serve_locally() {
     }
 }
 
+/// Join-idle between real daemons: hosts that fall idle advertise it over
+/// the cluster protocol, the overloaded host hears it and redirects; every
+/// connection is answered.
+#[test]
+fn join_idle_hosts_advertise_and_take_the_overflow() {
+    let Some(_g) = root_or_skip("join_idle") else {
+        return;
+    };
+    let lab = cluster(LabSpec {
+        policy: "join-idle".into(),
+        threshold: 2.0,
+        ..spec("tun")
+    });
+    let r = ok(lab.load(150.0, 3.0, 0.7, "join-idle"));
+    let errors: usize = r.values().map(|t| t.errors).sum();
+    assert_eq!(errors, 0);
+    let sent: u64 = (1..4)
+        .map(|i| io(&status(&lab, i), "idle_adverts_sent"))
+        .sum();
+    let s0 = status(&lab, 0);
+    eprintln!(
+        "peers sent {sent} idle advertisements; h0 received {} and redirected {}",
+        io(&s0, "idle_adverts_received"),
+        event(&s0, "new_redirected")
+    );
+    assert_eq!(s0.policy, "join-idle");
+    assert!(sent > 0, "no peer advertised");
+    assert!(io(&s0, "idle_adverts_received") > 0, "h0 heard none");
+    assert!(event(&s0, "new_redirected") > 0, "h0 redirected nothing");
+}
+
 /// Every test runs on the TUN backend and on AF_XDP in native and generic mode.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
