@@ -40,8 +40,8 @@ pub enum PolicyKind {
     TwoChoices,
     /// Threshold decides whether, two choices decides where: below this
     /// threshold serve here; above it, redirect to the less loaded of two
-    /// capacity-weighted samples if it is less loaded than this host. Not
-    /// (yet) a `dpr-policy` strategy: composed here from the real pieces.
+    /// capacity-weighted samples if it is less loaded than this host
+    /// (`dpr_policy::ThresholdTwoChoices`).
     ThresholdTwoChoices(f64),
     /// A central least-connections dispatcher with perfect, instant
     /// knowledge and no redirect cost: the bound, not a DPR policy.
