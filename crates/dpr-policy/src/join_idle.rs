@@ -27,7 +27,7 @@
 use crate::error::PolicyError;
 use crate::random::RandomSource;
 use crate::threshold::{self, Threshold};
-use crate::threshold_two_choices::best_of_two;
+use crate::threshold_two_choices::sample_best_of_two;
 use crate::{NewConnection, Policy, RedirectDecision};
 use dpr_table::{LoadTable, PeerId};
 use std::collections::VecDeque;
@@ -148,9 +148,7 @@ impl Policy for JoinIdle {
         }
         let advertised = take_freshest(&mut self.idle, |p| loads.is_eligible(p));
         let sampled = if advertised.is_none() {
-            let a = loads.sample_host_with_load(rng.next_u64());
-            let b = loads.sample_host_with_load(rng.next_u64());
-            best_of_two(a, b)
+            sample_best_of_two(loads, rng)
         } else {
             None
         };

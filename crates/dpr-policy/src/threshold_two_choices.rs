@@ -42,6 +42,15 @@ pub fn best_of_two(a: (HostRef, f64), b: (HostRef, f64)) -> Option<(PeerId, f64)
         .min_by(|x, y| x.1.total_cmp(&y.1))
 }
 
+/// Draws two capacity-weighted samples from `loads` and applies
+/// [`best_of_two`].
+#[inline]
+pub fn sample_best_of_two(loads: &LoadTable, rng: &mut dyn RandomSource) -> Option<(PeerId, f64)> {
+    let a = loads.sample_host_with_load(rng.next_u64());
+    let b = loads.sample_host_with_load(rng.next_u64());
+    best_of_two(a, b)
+}
+
 impl Policy for ThresholdTwoChoices {
     #[inline]
     fn decide(
@@ -55,9 +64,7 @@ impl Policy for ThresholdTwoChoices {
         if conn.arrived_from_peer || local < t {
             return RedirectDecision::ServeLocally;
         }
-        let a = loads.sample_host_with_load(rng.next_u64());
-        let b = loads.sample_host_with_load(rng.next_u64());
-        threshold::select(local, t, best_of_two(a, b))
+        threshold::select(local, t, sample_best_of_two(loads, rng))
     }
 
     fn name(&self) -> &'static str {

@@ -10,6 +10,7 @@
 //! the style of join-idle-queue (Lu et al. 2011): that needs a message the
 //! cluster protocol does not have, so it exists only in the simulator.
 
+use dpr_policy::join_idle::take_freshest;
 use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision};
 use dpr_table::{HostRef, LoadTable, PeerId};
 use std::collections::VecDeque;
@@ -190,10 +191,8 @@ impl Candidate {
             // one (freshest first, each once), whatever its threshold.
             let watermark = self.spec.idle.map_or(0.0, |a| f64::from(a.use_above));
             if local * loads.local_capacity_scalar() > watermark {
-                while let Some(p) = list.pop_back() {
-                    if loads.is_eligible(p) {
-                        return RedirectDecision::Redirect(p);
-                    }
+                if let Some(p) = take_freshest(list, |p| loads.is_eligible(p)) {
+                    return RedirectDecision::Redirect(p);
                 }
             }
         }
