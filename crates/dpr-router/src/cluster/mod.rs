@@ -1102,19 +1102,41 @@ impl Node {
         if flows.is_empty() {
             return;
         }
-        let chunks = flow_chunks(&flows);
+        self.counters.cut_flows_sent += self.send_flows(now, to, MessageKind::CutNotice, 0, &flows);
+    }
+
+    /// Sends `flows` to `to` as messages of `kind` (a recovery reply to
+    /// `request_id`, or a cut notice), chunked to fit one message each;
+    /// returns how many flows went out.
+    fn send_flows(
+        &mut self,
+        now: Clock,
+        to: IpAddr,
+        kind: MessageKind,
+        request_id: u32,
+        flows: &[FlowKey],
+    ) -> u64 {
+        let chunks = flow_chunks(flows);
         let Ok(count) = u16::try_from(chunks.len()) else {
-            return;
+            return 0;
         };
+        let mut sent = 0;
         for (i, c) in chunks.iter().enumerate() {
-            let h = self.header(MessageKind::CutNotice, now);
+            let h = self.header(kind, now);
             let mut buf = vec![0u8; MAX_MESSAGE_LEN];
-            if let Ok(n) = control::emit_cut_notice(&mut buf, &h, i as u16, count, c) {
-                self.counters.cut_flows_sent += c.len() as u64;
+            let n = match kind {
+                MessageKind::CutNotice => {
+                    control::emit_cut_notice(&mut buf, &h, i as u16, count, c)
+                }
+                _ => control::emit_recovery_reply(&mut buf, &h, request_id, i as u16, count, c),
+            };
+            if let Ok(n) = n {
+                sent += c.len() as u64;
                 let payload = self.seal(buf, n);
                 self.outbox.push_back(Transmit { to, payload });
             }
         }
+        sent
     }
 
     /// A peer cut connections it had routed here: forget them, and queue
@@ -1181,21 +1203,8 @@ impl Node {
         };
         self.counters.recovery_requests_answered += 1;
         let flows = engine.served_for(sender);
-        let chunks = flow_chunks(&flows);
-        let Ok(count) = u16::try_from(chunks.len()) else {
-            return;
-        };
-        for (i, flows) in chunks.iter().enumerate() {
-            let h = self.header(MessageKind::RecoveryReply, now);
-            let mut buf = vec![0u8; MAX_MESSAGE_LEN];
-            if let Ok(n) =
-                control::emit_recovery_reply(&mut buf, &h, request_id, i as u16, count, flows)
-            {
-                self.counters.recovery_flows_sent += flows.len() as u64;
-                let payload = self.seal(buf, n);
-                self.outbox.push_back(Transmit { to, payload });
-            }
-        }
+        self.counters.recovery_flows_sent +=
+            self.send_flows(now, to, MessageKind::RecoveryReply, request_id, &flows);
     }
 
     fn on_reply(&mut self, now: Clock, sender: PeerId, r: &ReplyView<'_>, engine: &mut Engine) {
