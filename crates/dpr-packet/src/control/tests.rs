@@ -334,3 +334,16 @@ proptest! {
         }
     }
 }
+
+/// The fuzz corpus's seeds of the newer kinds parse as those kinds, so
+/// the fuzzer starts from valid messages of each.
+#[test]
+fn corpus_seeds_of_the_newer_kinds_parse() {
+    let idle = include_bytes!("../../../../fuzz/corpus/control/seed-idle-advert");
+    assert!(matches!(parse(idle).unwrap().body, Body::IdleAdvert));
+    let cut = include_bytes!("../../../../fuzz/corpus/control/seed-cut-notice");
+    let Body::CutNotice(r) = parse(cut).unwrap().body else {
+        panic!("not a cut notice")
+    };
+    assert_eq!(r.flow_count(), 1);
+}
