@@ -19,7 +19,7 @@ use dpr_table::{
     LoadTableConfig, PacketOutcome, PeerId, PeerState, ReportOutcome, Route, TableError, Timestamp,
     WideKey,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -255,13 +255,13 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let events = self.measuring.take().unwrap_or_default();
         let (mut opened, mut ended) = (0u32, 0u32);
-        let mut added: Vec<FlowKey> = Vec::new();
+        let mut added: HashSet<FlowKey> = HashSet::new();
         for (flow, open) in events {
             let seen = listed.is_none_or(|l| l(&flow));
             if open {
                 if listed.is_none() || !seen {
                     opened += 1;
-                    added.push(flow);
+                    added.insert(flow);
                 }
             } else if seen || added.contains(&flow) {
                 ended += 1;
