@@ -555,20 +555,31 @@ impl Engine {
         let flags = meta.tcp_flags;
         let len = meta.l3_len;
         let mut new_incarnation = false;
+        let isn = if flags.is_syn() {
+            tcp_seq(pkt.bytes(), meta)
+        } else {
+            None
+        };
+        // Whether the table may hold the flow: a SYN of a flow it does not
+        // hold (the common case) costs one look-up, not two.
+        let mut recorded = true;
         if flags.is_syn() {
             // A SYN for a recorded 4-tuple is a retransmission only while
             // that connection lives and the sequence number is the same;
             // clients reuse ports within seconds of a close.
-            let isn = tcp_seq(pkt.bytes(), meta);
-            if let Some(e) = self.routes.get(&flow) {
-                let ended = matches!(e.state, ConnState::Closing | ConnState::Closed);
-                if ended || e.isn.zip(isn).is_some_and(|(a, b)| a != b) {
-                    if !ended {
-                        self.connection_ended(e.route, flow);
+            match self.routes.get(&flow) {
+                None => recorded = false,
+                Some(e) => {
+                    let ended = matches!(e.state, ConnState::Closing | ConnState::Closed);
+                    if ended || e.isn.zip(isn).is_some_and(|(a, b)| a != b) {
+                        if !ended {
+                            self.connection_ended(e.route, flow);
+                        }
+                        self.routes.remove(&flow);
+                        self.counters.c.syn_new_incarnations += 1;
+                        new_incarnation = true;
+                        recorded = false;
                     }
-                    self.routes.remove(&flow);
-                    self.counters.c.syn_new_incarnations += 1;
-                    new_incarnation = true;
                 }
             }
         } else if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
@@ -578,9 +589,12 @@ impl Engine {
                 }
             }
         }
-        let known = self
-            .routes
-            .on_packet(&flow, Direction::Original, flags, len, now);
+        let known = if recorded {
+            self.routes
+                .on_packet(&flow, Direction::Original, flags, len, now)
+        } else {
+            PacketOutcome::Unknown
+        };
         if flags.is_syn() {
             match known {
                 PacketOutcome::Forward(Route::Peer(p)) | PacketOutcome::Reset(Route::Peer(p))
@@ -612,7 +626,7 @@ impl Engine {
                 RedirectDecision::ServeLocally => Route::Local,
                 RedirectDecision::Redirect(p) => Route::Peer(p),
             };
-            let inserted = match tcp_seq(pkt.bytes(), meta) {
+            let inserted = match isn {
                 Some(isn) => self.routes.insert_syn(&flow, route, isn, now),
                 None => self.routes.insert(&flow, route, now),
             };

@@ -722,7 +722,7 @@ impl<K: TableKey> ConnTable<K> {
             ST_EST
         };
         // A new connection may reuse the tuple of a closed one.
-        self.insert_in_state(flow, route, state, true, now)
+        self.insert_with_isn(flow, route, state, 0, now)
     }
 
     /// [`insert`](Self::insert) for a TCP SYN, recording its sequence
@@ -736,15 +736,12 @@ impl<K: TableKey> ConnTable<K> {
         isn: u32,
         now: Timestamp,
     ) -> Result<InsertOutcome> {
-        let out = self.insert_in_state(flow, route, ST_SYN, true, now)?;
-        if let InsertOutcome::Inserted { .. } = out {
-            if let Some(e) = self.live_entry(flow, now) {
-                let s = &mut self.entries[e as usize];
-                s.isn = K::Isn::store(isn);
-                s.state |= ISN_KNOWN;
-            }
-        }
-        Ok(out)
+        let state = if K::Isn::store(isn).load().is_some() {
+            ST_SYN | ISN_KNOWN
+        } else {
+            ST_SYN
+        };
+        self.insert_with_isn(flow, route, state, isn, now)
     }
 
     /// Records a connection already past its handshake, learnt from
@@ -756,7 +753,20 @@ impl<K: TableKey> ConnTable<K> {
         route: Route,
         now: Timestamp,
     ) -> Result<InsertOutcome> {
-        self.insert_in_state(flow, route, ST_EST, false, now)
+        self.insert_in_state(flow, route, ST_EST, false, 0, now)
+    }
+
+    /// A new connection's entry (a closed one with its tuple counts as
+    /// gone), with `isn` stored where `state` says it is known.
+    fn insert_with_isn(
+        &mut self,
+        flow: &FlowKey,
+        route: Route,
+        state: u8,
+        isn: u32,
+        now: Timestamp,
+    ) -> Result<InsertOutcome> {
+        self.insert_in_state(flow, route, state, true, isn, now)
     }
 
     /// Inserts in `state` unless a live entry exists (a closed one counts
@@ -767,6 +777,7 @@ impl<K: TableKey> ConnTable<K> {
         route: Route,
         state: u8,
         replace_closed: bool,
+        isn: u32,
         now: Timestamp,
     ) -> Result<InsertOutcome> {
         self.sweep_some(now);
@@ -782,7 +793,7 @@ impl<K: TableKey> ConnTable<K> {
             self.remove_at(pos, e);
             self.stats.expired += 1;
         }
-        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0);
+        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0, K::Isn::store(isn));
         Ok(InsertOutcome::Inserted { evicted })
     }
 
@@ -796,6 +807,7 @@ impl<K: TableKey> ConnTable<K> {
         last_seen: u64,
         packets: u32,
         bytes: u64,
+        isn: K::Isn,
     ) -> Option<FlowKey> {
         let mut evicted = None;
         if self.len == self.capacity {
@@ -814,7 +826,7 @@ impl<K: TableKey> ConnTable<K> {
             prev: NIL,
             next: NIL,
             hash: h as u32,
-            isn: K::Isn::default(),
+            isn,
             peer,
             state: state | local,
             key,
@@ -892,7 +904,8 @@ impl<K: TableKey> ConnTable<K> {
             }
             out.extend_from_slice(&flow.src_port.to_be_bytes());
             out.extend_from_slice(&flow.dst_port.to_be_bytes());
-            out.push(s.state);
+            // The format has no ISN field: an imported entry has none.
+            out.push(s.state & !ISN_KNOWN);
             out.extend_from_slice(&s.peer.to_le_bytes());
             out.extend_from_slice(&now.0.saturating_sub(s.last_seen).to_le_bytes());
             out.extend_from_slice(&s.packets.to_le_bytes());
@@ -929,7 +942,16 @@ impl<K: TableKey> ConnTable<K> {
             };
             let state = r.state & !LOCAL;
             let last_seen = now.0.saturating_sub(r.age);
-            self.insert_new(h, key, route, state, last_seen, r.packets, r.bytes);
+            self.insert_new(
+                h,
+                key,
+                route,
+                state,
+                last_seen,
+                r.packets,
+                r.bytes,
+                K::Isn::default(),
+            );
         }
     }
 
