@@ -726,7 +726,7 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     /// [`insert`](Self::insert) for a TCP SYN, recording its sequence
-    /// number (`isn`) where the key form has room for it ([`WideKey`]),
+    /// number (`isn`) where the key form has room for it ([`WideKey`](crate::WideKey)),
     /// so that a later SYN can be told apart: the same number is a
     /// retransmission, another one a new connection.
     pub fn insert_syn(
