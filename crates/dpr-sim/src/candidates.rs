@@ -7,8 +7,9 @@
 //! redirect ([`When`]) and *where* ([`Pick`]), and redirects only to a peer
 //! lighter than this host by at least `lighter_by` connections per unit of
 //! capacity. With [`IdleAds`] hosts also advertise that they are idle, in
-//! the style of join-idle-queue (Lu et al. 2011): that needs a message the
-//! cluster protocol does not have, so it exists only in the simulator.
+//! the style of join-idle-queue (Lu et al. 2011), with the cluster
+//! protocol's idle advertisement (the variants the protocol does not send,
+//! other watermarks and fan-outs, exist only here).
 
 use dpr_policy::join_idle::take_freshest;
 use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision};

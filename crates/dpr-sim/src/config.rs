@@ -18,6 +18,10 @@ pub const FULL_MESH_REPORT_BYTES: u64 = (control::HEADER_LEN
 pub const GOSSIP_BASE_BYTES: u64 = FULL_MESH_REPORT_BYTES;
 /// Bytes of each entry a gossip report relays.
 pub const GOSSIP_ENTRY_BYTES: u64 = control::ENTRY_LEN as u64;
+/// Bytes on the wire of one idle advertisement (control message kind 5):
+/// header, payload and tag, plus UDP and IPv4 headers.
+pub const IDLE_AD_BYTES: u64 =
+    (control::HEADER_LEN + control::IDLE_LEN + control::TAG_LEN + 28) as u64;
 /// Default gossip fan-out (peers per host per interval).
 pub const GOSSIP_FANOUT: u32 = 3;
 /// Default number of relayed entries per gossip message (the protocol's
@@ -49,14 +53,14 @@ pub enum PolicyKind {
     /// A candidate of issue 13 (see [`crate::candidates`]).
     Candidate(CandidateSpec),
     /// `dpr_policy::JoinIdle` with this threshold, fed with idle
-    /// advertisements as [`JOIN_IDLE_ADS`] says: a message the cluster
-    /// protocol does not have yet, simulated here only.
+    /// advertisements as [`JOIN_IDLE_ADS`] says (the cluster protocol's
+    /// idle advertisement, [`IDLE_AD_BYTES`] each).
     JoinIdle(f64),
 }
 
 /// How hosts advertise idleness to the join-idle strategy: on becoming
 /// idle, to the peer that last redirected a connection to them and two
-/// random peers.
+/// random peers, as `dprd` does.
 pub const JOIN_IDLE_ADS: IdleAds = IdleAds {
     watermark: 0,
     fanout: 3,

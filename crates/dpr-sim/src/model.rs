@@ -17,7 +17,7 @@
 use crate::candidates::{Candidate, WithIdle};
 use crate::config::{
     AddressMode, ClientModel, ClusterConfig, FULL_MESH_REPORT_BYTES, GOSSIP_BASE_BYTES,
-    GOSSIP_ENTRY_BYTES, PolicyKind, ReportMode,
+    GOSSIP_ENTRY_BYTES, IDLE_AD_BYTES, PolicyKind, ReportMode,
 };
 use crate::rng::Rng;
 use crate::stats::{Histogram, RunReport, SeriesPoint};
@@ -95,6 +95,13 @@ enum Ev {
         to: u32,
         from: u32,
     },
+    /// The client's FIN of a connection `host` redirected to `peer`
+    /// reaches `host` (`epoch`: `host`'s, when it redirected).
+    RedirectEnd {
+        host: u32,
+        peer: u32,
+        epoch: u32,
+    },
 }
 
 struct Scheduled {
@@ -126,6 +133,8 @@ struct Conn {
     arrival: f64,
     demand: f64,
     measured: bool,
+    /// The host that redirected this connection here, and its epoch then.
+    redirected_by: Option<(u32, u32)>,
 }
 
 struct Host {
@@ -527,6 +536,9 @@ impl Sim {
                 Ev::Down { host } => self.on_down(t, host as usize),
                 Ev::Up { host } => self.on_up(t, host as usize),
                 Ev::Idle { to, from } => self.on_idle(to as usize, from as usize),
+                Ev::RedirectEnd { host, peer, epoch } => {
+                    self.on_redirect_end(host as usize, peer as usize, epoch)
+                }
             }
         }
         self.finish()
@@ -595,6 +607,7 @@ impl Sim {
             arrival: t,
             demand,
             measured,
+            redirected_by: None,
         });
         let flow = FlowKey::new(
             IpProtocol::Tcp,
@@ -760,6 +773,10 @@ impl Sim {
             if let Some(r) = self.last_redirector.get_mut(h) {
                 *r = Some(from);
             }
+            if from != h {
+                self.conns[conn as usize].redirected_by =
+                    Some((from as u32, self.hosts[from].epoch));
+            }
             self.join(t, h, conn);
         }
     }
@@ -784,10 +801,36 @@ impl Sim {
                 s.1 += 1;
             }
         }
+        if let Some((host, epoch)) = c.redirected_by {
+            // The redirecting host forwards the client's packets, so it
+            // sees the FIN (one network delay after the last byte) and
+            // stops counting the connection against this peer.
+            self.push(
+                t + self.cfg.net_delay,
+                Ev::RedirectEnd {
+                    host,
+                    peer: h as u32,
+                    epoch,
+                },
+            );
+        }
         self.free.push(conn);
         self.load_changed(h);
         self.reschedule(h, t);
         self.advertise_idle(t, h);
+    }
+
+    /// `dpr-router` calls `LoadTable::record_redirect_end` when a
+    /// connection it redirected ends; a redirecting host that restarted
+    /// since has forgotten the connection (and its fresh table never
+    /// counted it).
+    fn on_redirect_end(&mut self, h: usize, p: usize, epoch: u32) {
+        if !self.hosts[h].up || self.hosts[h].epoch != epoch {
+            return;
+        }
+        if let Some(table) = self.tables.get_mut(h) {
+            let _ = table.record_redirect_end(peer(p));
+        }
     }
 
     /// Idle advertisements: a host whose open connections just fell to the
@@ -815,7 +858,7 @@ impl Sim {
             };
             if counted {
                 self.stats.msgs += 1;
-                self.stats.bytes += FULL_MESH_REPORT_BYTES;
+                self.stats.bytes += IDLE_AD_BYTES;
             }
             self.push(
                 t + self.cfg.net_delay,

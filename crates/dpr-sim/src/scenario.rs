@@ -414,6 +414,7 @@ pub fn scenario(name: &str, quick: bool) -> Option<Scenario> {
                     PolicyKind::ThresholdTwoChoices(DEFAULT_THRESHOLD),
                     PolicyKind::ThresholdTwoChoices(2.0),
                     PolicyKind::JoinIdle(1.0),
+                    PolicyKind::JoinIdle(2.0),
                     PolicyKind::Ideal,
                 ],
             ),

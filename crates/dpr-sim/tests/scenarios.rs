@@ -140,9 +140,12 @@ fn failures_lose_connections_and_peers_stop_redirecting_to_the_dead() {
 
 /// Issue 13: the ratios to the ideal dispatcher measured on the quick skew
 /// cases (deterministic: the same seed gives the same figures), with a
-/// little room for harmless changes of the model. join-idle needs idle
-/// advertisements the protocol does not carry yet; thr-p2c-2 is what ships
-/// without them. The full-size figures are in docs/simulation.md.
+/// little room for harmless changes of the model (redirect ends modelled:
+/// every bound tightened to the figure it gave, except the two that rose
+/// a little, join-idle-1 64 hosts uniform gossip and thr-p2c-2's p99 at 4
+/// hosts uniform, kept). join-idle is `dprd`'s default; thr-p2c-2 is the
+/// best rule without idle advertisements. The full-size figures are in
+/// docs/simulation.md.
 #[test]
 fn skew_quick_policies_stay_within_their_measured_ratios_to_ideal() {
     let mut sc = scenario("skew", true).unwrap();
@@ -153,16 +156,16 @@ fn skew_quick_policies_stay_within_their_measured_ratios_to_ideal() {
     let rep = run_scenario(&sc, 1, 2, &quiet).unwrap();
     // (case label, policy, mean ratio at most, p99 ratio at most).
     let bounds = [
-        ("4 hosts, uniform, mesh", "join-idle-1", 1.13, 1.00),
-        ("4 hosts, 70% on host0, mesh", "join-idle-1", 1.20, 1.18),
-        ("64 hosts, uniform, mesh", "join-idle-1", 1.30, 1.18),
+        ("4 hosts, uniform, mesh", "join-idle-1", 1.13, 0.99),
+        ("4 hosts, 70% on host0, mesh", "join-idle-1", 1.11, 0.95),
+        ("64 hosts, uniform, mesh", "join-idle-1", 1.30, 1.17),
         ("64 hosts, uniform, gossip", "join-idle-1", 1.30, 1.17),
-        ("64 hosts, 70% on host0, mesh", "join-idle-1", 1.49, 1.43),
-        ("64 hosts, 70% on host0, gossip", "join-idle-1", 1.64, 1.67),
-        ("4 hosts, uniform, mesh", "thr-p2c-2", 1.29, 0.89),
-        ("4 hosts, 70% on host0, mesh", "thr-p2c-2", 1.76, 1.89),
-        ("64 hosts, uniform, mesh", "thr-p2c-2", 1.61, 1.76),
-        ("64 hosts, 70% on host0, mesh", "thr-p2c-2", 2.31, 2.30),
+        ("64 hosts, 70% on host0, mesh", "join-idle-1", 1.31, 1.17),
+        ("64 hosts, 70% on host0, gossip", "join-idle-1", 1.36, 1.24),
+        ("4 hosts, uniform, mesh", "thr-p2c-2", 1.27, 0.89),
+        ("4 hosts, 70% on host0, mesh", "thr-p2c-2", 1.32, 1.58),
+        ("64 hosts, uniform, mesh", "thr-p2c-2", 1.61, 1.73),
+        ("64 hosts, 70% on host0, mesh", "thr-p2c-2", 1.87, 1.79),
     ];
     for (case, policy, mean, p99) in bounds {
         let row = rep
