@@ -889,6 +889,7 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
             workers: opt(args, "--workers", d.workers)?,
             size: opt(args, "--size", d.size)?,
             backend: opt(args, "--backend", d.backend.clone())?,
+            report_interval_ms: opt(args, "--report-ms", d.report_interval_ms)?,
             ..d
         },
         skew: opt(args, "--skew", 0.7)?,
@@ -916,6 +917,9 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
     {
         return Err("--skew in 0..=1, --duration in 1..=120 s, --rate in 1..=1000".into());
     }
+    if !(5..=1000).contains(&o.spec.report_interval_ms) {
+        return Err("--report-ms in 5..=1000".into());
+    }
     Ok(o)
 }
 
@@ -923,7 +927,7 @@ fn parse(args: &[String]) -> Result<LabOptions, String> {
 pub const USAGE: &str = "\
 USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0]
                 [--duration 8] [--rate 150] [--seed 1] [--service-ms 20] [--workers 2]
-                [--size 2000] [--backend tun]
+                [--size 2000] [--backend tun] [--report-ms 50]
 
 A DPR cluster in network namespaces (root): --hosts hosts on a bridge, each running the
 lab web server (`dprd httpd`) and, in the last phase, `dprd run`; a client namespace runs
@@ -946,6 +950,7 @@ Everything it creates is removed at the end, also on error or Ctrl-C.
   --workers N       web server slots per host
   --size BYTES      response size
   --backend B       tun, af-xdp-native or af-xdp-generic
+  --report-ms MS    the hosts' load report interval (5..=1000)
 ";
 
 /// `dprd lab`.
