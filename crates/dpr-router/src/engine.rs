@@ -92,6 +92,9 @@ pub struct Engine {
     draining: bool,
     recovering: bool,
     decisions: VecDeque<DecisionRecord>,
+    /// New connections peers redirected here (when, from whom, this
+    /// host's load then), kept like `decisions`.
+    arrivals: VecDeque<(Timestamp, PeerId, f64)>,
     /// The peer that last redirected a new connection here.
     last_redirector: Option<PeerId>,
     /// While a load measurement runs: connections opened (true) and ended
@@ -147,6 +150,7 @@ impl Engine {
             draining: false,
             recovering: false,
             decisions: VecDeque::new(),
+            arrivals: VecDeque::new(),
             measuring: None,
             last_redirector: None,
             cut: Vec::new(),
@@ -488,6 +492,15 @@ impl Engine {
     /// most [`EngineConfig::decision_log`] of the latest).
     pub fn take_decisions(&mut self) -> Vec<DecisionRecord> {
         self.decisions.drain(..).collect()
+    }
+
+    /// The new connections peers redirected here since the last call: when,
+    /// from which peer, and this host's normalised load then (before it
+    /// counted them). Kept like the decisions (`decision_log`): a peer's
+    /// redirect is served here whatever the load, so these show whether
+    /// peers send connections to a host that is in fact full.
+    pub fn take_peer_arrivals(&mut self) -> Vec<(Timestamp, PeerId, f64)> {
+        self.arrivals.drain(..).collect()
     }
 
     /// A snapshot of the counters.
@@ -894,6 +907,13 @@ impl Engine {
                 self.counters.c.new_from_peer += 1;
                 self.counters.peer(origin).served_connections += 1;
                 self.last_redirector = Some(origin);
+                if self.cfg.decision_log > 0 {
+                    if self.arrivals.len() >= self.cfg.decision_log {
+                        self.arrivals.pop_front();
+                    }
+                    self.arrivals
+                        .push_back((now, origin, self.loads.local_load()));
+                }
                 self.local_opened(inner.flow);
             } else if outcome == PacketOutcome::Unknown && !flags.contains(TcpFlags::RST) {
                 // Mid-connection and not in the table (this host restarted,

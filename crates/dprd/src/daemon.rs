@@ -580,9 +580,13 @@ impl LoopCtx {
     /// `[admin] decision_log`), with times on `CLOCK_MONOTONIC` so they can
     /// be matched with events of other processes on this host.
     fn decisions_json(&self) -> String {
-        let (list, engine_now) = {
+        let (list, arrivals, engine_now) = {
             let mut e = self.shared.lock();
-            (e.take_decisions(), self.shared.now())
+            (
+                e.take_decisions(),
+                e.take_peer_arrivals(),
+                self.shared.now(),
+            )
         };
         let offset = dpr_io::sys::monotonic_ns().saturating_sub(engine_now.0);
         let rows: Vec<serde_json::Value> = list
@@ -602,7 +606,13 @@ impl LoopCtx {
                 })
             })
             .collect();
-        serde_json::json!({ "ok": true, "decisions": rows }).to_string()
+        let from_peers: Vec<serde_json::Value> = arrivals
+            .iter()
+            .map(|(at, peer, load)| {
+                serde_json::json!({ "t_ns": at.0 + offset, "peer": peer.0, "load": load })
+            })
+            .collect();
+        serde_json::json!({ "ok": true, "decisions": rows, "from_peers": from_peers }).to_string()
     }
 
     /// Aborts this host's sockets of the connections peers cut while it

@@ -388,11 +388,7 @@ impl Lab {
     pub fn decisions_joined(&self, i: usize) -> Result<Vec<Joined>, String> {
         let decisions = truth::parse_decisions(&self.admin(i, "decisions")?)
             .map_err(|e| format!("h{i}: {e}"))?;
-        let path = self.trace_path(i);
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let trace = truth::parse_trace(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(truth::join(&decisions, &trace, 1.0))
+        Ok(truth::join(&decisions, &self.trace(i)?, 1.0))
     }
 
     /// [`Self::decisions_joined`] summed up against `threshold` (in
@@ -400,7 +396,19 @@ impl Lab {
     /// share of the connections it received while under the threshold it
     /// redirected. Forgets the decisions it read.
     pub fn ground_truth(&self, i: usize, threshold: f64) -> Result<GroundTruth, String> {
-        Ok(GroundTruth::of(&self.decisions_joined(i)?, threshold))
+        let (decisions, arrivals) =
+            truth::parse_answer(&self.admin(i, "decisions")?).map_err(|e| format!("h{i}: {e}"))?;
+        let trace = self.trace(i)?;
+        let joined = truth::join(&decisions, &trace, 1.0);
+        Ok(GroundTruth::of(&joined, threshold).with_arrivals(&arrivals, &trace, threshold))
+    }
+
+    /// Host `i`'s web server trace.
+    fn trace(&self, i: usize) -> Result<Vec<truth::Step>, String> {
+        let path = self.trace_path(i);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        truth::parse_trace(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Waits until every running dprd sees every other running one alive.
@@ -781,7 +789,7 @@ fn percent(x: f64) -> String {
 pub fn ground_truth_table(hosts: &[Result<GroundTruth, String>], threshold: f64) -> String {
     let mut out = format!(
         "DPR on, ground truth (each SYN decision's load against the web server's open connections \
-         at that instant; threshold {threshold:.1}):\n  {:<5} {:>9} {:>9} {:>9} {:>8} {:>11} {:>11}  {}\n",
+         at that instant; threshold {threshold:.1}):\n  {:<5} {:>9} {:>9} {:>9} {:>8} {:>11} {:>11}  {:<34} {}\n",
         "host",
         "decisions",
         "mean|u-t|",
@@ -789,24 +797,30 @@ pub fn ground_truth_table(hosts: &[Result<GroundTruth, String>], threshold: f64)
         "mean u-t",
         "wrong-above",
         "wrong-below",
-        "redirected while under threshold"
+        "redirected while under threshold",
+        "from peers at/over threshold"
     );
     let mut worst: Option<(usize, f64)> = None;
     let mut complete = true;
     for (i, g) in hosts.iter().enumerate() {
         match g {
             Ok(g) => {
+                let under = format!(
+                    "{} ({} of {})",
+                    percent(g.redirected_under_share()),
+                    g.redirected_under,
+                    g.under
+                );
                 out += &format!(
-                    "  h{i:<4} {:>9} {:>9.2} {:>9.2} {:>+8.2} {:>11} {:>11}  {} ({} of {})\n",
+                    "  h{i:<4} {:>9} {:>9.2} {:>9.2} {:>+8.2} {:>11} {:>11}  {under:<34} {} of {}\n",
                     g.decisions,
                     g.mean_abs_error,
                     g.p99_abs_error,
                     g.mean_error,
                     percent(g.wrong_above_share()),
                     percent(g.wrong_below_share()),
-                    percent(g.redirected_under_share()),
-                    g.redirected_under,
-                    g.under
+                    g.from_peers_over,
+                    g.from_peers
                 );
                 let s = g.redirected_under_share();
                 if worst.is_none_or(|(_, w)| s > w) {

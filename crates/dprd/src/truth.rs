@@ -33,21 +33,40 @@ pub struct Decision {
     pub new_incarnation: bool,
 }
 
+/// A new connection a peer redirected to the host (served there whatever
+/// its load), as the answer to `decisions` reports it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PeerArrival {
+    /// When its SYN arrived (`CLOCK_MONOTONIC` ns).
+    pub t_ns: u64,
+    /// The peer that redirected it.
+    pub peer: u16,
+    /// The host's normalised load then, as its engine had it.
+    pub load: f64,
+}
+
 #[derive(Debug, Deserialize)]
 struct DecisionsAnswer {
     ok: bool,
     #[serde(default)]
     decisions: Vec<Decision>,
     #[serde(default)]
+    from_peers: Vec<PeerArrival>,
+    #[serde(default)]
     message: Option<String>,
 }
 
 /// The decisions in a `decisions` answer.
 pub fn parse_decisions(answer: &str) -> Result<Vec<Decision>, String> {
+    parse_answer(answer).map(|(d, _)| d)
+}
+
+/// The decisions and the arrivals from peers in a `decisions` answer.
+pub fn parse_answer(answer: &str) -> Result<(Vec<Decision>, Vec<PeerArrival>), String> {
     let a: DecisionsAnswer =
         serde_json::from_str(answer).map_err(|e| format!("decisions answer: {e}"))?;
     if a.ok {
-        Ok(a.decisions)
+        Ok((a.decisions, a.from_peers))
     } else {
         Err(format!(
             "decisions refused: {}",
@@ -147,6 +166,11 @@ pub struct GroundTruth {
     pub redirected_under: usize,
     /// Decisions redirected.
     pub redirected: usize,
+    /// New connections peers redirected here.
+    pub from_peers: usize,
+    /// Of those, how many arrived while the host was at or over the
+    /// threshold (by the truth): sent to a host that was in fact full.
+    pub from_peers_over: usize,
 }
 
 fn share(part: usize, whole: usize) -> f64 {
@@ -186,7 +210,24 @@ impl GroundTruth {
             under: joined.iter().filter(under).count(),
             redirected_under: joined.iter().filter(under).filter(|j| !j.local).count(),
             redirected: joined.iter().filter(|j| !j.local).count(),
+            from_peers: 0,
+            from_peers_over: 0,
         }
+    }
+
+    /// Adds the arrivals from peers, judged against the trace.
+    pub fn with_arrivals(
+        mut self,
+        arrivals: &[PeerArrival],
+        trace: &[Step],
+        threshold: f64,
+    ) -> Self {
+        self.from_peers = arrivals.len();
+        self.from_peers_over = arrivals
+            .iter()
+            .filter(|a| f64::from(open_at(trace, a.t_ns)) >= threshold)
+            .count();
+        self
     }
 
     /// Share of the decisions taken wrongly above the threshold.
@@ -209,6 +250,22 @@ impl GroundTruth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrivals_from_peers_are_judged_against_the_trace() {
+        let answer = r#"{"ok":true,"decisions":[],"from_peers":[{"t_ns":15,"peer":1,"load":0.0},{"t_ns":25,"peer":2,"load":1.0}]}"#;
+        let (d, a) = parse_answer(answer).unwrap_or_default();
+        assert!(d.is_empty());
+        assert_eq!(a.len(), 2);
+        let trace = [Step { t_ns: 10, open: 1 }, Step { t_ns: 20, open: 2 }];
+        let g = GroundTruth::of(&[], 2.0).with_arrivals(&a, &trace, 2.0);
+        assert_eq!((g.from_peers, g.from_peers_over), (2, 1));
+        // An older daemon's answer has no arrivals.
+        assert_eq!(
+            parse_answer(r#"{"ok":true,"decisions":[]}"#).map(|x| x.1.len()),
+            Ok(0)
+        );
+    }
 
     fn step(t_ns: u64, open: u32) -> Step {
         Step { t_ns, open }
