@@ -30,34 +30,22 @@
 //! queue ([`NeighCache`]): looked up after the batch (outside the engine
 //! lock), refreshed every second, and solicited while unresolved.
 
+use crate::backend::{Backend, RxTx};
 use crate::sys::TunSys;
+use crate::worker::WorkerStats;
 use dpr_xdp::neigh::{self, Neighbour};
 use dpr_xdp::xsk::{RxAction, XskSocket};
 use std::io;
 use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const ETH_HLEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 
-/// Where the handler sends the packet it was given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Egress {
-    /// Out of the uplink towards `next_hop` (a peer's tunnel address); the
-    /// packet (IP-in-IP) is `range` of the frame.
-    Peer {
-        /// Neighbour to send to.
-        next_hop: IpAddr,
-        /// The IP packet within the frame.
-        range: Range<usize>,
-    },
-    /// To the kernel (local delivery, replies, anything not the router's).
-    Kernel(Range<usize>),
-    /// Nowhere.
-    Drop,
-}
+pub use crate::backend::Egress;
 
 /// Per-queue counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,6 +152,11 @@ pub struct XdpQueue<S: TunSys> {
     src_mac: [u8; 6],
     neigh: NeighCache,
     counters: XdpQueueCounters,
+    /// What [`Backend::maintain`] last added to the worker's stats.
+    reported: XdpQueueCounters,
+    reported_xsk: dpr_xdp::xsk::XskCounters,
+    reported_kernel: dpr_xdp::xsk::KernelStats,
+    kernel_stats_due: Instant,
 }
 
 fn xdp_err(e: dpr_xdp::Error) -> io::Error {
@@ -186,6 +179,10 @@ impl<S: TunSys> XdpQueue<S> {
             src_mac,
             neigh: NeighCache::default(),
             counters: XdpQueueCounters::default(),
+            reported: XdpQueueCounters::default(),
+            reported_xsk: dpr_xdp::xsk::XskCounters::default(),
+            reported_kernel: dpr_xdp::xsk::KernelStats::default(),
+            kernel_stats_due: Instant::now(),
         }
     }
 
@@ -303,6 +300,87 @@ impl<S: TunSys> XdpQueue<S> {
     /// Waits up to `timeout` for queued transmits to complete (shutdown).
     pub fn drain(&mut self, timeout: Duration) {
         let _ = self.xsk.drain_tx(timeout);
+    }
+}
+
+impl<S: TunSys> Backend for XdpQueue<S> {
+    fn kind(&self) -> &'static str {
+        "af-xdp"
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        XdpQueue::wait(self, timeout)
+    }
+
+    fn rx_tx<F>(&mut self, max: usize, handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [u8], Range<usize>) -> Egress,
+    {
+        let before = self.counters;
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        let received = self.run_batch(max, handler)?;
+        let c = self.counters;
+        let out = |c: &XdpQueueCounters| c.tx_fast + c.to_kernel + c.unresolved;
+        Ok(RxTx {
+            received,
+            sent: usize::try_from(out(&c) - out(&before)).unwrap_or(usize::MAX),
+            failed: usize::try_from(c.kernel_failed - before.kernel_failed).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// Through the TUN whatever the egress: the kernel delivers, or routes
+    /// the IP-in-IP packet out (a handed-over packet has no frame here).
+    fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool> {
+        let r = match egress {
+            Egress::Drop => return Ok(true),
+            Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+        };
+        let failed = self.counters.kernel_failed;
+        to_kernel(&self.kernel, packet, r, &mut self.counters);
+        if self.counters.kernel_failed == failed {
+            self.counters.to_kernel += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn maintain(&mut self, stats: &WorkerStats) {
+        self.after_batch();
+        let add = |a: &AtomicU64, new: u64, old: u64| {
+            a.fetch_add(new.saturating_sub(old), Ordering::Relaxed);
+        };
+        let (c, r) = (self.counters, self.reported);
+        add(&stats.xdp_fast_forwarded, c.tx_fast, r.tx_fast);
+        add(&stats.xdp_unresolved, c.unresolved, r.unresolved);
+        self.reported = c;
+        let x = self.xsk.counters();
+        add(&stats.xsk_tx_full, x.tx_full, self.reported_xsk.tx_full);
+        self.reported_xsk = x;
+        if Instant::now() >= self.kernel_stats_due {
+            // The kernel's counters cost a system call: four times a second.
+            self.kernel_stats_due = Instant::now() + Duration::from_millis(250);
+            if let Ok(k) = self.kernel_stats() {
+                let o = self.reported_kernel;
+                add(&stats.xsk_rx_ring_full, k.rx_ring_full, o.rx_ring_full);
+                add(&stats.xsk_rx_dropped, k.rx_dropped, o.rx_dropped);
+                add(
+                    &stats.xsk_fill_ring_empty,
+                    k.rx_fill_ring_empty_descs,
+                    o.rx_fill_ring_empty_descs,
+                );
+                add(
+                    &stats.xsk_tx_invalid,
+                    k.tx_invalid_descs,
+                    o.tx_invalid_descs,
+                );
+                self.reported_kernel = k;
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.drain(Duration::from_millis(100));
     }
 }
 

@@ -1,6 +1,8 @@
 //! The queue trait every backend implements, and the batch it fills.
 
 use std::io;
+use std::net::IpAddr;
+use std::ops::Range;
 use std::time::Duration;
 
 /// Headroom reserved before every received packet: room for the outer
@@ -125,7 +127,7 @@ impl Batch {
     }
 }
 
-/// What a [`Backend::send_batch`] did.
+/// What a [`BatchIo::send_batch`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TxOutcome {
     /// Frames handed to the device.
@@ -134,21 +136,168 @@ pub struct TxOutcome {
     pub failed: usize,
 }
 
-/// One queue of a packet backend: receive a batch, transmit a batch. One
-/// worker thread owns one queue; queues of one device share nothing.
+/// Where a packet lent by [`Backend::rx_tx`] goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// Out of the uplink towards `next_hop` (a peer's tunnel address); the
+    /// packet (IP-in-IP) is `range` of the buffer. A backend without its
+    /// own link (TUN) hands it to the kernel, which routes it there.
+    Peer {
+        /// Neighbour to send to.
+        next_hop: IpAddr,
+        /// The IP packet within the buffer.
+        range: Range<usize>,
+    },
+    /// To the kernel (local delivery, replies, anything not the router's).
+    Kernel(Range<usize>),
+    /// Nowhere.
+    Drop,
+}
+
+/// What one [`Backend::rx_tx`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxTx {
+    /// Packets received (and lent to the handler).
+    pub received: usize,
+    /// Packets transmitted (to the kernel or the link).
+    pub sent: usize,
+    /// Packets the device refused (counted, not retried).
+    pub failed: usize,
+}
+
+/// One queue of a packet backend: it lends the packets it receives, in
+/// buffers with headroom, to a handler that rewrites them in place and says
+/// where each goes; it transmits them from the same buffers (the rx / tx
+/// split of s2n-quic's `io` layer, with the engine between). One worker
+/// thread owns one queue; queues of one device share nothing.
 pub trait Backend: Send {
+    /// A short name for logs ("tun", "mem", "af-xdp").
+    fn kind(&self) -> &'static str;
+
+    /// Waits up to `timeout` for received packets. True when some are
+    /// ready for [`Self::rx_tx`].
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool>;
+
+    /// Lends up to `max` received packets, one at a time, to `handler`:
+    /// the whole buffer (headroom before the packet, room after it) and the
+    /// packet's range in it. The handler may rewrite the buffer and
+    /// returns the packet's [`Egress`]; the backend transmits it from
+    /// there. Never waits.
+    fn rx_tx<F>(&mut self, max: usize, handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [u8], Range<usize>) -> Egress;
+
+    /// Transmits a packet this queue did not receive (another worker
+    /// received it and handed it over): `packet[range]` where `egress`
+    /// says. Returns false when the device refused it.
+    fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool>;
+
+    /// Housekeeping between batches, off the per-packet path (neighbour
+    /// look-ups, the kernel's socket counters); adds what the backend
+    /// counts itself to `stats`.
+    fn maintain(&mut self, _stats: &crate::worker::WorkerStats) {}
+
+    /// The worker is stopping: finish what is in flight.
+    fn close(&mut self) {}
+}
+
+/// A device read into and written from a [`Batch`] of owned buffers (a
+/// TUN queue, the in-memory queue); [`BatchBackend`] makes it a
+/// [`Backend`].
+pub trait BatchIo: Send {
+    /// A short name for logs.
+    fn kind(&self) -> &'static str;
+
     /// Waits up to `timeout` for packets, then receives as many as are
     /// ready and fit, without waiting again. `batch` is cleared first.
     /// Returns the number received (0 on timeout).
     fn recv_batch(&mut self, batch: &mut Batch, timeout: Duration) -> io::Result<usize>;
 
-    /// Transmits every frame of `batch` whose `transmit` flag is set. A
-    /// frame the device refuses is counted in `failed`; an error is
-    /// returned only when the queue itself is broken.
-    fn send_batch(&mut self, batch: &Batch) -> io::Result<TxOutcome>;
+    /// Writes one packet. An error is a refusal (a full device queue).
+    fn send(&mut self, packet: &[u8]) -> io::Result<()>;
 
-    /// A short name for logs ("tun", "mem", "af-xdp").
-    fn kind(&self) -> &'static str;
+    /// Transmits every frame of `batch` whose `transmit` flag is set; a
+    /// frame the device refuses is counted in `failed`.
+    fn send_batch(&mut self, batch: &Batch) -> io::Result<TxOutcome> {
+        let mut out = TxOutcome::default();
+        for f in batch.frames().iter().filter(|f| f.transmit) {
+            match self.send(f.bytes()) {
+                Ok(()) => out.sent += 1,
+                Err(_) => out.failed += 1,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A [`BatchIo`] device as a [`Backend`]: it owns the batch it lends.
+#[derive(Debug)]
+pub struct BatchBackend<D: BatchIo> {
+    dev: D,
+    batch: Batch,
+}
+
+impl<D: BatchIo> BatchBackend<D> {
+    /// `dev` with a batch of `batch` buffers of [`DEFAULT_HEADROOM`] +
+    /// `mtu` bytes.
+    pub fn new(dev: D, batch: usize, mtu: usize) -> Self {
+        Self {
+            dev,
+            batch: Batch::new(batch, DEFAULT_HEADROOM, mtu),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+}
+
+impl<D: BatchIo> Backend for BatchBackend<D> {
+    fn kind(&self) -> &'static str {
+        self.dev.kind()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        if self.batch.is_empty() {
+            self.dev.recv_batch(&mut self.batch, timeout)?;
+        }
+        Ok(!self.batch.is_empty())
+    }
+
+    /// Lends the whole batch (its capacity bounds it, not `_max`).
+    fn rx_tx<F>(&mut self, _max: usize, mut handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [u8], Range<usize>) -> Egress,
+    {
+        if self.batch.is_empty() {
+            self.dev.recv_batch(&mut self.batch, Duration::ZERO)?;
+        }
+        let mut out = RxTx::default();
+        let Self { dev, batch } = self;
+        for f in batch.frames_mut() {
+            out.received += 1;
+            let range = f.start..f.end;
+            let r = match handler(&mut f.data, range) {
+                Egress::Drop => continue,
+                Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+            };
+            match f.data.get(r) {
+                Some(bytes) if dev.send(bytes).is_ok() => out.sent += 1,
+                _ => out.failed += 1,
+            }
+        }
+        batch.clear();
+        Ok(out)
+    }
+
+    fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool> {
+        let r = match egress {
+            Egress::Drop => return Ok(true),
+            Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+        };
+        Ok(packet.get(r).is_some_and(|b| self.dev.send(b).is_ok()))
+    }
 }
 
 #[cfg(test)]

@@ -34,8 +34,12 @@ pub mod host;
 pub mod mem;
 pub mod netlink;
 pub mod privs;
+pub mod shard;
 pub mod sockdiag;
 pub mod sys;
 pub mod tun;
+pub mod worker;
 
-pub use backend::{Backend, Batch, Frame, TxOutcome};
+pub use backend::{Backend, Batch, BatchBackend, BatchIo, Egress, Frame, RxTx, TxOutcome};
+pub use shard::{EngineSet, Shard};
+pub use worker::{IoStats, WorkerCtx, WorkerStats, run_worker};

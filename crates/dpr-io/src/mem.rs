@@ -2,7 +2,7 @@
 //! through a [`MemHandle`]. Packets the handle injects are received; every
 //! transmitted frame is recorded.
 
-use crate::backend::{Backend, Batch, TxOutcome};
+use crate::backend::{Batch, BatchIo};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -70,7 +70,7 @@ impl MemHandle {
     }
 }
 
-impl Backend for MemBackend {
+impl BatchIo for MemBackend {
     fn recv_batch(&mut self, batch: &mut Batch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         let rx = self
@@ -97,18 +97,13 @@ impl Backend for MemBackend {
         Ok(batch.len())
     }
 
-    fn send_batch(&mut self, batch: &Batch) -> io::Result<TxOutcome> {
-        let mut tx = self
-            .shared
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+        self.shared
             .tx
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut out = TxOutcome::default();
-        for f in batch.frames().iter().filter(|f| f.transmit) {
-            tx.push(f.bytes().to_vec());
-            out.sent += 1;
-        }
-        Ok(out)
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(packet.to_vec());
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {

@@ -7,7 +7,7 @@
 //! frame; a frame the kernel refuses (`EINVAL` for a packet it cannot
 //! parse, for instance) is counted and skipped.
 
-use crate::backend::{Backend, Batch, TxOutcome};
+use crate::backend::{Batch, BatchIo};
 use crate::sys::{self, RealTun, TunSys};
 use std::io;
 use std::time::Duration;
@@ -99,7 +99,8 @@ impl TunDevice {
     }
 }
 
-/// One TUN queue as a [`Backend`], generic over the syscall layer.
+/// One TUN queue, generic over the syscall layer: a [`BatchIo`] device
+/// (a [`crate::Backend`] through [`crate::backend::BatchBackend`]).
 #[derive(Debug)]
 pub struct TunQueue<S: TunSys> {
     sys: S,
@@ -118,7 +119,7 @@ impl<S: TunSys> TunQueue<S> {
     }
 }
 
-impl<S: TunSys> Backend for TunQueue<S> {
+impl<S: TunSys> BatchIo for TunQueue<S> {
     fn recv_batch(&mut self, batch: &mut Batch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         if !self.sys.wait_readable(timeout)? {
@@ -141,21 +142,16 @@ impl<S: TunSys> Backend for TunQueue<S> {
         Ok(batch.len())
     }
 
-    fn send_batch(&mut self, batch: &Batch) -> io::Result<TxOutcome> {
-        let mut out = TxOutcome::default();
-        for f in batch.frames().iter().filter(|f| f.transmit) {
-            loop {
-                match self.sys.send(f.bytes()) {
-                    Ok(_) => out.sent += 1,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The device queue is full: the packet is lost, as on a
-                    // congested link; TCP recovers.
-                    Err(_) => out.failed += 1,
-                }
-                break;
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+        loop {
+            match self.sys.send(packet) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The device queue is full: the packet is lost, as on a
+                // congested link; TCP recovers.
+                Err(e) => return Err(e),
             }
         }
-        Ok(out)
     }
 
     fn kind(&self) -> &'static str {
@@ -166,6 +162,7 @@ impl<S: TunSys> Backend for TunQueue<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TxOutcome;
     use crate::sys::FakeTun;
 
     #[test]

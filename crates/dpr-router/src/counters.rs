@@ -120,6 +120,93 @@ impl LiveCounters {
     }
 }
 
+impl PeerCounters {
+    /// Adds `other` (another engine's counters of the same peer).
+    pub fn merge(&mut self, other: &PeerCounters) {
+        let PeerCounters {
+            redirected_connections,
+            forwarded_packets,
+            forwarded_bytes,
+            received_packets,
+            received_bytes,
+            served_connections,
+            icmp_forwarded,
+            dead_peer_packets,
+        } = *other;
+        self.redirected_connections += redirected_connections;
+        self.forwarded_packets += forwarded_packets;
+        self.forwarded_bytes += forwarded_bytes;
+        self.received_packets += received_packets;
+        self.received_bytes += received_bytes;
+        self.served_connections += served_connections;
+        self.icmp_forwarded += icmp_forwarded;
+        self.dead_peer_packets += dead_peer_packets;
+    }
+}
+
+impl Counters {
+    /// Adds `other`: the counters of a host with an engine per queue are
+    /// the sum of its engines'.
+    pub fn merge(&mut self, other: &Counters) {
+        let Counters {
+            passed,
+            delivered,
+            forwarded,
+            replied,
+            dropped,
+            new_local,
+            new_local_no_peer,
+            new_redirected,
+            new_from_peer,
+            syn_retransmits,
+            syn_new_incarnations,
+            connections_ended,
+            unknown_flow_delivered,
+            mss_clamped,
+            icmp_about_tunnel,
+            too_big_replies,
+            dead_peer_resets,
+            dead_peer_reroutes,
+            table_insert_failures,
+            drain_redirects,
+            routes_restored,
+            drops,
+            malformed_by_layer,
+            peers,
+        } = other;
+        self.passed += passed;
+        self.delivered += delivered;
+        self.forwarded += forwarded;
+        self.replied += replied;
+        self.dropped += dropped;
+        self.new_local += new_local;
+        self.new_local_no_peer += new_local_no_peer;
+        self.new_redirected += new_redirected;
+        self.new_from_peer += new_from_peer;
+        self.syn_retransmits += syn_retransmits;
+        self.syn_new_incarnations += syn_new_incarnations;
+        self.connections_ended += connections_ended;
+        self.unknown_flow_delivered += unknown_flow_delivered;
+        self.mss_clamped += mss_clamped;
+        self.icmp_about_tunnel += icmp_about_tunnel;
+        self.too_big_replies += too_big_replies;
+        self.dead_peer_resets += dead_peer_resets;
+        self.dead_peer_reroutes += dead_peer_reroutes;
+        self.table_insert_failures += table_insert_failures;
+        self.drain_redirects += drain_redirects;
+        self.routes_restored += routes_restored;
+        for (a, b) in self.drops.iter_mut().zip(drops) {
+            *a += b;
+        }
+        for (k, v) in malformed_by_layer {
+            *self.malformed_by_layer.entry(k).or_default() += v;
+        }
+        for (k, v) in peers {
+            self.peers.entry(*k).or_default().merge(v);
+        }
+    }
+}
+
 impl Counters {
     /// The drop counter of `reason`.
     pub fn drops_of(&self, reason: DropReason) -> u64 {

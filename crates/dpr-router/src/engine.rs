@@ -518,6 +518,57 @@ impl Engine {
         self.policy.name()
     }
 
+    /// Replaces the policy (a configuration reload); the tables, the load
+    /// table and the counters stay.
+    pub fn set_policy(&mut self, policy: Box<dyn Policy + Send>) {
+        self.policy = policy;
+    }
+
+    /// Where this engine is one of several sharing a host (an engine per
+    /// queue): what the others counted on top of the last load
+    /// measurement (see [`LoadTable::set_local_others`]).
+    pub fn set_local_others(&mut self, others: i64) {
+        self.loads.set_local_others(others);
+    }
+
+    /// The hasher of the flow tables (seeded by
+    /// [`EngineConfig::flow_hash_seed`]): engines built from one
+    /// configuration share it, so `dpr_table::worker_for` over it names the
+    /// same engine for a flow wherever it is computed.
+    pub fn flow_hasher(&self) -> &FlowHasher {
+        &self.hasher
+    }
+
+    /// The flow whose table entry `packet` (an IP packet) would touch,
+    /// client to service, where it matters which engine handles it: TCP
+    /// to or from anywhere (its own 4-tuple), IP-in-IP to this host's
+    /// tunnel address (the inner TCP's), an ICMP error (the quoted
+    /// packet's, reversed). `None` when any engine will do (what does not
+    /// parse, other protocols). A cheap parse, for steering packets to the
+    /// engine that owns their flow before [`Engine::process`].
+    pub fn steer_key(&self, packet: &[u8]) -> Option<FlowKey> {
+        let meta = parse_ip(packet).ok()?;
+        match meta.flow.protocol {
+            IpProtocol::Tcp if meta.fragment != Fragment::Later => Some(meta.flow),
+            IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
+                let inner = packet.get(usize::from(meta.l4_offset)..meta.l3_range().end)?;
+                let m = parse_ip(inner).ok()?;
+                (m.flow.protocol == IpProtocol::Tcp && m.fragment == Fragment::Whole)
+                    .then_some(m.flow)
+            }
+            IpProtocol::Icmp | IpProtocol::Icmpv6 if meta.fragment == Fragment::Whole => {
+                let l4 = packet.get(usize::from(meta.l4_offset)..meta.l3_range().end)?;
+                let err = match meta.flow.protocol {
+                    IpProtocol::Icmp => icmp::parse_icmpv4_error(l4),
+                    _ => icmp::parse_icmpv6_error(l4),
+                }
+                .ok()?;
+                err.quote.inner.is_none().then(|| err.quote.flow.reversed())
+            }
+            _ => None,
+        }
+    }
+
     /// Decides what to do with the IP packet in `pkt`, rewriting it in place.
     pub fn process(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
         let v = self.decide(now, pkt);

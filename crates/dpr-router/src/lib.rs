@@ -88,6 +88,7 @@ pub mod engine;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz_checks;
 pub mod harness;
+pub mod ops;
 mod reply;
 pub mod verdict;
 
@@ -95,4 +96,5 @@ pub use buffer::PacketBuf;
 pub use config::{ConfigError, DeadPeerAction, EngineConfig};
 pub use counters::{Counters, PeerCounters};
 pub use engine::{DecisionRecord, Engine, EngineError};
+pub use ops::ClusterEngine;
 pub use verdict::{DropReason, Verdict};

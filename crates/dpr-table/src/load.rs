@@ -339,6 +339,10 @@ pub struct LoadTable {
     local_score: f64,
     local_pending: u32,
     local_ended: u32,
+    /// Connections opened less those ended since the last measurement
+    /// that other routers of this host counted (an engine per queue: the
+    /// other queues' engines), as last told ([`Self::set_local_others`]).
+    local_others: i64,
     peers: Vec<PeerRecord>,
     /// Slot of each peer id (`NO_SLOT` where none): a dense array, because
     /// ids are small and this is on the decision path.
@@ -379,6 +383,7 @@ impl LoadTable {
             local_score: 0.0,
             local_pending: 0,
             local_ended: 0,
+            local_others: 0,
             peers: Vec::new(),
             slot_of: Vec::new(),
             ids: Vec::new(),
@@ -433,7 +438,7 @@ impl LoadTable {
     }
 
     fn update_local_score(&mut self) {
-        let delta = i64::from(self.local_pending) - i64::from(self.local_ended);
+        let delta = i64::from(self.local_pending) - i64::from(self.local_ended) + self.local_others;
         self.local_score =
             self.config
                 .normalised_load_delta(&self.local_figures, delta, &self.local_capacity);
@@ -449,6 +454,24 @@ impl LoadTable {
     /// since the last [`Self::set_local`].
     pub fn local_ended(&self) -> u32 {
         self.local_ended
+    }
+
+    /// What this table counted on top of the last measurement: opened
+    /// less ended connections (the part of the estimate that is its own).
+    pub fn local_net(&self) -> i64 {
+        i64::from(self.local_pending) - i64::from(self.local_ended)
+    }
+
+    /// Where several routers share this host's load (an engine per
+    /// queue), each counts only the connections it sees: `others` is what
+    /// the others counted on top of the same measurement (the sum of their
+    /// [`Self::local_net`]), added to this table's estimate until the next
+    /// call or measurement.
+    pub fn set_local_others(&mut self, others: i64) {
+        if self.local_others != others {
+            self.local_others = others;
+            self.update_local_score();
+        }
     }
 
     /// [`Self::set_local`] for a measurement that took time, with the
@@ -488,6 +511,7 @@ impl LoadTable {
         self.local_capacity = capacity;
         self.local_pending = 0;
         self.local_ended = 0;
+        self.local_others = 0;
         self.local_score = self.config.normalised_load(&figures, 0, &capacity);
         self.set_weight(0, self.weight_of(&capacity));
         Ok(())

@@ -966,3 +966,31 @@ fn draining_follows_reports_unless_held_here() {
         .unwrap();
     assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Draining);
 }
+
+/// An engine per queue: each table counts its own connections on top of
+/// the shared measurement and adds what the others counted, as told; the
+/// next measurement lets both go.
+#[test]
+fn local_estimate_adds_the_other_routers_counts() {
+    let mut t = lt();
+    let open = |n| LoadFigures {
+        open_connections: n,
+        ..LoadFigures::default()
+    };
+    t.set_local(open(5), Capacity::default()).unwrap();
+    t.record_local();
+    t.record_local();
+    t.record_local_end();
+    assert_eq!(t.local_net(), 1);
+    t.set_local_others(3);
+    assert_eq!(t.local_load(), 9.0);
+    assert_eq!(
+        t.local_net(),
+        1,
+        "the others' count is not this table's own"
+    );
+    t.set_local_others(-20);
+    assert_eq!(t.local_load(), 0.0, "never below zero");
+    t.set_local(open(4), Capacity::default()).unwrap();
+    assert_eq!((t.local_load(), t.local_net()), (4.0, 0));
+}

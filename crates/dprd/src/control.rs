@@ -8,7 +8,7 @@
 //! and is the only caller.
 
 use crate::config::Config;
-use dpr_router::Engine;
+use dpr_router::ClusterEngine;
 use dpr_router::cluster::{KeyRing, Node, NodePhase, Reject};
 use dpr_table::PeerState;
 use serde::{Deserialize, Serialize};
@@ -95,7 +95,7 @@ impl ControlPlane {
         cfg: &Config,
         keys: KeyRing,
         now: Clock,
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> Result<Self, ControlError> {
         let node = Node::new(cfg.node_config(), keys, cfg.peer_configs(), now, engine)
             .map_err(|e| ControlError(e.to_string()))?;
@@ -106,14 +106,20 @@ impl ControlPlane {
     }
 
     /// A datagram arrived on the control port from `from`.
-    pub fn handle_datagram(&mut self, now: Clock, from: IpAddr, bytes: &[u8], engine: &mut Engine) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Clock,
+        from: IpAddr,
+        bytes: &[u8],
+        engine: &mut dyn ClusterEngine,
+    ) {
         if let Err(r) = self.node.handle_datagram(now, from, bytes, engine) {
             tracing::debug!(%from, reason = r.name(), "control message refused");
         }
     }
 
     /// Tells peers when this host has just become idle (join-idle).
-    pub fn check_idle(&mut self, now: Clock, engine: &Engine) {
+    pub fn check_idle(&mut self, now: Clock, engine: &dyn ClusterEngine) {
         self.node.check_idle(now, engine);
     }
 
@@ -134,7 +140,7 @@ impl ControlPlane {
     }
 
     /// Timer work: reports, drain progress, recovery.
-    pub fn handle_timeout(&mut self, now: Clock, engine: &mut Engine) {
+    pub fn handle_timeout(&mut self, now: Clock, engine: &mut dyn ClusterEngine) {
         let before = self.node.phase();
         self.node.handle_timeout(now, engine);
         let after = self.node.phase();
@@ -157,7 +163,7 @@ impl ControlPlane {
         cfg: &Config,
         keys: KeyRing,
         now: Clock,
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> Result<(), ControlError> {
         self.node
             .reload(cfg.peer_configs(), now, engine)
@@ -168,7 +174,12 @@ impl ControlPlane {
     }
 
     /// Starts draining (`deadline`: the configured one when `None`).
-    pub fn start_drain(&mut self, now: Clock, deadline: Option<Duration>, engine: &mut Engine) {
+    pub fn start_drain(
+        &mut self,
+        now: Clock,
+        deadline: Option<Duration>,
+        engine: &mut dyn ClusterEngine,
+    ) {
         self.node.start_drain(now, deadline, engine);
     }
 
@@ -214,7 +225,7 @@ impl ControlPlane {
     }
 
     /// The peers as status output shows them.
-    pub fn peers(&self, now: Clock, engine: &Engine) -> Vec<PeerView> {
+    pub fn peers(&self, now: Clock, engine: &dyn ClusterEngine) -> Vec<PeerView> {
         let fresh: BTreeMap<u16, dpr_table::Timestamp> = self
             .node
             .status()

@@ -5,10 +5,14 @@
 //!  main thread: config ─► TUN ─► HostGuard::setup ─► engine ─► bind sockets ─► drop root
 //!                 └─► tokio (current thread): control loop
 //!                        UDP control port ◄─► ControlPlane ─┐
-//!                        admin unix socket (status, drain)   ├─ lock engine briefly
+//!                        admin unix socket (status, drain)   ├─ EngineSet (commands to shards)
 //!                        metrics HTTP, signals, timers ──────┘
-//!  worker threads (one per TUN queue): recv batch ─► lock engine ─► process ─► send batch
+//!  worker threads (one per queue, each owning its engine shard, no lock):
+//!     dpr_io::run_worker: commands ─► wait ─► rx_tx (engine per packet) ─► rings ─► maintain
 //! ```
+//! The control loop holds the [`EngineSet`]: the shared state (peers, the
+//! load table) and a command channel to every shard; the shards report
+//! their counters and table sizes at each tick, which status reads.
 //! On SIGTERM / SIGINT, or an error anywhere after setup began, the guard is
 //! dropped (rules, routes, addresses, sysctls undone), the workers stop and
 //! close their queues (the TUN device disappears), and the admin socket is
@@ -16,72 +20,30 @@
 
 use crate::config::{Config, clamped_mss};
 use crate::control::{Clock, ControlPlane};
-use crate::datapath::{Shared, run_worker, run_xdp_worker};
 use crate::status::{PeerRow, Status};
 use crate::xdp::XdpBackend;
 use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
+use dpr_io::shard::{EngineSet, split_capacity};
 use dpr_io::tun::{TunConfig, TunDevice};
+use dpr_io::worker::{WorkerCtx, WorkerStats, now_since, rings, run_worker};
+use dpr_io::{BatchBackend, IoStats};
 use dpr_packet::{FlowKey, IpProtocol};
-use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, SplitMix64};
+use dpr_policy::{Policy, SplitMix64};
 use dpr_router::{DropReason, Engine};
-use dpr_table::{LoadFigures, LoadTable};
+use dpr_table::LoadFigures;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-/// A policy that SIGHUP can replace while the engine keeps its tables.
-#[derive(Clone)]
-pub struct SwappablePolicy(Arc<Mutex<Box<dyn Policy + Send>>>);
-
-impl std::fmt::Debug for SwappablePolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SwappablePolicy({})", self.name())
-    }
-}
-
-impl SwappablePolicy {
-    /// Wraps `p`.
-    pub fn new(p: Box<dyn Policy + Send>) -> Self {
-        Self(Arc::new(Mutex::new(p)))
-    }
-    /// Replaces the policy.
-    pub fn swap(&self, p: Box<dyn Policy + Send>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = p;
-    }
-}
-
-impl Policy for SwappablePolicy {
-    fn decide(
-        &mut self,
-        c: &NewConnection,
-        l: &LoadTable,
-        r: &mut dyn RandomSource,
-    ) -> RedirectDecision {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .decide(c, l, r)
-    }
-    fn name(&self) -> &'static str {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).name()
-    }
-    fn peer_idle(&mut self, peer: dpr_table::PeerId) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .peer_idle(peer);
-    }
-}
-
-fn clock(shared: &Shared) -> Clock {
+fn clock(origin: Instant) -> Clock {
     Clock {
-        mono: shared.now(),
+        mono: now_since(origin),
         unix_ns: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -89,22 +51,63 @@ fn clock(shared: &Shared) -> Clock {
     }
 }
 
-/// Builds the engine a configuration describes (peers are added by the control plane).
-pub fn build_engine(cfg: &Config, policy: SwappablePolicy) -> Result<Engine, String> {
+/// Makes a policy instance: one per engine shard, and again on reload.
+pub type PolicyFactory = Box<dyn FnMut() -> Box<dyn Policy + Send>>;
+
+/// The factory of the policy `cfg` names (checked: a bad `[policy]` is an
+/// error here, naming the field).
+fn config_policy(cfg: &Config) -> Result<PolicyFactory, String> {
+    let mut first = Some(cfg.make_policy().map_err(|e| e.to_string())?);
+    let c = cfg.clone();
+    Ok(Box::new(move || {
+        if let Some(p) = first.take() {
+            return p;
+        }
+        // The same section built a policy a moment ago: it builds again.
+        c.make_policy()
+            .unwrap_or_else(|_| Box::new(dpr_policy::LeastLoad))
+    }))
+}
+
+/// Builds the engines a configuration describes: the control engine
+/// (shared state, tiny tables) and one shard per queue, each with its part
+/// of the table capacity, its own policy instance and random source
+/// (peers are added by the control plane).
+pub fn build_engines(
+    cfg: &Config,
+    queues: usize,
+    policy: &mut dyn FnMut() -> Box<dyn Policy + Send>,
+) -> Result<(EngineSet, Vec<dpr_io::Shard>), String> {
     let seed = if cfg.policy.seed == 0 {
         0x5eed ^ u64::from(cfg.host.id)
     } else {
         cfg.policy.seed
     };
-    Engine::new(
-        cfg.engine_config(),
-        cfg.local_id(),
-        cfg.capacity(),
-        cfg.load_table_config(),
-        Box::new(policy),
-        Box::new(SplitMix64::new(seed)),
-    )
-    .map_err(|e| format!("engine: {e}"))
+    let make = |i: usize, ec: dpr_router::EngineConfig, policy: Box<dyn Policy + Send>| {
+        Engine::new(
+            ec,
+            cfg.local_id(),
+            cfg.capacity(),
+            cfg.load_table_config(),
+            policy,
+            Box::new(SplitMix64::new(
+                seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            )),
+        )
+        .map_err(|e| format!("engine: {e}"))
+    };
+    let mut small = cfg.engine_config();
+    small.routes.capacity = 1;
+    small.served.capacity = 1;
+    let control = make(queues, small, policy())?;
+    let mut shards = Vec::with_capacity(queues);
+    for i in 0..queues {
+        let mut ec = cfg.engine_config();
+        ec.routes.capacity = split_capacity(ec.routes.capacity, queues);
+        ec.served.capacity = split_capacity(ec.served.capacity, queues);
+        shards.push(make(i, ec, policy())?);
+    }
+    Ok(EngineSet::new(control, shards))
 }
 
 fn v4(addrs: &[IpAddr]) -> Vec<Ipv4Addr> {
@@ -161,12 +164,12 @@ impl Drop for SocketFile {
 
 /// Stops and joins the workers on drop.
 struct Workers {
-    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 impl Drop for Workers {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -180,11 +183,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 
 /// Runs the daemon with a policy of the caller's instead of the one the
 /// configuration names (`[policy]` is then ignored, also on reload): the
-/// way to embed a user-written [`Policy`] in a complete router.
-pub fn run_with_policy(
-    config_path: &Path,
-    custom: Option<Box<dyn Policy + Send>>,
-) -> Result<(), String> {
+/// way to embed a user-written [`Policy`] in a complete router. `custom`
+/// makes one instance per engine (one per queue).
+pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
@@ -241,18 +242,15 @@ pub fn run_with_policy(
         Err(e) => tracing::warn!(error = %e, "could not read the uplink's addresses"),
     }
     let fixed_policy = custom.is_some();
-    let policy = SwappablePolicy::new(match custom {
-        Some(p) => p,
-        None => cfg.make_policy().map_err(|e| e.to_string())?,
-    });
-    let engine = build_engine(&cfg, policy.clone())?;
-    let shared = Arc::new(Shared::new(engine));
-    let keys = cfg.load_keys().map_err(|e| e.to_string())?;
-    let control = {
-        let now = clock(&shared);
-        let mut e = shared.lock();
-        ControlPlane::new(&cfg, keys, now, &mut e).map_err(|e| e.to_string())?
+    let mut make_policy: PolicyFactory = match custom {
+        Some(f) => f,
+        None => config_policy(&cfg)?,
     };
+    let (mut engines, shards) = build_engines(&cfg, queues.len(), &mut make_policy)?;
+    let origin = Instant::now();
+    let keys = cfg.load_keys().map_err(|e| e.to_string())?;
+    let control =
+        ControlPlane::new(&cfg, keys, clock(origin), &mut engines).map_err(|e| e.to_string())?;
     // Sockets, bound while privileged.
     if let Some(dir) = cfg.admin.socket.parent() {
         std::fs::create_dir_all(dir)
@@ -289,23 +287,38 @@ pub fn run_with_policy(
         dpr_io::privs::drop_to(who).map_err(|e| format!("dropping privileges to {user}: {e}"))?;
         tracing::info!(%user, uid = who.uid, "privileges dropped; keeping CAP_NET_ADMIN");
     }
+    let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Workers {
-        shared: shared.clone(),
+        stop: stop.clone(),
         threads: Vec::new(),
     };
     let mtu = usize::from(cfg.tunnel.mtu).max(1500);
     let sockets = xdp.as_mut().map(|x| std::mem::take(&mut x.sockets));
     let mut sockets = sockets.map(Vec::into_iter);
-    for (i, q) in queues.into_iter().enumerate() {
-        let s = shared.clone();
-        let batch = cfg.backend.batch;
+    let mut stats = Vec::new();
+    for (i, ((q, shard), rings)) in queues
+        .into_iter()
+        .zip(shards)
+        .zip(rings(engines.shards()))
+        .enumerate()
+    {
+        let ctx = WorkerCtx {
+            stop: stop.clone(),
+            stats: Arc::new(WorkerStats::default()),
+            origin,
+            batch: cfg.backend.batch,
+        };
+        stats.push(ctx.stats.clone());
         let b = std::thread::Builder::new().name(format!("dpr-q{i}"));
         let t = match (sockets.as_mut().and_then(Iterator::next), &xdp) {
             (Some(xsk), Some(x)) => {
                 let q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
-                b.spawn(move || run_xdp_worker(q, s, batch))
+                b.spawn(move || run_worker(q, shard, rings, ctx))
             }
-            _ => b.spawn(move || run_worker(q, s, batch, mtu)),
+            _ => {
+                let q = BatchBackend::new(q, cfg.backend.batch, mtu);
+                b.spawn(move || run_worker(q, shard, rings, ctx))
+            }
         }
         .map_err(|e| format!("starting worker {i}: {e}"))?;
         workers.threads.push(t);
@@ -318,10 +331,12 @@ pub fn run_with_policy(
     let ctx = LoopCtx {
         cfg,
         config_path: config_path.to_path_buf(),
-        shared: shared.clone(),
+        origin,
+        engines,
+        worker_stats: stats,
         control,
         guard,
-        policy,
+        make_policy,
         fixed_policy,
         started: Instant::now(),
         draining_since: None,
@@ -361,10 +376,15 @@ impl crate::config::PolicySection {
 struct LoopCtx {
     cfg: Config,
     config_path: PathBuf,
-    shared: Arc<Shared>,
+    /// The monotonic origin of engine timestamps.
+    origin: Instant,
+    /// The engines: shared state here, a shard per worker.
+    engines: EngineSet,
+    /// Each worker's counters.
+    worker_stats: Vec<Arc<WorkerStats>>,
     control: ControlPlane,
     guard: HostGuard,
-    policy: SwappablePolicy,
+    make_policy: PolicyFactory,
     fixed_policy: bool,
     started: Instant,
     draining_since: Option<Instant>,
@@ -396,9 +416,20 @@ struct AdminRequest {
 }
 
 impl LoopCtx {
+    /// What the workers counted, summed.
+    fn io_stats(&self) -> IoStats {
+        let mut t = IoStats::default();
+        for w in &self.worker_stats {
+            t.merge(&w.snapshot());
+        }
+        t
+    }
+
+    /// The status, from the shards' last reports (one tick old at most)
+    /// and the workers' counters: the data path is not stopped for it.
     fn status(&self) -> Status {
-        let now = clock(&self.shared);
-        let e = self.shared.lock();
+        let now = clock(self.origin);
+        let e = &self.engines;
         let c = e.counters();
         let mut verdicts = BTreeMap::new();
         for (k, v) in [
@@ -436,23 +467,18 @@ impl LoopCtx {
             .iter()
             .map(|(k, v)| ((*k).to_string(), *v))
             .collect();
-        let s = &self.shared;
-        let mut io = BTreeMap::new();
+        let mut io: BTreeMap<String, u64> = self
+            .io_stats()
+            .pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         for (k, v) in [
-            ("rx_packets", s.rx_packets.load(Ordering::Relaxed)),
-            ("tx_packets", s.tx_packets.load(Ordering::Relaxed)),
-            ("tx_failed", s.tx_failed.load(Ordering::Relaxed)),
-            ("rx_errors", s.rx_errors.load(Ordering::Relaxed)),
             ("control_sent", self.control.sent()),
             ("control_accepted", self.control.counters().accepted),
             ("control_rejected", self.control.rejected()),
             ("routes_restored", c.routes_restored),
             ("drain_redirects", c.drain_redirects),
-            (
-                "xdp_fast_forwarded",
-                s.xdp_fast_forwarded.load(Ordering::Relaxed),
-            ),
-            ("xdp_unresolved", s.xdp_unresolved.load(Ordering::Relaxed)),
             ("load_measure_us", self.load_measure_us),
             ("cut_flows_sent", self.control.counters().cut_flows_sent),
             (
@@ -468,17 +494,6 @@ impl LoopCtx {
                 "idle_adverts_received",
                 self.control.counters().idle_adverts_received,
             ),
-            ("xsk_tx_full", s.xsk_tx_full.load(Ordering::Relaxed)),
-            (
-                "xsk_rx_ring_full",
-                s.xsk_rx_ring_full.load(Ordering::Relaxed),
-            ),
-            ("xsk_rx_dropped", s.xsk_rx_dropped.load(Ordering::Relaxed)),
-            (
-                "xsk_fill_ring_empty",
-                s.xsk_fill_ring_empty.load(Ordering::Relaxed),
-            ),
-            ("xsk_tx_invalid", s.xsk_tx_invalid.load(Ordering::Relaxed)),
         ] {
             io.insert(k.to_string(), v);
         }
@@ -492,7 +507,7 @@ impl LoopCtx {
         }
         let peers = self
             .control
-            .peers(now, &e)
+            .peers(now, e)
             .into_iter()
             .map(|p| {
                 let pc = c
@@ -510,22 +525,22 @@ impl LoopCtx {
                 }
             })
             .collect();
-        let (rs, ss) = (e.routes().stats(), e.served().stats());
+        let (rs, ss) = (e.routes(), e.served());
         Status {
             host: self.cfg.host.name.clone(),
             id: self.cfg.host.id,
-            policy: e.policy_name().to_string(),
+            policy: e.control().policy_name().to_string(),
             backend: self.backend_name.clone(),
             draining: self.control.is_draining(),
             phase: crate::control::phase_name(self.control.phase()).into(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             open_connections: self.open_connections,
-            load: e.loads().local_load(),
-            routes: e.routes().len(),
-            served: e.served().len(),
-            table_capacity: e.routes().capacity(),
-            evicted: rs.evicted + ss.evicted,
-            expired: rs.expired + ss.expired,
+            load: e.control().loads().local_load(),
+            routes: rs.len,
+            served: ss.len,
+            table_capacity: rs.capacity,
+            evicted: rs.stats.evicted + ss.stats.evicted,
+            expired: rs.stats.expired + ss.stats.expired,
             peers,
             verdicts,
             events,
@@ -553,18 +568,20 @@ impl LoopCtx {
                         .iter()
                         .flat_map(|p| p.service_addrs.iter().copied())
                         .collect();
-                    let now = self.shared.now();
-                    let mut e = self.shared.lock();
-                    for s in socks.iter().filter(|s| peers_addrs.contains(&s.local.ip())) {
-                        let flow = FlowKey::new(
-                            IpProtocol::Tcp,
-                            s.remote.ip(),
-                            s.remote.port(),
-                            s.local.ip(),
-                            s.local.port(),
-                        );
-                        e.confirm_served(&flow, now);
-                    }
+                    let flows = socks
+                        .iter()
+                        .filter(|s| peers_addrs.contains(&s.local.ip()))
+                        .map(|s| {
+                            FlowKey::new(
+                                IpProtocol::Tcp,
+                                s.remote.ip(),
+                                s.remote.port(),
+                                s.local.ip(),
+                                s.local.port(),
+                            )
+                        })
+                        .collect();
+                    self.engines.confirm_served(flows, now_since(self.origin));
                     return Listed::Sockets(socks);
                 }
                 Err(e) => {
@@ -579,15 +596,12 @@ impl LoopCtx {
     /// The decisions the engine kept since the last request (see
     /// `[admin] decision_log`), with times on `CLOCK_MONOTONIC` so they can
     /// be matched with events of other processes on this host.
-    fn decisions_json(&self) -> String {
-        let (list, arrivals, engine_now) = {
-            let mut e = self.shared.lock();
-            (
-                e.take_decisions(),
-                e.take_peer_arrivals(),
-                self.shared.now(),
-            )
-        };
+    fn decisions_json(&mut self) -> String {
+        let (list, arrivals, engine_now) = (
+            self.engines.take_decisions(),
+            self.engines.take_peer_arrivals(),
+            now_since(self.origin),
+        );
         let offset = dpr_io::sys::monotonic_ns().saturating_sub(engine_now.0);
         let rows: Vec<serde_json::Value> = list
             .iter()
@@ -636,8 +650,10 @@ impl LoopCtx {
         }
     }
 
+    /// Measures the load, once every shard has begun noting the
+    /// connections that open and end meanwhile
+    /// ([`EngineSet::begin_load_measurement`]).
     fn refresh_load(&mut self) {
-        self.shared.lock().begin_load_measurement();
         let listed = self.open_connections_measured();
         self.open_connections = match &listed {
             Listed::Sockets(s) => u32::try_from(s.len()).unwrap_or(u32::MAX),
@@ -652,20 +668,16 @@ impl LoopCtx {
             Listed::Sockets(socks) => {
                 let set: std::collections::HashSet<(SocketAddr, SocketAddr)> =
                     socks.iter().map(|s| (s.remote, s.local)).collect();
-                let seen = |f: &FlowKey| {
+                let seen = move |f: &FlowKey| {
                     set.contains(&(
                         SocketAddr::new(f.src, f.src_port),
                         SocketAddr::new(f.dst, f.dst_port),
                     ))
                 };
-                self.shared
-                    .lock()
-                    .finish_load_measurement(figures, cap, Some(&seen))
+                self.engines
+                    .finish_load_measurement(figures, cap, Some(Arc::new(seen)))
             }
-            Listed::Count(_) => self
-                .shared
-                .lock()
-                .finish_load_measurement(figures, cap, None),
+            Listed::Count(_) => self.engines.finish_load_measurement(figures, cap, None),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "setting the local load");
@@ -682,7 +694,7 @@ impl LoopCtx {
                 "[host], [backend] and [tunnel] changes need a restart; nothing reloaded".into(),
             );
         }
-        let policy = new.make_policy().map_err(|e| e.to_string())?;
+        let policy = config_policy(&new)?;
         let keys = new.load_keys().map_err(|e| e.to_string())?;
         self.guard
             .set_peer_service_addrs(&new.peer_service_v4())
@@ -690,15 +702,13 @@ impl LoopCtx {
         if let Some(x) = self.xdp.as_mut() {
             x.set_peers(&new)?;
         }
-        let now = clock(&self.shared);
-        {
-            let mut e = self.shared.lock();
-            self.control
-                .reload(&new, keys, now, &mut e)
-                .map_err(|e| e.to_string())?;
-        }
+        let now = clock(self.origin);
+        self.control
+            .reload(&new, keys, now, &mut self.engines)
+            .map_err(|e| e.to_string())?;
         if !self.fixed_policy {
-            self.policy.swap(policy);
+            self.make_policy = policy;
+            self.engines.set_policy(&mut self.make_policy);
         }
         self.cfg = new;
         Ok(())
@@ -708,11 +718,8 @@ impl LoopCtx {
         match line.trim() {
             "status" => serde_json::to_string(&self.status()).unwrap_or_default(),
             "drain" => {
-                let now = clock(&self.shared);
-                {
-                    let mut e = self.shared.lock();
-                    self.control.start_drain(now, None, &mut e);
-                }
+                let now = clock(self.origin);
+                self.control.start_drain(now, None, &mut self.engines);
                 self.draining_since.get_or_insert_with(Instant::now);
                 tracing::info!(
                     deadline_s = self.cfg.cluster.drain_deadline_s,
@@ -789,9 +796,8 @@ async fn control_loop(
             },
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
-                    let now = clock(&ctx.shared);
-                    let mut e = ctx.shared.lock();
-                    ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut e);
+                    let now = clock(ctx.origin);
+                    ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut ctx.engines);
                 }
             }
             c = admin.accept() => {
@@ -804,19 +810,23 @@ async fn control_loop(
                 let _ = req.reply.send(answer);
             }
             _ = tick.tick() => {
-                let now = clock(&ctx.shared);
-                if Instant::now() >= next_refresh {
+                let now = clock(ctx.origin);
+                if !ctx.engines.is_measuring() && Instant::now() >= next_refresh {
+                    // Every shard notes what opens and ends during the
+                    // dump; the dump waits until all have begun.
+                    ctx.engines.begin_load_measurement();
+                }
+                if ctx.engines.is_measuring() && ctx.engines.measurement_ready() {
                     let (t, cpu) = (Instant::now(), dpr_io::sys::thread_cpu_ns());
                     ctx.refresh_load();
                     ctx.load_measure_us = t.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
                     let cpu = Duration::from_nanos(dpr_io::sys::thread_cpu_ns().saturating_sub(cpu));
                     next_refresh = Instant::now() + load::measurement_interval(refresh, cpu);
                 }
-                let mut e = ctx.shared.lock();
-                e.tick(now.mono, 256);
-                ctx.control.check_idle(now, &e);
+                ctx.engines.tick(now.mono, 256);
+                ctx.control.check_idle(now, &ctx.engines);
                 if now.mono >= ctx.control.poll_timeout() {
-                    ctx.control.handle_timeout(now, &mut e);
+                    ctx.control.handle_timeout(now, &mut ctx.engines);
                 }
             }
         }

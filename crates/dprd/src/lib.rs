@@ -4,7 +4,7 @@
 //! with `backend.kind = "af-xdp`, attaches the XDP program and binds the
 //! AF_XDP sockets: [`xdp`]), sets the
 //! host up (and undoes it on exit), runs one data-path worker per queue
-//! ([`datapath`]) over a shared `dpr_router::Engine`, and runs the control
+//! (`dpr_io::run_worker`, each owning its engine shard), and runs the control
 //! plane on tokio ([`daemon`]): the cluster protocol
 //! (`dpr_router::cluster::Node`: signed load reports, membership, drain,
 //! restart recovery) through the [`control`] adapter, the admin socket
@@ -21,7 +21,6 @@ pub mod bench;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod datapath;
 pub mod httpd;
 pub mod keygen;
 pub mod lab;

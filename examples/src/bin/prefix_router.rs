@@ -3,22 +3,26 @@
 //! locally (say, a partner network with a contract on this host), every
 //! other new connection goes to the least-loaded host when this one is
 //! over its threshold. Everything else — TUN backend, host setup and
-//! teardown, load reports, admin socket, metrics — is `dprd`'s, through
-//! `dprd::daemon::run_with_policy`.
+//! teardown, an engine per queue, this host's load counted from its open
+//! sockets — is the library's, through [`dpr_examples::run`] (static
+//! membership: the configured peers are alive, with no load of their own;
+//! `dprd` adds the cluster protocol and runs such a policy with
+//! `dprd::daemon::run_with_policy`).
 //!
 //! ```text
 //! cargo build --release -p dpr-examples --bin prefix-router
 //! sudo ./target/release/prefix-router examples/config/lab-h0.toml 198.18.0.0/25 [MORE/PREFIXES]
 //! ```
-//! (The config is a normal `dprd` file; its `[policy]` section is ignored.
-//! `dprd status --socket PATH` shows the router as for `dprd run`.)
+//! (The config is a normal `dprd` file; of `[policy]` only the threshold is read.)
 
+use dpr_examples::{StaticConfig, run};
 use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, threshold};
 use dpr_table::LoadTable;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
 /// Serve `local_prefixes` here; the rest by load above `threshold`.
+#[derive(Clone)]
 struct PartnersStayLocal {
     local_prefixes: Vec<(Ipv4Addr, u8)>,
     threshold: f64,
@@ -63,7 +67,14 @@ fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((a, l))
 }
 
+const HELP: &str =
+    "Runs a DPR router on this host (root) until Ctrl-C or SIGTERM, then undoes its set-up.";
+
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("usage: prefix-router CONFIG.toml PREFIX/LEN...\n\n{}", HELP);
+        return ExitCode::SUCCESS;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(config) = args.first() else {
         eprintln!("usage: prefix-router CONFIG.toml PREFIX/LEN...");
@@ -77,14 +88,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let threshold =
-        dprd::config::Config::load(config.as_ref()).map_or(100.0, |c| c.policy.threshold);
-    let policy = PartnersStayLocal {
-        local_prefixes,
-        threshold,
-    };
-    match dprd::daemon::run_with_policy(config.as_ref(), Some(Box::new(policy))) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = StaticConfig::load(config).and_then(|cfg| {
+        let policy = PartnersStayLocal {
+            local_prefixes,
+            threshold: cfg.policy.threshold,
+        };
+        run(&cfg, &mut || Box::new(policy.clone()), true)
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prefix-router: {e}");
             ExitCode::FAILURE

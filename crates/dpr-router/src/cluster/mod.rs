@@ -23,7 +23,8 @@ mod keys;
 
 pub use keys::{KeyRing, MIN_KEY_LEN};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::EngineError;
+use crate::ops::ClusterEngine;
 use dpr_packet::FlowKey;
 use dpr_packet::control::{
     self, Body, Header, HostState, LoadEntry, MAX_ENTRIES, MAX_MESSAGE_LEN, MessageKind,
@@ -510,7 +511,7 @@ impl Node {
         keys: KeyRing,
         peers: Vec<PeerConfig>,
         now: Clock,
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> Result<Self, ClusterError> {
         cfg.validate()?;
         let mut node = Self {
@@ -618,7 +619,7 @@ impl Node {
         &mut self,
         peers: Vec<PeerConfig>,
         now: Clock,
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> Result<(), ClusterError> {
         let mut seen = BTreeSet::new();
         for p in &peers {
@@ -673,7 +674,12 @@ impl Node {
     /// Starts draining: announced at once; new connections go to peers;
     /// established ones are served until they end or `deadline` (default
     /// `drain_deadline`) passes; then the node announces `Leaving`.
-    pub fn start_drain(&mut self, now: Clock, deadline: Option<Duration>, engine: &mut Engine) {
+    pub fn start_drain(
+        &mut self,
+        now: Clock,
+        deadline: Option<Duration>,
+        engine: &mut dyn ClusterEngine,
+    ) {
         if matches!(self.phase, NodePhase::Leaving | NodePhase::Left) {
             return;
         }
@@ -687,7 +693,7 @@ impl Node {
     }
 
     /// Stops a drain that has not finished: back to active.
-    pub fn cancel_drain(&mut self, now: Clock, engine: &mut Engine) {
+    pub fn cancel_drain(&mut self, now: Clock, engine: &mut dyn ClusterEngine) {
         if self.phase == NodePhase::Draining {
             self.phase = NodePhase::Active;
             engine.set_draining(false);
@@ -714,7 +720,7 @@ impl Node {
     }
 
     /// Timer work due at `now`: reports, drain progress, recovery requests.
-    pub fn handle_timeout(&mut self, now: Clock, engine: &mut Engine) {
+    pub fn handle_timeout(&mut self, now: Clock, engine: &mut dyn ClusterEngine) {
         if let Some(r) = &mut self.recovery {
             if now.mono >= r.deadline {
                 self.recovery = None;
@@ -760,7 +766,7 @@ impl Node {
     /// True once the deadline has passed, or once neither the local stack
     /// nor the routing table has had a connection for a whole interval (so
     /// a load figure a little out of date cannot end the drain early).
-    fn drain_done(&mut self, now: Clock, engine: &Engine) -> bool {
+    fn drain_done(&mut self, now: Clock, engine: &dyn ClusterEngine) -> bool {
         if self.drain_deadline.is_some_and(|d| now.mono >= d) {
             return true;
         }
@@ -774,7 +780,7 @@ impl Node {
         now.mono.0.saturating_sub(since.0) >= ns(self.cfg.report_interval)
     }
 
-    fn maybe_finish_recovery(&mut self, engine: &mut Engine) {
+    fn maybe_finish_recovery(&mut self, engine: &mut dyn ClusterEngine) {
         let done = match &self.recovery {
             Some(r) => r
                 .pending
@@ -811,7 +817,7 @@ impl Node {
         buf
     }
 
-    fn own_entry(&self, engine: &Engine) -> LoadEntry {
+    fn own_entry(&self, engine: &dyn ClusterEngine) -> LoadEntry {
         let f = engine.loads().local_figures();
         LoadEntry {
             origin: self.cfg.local_id.0,
@@ -832,7 +838,7 @@ impl Node {
         }
     }
 
-    fn report(&mut self, now: Clock, engine: &Engine) {
+    fn report(&mut self, now: Clock, engine: &dyn ClusterEngine) {
         self.report_seq += 1;
         let mut entries = vec![self.own_entry(engine)];
         let targets: Vec<IpAddr> = match self.cfg.mode {
@@ -927,7 +933,7 @@ impl Node {
         now: Clock,
         from: IpAddr,
         bytes: &[u8],
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> Result<MessageKind, Reject> {
         let r = self.accept(now, from, bytes, engine);
         match r {
@@ -942,7 +948,7 @@ impl Node {
         now: Clock,
         from: IpAddr,
         bytes: &[u8],
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> Result<MessageKind, Reject> {
         let msg = control::parse(bytes).map_err(|_| Reject::Malformed)?;
         let h = msg.header;
@@ -995,7 +1001,13 @@ impl Node {
         Ok(h.kind)
     }
 
-    fn on_report(&mut self, now: Clock, sender: PeerId, r: &ReportView<'_>, engine: &mut Engine) {
+    fn on_report(
+        &mut self,
+        now: Clock,
+        sender: PeerId,
+        r: &ReportView<'_>,
+        engine: &mut dyn ClusterEngine,
+    ) {
         let mismatch = self.peers.get(&sender).is_some_and(|p| {
             r.service_addr_count() != p.cfg.service_addrs.len()
                 || r.service_addrs()
@@ -1027,7 +1039,7 @@ impl Node {
         now: Clock,
         origin: PeerId,
         e: &LoadEntry,
-        engine: &mut Engine,
+        engine: &mut dyn ClusterEngine,
     ) -> bool {
         let Some(peer) = self.peers.get_mut(&origin) else {
             return false;
@@ -1094,7 +1106,7 @@ impl Node {
     /// them hold no client any more, yet count as its load and would keep
     /// new connections from it until they time out. Sent once (a lost
     /// notice leaves them to those timeouts).
-    fn send_cut(&mut self, now: Clock, peer: PeerId, engine: &mut Engine) {
+    fn send_cut(&mut self, now: Clock, peer: PeerId, engine: &mut dyn ClusterEngine) {
         let Some(to) = self.peers.get(&peer).map(|p| p.cfg.tunnel_addr) else {
             return;
         };
@@ -1142,7 +1154,7 @@ impl Node {
     /// A peer cut connections it had routed here: forget them, and queue
     /// them for the host to abort (only flows to that peer's own service
     /// addresses: a peer routes nothing else here).
-    fn on_cut(&mut self, sender: PeerId, r: &ReplyView<'_>, engine: &mut Engine) {
+    fn on_cut(&mut self, sender: PeerId, r: &ReplyView<'_>, engine: &mut dyn ClusterEngine) {
         let Some(services) = self.peers.get(&sender).map(|p| &p.cfg.service_addrs) else {
             return;
         };
@@ -1162,7 +1174,7 @@ impl Node {
     /// their threshold send their next new connection to the freshest
     /// idle peer they heard of, each once: news a report interval old is
     /// stale by tens of service times, an advertisement is not.
-    pub fn check_idle(&mut self, now: Clock, engine: &Engine) {
+    pub fn check_idle(&mut self, now: Clock, engine: &dyn ClusterEngine) {
         let busy = engine.loads().local_load() > 0.0;
         let became_idle = self.was_busy && !busy;
         self.was_busy = busy;
@@ -1197,7 +1209,13 @@ impl Node {
         self.aborts.pop_front()
     }
 
-    fn on_request(&mut self, now: Clock, sender: PeerId, request_id: u32, engine: &Engine) {
+    fn on_request(
+        &mut self,
+        now: Clock,
+        sender: PeerId,
+        request_id: u32,
+        engine: &mut dyn ClusterEngine,
+    ) {
         let Some(to) = self.peers.get(&sender).map(|p| p.cfg.tunnel_addr) else {
             return;
         };
@@ -1207,7 +1225,13 @@ impl Node {
             self.send_flows(now, to, MessageKind::RecoveryReply, request_id, &flows);
     }
 
-    fn on_reply(&mut self, now: Clock, sender: PeerId, r: &ReplyView<'_>, engine: &mut Engine) {
+    fn on_reply(
+        &mut self,
+        now: Clock,
+        sender: PeerId,
+        r: &ReplyView<'_>,
+        engine: &mut dyn ClusterEngine,
+    ) {
         let Some(rec) = &mut self.recovery else {
             return;
         };

@@ -1,0 +1,406 @@
+//! The data path's one worker loop: a [`Backend`] queue, the [`Shard`]
+//! that owns its flows, and the rings to the other workers.
+//!
+//! ```text
+//!  loop until stopped:
+//!    shard.poll()                      commands from the control thread (no lock)
+//!    backend.wait(≤ 10 ms)
+//!    backend.rx_tx(batch, |buf, range|
+//!        owner = shard.owner_of(packet)
+//!        ours  ─► shard.process ─► Egress (Drop / Kernel / Peer) ─► the backend sends it
+//!        other ─► copy into ring[owner], Egress::Drop here)
+//!    ring from the others ─► shard.process ─► backend.transmit
+//!    backend.maintain(stats)           neighbour look-ups, kernel counters
+//! ```
+//!
+//! No lock is taken on the way and none is held across a system call: a
+//! worker owns its queue and its shard; it shares only its counters
+//! (atomics) and the rings (bounded channels of packets).
+
+use crate::backend::{Backend, DEFAULT_HEADROOM, Egress};
+use crate::shard::Shard;
+use dpr_router::{PacketBuf, Verdict};
+use dpr_table::Timestamp;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
+
+/// How long a worker waits for packets before it looks at its commands
+/// and rings again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Packets a ring between two workers holds; more are dropped (counted),
+/// as a full device queue drops them.
+pub const RING_DEPTH: usize = 1024;
+
+macro_rules! stats {
+    ($($(#[$m:meta])* $name:ident,)*) => {
+        /// One worker's counters, written by it alone (relaxed atomics),
+        /// read by the control thread.
+        #[derive(Debug, Default)]
+        pub struct WorkerStats {
+            $($(#[$m])* pub $name: AtomicU64,)*
+        }
+
+        /// A snapshot of [`WorkerStats`], summable over workers.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct IoStats {
+            $($(#[$m])* pub $name: u64,)*
+        }
+
+        impl WorkerStats {
+            /// The counters now.
+            pub fn snapshot(&self) -> IoStats {
+                IoStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl IoStats {
+            /// Adds `o`.
+            pub fn merge(&mut self, o: &IoStats) {
+                $(self.$name += o.$name;)*
+            }
+
+            /// Every counter, by name (for status and metrics).
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+stats! {
+    /// Packets received from the queue.
+    rx_packets,
+    /// Packets transmitted (to the kernel or the link).
+    tx_packets,
+    /// Transmits the device refused.
+    tx_failed,
+    /// Receive errors of the queue.
+    rx_errors,
+    /// Packets of another worker's flows handed to it through its ring.
+    handed_over,
+    /// Packets handed over by other workers and processed here.
+    taken_over,
+    /// Packets dropped because the owner's ring was full.
+    ring_full,
+    /// AF_XDP: forwards that left from the received frame.
+    xdp_fast_forwarded,
+    /// AF_XDP: forwards sent through the kernel (next hop unresolved).
+    xdp_unresolved,
+    /// AF_XDP: forwards dropped because the socket's tx ring was full.
+    xsk_tx_full,
+    /// AF_XDP, the kernel's counters: frames dropped, rx ring full.
+    xsk_rx_ring_full,
+    /// ... frames dropped for other reasons (no fill-ring frame).
+    xsk_rx_dropped,
+    /// ... times the fill ring was empty when a frame arrived.
+    xsk_fill_ring_empty,
+    /// ... invalid tx descriptors.
+    xsk_tx_invalid,
+}
+
+/// A worker's ends of the rings: where other workers hand it packets of
+/// its flows, and where it hands them theirs.
+#[derive(Debug)]
+pub struct Rings {
+    inbox: Receiver<Vec<u8>>,
+    to: Vec<SyncSender<Vec<u8>>>,
+}
+
+/// The rings of `n` workers, in worker order: every pair is connected.
+pub fn rings(n: usize) -> Vec<Rings> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::sync_channel(RING_DEPTH)).unzip();
+    rxs.into_iter()
+        .map(|inbox| Rings {
+            inbox,
+            to: txs.clone(),
+        })
+        .collect()
+}
+
+/// What a worker needs besides its queue and shard.
+#[derive(Debug, Clone)]
+pub struct WorkerCtx {
+    /// Set to stop the worker.
+    pub stop: Arc<AtomicBool>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+    /// The monotonic origin of engine timestamps (the same for every
+    /// worker and the control thread).
+    pub origin: Instant,
+    /// Packets per batch.
+    pub batch: usize,
+}
+
+impl WorkerCtx {
+    /// Monotonic now, as the engines count time.
+    pub fn now(&self) -> Timestamp {
+        now_since(self.origin)
+    }
+}
+
+/// Nanoseconds since `origin`, as a [`Timestamp`].
+pub fn now_since(origin: Instant) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The egress of a verdict: everything but `Drop` goes out of the queue
+/// it is handled on (the kernel delivers `Deliver`, `Pass` and `Reply`,
+/// and routes `Forward`, IP-in-IP, out of the uplink); a backend with its
+/// own link sends `Forward` there.
+pub fn egress_of(v: &Verdict, pkt: &PacketBuf<'_>) -> Egress {
+    match v {
+        Verdict::Drop(_) => Egress::Drop,
+        Verdict::Forward { to, .. } => Egress::Peer {
+            next_hop: *to,
+            range: pkt.range(),
+        },
+        _ => Egress::Kernel(pkt.range()),
+    }
+}
+
+/// Runs one worker until `ctx.stop` is set (or the control thread has
+/// gone): see the module's picture.
+pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ctx: WorkerCtx) {
+    let me = shard.index();
+    let stats = ctx.stats.clone();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        if !shard.poll().1 {
+            break;
+        }
+        match backend.wait(POLL_INTERVAL) {
+            Ok(true) => {
+                let now = ctx.now();
+                let Rings { to, .. } = &rings;
+                let r = backend.rx_tx(ctx.batch, |buf, range| {
+                    let owner = buf.get(range.clone()).map_or(me, |p| shard.owner_of(p));
+                    if owner != me {
+                        hand_over(to, owner, &buf[range], &mut spare, &stats);
+                        return Egress::Drop;
+                    }
+                    let Some(mut pkt) = PacketBuf::new(buf, range.start, range.end) else {
+                        return Egress::Drop;
+                    };
+                    let v = shard.process(now, &mut pkt);
+                    egress_of(&v, &pkt)
+                });
+                match r {
+                    Ok(o) => {
+                        stats
+                            .rx_packets
+                            .fetch_add(o.received as u64, Ordering::Relaxed);
+                        stats.tx_packets.fetch_add(o.sent as u64, Ordering::Relaxed);
+                        stats
+                            .tx_failed
+                            .fetch_add(o.failed as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => receive_failed(&stats, backend.kind(), &e),
+                }
+            }
+            Ok(false) => {}
+            Err(e) => receive_failed(&stats, backend.kind(), &e),
+        }
+        take_over(&mut backend, &mut shard, &rings, &ctx, &mut spare);
+        backend.maintain(&stats);
+    }
+    backend.close();
+}
+
+fn receive_failed(stats: &WorkerStats, kind: &str, e: &std::io::Error) {
+    stats.rx_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(backend = kind, error = %e, "receive failed");
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+/// Copies a packet of `owner`'s flow into its ring, with headroom.
+fn hand_over(
+    to: &[SyncSender<Vec<u8>>],
+    owner: usize,
+    packet: &[u8],
+    spare: &mut Vec<Vec<u8>>,
+    stats: &WorkerStats,
+) {
+    let Some(ring) = to.get(owner) else {
+        return;
+    };
+    let mut buf = spare.pop().unwrap_or_default();
+    buf.clear();
+    buf.resize(DEFAULT_HEADROOM, 0);
+    buf.extend_from_slice(packet);
+    match ring.try_send(buf) {
+        Ok(()) => {
+            stats.handed_over.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+            stats.ring_full.fetch_add(1, Ordering::Relaxed);
+            spare.push(b);
+        }
+    }
+}
+
+/// Processes the packets other workers handed over and transmits them on
+/// this worker's queue.
+fn take_over<B: Backend>(
+    backend: &mut B,
+    shard: &mut Shard,
+    rings: &Rings,
+    ctx: &WorkerCtx,
+    spare: &mut Vec<Vec<u8>>,
+) {
+    let stats = &ctx.stats;
+    let mut now = None;
+    loop {
+        let mut buf = match rings.inbox.try_recv() {
+            Ok(b) => b,
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+        };
+        let now = *now.get_or_insert_with(|| ctx.now());
+        stats.taken_over.fetch_add(1, Ordering::Relaxed);
+        let end = buf.len();
+        // Room to grow, as a received frame has: the engine may add an
+        // outer header in front (the headroom) or write a reply quoting
+        // the packet (an MTU's worth).
+        buf.resize(end.max(DEFAULT_HEADROOM + 1500) + 64, 0);
+        let egress = match PacketBuf::new(&mut buf, DEFAULT_HEADROOM, end) {
+            Some(mut pkt) => {
+                let v = shard.process(now, &mut pkt);
+                egress_of(&v, &pkt)
+            }
+            None => Egress::Drop,
+        };
+        if egress != Egress::Drop {
+            match backend.transmit(&mut buf, egress) {
+                Ok(true) => {
+                    stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    stats.tx_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if spare.len() < 64 {
+            spare.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BatchBackend;
+    use crate::shard::EngineSet;
+    use crate::shard::tests::{engine, syn};
+
+    fn ctx(stop: &Arc<AtomicBool>) -> WorkerCtx {
+        WorkerCtx {
+            stop: stop.clone(),
+            stats: Arc::new(WorkerStats::default()),
+            origin: Instant::now(),
+            batch: 8,
+        }
+    }
+
+    fn wait_for(mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn one_worker_over_the_memory_backend() {
+        let (mut set, shards) = EngineSet::new(engine(1, 100.0), vec![engine(64, 100.0)]);
+        let (be, h) = crate::mem::pair();
+        let ip = |p: Vec<u8>| p[DEFAULT_HEADROOM..].to_vec();
+        let mut other = ip(syn(40000));
+        other[19] = 9; // not ours: passed
+        h.inject(ip(syn(40000))); // service: delivered
+        h.inject(vec![0x45, 0, 0, 99]); // malformed: dropped
+        h.inject(other.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let c = ctx(&stop);
+        let stats = c.stats.clone();
+        let mut r = rings(1);
+        let shard = shards.into_iter().next().unwrap_or_else(|| unreachable!());
+        let t = std::thread::spawn(move || {
+            run_worker(BatchBackend::new(be, 8, 1500), shard, r.remove(0), c)
+        });
+        wait_for(|| stats.snapshot().tx_packets >= 2);
+        wait_for(|| {
+            set.tick(Timestamp::ZERO, 0);
+            set.counters().dropped == 1
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = t.join();
+        assert_eq!(h.take_sent(), vec![ip(syn(40000)), other]);
+        let c = set.counters();
+        assert_eq!(
+            (c.delivered, c.passed, c.dropped, c.new_local),
+            (1, 1, 1, 1)
+        );
+        let s = stats.snapshot();
+        assert_eq!((s.rx_packets, s.tx_packets, s.handed_over), (3, 2, 0));
+    }
+
+    /// Two queues, every packet received on the first: each flow is
+    /// handled by the engine that owns it, the others' through the ring.
+    #[test]
+    fn packets_reach_the_engine_that_owns_their_flow() {
+        let (mut set, shards) = EngineSet::new(
+            engine(1, 100.0),
+            vec![engine(1024, 100.0), engine(1024, 100.0)],
+        );
+        let hasher = *set.control().flow_hasher();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for (shard, r) in shards.into_iter().zip(rings(2)) {
+            let (be, h) = crate::mem::pair();
+            handles.push(h);
+            let c = ctx(&stop);
+            stats.push(c.stats.clone());
+            threads.push(std::thread::spawn(move || {
+                run_worker(BatchBackend::new(be, 8, 1500), shard, r, c)
+            }));
+        }
+        let n = 200u16;
+        for p in 0..n {
+            handles[0].inject(syn(30000 + p)[DEFAULT_HEADROOM..].to_vec());
+        }
+        let sent = || handles.iter().map(|h| h.pending()).sum::<usize>() == 0;
+        wait_for(sent);
+        wait_for(|| stats.iter().map(|s| s.snapshot().tx_packets).sum::<u64>() >= u64::from(n));
+        let owned = set.ask(|e| e.routes().iter().map(|r| r.key).collect::<Vec<_>>());
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        assert_eq!(owned.len(), 2);
+        for (i, flows) in owned.iter().enumerate() {
+            assert!(!flows.is_empty(), "shard {i} owns some of {n} flows");
+            for f in flows {
+                assert_eq!(
+                    dpr_table::worker_for(&hasher, f, 2),
+                    i,
+                    "{f:?} on shard {i}"
+                );
+            }
+        }
+        assert_eq!(owned.iter().map(Vec::len).sum::<usize>(), usize::from(n));
+        let (s0, s1) = (stats[0].snapshot(), stats[1].snapshot());
+        assert_eq!(s0.handed_over, s1.taken_over);
+        assert_eq!(s0.handed_over as usize, owned[1].len());
+        assert_eq!(s0.rx_packets, u64::from(n));
+        assert_eq!(
+            s0.tx_packets + s1.tx_packets,
+            u64::from(n),
+            "every SYN delivered once"
+        );
+        let sent: usize = handles.iter().map(|h| h.take_sent().len()).sum();
+        assert_eq!(sent, usize::from(n));
+    }
+}
