@@ -19,7 +19,7 @@ pub struct Frame {
     pub start: usize,
     /// One past its last byte.
     pub end: usize,
-    /// Transmit this frame on the next [`Backend::send_batch`].
+    /// Transmit this frame on the next [`BatchIo::send_batch`].
     pub transmit: bool,
 }
 

@@ -1,24 +1,28 @@
-//! `dpr-io`: the I/O layer of dpr — packet backends and host network setup.
+//! `dpr-io`: the I/O layer of dpr — the data plane (packet backends, the
+//! worker loop, an engine per queue) and host network setup.
 //!
-//! A backend moves IP packets between the host and the router engine in
-//! batches: [`Backend::recv_batch`] fills a [`Batch`] of frames (each with
-//! headroom for an outer IP-in-IP header), and [`Backend::send_batch`]
-//! transmits the frames the caller marked. Three backends, one module
-//! each: [`tun`] (a multi-queue TUN device, one queue per worker thread),
-//! [`mem`] (in-memory queues for tests) and [`afxdp`] (an AF_XDP socket
-//! per uplink queue, forwarding in place; its worker runs the engine from
-//! a callback instead of the batch trait, and delivers through a TUN queue). [`host`]
-//! prepares the host (addresses, policy routing, sysctls) over netlink and
-//! undoes it when its guard is dropped; [`privs`] drops root after setup.
+//! A [`Backend`] queue lends the packets it receives, in buffers with
+//! headroom for an outer IP-in-IP header, to a handler that rewrites them in
+//! place and returns their [`Egress`]; the backend transmits them from the
+//! same buffers. Three backends, one module each: [`tun`] (a multi-queue
+//! TUN device, one queue per worker thread, through [`BatchBackend`]),
+//! [`mem`] (in-memory queues for tests) and [`afxdp`] (an AF_XDP socket per
+//! uplink queue, forwarding in place, delivering through a TUN queue).
+//! [`worker::run_worker`] is the one worker loop; [`shard`] gives each
+//! worker its own engine ([`Shard`]) and the control thread the
+//! [`EngineSet`] that steers them all. [`host`] prepares the host
+//! (addresses, policy routing, sysctls) over netlink and undoes it when its
+//! guard is dropped; [`privs`] drops root after setup.
 //!
-//! What this layer may not do: decide anything about a packet. It never
-//! parses past the length of a frame; the engine (`dpr-router`) decides.
+//! What this layer may not do: decide anything about a packet. It parses
+//! only to find which engine owns a packet's flow
+//! (`Engine::steer_key`); the engine (`dpr-router`) decides.
 //!
 //! ```text
 //!  kernel ──(policy routing: service TCP, IP-in-IP to the tunnel address)──► TUN queue i
-//!  TUN queue i ─► recv_batch ─► Batch ─► worker: lock engine once, process every frame ─► send_batch ─► TUN queue i
-//!                                                   (Deliver / Pass / Forward / Reply are all written back:
-//!                                                    the kernel delivers, or routes the IP-in-IP packet out)
+//!  queue i ─► worker i: rx_tx ─► owner = worker_for(flow) ─┬ i: Shard i ─► Egress ─► out of queue i
+//!                                                          └ j: ring ─► worker j: Shard j ─► transmit on queue j
+//!  control thread: EngineSet ── commands ──► every shard;  ◄── reports at each tick
 //! ```
 //!
 //! Every system call of this crate goes through [`sys`], the only module

@@ -1,5 +1,5 @@
 //! The cluster protocol: load reports, membership, draining and restart
-//! recovery, authenticated. Sans-io, beside the [`Engine`].
+//! recovery, authenticated. Sans-io, beside the [`Engine`](crate::Engine).
 //!
 //! A [`Node`] is one host's protocol state machine. It never touches a
 //! socket or a clock: the caller feeds it datagrams ([`Node::handle_datagram`])
