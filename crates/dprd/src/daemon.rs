@@ -185,7 +185,7 @@ pub fn run_with_policy(
     config_path: &Path,
     custom: Option<Box<dyn Policy + Send>>,
 ) -> Result<(), String> {
-    let cfg = Config::load(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let cfg = Config::load(config_path)?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
         return Err("dprd run needs root (CAP_NET_ADMIN) to create its TUN device and set up routing; \
@@ -247,7 +247,7 @@ pub fn run_with_policy(
     });
     let engine = build_engine(&cfg, policy.clone())?;
     let shared = Arc::new(Shared::new(engine));
-    let keys = cfg.load_keys().map_err(|e| e.to_string())?;
+    let keys = cfg.load_keys().map_err(|e| crate::error::report(&e))?;
     let control = {
         let now = clock(&shared);
         let mut e = shared.lock();
@@ -673,7 +673,7 @@ impl LoopCtx {
     }
 
     fn reload(&mut self) -> Result<(), String> {
-        let new = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let new = Config::load(&self.config_path)?;
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
@@ -683,7 +683,7 @@ impl LoopCtx {
             );
         }
         let policy = new.make_policy().map_err(|e| e.to_string())?;
-        let keys = new.load_keys().map_err(|e| e.to_string())?;
+        let keys = new.load_keys().map_err(|e| crate::error::report(&e))?;
         self.guard
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod error;
 pub mod httpd;
 pub mod keygen;
 pub mod lab;
@@ -31,3 +32,5 @@ pub mod metrics;
 pub mod status;
 pub mod truth;
 pub mod xdp;
+
+pub use error::Error;

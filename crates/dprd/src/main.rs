@@ -141,7 +141,7 @@ fn main() -> ExitCode {
                     );
                     Ok(())
                 }
-                Err(e) => Err(format!("{path}: {e}")),
+                Err(e) => Err(e.into()),
             },
             None => Err("dprd check-config needs a FILE".into()),
         },
@@ -168,7 +168,9 @@ fn main() -> ExitCode {
                 Err(msg)
             }
         }),
-        "keygen" => dprd::keygen::new_key_file().map(|k| print!("{k}")),
+        "keygen" => dprd::keygen::new_key_file()
+            .map(|k| print!("{k}"))
+            .map_err(String::from),
         "lab" => dprd::lab::main(&args),
         "bench" => dprd::bench::main(&args),
         "bench-gen" => dprd::bench::gen_main(&args),
