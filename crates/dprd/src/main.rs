@@ -152,24 +152,6 @@ enum Command {
         )]
         args: Vec<OsString>,
     },
-    /// Transitional: the lab's web server, until it moves to `dpr-lab`
-    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
-    Httpd {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Transitional: the lab's load generator, until it moves to `dpr-lab`
-    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
-    Loadgen {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Transitional: the benchmark's packet generator, until it moves to `dpr-lab`
-    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
-    BenchGen {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 /// Writes `text` to stdout; a closed pipe is an error, not a panic.
@@ -299,9 +281,6 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Man { out } => man(out.as_deref()),
         Command::Lab { args } => Err(exec_lab("lab", &args)),
         Command::Bench { args } => Err(exec_lab("bench", &args)),
-        Command::Httpd { args } => dprd::httpd::main(&args).map_err(Error::Daemon),
-        Command::Loadgen { args } => dprd::loadgen::main(&args).map_err(Error::Daemon),
-        Command::BenchGen { args } => dprd::bench::gen_main(&args).map_err(Error::Daemon),
     }
 }
 

@@ -165,6 +165,9 @@ fn bad_arguments_are_usage_errors_with_code_2() {
         // Moved out of dprd: the simulator is `dpr-sim`, the lab's
         // programs are `dpr-lab`'s.
         vec!["sim", "seed"],
+        vec!["httpd"],
+        vec!["loadgen"],
+        vec!["bench-gen"],
     ] {
         let o = run_in(dprd(), &cwd, &args);
         let err = text(&o.stderr);
