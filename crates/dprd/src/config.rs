@@ -2,6 +2,8 @@
 //! errors), then checked field by field. Every field is documented in
 //! `docs/configuration.md`.
 
+pub use crate::error::ConfigError;
+use crate::error::Error;
 use dpr_policy::{
     LeastLoad, Policy, StatelessHash, StatelessHashConfig, Threshold, ThresholdConfig,
     ThresholdTwoChoices, TwoChoices,
@@ -10,7 +12,6 @@ use dpr_router::cluster::{KeyRing, NodeConfig, PeerConfig, ReportMode};
 use dpr_router::{DeadPeerAction, EngineConfig};
 use dpr_table::{Capacity, ConnTableConfig, LoadMetric, LoadTableConfig, PeerId};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -366,6 +367,9 @@ impl Default for TunnelSection {
     }
 }
 
+/// The admin socket's default path (`[admin] socket`).
+pub const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -385,7 +389,7 @@ pub struct AdminSection {
 impl Default for AdminSection {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/run/dprd/dprd.sock"),
+            socket: PathBuf::from(DEFAULT_SOCKET),
             metrics: None,
             log_level: "info".into(),
             decision_log: 0,
@@ -393,30 +397,8 @@ impl Default for AdminSection {
     }
 }
 
-/// A configuration error: the field and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Dotted path of the field (`cluster.peers[1].tunnel_addr`), or
-    /// `syntax` for a TOML error (whose message carries line and column).
-    pub field: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field == "syntax" {
-            write!(f, "{}", self.reason)
-        } else {
-            write!(f, "`{}`: {}", self.field, self.reason)
-        }
-    }
-}
-
-impl std::error::Error for FieldError {}
-
-fn bad(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError {
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
         field: field.into(),
         reason: reason.into(),
     }
@@ -430,44 +412,48 @@ pub fn clamped_mss(mtu: u16) -> u16 {
 
 impl Config {
     /// Parses TOML text (syntax and unknown fields) and validates it.
-    pub fn parse(text: &str) -> Result<Self, FieldError> {
-        let c: Config = toml::from_str(text).map_err(|e| bad("syntax", e.to_string()))?;
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text)?;
         c.validate()?;
         Ok(c)
     }
 
     /// Reads and parses a file, resolves a relative `cluster.key_file`
-    /// against the file's directory, and checks the key file too.
-    pub fn load(path: &Path) -> Result<Self, FieldError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad("file", format!("cannot read {}: {e}", path.display())))?;
-        let mut c = Self::parse(&text)?;
+    /// against the file's directory, and checks the key file too. The
+    /// error names the file and, beneath it, the field.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let in_file = |source| Error::Config {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| in_file(ConfigError::Read(e)))?;
+        let mut c = Self::parse(&text).map_err(in_file)?;
         if let Some(k) = &c.cluster.key_file {
             if k.is_relative() {
                 let dir = path.parent().unwrap_or(Path::new("."));
                 c.cluster.key_file = Some(dir.join(k));
             }
         }
-        c.load_keys()?;
+        c.load_keys().map_err(in_file)?;
         Ok(c)
     }
 
     /// Reads the cluster key file.
-    pub fn load_keys(&self) -> Result<KeyRing, FieldError> {
+    pub fn load_keys(&self) -> Result<KeyRing, ConfigError> {
         let Some(path) = &self.cluster.key_file else {
             return Err(bad(
                 "cluster.key_file",
                 "required: every control message is signed",
             ));
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            bad(
-                "cluster.key_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFileRead {
+            path: path.clone(),
+            source,
         })?;
-        KeyRing::parse(&text)
-            .map_err(|e| bad("cluster.key_file", format!("{}: {e}", path.display())))
+        KeyRing::parse(&text).map_err(|source| ConfigError::KeyFile {
+            path: path.clone(),
+            source,
+        })
     }
 
     /// The cluster protocol's configuration.
@@ -513,7 +499,7 @@ impl Config {
     }
 
     /// Checks every field beyond what the types say; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), FieldError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let h = &self.host;
         if h.name.is_empty() {
             return Err(bad("host.name", "must not be empty"));
@@ -857,26 +843,39 @@ service_addrs = ["198.18.0.2"]
         assert_eq!(c.node_config().mode, ReportMode::FullMesh);
     }
 
-    fn err_of(text: &str) -> FieldError {
+    fn err_of(text: &str) -> ConfigError {
         match Config::parse(text) {
             Ok(_) => unreachable!("expected an error"),
             Err(e) => e,
         }
     }
 
+    fn field_of(text: &str) -> String {
+        let e = err_of(text);
+        e.field()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string())
+    }
+
     #[test]
     fn errors_name_the_field() {
-        let e = err_of(&GOOD.replace("198.19.0.2", "198.19.0.1"));
-        assert_eq!(e.field, "cluster.peers[0].tunnel_addr");
-        let e = err_of(&GOOD.replace("id = 1", "id = 0"));
-        assert_eq!(e.field, "cluster.peers[0].id");
-        let e = err_of(&format!("{GOOD}\n[policy]\nthreshold = -1.0\n"));
-        assert_eq!(e.field, "policy.threshold");
+        let f = field_of(&GOOD.replace("198.19.0.2", "198.19.0.1"));
+        assert_eq!(f, "cluster.peers[0].tunnel_addr");
+        assert_eq!(
+            err_of(&GOOD.replace("198.19.0.2", "198.19.0.1")).to_string(),
+            "`cluster.peers[0].tunnel_addr`: already used by another host"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("id = 1", "id = 0")),
+            "cluster.peers[0].id"
+        );
+        let f = field_of(&format!("{GOOD}\n[policy]\nthreshold = -1.0\n"));
+        assert_eq!(f, "policy.threshold");
         let e = err_of(&format!(
             "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_mode = \"fast\"\n"
         ));
-        assert_eq!(e.field, "syntax");
-        assert!(e.reason.contains("fast"), "{}", e.reason);
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        assert!(e.to_string().contains("fast"), "{e}");
         let c = Config::parse(&format!(
             "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n"
         ))
@@ -887,22 +886,31 @@ service_addrs = ["198.18.0.2"]
         let e = err_of(&format!(
             "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_decap = \"yes\"\n"
         ));
-        assert_eq!(e.field, "syntax");
-        assert!(e.reason.contains("xdp_decap"), "{}", e.reason);
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        assert!(e.to_string().contains("xdp_decap"), "{e}");
         let e = err_of(&GOOD.replace("uplink", "uplnk"));
-        assert_eq!(e.field, "syntax");
-        assert!(e.reason.contains("uplnk"), "{}", e.reason);
-        let e = err_of(&GOOD.replace("\"198.18.0.2\"", "\"198.18.0.1\""));
-        assert_eq!(e.field, "cluster.peers[0].service_addrs");
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        assert!(e.to_string().contains("uplnk"), "{e}");
+        let f = field_of(&GOOD.replace("\"198.18.0.2\"", "\"198.18.0.1\""));
+        assert_eq!(f, "cluster.peers[0].service_addrs");
         let mc = "[cluster]\nreport_mode = \"multicast\"\n";
-        let e = err_of(&format!("{mc}{GOOD}"));
-        assert_eq!(e.field, "cluster.multicast_group");
-        let e = err_of(&format!("[cluster]\nreport_jitter = 0.7\n{GOOD}"));
-        assert_eq!(e.field, "cluster.report_jitter");
-        let e = err_of(&format!(
+        assert_eq!(field_of(&format!("{mc}{GOOD}")), "cluster.multicast_group");
+        let f = field_of(&format!("[cluster]\nreport_jitter = 0.7\n{GOOD}"));
+        assert_eq!(f, "cluster.report_jitter");
+        let f = field_of(&format!(
             "[cluster]\nreport_mode = \"fan-out\"\nfanout_relay = 27\n{GOOD}"
         ));
-        assert_eq!(e.field, "cluster.fanout_relay");
+        assert_eq!(f, "cluster.fanout_relay");
+    }
+
+    /// The configuration error beneath a `Config::load` error, and the
+    /// file it names.
+    fn load_err(path: &Path) -> (PathBuf, ConfigError) {
+        match Config::load(path) {
+            Err(Error::Config { path, source }) => (path, source),
+            Err(e) => unreachable!("not a configuration error: {e:?}"),
+            Ok(_) => unreachable!("expected an error"),
+        }
     }
 
     #[test]
@@ -913,23 +921,28 @@ service_addrs = ["198.18.0.2"]
         let write = |extra: &str| {
             std::fs::write(&cfg, format!("[cluster]\n{extra}\n{GOOD}")).unwrap_or_default();
         };
-        write("");
-        assert_eq!(
-            Config::load(&cfg).map(|_| ()).unwrap_err().field,
-            "cluster.key_file"
-        );
-        write("key_file = \"missing.key\"");
-        let e = Config::load(&cfg).map(|_| ()).unwrap_err();
+        let (path, e) = load_err(&dir.join("absent.toml"));
+        assert_eq!(path, dir.join("absent.toml"));
         assert!(
-            e.field == "cluster.key_file" && e.reason.contains("missing.key"),
-            "{e}"
+            matches!(&e, ConfigError::Read(io) if io.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
         );
+        write("");
+        let (path, e) = load_err(&cfg);
+        assert_eq!(path, cfg);
+        assert_eq!(e.field(), Some("cluster.key_file"));
+        write("key_file = \"missing.key\"");
+        let (_, e) = load_err(&cfg);
+        assert!(
+            matches!(&e, ConfigError::KeyFileRead { path, .. } if path.ends_with("missing.key")),
+            "{e:?}"
+        );
+        assert_eq!(e.field(), Some("cluster.key_file"));
         std::fs::write(dir.join("short.key"), "1 abcd\n").unwrap_or_default();
         write("key_file = \"short.key\"");
-        assert_eq!(
-            Config::load(&cfg).map(|_| ()).unwrap_err().field,
-            "cluster.key_file"
-        );
+        let (_, e) = load_err(&cfg);
+        assert!(matches!(e, ConfigError::KeyFile { .. }), "{e:?}");
+        assert_eq!(e.field(), Some("cluster.key_file"));
         let key = crate::keygen::new_key_file().unwrap_or_default();
         std::fs::write(dir.join("good.key"), key).unwrap_or_default();
         write("key_file = \"good.key\"");
@@ -955,7 +968,7 @@ mod example_files {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if e.path().extension().is_some_and(|x| x == "toml") {
                 if let Err(err) = Config::load(&e.path()) {
-                    unreachable!("{}: {err}", e.path().display());
+                    unreachable!("{}", crate::error::report(&err));
                 }
                 n += 1;
             }

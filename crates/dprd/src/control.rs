@@ -8,6 +8,7 @@
 //! and is the only caller.
 
 use crate::config::Config;
+pub use crate::error::ControlError;
 use dpr_router::ClusterEngine;
 use dpr_router::cluster::{KeyRing, Node, NodePhase, Reject};
 use dpr_table::PeerState;
@@ -60,18 +61,6 @@ pub fn phase_name(p: NodePhase) -> &'static str {
     }
 }
 
-/// An error of the control plane (bad peer set, bad key file).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlError(pub String);
-
-impl std::fmt::Display for ControlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ControlError {}
-
 /// The control plane of one host.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -97,8 +86,7 @@ impl ControlPlane {
         now: Clock,
         engine: &mut dyn ClusterEngine,
     ) -> Result<Self, ControlError> {
-        let node = Node::new(cfg.node_config(), keys, cfg.peer_configs(), now, engine)
-            .map_err(|e| ControlError(e.to_string()))?;
+        let node = Node::new(cfg.node_config(), keys, cfg.peer_configs(), now, engine)?;
         Ok(Self {
             node,
             names: names(cfg),
@@ -165,9 +153,7 @@ impl ControlPlane {
         now: Clock,
         engine: &mut dyn ClusterEngine,
     ) -> Result<(), ControlError> {
-        self.node
-            .reload(cfg.peer_configs(), now, engine)
-            .map_err(|e| ControlError(e.to_string()))?;
+        self.node.reload(cfg.peer_configs(), now, engine)?;
         self.node.set_keys(keys);
         self.names = names(cfg);
         Ok(())
@@ -250,5 +236,82 @@ impl ControlPlane {
                     .map(|t| now.mono.0.saturating_sub(t.0) / 1_000_000),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpr_policy::SplitMix64;
+    use dpr_router::cluster::ClusterError;
+    use dpr_table::Timestamp;
+
+    const CFG: &str = r#"
+[host]
+name = "h0"
+id = 0
+tunnel_addr = "198.19.0.1"
+service_addrs = ["198.18.0.1"]
+service_ports = [80]
+uplink = "eth0"
+
+[[cluster.peers]]
+id = 1
+name = "h1"
+tunnel_addr = "198.19.0.2"
+service_addrs = ["198.18.0.2"]
+"#;
+
+    fn setup() -> (Config, KeyRing, Engine) {
+        let cfg = Config::parse(CFG).unwrap_or_else(|e| unreachable!("{e}"));
+        let keys = KeyRing::new(&[(1, &[7u8; 32])]).unwrap_or_else(|e| unreachable!("{e}"));
+        let policy = cfg.make_policy().unwrap_or_else(|e| unreachable!("{e}"));
+        let engine = Engine::new(
+            cfg.engine_config(),
+            cfg.local_id(),
+            cfg.capacity(),
+            cfg.load_table_config(),
+            policy,
+            Box::new(SplitMix64::new(1)),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        (cfg, keys, engine)
+    }
+
+    fn at(s: u64) -> Clock {
+        Clock {
+            mono: Timestamp(s * 1_000_000_000),
+            unix_ns: 1_700_000_000_000_000_000 + s * 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_peer_set_the_engine_refuses_is_a_typed_error() {
+        let (mut cfg, keys, mut engine) = setup();
+        let mut ok_cfg = cfg.clone();
+        // What validation would refuse, handed over unvalidated: a peer
+        // with this host's id.
+        cfg.cluster.peers[0].id = 0;
+        match ControlPlane::new(&cfg, keys.clone(), at(1), &mut engine) {
+            Err(ControlError(ClusterError::Engine(_) | ClusterError::Config { .. })) => {}
+            other => unreachable!("{other:?}"),
+        }
+        // A good start, then a reload with that peer set: refused, typed,
+        // and the peers in force stay.
+        let mut cp = ControlPlane::new(&ok_cfg, keys.clone(), at(1), &mut engine)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let e = cp.reload(&cfg, keys.clone(), at(2), &mut engine);
+        assert!(e.is_err(), "{e:?}");
+        let ids: Vec<u16> = cp.peers(at(2), &engine).iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![1]);
+        // And a good reload goes through.
+        ok_cfg.cluster.peers[0].name = Some("renamed".into());
+        assert!(cp.reload(&ok_cfg, keys, at(3), &mut engine).is_ok());
+        let names: Vec<String> = cp
+            .peers(at(3), &engine)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["renamed".to_string()]);
     }
 }

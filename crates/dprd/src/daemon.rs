@@ -186,7 +186,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 /// way to embed a user-written [`Policy`] in a complete router. `custom`
 /// makes one instance per engine (one per queue).
 pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Result<(), String> {
-    let cfg = Config::load(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let cfg = Config::load(config_path)?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
         return Err("dprd run needs root (CAP_NET_ADMIN) to create its TUN device and set up routing; \
@@ -248,7 +248,7 @@ pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Res
     };
     let (mut engines, shards) = build_engines(&cfg, queues.len(), &mut make_policy)?;
     let origin = Instant::now();
-    let keys = cfg.load_keys().map_err(|e| e.to_string())?;
+    let keys = cfg.load_keys().map_err(|e| crate::error::report(&e))?;
     let control =
         ControlPlane::new(&cfg, keys, clock(origin), &mut engines).map_err(|e| e.to_string())?;
     // Sockets, bound while privileged.
@@ -685,7 +685,7 @@ impl LoopCtx {
     }
 
     fn reload(&mut self) -> Result<(), String> {
-        let new = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let new = Config::load(&self.config_path)?;
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
@@ -695,7 +695,7 @@ impl LoopCtx {
             );
         }
         let policy = config_policy(&new)?;
-        let keys = new.load_keys().map_err(|e| e.to_string())?;
+        let keys = new.load_keys().map_err(|e| crate::error::report(&e))?;
         self.guard
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;

@@ -1,14 +1,22 @@
 //! `dprd keygen`: a new cluster key file.
 
+use crate::error::Error;
 use std::io::Read;
+
+/// The kernel's random source.
+const RANDOM: &str = "/dev/urandom";
 
 /// A key file with one new random 32-byte key (id 1), from the kernel's
 /// random source, in the format `dpr_router::cluster::KeyRing::parse` reads.
-pub fn new_key_file() -> Result<String, String> {
+pub fn new_key_file() -> Result<String, Error> {
     let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
+    std::fs::File::open(RANDOM)
         .and_then(|mut f| f.read_exact(&mut key))
-        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+        .map_err(|source| Error::Io {
+            syscall: "read",
+            path: RANDOM.into(),
+            source,
+        })?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!(
         "# dpr cluster key: the same file on every host; keep it secret (mode 0600).\n\

@@ -21,6 +21,7 @@ pub mod bench;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod error;
 pub mod httpd;
 pub mod keygen;
 pub mod lab;
@@ -30,3 +31,5 @@ pub mod metrics;
 pub mod status;
 pub mod truth;
 pub mod xdp;
+
+pub use error::Error;

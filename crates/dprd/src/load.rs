@@ -14,6 +14,7 @@
 //! and CLOSE, with a local address among the service addresses (this
 //! host's and its peers') and a local port among the service ports.
 
+use crate::error::Error;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -74,11 +75,28 @@ pub fn count_open(proc_net_tcp: &str, addrs: &[IpAddr], ports: &[u16]) -> u32 {
     n
 }
 
-/// Reads `/proc/net/tcp` of this process's network namespace.
-pub fn measure(addrs: &[IpAddr], ports: &[u16]) -> u32 {
-    std::fs::read_to_string("/proc/net/tcp")
+/// The socket table of this process's network namespace.
+const PROC_NET_TCP: &str = "/proc/net/tcp";
+
+/// Counts open service connections in `/proc/net/tcp` of this process's
+/// network namespace.
+pub fn read_open(addrs: &[IpAddr], ports: &[u16]) -> Result<u32, Error> {
+    std::fs::read_to_string(PROC_NET_TCP)
         .map(|t| count_open(&t, addrs, ports))
-        .unwrap_or(0)
+        .map_err(|source| Error::Io {
+            syscall: "read",
+            path: PROC_NET_TCP.into(),
+            source,
+        })
+}
+
+/// [`read_open`], or 0 where `/proc/net/tcp` cannot be read (logged at
+/// debug level: the daemon calls it every `refresh_ms`).
+pub fn measure(addrs: &[IpAddr], ports: &[u16]) -> u32 {
+    read_open(addrs, ports).unwrap_or_else(|e| {
+        tracing::debug!(error = %crate::error::Report(&e), "local load");
+        0
+    })
 }
 
 #[cfg(test)]
@@ -120,5 +138,25 @@ mod tests {
         );
         let addrs = [IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))];
         assert_eq!(count_open(&t, &addrs, &[80]), 2);
+    }
+
+    #[test]
+    fn reads_this_namespaces_socket_table() {
+        // One listener and one connection of this process to it: the
+        // listener is not counted, the served side of the connection is,
+        // the client side (another local port) is not.
+        let here = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return eprintln!("no loopback TCP here: skipped");
+        };
+        let port = l.local_addr().map_or(0, |a| a.port());
+        let client = std::net::TcpStream::connect(("127.0.0.1", port));
+        let served = l.accept();
+        assert!(client.is_ok() && served.is_ok());
+        match read_open(&here, &[port]) {
+            Ok(n) => assert_eq!(n, 1),
+            // No procfs here: the error names the file.
+            Err(e) => assert!(e.to_string().contains(PROC_NET_TCP), "{e}"),
+        }
     }
 }

@@ -1,191 +1,296 @@
-//! `dprd`: the dpr daemon. See `dprd help`; `dprd CMD --help` prints one
-//! command's usage and does nothing else.
+//! `dprd`: the dpr daemon and its admin client. `dprd --help` lists the
+//! commands; `dprd COMMAND --help` prints one command's usage and does
+//! nothing else. `dprd completions SHELL` and `dprd man` write shell
+//! completions and man pages from the same definitions.
 
-use std::path::PathBuf;
+use clap::{CommandFactory, Parser, Subcommand};
+use dprd::Error;
+use dprd::config::{Config, DEFAULT_SOCKET};
+use dprd::error::Report;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-dprd — Distributed Packet Rewriting daemon
-
-USAGE (`dprd COMMAND --help`: one command's usage):
-  dprd run --config FILE          run the router (root; undoes its setup on exit)
-  dprd check-config FILE          validate a configuration, naming the bad field
-  dprd status [--json] [--socket PATH]   peers, loads, table, counters of a running dprd
-  dprd drain [--socket PATH]      send new connections to peers; established ones stay
-  dprd reload [--socket PATH]     reload the configuration (as SIGHUP does)
-  dprd keygen                     print a new cluster key file (put it on every host)
-  dprd sim SCENARIO [--quick] [--seed N] [--plots DIR | --no-plots] [--jobs N]
-                                  the cluster simulator: policies compared on one trace (no root;
-                                  `dprd sim --list` names the scenarios; docs/simulation.md)
-  dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0] [--duration 8]
-           [--rate 150] [--seed 1] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
-                                  a cluster in network namespaces (root): DPR off (RR-DNS), an
-                                  ideal (central JSQ) and DPR on under one load, and the ground
-                                  truth of DPR's decisions; `dprd lab --help` for the options
-  dprd bench [--runs 5] [--secs 3] [--flows 1024] [--only fwd,http,mem]
-                                  the data-path benchmarks of docs/benchmarks.md (root;
-                                  needs wrk and haproxy: use scripts/bench)
-";
-
-const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
-
-/// The usage of one command, for `dprd CMD --help` (None: no such command,
-/// or one that answers `--help` itself).
-fn command_usage(cmd: &str) -> Option<&'static str> {
-    Some(match cmd {
-        "run" => {
-            "\
-USAGE: dprd run --config FILE
-
-Runs the router on this host (root): sets up the TUN device or AF_XDP sockets,
-policy routes and sysctls, joins the cluster, serves the admin socket; SIGTERM
-or Ctrl-C undoes the setup, SIGHUP reloads the configuration.
-"
-        }
-        "check-config" => {
-            "\
-USAGE: dprd check-config FILE
-
-Validates a configuration file and says what it describes, or names the bad field.
-"
-        }
-        "status" => {
-            "\
-USAGE: dprd status [--json] [--socket PATH]
-
-Peers, loads, states, table and counters of the dprd listening on PATH
-(default /run/dprd/dprd.sock); --json prints the raw answer.
-"
-        }
-        "drain" => {
-            "\
-USAGE: dprd drain [--socket PATH]
-
-New connections go to peers; established ones stay until they end.
-"
-        }
-        "reload" => {
-            "\
-USAGE: dprd reload [--socket PATH]
-
-Reloads the configuration (as SIGHUP does): peers and policy, no connection dropped.
-"
-        }
-        "keygen" => {
-            "\
-USAGE: dprd keygen
-
-Prints a new cluster key file (put the same file on every host, mode 0600).
-"
-        }
-        "lab" => dprd::lab::USAGE,
-        "loadgen" => dprd::loadgen::USAGE,
-        "httpd" => dprd::httpd::USAGE,
-        "bench" => dprd::bench::USAGE,
-        _ => return None,
-    })
+/// dprd — Distributed Packet Rewriting daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dprd",
+    version,
+    about = "Distributed Packet Rewriting daemon",
+    long_about = "dprd — Distributed Packet Rewriting daemon\n\n\
+        Every host of a cluster is both a server and a connection router: a host over its load \
+        threshold forwards a new connection's packets to a less-loaded peer in IP-in-IP, and the \
+        peer answers the client directly. `dprd run` is the router on one host; `status`, \
+        `drain` and `reload` talk to a running one over its admin socket. Configuration, field \
+        by field: docs/configuration.md.",
+    after_help = "The cluster simulator is its own program, `dpr-sim`; the lab's programs are \
+        `dpr-lab`'s.",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn take_opt(args: &mut Vec<String>, name: &str) -> Option<String> {
-    let i = args.iter().position(|a| a == name)?;
-    if i + 1 < args.len() {
-        let v = args.remove(i + 1);
-        args.remove(i);
-        Some(v)
-    } else {
-        args.remove(i);
-        None
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the router (root; undoes its setup on exit)
+    #[command(long_about = "Run the router on this host (root).\n\n\
+        Sets up the TUN device or AF_XDP sockets, policy routes and sysctls, joins the cluster, \
+        serves the admin socket and metrics. SIGTERM or Ctrl-C undoes the setup; SIGHUP reloads \
+        the configuration (as `dprd reload` does).")]
+    Run {
+        /// The configuration file (docs/configuration.md)
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration, naming the bad field
+    #[command(
+        long_about = "Validate a configuration file (and the key file it names) and say \
+        what it describes, or name the bad field, e.g. `cluster.peers[1].tunnel_addr`.\n\n\
+        Needs no root and changes nothing."
+    )]
+    CheckConfig {
+        /// The configuration file
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Peers, loads, table and counters of a running dprd
+    #[command(
+        long_about = "Peers, loads, states, table and counters of the dprd listening on \
+        the admin socket, as a table read at a glance (in the manner of `ipvsadm -Ln --stats`)."
+    )]
+    Status {
+        /// Print the daemon's raw JSON answer
+        #[arg(long)]
+        json: bool,
+        /// The admin socket (`[admin] socket` of its configuration)
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Send new connections to peers; established ones stay
+    #[command(
+        long_about = "Start draining the dprd listening on the admin socket: new \
+        connections go to peers, established ones stay until they end; then the host announces \
+        it is leaving (at the latest after `[cluster] drain_deadline_s`)."
+    )]
+    Drain {
+        /// The admin socket (`[admin] socket` of its configuration)
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Reload the configuration (as SIGHUP does)
+    #[command(long_about = "Make the dprd listening on the admin socket reload its \
+        configuration (as SIGHUP does): peers, keys and policy; no connection is dropped. \
+        Changes to [host], [backend] or [tunnel] need a restart and are refused.")]
+    Reload {
+        /// The admin socket (`[admin] socket` of its configuration)
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print a new cluster key file (the same file on every host)
+    #[command(
+        long_about = "Print a new cluster key file: one random 256-bit key from the \
+        kernel's random source. Put the same file on every host, mode 0600, and name it in \
+        `[cluster] key_file`."
+    )]
+    Keygen,
+    /// Print shell completions for dprd
+    #[command(long_about = "Print the completion script of dprd for SHELL, e.g.\n  \
+        dprd completions bash > /etc/bash_completion.d/dprd\n  \
+        dprd completions zsh > \"${fpath[1]}/_dprd\"")]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of dprd and its commands
+    #[command(
+        long_about = "Write the man pages of dprd and of each of its commands \
+        (dprd.1, dprd-run.1, ...) to DIR, or print dprd.1 alone when no DIR is given, e.g.\n  \
+        dprd man | man -l -\n  \
+        dprd man --out /usr/local/share/man/man1"
+    )]
+    Man {
+        /// The directory to write the pages to (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// A DPR cluster in network namespaces (root), by `dpr-lab`
+    #[command(
+        disable_help_flag = true,
+        disable_version_flag = true,
+        long_about = "A cluster in network namespaces (root): DPR off (RR-DNS), an ideal \
+            (central join-shortest-queue) and DPR on under one load, and the ground truth of \
+            DPR's decisions. Runs `dpr-lab lab ARGS...` (the binary beside dprd) with the \
+            arguments unchanged: `dprd lab --help` prints the lab's options."
+    )]
+    Lab {
+        /// Arguments of `dpr-lab lab`, passed through unchanged
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// The data-path benchmarks (root), by `dpr-lab`
+    #[command(
+        disable_help_flag = true,
+        disable_version_flag = true,
+        long_about = "The data-path benchmarks of docs/benchmarks.md (root; needs wrk and \
+            haproxy: use scripts/bench). Runs `dpr-lab bench ARGS...` (the binary beside dprd) \
+            with the arguments unchanged: `dprd bench --help` prints its options."
+    )]
+    Bench {
+        /// Arguments of `dpr-lab bench`, passed through unchanged
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+}
+
+/// Writes `text` to stdout; a closed pipe is an error, not a panic.
+fn print(text: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Io {
+            syscall: "write",
+            path: "<stdout>".into(),
+            source,
+        })
+}
+
+fn check_config(file: &Path) -> Result<(), Error> {
+    let c = Config::load(file)?;
+    print(&format!(
+        "{}: ok — host {} (id {}), {} peer(s), policy {}, backend {}\n",
+        file.display(),
+        c.host.name,
+        c.host.id,
+        c.cluster.peers.len(),
+        c.policy.kind_name(),
+        c.backend_name()
+    ))
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<(), Error> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "dprd", &mut script);
+    print(&String::from_utf8_lossy(&script))
+}
+
+/// The man pages: dprd's, then one per command (`help` excepted).
+fn man_pages() -> Vec<clap_mangen::Man> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let page = |c: &clap::Command| {
+        clap_mangen::Man::new(c.clone())
+            .source(concat!("dprd ", env!("CARGO_PKG_VERSION")))
+            .manual("dpr")
+    };
+    let mut pages = vec![page(&cmd)];
+    pages.extend(cmd.get_subcommands().filter(|s| !s.is_hide_set()).map(page));
+    pages
+}
+
+fn man(out: Option<&Path>) -> Result<(), Error> {
+    let io = |syscall, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
+            syscall,
+            path,
+            source,
+        }
+    };
+    let pages = man_pages();
+    let Some(dir) = out else {
+        let mut page = Vec::new();
+        if let Some(p) = pages.first() {
+            p.render(&mut page)
+                .map_err(io("write", Path::new("<stdout>")))?;
+        }
+        return print(&String::from_utf8_lossy(&page));
+    };
+    std::fs::create_dir_all(dir).map_err(io("mkdir", dir))?;
+    let mut written = String::new();
+    for p in &pages {
+        let path = dir.join(p.get_filename());
+        let mut page = Vec::new();
+        p.render(&mut page).map_err(io("write", &path))?;
+        std::fs::write(&path, page).map_err(io("write", &path))?;
+        written.push_str(&format!("{}\n", path.display()));
+    }
+    print(&written)
+}
+
+/// Replaces this process with `dpr-lab COMMAND ARGS...`, the binary beside
+/// this one: signals (the lab cleans up on SIGTERM and SIGHUP) and the exit
+/// status are then the lab's own. Returns only on failure.
+fn exec_lab(command: &'static str, args: &[OsString]) -> Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(source) => {
+            return Error::Io {
+                syscall: "readlink",
+                path: "/proc/self/exe".into(),
+                source,
+            };
+        }
+    };
+    let lab = exe.with_file_name("dpr-lab");
+    if !lab.is_file() {
+        return Error::LabMissing { path: lab, command };
+    }
+    let source = std::process::Command::new(&lab)
+        .arg(command)
+        .args(args)
+        .exec();
+    Error::Io {
+        syscall: "execve",
+        path: lab,
+        source,
     }
 }
 
-fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    match args.iter().position(|a| a == name) {
-        Some(i) => {
-            args.remove(i);
-            true
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run { config } => dprd::daemon::run(&config).map_err(Error::Daemon),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Status { json, socket } => {
+            if json {
+                print(&(dprd::status::admin_request(&socket, "status")? + "\n"))
+            } else {
+                print(&dprd::status::request_status(&socket)?.render())
+            }
         }
-        None => false,
+        Command::Drain { socket } => {
+            print(&(dprd::status::admin_command(&socket, "drain")? + "\n"))
+        }
+        Command::Reload { socket } => {
+            print(&(dprd::status::admin_command(&socket, "reload")? + "\n"))
+        }
+        Command::Keygen => print(&dprd::keygen::new_key_file()?),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { out } => man(out.as_deref()),
+        Command::Lab { args } => Err(exec_lab("lab", &args)),
+        Command::Bench { args } => Err(exec_lab("bench", &args)),
     }
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    }
-    let cmd = args.remove(0);
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        if let Some(u) = command_usage(&cmd) {
-            print!("{u}");
-            return ExitCode::SUCCESS;
-        }
-    }
-    let socket = take_opt(&mut args, "--socket")
-        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
-    let result: Result<(), String> = match cmd.as_str() {
-        "run" => match take_opt(&mut args, "--config") {
-            Some(path) => dprd::daemon::run(&PathBuf::from(path)),
-            None => Err("dprd run needs --config FILE".into()),
-        },
-        "check-config" => match args.first() {
-            Some(path) => match dprd::config::Config::load(&PathBuf::from(path)) {
-                Ok(c) => {
-                    println!(
-                        "{path}: ok — host {} (id {}), {} peer(s), policy {}, backend {}",
-                        c.host.name,
-                        c.host.id,
-                        c.cluster.peers.len(),
-                        c.policy.kind_name(),
-                        c.backend_name()
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(format!("{path}: {e}")),
-            },
-            None => Err("dprd check-config needs a FILE".into()),
-        },
-        "status" => {
-            let json = take_flag(&mut args, "--json");
-            dprd::daemon::admin_request(&socket, "status").and_then(|a| {
-                if json {
-                    println!("{a}");
-                    return Ok(());
-                }
-                let s: dprd::status::Status =
-                    serde_json::from_str(&a).map_err(|e| format!("bad answer from dprd: {e}"))?;
-                print!("{}", s.render());
-                Ok(())
-            })
-        }
-        "drain" | "reload" => dprd::daemon::admin_request(&socket, &cmd).and_then(|a| {
-            let v: serde_json::Value = serde_json::from_str(&a).unwrap_or_default();
-            let msg = v["message"].as_str().unwrap_or(&a).to_string();
-            if v["ok"].as_bool() == Some(true) {
-                println!("{msg}");
-                Ok(())
-            } else {
-                Err(msg)
-            }
-        }),
-        "keygen" => dprd::keygen::new_key_file().map(|k| print!("{k}")),
-        "lab" => dprd::lab::main(&args),
-        "bench" => dprd::bench::main(&args),
-        "bench-gen" => dprd::bench::gen_main(&args),
-        "sim" => dpr_sim::cli::try_main(&args),
-        // Internal: the lab's per-namespace programs.
-        "httpd" => dprd::httpd::main(&args),
-        "loadgen" => dprd::loadgen::main(&args),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
-    };
-    match result {
+    // Usage errors exit with 2 and the usage; --help and --version with 0.
+    let cli = Cli::parse();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dprd: {e}");
+            let _ = writeln!(std::io::stderr(), "dprd: {}", Report(&e));
             ExitCode::FAILURE
         }
     }
@@ -193,23 +298,50 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn every_command_has_its_usage() {
-        for cmd in [
-            "run",
-            "check-config",
-            "status",
-            "drain",
-            "reload",
-            "keygen",
-            "lab",
-            "loadgen",
-            "httpd",
-            "bench",
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn lab_and_bench_take_every_argument_unchanged() {
+        for (sub, args) in [
+            ("lab", vec!["--help"]),
+            ("lab", vec!["--hosts", "2", "-h", "--", "x"]),
+            ("bench", vec!["--only", "fwd", "--version"]),
+            ("bench", vec!["--version"]),
+            ("lab", vec![]),
         ] {
-            let u = super::command_usage(cmd).unwrap_or_default();
-            assert!(u.starts_with(&format!("USAGE: dprd {cmd}")), "{cmd}: {u}");
+            let argv = ["dprd", sub].into_iter().chain(args.iter().copied());
+            let got = match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Lab { args } | Command::Bench { args }) => args,
+                other => unreachable!("{other:?}"),
+            };
+            let want: Vec<OsString> = args.iter().map(OsString::from).collect();
+            assert_eq!(got, want, "dprd {sub}");
         }
-        assert!(super::command_usage("nonsense").is_none());
+    }
+
+    #[test]
+    fn there_is_a_man_page_per_command() {
+        let names: Vec<String> = man_pages().iter().map(|p| p.get_filename()).collect();
+        for want in [
+            "dprd.1",
+            "dprd-run.1",
+            "dprd-check-config.1",
+            "dprd-status.1",
+            "dprd-drain.1",
+            "dprd-reload.1",
+            "dprd-keygen.1",
+            "dprd-completions.1",
+            "dprd-man.1",
+            "dprd-lab.1",
+            "dprd-bench.1",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("help")), "{names:?}");
     }
 }

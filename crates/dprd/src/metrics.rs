@@ -1,6 +1,7 @@
 //! Prometheus metrics, read from the latest [`Status`] snapshot at each
 //! scrape (a `prometheus-client` collector), served over plain HTTP.
 
+use crate::error::Error;
 use crate::status::Status;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -200,17 +201,44 @@ pub fn registry(status: Arc<Mutex<Status>>) -> Registry {
 }
 
 /// The text exposition.
-pub fn render(reg: &Registry) -> String {
+pub fn render(reg: &Registry) -> Result<String, Error> {
     let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, reg);
-    out
+    prometheus_client::encoding::text::encode(&mut out, reg).map_err(Error::Metrics)?;
+    Ok(out)
+}
+
+/// The HTTP response to a scrape: the exposition, or a 500 that says why
+/// (a partial exposition would read as counters reset).
+fn response(reg: &Registry) -> String {
+    let (status, ctype, body) = match render(reg) {
+        Ok(body) => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        ),
+        Err(e) => {
+            let msg = crate::error::report(&e);
+            tracing::warn!(error = %msg, "metrics scrape");
+            ("500 Internal Server Error", "text/plain", msg + "\n")
+        }
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Serves `GET /metrics` (any path) until the task is dropped.
 pub async fn serve(listener: TcpListener, reg: Arc<Registry>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!(error = %e, "metrics: accept(2)");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let reg = reg.clone();
         tokio::spawn(async move {
@@ -226,13 +254,7 @@ pub async fn serve(listener: TcpListener, reg: Arc<Registry>) {
                     break;
                 }
             }
-            let body = render(&reg);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.write_all(response(&reg).as_bytes()).await;
         });
     }
 }
@@ -247,12 +269,19 @@ mod tests {
         s.drops.insert("malformed".into(), 4);
         s.verdicts.insert("forwarded".into(), 9);
         let reg = registry(Arc::new(Mutex::new(s)));
-        let t = render(&reg);
+        let t = render(&reg).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(t.contains("dpr_drops_total{reason=\"malformed\"} 4"), "{t}");
         assert!(
             t.contains("dpr_packets_total{verdict=\"forwarded\"} 9"),
             "{t}"
         );
         assert!(t.contains("dpr_table_entries 0"), "{t}");
+        let r = response(&reg);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.ends_with(&t), "{r}");
+        assert!(
+            r.contains(&format!("Content-Length: {}\r\n", t.len())),
+            "{r}"
+        );
     }
 }

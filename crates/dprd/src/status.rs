@@ -1,11 +1,84 @@
 //! What `dprd status` shows: a snapshot built by the control loop, sent as
 //! JSON over the admin socket, rendered as a table read at a glance (in the
-//! manner of `ipvsadm -Ln --stats`).
+//! manner of `ipvsadm -Ln --stats`); and the admin socket's client side
+//! (`dprd status`, `drain`, `reload`): one request line, one answer line.
 
 use crate::control::PeerView;
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long the client waits for the daemon's answer.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends one request line to the dprd listening on `socket` and returns
+/// its answer line.
+pub fn admin_request(socket: &Path, request: &str) -> Result<String, Error> {
+    use std::io::{BufRead, Write};
+    let io = |syscall| {
+        move |source| Error::AdminIo {
+            path: socket.to_path_buf(),
+            syscall,
+            source,
+        }
+    };
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| Error::AdminConnect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    s.set_read_timeout(Some(ADMIN_TIMEOUT))
+        .map_err(io("setsockopt(SO_RCVTIMEO)"))?;
+    s.write_all(format!("{request}\n").as_bytes())
+        .map_err(io("write"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(io("read"))?;
+    Ok(answer.trim_end().to_string())
+}
+
+/// The `status` snapshot of the dprd listening on `socket`.
+pub fn request_status(socket: &Path) -> Result<Status, Error> {
+    let answer = admin_request(socket, "status")?;
+    serde_json::from_str(&answer).map_err(|source| Error::AdminAnswer {
+        path: socket.to_path_buf(),
+        request: "status".into(),
+        source,
+    })
+}
+
+/// The daemon's answer to a command (`drain`, `reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAnswer {
+    /// Whether it was done.
+    pub ok: bool,
+    /// What was done, or why not.
+    pub message: String,
+}
+
+/// Sends a command (`drain`, `reload`) to the dprd listening on `socket`:
+/// its message when done, [`Error::AdminRefused`] with its reason when not.
+pub fn admin_command(socket: &Path, command: &str) -> Result<String, Error> {
+    let answer = admin_request(socket, command)?;
+    let a: CommandAnswer = serde_json::from_str(&answer).map_err(|source| Error::AdminAnswer {
+        path: socket.to_path_buf(),
+        request: command.into(),
+        source,
+    })?;
+    if a.ok {
+        Ok(a.message)
+    } else {
+        Err(Error::AdminRefused {
+            path: socket.to_path_buf(),
+            request: command.into(),
+            message: a.message,
+        })
+    }
+}
 
 /// One peer with its counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,5 +262,74 @@ mod tests {
         let j = serde_json::to_string(&st).unwrap_or_default();
         let back: Status = serde_json::from_str(&j).unwrap_or_default();
         assert_eq!(back, st);
+    }
+
+    /// A one-shot admin server on a fresh socket: answers `answer` to the
+    /// first line and returns that line.
+    fn serve_once(answer: &'static str) -> (std::path::PathBuf, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dprd-admin-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let path = dir.join("dprd.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path);
+        let t = std::thread::spawn(move || {
+            let mut line = String::new();
+            if let Ok((s, _)) = l.and_then(|l| l.accept()) {
+                let mut r = std::io::BufReader::new(s);
+                let _ = r.read_line(&mut line);
+                let _ = r.get_mut().write_all(format!("{answer}\n").as_bytes());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            line
+        });
+        (path, t)
+    }
+
+    #[test]
+    fn the_admin_client_sends_one_line_and_types_the_answer() {
+        let (p, t) = serve_once(r#"{"ok":true,"message":"reloaded"}"#);
+        assert_eq!(
+            admin_command(&p, "reload").ok().as_deref(),
+            Some("reloaded")
+        );
+        assert_eq!(t.join().unwrap_or_default(), "reload\n");
+
+        let (p, t) = serve_once(r#"{"ok":false,"message":"[host] changes need a restart"}"#);
+        match admin_command(&p, "reload") {
+            Err(Error::AdminRefused {
+                request, message, ..
+            }) => {
+                assert_eq!(
+                    (request.as_str(), message.as_str()),
+                    ("reload", "[host] changes need a restart")
+                );
+            }
+            other => unreachable!("{other:?}"),
+        }
+        let _ = t.join();
+
+        let (p, t) = serve_once("not json");
+        let e = request_status(&p).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&e, Error::AdminAnswer { request, .. } if request == "status"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        let _ = t.join();
+
+        let p = std::env::temp_dir().join(format!("dprd-admin-{}-absent.sock", std::process::id()));
+        let e = admin_request(&p, "status").unwrap_err();
+        assert!(
+            matches!(e, Error::AdminConnect { ref path, .. } if *path == p),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("is it running?"), "{e}");
     }
 }
