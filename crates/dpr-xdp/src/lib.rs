@@ -6,7 +6,9 @@
 //! about a packet beyond the program's coarse "is it the router's" test: the
 //! engine above decides the rest. It talks to the kernel only through
 //! its `sys` module (bpf(2), sockets, mmap, setns); `unsafe` lives there and in
-//! [`xsk`] (shared frame memory), nowhere else.
+//! [`xsk`] (shared frame memory), nowhere else. Every `bpf(2)` request of the
+//! loader goes through the [`bpf::BpfSys`] trait, so map maintenance is
+//! tested against [`bpf::FakeBpf`] without root.
 //!
 //! ```text
 //!   NIC queue q ──► XDP program (program.rs, assembled by asm.rs)
@@ -18,6 +20,7 @@
 //!                                                   frame reused for tx (headroom for the
 //!                                                   outer header), or tx_copy ─► NIC
 //!   neigh.rs: next hop's MAC from the kernel's neighbour table (RTM_GETNEIGH)
+//!   loader.rs ─► bpf.rs (BpfSys: RealBpf = bpf(2), FakeBpf = in memory, recorded)
 //! ```
 //!
 //! [`RouterProgram`] owns the program and maps; [`XdpLink`] is an attachment
@@ -27,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod asm;
+pub mod bpf;
 pub mod lab;
 mod loader;
 pub mod neigh;
@@ -35,6 +39,7 @@ pub mod program;
 mod sys;
 pub mod xsk;
 
+pub use bpf::{BpfSys, FakeBpf, RealBpf};
 pub use loader::{Counters, ProgramConfig, RouterProgram, XdpLink, XdpMode};
 pub use program::{Counter, MissingSocket};
 

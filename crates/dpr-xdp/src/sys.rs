@@ -154,9 +154,10 @@ fn name16(name: &str) -> [u8; 16] {
 }
 
 /// A BPF map descriptor with the sizes the kernel reads and writes through
-/// it. Only [`map_create`] makes one, so the sizes are the map's own.
+/// it. Only `RealBpf::map_create` (`BPF_MAP_CREATE`) makes one, so the
+/// sizes are the map's own.
 #[derive(Debug)]
-pub(crate) struct MapFd {
+pub struct MapFd {
     fd: OwnedFd,
     key_size: usize,
     /// Bytes a lookup writes: `value_size`, or for per-CPU maps the value
