@@ -30,8 +30,8 @@
 //! queue ([`NeighCache`]): looked up after the batch (outside the engine
 //! lock), refreshed every second, and solicited while unresolved.
 
+use crate::neigh::{self, Neighbour};
 use crate::sys::TunSys;
-use dpr_xdp::neigh::{self, Neighbour};
 use dpr_xdp::xsk::{RxAction, XskSocket};
 use std::io;
 use std::net::IpAddr;

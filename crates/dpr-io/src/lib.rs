@@ -9,7 +9,9 @@
 //! per uplink queue, forwarding in place; its worker runs the engine from
 //! a callback instead of the batch trait, and delivers through a TUN queue). [`host`]
 //! prepares the host (addresses, policy routing, sysctls) over netlink and
-//! undoes it when its guard is dropped; [`privs`] drops root after setup.
+//! undoes it when its guard is dropped; [`neigh`] reads next hops' MACs
+//! from the neighbour table; [`sockdiag`] counts open connections;
+//! [`privs`] drops root after setup.
 //!
 //! What this layer may not do: decide anything about a packet. It never
 //! parses past the length of a frame; the engine (`dpr-router`) decides.
@@ -24,14 +26,18 @@
 //! Every system call of this crate goes through [`sys`], the only module
 //! where `unsafe` is allowed (`#![deny(unsafe_code)]` elsewhere); the TUN
 //! backend reaches the device through the small [`sys::TunSys`] trait, so
-//! its batching is tested against [`sys::FakeTun`] without a device.
+//! its batching is tested against [`sys::FakeTun`] without a device, and
+//! every netlink message goes through [`netlink::NetlinkSys`]
+//! ([`fake::FakeKernel`] in tests).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod afxdp;
 pub mod backend;
+pub mod fake;
 pub mod host;
 pub mod mem;
+pub mod neigh;
 pub mod netlink;
 pub mod privs;
 pub mod sockdiag;
