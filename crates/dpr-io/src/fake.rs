@@ -1,6 +1,7 @@
 //! An in-memory kernel for tests: route netlink and `/proc/sys`.
 //!
-//! [`FakeKernel`] implements [`NetlinkSys`] the way the kernel answers it: it holds addresses, routes and policy rules (an
+//! [`FakeKernel`] implements [`NetlinkSys`] and [`HostSys`] the way the
+//! kernel answers them: it holds addresses, routes and policy rules (an
 //! add of an existing object is `EEXIST`, a delete of a missing one
 //! `ENOENT`), answers dumps from them, holds sysctl values and interface
 //! names, and records every request in order in its journal
@@ -8,9 +9,11 @@
 //! its choice, and compare the kernel's state after the fact with its
 //! state before (a teardown must leave it as it was).
 //!
-//! It is the test double of the neighbour look-up; like `sys::FakeTun`, it
-//! is public so that tests of other crates can use it.
+//! It is the test double of [`crate::host::HostGuard`] (set-up, undo order,
+//! peer updates) and of the neighbour look-up; like `sys::FakeTun`, it is
+//! public so that tests of other crates can use it.
 
+use crate::host::HostSys;
 use crate::netlink::{
     self, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NetlinkSys, Object, RTM_GETADDR,
     RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWNEIGH, RTM_NEWROUTE, Request,
@@ -18,7 +21,7 @@ use crate::netlink::{
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// One request the fake kernel received.
@@ -298,6 +301,39 @@ impl NetlinkSys for FakeKernel {
         let n = d.len().min(buf.len());
         buf[..n].copy_from_slice(&d[..n]);
         Ok(n)
+    }
+}
+
+impl HostSys for FakeKernel {
+    fn can_set_up(&self) -> bool {
+        self.with(|s| s.privileged)
+    }
+    fn if_index(&self, name: &str) -> io::Result<u32> {
+        self.with(|s| s.interfaces.get(name).copied())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no network interface named {name:?}"),
+                )
+            })
+    }
+    fn sysctl_read(&mut self, path: &Path) -> io::Result<String> {
+        self.with(|s| s.sysctls.get(path).cloned())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+    fn sysctl_write(&mut self, path: &Path, value: &str) -> io::Result<()> {
+        self.with(|s| {
+            if !s.sysctls.contains_key(path) {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            s.record(KernelOp::Sysctl(path.to_path_buf(), value.into()))
+                .map_err(io::Error::from_raw_os_error)?;
+            s.sysctls.insert(path.to_path_buf(), value.into());
+            Ok(())
+        })
+    }
+    fn sysctl_exists(&self, path: &Path) -> bool {
+        self.with(|s| s.sysctls.contains_key(path))
     }
 }
 

@@ -8,8 +8,9 @@
 //! [`mem`] (in-memory queues for tests) and [`afxdp`] (an AF_XDP socket
 //! per uplink queue, forwarding in place; its worker runs the engine from
 //! a callback instead of the batch trait, and delivers through a TUN queue). [`host`]
-//! prepares the host (addresses, policy routing, sysctls) over netlink and
-//! undoes it when its guard is dropped; [`neigh`] reads next hops' MACs
+//! prepares the host (addresses, policy routing, sysctls) from a plain
+//! [`host::HostPlan`] over netlink and undoes it when its guard is dropped;
+//! [`neigh`] reads next hops' MACs
 //! from the neighbour table; [`sockdiag`] counts open connections;
 //! [`privs`] drops root after setup.
 //!
@@ -26,9 +27,11 @@
 //! Every system call of this crate goes through [`sys`], the only module
 //! where `unsafe` is allowed (`#![deny(unsafe_code)]` elsewhere); the TUN
 //! backend reaches the device through the small [`sys::TunSys`] trait, so
-//! its batching is tested against [`sys::FakeTun`] without a device, and
-//! every netlink message goes through [`netlink::NetlinkSys`]
-//! ([`fake::FakeKernel`] in tests).
+//! its batching is tested against [`sys::FakeTun`] without a device; every
+//! netlink message goes through [`netlink::NetlinkSys`] and host setup
+//! through [`host::HostSys`] ([`fake::FakeKernel`] in tests), so set-up and
+//! undo order and peer updates are tested on the exact sequence of
+//! requests, without root.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
