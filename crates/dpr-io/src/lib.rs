@@ -7,7 +7,9 @@
 //! each: [`tun`] (a multi-queue TUN device, one queue per worker thread),
 //! [`mem`] (in-memory queues for tests) and [`afxdp`] (an AF_XDP socket
 //! per uplink queue, forwarding in place; its worker runs the engine from
-//! a callback instead of the batch trait, and delivers through a TUN queue). [`host`]
+//! a callback instead of the batch trait, and delivers through a TUN queue). [`xdp`]
+//! starts the AF_XDP backend from a plain [`xdp::XdpPlan`] (program, maps,
+//! sockets, attachment) and keeps its maps in step with the peers. [`host`]
 //! prepares the host (addresses, policy routing, sysctls) from a plain
 //! [`host::HostPlan`] over netlink and undoes it when its guard is dropped;
 //! [`neigh`] reads next hops' MACs
@@ -29,9 +31,10 @@
 //! backend reaches the device through the small [`sys::TunSys`] trait, so
 //! its batching is tested against [`sys::FakeTun`] without a device; every
 //! netlink message goes through [`netlink::NetlinkSys`] and host setup
-//! through [`host::HostSys`] ([`fake::FakeKernel`] in tests), so set-up and
-//! undo order and peer updates are tested on the exact sequence of
-//! requests, without root.
+//! through [`host::HostSys`] ([`fake::FakeKernel`] in tests); every
+//! `bpf(2)` request through `dpr_xdp::BpfSys` (`dpr_xdp::FakeBpf`). Set-up
+//! and undo order, peer updates and XDP map maintenance are tested on the
+//! exact sequence of requests, without root.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -46,5 +49,6 @@ pub mod privs;
 pub mod sockdiag;
 pub mod sys;
 pub mod tun;
+pub mod xdp;
 
 pub use backend::{Backend, Batch, Frame, TxOutcome};

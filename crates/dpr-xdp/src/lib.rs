@@ -5,8 +5,9 @@
 //! sockets, fills its maps, and moves frames through the sockets' rings. It
 //! decides nothing about a packet beyond the program's coarse "is it the
 //! router's" test: the engine above decides the rest. Everything else that
-//! talks to the host (netlink: routes, addresses, neighbours, sock_diag)
-//! is `dpr-io`'s, which depends on this crate. It talks to the kernel only through its `sys`
+//! talks to the host (netlink: routes, addresses, neighbours, sock_diag;
+//! starting the backend from a plan) is `dpr-io`'s, which depends on this
+//! crate. It talks to the kernel only through its `sys`
 //! module (bpf(2), sockets, mmap, poll, setns); `unsafe` lives there and in
 //! [`xsk`] (shared frame memory), nowhere else. Every `bpf(2)` request of the
 //! loader goes through the [`bpf::BpfSys`] trait, so map maintenance is
