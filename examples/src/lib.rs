@@ -189,19 +189,16 @@ pub fn run(
         .flat_map(|p| p.service_addrs.iter().copied())
         .collect();
     let _guard = HostGuard::setup(&HostPlan {
-        uplink: cfg.host.uplink.clone(),
-        tun_name: tun.name.clone(),
-        tun_ifindex: tun.ifindex,
-        tunnel_addr: cfg.host.tunnel_addr,
         service_addrs: cfg.host.service_addrs.clone(),
         peer_service_addrs: peer_services,
         service_ports: cfg.host.service_ports.clone(),
-        divert_table: 100,
-        mss_table: 101,
-        advmss: Some(cfg.tunnel.mtu.saturating_sub(60)),
-        rule_priority: 10,
-        local_rule_priority: 100,
-        divert: true,
+        advmss: Some(dpr_io::host::advmss_for_mtu(cfg.tunnel.mtu)),
+        ..HostPlan::new(
+            &cfg.host.uplink,
+            &tun.name,
+            tun.ifindex,
+            cfg.host.tunnel_addr,
+        )
     })
     .map_err(|e| e.to_string())?;
     let queues = tun.take_queues();

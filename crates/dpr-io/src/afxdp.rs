@@ -31,9 +31,9 @@
 //! lock), refreshed every second, and solicited while unresolved.
 
 use crate::backend::{Backend, RxTx};
+use crate::neigh::{self, Neighbour};
 use crate::sys::TunSys;
 use crate::worker::WorkerStats;
-use dpr_xdp::neigh::{self, Neighbour};
 use dpr_xdp::xsk::{RxAction, XskSocket};
 use std::io;
 use std::net::IpAddr;

@@ -20,16 +20,80 @@
 //!   `mss_table` with `advmss`, and `from PEER_SERVICE lookup mss_table`,
 //!   so the SYN-ACKs of redirected connections announce a segment size
 //!   that fits the tunnel.
+//!
+//! Every request goes through one [`HostSys`]: [`RealHost`] (a route
+//! netlink socket, `/proc/sys`, `if_nametoindex`) in production, and
+//! [`crate::fake::FakeKernel`] in the tests below, which check the exact
+//! order of the set-up and of its undoing, also when a step fails.
 
-use crate::netlink::{self, Netlink, RT_TABLE_LOCAL, RT_TABLE_MAIN, Request, Rule};
-use crate::sys;
+use crate::netlink::{self, Netlink, NetlinkSys, RT_TABLE_LOCAL, RT_TABLE_MAIN, Request, Rule};
+use crate::sys::{self, NetlinkSocket};
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// What to set up.
+/// What host setup needs from the kernel: a route netlink socket (the
+/// [`NetlinkSys`] supertrait), `/proc/sys`, interface names and the
+/// privilege check. Implemented by [`RealHost`] and by
+/// [`crate::fake::FakeKernel`].
+pub trait HostSys: NetlinkSys {
+    /// Whether this process may set the host up (root or `CAP_NET_ADMIN`).
+    fn can_set_up(&self) -> bool;
+    /// The index of interface `name`.
+    fn if_index(&self, name: &str) -> io::Result<u32>;
+    /// A sysctl's value, trimmed.
+    fn sysctl_read(&mut self, path: &Path) -> io::Result<String>;
+    /// Writes a sysctl.
+    fn sysctl_write(&mut self, path: &Path, value: &str) -> io::Result<()>;
+    /// Whether a sysctl file exists (a device's vanish with it).
+    fn sysctl_exists(&self, path: &Path) -> bool;
+}
+
+/// The host's own kernel.
+#[derive(Debug)]
+pub struct RealHost {
+    nl: NetlinkSocket,
+}
+
+impl RealHost {
+    /// Opens the route netlink socket.
+    pub fn open() -> io::Result<Self> {
+        Ok(Self {
+            nl: NetlinkSocket::open()?,
+        })
+    }
+}
+
+impl NetlinkSys for RealHost {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.nl.send(msg)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.nl.recv(buf)
+    }
+}
+
+impl HostSys for RealHost {
+    fn can_set_up(&self) -> bool {
+        can_set_up()
+    }
+    fn if_index(&self, name: &str) -> io::Result<u32> {
+        sys::if_index(name)
+    }
+    fn sysctl_read(&mut self, path: &Path) -> io::Result<String> {
+        Ok(std::fs::read_to_string(path)?.trim().to_string())
+    }
+    fn sysctl_write(&mut self, path: &Path, value: &str) -> io::Result<()> {
+        std::fs::write(path, format!("{value}\n"))
+    }
+    fn sysctl_exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// What to set up. Plain data: fill it by hand, or start from
+/// [`HostPlan::new`] and its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPlan {
     /// The uplink interface (where clients and peers are).
@@ -63,30 +127,51 @@ pub struct HostPlan {
     pub divert: bool,
 }
 
+impl HostPlan {
+    /// A plan for the TUN backend with the defaults of `dprd`'s
+    /// `[backend]` section: diversion table 100, MSS table 101, rules from
+    /// preference 10, the `local` rule moved to 100, no MSS clamp, and no
+    /// service addresses, ports or peers yet (fill those in).
+    pub fn new(uplink: &str, tun_name: &str, tun_ifindex: u32, tunnel_addr: Ipv4Addr) -> Self {
+        Self {
+            uplink: uplink.into(),
+            tun_name: tun_name.into(),
+            tun_ifindex,
+            tunnel_addr,
+            service_addrs: Vec::new(),
+            peer_service_addrs: Vec::new(),
+            service_ports: Vec::new(),
+            divert_table: 100,
+            mss_table: 101,
+            advmss: None,
+            rule_priority: 10,
+            local_rule_priority: 100,
+            divert: true,
+        }
+    }
+}
+
+/// The MSS that fits a tunnel of `mtu` bytes: an outer IPv4 header, the
+/// inner IPv4 header and a TCP header without options (60 bytes) less.
+pub fn advmss_for_mtu(mtu: u16) -> u16 {
+    mtu.saturating_sub(60)
+}
+
 /// A setup step that failed, with what it was doing.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("host setup failed at {step}: {source}{}", needs_root_hint(.source))]
 pub struct SetupError {
-    /// The step.
+    /// The step (the request, sysctl or check).
     pub step: String,
     /// The cause.
     pub source: io::Error,
 }
 
-impl fmt::Display for SetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "host setup failed at {}: {}", self.step, self.source)?;
-        if self.source.kind() == io::ErrorKind::PermissionDenied
-            || self.source.raw_os_error() == Some(libc::EPERM)
-        {
-            write!(f, " (needs CAP_NET_ADMIN: run dprd as root)")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for SetupError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+fn needs_root_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM) {
+        " (needs CAP_NET_ADMIN: run dprd as root)"
+    } else {
+        ""
     }
 }
 
@@ -99,18 +184,10 @@ enum Undo {
 
 /// The set-up host; dropping it undoes everything.
 #[derive(Debug)]
-pub struct HostGuard {
-    nl: Netlink,
+pub struct HostGuard<S: HostSys = RealHost> {
+    nl: Netlink<S>,
     plan: HostPlan,
     undo: Vec<Undo>,
-}
-
-fn sysctl_read(path: &PathBuf) -> io::Result<String> {
-    Ok(std::fs::read_to_string(path)?.trim().to_string())
-}
-
-fn sysctl_write(path: &PathBuf, v: &str) -> io::Result<()> {
-    std::fs::write(path, format!("{v}\n"))
 }
 
 fn conf(dev: &str, key: &str) -> PathBuf {
@@ -175,26 +252,43 @@ pub fn can_set_up() -> bool {
     sys::geteuid() == 0 || sys::effective_caps().is_ok_and(|c| c & (1 << sys::CAP_NET_ADMIN) != 0)
 }
 
+fn step(s: &str) -> impl FnOnce(io::Error) -> SetupError {
+    let s = s.to_string();
+    move |e: io::Error| SetupError { step: s, source: e }
+}
+
+fn privilege_error() -> SetupError {
+    SetupError {
+        step: "privilege check".into(),
+        source: io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not root and no CAP_NET_ADMIN",
+        ),
+    }
+}
+
 impl HostGuard {
-    /// Applies `plan`. On error, what was done is undone before returning.
+    /// Applies `plan` to this host. On error, what was done is undone
+    /// before returning.
     pub fn setup(plan: &HostPlan) -> Result<Self, SetupError> {
-        let step = |s: &str| {
-            let s = s.to_string();
-            move |e: io::Error| SetupError { step: s, source: e }
-        };
         if !can_set_up() {
-            return Err(SetupError {
-                step: "privilege check".into(),
-                source: io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "not root and no CAP_NET_ADMIN",
-                ),
-            });
+            return Err(privilege_error());
         }
-        sys::if_index(&plan.uplink).map_err(step("finding the uplink interface"))?;
-        let nl = Netlink::open().map_err(step("opening a netlink socket"))?;
+        let sys = RealHost::open().map_err(step("opening a netlink socket"))?;
+        Self::setup_with(sys, plan)
+    }
+}
+
+impl<S: HostSys> HostGuard<S> {
+    /// [`HostGuard::setup`] through `sys`.
+    pub fn setup_with(sys: S, plan: &HostPlan) -> Result<Self, SetupError> {
+        if !sys.can_set_up() {
+            return Err(privilege_error());
+        }
+        sys.if_index(&plan.uplink)
+            .map_err(step("finding the uplink interface"))?;
         let mut g = Self {
-            nl,
+            nl: Netlink::new(sys),
             plan: plan.clone(),
             undo: Vec::new(),
         };
@@ -215,11 +309,13 @@ impl HostGuard {
         ];
         for (path, want, only_if_strict) in sysctls {
             let what = format!("sysctl {}", path.display());
-            let old = sysctl_read(&path).map_err(step(&what))?;
+            let old = g.nl.sys_mut().sysctl_read(&path).map_err(step(&what))?;
             if old == want || (only_if_strict && old != "1") {
                 continue;
             }
-            sysctl_write(&path, want).map_err(step(&what))?;
+            g.nl.sys_mut()
+                .sysctl_write(&path, want)
+                .map_err(step(&what))?;
             tracing::debug!(path = %path.display(), %old, new = want, "sysctl");
             g.undo.push(Undo::Sysctl { path, old });
         }
@@ -231,7 +327,9 @@ impl HostGuard {
         }
         if let Some(mss) = plan.advmss {
             let uplink_index =
-                sys::if_index(&plan.uplink).map_err(step("finding the uplink interface"))?;
+                g.nl.sys()
+                    .if_index(&plan.uplink)
+                    .map_err(step("finding the uplink interface"))?;
             let routes =
                 g.nl.dump_routes_v4()
                     .map_err(step("dumping the main routing table"))?;
@@ -417,8 +515,8 @@ impl HostGuard {
                     }
                 }),
                 Undo::Sysctl { path, old } => {
-                    if path.exists() {
-                        sysctl_write(path, old)
+                    if self.nl.sys().sysctl_exists(path) {
+                        self.nl.sys_mut().sysctl_write(path, old)
                     } else {
                         Ok(())
                     }
@@ -438,7 +536,7 @@ impl HostGuard {
     }
 }
 
-impl Drop for HostGuard {
+impl<S: HostSys> Drop for HostGuard<S> {
     fn drop(&mut self) {
         let _ = self.teardown();
     }
@@ -475,5 +573,329 @@ mod tests {
         assert!(arp_source_problems(&right, 2, &svc, &peers).is_empty());
         // Another interface does not count.
         assert!(arp_source_problems(&wrong, 3, &svc, &peers).is_empty());
+    }
+
+    // ---- Set-up and undo order, against the fake kernel. ----
+
+    use crate::fake::{FakeKernel, KernelOp, Snapshot};
+    use crate::netlink::{Object, connected_route, parse_route};
+
+    const UPLINK: u32 = 2;
+    const TUN: u32 = 5;
+
+    fn v4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn sysctl_path(s: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/sys/net/ipv4/{s}"))
+    }
+
+    /// A host with an uplink (eth0, 2) holding 198.18.0.0/24, another
+    /// interface, the TUN device (dpr0, 5), the `local` rule at 0 and the
+    /// sysctls at values that all need changing.
+    fn kernel() -> FakeKernel {
+        let k = FakeKernel::new();
+        k.with(|s| {
+            s.interfaces.insert("eth0".into(), UPLINK);
+            s.interfaces.insert("dpr0".into(), TUN);
+            for (p, v) in [
+                ("ip_forward", "0"),
+                ("tcp_early_demux", "1"),
+                ("conf/all/arp_ignore", "0"),
+                ("conf/eth0/arp_ignore", "0"),
+                ("conf/all/arp_announce", "0"),
+                ("conf/eth0/arp_announce", "0"),
+                ("conf/all/rp_filter", "1"),
+                ("conf/eth0/rp_filter", "1"),
+                ("conf/dpr0/rp_filter", "1"),
+                ("conf/dpr0/accept_local", "0"),
+            ] {
+                s.sysctls.insert(sysctl_path(p), v.into());
+            }
+        });
+        k.preload(&local_rule(0));
+        k.preload(&connected_route(
+            v4("198.18.0.0"),
+            24,
+            UPLINK,
+            RT_TABLE_MAIN,
+        ));
+        k.preload(&connected_route(v4("198.19.0.0"), 24, 3, RT_TABLE_MAIN));
+        k
+    }
+
+    fn plan() -> HostPlan {
+        HostPlan {
+            service_addrs: vec![v4("198.18.0.1")],
+            peer_service_addrs: vec![v4("198.18.0.2")],
+            service_ports: vec![80],
+            advmss: Some(1440),
+            ..HostPlan::new("eth0", "dpr0", TUN, v4("198.18.0.11"))
+        }
+    }
+
+    fn local_rule(priority: u32) -> Request {
+        Rule {
+            priority,
+            table: RT_TABLE_LOCAL,
+            ..Rule::default()
+        }
+        .request()
+    }
+
+    fn peer_addr(a: &str) -> Request {
+        netlink::addr(TUN, IpAddr::V4(v4(a)), 32, false)
+    }
+
+    fn mss_rule(a: &str) -> Request {
+        Rule {
+            priority: 15,
+            table: 101,
+            from: Some(IpAddr::V4(v4(a))),
+            ..Rule::default()
+        }
+        .request()
+    }
+
+    fn sysctl_writes() -> Vec<KernelOp> {
+        [
+            ("ip_forward", "1"),
+            ("tcp_early_demux", "0"),
+            ("conf/all/arp_ignore", "1"),
+            ("conf/eth0/arp_ignore", "1"),
+            ("conf/all/arp_announce", "2"),
+            ("conf/eth0/arp_announce", "2"),
+            ("conf/all/rp_filter", "2"),
+            ("conf/eth0/rp_filter", "2"),
+            ("conf/dpr0/rp_filter", "0"),
+            ("conf/dpr0/accept_local", "1"),
+        ]
+        .iter()
+        .map(|(p, v)| KernelOp::sysctl(sysctl_path(p), v))
+        .collect()
+    }
+
+    /// Every request of a full TUN-backend set-up of [`plan`], in order.
+    fn full_setup() -> Vec<KernelOp> {
+        let uplink_route =
+            parse_route(&connected_route(v4("198.18.0.0"), 24, UPLINK, RT_TABLE_MAIN).payload)
+                .unwrap();
+        let mut want = sysctl_writes();
+        want.extend([
+            KernelOp::add(&peer_addr("198.18.0.2")),
+            KernelOp::add(&netlink::default_route(TUN, 100, true)),
+            KernelOp::add(
+                &Rule {
+                    priority: 10,
+                    table: 100,
+                    iif: Some("eth0".into()),
+                    to: Some(IpAddr::V4(v4("198.18.0.1"))),
+                    ipproto: Some(6),
+                    dport: Some(80),
+                    ..Rule::default()
+                }
+                .request(),
+            ),
+            KernelOp::add(
+                &Rule {
+                    priority: 11,
+                    table: 100,
+                    iif: Some("eth0".into()),
+                    to: Some(IpAddr::V4(v4("198.18.0.11"))),
+                    ipproto: Some(4),
+                    ..Rule::default()
+                }
+                .request(),
+            ),
+            KernelOp::Dump {
+                ty: netlink::RTM_GETROUTE,
+                family: 2,
+            },
+            // Only the uplink's route of the main table is copied.
+            KernelOp::add(&netlink::copy_route_with_advmss(&uplink_route, 101, 1440)),
+            KernelOp::add(&mss_rule("198.18.0.2")),
+            // The local rule: added at its new place before the old goes.
+            KernelOp::add(&local_rule(100)),
+            KernelOp::del(&local_rule(0)),
+        ]);
+        want
+    }
+
+    /// The request that undoes `op` (in a kernel that was at `before`).
+    fn inverse(op: &KernelOp, before: &Snapshot) -> KernelOp {
+        match op {
+            KernelOp::Add(o, p) => KernelOp::Del(*o, p.clone()),
+            KernelOp::Del(o, p) => KernelOp::Add(*o, p.clone()),
+            KernelOp::Sysctl(path, _) => {
+                KernelOp::Sysctl(path.clone(), before.sysctls[path].clone())
+            }
+            other => panic!("no inverse for {other:?}"),
+        }
+    }
+
+    /// `done` undone, last first.
+    fn undo_of(done: &[KernelOp], before: &Snapshot) -> Vec<KernelOp> {
+        done.iter()
+            .rev()
+            .filter(|o| o.is_change())
+            .map(|o| inverse(o, before))
+            .collect()
+    }
+
+    #[test]
+    fn setup_then_teardown_undoes_every_step_in_reverse() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let g = HostGuard::setup_with(k.clone(), &plan()).unwrap();
+        let want = full_setup();
+        assert_eq!(k.journal(), want);
+        assert_eq!(
+            g.pending_undo().first().map(String::as_str),
+            Some("re-add rule pref 0 lookup 255")
+        );
+        assert_eq!(g.pending_undo().len(), 18);
+        drop(g);
+        let mut all = want.clone();
+        all.extend(undo_of(&want, &before));
+        assert_eq!(k.journal(), all);
+        assert_eq!(k.with(|s| s.snapshot()), before, "the host is as it was");
+    }
+
+    #[test]
+    fn a_step_failing_half_way_undoes_the_steps_before_it_in_reverse() {
+        let want: Vec<KernelOp> = full_setup()
+            .into_iter()
+            .filter(KernelOp::is_change)
+            .collect();
+        for n in 0..want.len() {
+            let k = kernel();
+            let before = k.with(|s| s.snapshot());
+            k.with(|s| s.fail = Some((n, libc::EPERM)));
+            let e = match HostGuard::setup_with(k.clone(), &plan()) {
+                Ok(_) => panic!("step {n} ({:?}) failed, yet setup succeeded", want[n]),
+                Err(e) => e,
+            };
+            let text = e.to_string();
+            assert!(text.contains("needs CAP_NET_ADMIN"), "{text}");
+            let changes = k.with(|s| s.changes());
+            let mut expected = want[..=n].to_vec();
+            expected.extend(undo_of(&want[..n], &before));
+            assert_eq!(changes, expected, "failure at step {n}: {text}");
+            assert_eq!(k.with(|s| s.snapshot()), before, "failure at step {n}");
+        }
+    }
+
+    #[test]
+    fn peer_updates_remove_then_add_and_the_teardown_follows_them() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let mut g = HostGuard::setup_with(k.clone(), &plan()).unwrap();
+        let n = k.journal().len();
+        g.set_peer_service_addrs(&[v4("198.18.0.3")]).unwrap();
+        let update = [
+            KernelOp::del(&peer_addr("198.18.0.2")),
+            KernelOp::del(&mss_rule("198.18.0.2")),
+            KernelOp::add(&peer_addr("198.18.0.3")),
+            KernelOp::add(&mss_rule("198.18.0.3")),
+        ];
+        assert_eq!(k.journal()[n..], update[..]);
+        // The same set again: nothing to do.
+        g.set_peer_service_addrs(&[v4("198.18.0.3")]).unwrap();
+        assert_eq!(k.journal().len(), n + 4);
+        drop(g);
+        // The teardown undoes .3 (newest first) and not .2, already gone.
+        let mut setup = full_setup();
+        setup.retain(|o| {
+            *o != KernelOp::add(&peer_addr("198.18.0.2"))
+                && *o != KernelOp::add(&mss_rule("198.18.0.2"))
+        });
+        let mut teardown = vec![
+            KernelOp::del(&mss_rule("198.18.0.3")),
+            KernelOp::del(&peer_addr("198.18.0.3")),
+        ];
+        teardown.extend(undo_of(&setup, &before));
+        assert_eq!(k.journal()[n + 4..], teardown[..]);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+    }
+
+    #[test]
+    fn without_diversion_no_rule_moves_and_only_addresses_and_mss_are_made() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let p = HostPlan {
+            divert: false,
+            ..plan()
+        };
+        let g = HostGuard::setup_with(k.clone(), &p).unwrap();
+        let made: Vec<String> = k
+            .journal()
+            .iter()
+            .filter(|o| matches!(o, KernelOp::Add(..) | KernelOp::Del(..)))
+            .map(|o| format!("{o:?}"))
+            .collect();
+        assert_eq!(
+            made,
+            vec![
+                "add address 198.18.0.2/32 on ifindex 5",
+                "add route 198.18.0.0/24 dev ifindex 2 advmss 1440 table 101",
+                "add rule pref 15 from 198.18.0.2 lookup 101",
+            ]
+        );
+        drop(g);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+    }
+
+    #[test]
+    fn nothing_is_done_without_privilege_or_uplink() {
+        let k = kernel();
+        k.with(|s| s.privileged = false);
+        let e = HostGuard::setup_with(k.clone(), &plan()).unwrap_err();
+        assert_eq!(e.step, "privilege check");
+        let k = kernel();
+        let p = HostPlan {
+            uplink: "eth9".into(),
+            ..plan()
+        };
+        let e = HostGuard::setup_with(k.clone(), &p).unwrap_err();
+        assert_eq!(e.step, "finding the uplink interface");
+        assert!(e.to_string().contains("eth9"), "{e}");
+        assert!(k.journal().is_empty());
+    }
+
+    #[test]
+    fn teardown_skips_what_is_gone_and_reports_what_fails() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let mut g = HostGuard::setup_with(k.clone(), &plan()).unwrap();
+        // The TUN device went first, taking its address and its sysctls.
+        k.with(|s| {
+            let a = peer_addr("198.18.0.2").payload;
+            s.objects.retain(|(_, p)| *p != a);
+            s.sysctls.remove(&sysctl_path("conf/dpr0/rp_filter"));
+            s.sysctls.remove(&sysctl_path("conf/dpr0/accept_local"));
+        });
+        // And one delete is refused.
+        let n = k.with(|s| s.changes().len());
+        k.with(|s| s.fail = Some((n + 2, libc::EPERM))); // the MSS rule's delete
+        let failed = g.teardown();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(
+            failed[0].starts_with("delete rule pref 15 from 198.18.0.2"),
+            "{failed:?}"
+        );
+        assert!(g.teardown().is_empty(), "idempotent");
+        // Everything else was undone.
+        let after = k.with(|s| s.snapshot());
+        let mss = mss_rule("198.18.0.2").payload;
+        assert!(after.objects.iter().any(|(_, p)| *p == mss));
+        let mut expected = before.clone();
+        expected.sysctls.remove(&sysctl_path("conf/dpr0/rp_filter"));
+        expected
+            .sysctls
+            .remove(&sysctl_path("conf/dpr0/accept_local"));
+        expected.objects.push((Object::Rule as u8, mss));
+        expected.objects.sort();
+        assert_eq!(after, expected);
     }
 }

@@ -1,6 +1,21 @@
-//! Route netlink, just what host setup needs: addresses, routes, policy
-//! rules, and a route dump. Message building and parsing are pure (unit
-//! tested on bytes); [`Netlink`] sends them over [`crate::sys::NetlinkSocket`].
+//! Netlink: the one module of the workspace that speaks it. Route netlink
+//! for what host setup and the AF_XDP path need (addresses, routes, policy
+//! rules, the route and address dumps, the neighbour table) and the socket
+//! side of `NETLINK_SOCK_DIAG` ([`crate::sockdiag`] builds its messages,
+//! [`Netlink`] carries them).
+//!
+//! Message building and parsing are pure (unit tested on bytes). Every
+//! message goes through one chokepoint, the [`NetlinkSys`] trait (send one
+//! datagram, receive one): [`crate::sys::NetlinkSocket`] in production, and
+//! [`crate::fake::FakeKernel`] in tests, which answers like the kernel and
+//! records every request, so the order of set-up and undo is tested
+//! without root.
+//!
+//! ```text
+//!  host.rs (HostGuard) ─┐                         ┌─ sys::NetlinkSocket (socket(2), send, recv)
+//!  neigh.rs ────────────┼─► Netlink<S> ─► S: NetlinkSys
+//!  sockdiag.rs ─────────┘   exec (ack), dump       └─ fake::FakeKernel (in memory, recorded)
+//! ```
 //!
 //! A request is kept as its payload (the `ifaddrmsg` / `rtmsg` /
 //! `fib_rule_hdr` and its attributes) plus its [`Object`]: the same payload
@@ -9,11 +24,14 @@
 
 use crate::sys::NetlinkSocket;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+/// An acknowledgement or an error.
+pub const NLMSG_ERROR: u16 = 2;
+/// The end of a dump.
+pub const NLMSG_DONE: u16 = 3;
 /// Request flag.
 pub const NLM_F_REQUEST: u16 = 0x1;
 /// Ask for an acknowledgement.
@@ -27,19 +45,36 @@ pub const NLM_F_CREATE: u16 = 0x400;
 /// Dump every object (root and match).
 pub const NLM_F_DUMP: u16 = 0x300;
 
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWRULE: u16 = 32;
-const RTM_DELRULE: u16 = 33;
+/// Adds an address.
+pub const RTM_NEWADDR: u16 = 20;
+/// Deletes an address.
+pub const RTM_DELADDR: u16 = 21;
+/// Lists addresses.
+pub const RTM_GETADDR: u16 = 22;
+/// Adds a route.
+pub const RTM_NEWROUTE: u16 = 24;
+/// Deletes a route.
+pub const RTM_DELROUTE: u16 = 25;
+/// Lists routes.
+pub const RTM_GETROUTE: u16 = 26;
+/// A neighbour entry (what a neighbour dump returns).
+pub const RTM_NEWNEIGH: u16 = 28;
+/// Lists neighbours.
+pub const RTM_GETNEIGH: u16 = 30;
+/// Adds a policy rule.
+pub const RTM_NEWRULE: u16 = 32;
+/// Deletes a policy rule.
+pub const RTM_DELRULE: u16 = 33;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_F_SECONDARY: u8 = 0x01;
 const IFADDRMSG_LEN: usize = 8;
+
+/// `struct ndmsg`.
+const NDMSG_LEN: usize = 12;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
 
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -80,6 +115,19 @@ pub enum Object {
 }
 
 impl Object {
+    /// The object a `RTM_NEW*` / `RTM_DEL*` message type adds or deletes,
+    /// and whether it adds.
+    pub fn of_type(ty: u16) -> Option<(Self, bool)> {
+        match ty {
+            RTM_NEWADDR => Some((Self::Addr, true)),
+            RTM_DELADDR => Some((Self::Addr, false)),
+            RTM_NEWROUTE => Some((Self::Route, true)),
+            RTM_DELROUTE => Some((Self::Route, false)),
+            RTM_NEWRULE => Some((Self::Rule, true)),
+            RTM_DELRULE => Some((Self::Rule, false)),
+            _ => None,
+        }
+    }
     /// The message type that adds it.
     pub fn new_type(self) -> u16 {
         match self {
@@ -268,6 +316,106 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// The rule a request payload describes (`None` if it is too short);
+    /// `Rule::parse(&r.request().payload) == Some(r)`.
+    pub fn parse(payload: &[u8]) -> Option<Self> {
+        if payload.len() < 12 {
+            return None;
+        }
+        let v6 = i32::from(payload[0]) == libc::AF_INET6;
+        let ip = |d: &[u8]| match d.len() {
+            4 => Some(IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3]))),
+            16 => <[u8; 16]>::try_from(d)
+                .ok()
+                .map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+            _ => None,
+        };
+        let u32_of = |d: &[u8]| <[u8; 4]>::try_from(d).ok().map(u32::from_ne_bytes);
+        let mut r = Rule {
+            table: u32::from(payload[4]),
+            v6,
+            ..Rule::default()
+        };
+        for (ty, d) in attrs(payload, 12) {
+            match ty {
+                FRA_PRIORITY => r.priority = u32_of(d)?,
+                FRA_TABLE => r.table = u32_of(d)?,
+                FRA_IIFNAME => {
+                    let name = d.split(|b| *b == 0).next().unwrap_or_default();
+                    r.iif = Some(String::from_utf8_lossy(name).into_owned());
+                }
+                FRA_SRC => r.from = ip(d),
+                FRA_DST => r.to = ip(d),
+                FRA_IP_PROTO => r.ipproto = d.first().copied(),
+                FRA_DPORT_RANGE if d.len() >= 2 => r.dport = Some(u16::from_ne_bytes([d[0], d[1]])),
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+}
+
+/// A route: `ip route add DST/PREFIX dev OIF table TABLE` (IPv4, scope
+/// link, protocol kernel: the shape of a connected route), for tests and
+/// fakes that need a main table to copy.
+pub fn connected_route(dst: Ipv4Addr, prefix: u8, oif: u32, table: u32) -> Request {
+    const RTPROT_KERNEL: u8 = 2;
+    const RT_SCOPE_LINK: u8 = 253;
+    let mut p = rtmsg(libc::AF_INET as u8, prefix, table, RT_SCOPE_LINK);
+    p[5] = RTPROT_KERNEL;
+    push_attr(&mut p, RTA_DST, &dst.octets());
+    push_attr(&mut p, RTA_OIF, &oif.to_ne_bytes());
+    Request {
+        object: Object::Route,
+        payload: p,
+        describe: format!("route {dst}/{prefix} dev ifindex {oif} table {table}"),
+    }
+}
+
+/// `ip`-like text for a request payload of `object` (for logs and test
+/// failures).
+pub fn describe(object: Object, payload: &[u8]) -> String {
+    match object {
+        Object::Addr => match parse_addr(payload) {
+            Some(a) => format!("address {}/{} on ifindex {}", a.addr, a.prefix, a.ifindex),
+            None => format!("address ({} bytes)", payload.len()),
+        },
+        Object::Route => match parse_route(payload) {
+            Some(r) => {
+                let dst = attrs(payload, RTMSG_LEN)
+                    .into_iter()
+                    .find(|(t, d)| *t == RTA_DST && d.len() == 4)
+                    .map(|(_, d)| {
+                        format!("{}/{}", Ipv4Addr::new(d[0], d[1], d[2], d[3]), payload[1])
+                    })
+                    .unwrap_or_else(|| "default".into());
+                let advmss = attrs(payload, RTMSG_LEN)
+                    .into_iter()
+                    .find(|(t, _)| *t == RTA_METRICS)
+                    .and_then(|(_, m)| {
+                        attrs(m, 0)
+                            .into_iter()
+                            .find(|(t, d)| *t == RTAX_ADVMSS && d.len() == 4)
+                            .map(|(_, d)| u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))
+                    })
+                    .map(|m| format!(" advmss {m}"))
+                    .unwrap_or_default();
+                let dev = r
+                    .oif
+                    .map(|o| format!(" dev ifindex {o}"))
+                    .unwrap_or_default();
+                format!("route {dst}{dev}{advmss} table {}", r.table)
+            }
+            None => format!("route ({} bytes)", payload.len()),
+        },
+        Object::Rule => match Rule::parse(payload) {
+            Some(r) => r.request().describe,
+            None => format!("rule ({} bytes)", payload.len()),
+        },
+    }
+}
+
 /// Walks `(type, data)` attributes of a payload after `skip` header bytes.
 pub fn attrs(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
@@ -352,6 +500,62 @@ pub fn parse_route(payload: &[u8]) -> Option<RouteInfo> {
     })
 }
 
+/// One entry of the kernel's neighbour table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighEntry {
+    /// The interface.
+    pub ifindex: u32,
+    /// `NUD_*` bits.
+    pub state: u16,
+    /// The neighbour's address.
+    pub dst: Option<IpAddr>,
+    /// Its link-layer address, when known.
+    pub lladdr: Option<[u8; 6]>,
+}
+
+/// Parses an `ndmsg` and its attributes (`None` when short).
+pub fn parse_neigh(payload: &[u8]) -> Option<NeighEntry> {
+    if payload.len() < NDMSG_LEN {
+        return None;
+    }
+    let family = i32::from(payload[0]);
+    let mut e = NeighEntry {
+        ifindex: u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]),
+        state: u16::from_ne_bytes([payload[8], payload[9]]),
+        dst: None,
+        lladdr: None,
+    };
+    for (ty, d) in attrs(payload, NDMSG_LEN) {
+        match (ty, family, d.len()) {
+            (NDA_DST, libc::AF_INET, 4) => {
+                e.dst = Some(IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3])));
+            }
+            (NDA_DST, libc::AF_INET6, 16) => {
+                e.dst = <[u8; 16]>::try_from(d)
+                    .ok()
+                    .map(|o| IpAddr::V6(Ipv6Addr::from(o)));
+            }
+            (NDA_LLADDR, _, 6) => e.lladdr = <[u8; 6]>::try_from(d).ok(),
+            _ => {}
+        }
+    }
+    Some(e)
+}
+
+/// The payload of a neighbour-table entry (what the kernel's dump carries;
+/// for tests and fakes).
+pub fn neigh_payload(ifindex: u32, state: u16, dst: IpAddr, lladdr: Option<[u8; 6]>) -> Vec<u8> {
+    let mut p = vec![family(dst), 0, 0, 0];
+    p.extend_from_slice(&ifindex.to_ne_bytes());
+    p.extend_from_slice(&state.to_ne_bytes());
+    p.extend_from_slice(&[0, 1]); // flags, type (NDA_UNSPEC/unicast)
+    push_attr(&mut p, NDA_DST, &addr_bytes(dst));
+    if let Some(mac) = lladdr {
+        push_attr(&mut p, NDA_LLADDR, &mac);
+    }
+    p
+}
+
 /// The same route in `table`, with `advmss` as its only metric: the copy
 /// that makes the local stack announce a smaller MSS on it.
 pub fn copy_route_with_advmss(route: &RouteInfo, table: u32, advmss: u32) -> Request {
@@ -412,9 +616,29 @@ pub enum Reply<'a> {
     Data {
         /// Message type.
         ty: u16,
+        /// Sequence number of the request it answers.
+        seq: u32,
         /// Payload.
         payload: &'a [u8],
     },
+}
+
+/// The header fields of one message: `(type, flags, seq, payload)`, or
+/// `None` when `msg` is shorter than its header says.
+pub fn parse_header(msg: &[u8]) -> Option<(u16, u16, u32, &[u8])> {
+    if msg.len() < NLMSG_HDRLEN {
+        return None;
+    }
+    let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+    if len < NLMSG_HDRLEN || len > msg.len() {
+        return None;
+    }
+    Some((
+        u16::from_ne_bytes([msg[4], msg[5]]),
+        u16::from_ne_bytes([msg[6], msg[7]]),
+        u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]),
+        &msg[NLMSG_HDRLEN..len],
+    ))
 }
 
 /// Splits a datagram into messages; stops at the first malformed one.
@@ -435,35 +659,116 @@ pub fn parse_replies(buf: &[u8]) -> Vec<Reply<'_>> {
                 error: i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]),
             },
             NLMSG_DONE => Reply::Done,
-            _ => Reply::Data { ty, payload },
+            _ => Reply::Data { ty, seq, payload },
         });
         i += (len + 3) & !3;
     }
     out
 }
 
-/// A route netlink client.
+/// The chokepoint: one netlink socket, as a datagram in and a datagram out.
+///
+/// Implemented by [`NetlinkSocket`] (the kernel) and by
+/// [`crate::fake::FakeKernel`] (tests).
+pub trait NetlinkSys: Send {
+    /// Sends one datagram (one or more messages) to the kernel.
+    fn send(&mut self, msg: &[u8]) -> io::Result<()>;
+    /// Receives one datagram into `buf`; its length.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl NetlinkSys for NetlinkSocket {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        NetlinkSocket::send(self, msg)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        NetlinkSocket::recv(self, buf)
+    }
+}
+
+/// A netlink client: numbered requests, acknowledgements and dumps over
+/// one [`NetlinkSys`].
 #[derive(Debug)]
-pub struct Netlink {
-    sock: NetlinkSocket,
+pub struct Netlink<S: NetlinkSys = NetlinkSocket> {
+    sock: S,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Netlink {
-    /// Opens the socket.
+    /// Opens a route netlink socket.
     pub fn open() -> io::Result<Self> {
-        Ok(Self {
-            sock: NetlinkSocket::open()?,
-            seq: 1,
-            buf: vec![0u8; 64 * 1024],
-        })
+        Ok(Self::new(NetlinkSocket::open()?))
     }
 
-    /// Sends a request and waits for its acknowledgement.
-    pub fn exec(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<()> {
+    /// Opens a netlink socket of `protocol` (`NETLINK_SOCK_DIAG`...).
+    pub fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
+        Ok(Self::new(NetlinkSocket::open_protocol(protocol)?))
+    }
+
+    /// Makes a receive that waits longer than `t` fail (`WouldBlock`), so a
+    /// kernel that never answers cannot hang the caller.
+    pub fn set_recv_timeout(&mut self, t: Duration) -> io::Result<()> {
+        self.sock.set_recv_timeout(t)
+    }
+}
+
+impl<S: NetlinkSys> Netlink<S> {
+    /// A client over `sock`.
+    pub fn new(sock: S) -> Self {
+        Self {
+            sock,
+            seq: 1,
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    /// The transport underneath.
+    pub fn sys(&self) -> &S {
+        &self.sock
+    }
+
+    /// The transport underneath, mutably (host setup reaches `/proc/sys`
+    /// through the same object).
+    pub fn sys_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
+    fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
-        exec(&self.sock, &mut self.buf, self.seq, ty, flags, payload)
+        self.seq
+    }
+
+    /// Sends a request with an acknowledgement asked for, and waits for
+    /// that acknowledgement: `Ok` or the error the kernel returned.
+    pub fn exec(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<()> {
+        let seq = self.next_seq();
+        self.sock.send(&message(
+            ty,
+            flags | NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            payload,
+        ))?;
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "netlink socket closed before the acknowledgement",
+                ));
+            }
+            for r in parse_replies(&self.buf[..n]) {
+                if let Reply::Ack { seq: s, error } = r {
+                    if s == seq {
+                        return if error == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::from_raw_os_error(-error))
+                        };
+                    }
+                }
+            }
+        }
     }
 
     /// Adds the object of `req` (fails if it exists).
@@ -480,96 +785,67 @@ impl Netlink {
         self.exec(req.object.del_type(), 0, &req.payload)
     }
 
+    /// Sends the dump request `ty` with `payload` and calls `each` on the
+    /// payload of every entry until the kernel's `NLMSG_DONE`; an error
+    /// acknowledgement is the error. Messages answering another request
+    /// (a stale reply) are skipped.
+    pub fn dump(&mut self, ty: u16, payload: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let seq = self.next_seq();
+        self.sock
+            .send(&message(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, payload))?;
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "netlink dump ended without NLMSG_DONE",
+                ));
+            }
+            for r in parse_replies(&self.buf[..n]) {
+                match r {
+                    Reply::Done => return Ok(()),
+                    Reply::Ack { seq: s, error } if s == seq && error != 0 => {
+                        return Err(io::Error::from_raw_os_error(-error));
+                    }
+                    Reply::Data {
+                        seq: s, payload, ..
+                    } if s == seq => each(payload),
+                    Reply::Ack { .. } | Reply::Data { .. } => {}
+                }
+            }
+        }
+    }
+
     /// Dumps the IPv4 addresses of every interface.
     pub fn dump_addrs_v4(&mut self) -> io::Result<Vec<AddrInfo>> {
-        self.dump_v4(RTM_GETADDR, IFADDRMSG_LEN, parse_addr)
+        self.dump_family(RTM_GETADDR, IFADDRMSG_LEN, libc::AF_INET, parse_addr)
     }
 
     /// Dumps the IPv4 routes of every table.
     pub fn dump_routes_v4(&mut self) -> io::Result<Vec<RouteInfo>> {
-        self.dump_v4(RTM_GETROUTE, RTMSG_LEN, parse_route)
+        self.dump_family(RTM_GETROUTE, RTMSG_LEN, libc::AF_INET, parse_route)
     }
 
-    /// Sends an IPv4 dump request of type `ty` (a family byte, then zeros
-    /// to `header_len`) and collects what `parse` makes of each entry.
-    fn dump_v4<T>(
+    /// Dumps the neighbour table of `family` (`AF_INET` or `AF_INET6`).
+    pub fn dump_neighbours(&mut self, family: libc::c_int) -> io::Result<Vec<NeighEntry>> {
+        self.dump_family(RTM_GETNEIGH, NDMSG_LEN, family, parse_neigh)
+    }
+
+    /// A dump request of type `ty` whose header (`header_len` bytes) names
+    /// only the family; what `parse` makes of each entry.
+    fn dump_family<T>(
         &mut self,
         ty: u16,
         header_len: usize,
+        family: libc::c_int,
         parse: fn(&[u8]) -> Option<T>,
     ) -> io::Result<Vec<T>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut req = vec![libc::AF_INET as u8];
+        let fam = u8::try_from(family).map_err(|_| io::Error::other("bad address family"))?;
+        let mut req = vec![fam];
         req.resize(header_len, 0);
-        let request = message(ty, NLM_F_REQUEST | NLM_F_DUMP, self.seq, &req);
         let mut out = Vec::new();
-        dump(&self.sock, &mut self.buf, &request, |p| {
-            out.extend(parse(p))
-        })?;
+        self.dump(ty, &req, |p| out.extend(parse(p)))?;
         Ok(out)
-    }
-}
-
-/// Sends the dump `request` on `sock` and calls `each` on the payload of
-/// every entry until the kernel's `NLMSG_DONE`; an error acknowledgement is
-/// the error. Shared by the route and the sock-diag dumps.
-/// Sends request `seq` on `sock` with an acknowledgement asked for, and
-/// waits for that acknowledgement: `Ok` or the error the kernel returned.
-pub(crate) fn exec(
-    sock: &NetlinkSocket,
-    buf: &mut [u8],
-    seq: u32,
-    ty: u16,
-    flags: u16,
-    payload: &[u8],
-) -> io::Result<()> {
-    sock.send(&message(
-        ty,
-        flags | NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        payload,
-    ))?;
-    loop {
-        let n = sock.recv(buf)?;
-        for r in parse_replies(&buf[..n]) {
-            if let Reply::Ack { seq: s, error } = r {
-                if s == seq {
-                    return if error == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-error))
-                    };
-                }
-            }
-        }
-    }
-}
-
-pub(crate) fn dump(
-    sock: &NetlinkSocket,
-    buf: &mut [u8],
-    request: &[u8],
-    mut each: impl FnMut(&[u8]),
-) -> io::Result<()> {
-    sock.send(request)?;
-    loop {
-        let n = sock.recv(buf)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "netlink dump ended without NLMSG_DONE",
-            ));
-        }
-        for r in parse_replies(&buf[..n]) {
-            match r {
-                Reply::Done => return Ok(()),
-                Reply::Ack { error, .. } if error != 0 => {
-                    return Err(io::Error::from_raw_os_error(-error));
-                }
-                Reply::Data { payload, .. } => each(payload),
-                Reply::Ack { .. } => {}
-            }
-        }
     }
 }
 
@@ -694,5 +970,84 @@ mod tests {
         push_attr(&mut p, 1, &[1, 2, 3, 4]);
         p.extend_from_slice(&[50, 0, 2, 0, 9]);
         assert_eq!(attrs(&p, 0), vec![(1, &[1u8, 2, 3, 4][..])]);
+    }
+
+    #[test]
+    fn neighbour_entries_parse() {
+        let mac = [2, 0, 0, 0, 7, 0xb];
+        let v4: IpAddr = "198.18.7.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let mut p = neigh_payload(5, 2, v4, Some(mac));
+        push_attr(&mut p, 9, &[0; 8]); // NDA_CACHEINFO-like: ignored
+        assert_eq!(
+            parse_neigh(&p),
+            Some(NeighEntry {
+                ifindex: 5,
+                state: 2,
+                dst: Some(v4),
+                lladdr: Some(mac)
+            })
+        );
+        let e = parse_neigh(&neigh_payload(6, 1, v6, None)).unwrap();
+        assert_eq!(
+            (e.ifindex, e.state, e.dst, e.lladdr),
+            (6, 1, Some(v6), None)
+        );
+        // A v6 family with a 4-byte destination: no address, no panic.
+        let mut odd = neigh_payload(5, 2, v4, None);
+        odd[0] = libc::AF_INET6 as u8;
+        assert_eq!(parse_neigh(&odd).map(|e| e.dst), Some(None));
+    }
+
+    #[test]
+    fn neighbour_dump_request_layout() {
+        let mut req = vec![libc::AF_INET as u8];
+        req.resize(NDMSG_LEN, 0);
+        let m = message(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, 7, &req);
+        assert_eq!(m.len(), 28);
+        assert_eq!(parse_header(&m), Some((RTM_GETNEIGH, 0x301, 7, &req[..])));
+        assert_eq!(parse_header(&m[..27]), None);
+    }
+
+    #[test]
+    fn truncated_and_lying_messages_do_not_panic() {
+        let mut p = neigh_payload(5, 2, "198.18.7.2".parse().unwrap(), Some([1; 6]));
+        let good = message(RTM_NEWNEIGH, 0, 1, &p);
+        for n in 0..good.len() {
+            for r in parse_replies(&good[..n]) {
+                if let Reply::Data { payload, .. } = r {
+                    let _ = parse_neigh(payload);
+                }
+            }
+            let _ = parse_neigh(&p[..n.min(p.len())]);
+            let _ = parse_route(&p[..n.min(p.len())]);
+            let _ = parse_addr(&p[..n.min(p.len())]);
+            let _ = Rule::parse(&p[..n.min(p.len())]);
+        }
+        // An attribute longer than the message: the entry keeps what came
+        // before it.
+        p[NDMSG_LEN] = 60;
+        assert_eq!(parse_neigh(&p).map(|e| e.dst), Some(None));
+    }
+
+    #[test]
+    fn rules_parse_back() {
+        let r = Rule {
+            priority: 10,
+            table: 100,
+            iif: Some("eth0".into()),
+            from: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9))),
+            to: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
+            ipproto: Some(6),
+            dport: Some(80),
+            v6: false,
+        };
+        assert_eq!(Rule::parse(&r.request().payload), Some(r.clone()));
+        assert_eq!(
+            describe(Object::Rule, &r.request().payload),
+            r.request().describe
+        );
+        let a = addr(3, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 32, false);
+        assert_eq!(describe(Object::Addr, &a.payload), a.describe);
     }
 }

@@ -9,8 +9,11 @@
 //! other). A sock-diag dump asks the kernel for the open states only and
 //! skips TIME_WAIT, LISTEN and CLOSE sockets before anything is formatted;
 //! the addresses and ports are then matched here. IPv4 and IPv6.
+//!
+//! This module builds and parses the sock-diag messages; the socket side
+//! (sequence numbers, acknowledgements, dumps) is [`crate::netlink`]'s.
 
-use crate::netlink::{NLM_F_DUMP, NLM_F_REQUEST, dump, exec, message};
+use crate::netlink::{Netlink, NetlinkSys};
 use crate::sys::NetlinkSocket;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -103,20 +106,25 @@ pub fn parse(payload: &[u8]) -> Option<TcpSocket> {
 
 /// A sock-diag client that lists open service connections.
 #[derive(Debug)]
-pub struct TcpCounter {
-    sock: NetlinkSocket,
-    seq: u32,
-    buf: Vec<u8>,
+pub struct TcpCounter<S: NetlinkSys = NetlinkSocket> {
+    nl: Netlink<S>,
 }
 
 impl TcpCounter {
     /// Opens the socket (no privilege needed for TCP dumps).
     pub fn open() -> io::Result<Self> {
         Ok(Self {
-            sock: NetlinkSocket::open_protocol(libc::NETLINK_SOCK_DIAG)?,
-            seq: 0,
-            buf: vec![0u8; 64 * 1024],
+            nl: Netlink::open_protocol(libc::NETLINK_SOCK_DIAG)?,
         })
+    }
+}
+
+impl<S: NetlinkSys> TcpCounter<S> {
+    /// A client over a `NETLINK_SOCK_DIAG` transport of the caller's.
+    pub fn with(sock: S) -> Self {
+        Self {
+            nl: Netlink::new(sock),
+        }
     }
 
     /// Calls `f` on every TCP socket of `family` (`AF_INET` or `AF_INET6`)
@@ -127,28 +135,21 @@ impl TcpCounter {
         states: u32,
         mut f: impl FnMut(&TcpSocket),
     ) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
         let fam = u8::try_from(family).map_err(|_| io::Error::other("bad family"))?;
-        let req = message(
-            SOCK_DIAG_BY_FAMILY,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            self.seq,
-            &request(fam, states),
-        );
-        dump(&self.sock, &mut self.buf, &req, |p| {
-            if let Some(s) = parse(p) {
-                f(&s);
-            }
-        })
+        self.nl
+            .dump(SOCK_DIAG_BY_FAMILY, &request(fam, states), |p| {
+                if let Some(s) = parse(p) {
+                    f(&s);
+                }
+            })
     }
 
     /// Aborts the TCP socket `local` ↔ `remote` (`SOCK_DESTROY`: the
     /// kernel resets it as `ss -K` does; needs `CAP_NET_ADMIN`). `Ok(false)`
     /// when there is no such socket.
     pub fn destroy(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
-        self.seq = self.seq.wrapping_add(1);
         let req = destroy_request(local, remote);
-        match exec(&self.sock, &mut self.buf, self.seq, SOCK_DESTROY, 0, &req) {
+        match self.nl.exec(SOCK_DESTROY, 0, &req) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),

@@ -8,9 +8,8 @@
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,30 +23,10 @@ pub trait TunSys: Send {
     fn send(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-/// Waits up to `timeout` for `fd` to become readable.
-pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `pfd` is a valid, exclusively borrowed pollfd and we pass a
-    // count of exactly one; poll does not keep the pointer after returning.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    match r {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        0 => Ok(false),
-        _ => Ok(pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0),
-    }
-}
+/// Waits up to `timeout` for a descriptor to become readable: the
+/// workspace's one poll helper, which lives in `dpr-xdp` (the lower crate;
+/// its AF_XDP sockets use it too).
+pub use dpr_xdp::poll_readable;
 
 /// One queue of a real TUN device.
 pub struct RealTun(pub tun_rs::SyncDevice);
@@ -128,19 +107,11 @@ impl TunSys for FakeTun {
     }
 }
 
-/// The index of interface `name` in this network namespace.
+/// The index of interface `name` in this network namespace: the
+/// workspace's one look-up, [`dpr_xdp::ifindex`] (a missing interface is
+/// `NotFound`, naming it).
 pub fn if_index(name: &str) -> io::Result<u32> {
-    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no network interface named {name:?}"),
-        ))
-    } else {
-        Ok(i)
-    }
+    dpr_xdp::ifindex(name).map_err(io::Error::from)
 }
 
 /// The link-layer (MAC) address of interface `name` (`SIOCGIFHWADDR`).
@@ -233,6 +204,27 @@ impl NetlinkSocket {
         } else {
             Ok(())
         }
+    }
+
+    /// Sets `SO_RCVTIMEO`: a receive that waits longer than `t` fails with
+    /// `WouldBlock`.
+    pub fn set_recv_timeout(&self, t: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(t.subsec_micros() as i32),
+        };
+        // SAFETY: `tv` is a valid timeval that outlives the call, and we
+        // pass its exact size; the fd is open (owned by self).
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        check(r)
     }
 
     /// Receives one datagram (one or more netlink messages) into `buf`.

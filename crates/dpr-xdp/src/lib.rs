@@ -1,12 +1,17 @@
 //! `dpr-xdp`: the kernel-facing pieces of dpr's AF_XDP backend.
 //!
-//! This layer loads and attaches the XDP program that steers the router's
-//! traffic into AF_XDP sockets, fills its maps, moves frames through the
-//! sockets' rings, and reads the kernel's neighbour table. It decides nothing
-//! about a packet beyond the program's coarse "is it the router's" test: the
-//! engine above decides the rest. It talks to the kernel only through
-//! its `sys` module (bpf(2), sockets, mmap, setns); `unsafe` lives there and in
-//! [`xsk`] (shared frame memory), nowhere else.
+//! This layer is the kernel-program side of AF_XDP: it assembles, loads and
+//! attaches the XDP program that steers the router's traffic into AF_XDP
+//! sockets, fills its maps, and moves frames through the sockets' rings. It
+//! decides nothing about a packet beyond the program's coarse "is it the
+//! router's" test: the engine above decides the rest. Everything else that
+//! talks to the host (netlink: routes, addresses, neighbours, sock_diag;
+//! starting the backend from a plan) is `dpr-io`'s, which depends on this
+//! crate. It talks to the kernel only through its `sys`
+//! module (bpf(2), sockets, mmap, poll, setns); `unsafe` lives there and in
+//! [`xsk`] (shared frame memory), nowhere else. Every `bpf(2)` request of the
+//! loader goes through the [`bpf::BpfSys`] trait, so map maintenance is
+//! tested against [`bpf::FakeBpf`] without root.
 //!
 //! ```text
 //!   NIC queue q ──► XDP program (program.rs, assembled by asm.rs)
@@ -17,35 +22,50 @@
 //!                                                   XskSocket (xsk.rs): rx_batch ─► engine
 //!                                                   frame reused for tx (headroom for the
 //!                                                   outer header), or tx_copy ─► NIC
-//!   neigh.rs: next hop's MAC from the kernel's neighbour table (RTM_GETNEIGH)
+//!   loader.rs ─► bpf.rs (BpfSys: RealBpf = bpf(2), FakeBpf = in memory, recorded)
 //! ```
 //!
 //! [`RouterProgram`] owns the program and maps; [`XdpLink`] is an attachment
-//! (detached on drop); [`xsk::XskSocket`] is one AF_XDP socket on one queue;
-//! [`neigh::lookup`] resolves a next hop. [`lab`] holds the network-namespace
-//! helpers the tests and the bench use.
+//! (detached on drop); [`xsk::XskSocket`] is one AF_XDP socket on one queue.
+//! [`ifindex`] and [`poll_readable`] are the workspace's one interface-index
+//! look-up and one poll helper (`dpr-io` re-exports them). [`lab`] holds the
+//! network-namespace helpers the tests and the bench use.
 #![deny(unsafe_code)]
 
 pub mod asm;
+pub mod bpf;
 pub mod lab;
 mod loader;
-pub mod neigh;
-mod netlink;
 pub mod program;
 mod sys;
 pub mod xsk;
 
+pub use bpf::{BpfSys, FakeBpf, RealBpf};
 pub use loader::{Counters, ProgramConfig, RouterProgram, XdpLink, XdpMode};
 pub use program::{Counter, MissingSocket};
 
 use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
 
-/// The interface index of `name`, in the calling thread's network namespace.
+/// The interface index of `name`, in the calling thread's network
+/// namespace. A missing interface is `NotFound`, naming it.
 pub fn ifindex(name: &str) -> Result<u32, Error> {
     sys::if_nametoindex(name).map_err(|source| Error::Syscall {
         op: "if_nametoindex",
         source,
     })
+}
+
+/// Waits up to `timeout` for `fd` to become readable (`poll(2)`): `true`
+/// when it is (or has an error or hang-up to report: the next read says
+/// which), `false` on timeout or when a signal interrupted the wait.
+pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    match sys::poll_one(fd, libc::POLLIN, timeout) {
+        Ok(revents) => Ok(revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// An error of this layer.
@@ -76,4 +96,16 @@ pub enum Error {
     /// A ring or UMEM invariant was not met (sizes, frame bounds).
     #[error("AF_XDP: {0}")]
     Xsk(String),
+}
+
+impl From<Error> for io::Error {
+    /// Keeps the kind of a system call's error, and names the call.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Syscall { op, source } => {
+                io::Error::new(source.kind(), format!("{op}: {source}"))
+            }
+            other => io::Error::other(other.to_string()),
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! Loading the router's XDP program with its maps, filling the maps, running
 //! the program on test frames and attaching it to an interface.
+//!
+//! Every `bpf(2)` request goes through a [`BpfSys`]: [`RealBpf`] in the
+//! daemon, [`crate::bpf::FakeBpf`] in tests that check which entries are
+//! written and removed, and in what order.
 
 use std::collections::HashMap;
 use std::io;
@@ -7,12 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::Error;
+use crate::bpf::{
+    BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_XSKMAP, BpfSys, MapSpec, RealBpf,
+};
 use crate::program::{self, Counter, MapFds, MissingSocket};
-use crate::sys::{self, MapFd};
-
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+use crate::sys;
 
 /// The verifier log size when a load fails (the kernel's limit is larger).
 const VERIFIER_LOG_BYTES: usize = 4 << 20;
@@ -62,13 +65,13 @@ const XDP_FLAGS_DRV_MODE: u32 = 4;
 /// An attached program. Dropping it (or the process exiting) detaches it:
 /// the attachment is a BPF link that lives as long as its descriptor.
 #[derive(Debug)]
-pub struct XdpLink {
-    _fd: OwnedFd,
+pub struct XdpLink<B: BpfSys = RealBpf> {
+    _link: B::Link,
     ifindex: u32,
     mode: XdpMode,
 }
 
-impl XdpLink {
+impl<B: BpfSys> XdpLink<B> {
     /// The interface it is attached to.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
@@ -90,17 +93,18 @@ impl Counters {
     }
 }
 
-/// The loaded program and its maps.
+/// The loaded program and its maps, over the `bpf(2)` of `B`.
 #[derive(Debug)]
-pub struct RouterProgram {
-    prog: OwnedFd,
-    services_v4: MapFd,
-    services_v6: MapFd,
-    peers_v4: MapFd,
-    peers_v6: MapFd,
-    tunnel_services_v4: MapFd,
-    xsks: MapFd,
-    counters: MapFd,
+pub struct RouterProgram<B: BpfSys = RealBpf> {
+    bpf: B,
+    prog: B::Prog,
+    services_v4: B::Map,
+    services_v6: B::Map,
+    peers_v4: B::Map,
+    peers_v6: B::Map,
+    tunnel_services_v4: B::Map,
+    xsks: B::Map,
+    counters: B::Map,
     /// Services per address, for the (address, 0) fragment marker.
     per_address: HashMap<IpAddr, u32>,
     ncpus: usize,
@@ -108,24 +112,6 @@ pub struct RouterProgram {
 
 fn syscall(op: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Syscall { op, source }
-}
-
-/// Number of possible CPUs (the per-CPU map value count).
-fn possible_cpus() -> Result<usize, Error> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .map_err(syscall("read /sys/devices/system/cpu/possible"))?;
-    parse_cpu_list(s.trim()).ok_or(Error::Parse("cpu list"))
-}
-
-/// "0-3,5" -> highest index + 1 (the kernel sizes per-CPU values that way).
-fn parse_cpu_list(s: &str) -> Option<usize> {
-    let mut max = None;
-    for part in s.split(',') {
-        let last = part.rsplit('-').next()?;
-        let n: usize = last.trim().parse().ok()?;
-        max = Some(max.map_or(n, |m: usize| m.max(n)));
-    }
-    max.map(|m| m + 1)
 }
 
 fn service_key(addr: SocketAddr) -> Vec<u8> {
@@ -161,16 +147,25 @@ fn ip_key(addr: IpAddr) -> Vec<u8> {
 
 const PRESENT: [u8; 4] = 1u32.to_ne_bytes();
 
+/// Loads an XDP program with the real `bpf(2)` (see [`load_xdp_with`]).
+pub(crate) fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
+    load_xdp_with(&RealBpf, words, name)
+}
+
 /// Loads an XDP program; on refusal, loads it again with the verifier log
 /// and returns that log in the error.
-pub(crate) fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
+pub(crate) fn load_xdp_with<B: BpfSys>(
+    bpf: &B,
+    words: &[u64],
+    name: &str,
+) -> Result<B::Prog, Error> {
     // Our program uses no GPL-only helper (map lookup, redirect_map).
     const LICENSE: &str = "MIT OR Apache-2.0";
-    match sys::prog_load_xdp(words, LICENSE, name, &mut []) {
+    match bpf.prog_load_xdp(words, LICENSE, name, &mut []) {
         Ok(p) => Ok(p),
         Err(first) => {
             let mut log = vec![0u8; VERIFIER_LOG_BYTES];
-            let again = sys::prog_load_xdp(words, LICENSE, name, &mut log);
+            let again = bpf.prog_load_xdp(words, LICENSE, name, &mut log);
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let log = String::from_utf8_lossy(&log[..end]).into_owned();
             Err(Error::Verifier {
@@ -186,186 +181,12 @@ impl RouterProgram {
     /// in practice root). A verifier rejection returns [`Error::Verifier`]
     /// with the verifier's log.
     pub fn load(cfg: &ProgramConfig) -> Result<Self, Error> {
-        let ncpus = possible_cpus()?;
-        let hash = |key: u32, n: u32, name: &str| {
-            sys::map_create(BPF_MAP_TYPE_HASH, key, 4, n, 4, name)
-                .map_err(syscall("BPF_MAP_CREATE"))
-        };
-        let services_v4 = hash(program::SERVICE_V4_KEY, cfg.max_services * 2, "dpr_svc4")?;
-        let services_v6 = hash(program::SERVICE_V6_KEY, cfg.max_services * 2, "dpr_svc6")?;
-        let peers_v4 = hash(program::PEER_V4_KEY, cfg.max_peers, "dpr_peer4")?;
-        let peers_v6 = hash(program::PEER_V6_KEY, cfg.max_peers, "dpr_peer6")?;
-        let tunnel_services_v4 = hash(
-            program::TUNNEL_SERVICE_V4_KEY,
-            cfg.max_tunnel_services,
-            "dpr_tsvc4",
-        )?;
-        let xsks = sys::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, cfg.max_queues, 4, "dpr_xsks")
-            .map_err(syscall("BPF_MAP_CREATE"))?;
-        let counters = sys::map_create(
-            BPF_MAP_TYPE_PERCPU_ARRAY,
-            4,
-            8,
-            Counter::COUNT,
-            8 * ncpus,
-            "dpr_counters",
-        )
-        .map_err(syscall("BPF_MAP_CREATE"))?;
-        let fds = MapFds {
-            services_v4: services_v4.raw(),
-            services_v6: services_v6.raw(),
-            peers_v4: peers_v4.raw(),
-            peers_v6: peers_v6.raw(),
-            tunnel_services_v4: tunnel_services_v4.raw(),
-            xsks: xsks.raw(),
-            counters: counters.raw(),
-        };
-        let insns = program::router_program(&fds, cfg.missing_socket)?;
-        let prog = load_xdp(&crate::asm::encode(&insns), "dpr_router")?;
-        Ok(Self {
-            prog,
-            services_v4,
-            services_v6,
-            peers_v4,
-            peers_v6,
-            tunnel_services_v4,
-            xsks,
-            counters,
-            per_address: HashMap::new(),
-            ncpus,
-        })
+        Self::load_with(RealBpf, cfg)
     }
 
     /// The program's descriptor (for inspection; it stays owned here).
     pub fn prog_fd(&self) -> BorrowedFd<'_> {
         self.prog.as_fd()
-    }
-
-    fn services(&self, ip: IpAddr) -> &MapFd {
-        if ip.is_ipv4() {
-            &self.services_v4
-        } else {
-            &self.services_v6
-        }
-    }
-
-    /// Routes TCP to `service` (address and port) to the router.
-    pub fn add_service(&mut self, service: SocketAddr) -> Result<(), Error> {
-        if service.port() == 0 {
-            return Err(Error::Parse("service port 0"));
-        }
-        let map = self.services(service.ip());
-        let key = service_key(service);
-        let mut old = [0u8; 4];
-        if sys::map_lookup(map, &key, &mut old).map_err(syscall("BPF_MAP_LOOKUP_ELEM"))? {
-            return Ok(());
-        }
-        sys::map_update(map, &key, &PRESENT, 0).map_err(syscall("BPF_MAP_UPDATE_ELEM"))?;
-        let n = self.per_address.entry(service.ip()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            let marker = service_key(SocketAddr::new(service.ip(), 0));
-            sys::map_update(self.services(service.ip()), &marker, &PRESENT, 0)
-                .map_err(syscall("BPF_MAP_UPDATE_ELEM"))?;
-        }
-        Ok(())
-    }
-
-    /// Stops routing `service` to the router. `Ok(false)` if it was not there.
-    pub fn remove_service(&mut self, service: SocketAddr) -> Result<bool, Error> {
-        if service.port() == 0 {
-            return Ok(false);
-        }
-        let map = self.services(service.ip());
-        if !sys::map_delete(map, &service_key(service)).map_err(syscall("BPF_MAP_DELETE_ELEM"))? {
-            return Ok(false);
-        }
-        if let Some(n) = self.per_address.get_mut(&service.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_address.remove(&service.ip());
-                let marker = service_key(SocketAddr::new(service.ip(), 0));
-                sys::map_delete(self.services(service.ip()), &marker)
-                    .map_err(syscall("BPF_MAP_DELETE_ELEM"))?;
-            }
-        }
-        Ok(true)
-    }
-
-    fn peers(&self, ip: IpAddr) -> &MapFd {
-        if ip.is_ipv4() {
-            &self.peers_v4
-        } else {
-            &self.peers_v6
-        }
-    }
-
-    /// Routes IP-in-IP (protocol 4 and 41) from `tunnel_addr` to the router.
-    pub fn add_peer(&mut self, tunnel_addr: IpAddr) -> Result<(), Error> {
-        sys::map_update(self.peers(tunnel_addr), &ip_key(tunnel_addr), &PRESENT, 0)
-            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
-    }
-
-    /// Forgets a peer. `Ok(false)` if it was not there.
-    pub fn remove_peer(&mut self, tunnel_addr: IpAddr) -> Result<bool, Error> {
-        sys::map_delete(self.peers(tunnel_addr), &ip_key(tunnel_addr))
-            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
-    }
-
-    /// Lets the program decapsulate itself the IPv4-in-IPv4 packets that
-    /// peer `tunnel_addr` sends to `service` (one of that peer's service
-    /// addresses and ports), and pass them to the kernel (see the
-    /// program's documentation; SYN, FIN, RST and anything unusual still go
-    /// to the router). IPv4 only: other pairs are refused with
-    /// [`Error::Parse`].
-    pub fn add_tunnel_service(
-        &mut self,
-        tunnel_addr: IpAddr,
-        service: SocketAddr,
-    ) -> Result<(), Error> {
-        let key = tunnel_service_key(tunnel_addr, service)?;
-        sys::map_update(&self.tunnel_services_v4, &key, &PRESENT, 0)
-            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
-    }
-
-    /// Undoes [`Self::add_tunnel_service`]. `Ok(false)` if it was not there.
-    pub fn remove_tunnel_service(
-        &mut self,
-        tunnel_addr: IpAddr,
-        service: SocketAddr,
-    ) -> Result<bool, Error> {
-        let key = tunnel_service_key(tunnel_addr, service)?;
-        sys::map_delete(&self.tunnel_services_v4, &key).map_err(syscall("BPF_MAP_DELETE_ELEM"))
-    }
-
-    /// Puts an AF_XDP socket in the slot of receive queue `queue`.
-    pub fn set_socket(&mut self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), Error> {
-        let fd = xsk.as_raw_fd() as u32;
-        sys::map_update(&self.xsks, &queue.to_ne_bytes(), &fd.to_ne_bytes(), 0)
-            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
-    }
-
-    /// Empties the slot of `queue`. `Ok(false)` if it was empty.
-    pub fn clear_socket(&mut self, queue: u32) -> Result<bool, Error> {
-        sys::map_delete(&self.xsks, &queue.to_ne_bytes()).map_err(syscall("BPF_MAP_DELETE_ELEM"))
-    }
-
-    /// The counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Counters, Error> {
-        let mut out = Counters::default();
-        let mut buf = vec![0u8; 8 * self.ncpus];
-        for c in Counter::ALL {
-            let key = (c as u32).to_ne_bytes();
-            if sys::map_lookup(&self.counters, &key, &mut buf)
-                .map_err(syscall("BPF_MAP_LOOKUP_ELEM"))?
-            {
-                out.0[c as usize] = buf
-                    .chunks_exact(8)
-                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                    .sum();
-            }
-        }
-        Ok(out)
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` and returns
@@ -392,19 +213,238 @@ impl RouterProgram {
             .map_err(syscall("BPF_PROG_TEST_RUN"))?;
         Ok((out.retval, out.duration_ns))
     }
+}
+
+impl<B: BpfSys> RouterProgram<B> {
+    /// [`RouterProgram::load`] over `bpf`: creates the seven maps, then
+    /// loads the program that refers to them.
+    pub fn load_with(bpf: B, cfg: &ProgramConfig) -> Result<Self, Error> {
+        let ncpus = bpf
+            .possible_cpus()
+            .map_err(syscall("read /sys/devices/system/cpu/possible"))?;
+        let create = |map_type, key_size, value_size, max_entries, lookup_size, name| {
+            bpf.map_create(&MapSpec {
+                map_type,
+                key_size,
+                value_size,
+                max_entries,
+                lookup_size,
+                name,
+            })
+            .map_err(syscall("BPF_MAP_CREATE"))
+        };
+        let hash = |key: u32, n: u32, name| create(BPF_MAP_TYPE_HASH, key, 4, n, 4, name);
+        let services_v4 = hash(program::SERVICE_V4_KEY, cfg.max_services * 2, "dpr_svc4")?;
+        let services_v6 = hash(program::SERVICE_V6_KEY, cfg.max_services * 2, "dpr_svc6")?;
+        let peers_v4 = hash(program::PEER_V4_KEY, cfg.max_peers, "dpr_peer4")?;
+        let peers_v6 = hash(program::PEER_V6_KEY, cfg.max_peers, "dpr_peer6")?;
+        let tunnel_services_v4 = hash(
+            program::TUNNEL_SERVICE_V4_KEY,
+            cfg.max_tunnel_services,
+            "dpr_tsvc4",
+        )?;
+        let xsks = create(BPF_MAP_TYPE_XSKMAP, 4, 4, cfg.max_queues, 4, "dpr_xsks")?;
+        let counters = create(
+            BPF_MAP_TYPE_PERCPU_ARRAY,
+            4,
+            8,
+            Counter::COUNT,
+            8 * ncpus,
+            "dpr_counters",
+        )?;
+        let fds = MapFds {
+            services_v4: bpf.map_fd(&services_v4),
+            services_v6: bpf.map_fd(&services_v6),
+            peers_v4: bpf.map_fd(&peers_v4),
+            peers_v6: bpf.map_fd(&peers_v6),
+            tunnel_services_v4: bpf.map_fd(&tunnel_services_v4),
+            xsks: bpf.map_fd(&xsks),
+            counters: bpf.map_fd(&counters),
+        };
+        let insns = program::router_program(&fds, cfg.missing_socket)?;
+        let prog = load_xdp_with(&bpf, &crate::asm::encode(&insns), "dpr_router")?;
+        Ok(Self {
+            bpf,
+            prog,
+            services_v4,
+            services_v6,
+            peers_v4,
+            peers_v6,
+            tunnel_services_v4,
+            xsks,
+            counters,
+            per_address: HashMap::new(),
+            ncpus,
+        })
+    }
+
+    /// The `bpf(2)` this program goes through.
+    pub fn bpf(&self) -> &B {
+        &self.bpf
+    }
+
+    fn services(&self, ip: IpAddr) -> &B::Map {
+        if ip.is_ipv4() {
+            &self.services_v4
+        } else {
+            &self.services_v6
+        }
+    }
+
+    /// Routes TCP to `service` (address and port) to the router.
+    pub fn add_service(&mut self, service: SocketAddr) -> Result<(), Error> {
+        if service.port() == 0 {
+            return Err(Error::Parse("service port 0"));
+        }
+        let map = self.services(service.ip());
+        let key = service_key(service);
+        let mut old = [0u8; 4];
+        if self
+            .bpf
+            .map_lookup(map, &key, &mut old)
+            .map_err(syscall("BPF_MAP_LOOKUP_ELEM"))?
+        {
+            return Ok(());
+        }
+        self.bpf
+            .map_update(map, &key, &PRESENT, 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))?;
+        let n = self.per_address.entry(service.ip()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            let marker = service_key(SocketAddr::new(service.ip(), 0));
+            self.bpf
+                .map_update(self.services(service.ip()), &marker, &PRESENT, 0)
+                .map_err(syscall("BPF_MAP_UPDATE_ELEM"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops routing `service` to the router. `Ok(false)` if it was not there.
+    pub fn remove_service(&mut self, service: SocketAddr) -> Result<bool, Error> {
+        if service.port() == 0 {
+            return Ok(false);
+        }
+        let map = self.services(service.ip());
+        if !self
+            .bpf
+            .map_delete(map, &service_key(service))
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))?
+        {
+            return Ok(false);
+        }
+        if let Some(n) = self.per_address.get_mut(&service.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&service.ip());
+                let marker = service_key(SocketAddr::new(service.ip(), 0));
+                self.bpf
+                    .map_delete(self.services(service.ip()), &marker)
+                    .map_err(syscall("BPF_MAP_DELETE_ELEM"))?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn peers(&self, ip: IpAddr) -> &B::Map {
+        if ip.is_ipv4() {
+            &self.peers_v4
+        } else {
+            &self.peers_v6
+        }
+    }
+
+    /// Routes IP-in-IP (protocol 4 and 41) from `tunnel_addr` to the router.
+    pub fn add_peer(&mut self, tunnel_addr: IpAddr) -> Result<(), Error> {
+        self.bpf
+            .map_update(self.peers(tunnel_addr), &ip_key(tunnel_addr), &PRESENT, 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Forgets a peer. `Ok(false)` if it was not there.
+    pub fn remove_peer(&mut self, tunnel_addr: IpAddr) -> Result<bool, Error> {
+        self.bpf
+            .map_delete(self.peers(tunnel_addr), &ip_key(tunnel_addr))
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// Lets the program decapsulate itself the IPv4-in-IPv4 packets that
+    /// peer `tunnel_addr` sends to `service` (one of that peer's service
+    /// addresses and ports), and pass them to the kernel (see the
+    /// program's documentation; SYN, FIN, RST and anything unusual still go
+    /// to the router). IPv4 only: other pairs are refused with
+    /// [`Error::Parse`].
+    pub fn add_tunnel_service(
+        &mut self,
+        tunnel_addr: IpAddr,
+        service: SocketAddr,
+    ) -> Result<(), Error> {
+        let key = tunnel_service_key(tunnel_addr, service)?;
+        self.bpf
+            .map_update(&self.tunnel_services_v4, &key, &PRESENT, 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Undoes [`Self::add_tunnel_service`]. `Ok(false)` if it was not there.
+    pub fn remove_tunnel_service(
+        &mut self,
+        tunnel_addr: IpAddr,
+        service: SocketAddr,
+    ) -> Result<bool, Error> {
+        let key = tunnel_service_key(tunnel_addr, service)?;
+        self.bpf
+            .map_delete(&self.tunnel_services_v4, &key)
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// Puts an AF_XDP socket in the slot of receive queue `queue`.
+    pub fn set_socket(&mut self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), Error> {
+        let fd = xsk.as_raw_fd() as u32;
+        self.bpf
+            .map_update(&self.xsks, &queue.to_ne_bytes(), &fd.to_ne_bytes(), 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Empties the slot of `queue`. `Ok(false)` if it was empty.
+    pub fn clear_socket(&mut self, queue: u32) -> Result<bool, Error> {
+        self.bpf
+            .map_delete(&self.xsks, &queue.to_ne_bytes())
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let mut out = Counters::default();
+        let mut buf = vec![0u8; 8 * self.ncpus];
+        for c in Counter::ALL {
+            let key = (c as u32).to_ne_bytes();
+            if self
+                .bpf
+                .map_lookup(&self.counters, &key, &mut buf)
+                .map_err(syscall("BPF_MAP_LOOKUP_ELEM"))?
+            {
+                out.0[c as usize] = buf
+                    .chunks_exact(8)
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    .sum();
+            }
+        }
+        Ok(out)
+    }
 
     /// Attaches the program to `ifindex` in `mode`. Detached when the
     /// returned link is dropped.
-    pub fn attach(&self, ifindex: u32, mode: XdpMode) -> Result<XdpLink, Error> {
+    pub fn attach(&self, ifindex: u32, mode: XdpMode) -> Result<XdpLink<B>, Error> {
         let try_mode = |m: XdpMode| {
             let flags = if m == XdpMode::Native {
                 XDP_FLAGS_DRV_MODE
             } else {
                 XDP_FLAGS_SKB_MODE
             };
-            sys::link_create_xdp(self.prog.as_fd(), ifindex, flags)
-                .map(|fd| XdpLink {
-                    _fd: fd,
+            self.bpf
+                .link_create_xdp(&self.prog, ifindex, flags)
+                .map(|link| XdpLink {
+                    _link: link,
                     ifindex,
                     mode: m,
                 })
@@ -441,14 +481,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0"), Some(1));
-        assert_eq!(parse_cpu_list("0-1"), Some(2));
-        assert_eq!(parse_cpu_list("0-3,6"), Some(7));
-        assert_eq!(parse_cpu_list("x"), None);
     }
 
     #[test]

@@ -154,9 +154,10 @@ fn name16(name: &str) -> [u8; 16] {
 }
 
 /// A BPF map descriptor with the sizes the kernel reads and writes through
-/// it. Only [`map_create`] makes one, so the sizes are the map's own.
+/// it. Only `RealBpf::map_create` (`BPF_MAP_CREATE`) makes one, so the
+/// sizes are the map's own.
 #[derive(Debug)]
-pub(crate) struct MapFd {
+pub struct MapFd {
     fd: OwnedFd,
     key_size: usize,
     /// Bytes a lookup writes: `value_size`, or for per-CPU maps the value
@@ -370,7 +371,7 @@ pub(crate) fn link_create_xdp(
 }
 
 // ---------------------------------------------------------------------------
-// Sockets: netlink, packet, generic send/recv/poll.
+// Sockets: packet, generic send/recv/poll.
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -426,23 +427,6 @@ pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()
 /// Sets `SO_RCVBUF` (bytes).
 pub(crate) fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)
-}
-
-/// A `NETLINK_ROUTE` socket bound to an address the kernel picks.
-pub(crate) fn netlink_route_socket() -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
-    // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `sa` is a live sockaddr_nl of the size we pass.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    })?;
-    Ok(fd)
 }
 
 /// `send(2)` of `buf` on a connected or bound socket.
@@ -531,13 +515,22 @@ pub(crate) fn xsk_kick(fd: i32) -> io::Result<()> {
     }
 }
 
-/// `if_nametoindex(3)`.
+/// `if_nametoindex(3)`; a missing interface is `NotFound`, naming it.
 pub(crate) fn if_nametoindex(name: &str) -> io::Result<u32> {
-    let c = CString::new(name).map_err(|_| io::Error::other("NUL in interface name"))?;
+    let c = CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("NUL in interface name {name:?}"),
+        )
+    })?;
     // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
-        Err(io::Error::last_os_error())
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no network interface named {name:?} ({e})"),
+        ))
     } else {
         Ok(i)
     }

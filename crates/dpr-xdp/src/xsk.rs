@@ -445,13 +445,10 @@ impl XskSocket {
         if self.rx.available() > 0 {
             return Ok(true);
         }
-        let r = sys::poll_one(self.user.as_raw_fd(), libc::POLLIN, timeout).map_err(|source| {
-            Error::Syscall {
-                op: "poll(AF_XDP)",
-                source,
-            }
-        })?;
-        Ok(r & libc::POLLIN != 0)
+        crate::poll_readable(self.user.as_raw_fd(), timeout).map_err(|source| Error::Syscall {
+            op: "poll(AF_XDP)",
+            source,
+        })
     }
 
     /// Reads up to `max` received frames and calls `f(frame, offset, len)`

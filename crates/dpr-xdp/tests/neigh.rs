@@ -1,11 +1,11 @@
-//! Neighbour lookup against a real kernel table in a network namespace (root).
+//! Neighbour lookup (`dpr_io::neigh`) against a real kernel table in a network namespace (root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::root_or_skip;
+use dpr_io::neigh::{self, Neighbour, Unresolved};
 use dpr_xdp::lab::{VethPair, in_netns};
-use dpr_xdp::neigh::{self, Neighbour, Unresolved};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 

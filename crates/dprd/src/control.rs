@@ -242,8 +242,8 @@ impl ControlPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dpr_router::Engine;
     use dpr_policy::SplitMix64;
+    use dpr_router::Engine;
     use dpr_router::cluster::ClusterError;
     use dpr_table::Timestamp;
 

@@ -21,12 +21,12 @@
 use crate::config::{Config, clamped_mss};
 use crate::control::{Clock, ControlPlane};
 use crate::status::{PeerRow, Status};
-use crate::xdp::XdpBackend;
 use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::shard::{EngineSet, split_capacity};
 use dpr_io::tun::{TunConfig, TunDevice};
 use dpr_io::worker::{WorkerCtx, WorkerStats, now_since, rings, run_worker};
+use dpr_io::xdp::XdpBackend;
 use dpr_io::{BatchBackend, IoStats};
 use dpr_packet::{FlowKey, IpProtocol};
 use dpr_policy::{Policy, SplitMix64};
@@ -202,7 +202,7 @@ pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Res
     let queues = tun.take_queues();
     tracing::info!(dev = %tun.name, queues = queues.len(), "TUN device up");
     let mut xdp = match cfg.backend.kind {
-        crate::config::BackendKind::AfXdp => match crate::xdp::start(&cfg) {
+        crate::config::BackendKind::AfXdp => match XdpBackend::start(&cfg.xdp_plan()) {
             Ok(x) => {
                 tracing::info!(backend = %x.name(), uplink = %cfg.host.uplink, "XDP program attached");
                 Some(x)
@@ -700,7 +700,7 @@ impl LoopCtx {
             .set_peer_service_addrs(&new.peer_service_v4())
             .map_err(|e| e.to_string())?;
         if let Some(x) = self.xdp.as_mut() {
-            x.set_peers(&new)?;
+            x.set_peers(&new.xdp_peers()).map_err(|e| e.to_string())?;
         }
         let now = clock(self.origin);
         self.control

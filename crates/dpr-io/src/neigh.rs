@@ -5,12 +5,14 @@
 //! kernel's table (`RTM_GETNEIGH`) rather than running ARP itself: while an
 //! entry is missing or unresolved, the caller sends that packet through the
 //! kernel path (which resolves the address as a side effect) or calls
-//! [`solicit`], and looks again later.
+//! [`solicit`], and looks again later. The dump goes through
+//! [`crate::netlink`], like every other netlink request of the workspace.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
 
-use crate::Error;
-use crate::netlink::{self, NeighEntry};
+use crate::netlink::{NeighEntry, Netlink, NetlinkSys};
 
 // NUD_* states (include/uapi/linux/neighbour.h).
 const NUD_INCOMPLETE: u16 = 0x01;
@@ -49,14 +51,29 @@ pub enum Unresolved {
 }
 
 /// Looks up `addr` on interface `ifindex` (in the calling thread's
-/// namespace).
-pub fn lookup(ifindex: u32, addr: IpAddr) -> Result<Neighbour, Error> {
+/// namespace): one neighbour-table dump on a fresh route netlink socket,
+/// bounded by a 1 s receive timeout.
+pub fn lookup(ifindex: u32, addr: IpAddr) -> io::Result<Neighbour> {
+    let mut nl = Netlink::open()?;
+    nl.set_recv_timeout(Duration::from_secs(1))?;
+    lookup_with(&mut nl, ifindex, addr)
+}
+
+/// [`lookup`] over an open netlink client.
+pub fn lookup_with<S: NetlinkSys>(
+    nl: &mut Netlink<S>,
+    ifindex: u32,
+    addr: IpAddr,
+) -> io::Result<Neighbour> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
-    } as u8;
-    Ok(classify(&netlink::dump_neighbours(family)?, ifindex, addr))
+    };
+    let entries = nl
+        .dump_neighbours(family)
+        .map_err(|e| io::Error::new(e.kind(), format!("RTM_GETNEIGH dump: {e}")))?;
+    Ok(classify(&entries, ifindex, addr))
 }
 
 /// The verdict for `addr` on `ifindex` among `entries`.
@@ -79,24 +96,19 @@ fn classify(entries: &[NeighEntry], ifindex: u32, addr: IpAddr) -> Neighbour {
 /// discard port (9), which the kernel can only send after resolving the
 /// next hop. The datagram itself is harmless (discarded or answered with
 /// ICMP port unreachable).
-pub fn solicit(addr: Ipv4Addr) -> Result<(), Error> {
-    let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).map_err(|source| {
-        Error::Syscall {
-            op: "socket(UDP)",
-            source,
-        }
-    })?;
+pub fn solicit(addr: Ipv4Addr) -> io::Result<()> {
+    let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        .map_err(|e| io::Error::new(e.kind(), format!("socket(UDP): {e}")))?;
     sock.send_to(&[], SocketAddr::from((addr, 9)))
-        .map_err(|source| Error::Syscall {
-            op: "sendto(UDP)",
-            source,
-        })?;
+        .map_err(|e| io::Error::new(e.kind(), format!("sendto(UDP) {addr}:9: {e}")))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{FakeKernel, KernelOp};
+    use crate::netlink::{RTM_GETNEIGH, neigh_payload};
 
     fn e(ifindex: u32, state: u16, dst: &str, mac: Option<[u8; 6]>) -> NeighEntry {
         NeighEntry {
@@ -141,5 +153,53 @@ mod tests {
             at("198.18.0.9", 3),
             Neighbour::Unresolved(Unresolved::Absent)
         );
+    }
+
+    #[test]
+    fn lookup_dumps_the_family_of_the_address() {
+        let k = FakeKernel::new();
+        let mac = [2, 0, 0, 0, 7, 0xb];
+        let v4: IpAddr = "198.18.7.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        k.with(|s| {
+            s.neighbours
+                .push(neigh_payload(5, NUD_REACHABLE, v4, Some(mac)));
+            s.neighbours
+                .push(neigh_payload(5, NUD_INCOMPLETE, v6, None));
+        });
+        let mut nl = Netlink::new(k.clone());
+        assert_eq!(
+            lookup_with(&mut nl, 5, v4).unwrap(),
+            Neighbour::Resolved(mac)
+        );
+        assert_eq!(
+            lookup_with(&mut nl, 5, v6).unwrap(),
+            Neighbour::Unresolved(Unresolved::Incomplete)
+        );
+        assert_eq!(
+            lookup_with(&mut nl, 6, v4).unwrap(),
+            Neighbour::Unresolved(Unresolved::Absent)
+        );
+        let dump = |family: i32| KernelOp::Dump {
+            ty: RTM_GETNEIGH,
+            family: family as u8,
+        };
+        assert_eq!(
+            k.journal(),
+            vec![
+                dump(libc::AF_INET),
+                dump(libc::AF_INET6),
+                dump(libc::AF_INET)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_dump_is_an_error_naming_it() {
+        let k = FakeKernel::new();
+        k.with(|s| s.dump_error = Some(libc::EPERM));
+        let e = lookup_with(&mut Netlink::new(k), 5, "198.18.7.2".parse().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("RTM_GETNEIGH"), "{e}");
     }
 }
