@@ -20,6 +20,7 @@
 
 use crate::config::{Config, clamped_mss};
 use crate::control::{Clock, ControlPlane};
+use crate::error::{DaemonError, Error};
 use crate::status::{PeerRow, Status};
 use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
@@ -56,8 +57,8 @@ pub type PolicyFactory = Box<dyn FnMut() -> Box<dyn Policy + Send>>;
 
 /// The factory of the policy `cfg` names (checked: a bad `[policy]` is an
 /// error here, naming the field).
-fn config_policy(cfg: &Config) -> Result<PolicyFactory, String> {
-    let mut first = Some(cfg.make_policy().map_err(|e| e.to_string())?);
+fn config_policy(cfg: &Config) -> Result<PolicyFactory, DaemonError> {
+    let mut first = Some(cfg.make_policy().map_err(DaemonError::Policy)?);
     let c = cfg.clone();
     Ok(Box::new(move || {
         if let Some(p) = first.take() {
@@ -77,7 +78,7 @@ pub fn build_engines(
     cfg: &Config,
     queues: usize,
     policy: &mut dyn FnMut() -> Box<dyn Policy + Send>,
-) -> Result<(EngineSet, Vec<dpr_io::Shard>), String> {
+) -> Result<(EngineSet, Vec<dpr_io::Shard>), DaemonError> {
     let seed = if cfg.policy.seed == 0 {
         0x5eed ^ u64::from(cfg.host.id)
     } else {
@@ -94,7 +95,7 @@ pub fn build_engines(
                 seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             )),
         )
-        .map_err(|e| format!("engine: {e}"))
+        .map_err(DaemonError::Engine)
     };
     let mut small = cfg.engine_config();
     small.routes.capacity = 1;
@@ -177,7 +178,7 @@ impl Drop for Workers {
 }
 
 /// `dprd run --config FILE`.
-pub fn run(config_path: &Path) -> Result<(), String> {
+pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     run_with_policy(config_path, None)
 }
 
@@ -185,20 +186,24 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 /// configuration names (`[policy]` is then ignored, also on reload): the
 /// way to embed a user-written [`Policy`] in a complete router. `custom`
 /// makes one instance per engine (one per queue).
-pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Result<(), String> {
+pub fn run_with_policy(
+    config_path: &Path,
+    custom: Option<PolicyFactory>,
+) -> Result<(), DaemonError> {
     let cfg = Config::load(config_path)?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
-        return Err("dprd run needs root (CAP_NET_ADMIN) to create its TUN device and set up routing; \
-                    `dprd check-config` and `cargo run -p dpr-examples --bin cluster-demo` need none"
-            .into());
+        return Err(DaemonError::NotRoot);
     }
     let mut tun = TunDevice::create(&TunConfig {
         name: cfg.backend.tun_name.clone(),
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
     })
-    .map_err(|e| format!("TUN device: {e}"))?;
+    .map_err(|source| DaemonError::Tun {
+        name: cfg.backend.tun_name.clone(),
+        source,
+    })?;
     let queues = tun.take_queues();
     tracing::info!(dev = %tun.name, queues = queues.len(), "TUN device up");
     let mut xdp = match cfg.backend.kind {
@@ -218,8 +223,7 @@ pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Res
         .as_ref()
         .map_or_else(|| "tun".to_string(), XdpBackend::name);
     // From here on, every exit path drops the guard and undoes the setup.
-    let guard =
-        HostGuard::setup(&host_plan(&cfg, &tun, xdp.is_none())).map_err(|e| e.to_string())?;
+    let guard = HostGuard::setup(&host_plan(&cfg, &tun, xdp.is_none()))?;
     tracing::info!(undo_steps = guard.pending_undo().len(), "host set up");
     // A layout that makes peers ignore our ARP requests fails silently
     // (redirected packets go nowhere): say so at start.
@@ -248,43 +252,60 @@ pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Res
     };
     let (mut engines, shards) = build_engines(&cfg, queues.len(), &mut make_policy)?;
     let origin = Instant::now();
-    let keys = cfg.load_keys().map_err(|e| crate::error::report(&e))?;
-    let control =
-        ControlPlane::new(&cfg, keys, clock(origin), &mut engines).map_err(|e| e.to_string())?;
+    let keys = cfg.load_keys().map_err(|source| Error::Config {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    let control = ControlPlane::new(&cfg, keys, clock(origin), &mut engines)?;
     // Sockets, bound while privileged.
     if let Some(dir) = cfg.admin.socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("admin socket directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Bind {
+            what: "admin socket directory (`admin.socket`)",
+            addr: dir.display().to_string(),
+            source,
+        })?;
     }
     let _ = std::fs::remove_file(&cfg.admin.socket);
-    let admin = std::os::unix::net::UnixListener::bind(&cfg.admin.socket)
-        .map_err(|e| format!("admin socket {}: {e}", cfg.admin.socket.display()))?;
+    let admin = std::os::unix::net::UnixListener::bind(&cfg.admin.socket).map_err(|source| {
+        DaemonError::Bind {
+            what: "admin socket (`admin.socket`)",
+            addr: cfg.admin.socket.display().to_string(),
+            source,
+        }
+    })?;
     let admin_file = SocketFile(cfg.admin.socket.clone());
     let udp = std::net::UdpSocket::bind(SocketAddr::new(cfg.host.tunnel_addr, cfg.cluster.port))
-        .map_err(|e| {
-            format!(
-                "control socket {}:{}: {e}",
-                cfg.host.tunnel_addr, cfg.cluster.port
-            )
+        .map_err(|source| DaemonError::Bind {
+            what: "control socket (`host.tunnel_addr`, `cluster.port`)",
+            addr: SocketAddr::new(cfg.host.tunnel_addr, cfg.cluster.port).to_string(),
+            source,
         })?;
     if let Some(IpAddr::V4(g)) = cfg.node_config().mode.multicast_group() {
         let IpAddr::V4(me) = cfg.host.tunnel_addr else {
-            return Err("multicast reports need an IPv4 tunnel address".into());
+            return Err(DaemonError::MulticastNeedsV4);
         };
         udp.join_multicast_v4(&g, &me)
-            .map_err(|e| format!("joining multicast group {g}: {e}"))?;
+            .map_err(DaemonError::start(format!("joining multicast group {g}")))?;
         udp.set_multicast_loop_v4(false)
-            .map_err(|e| format!("multicast loop: {e}"))?;
+            .map_err(DaemonError::start("setsockopt(IP_MULTICAST_LOOP)"))?;
     }
     let metrics_l = match cfg.admin.metrics {
-        Some(a) => {
-            Some(std::net::TcpListener::bind(a).map_err(|e| format!("metrics address {a}: {e}"))?)
-        }
+        Some(a) => Some(
+            std::net::TcpListener::bind(a).map_err(|source| DaemonError::Bind {
+                what: "metrics address (`admin.metrics`)",
+                addr: a.to_string(),
+                source,
+            })?,
+        ),
         None => None,
     };
     if let Some(user) = &cfg.host.user {
-        let who = dpr_io::privs::lookup(user).map_err(|e| format!("host.user: {e}"))?;
-        dpr_io::privs::drop_to(who).map_err(|e| format!("dropping privileges to {user}: {e}"))?;
+        let privs = |source| DaemonError::Privileges {
+            user: user.clone(),
+            source,
+        };
+        let who = dpr_io::privs::lookup(user).map_err(privs)?;
+        dpr_io::privs::drop_to(who).map_err(privs)?;
         tracing::info!(%user, uid = who.uid, "privileges dropped; keeping CAP_NET_ADMIN");
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -320,14 +341,14 @@ pub fn run_with_policy(config_path: &Path, custom: Option<PolicyFactory>) -> Res
                 b.spawn(move || run_worker(q, shard, rings, ctx))
             }
         }
-        .map_err(|e| format!("starting worker {i}: {e}"))?;
+        .map_err(DaemonError::start(format!("starting worker {i}")))?;
         workers.threads.push(t);
     }
     tracing::info!(host = %cfg.host.name, policy = %cfg.policy.kind_name(), "dprd running");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .map_err(DaemonError::start("tokio runtime"))?;
     let ctx = LoopCtx {
         cfg,
         config_path: config_path.to_path_buf(),
@@ -684,28 +705,25 @@ impl LoopCtx {
         }
     }
 
-    fn reload(&mut self) -> Result<(), String> {
+    fn reload(&mut self) -> Result<(), DaemonError> {
         let new = Config::load(&self.config_path)?;
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
         {
-            return Err(
-                "[host], [backend] and [tunnel] changes need a restart; nothing reloaded".into(),
-            );
+            return Err(DaemonError::NeedsRestart);
         }
         let policy = config_policy(&new)?;
-        let keys = new.load_keys().map_err(|e| crate::error::report(&e))?;
-        self.guard
-            .set_peer_service_addrs(&new.peer_service_v4())
-            .map_err(|e| e.to_string())?;
+        let keys = new.load_keys().map_err(|source| Error::Config {
+            path: self.config_path.clone(),
+            source,
+        })?;
+        self.guard.set_peer_service_addrs(&new.peer_service_v4())?;
         if let Some(x) = self.xdp.as_mut() {
-            x.set_peers(&new.xdp_peers()).map_err(|e| e.to_string())?;
+            x.set_peers(&new.xdp_peers())?;
         }
         let now = clock(self.origin);
-        self.control
-            .reload(&new, keys, now, &mut self.engines)
-            .map_err(|e| e.to_string())?;
+        self.control.reload(&new, keys, now, &mut self.engines)?;
         if !self.fixed_policy {
             self.make_policy = policy;
             self.engines.set_policy(&mut self.make_policy);
@@ -730,7 +748,8 @@ impl LoopCtx {
             "decisions" => self.decisions_json(),
             "reload" => match self.reload() {
                 Ok(()) => r#"{"ok":true,"message":"reloaded"}"#.into(),
-                Err(e) => serde_json::json!({"ok": false, "message": e}).to_string(),
+                Err(e) => serde_json::json!({"ok": false, "message": crate::error::report(&e)})
+                    .to_string(),
             },
             other => {
                 serde_json::json!({"ok": false, "message": format!("unknown request {other:?}")})
@@ -761,24 +780,24 @@ async fn control_loop(
     admin: std::os::unix::net::UnixListener,
     udp: std::net::UdpSocket,
     metrics_l: Option<std::net::TcpListener>,
-) -> Result<(), String> {
+) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let io = |e: std::io::Error| e.to_string();
-    admin.set_nonblocking(true).map_err(io)?;
-    udp.set_nonblocking(true).map_err(io)?;
-    let admin = tokio::net::UnixListener::from_std(admin).map_err(io)?;
-    let udp = tokio::net::UdpSocket::from_std(udp).map_err(io)?;
+    let io = || DaemonError::start("registering the sockets and signals with tokio");
+    admin.set_nonblocking(true).map_err(io())?;
+    udp.set_nonblocking(true).map_err(io())?;
+    let admin = tokio::net::UnixListener::from_std(admin).map_err(io())?;
+    let udp = tokio::net::UdpSocket::from_std(udp).map_err(io())?;
     let status = Arc::new(Mutex::new(ctx.status()));
     if let Some(l) = metrics_l {
-        l.set_nonblocking(true).map_err(io)?;
-        let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
+        l.set_nonblocking(true).map_err(io())?;
+        let l = tokio::net::TcpListener::from_std(l).map_err(io())?;
         let reg = Arc::new(metrics::registry(status.clone()));
         tokio::spawn(metrics::serve(l, reg));
     }
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(16);
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    let mut term = signal(SignalKind::terminate()).map_err(io())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io())?;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let refresh = Duration::from_millis(ctx.cfg.load.refresh_ms);
@@ -792,7 +811,7 @@ async fn control_loop(
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hup.recv() => match ctx.reload() {
                 Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
+                Err(e) => tracing::error!(error = %crate::error::Report(&e), "SIGHUP: reload refused"),
             },
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
@@ -844,7 +863,7 @@ async fn control_loop(
     }
     let failed = ctx.guard.teardown();
     if !failed.is_empty() {
-        return Err(format!("teardown incomplete: {}", failed.join("; ")));
+        return Err(DaemonError::Teardown(failed));
     }
     Ok(())
 }

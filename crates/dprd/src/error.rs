@@ -102,10 +102,103 @@ pub enum Error {
     /// Encoding the Prometheus exposition failed.
     #[error("encoding the metrics")]
     Metrics(#[source] fmt::Error),
-    /// `dprd run` failed (the daemon's own errors are not typed yet: its
-    /// message names the step).
-    #[error("{0}")]
-    Daemon(String),
+    /// `dprd run` failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+/// What `dprd run` (and a reload) failed at: the step, the address, path
+/// or field, with the system's error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration (see [`Error::Config`]).
+    #[error(transparent)]
+    Config(Box<Error>),
+    /// Not privileged.
+    #[error(
+        "dprd run needs root (CAP_NET_ADMIN) to create its TUN device and set up routing; \
+         `dprd check-config` and `cargo run -p dpr-examples --bin cluster-demo` need none"
+    )]
+    NotRoot,
+    /// The TUN device `name` (`backend.tun_name`) cannot be created.
+    #[error("TUN device {name} (`backend.tun_name`)")]
+    Tun {
+        /// Its name.
+        name: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Host set-up failed at a step (the step is in the message; what was
+    /// done before it has been undone).
+    #[error(transparent)]
+    HostSetup(#[from] dpr_io::host::SetupError),
+    /// The AF_XDP backend refused a peer update on reload.
+    #[error(transparent)]
+    Xdp(#[from] dpr_io::xdp::XdpError),
+    /// `[policy]` builds no policy.
+    #[error("`policy`")]
+    Policy(#[source] dpr_policy::PolicyError),
+    /// The engine refused the configuration.
+    #[error("engine")]
+    Engine(#[source] dpr_router::EngineError),
+    /// The cluster protocol refused the configuration.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A socket cannot be bound (`what`: the admin socket, the control
+    /// socket, the metrics address).
+    #[error("{what} {addr}")]
+    Bind {
+        /// Which socket, and the field that sets it.
+        what: &'static str,
+        /// Its address or path.
+        addr: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Multicast reports on an IPv6 tunnel address.
+    #[error("`cluster.mode`: multicast reports need an IPv4 tunnel address")]
+    MulticastNeedsV4,
+    /// Dropping privileges to `host.user` failed.
+    #[error("`host.user`: dropping privileges to {user}")]
+    Privileges {
+        /// The user.
+        user: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A system call of the start-up failed (`what`: starting a worker,
+    /// the runtime, a signal handler).
+    #[error("{what}")]
+    Start {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A reload changed what only a restart can.
+    #[error("[host], [backend] and [tunnel] changes need a restart; nothing reloaded")]
+    NeedsRestart,
+    /// Steps of the teardown that could not be undone.
+    #[error("teardown incomplete: {}", .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+impl From<Error> for DaemonError {
+    fn from(e: Error) -> Self {
+        Self::Config(Box::new(e))
+    }
+}
+
+impl DaemonError {
+    /// A start-up system call that failed.
+    pub fn start(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Start { what, source }
+    }
 }
 
 /// What is wrong with a configuration (the file's path is in

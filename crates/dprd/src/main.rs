@@ -261,7 +261,7 @@ fn exec_lab(command: &'static str, args: &[OsString]) -> Error {
 
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Command::Run { config } => dprd::daemon::run(&config).map_err(Error::Daemon),
+        Command::Run { config } => dprd::daemon::run(&config).map_err(Error::from),
         Command::CheckConfig { file } => check_config(&file),
         Command::Status { json, socket } => {
             if json {
