@@ -14,9 +14,6 @@ USAGE (`dprd COMMAND --help`: one command's usage):
   dprd drain [--socket PATH]      send new connections to peers; established ones stay
   dprd reload [--socket PATH]     reload the configuration (as SIGHUP does)
   dprd keygen                     print a new cluster key file (put it on every host)
-  dprd sim SCENARIO [--quick] [--seed N] [--plots DIR | --no-plots] [--jobs N]
-                                  the cluster simulator: policies compared on one trace (no root;
-                                  `dprd sim --list` names the scenarios; docs/simulation.md)
   dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0] [--duration 8]
            [--rate 150] [--seed 1] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
                                   a cluster in network namespaces (root): DPR off (RR-DNS), an
@@ -172,7 +169,6 @@ fn main() -> ExitCode {
         "lab" => dprd::lab::main(&args),
         "bench" => dprd::bench::main(&args),
         "bench-gen" => dprd::bench::gen_main(&args),
-        "sim" => dpr_sim::cli::try_main(&args),
         // Internal: the lab's per-namespace programs.
         "httpd" => dprd::httpd::main(&args),
         "loadgen" => dprd::loadgen::main(&args),
