@@ -22,17 +22,19 @@
 //!
 //! [`RouterProgram`] owns the program and maps; [`XdpLink`] is an attachment
 //! (detached on drop); [`xsk::XskSocket`] is one AF_XDP socket on one queue;
-//! [`neigh::lookup`] resolves a next hop. [`lab`] holds the network-namespace
-//! helpers the tests and the bench use.
+//! [`neigh::lookup`] resolves a next hop. [`tools`] holds the kernel-facing
+//! tools of the tests and benchmarks (a live-frame traffic generator, a raw
+//! packet socket, `setns`); the namespaces and veth pairs they run in are
+//! `dpr-lab`'s.
 #![deny(unsafe_code)]
 
 pub mod asm;
-pub mod lab;
 mod loader;
 pub mod neigh;
 mod netlink;
 pub mod program;
 mod sys;
+pub mod tools;
 pub mod xsk;
 
 pub use loader::{Counters, ProgramConfig, RouterProgram, XdpLink, XdpMode};

@@ -14,14 +14,8 @@ USAGE (`dprd COMMAND --help`: one command's usage):
   dprd drain [--socket PATH]      send new connections to peers; established ones stay
   dprd reload [--socket PATH]     reload the configuration (as SIGHUP does)
   dprd keygen                     print a new cluster key file (put it on every host)
-  dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0] [--duration 8]
-           [--rate 150] [--seed 1] [--service-ms 20] [--workers 2] [--size 2000] [--backend tun]
-                                  a cluster in network namespaces (root): DPR off (RR-DNS), an
-                                  ideal (central JSQ) and DPR on under one load, and the ground
-                                  truth of DPR's decisions; `dprd lab --help` for the options
-  dprd bench [--runs 5] [--secs 3] [--flows 1024] [--only fwd,http,mem]
-                                  the data-path benchmarks of docs/benchmarks.md (root;
-                                  needs wrk and haproxy: use scripts/bench)
+
+The lab and the benchmarks (root): `dpr-lab lab`, `dpr-lab bench` (crate dpr-lab).
 ";
 
 const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
@@ -75,10 +69,6 @@ USAGE: dprd keygen
 Prints a new cluster key file (put the same file on every host, mode 0600).
 "
         }
-        "lab" => dprd::lab::USAGE,
-        "loadgen" => dprd::loadgen::USAGE,
-        "httpd" => dprd::httpd::USAGE,
-        "bench" => dprd::bench::USAGE,
         _ => return None,
     })
 }
@@ -166,12 +156,6 @@ fn main() -> ExitCode {
             }
         }),
         "keygen" => dprd::keygen::new_key_file().map(|k| print!("{k}")),
-        "lab" => dprd::lab::main(&args),
-        "bench" => dprd::bench::main(&args),
-        "bench-gen" => dprd::bench::gen_main(&args),
-        // Internal: the lab's per-namespace programs.
-        "httpd" => dprd::httpd::main(&args),
-        "loadgen" => dprd::loadgen::main(&args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -191,18 +175,7 @@ fn main() -> ExitCode {
 mod tests {
     #[test]
     fn every_command_has_its_usage() {
-        for cmd in [
-            "run",
-            "check-config",
-            "status",
-            "drain",
-            "reload",
-            "keygen",
-            "lab",
-            "loadgen",
-            "httpd",
-            "bench",
-        ] {
+        for cmd in ["run", "check-config", "status", "drain", "reload", "keygen"] {
             let u = super::command_usage(cmd).unwrap_or_default();
             assert!(u.starts_with(&format!("USAGE: dprd {cmd}")), "{cmd}: {u}");
         }
