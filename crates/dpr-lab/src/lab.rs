@@ -578,14 +578,7 @@ impl Lab {
         let mut cmd = self.in_ns(ns, program);
         cmd.args(args);
         let out = stop::output(&mut cmd)?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        netns::stdout_of(&cmd, &out)
     }
 
     /// Starts `program args` in namespace `ns` in the background; it is
@@ -672,31 +665,7 @@ impl Lab {
             .args(["--dispatch", load.dispatch.name(), "--label", label])
             .args(["--size", &self.spec.size.to_string()]);
         // Its progress lines go straight to our stderr; a stop request kills it.
-        stop::check()?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("loadgen: {e}"))?;
-        let stdout = child.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut s) = stdout {
-                let _ = std::io::Read::read_to_end(&mut s, &mut v);
-            }
-            v
-        });
-        let status = stop::wait_or_stop(&mut child).map_err(|e| format!("loadgen: {e}"))?;
-        let stdout = reader.join().unwrap_or_default();
-        let Some(status) = status else {
-            return Err(stop::interrupted());
-        };
-        let out = std::process::Output {
-            status,
-            stdout,
-            stderr: Vec::new(),
-        };
+        let out = stop::output_passing_stderr(&mut cmd)?;
         if !out.status.success() {
             return Err(format!("loadgen failed: {}", out.status));
         }

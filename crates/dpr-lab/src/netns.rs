@@ -36,6 +36,11 @@ pub fn run(cmd: &str, args: &[&str]) -> io::Result<Output> {
 /// its stderr.
 pub fn sh(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    stdout_of(cmd, &out)
+}
+
+/// `cmd`'s stdout when it exited 0, else an error naming it with its stderr.
+pub fn stdout_of(cmd: &Command, out: &Output) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

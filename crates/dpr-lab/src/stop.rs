@@ -110,11 +110,26 @@ pub fn sleep(d: Duration) -> Result<(), String> {
 /// requested: the lab's long steps (a load run, wrk, a transfer) end at
 /// once, not when they would have.
 pub fn output(cmd: &mut Command) -> Result<Output, String> {
+    run(cmd, true)
+}
+
+/// [`output`], but the command's stderr goes to ours as it comes (progress
+/// lines); the `stderr` of the result is empty.
+pub fn output_passing_stderr(cmd: &mut Command) -> Result<Output, String> {
+    run(cmd, false)
+}
+
+fn run(cmd: &mut Command, capture_stderr: bool) -> Result<Output, String> {
     check()?;
+    let stderr = if capture_stderr {
+        Stdio::piped()
+    } else {
+        Stdio::inherit()
+    };
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
     let out = reader(child.stdout.take());

@@ -16,6 +16,11 @@ fn a_stop_request_kills_the_running_command_and_fails_the_next_steps() {
         (&o.stdout[..], &o.stderr[..]),
         (&b"out\n"[..], &b"err\n"[..])
     );
+    // Its stderr passed through instead: not captured.
+    let o = stop::output_passing_stderr(Command::new("sh").args(["-c", "echo out; echo err >&2"]))
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!((&o.stdout[..], &o.stderr[..]), (&b"out\n"[..], &b""[..]));
     assert!(stop::check().is_ok());
     assert!(stop::sleep(Duration::from_millis(30)).is_ok());
 
