@@ -9,7 +9,7 @@
 //! redirect decision) into the seed's per-packet algorithm. It performs no
 //! I/O, reads no clock and draws no randomness of its own, so it can be
 //! embedded behind any backend, fuzzed, and run deterministically on the
-//! in-memory cluster of [`harness`].
+//! in-memory cluster of `harness` (test tooling: cargo feature `testkit`).
 //!
 //! ```text
 //!  IP packet ─► parse_ip ─┬─ IP-in-IP to our tunnel address ─► from a known peer? ─► decapsulate ─► Deliver
@@ -87,6 +87,7 @@ pub mod counters;
 pub mod engine;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz_checks;
+#[cfg(any(feature = "testkit", test))]
 pub mod harness;
 pub mod ops;
 mod reply;

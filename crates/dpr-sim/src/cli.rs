@@ -1,5 +1,4 @@
-//! The command line: `dpr-sim <scenario> [options]` (and, once the daemon
-//! exists, `dprd sim <scenario> [options]`).
+//! The command line: `dpr-sim <scenario> [options]`.
 
 use crate::plot::write_plots;
 use crate::scenario::{run_scenario, scenario, scenario_names};

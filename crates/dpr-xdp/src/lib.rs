@@ -28,16 +28,18 @@
 //! [`RouterProgram`] owns the program and maps; [`XdpLink`] is an attachment
 //! (detached on drop); [`xsk::XskSocket`] is one AF_XDP socket on one queue.
 //! [`ifindex`] and [`poll_readable`] are the workspace's one interface-index
-//! look-up and one poll helper (`dpr-io` re-exports them). [`lab`] holds the
-//! network-namespace helpers the tests and the bench use.
+//! look-up and one poll helper (`dpr-io` re-exports them). [`tools`] holds
+//! the kernel-facing tools of the tests and benchmarks (a live-frame traffic
+//! generator, a raw packet socket, `setns`); the namespaces and veth pairs
+//! they run in are `dpr-lab`'s.
 #![deny(unsafe_code)]
 
 pub mod asm;
 pub mod bpf;
-pub mod lab;
 mod loader;
 pub mod program;
 mod sys;
+pub mod tools;
 pub mod xsk;
 
 pub use bpf::{BpfSys, FakeBpf, RealBpf};

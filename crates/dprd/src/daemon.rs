@@ -867,23 +867,3 @@ async fn control_loop(
     }
     Ok(())
 }
-
-/// Sends one admin request and returns the answer line.
-pub fn admin_request(socket: &Path, line: &str) -> Result<String, String> {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach dprd at {} ({e}); is it running? (--socket PATH to choose another)",
-            socket.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    std::io::BufReader::new(s)
-        .read_line(&mut answer)
-        .map_err(|e| e.to_string())?;
-    Ok(answer.trim_end().to_string())
-}

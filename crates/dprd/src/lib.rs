@@ -8,28 +8,22 @@
 //! plane on tokio ([`daemon`]): the cluster protocol
 //! (`dpr_router::cluster::Node`: signed load reports, membership, drain,
 //! restart recovery) through the [`control`] adapter, the admin socket
-//! ([`status`], drain, reload), Prometheus [`metrics`], signals. [`lab`]
-//! builds a whole cluster in network namespaces and measures it with DPR
-//! off and on ([`httpd`] is its web server, [`loadgen`] its client, [`truth`]
-//! sets the daemon's decisions against the web servers' open connections).
+//! ([`status`], drain, reload), Prometheus [`metrics`], signals. The lab
+//! and the benchmarks that run it in network namespaces are `dpr-lab`'s;
+//! the simulator is `dpr-sim`'s.
 //!
 //! What it may not do: contain packet logic. Every per-packet decision is
 //! the engine's; every system call is `dpr-io`'s or the standard library's.
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
-pub mod httpd;
 pub mod keygen;
-pub mod lab;
 pub mod load;
-pub mod loadgen;
 pub mod metrics;
 pub mod status;
-pub mod truth;
 pub mod xdp;
 
 pub use error::Error;

@@ -408,3 +408,14 @@ fn lab_and_bench_run_dpr_lab_with_the_arguments_unchanged() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_example_configuration_checks() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/config/lab-h0.toml"
+    );
+    let o = run_in(dprd(), &scratch("example"), &["check-config", path]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(text(&o.stdout).contains("host h0 (id 0)"), "{o:?}");
+}

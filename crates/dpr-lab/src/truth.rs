@@ -3,9 +3,9 @@
 //! open at that instant.
 //!
 //! ```text
-//!   dprd (admin `decisions`)  ─ t_ns, load, local ─┐
-//!                                                 ├─ join ─> Joined ─> GroundTruth
-//!   dprd httpd --trace FILE   ─ t_ns, open ───────┘   (step function over the trace)
+//!   dprd (admin `decisions`)   ─ t_ns, load, local ─┐
+//!                                                  ├─ join ─> Joined ─> GroundTruth
+//!   dpr-lab httpd --trace FILE ─ t_ns, open ────────┘   (step function over the trace)
 //! ```
 //! Both sides are stamped with `CLOCK_MONOTONIC`, which every network
 //! namespace of a host shares. Everything here is pure: [`crate::lab::Lab`]
@@ -84,7 +84,7 @@ pub struct Step {
     pub open: u32,
 }
 
-/// The steps of a `dprd httpd --trace` file, sorted by time. A bad line is
+/// The steps of a `dpr-lab httpd --trace` file, sorted by time. A bad line is
 /// an error naming it, except an unterminated last one (a write cut short).
 pub fn parse_trace(text: &str) -> Result<Vec<Step>, String> {
     let cut_short = !text.is_empty() && !text.ends_with('\n');

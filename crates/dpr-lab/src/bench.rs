@@ -1,6 +1,7 @@
-//! `dprd bench`: the data-path benchmarks of `docs/benchmarks.md`, on a
+//! `dpr-lab bench`: the data-path benchmarks of `docs/benchmarks.md`, on a
 //! topology it builds itself (a [`Lab`] of two hosts and a client on one
-//! bridge, 198.18.0.0/15 only, removed on exit) and `dprd bench-gen`, a
+//! bridge, 198.18.0.0/15 only, removed on exit, also on SIGINT, SIGTERM and
+//! SIGHUP: [`crate::stop`]) and `dpr-lab bench-gen`, a
 //! bounded small-packet generator (an AF_XDP socket in copy mode, transmit
 //! only) that runs in the client's namespace.
 //!
@@ -22,25 +23,49 @@
 //!
 //! Every figure is the median of `--runs` runs with its range.
 
-use crate::httpd::parse_opt as opt;
-use crate::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, sh, tunnel_addr};
+use crate::lab::{CLIENT_ADDR, Lab, LabSpec, Programs, service_addr, tunnel_addr};
+use crate::netns::sh;
+use crate::stop;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-/// What `bench-gen` sends.
-#[derive(Debug, Clone)]
-struct GenSpec {
-    ifname: String,
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    dst: Ipv4Addr,
-    port: u16,
-    flows: u32,
-    first: u32,
-    syn: bool,
-    count: u64,
-    secs: f64,
+/// The options of `dpr-lab bench-gen`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenArgs {
+    /// The interface to send from.
+    #[arg(long, default_value = "eth0")]
+    pub ifname: String,
+    /// Source MAC of the frames (aa:bb:cc:dd:ee:ff).
+    #[arg(long, value_parser = parse_mac)]
+    pub src_mac: Mac,
+    /// Destination MAC of the frames: the next hop's.
+    #[arg(long, value_parser = parse_mac)]
+    pub dst_mac: Mac,
+    /// Destination address.
+    #[arg(long, default_value = "198.18.0.1")]
+    pub dst: Ipv4Addr,
+    /// Destination port.
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    /// Flows (source address and port pairs), 1..=2^20.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub flows: u32,
+    /// The first flow's index (to continue where a previous run stopped).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
+    pub first: u32,
+    /// Send SYNs (new connections) instead of ACK-only segments.
+    #[arg(long)]
+    pub syn: bool,
+    /// Frames to send at most (up to 100,000,000).
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub count: u64,
+    /// Seconds to send at most (0.1..=30).
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
 }
+
+/// A MAC address.
+pub type Mac = [u8; 6];
 
 /// The rule that makes B drop the IP-in-IP A sends it, early and the same
 /// way in every configuration (`ip` arguments).
@@ -56,7 +81,7 @@ const B_DROPS_TUNNEL: &[&str] = &[
     "blackhole",
 ];
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+fn parse_mac(s: &str) -> Result<Mac, String> {
     let mut m = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
@@ -82,7 +107,7 @@ fn flow_source(i: u32) -> (Ipv4Addr, u16) {
 }
 
 /// One 60-byte Ethernet frame: IPv4 + TCP (20 bytes) + 6 bytes of payload.
-fn frame(g: &GenSpec, i: u32) -> [u8; 60] {
+fn frame(g: &GenArgs, i: u32) -> [u8; 60] {
     let (src, sport) = flow_source(i);
     let mut f = [0u8; 60];
     f[0..6].copy_from_slice(&g.dst_mac);
@@ -115,22 +140,11 @@ fn frame(g: &GenSpec, i: u32) -> [u8; 60] {
     f
 }
 
-/// `dprd bench-gen`: sends `--count` frames (at most `--secs` seconds) of
-/// `--flows` flows round-robin from an AF_XDP socket on `--ifname` queue 0;
-/// prints `{"sent": N, "secs": S}`.
-pub fn gen_main(args: &[String]) -> Result<(), String> {
-    let g = GenSpec {
-        ifname: opt(args, "--ifname", "eth0".to_string())?,
-        src_mac: parse_mac(&opt(args, "--src-mac", String::new())?)?,
-        dst_mac: parse_mac(&opt(args, "--dst-mac", String::new())?)?,
-        dst: opt(args, "--dst", Ipv4Addr::new(198, 18, 0, 1))?,
-        port: opt(args, "--port", 80u16)?,
-        flows: opt(args, "--flows", 1024u32)?.clamp(1, 1 << 20),
-        first: opt(args, "--first", 0u32)?.min(1 << 20),
-        syn: args.iter().any(|a| a == "--syn"),
-        count: opt(args, "--count", 10_000_000u64)?.min(100_000_000),
-        secs: opt(args, "--secs", 3.0f64)?.clamp(0.1, 30.0),
-    };
+/// `dpr-lab bench-gen`: sends the frames; prints `{"sent": N, "secs": S}`.
+pub fn gen_main(g: &GenArgs) -> Result<(), String> {
+    if !(0.1..=30.0).contains(&g.secs) {
+        return Err(format!("--secs {}: must be in 0.1..=30", g.secs));
+    }
     let ifindex = dpr_xdp::ifindex(&g.ifname).map_err(|e| e.to_string())?;
     let cfg = dpr_xdp::xsk::XskConfig {
         rx_frames: 64,
@@ -140,7 +154,7 @@ pub fn gen_main(args: &[String]) -> Result<(), String> {
         ..dpr_xdp::xsk::XskConfig::default()
     };
     let mut xsk = dpr_xdp::xsk::XskSocket::bind(ifindex, 0, &cfg).map_err(|e| e.to_string())?;
-    let frames: Vec<[u8; 60]> = (0..g.flows).map(|i| frame(&g, g.first + i)).collect();
+    let frames: Vec<[u8; 60]> = (0..g.flows).map(|i| frame(g, g.first + i)).collect();
     let start = Instant::now();
     let limit = Duration::from_secs_f64(g.secs);
     let mut sent = 0u64;
@@ -340,7 +354,7 @@ impl Bench {
         if !r.contains("\"ok\":true") {
             return Err(format!("drain: {r}"));
         }
-        std::thread::sleep(Duration::from_millis(300));
+        stop::sleep(Duration::from_millis(300))?;
         Ok(())
     }
 
@@ -366,9 +380,9 @@ impl Bench {
             if Instant::now() > deadline {
                 return Err("A never saw its idle connection".into());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            stop::sleep(Duration::from_millis(20))?;
         }
-        std::thread::sleep(Duration::from_millis(300));
+        stop::sleep(Duration::from_millis(300))?;
         Ok(())
     }
 
@@ -406,7 +420,7 @@ impl Bench {
     ) -> Result<(u64, f64), String> {
         let src_mac = mac_of(&self.lab, &self.lab.client_ns())?;
         let dst_mac = mac_of(&self.lab, &self.a())?;
-        let exe = self.lab.exe.to_string_lossy().into_owned();
+        let exe = self.lab.programs.lab.to_string_lossy().into_owned();
         let mut args: Vec<String> = [
             "bench-gen",
             "--ifname",
@@ -458,7 +472,7 @@ impl Bench {
             let cpu0 = pid.map(proc_cpu);
             let m0 = machine_busy();
             let (sent, secs) = self.generate(dst, flows, 0, false, 50_000_000, self.secs)?;
-            std::thread::sleep(Duration::from_millis(100));
+            stop::sleep(Duration::from_millis(100))?;
             let got = read_u64(&self.lab, &b, rx).saturating_sub(before) as f64;
             let m1 = machine_busy();
             r.pps.push(got / secs);
@@ -497,7 +511,7 @@ impl Bench {
                 u64::from(flows),
                 2.0,
             );
-            std::thread::sleep(Duration::from_millis(300));
+            stop::sleep(Duration::from_millis(300))?;
             eprintln!("bench: forwarding, kernel");
             out.push((
                 "kernel forwarding".to_string(),
@@ -512,7 +526,7 @@ impl Bench {
             self.start_a(backend, "")?;
             // The flows' SYNs: A records each as redirected to B.
             self.generate(service_addr(0), flows, 0, true, u64::from(flows), 5.0)?;
-            std::thread::sleep(Duration::from_millis(300));
+            stop::sleep(Duration::from_millis(300))?;
             let pid = self.lab.dprd_pid(0);
             let r = self.measure_fwd(service_addr(0), flows, pid)?;
             self.stop_a();
@@ -619,7 +633,7 @@ impl Bench {
         .map_err(|e| e.to_string())?;
         let cfg_s = cfg.to_string_lossy().into_owned();
         self.lab.spawn_in(&a, "haproxy", &["-db", "-f", &cfg_s])?;
-        std::thread::sleep(Duration::from_millis(500));
+        stop::sleep(Duration::from_millis(500))?;
         // B holds A's service address (as every peer's): HAProxy connects
         // from A's tunnel address, or B would answer itself.
         let hp = format!("http://{}:8080/?size=100", service_addr(0));
@@ -704,7 +718,7 @@ impl Bench {
                 .generate(service_addr(0), left, first, true, u64::from(left), 30.0)?
                 .0;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        stop::sleep(Duration::from_millis(500))?;
         let routes = self.lab.status(0)?.routes;
         let full = rss_kib(pid);
         self.stop_a();
@@ -725,36 +739,57 @@ fn parse_wrk_time(s: &str) -> f64 {
     num.parse::<f64>().map_or(0.0, |v| v * scale)
 }
 
-/// What `dprd bench --help` prints.
-pub const USAGE: &str = "\
-USAGE: dprd bench [--runs 5] [--secs 3] [--flows 1024] [--mem-flows 1000000] [--only fwd,http,mem]
+/// The options of `dpr-lab bench` (`dpr-lab bench --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Runs per figure, 1..=20.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub runs: u64,
+    /// Seconds per run, 0.5..=20.
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+    /// Flows of the forwarding benchmark, 1..=65536.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub flows: u32,
+    /// Flows of the memory benchmark, 1..=2^20.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub mem_flows: u32,
+    /// Which benchmarks: fwd, http, mem (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "fwd,http,mem")]
+    pub only: Vec<Part>,
+}
 
-The data-path benchmarks of docs/benchmarks.md, in network namespaces (root; needs wrk,
-haproxy and ethtool: scripts/bench installs them and runs this).
-  --runs N        runs per figure (1..=20)
-  --secs S        seconds per run (0.5..=20)
-  --flows N       flows of the forwarding benchmark (1..=65536)
-  --mem-flows N   flows of the in-memory engine benchmark
-  --only LIST     which benchmarks: fwd, http, mem (comma-separated)
-";
+/// One part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Small-packet forwarding.
+    Fwd,
+    /// HTTP requests.
+    Http,
+    /// Memory with many flows.
+    Mem,
+}
 
-/// `dprd bench [--runs 5] [--secs 3] [--flows 1024] [--mem-flows 1000000] [--only fwd,http,mem]`.
-pub fn main(args: &[String]) -> Result<(), String> {
-    let runs: usize = opt(args, "--runs", 5usize)?.clamp(1, 20);
-    let secs: f64 = opt(args, "--secs", 3.0f64)?.clamp(0.5, 20.0);
-    let flows: u32 = opt(args, "--flows", 1024u32)?.clamp(1, 65_536);
-    let mem_flows: u32 = opt(args, "--mem-flows", 1_000_000u32)?.clamp(1, 1 << 20);
-    let only: String = opt(args, "--only", "fwd,http,mem".to_string())?;
+/// `dpr-lab bench`. The caller installs [`stop`]'s signal handling first
+/// (the binary does), so that SIGINT, SIGTERM and SIGHUP end it cleanly.
+pub fn main(args: &BenchArgs) -> Result<(), String> {
+    let runs = usize::try_from(args.runs).unwrap_or(1);
+    let secs = args.secs;
+    if !(0.5..=20.0).contains(&secs) {
+        return Err(format!("--secs {secs}: must be in 0.5..=20"));
+    }
+    let (flows, mem_flows) = (args.flows, args.mem_flows);
+    let only = |p: Part| args.only.contains(&p);
     if !dpr_io::host::can_set_up() {
         return Err(crate::lab::not_root_message());
     }
     for tool in ["wrk", "haproxy", "ethtool"] {
-        if only.contains("http") || tool == "ethtool" {
+        if only(Part::Http) || tool == "ethtool" {
             sh(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
                 .map_err(|_| format!("{tool} is missing (scripts/bench installs it)"))?;
         }
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let programs = Programs::beside_current_exe()?;
     let spec = LabSpec {
         hosts: 2,
         threshold: 1000.0,
@@ -768,15 +803,15 @@ pub fn main(args: &[String]) -> Result<(), String> {
         backend: "af-xdp-native".into(), // checksum offload off on every veth
         ..LabSpec::default()
     };
-    let mut lab = Lab::create(spec, &exe)?;
+    let mut lab = Lab::create(spec, &programs)?;
     lab.start_httpd(0)?;
     lab.start_httpd(1)?;
     let mut bench = Bench { lab, runs, secs };
     println!(
-        "dprd bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
+        "dpr-lab bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    if only.contains("fwd") {
+    if only(Part::Fwd) {
         let r = bench.forwarding(flows)?;
         let base = stat(&r[0].1.pps).median.max(1.0);
         println!(
@@ -798,7 +833,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             );
         }
     }
-    if only.contains("http") {
+    if only(Part::Http) {
         let r = bench.http()?;
         let base = stat(&r[0].1.rps).median.max(1.0);
         println!("\n2. HTTP, one connection per request (wrk -t1 -c16, 100-byte answers)");
@@ -820,7 +855,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             );
         }
     }
-    if only.contains("mem") {
+    if only(Part::Mem) {
         let (idle, full, routes) = bench.memory(mem_flows)?;
         println!("\n3. Memory of A's dprd (af-xdp native, table capacity 1,100,000)");
         println!("| state | RSS (MiB) | routes tracked |");

@@ -1,11 +1,9 @@
 //! Neighbour lookup (`dpr_io::neigh`) against a real kernel table in a network namespace (root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::root_or_skip;
 use dpr_io::neigh::{self, Neighbour, Unresolved};
-use dpr_xdp::lab::{VethPair, in_netns};
+use dpr_lab::netns::{VethPair, in_netns};
+use dpr_tests::root_or_skip;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -23,9 +21,10 @@ fn poll(ifx: u32, addr: IpAddr, done: impl Fn(&Neighbour) -> bool) -> Neighbour 
 
 #[test]
 fn resolves_a_neighbour_after_solicit_and_reports_unresolved_ones() {
-    if !root_or_skip("resolves_a_neighbour_after_solicit_and_reports_unresolved_ones") {
+    let Some(_g) = root_or_skip("resolves_a_neighbour_after_solicit_and_reports_unresolved_ones")
+    else {
         return;
-    }
+    };
     let pair = VethPair::new(44).unwrap();
     in_netns(&pair.ns_a, || {
         let ifx = dpr_xdp::ifindex(&pair.dev_a).unwrap();

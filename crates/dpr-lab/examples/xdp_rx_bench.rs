@@ -5,7 +5,7 @@
 //! Two network namespaces joined by a veth pair (198.18.50.0/24). A
 //! generator in `b` sends 60-byte TCP SYNs to the service
 //! 198.18.50.200:9000 as fast as it can: by default in the kernel
-//! (`lab::LiveFrameGenerator`: live-frame `BPF_PROG_TEST_RUN` of an `XDP_TX`
+//! (`dpr_xdp::tools::LiveFrameGenerator`: live-frame `BPF_PROG_TEST_RUN` of an `XDP_TX`
 //! program, so the veth's NAPI runs on the generator's core, as it would on
 //! a NIC's), or with `--gen xsk` from an AF_XDP socket (copy mode, batches
 //! of 64; slower). In `a`, for each receiver in turn: the program attached
@@ -20,14 +20,15 @@
 //! "generator pkt/s" counts frames handed to the veth, including those it
 //! dropped because the receiver's ring was full.
 //!
-//! `cargo run --release -p dpr-xdp --example xdp-rx-bench -- [--seconds N] [--threaded-napi] [--pin] [--gen live|xsk]`
+//! `cargo run --release -p dpr-lab --example xdp-rx-bench -- [--seconds N] [--threaded-napi] [--pin] [--gen live|xsk]`
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dpr_xdp::lab::{self, LiveFrameGenerator, PacketSocket, VethPair, in_netns};
+use dpr_lab::netns::{self, VethPair, in_netns};
+use dpr_xdp::tools::{self, LiveFrameGenerator, PacketSocket};
 use dpr_xdp::xsk::{RxAction, XskConfig, XskSocket};
 use dpr_xdp::{ProgramConfig, RouterProgram, XdpMode, ifindex};
 
@@ -95,7 +96,7 @@ const fn libc_ebusy() -> i32 {
 /// Transmits until `stop` (or 10 s); returns packets sent and seconds.
 fn generate(pair: &VethPair, ready: mpsc::Receiver<()>, stop: &AtomicBool) -> (u64, f64) {
     if PIN.load(Ordering::Relaxed) {
-        let _ = lab::pin_current_thread(1);
+        let _ = tools::pin_current_thread(1);
     }
     let Ok(()) = ready.recv_timeout(Duration::from_secs(10)) else {
         return (0, 0.0);
@@ -171,7 +172,7 @@ fn receive(
     stop: &AtomicBool,
 ) -> Result<(u64, f64, String), dpr_xdp::Error> {
     if PIN.load(Ordering::Relaxed) {
-        let _ = lab::pin_current_thread(0);
+        let _ = tools::pin_current_thread(0);
     }
     let ifx = ifindex(&pair.dev_a)?;
     let count = AtomicU64::new(0);
@@ -303,7 +304,7 @@ fn run(pair: &VethPair, which: Receiver, secs: f64, threaded: bool) -> Option<Ru
 }
 
 fn main() {
-    if !lab::is_root() {
+    if !netns::is_root() {
         eprintln!("SKIPPED: needs root (xdp-rx-bench)");
         return;
     }

@@ -1,43 +1,13 @@
 //! The example routers, run for real: two hosts in network namespaces
-//! (`dprd::lab`), each running the example instead of `dprd run`, and curl
-//! from the client. Root only; skipped loudly otherwise.
+//! (`dpr_lab::lab`), each running the example (from this target directory)
+//! instead of `dprd run`, and curl from the client. Root only; skipped
+//! loudly otherwise.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use dprd::lab::{Lab, LabSpec, service_addr};
+use dpr_lab::lab::{Lab, LabSpec, service_addr};
+use dpr_tests::{binary, ok, programs, root_or_skip};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn root_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !dpr_io::host::can_set_up() {
-        eprintln!("\n*** SKIPPED `{test}`: not root (network namespaces, TUN devices). ***\n");
-        return None;
-    }
-    Some(ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner))
-}
-
-/// `dprd` (for the lab's web servers and client), built beside this test.
-fn dprd_exe() -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    let exe = p.join("dprd");
-    assert!(
-        exe.exists(),
-        "{} not built (cargo build -p dprd)",
-        exe.display()
-    );
-    exe
-}
-
-fn ok<T>(r: Result<T, String>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// Runs `router` (with `args` after the config path) on every host, then
 /// `n` curls to host 0's service address; returns who served them.
@@ -55,7 +25,7 @@ fn serve_with(
             threshold: 0.5,
             ..LabSpec::default()
         },
-        &dprd_exe(),
+        &programs(),
     ));
     for i in 0..2 {
         ok(lab.start_httpd(i));
@@ -107,10 +77,7 @@ fn serve_with(
 }
 
 fn exe(name: &str) -> String {
-    match name {
-        "hash-router" => env!("CARGO_BIN_EXE_hash-router").into(),
-        _ => env!("CARGO_BIN_EXE_prefix-router").into(),
-    }
+    binary(name).to_string_lossy().into_owned()
 }
 
 #[test]

@@ -2,11 +2,9 @@
 //! detaching it by dropping the link (root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::root_or_skip;
+use dpr_lab::netns::{VethPair, in_netns};
+use dpr_tests::root_or_skip;
 use dpr_xdp::ifindex;
-use dpr_xdp::lab::{VethPair, in_netns};
 use dpr_xdp::{ProgramConfig, RouterProgram, XdpMode};
 
 /// `ip -d link show DEV` inside the router namespace.
@@ -32,9 +30,9 @@ fn attached_mode(pair: &VethPair) -> Option<&'static str> {
 
 #[test]
 fn attach_each_mode_and_detach_on_drop() {
-    if !root_or_skip("attach_each_mode_and_detach_on_drop") {
+    let Some(_g) = root_or_skip("attach_each_mode_and_detach_on_drop") else {
         return;
-    }
+    };
     let pair = VethPair::new(41).unwrap();
     in_netns(&pair.ns_a, || {
         let prog = RouterProgram::load(&ProgramConfig::default()).unwrap();
@@ -68,9 +66,9 @@ fn attach_each_mode_and_detach_on_drop() {
 
 #[test]
 fn attach_to_a_missing_interface_fails() {
-    if !root_or_skip("attach_to_a_missing_interface_fails") {
+    let Some(_g) = root_or_skip("attach_to_a_missing_interface_fails") else {
         return;
-    }
+    };
     let prog = RouterProgram::load(&ProgramConfig::default()).unwrap();
     assert!(prog.attach(999_999, XdpMode::Generic).is_err());
 }

@@ -1,4 +1,4 @@
-//! The lab's web server (`dprd httpd`): one thread per connection, a fixed
+//! The lab's web server (`dpr-lab httpd`): one thread per connection, a fixed
 //! number of "CPU" slots each request holds for its service time (so a host
 //! has a capacity, and queueing shows in latency once it is overloaded),
 //! and a body that names the serving host.
@@ -10,7 +10,7 @@
 //!
 //! With `--trace FILE`, every change of the count of open connections
 //! (accepted, not yet closed) appends `<CLOCK_MONOTONIC ns> <count>` to FILE
-//! in one write, so a killed server loses nothing: the ground truth `dprd
+//! in one write, so a killed server loses nothing: the ground truth `dpr-lab
 //! lab` compares the daemon's load figures with.
 
 use std::fs::File;
@@ -202,44 +202,46 @@ pub fn serve(o: HttpdOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// `--name VALUE` from `args`, parsed, or `default`.
-pub fn parse_opt<T: std::str::FromStr>(
-    args: &[String],
-    name: &str,
-    default: T,
-) -> Result<T, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a valid value")),
+/// The options of `dpr-lab httpd`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpdArgs {
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub listen: String,
+    /// The name in every answer (`served-by NAME`, `X-Served-By`).
+    #[arg(long, default_value = "host")]
+    pub name: String,
+    /// Service time per request, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub service_ms: u64,
+    /// Requests served at once (the rest wait): the host's capacity.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub workers: u64,
+    /// Default response size, bytes.
+    #[arg(long, default_value_t = 2000)]
+    pub size: usize,
+    /// Append `<CLOCK_MONOTONIC ns> <open connections>` to FILE at every
+    /// change of the count of accepted, not yet closed connections.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+impl From<HttpdArgs> for HttpdOptions {
+    fn from(a: HttpdArgs) -> Self {
+        Self {
+            listen: a.listen,
+            name: a.name,
+            service: Duration::from_millis(a.service_ms),
+            workers: usize::try_from(a.workers).unwrap_or(1),
+            size: a.size,
+            trace: a.trace,
+        }
     }
 }
 
-/// What `dprd httpd --help` prints.
-pub const USAGE: &str = "\
-USAGE: dprd httpd [--listen 0.0.0.0:80] [--name host] [--service-ms 20] [--workers 2]
-                  [--size 2000] [--trace FILE]
-
-The lab's web server: every request holds one of --workers slots for --service-ms,
-then gets --size bytes (GET /?size=N for another size) starting with `served-by NAME`.
-  --trace FILE    append `<CLOCK_MONOTONIC ns> <open connections>` to FILE at every
-                  change of the count of accepted, not yet closed connections
-";
-
-/// `dprd httpd --listen ADDR --name NAME --service-ms MS --workers N --size BYTES
-/// [--trace FILE]`.
-pub fn main(args: &[String]) -> Result<(), String> {
-    let trace: String = parse_opt(args, "--trace", String::new())?;
-    serve(HttpdOptions {
-        trace: (!trace.is_empty()).then(|| PathBuf::from(trace)),
-        listen: parse_opt(args, "--listen", "0.0.0.0:80".to_string())?,
-        name: parse_opt(args, "--name", "host".to_string())?,
-        service: Duration::from_millis(parse_opt(args, "--service-ms", 20u64)?),
-        workers: parse_opt(args, "--workers", 2usize)?.max(1),
-        size: parse_opt(args, "--size", 2000usize)?,
-    })
+/// `dpr-lab httpd`: serves until killed.
+pub fn main(args: HttpdArgs) -> Result<(), String> {
+    serve(args.into())
 }
 
 #[cfg(test)]

@@ -1,29 +1,22 @@
-//! Test-host helpers for the tests and the bench: network namespaces joined
-//! by a veth pair, running code inside a namespace, and a raw `AF_PACKET`
-//! socket to send and capture frames. Not for the daemon's data path.
+//! Network namespaces and veth pairs for the lab, the benchmarks and the
+//! tests, by running `ip`: one module for all of them.
 //!
-//! Everything created here is removed on drop (namespaces deleted, which
-//! deletes their veth ends), also when a test panics. Names carry the
-//! process id so parallel runs do not collide; addresses are from
-//! 198.18.0.0/15, the benchmarking range.
+//! Everything created here is removed on drop (a namespace deleted deletes
+//! its veth ends and bridges), also when a test panics; the lab's binary
+//! also drops them on SIGINT, SIGTERM and SIGHUP ([`crate::stop`]). Names
+//! carry the process id so parallel runs do not collide; addresses are from
+//! 198.18.0.0/15, the benchmarking range. The system calls (`setns`, raw
+//! sockets, the traffic generator) are `dpr_xdp::tools`'.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use crate::sys;
-
-/// Whether the process runs as root (uid 0), from `/proc/self/status`.
+/// Whether the process runs as root (effective uid 0).
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    dpr_io::sys::geteuid() == 0
 }
 
 /// Runs a command; an error unless it exits 0 (with its stderr).
@@ -39,6 +32,30 @@ pub fn run(cmd: &str, args: &[&str]) -> io::Result<Output> {
     Ok(out)
 }
 
+/// Runs `cmd`, returning its stdout, or an error naming the command with
+/// its stderr.
+pub fn sh(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    stdout_of(cmd, &out)
+}
+
+/// `cmd`'s stdout when it exited 0, else an error naming it with its stderr.
+pub fn stdout_of(cmd: &Command, out: &Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip ARGS`, returning its stdout.
+pub fn ip(args: &[&str]) -> Result<String, String> {
+    sh(Command::new("ip").args(args))
+}
+
 /// Whether a program is on `PATH`.
 pub fn have(program: &str) -> bool {
     Command::new("sh")
@@ -46,6 +63,14 @@ pub fn have(program: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// A command that runs `program` inside namespace `ns` (`ip netns exec`,
+/// which execs it: the child's pid is the program's).
+pub fn command_in(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -66,11 +91,17 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates `dpr-<tag>-<pid>x<n>`.
+    /// Creates `dpr-<tag>-<pid>x<n>`, loopback up.
     pub fn new(tag: &str) -> io::Result<Self> {
-        let name = format!("dpr-{tag}-{}", unique_suffix());
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
+        Self::named(&format!("dpr-{tag}-{}", unique_suffix()))
+    }
+
+    /// Creates the namespace `name` (which the caller made unique), loopback up.
+    pub fn named(name: &str) -> io::Result<Self> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Self {
+            name: name.to_string(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -78,6 +109,11 @@ impl Netns {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its handle (`/var/run/netns/NAME`).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
     }
 
     /// Runs a command inside (`ip netns exec`); an error unless it exits 0.
@@ -90,8 +126,7 @@ impl Netns {
     /// Moves the *calling thread* into this namespace (setns). Use it in a
     /// thread of its own: see [`in_netns`].
     pub fn enter(&self) -> io::Result<()> {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name))?;
-        sys::setns_net(f.as_fd())
+        dpr_xdp::tools::enter_netns(&self.path())
     }
 }
 
@@ -99,7 +134,8 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
-            .output();
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -213,89 +249,46 @@ impl VethPair {
     }
 }
 
-/// An in-kernel traffic generator: a two-instruction XDP program returning
-/// `XDP_TX`, run by `BPF_PROG_TEST_RUN` in live-frames mode, so the kernel
-/// transmits copies of one frame out of an interface (`ndo_xdp_xmit`) far
-/// faster than a socket can. On veth the peer needs a NAPI instance: a
-/// native XDP program, or GRO turned on.
-#[derive(Debug)]
-pub struct LiveFrameGenerator {
-    prog: OwnedFd,
+/// The namespaces named `PREFIX*` that exist now (`ip netns list`).
+pub fn namespaces_with_prefix(prefix: &str) -> Result<Vec<String>, String> {
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect())
 }
 
-impl LiveFrameGenerator {
-    /// Loads the program.
-    pub fn new() -> Result<Self, crate::Error> {
-        use crate::asm::{Asm, Reg};
-        let mut a = Asm::new();
-        a.mov_imm(Reg::R0, crate::program::XDP_TX as i32);
-        a.exit();
-        let words = crate::asm::encode(&a.finish()?);
-        Ok(Self {
-            prog: crate::loader::load_xdp(&words, "dpr_trafficgen")?,
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_suffixes_differ_and_carry_the_pid() {
+        let (a, b) = (unique_suffix(), unique_suffix());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{}x", std::process::id())), "{a}");
     }
 
-    /// Sends `count` copies of `frame` out of `ifindex` (calling thread's
-    /// namespace), in kernel batches of 64.
-    pub fn send(&self, ifindex: u32, frame: &[u8], count: u32) -> io::Result<()> {
-        sys::prog_test_run_live(self.prog.as_fd(), frame, ifindex, count, 64)
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    sys::pin_current_thread(cpu)
-}
-
-/// A raw `AF_PACKET` socket bound to one interface: sends whole Ethernet
-/// frames and receives every frame arriving on it (not its own).
-#[derive(Debug)]
-pub struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    /// Opens and binds it (in the calling thread's namespace).
-    pub fn bind(ifindex: u32) -> io::Result<Self> {
-        Ok(Self {
-            fd: sys::packet_socket(ifindex)?,
-        })
+    #[test]
+    fn a_command_in_a_namespace_is_ip_netns_exec() {
+        let c = command_in("dprlab-1-0-h0", "curl");
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(c.get_program(), "ip");
+        assert_eq!(args, ["netns", "exec", "dprlab-1-0-h0", "curl"]);
     }
 
-    /// Sends one frame.
-    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        sys::send(self.fd.as_fd(), frame, 0)
-    }
-
-    /// Receives one frame, waiting at most `timeout`; `Ok(None)` on timeout.
-    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
-        sys::set_recv_timeout(self.fd.as_fd(), timeout)?;
-        match sys::recv(self.fd.as_fd(), buf, 0) {
-            Ok(n) => Ok(Some(n)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Receives without waiting; `Ok(None)` when nothing is queued.
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match sys::recv(self.fd.as_fd(), buf, libc::MSG_DONTWAIT) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Sets the receive buffer size (bytes).
-    pub fn set_recv_buffer(&self, bytes: i32) -> io::Result<()> {
-        sys::set_recv_buffer(self.fd.as_fd(), bytes)
+    #[test]
+    fn a_failing_command_names_itself_and_its_stderr() {
+        let e = sh(Command::new("sh").args(["-c", "echo nope >&2; exit 3"])).unwrap_err();
+        assert!(e.contains("\"sh\"") && e.contains("nope"), "{e}");
+        assert!(run("sh", &["-c", "exit 1"]).is_err());
+        assert_eq!(
+            sh(Command::new("sh").args(["-c", "echo yes"])).unwrap(),
+            "yes\n"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! `dprd lab`: a DPR cluster in network namespaces, measured with DPR off
-//! and on under the same skewed load.
+//! `dpr-lab lab`: a DPR cluster in network namespaces, measured with DPR
+//! off, with an ideal dispatcher, and with DPR on, under the same skewed load.
 //!
 //! ```text
 //!   ns client (198.18.0.200) ──┐
@@ -7,21 +7,24 @@
 //!   ns h1  eth0: service 198.18.0.2, tunnel 198.18.0.12      ├── bridge (in its own ns)
 //!   ...                                                     ─┘
 //! ```
-//! Each host runs `dprd httpd` (the web server) and, for the "DPR on"
-//! phase, `dprd run`. Everything is created under names carrying this
-//! process's id and removed by [`Lab`]'s `Drop` (children killed, namespaces
-//! deleted, files removed), also after an error or Ctrl-C. The same type
+//! Each host runs `dpr-lab httpd` (the web server) and, for the "DPR on"
+//! phase, `dprd run` (both found by [`Programs`]). Everything is created
+//! under names carrying this process's id and removed by [`Lab`]'s `Drop`
+//! (dprd stopped with SIGTERM, children killed, namespaces deleted, files
+//! removed), also after an error, a panic, or a signal ([`crate::stop`]:
+//! SIGINT, SIGTERM, SIGHUP end the running step at once). The same type
 //! builds the clusters of the end-to-end tests. Addresses are taken only
 //! from 198.18.0.0/15 and used only inside these namespaces.
 
 use crate::loadgen::{Dispatch, LoadResult, quantile};
-use crate::status::Status;
+use crate::netns::{self, Netns, ip, sh};
+use crate::stop;
 use crate::truth::{self, GroundTruth, Joined};
+use dprd::status::Status;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
@@ -105,21 +108,53 @@ impl Default for LabSpec {
     }
 }
 
-/// Runs `cmd`, returning its stdout, or an error with its stderr.
-pub fn sh(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// The programs a lab runs: the daemon (`dprd run`) and this crate's
+/// binary (`dpr-lab httpd`, `dpr-lab loadgen`, `dpr-lab bench-gen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programs {
+    /// The `dprd` executable.
+    pub dprd: PathBuf,
+    /// The `dpr-lab` executable.
+    pub lab: PathBuf,
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
-    sh(Command::new("ip").args(args))
+impl Programs {
+    /// Both programs in the directory of the running executable: the same
+    /// target directory (`target/release/dpr-lab` finds
+    /// `target/release/dprd`). A test binary lives in `target/<profile>/deps`:
+    /// then its parent. An error names the path of a missing one.
+    pub fn beside_current_exe() -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("the running executable: {e}"))?;
+        let mut dir = exe
+            .parent()
+            .ok_or_else(|| format!("{} has no directory", exe.display()))?
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        Self::in_dir(&dir)
+    }
+
+    /// Both programs in `dir`; an error names the path of a missing one and
+    /// how to build it.
+    pub fn in_dir(dir: &Path) -> Result<Self, String> {
+        let find = |name: &str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "{name} not found at {} (build it with `cargo build -p {name}`, \
+                     in the same profile as this program)",
+                    p.display()
+                ))
+            }
+        };
+        Ok(Self {
+            dprd: find("dprd")?,
+            lab: find("dpr-lab")?,
+        })
+    }
 }
 
 /// A cluster in namespaces; dropping it removes everything it made.
@@ -129,11 +164,11 @@ pub struct Lab {
     pub prefix: String,
     /// What it runs.
     pub spec: LabSpec,
-    /// The dprd executable.
-    pub exe: PathBuf,
+    /// The programs it starts.
+    pub programs: Programs,
     /// Directory of configs, sockets, logs.
     pub dir: PathBuf,
-    namespaces: Vec<String>,
+    namespaces: Vec<Netns>,
     httpd: Vec<Option<Child>>,
     dprd: Vec<Option<Child>>,
     extra: Vec<Child>,
@@ -163,7 +198,7 @@ impl Lab {
     pub fn log(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}.log"))
     }
-    /// Open-connection trace of host `i`'s web server (`dprd httpd --trace`).
+    /// Open-connection trace of host `i`'s web server (`dpr-lab httpd --trace`).
     pub fn trace_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}.trace"))
     }
@@ -173,7 +208,7 @@ impl Lab {
     }
 
     /// Builds the namespaces and links (no programs yet).
-    pub fn create(spec: LabSpec, exe: &Path) -> Result<Self, String> {
+    pub fn create(spec: LabSpec, programs: &Programs) -> Result<Self, String> {
         if !dpr_io::host::can_set_up() {
             return Err(not_root_message());
         }
@@ -188,13 +223,13 @@ impl Lab {
         );
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let key = crate::keygen::new_key_file()?;
+        let key = dprd::keygen::new_key_file()?;
         std::fs::write(dir.join("cluster.key"), key)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut lab = Self {
             prefix,
             spec,
-            exe: exe.to_path_buf(),
+            programs: programs.clone(),
             dir,
             namespaces: Vec::new(),
             httpd: Vec::new(),
@@ -243,7 +278,6 @@ impl Lab {
             for a in addrs {
                 ip(&["-n", ns, "addr", "add", a, "dev", "eth0"])?;
             }
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             if lab.spec.is_xdp() {
                 // AF_XDP receives raw frames: with the sender's checksum
@@ -259,21 +293,20 @@ impl Lab {
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<(), String> {
-        ip(&["netns", "add", ns])?;
-        self.namespaces.push(ns.to_string());
+        stop::check()?;
+        let n = Netns::named(ns).map_err(|e| e.to_string())?;
+        self.namespaces.push(n);
         Ok(())
     }
 
     /// A command run inside namespace `ns`.
     pub fn in_ns(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
+        netns::command_in(ns, program)
     }
 
     /// Starts host `i`'s web server.
     pub fn start_httpd(&mut self, i: usize) -> Result<(), String> {
-        let exe = self.exe.to_string_lossy().into_owned();
+        let exe = self.programs.lab.to_string_lossy().into_owned();
         let child = self
             .in_ns(&self.host_ns(i), &exe)
             .args([
@@ -300,7 +333,7 @@ impl Lab {
     pub fn config_text(&self, i: usize) -> String {
         let s = &self.spec;
         let mut t = format!(
-            "# dprd lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
+            "# dpr-lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
              [admin]\nsocket = \"{}\"\nlog_level = \"info\"\ndecision_log = {DECISION_LOG}\n\n\
@@ -331,7 +364,7 @@ impl Lab {
         let path = self.config_path(i);
         std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
         let log = std::fs::File::create(self.log(i)).map_err(|e| e.to_string())?;
-        let exe = self.exe.to_string_lossy().into_owned();
+        let exe = self.programs.dprd.to_string_lossy().into_owned();
         let child = self
             .in_ns(&self.host_ns(i), &exe)
             .args(["run", "--config", &path.to_string_lossy()])
@@ -354,7 +387,7 @@ impl Lab {
             if Instant::now() > deadline {
                 return Err(format!("dprd h{i} did not come up: {}", self.log_tail(i)));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            stop::sleep(Duration::from_millis(50))?;
         }
     }
 
@@ -373,13 +406,13 @@ impl Lab {
 
     /// Host `i`'s dprd status.
     pub fn status(&self, i: usize) -> Result<Status, String> {
-        let a = crate::daemon::admin_request(&self.socket(i), "status")?;
+        let a = dprd::status::admin_request(&self.socket(i), "status").map_err(String::from)?;
         serde_json::from_str(&a).map_err(|e| e.to_string())
     }
 
     /// Sends an admin request to host `i`'s dprd.
     pub fn admin(&self, i: usize, line: &str) -> Result<String, String> {
-        crate::daemon::admin_request(&self.socket(i), line)
+        dprd::status::admin_request(&self.socket(i), line).map_err(String::from)
     }
 
     /// Host `i`'s SYN decisions since the last call (the admin request
@@ -433,7 +466,7 @@ impl Lab {
             if Instant::now() > deadline {
                 return Err("peers did not all become alive".into());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            stop::sleep(Duration::from_millis(50))?;
         }
     }
 
@@ -539,9 +572,13 @@ impl Lab {
             .unwrap_or(0))
     }
 
-    /// Runs `program args` in namespace `ns` and returns its stdout.
+    /// Runs `program args` in namespace `ns` and returns its stdout; ended
+    /// at once by a stop request ([`stop::output`]).
     pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
-        sh(self.in_ns(ns, program).args(args))
+        let mut cmd = self.in_ns(ns, program);
+        cmd.args(args);
+        let out = stop::output(&mut cmd)?;
+        netns::stdout_of(&cmd, &out)
     }
 
     /// Starts `program args` in namespace `ns` in the background; it is
@@ -618,20 +655,17 @@ impl Lab {
         label: &str,
     ) -> Result<LoadResult, String> {
         let targets: Vec<String> = hosts.iter().map(|i| service_addr(*i).to_string()).collect();
-        let exe = self.exe.to_string_lossy().into_owned();
-        let out = self
-            .in_ns(&self.client_ns(), &exe)
-            .args(["loadgen", "--targets", &targets.join(",")])
+        let exe = self.programs.lab.to_string_lossy().into_owned();
+        let mut cmd = self.in_ns(&self.client_ns(), &exe);
+        cmd.args(["loadgen", "--targets", &targets.join(",")])
             .args(["--rate", &load.rate.to_string()])
             .args(["--duration", &load.secs.to_string()])
             .args(["--skew", &load.skew.to_string()])
             .args(["--seed", &load.seed.to_string()])
             .args(["--dispatch", load.dispatch.name(), "--label", label])
-            .args(["--size", &self.spec.size.to_string()])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("loadgen: {e}"))?;
+            .args(["--size", &self.spec.size.to_string()]);
+        // Its progress lines go straight to our stderr; a stop request kills it.
+        let out = stop::output_passing_stderr(&mut cmd)?;
         if !out.status.success() {
             return Err(format!("loadgen failed: {}", out.status));
         }
@@ -639,7 +673,7 @@ impl Lab {
     }
 }
 
-/// One run of the load generator (`dprd loadgen`).
+/// One run of the load generator (`dpr-lab loadgen`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadSpec {
     /// Connections per second (Poisson arrivals).
@@ -669,11 +703,9 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        // Each namespace deleted takes its veths and bridge with it.
+        while let Some(ns) = self.namespaces.pop() {
+            drop(ns);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -881,133 +913,132 @@ impl LabOptions {
     }
 }
 
-/// `dprd lab`'s policy when none is given: the one the simulator and the
+/// `dpr-lab lab`'s policy when none is given: the one the simulator and the
 /// lab measured closest to the ideal dispatcher (docs/simulation.md,
 /// section 6), as `dprd`'s own default is.
 pub const LAB_POLICY: &str = "join-idle";
 
-/// `dprd lab`'s threshold when none is given: its hosts' two service
+/// `dpr-lab lab`'s threshold when none is given: its hosts' two service
 /// slots (and the simulator's best threshold at load 0.8). [`LabSpec`]'s
 /// own default (threshold 4) is what the end-to-end tests build on.
 pub const LAB_THRESHOLD: f64 = 2.0;
 
-fn parse(args: &[String]) -> Result<LabOptions, String> {
-    use crate::httpd::parse_opt as opt;
-    let d = LabSpec::default();
-    let o = LabOptions {
-        spec: LabSpec {
-            hosts: opt(args, "--hosts", d.hosts)?,
-            policy: opt(args, "--policy", LAB_POLICY.to_string())?,
-            threshold: opt(args, "--threshold", LAB_THRESHOLD)?,
-            service_ms: opt(args, "--service-ms", d.service_ms)?,
-            workers: opt(args, "--workers", d.workers)?,
-            size: opt(args, "--size", d.size)?,
-            backend: opt(args, "--backend", d.backend.clone())?,
-            report_interval_ms: opt(args, "--report-ms", d.report_interval_ms)?,
-            ..d
-        },
-        skew: opt(args, "--skew", 0.7)?,
-        duration: opt(args, "--duration", 8.0)?,
-        rate: opt(args, "--rate", 150.0)?,
-        seed: opt(args, "--seed", 1u64)?,
-    };
-    if ![
-        "threshold",
-        "least-load",
-        "hash",
-        "p2c",
-        "thr-p2c",
-        "join-idle",
-    ]
-    .contains(&o.spec.policy.as_str())
-    {
-        return Err(
-            "--policy must be threshold, least-load, hash, p2c, thr-p2c or join-idle".into(),
-        );
-    }
-    if !(0.0..=1.0).contains(&o.skew)
-        || !(1.0..=120.0).contains(&o.duration)
-        || !(1.0..=1000.0).contains(&o.rate)
-    {
-        return Err("--skew in 0..=1, --duration in 1..=120 s, --rate in 1..=1000".into());
-    }
-    if !(5..=1000).contains(&o.spec.report_interval_ms) {
-        return Err("--report-ms in 5..=1000".into());
-    }
-    Ok(o)
+/// The policies the lab's hosts can run.
+const POLICIES: [&str; 6] = [
+    "threshold",
+    "least-load",
+    "hash",
+    "p2c",
+    "thr-p2c",
+    "join-idle",
+];
+
+/// The options of `dpr-lab lab` (`dpr-lab lab --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// Hosts, 2..=8.
+    #[arg(long, default_value_t = 4)]
+    pub hosts: usize,
+    /// Share of the arrivals on h0, 0..=1.
+    #[arg(long, default_value_t = 0.7)]
+    pub skew: f64,
+    /// threshold, least-load, hash, p2c, thr-p2c or join-idle.
+    #[arg(long, default_value = LAB_POLICY)]
+    pub policy: String,
+    /// threshold, thr-p2c and join-idle: the load at which redirecting starts.
+    #[arg(long, default_value_t = LAB_THRESHOLD)]
+    pub threshold: f64,
+    /// Seconds of load per phase, 1..=120.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Connections per second, 1..=1000.
+    #[arg(long, default_value_t = 150.0)]
+    pub rate: f64,
+    /// The load generator's seed (the same in every phase).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Web server service time per request, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub service_ms: u64,
+    /// Web server slots per host.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Response size, bytes.
+    #[arg(long, default_value_t = 2000)]
+    pub size: usize,
+    /// dprd's backend: tun, af-xdp-native or af-xdp-generic.
+    #[arg(long, default_value = "tun")]
+    pub backend: String,
+    /// The hosts' load report interval, milliseconds (5..=1000).
+    #[arg(long, default_value_t = 50)]
+    pub report_ms: u64,
 }
 
-/// What `dprd lab --help` prints.
-pub const USAGE: &str = "\
-USAGE: dprd lab [--hosts 4] [--skew 0.7] [--policy join-idle] [--threshold 2.0]
-                [--duration 8] [--rate 150] [--seed 1] [--service-ms 20] [--workers 2]
-                [--size 2000] [--backend tun] [--report-ms 50]
+impl LabOptions {
+    /// Checks `a`; an error names the option out of range.
+    pub fn from_args(a: &LabArgs) -> Result<Self, String> {
+        let d = LabSpec::default();
+        let o = Self {
+            spec: LabSpec {
+                hosts: a.hosts,
+                policy: a.policy.clone(),
+                threshold: a.threshold,
+                service_ms: a.service_ms,
+                workers: a.workers,
+                size: a.size,
+                backend: a.backend.clone(),
+                report_interval_ms: a.report_ms,
+                ..d
+            },
+            skew: a.skew,
+            duration: a.duration,
+            rate: a.rate,
+            seed: a.seed,
+        };
+        if !(2..=8).contains(&o.spec.hosts) {
+            return Err(format!("--hosts {}: must be 2..=8", o.spec.hosts));
+        }
+        if !POLICIES.contains(&o.spec.policy.as_str()) {
+            return Err(format!(
+                "--policy {:?}: must be one of {}",
+                o.spec.policy,
+                POLICIES.join(", ")
+            ));
+        }
+        o.spec.backend_section().map_err(|e| format!("--{e}"))?;
+        if !(0.0..=1.0).contains(&o.skew) {
+            return Err(format!("--skew {}: must be in 0..=1", o.skew));
+        }
+        if !(1.0..=120.0).contains(&o.duration) {
+            return Err(format!("--duration {}: must be in 1..=120 s", o.duration));
+        }
+        if !(1.0..=1000.0).contains(&o.rate) {
+            return Err(format!("--rate {}: must be in 1..=1000", o.rate));
+        }
+        if !(5..=1000).contains(&o.spec.report_interval_ms) {
+            return Err(format!(
+                "--report-ms {}: must be in 5..=1000",
+                o.spec.report_interval_ms
+            ));
+        }
+        if o.spec.workers == 0 {
+            return Err("--workers 0: a host needs at least one slot".into());
+        }
+        Ok(o)
+    }
+}
 
-A DPR cluster in network namespaces (root): --hosts hosts on a bridge, each running the
-lab web server (`dprd httpd`) and, in the last phase, `dprd run`; a client namespace runs
-an open-loop Poisson load (`dprd loadgen`), --skew of it on h0. Three phases on the same
-arrivals: DPR off (RR-DNS: every host serves what it receives), ideal (a central
-join-shortest-queue dispatcher in the client, no dprd), DPR on. Prints a table per
-phase, DPR's and RR-DNS's p50 and p99 against the ideal's, and the ground truth of
-DPR's decisions: the load each one used against the web server's open connections
-at that instant (each server's --trace), and the share of connections a host
-redirected while under its threshold.
-Everything it creates is removed at the end, also on error or Ctrl-C.
-  --hosts N         2..=8
-  --skew F          share of the arrivals on h0, 0..=1
-  --policy NAME     threshold, least-load, hash, p2c, thr-p2c or join-idle
-  --threshold F     threshold, thr-p2c and join-idle: the load at which redirecting starts
-  --duration S      seconds of load per phase, 1..=120
-  --rate R          connections per second, 1..=1000
-  --seed N          the load generator's seed (the same in every phase)
-  --service-ms MS   web server service time per request
-  --workers N       web server slots per host
-  --size BYTES      response size
-  --backend B       tun, af-xdp-native or af-xdp-generic
-  --report-ms MS    the hosts' load report interval (5..=1000)
-";
-
-/// `dprd lab`.
-pub fn main(args: &[String]) -> Result<(), String> {
-    let o = parse(args)?;
+/// `dpr-lab lab`. The caller installs [`stop`]'s signal handling first
+/// (the binary does), so that SIGINT, SIGTERM and SIGHUP end it cleanly.
+pub fn main(args: &LabArgs) -> Result<(), String> {
+    let o = LabOptions::from_args(args)?;
     if !dpr_io::host::can_set_up() {
         return Err(not_root_message());
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    // Ctrl-C / SIGTERM: stop between steps; Lab's Drop cleans up.
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut i), Ok(mut t)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    return;
-                };
-                tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
-                stop.store(true, Ordering::SeqCst);
-            });
-        });
-    }
-    let check = |stop: &AtomicBool| {
-        if stop.load(Ordering::SeqCst) {
-            Err("interrupted; everything the lab created is being removed".to_string())
-        } else {
-            Ok(())
-        }
-    };
+    let programs = Programs::beside_current_exe()?;
     let n = o.spec.hosts;
     println!(
-        "dprd lab: {n} hosts in network namespaces ({} backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \
+        "dpr-lab lab: {n} hosts in network namespaces ({} backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \
          service {} ms x {} slots per host",
         o.spec.backend,
         o.spec.policy,
@@ -1018,30 +1049,26 @@ pub fn main(args: &[String]) -> Result<(), String> {
         o.spec.workers
     );
     let started = Instant::now();
-    let mut lab = Lab::create(o.spec.clone(), &exe)?;
+    let mut lab = Lab::create(o.spec.clone(), &programs)?;
     for i in 0..n {
         lab.start_httpd(i)?;
     }
-    std::thread::sleep(Duration::from_millis(300));
-    check(&stop)?;
+    stop::sleep(Duration::from_millis(300))?;
     eprintln!("phase 1: DPR off (RR-DNS: every host serves what it receives)");
     let off = lab.run_load(&o.load(Dispatch::Skewed), "DPR off")?;
-    check(&stop)?;
     eprintln!("phase 2: ideal (central join-shortest-queue in the client, no dprd)");
     let ideal = lab.run_load(&o.load(Dispatch::Jsq), "ideal")?;
-    check(&stop)?;
     eprintln!("phase 3: starting dprd on every host");
     for i in 0..n {
         lab.start_dprd(i)?;
     }
     lab.wait_alive(Duration::from_secs(10))?;
-    check(&stop)?;
     let on = lab.run_load(&o.load(Dispatch::Skewed), "DPR on")?;
     let statuses: Vec<Option<Status>> = (0..n).map(|i| lab.status(i).ok()).collect();
     let truths: Vec<Result<GroundTruth, String>> = (0..n)
         .map(|i| lab.ground_truth(i, o.spec.threshold))
         .collect();
-    check(&stop)?;
+    stop::check()?;
     println!();
     print_table("DPR off (RR-DNS):", &rows(&lab, &off, &[]), &off);
     print_table(

@@ -6,13 +6,13 @@
 //! in place (IP-in-IP encapsulated into the headroom) goes back out.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use dpr_lab::netns::{VethPair, in_netns};
 use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
+use dpr_tests::frames::*;
+use dpr_tests::root_or_skip;
 use dpr_xdp::ifindex;
-use dpr_xdp::lab::{PacketSocket, VethPair, in_netns};
 use dpr_xdp::program::XDP_REDIRECT;
+use dpr_xdp::tools::PacketSocket;
 use dpr_xdp::xsk::{RxAction, XskConfig, XskSocket};
 use dpr_xdp::{Counter, Counters, ProgramConfig, RouterProgram, XdpMode};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -255,17 +255,17 @@ fn run(mode: XdpMode, net: u8) {
 
 #[test]
 fn generic_mode_rx_and_tx() {
-    if !root_or_skip("generic_mode_rx_and_tx") {
+    let Some(_g) = root_or_skip("generic_mode_rx_and_tx") else {
         return;
-    }
+    };
     run(XdpMode::Generic, 42);
 }
 
 #[test]
 fn native_mode_rx_and_tx() {
-    if !root_or_skip("native_mode_rx_and_tx") {
+    let Some(_g) = root_or_skip("native_mode_rx_and_tx") else {
         return;
-    }
+    };
     run(XdpMode::Native, 43);
 }
 
@@ -273,9 +273,9 @@ fn native_mode_rx_and_tx() {
 /// other namespace) delivers into the socket through the native program.
 #[test]
 fn live_frame_generator_reaches_the_socket() {
-    if !root_or_skip("live_frame_generator_reaches_the_socket") {
+    let Some(_g) = root_or_skip("live_frame_generator_reaches_the_socket") else {
         return;
-    }
+    };
     const SENT: u32 = 1000;
     let owned = VethPair::new(45).unwrap();
     let pair = &owned;
@@ -321,7 +321,7 @@ fn live_frame_generator_reaches_the_socket() {
                     0x0800,
                     &ipv4(b, a, 6, &tcp_syn_v4(b, a, 1, 80)),
                 );
-                let generator = dpr_xdp::lab::LiveFrameGenerator::new().unwrap();
+                let generator = dpr_xdp::tools::LiveFrameGenerator::new().unwrap();
                 generator.send(ifx, &syn, SENT).unwrap();
                 let _ = done_tx.send(()); // the router may have finished first
             })

@@ -1,48 +1,26 @@
 //! End-to-end tests: real `dprd` processes in network namespaces.
 //!
-//! Each test builds its own cluster with `dprd::lab::Lab` (names carry the
-//! test process's id; everything is removed on drop, also when a test
+//! Each test builds its own cluster with `dpr_lab::lab::Lab` (names carry
+//! the test process's id; everything is removed on drop, also when a test
 //! fails) and uses addresses from 198.18.0.0/15 only, inside those
-//! namespaces. They need root; without it every test says SKIPPED loudly on
-//! stderr and passes. They run one at a time (a lock): they share two cores.
+//! namespaces. The daemons are the `dprd` of this target directory. They
+//! need root; without it every test says SKIPPED loudly on stderr and
+//! passes. They run one at a time (a lock): they share two cores.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
-use dprd::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
+use dpr_lab::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
+use dpr_lab::truth::GroundTruth;
+use dpr_tests::{ok, programs, root_or_skip};
 use dprd::status::Status;
-use dprd::truth::GroundTruth;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn root_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !dpr_io::host::can_set_up() {
-        eprintln!(
-            "\n*** SKIPPED e2e test `{test}`: not root. These tests create network namespaces, \
-             TUN devices and policy routes; run `sudo scripts/test` (CI runs them as root). ***\n"
-        );
-        return None;
-    }
-    Some(ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner))
-}
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_dprd"))
-}
-
-fn ok<T>(r: Result<T, String>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// A lab with every host's web server and dprd running, peers alive.
 fn cluster(spec: LabSpec) -> Lab {
     let n = spec.hosts;
-    let mut lab = ok(Lab::create(spec, exe()));
+    let mut lab = ok(Lab::create(spec, &programs()));
     for i in 0..n {
         ok(lab.start_httpd(i));
     }
@@ -557,7 +535,7 @@ fn sigterm_and_a_failed_setup_leave_nothing_behind(backend: &str) {
             hosts: 3,
             ..spec(backend)
         },
-        exe(),
+        &programs(),
     ));
     for i in 0..3 {
         ok(lab.start_httpd(i));
@@ -915,7 +893,7 @@ fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
     let Some(_g) = root_or_skip("sighup_reload") else {
         return;
     };
-    let mut lab = ok(Lab::create(threshold_one(3, "tun"), exe()));
+    let mut lab = ok(Lab::create(threshold_one(3, "tun"), &programs()));
     for i in 0..3 {
         ok(lab.start_httpd(i));
     }
@@ -1195,7 +1173,7 @@ fn hosts_under_their_threshold_serve_locally() {
                 d.used
             );
         }
-        let g = dprd::truth::GroundTruth::of(&joined, threshold);
+        let g = GroundTruth::of(&joined, threshold);
         eprintln!(
             "h{i}: redirected {} of {} received under the threshold ({:.1}%), mean |used - true| {:.2}",
             g.redirected_under,
@@ -1279,7 +1257,7 @@ fn an_address_layout_that_breaks_arp_is_reported_at_start() {
     let Some(_g) = root_or_skip("arp_layout") else {
         return;
     };
-    let mut lab = ok(Lab::create(threshold_one(2, "tun"), exe()));
+    let mut lab = ok(Lab::create(threshold_one(2, "tun"), &programs()));
     // Host 0 the wrong way round: the service address is the subnet's
     // primary address, the tunnel address a secondary one.
     let ns = lab.host_ns(0);

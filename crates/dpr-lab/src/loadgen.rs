@@ -1,4 +1,4 @@
-//! The lab's client (`dprd loadgen`): an open-loop, bounded load. Arrivals
+//! The lab's client (`dpr-lab loadgen`): an open-loop, bounded load. Arrivals
 //! are Poisson at `--rate` for `--duration` seconds (seeded, so two runs
 //! send the same trace); each picks host 0 with probability `--skew` and
 //! another host uniformly otherwise (cached RR-DNS answers), opens a TCP
@@ -9,10 +9,9 @@
 //!
 //! `--dispatch jsq` sends each arrival instead to the target with the fewest
 //! of this client's connections in flight: a central join-shortest-queue
-//! dispatcher with perfect knowledge, the ideal `dprd lab` compares DPR
+//! dispatcher with perfect knowledge, the ideal `dpr-lab lab` compares DPR
 //! with. It makes the same random draws, so the arrival times are the same.
 
-use crate::httpd::parse_opt as opt;
 use dpr_policy::{RandomSource, SplitMix64};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -263,50 +262,66 @@ pub fn run(
     out
 }
 
-/// What `dprd loadgen --help` prints.
-pub const USAGE: &str = "\
-USAGE: dprd loadgen --targets A,B,.. [--port 80] [--rate 150] [--duration 8] [--skew 0.7]
-                    [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]
-                    [--dispatch skewed|jsq]
+/// The options of `dpr-lab loadgen`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadgenArgs {
+    /// The targets' addresses, comma-separated; the first gets the --skew share.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub targets: Vec<IpAddr>,
+    /// The targets' TCP port.
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    /// Connections per second, in (0, 5000].
+    #[arg(long, default_value_t = 150.0)]
+    pub rate: f64,
+    /// Seconds of arrivals, in (0, 600].
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Share of the arrivals on the first target (skewed dispatch), 0..=1.
+    #[arg(long, default_value_t = 0.7)]
+    pub skew: f64,
+    /// Random seed: the same seed, the same arrival times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Response size asked for, bytes.
+    #[arg(long, default_value_t = 2000)]
+    pub size: usize,
+    /// Connections in flight at most (more arrivals are counted as errors).
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// How arrivals pick their target: skewed or jsq.
+    #[arg(long, default_value = "skewed")]
+    pub dispatch: Dispatch,
+    /// The prefix of the progress lines on stderr.
+    #[arg(long, default_value = "load")]
+    pub label: String,
+}
 
-The lab's client: open-loop Poisson arrivals at --rate per second for --duration s,
-one HTTP request per connection; prints per-target results as JSON on stdout.
-  --dispatch skewed   the first target with probability --skew, another uniformly
-                      otherwise (cached RR-DNS answers; the default)
-  --dispatch jsq      the target with the fewest of this client's connections in
-                      flight (ties: the first): an ideal central dispatcher. Same
-                      arrival times and random draws as skewed for the same --seed
-";
-
-/// `dprd loadgen --targets A,B,.. [--port 80] [--rate 150] [--duration 8]
-/// [--skew 0.7] [--seed 1] [--size 2000] [--max-inflight 1000] [--label X]
-/// [--dispatch skewed|jsq]`.
-pub fn main(args: &[String]) -> Result<(), String> {
-    let targets: String = opt(args, "--targets", String::new())?;
-    let targets: Vec<IpAddr> = targets
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| format!("bad target {s}")))
-        .collect::<Result<_, _>>()?;
-    if targets.is_empty() {
+/// `dpr-lab loadgen`: runs the load and prints the results as JSON.
+pub fn main(a: LoadgenArgs) -> Result<(), String> {
+    if a.targets.is_empty() {
         return Err("--targets needs at least one address".into());
     }
-    let rate: f64 = opt(args, "--rate", 150.0)?;
-    let secs: f64 = opt(args, "--duration", 8.0)?;
-    if !(rate > 0.0 && rate <= 5000.0 && secs > 0.0 && secs <= 600.0) {
-        return Err("--rate must be in (0, 5000] and --duration in (0, 600]".into());
+    if !(a.rate > 0.0 && a.rate <= 5000.0) {
+        return Err(format!("--rate {}: must be in (0, 5000]", a.rate));
+    }
+    if !(a.duration > 0.0 && a.duration <= 600.0) {
+        return Err(format!("--duration {}: must be in (0, 600]", a.duration));
+    }
+    if !(0.0..=1.0).contains(&a.skew) {
+        return Err(format!("--skew {}: must be in 0..=1", a.skew));
     }
     let r = run(
-        &targets,
-        opt(args, "--port", 80u16)?,
-        rate,
-        Duration::from_secs_f64(secs),
-        opt(args, "--skew", 0.7)?,
-        opt(args, "--seed", 1u64)?,
-        opt(args, "--size", 2000usize)?,
-        opt(args, "--max-inflight", 1000usize)?,
-        opt(args, "--dispatch", Dispatch::Skewed)?,
-        &opt(args, "--label", "load".to_string())?,
+        &a.targets,
+        a.port,
+        a.rate,
+        Duration::from_secs_f64(a.duration),
+        a.skew,
+        a.seed,
+        a.size,
+        a.max_inflight,
+        a.dispatch,
+        &a.label,
     );
     println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     Ok(())

@@ -1,0 +1,108 @@
+//! `dpr-lab`: the lab, the benchmarks, and the programs they run in each
+//! network namespace. `dpr-lab help` and `dpr-lab COMMAND --help` print
+//! usage and do nothing else.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// dpr's lab: DPR clusters in network namespaces, measured (root).
+///
+/// `lab` and `bench` start the `dprd` found next to this program (the same
+/// target directory: build both, e.g. `cargo build --release -p dprd -p dpr-lab`).
+/// Everything they create is removed when they end, also on Ctrl-C, SIGTERM
+/// or SIGHUP.
+#[derive(Debug, Parser)]
+#[command(name = "dpr-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A DPR cluster in network namespaces: DPR off, an ideal dispatcher, DPR on.
+    ///
+    /// --hosts hosts on a bridge, each running the lab web server (`dpr-lab httpd`)
+    /// and, in the last phase, `dprd run` (the `dprd` next to this program); a client
+    /// namespace runs an open-loop Poisson load (`dpr-lab loadgen`), --skew of it on h0.
+    /// Three phases on the same arrivals: DPR off (RR-DNS: every host serves what it
+    /// receives), ideal (a central join-shortest-queue dispatcher in the client, no
+    /// dprd), DPR on. Prints a table per phase, DPR's and RR-DNS's p50 and p99 against
+    /// the ideal's, and the ground truth of DPR's decisions: the load each one used
+    /// against the web server's open connections at that instant (each server's
+    /// --trace), and the share of connections a host redirected while under its
+    /// threshold. Everything it creates is removed at the end, also on an error, on
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Lab(dpr_lab::lab::LabArgs),
+    /// The data-path benchmarks of docs/benchmarks.md (root).
+    ///
+    /// In network namespaces it builds itself (a client and two hosts on a bridge):
+    /// small-packet forwarding through DPR over AF_XDP and TUN against the kernel's
+    /// own forwarding; HTTP through DPR against direct connections, the kernel's
+    /// forwarding and HAProxy; the memory of 1 million tracked flows. Needs wrk,
+    /// haproxy and ethtool (scripts/bench installs them and runs this). Every figure
+    /// is the median of --runs runs with its range. Everything it creates is removed
+    /// at the end, also on an error, on Ctrl-C, SIGTERM or SIGHUP.
+    Bench(dpr_lab::bench::BenchArgs),
+    /// The benchmark's small-packet generator (run by `bench` in a namespace).
+    ///
+    /// Sends --count 60-byte TCP frames (at most --secs seconds) of --flows flows
+    /// round-robin from an AF_XDP socket (copy mode, transmit only) on --ifname
+    /// queue 0; prints `{"sent": N, "secs": S}`.
+    #[command(hide = true)]
+    BenchGen(dpr_lab::bench::GenArgs),
+    /// The lab's web server (run by `lab` in each host's namespace).
+    ///
+    /// Every request holds one of --workers slots for --service-ms, then gets
+    /// --size bytes (GET /?size=N for another size) starting with `served-by NAME`.
+    #[command(hide = true)]
+    Httpd(dpr_lab::httpd::HttpdArgs),
+    /// The lab's load generator (run by `lab` in the client's namespace).
+    ///
+    /// Open-loop Poisson arrivals at --rate per second for --duration seconds, one
+    /// HTTP request per connection; prints the per-target results as JSON on stdout.
+    /// `--dispatch skewed` (the default) sends an arrival to the first target with
+    /// probability --skew and to another uniformly otherwise (cached RR-DNS answers);
+    /// `--dispatch jsq` to the target with the fewest of this client's connections in
+    /// flight (ties: the first), an ideal central dispatcher, with the same arrival
+    /// times and random draws for the same --seed.
+    #[command(hide = true)]
+    Loadgen(dpr_lab::loadgen::LoadgenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lab(a) => dpr_lab::stop::install().and_then(|()| dpr_lab::lab::main(&a)),
+        Command::Bench(a) => dpr_lab::stop::install().and_then(|()| dpr_lab::bench::main(&a)),
+        Command::BenchGen(a) => dpr_lab::bench::gen_main(&a),
+        Command::Httpd(a) => dpr_lab::httpd::main(a),
+        Command::Loadgen(a) => dpr_lab::loadgen::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dpr-lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_is_an_answer_not_a_run() {
+        for cmd in ["lab", "bench", "bench-gen", "httpd", "loadgen"] {
+            let e = Cli::try_parse_from(["dpr-lab", cmd, "--help"]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{cmd}");
+        }
+    }
+}
