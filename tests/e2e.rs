@@ -1282,3 +1282,48 @@ fn an_address_layout_that_breaks_arp_is_reported_at_start() {
     let log1 = std::fs::read_to_string(lab.log(1)).unwrap();
     assert!(!log1.contains("ARP requests for peer"), "{log1}");
 }
+
+/// Two queues per host, an engine each: the kernel spreads the TUN's
+/// packets over both queues by its own hash, so about half of them reach a
+/// worker whose engine does not own their flow and cross to the owner's
+/// ring. Every connection is still decided once, by its owner, and no
+/// packet of a redirected connection is delivered here by an engine that
+/// does not know it.
+#[test]
+fn two_queues_hand_each_flow_to_the_engine_that_owns_it() {
+    let Some(_g) = root_or_skip("two_queues") else {
+        return;
+    };
+    let lab = cluster(LabSpec {
+        queues: 2,
+        ..threshold_one(3, "tun")
+    });
+    let r = ok(lab.load(100.0, 4.0, 0.8, "skewed"));
+    let errors: usize = r.values().map(|t| t.errors).sum();
+    assert_eq!(errors, 0, "{r:?}");
+    let mut handed = 0;
+    for i in 0..3 {
+        let s = status(&lab, i);
+        let received = r.get(&service_addr(i).to_string()).map_or(0, |t| t.sent);
+        let joined = ok(lab.decisions_joined(i));
+        assert_eq!(joined.len(), received, "h{i}: one decision per connection");
+        assert_eq!(
+            event(&s, "unknown_flow_delivered"),
+            0,
+            "h{i}: a packet reached an engine that does not own its flow"
+        );
+        assert_eq!(io(&s, "ring_full"), 0, "h{i}");
+        assert_eq!(
+            io(&s, "handed_over"),
+            io(&s, "taken_over"),
+            "h{i}: every packet handed over was taken over"
+        );
+        handed += io(&s, "handed_over");
+    }
+    assert!(event(&status(&lab, 0), "new_redirected") > 0);
+    eprintln!("packets handed between the queues' workers: {handed}");
+    assert!(
+        handed > 0,
+        "with two queues, some packets cross between workers"
+    );
+}

@@ -70,19 +70,27 @@ pub struct LabSpec {
     pub stranger: bool,
     /// dprd's backend: `tun`, `af-xdp-native` or `af-xdp-generic`.
     pub backend: String,
+    /// dprd's queues (`backend.queues`): workers, each with its engine.
+    pub queues: usize,
 }
 
 impl LabSpec {
     /// The `[backend]` section of the hosts' configuration.
-    fn backend_section(&self) -> Result<&'static str, String> {
-        match self.backend.as_str() {
-            "tun" => Ok("[backend]\nkind = \"tun\"\n"),
-            "af-xdp-native" => Ok("[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n"),
-            "af-xdp-generic" => Ok("[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n"),
-            other => Err(format!(
-                "backend {other:?}: tun, af-xdp-native or af-xdp-generic"
-            )),
+    fn backend_section(&self) -> Result<String, String> {
+        let kind = match self.backend.as_str() {
+            "tun" => "kind = \"tun\"\n",
+            "af-xdp-native" => "kind = \"af-xdp\"\nxdp_mode = \"native\"\n",
+            "af-xdp-generic" => "kind = \"af-xdp\"\nxdp_mode = \"generic\"\n",
+            other => {
+                return Err(format!(
+                    "backend {other:?}: tun, af-xdp-native or af-xdp-generic"
+                ));
+            }
+        };
+        if !(1..=8).contains(&self.queues) {
+            return Err(format!("queues {}: must be 1..=8", self.queues));
         }
+        Ok(format!("[backend]\n{kind}queues = {}\n", self.queues))
     }
 
     /// Whether the hosts run the AF_XDP backend.
@@ -104,6 +112,7 @@ impl Default for LabSpec {
             dead_after_ms: 500,
             stranger: false,
             backend: "tun".into(),
+            queues: 1,
         }
     }
 }
@@ -972,6 +981,9 @@ pub struct LabArgs {
     /// The hosts' load report interval, milliseconds (5..=1000).
     #[arg(long, default_value_t = 50)]
     pub report_ms: u64,
+    /// dprd's queues per host (1..=8): workers, each with its own engine.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
 }
 
 impl LabOptions {
@@ -987,6 +999,7 @@ impl LabOptions {
                 workers: a.workers,
                 size: a.size,
                 backend: a.backend.clone(),
+                queues: a.queues,
                 report_interval_ms: a.report_ms,
                 ..d
             },
