@@ -353,7 +353,7 @@ impl EngineSet {
         worker_for(self.control.flow_hasher(), flow, self.links.len().max(1))
     }
 
-    /// Asks every shard and waits for the answers (up to half a second:
+    /// Asks every shard and waits for the answers, in shard order (up to half a second:
     /// a worker reads its commands between batches, and at least every
     /// few milliseconds when idle). For rare questions (a peer's recovery
     /// request, a cut notice), never per packet.
@@ -368,7 +368,7 @@ impl EngineSet {
             self.send(
                 i,
                 Command::Run(Box::new(move |e| {
-                    let _ = tx.send(f(e));
+                    let _ = tx.send((i, f(e)));
                 })),
             );
         }
@@ -385,7 +385,8 @@ impl EngineSet {
                 }
             }
         }
-        out
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, v)| v).collect()
     }
 
     /// Replaces every shard's policy with a new instance from `make`.
