@@ -1,7 +1,8 @@
 //! The engine on 1 and 2 threads, an engine per thread (`EngineSet` /
 //! `Shard`), over 1 M flows, in one run: the ratio of 2 threads' packet
 //! rate to 1 thread's. No I/O: each thread runs its shard over the packets
-//! of the flows it owns (`worker_for`), as the workers do.
+//! of the flows it owns (`worker_for`), finding each packet's owner first
+//! (`Shard::owner_of`), as the workers do.
 //!
 //! ```text
 //! cargo bench -p dpr-io --bench scaling [-- --flows 1000000 --rounds 3]
@@ -70,6 +71,11 @@ fn run(shard: &mut Shard, flows: &[u32]) -> u64 {
         for &i in flows {
             let (src, port) = client(i);
             packet(&mut buf, src, port, flags);
+            // As the worker does: which shard owns the packet's flow (a
+            // parse and a hash with 2 shards; nothing with one).
+            if shard.owner_of(&buf[HEADROOM..HEADROOM + 40]) != shard.index() {
+                continue;
+            }
             let Some(mut pkt) = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + 40) else {
                 continue;
             };

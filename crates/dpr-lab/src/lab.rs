@@ -90,7 +90,14 @@ impl LabSpec {
         if !(1..=8).contains(&self.queues) {
             return Err(format!("queues {}: must be 1..=8", self.queues));
         }
-        Ok(format!("[backend]\n{kind}queues = {}\n", self.queues))
+        // One queue is dprd's default: the section stays as it always was
+        // (the benchmark swaps it by its text).
+        let queues = if self.queues == 1 {
+            String::new()
+        } else {
+            format!("queues = {}\n", self.queues)
+        };
+        Ok(format!("[backend]\n{kind}{queues}"))
     }
 
     /// Whether the hosts run the AF_XDP backend.

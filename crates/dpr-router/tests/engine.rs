@@ -1030,3 +1030,35 @@ fn connections_that_race_a_measurement_are_counted_once() {
     assert_eq!(e.loads().local_load(), 2.0);
     assert_eq!((e.loads().local_pending(), e.loads().local_ended()), (1, 1));
 }
+
+/// Steering: a packet's owner is found from the flow its entry would be
+/// under (client to service), whichever way the packet carries it, and the
+/// fast path for plain IPv4 agrees with the full parse.
+#[test]
+fn steer_key_names_the_flow_the_tables_hold() {
+    let e = engine_with(Some(PeerId(1)), |_| {});
+    let flow = dpr_packet::FlowKey::new(
+        dpr_packet::IpProtocol::Tcp,
+        CLIENT.into(),
+        40000,
+        A_SVC.into(),
+        80,
+    );
+    let s = syn(40000);
+    assert_eq!(e.steer_key(&s), Some(flow));
+    // The same packet with an IP option (a NOP, padded): the full parse.
+    let mut opt = s[..20].to_vec();
+    opt[0] = 0x46;
+    opt.extend_from_slice(&[1, 1, 1, 0]);
+    opt.extend_from_slice(&s[20..]);
+    let total = u16::try_from(opt.len()).unwrap();
+    opt[2..4].copy_from_slice(&total.to_be_bytes());
+    assert_eq!(e.steer_key(&opt), Some(flow));
+    // IP-in-IP from a peer to the tunnel address: the inner flow.
+    assert_eq!(e.steer_key(&from_b(&ack(40000, b"x"), B_TUN)), Some(flow));
+    // Not TCP: any engine.
+    let mut udp = s.clone();
+    udp[9] = 17;
+    assert_eq!(e.steer_key(&udp), None);
+    assert_eq!(e.steer_key(&[0x45, 0, 0]), None);
+}
