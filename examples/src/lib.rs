@@ -9,7 +9,7 @@
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::shard::{EngineSet, split_capacity};
 use dpr_io::tun::{TunConfig, TunDevice};
-use dpr_io::worker::{WorkerCtx, WorkerStats, now_since, rings, run_worker};
+use dpr_io::worker::{Workers, now_since};
 use dpr_io::{BatchBackend, IoStats};
 use dpr_packet::{FlowKey, IpProtocol};
 use dpr_policy::{Policy, SplitMix64};
@@ -19,7 +19,6 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The part of a `dprd` configuration file the examples use.
@@ -234,19 +233,13 @@ pub fn run(
             )
             .map_err(|e| e.to_string())?;
     }
-    let (stop, origin) = (Arc::new(AtomicBool::new(false)), Instant::now());
-    let mut workers = Vec::new();
-    let mut stats = Vec::new();
-    for ((q, shard), r) in queues.into_iter().zip(shards).zip(rings(n)) {
-        let ctx = WorkerCtx {
-            stop: stop.clone(),
-            stats: Arc::new(WorkerStats::default()),
-            origin,
-            batch: cfg.backend.batch,
-        };
-        stats.push(ctx.stats.clone());
+    let origin = Instant::now();
+    let mut workers = Workers::new(n, origin, cfg.backend.batch);
+    for (q, shard) in queues.into_iter().zip(shards) {
         let q = BatchBackend::new(q, cfg.backend.batch, usize::from(cfg.tunnel.mtu).max(1500));
-        workers.push(std::thread::spawn(move || run_worker(q, shard, r, ctx)));
+        workers
+            .spawn(q, shard)
+            .map_err(|e| format!("worker: {e}"))?;
     }
     let mut sockets = if measure_load {
         Some(dpr_io::sockdiag::TcpCounter::open().map_err(|e| format!("sock_diag: {e}"))?)
@@ -289,16 +282,10 @@ pub fn run(
         }
         Ok::<(), String>(())
     })?;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
-    }
+    let stats = workers.stats();
+    drop(workers);
     engines.tick(now_since(origin), 0);
-    let mut io = IoStats::default();
-    for s in &stats {
-        io.merge(&s.snapshot());
-    }
-    Ok((engines.counters(), io))
+    Ok((engines.counters(), IoStats::sum(&stats)))
 }
 
 /// Counts this host's open service connections once every shard has begun

@@ -58,4 +58,4 @@ pub mod xdp;
 
 pub use backend::{Backend, Batch, BatchBackend, BatchIo, Egress, Frame, RxTx, TxOutcome};
 pub use shard::{EngineSet, Shard};
-pub use worker::{IoStats, WorkerCtx, WorkerStats, run_worker};
+pub use worker::{IoStats, WorkerCtx, WorkerStats, Workers, run_worker};

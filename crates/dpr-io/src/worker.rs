@@ -146,6 +146,86 @@ pub fn now_since(origin: Instant) -> Timestamp {
     Timestamp::from_nanos(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The data path's threads, one per queue, each running [`run_worker`]
+/// with its backend and shard; stopped and joined when dropped.
+#[derive(Debug)]
+pub struct Workers {
+    stop: Arc<AtomicBool>,
+    origin: Instant,
+    batch: usize,
+    rings: Vec<Option<Rings>>,
+    stats: Vec<Arc<WorkerStats>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Room for `queues` workers (the rings between them are made here),
+    /// engine time counted from `origin`, `batch` packets per batch.
+    pub fn new(queues: usize, origin: Instant, batch: usize) -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            origin,
+            batch,
+            rings: rings(queues).into_iter().map(Some).collect(),
+            stats: Vec::new(),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Starts the worker of `shard` (thread `dpr-q<index>`) on `backend`.
+    pub fn spawn<B: Backend + 'static>(&mut self, backend: B, shard: Shard) -> std::io::Result<()> {
+        let i = shard.index();
+        let rings = self
+            .rings
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| std::io::Error::other(format!("no ring for shard {i}")))?;
+        let ctx = WorkerCtx {
+            stop: self.stop.clone(),
+            stats: Arc::new(WorkerStats::default()),
+            origin: self.origin,
+            batch: self.batch,
+        };
+        let stats = ctx.stats.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("dpr-q{i}"))
+            .spawn(move || run_worker(backend, shard, rings, ctx))?;
+        self.stats.push(stats);
+        self.threads.push(t);
+        Ok(())
+    }
+
+    /// Each worker's counters (shared: read them after the workers moved).
+    pub fn stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.stats.clone()
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl IoStats {
+    /// The sum of the workers' counters now.
+    pub fn sum(stats: &[Arc<WorkerStats>]) -> Self {
+        let mut t = Self::default();
+        for s in stats {
+            t.merge(&s.snapshot());
+        }
+        t
+    }
+}
+
 /// The egress of a verdict: everything but `Drop` goes out of the queue
 /// it is handled on (the kernel delivers `Deliver`, `Pass` and `Reply`,
 /// and routes `Forward`, IP-in-IP, out of the uplink); a backend with its

@@ -26,7 +26,7 @@ use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::shard::{EngineSet, split_capacity};
 use dpr_io::tun::{TunConfig, TunDevice};
-use dpr_io::worker::{WorkerCtx, WorkerStats, now_since, rings, run_worker};
+use dpr_io::worker::{WorkerStats, Workers, now_since};
 use dpr_io::xdp::XdpBackend;
 use dpr_io::{BatchBackend, IoStats};
 use dpr_packet::{FlowKey, IpProtocol};
@@ -36,7 +36,6 @@ use dpr_table::LoadFigures;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -160,20 +159,6 @@ struct SocketFile(PathBuf);
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Stops and joins the workers on drop.
-struct Workers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
@@ -308,41 +293,20 @@ pub fn run_with_policy(
         dpr_io::privs::drop_to(who).map_err(privs)?;
         tracing::info!(%user, uid = who.uid, "privileges dropped; keeping CAP_NET_ADMIN");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Workers {
-        stop: stop.clone(),
-        threads: Vec::new(),
-    };
+    let mut workers = Workers::new(engines.shards(), origin, cfg.backend.batch);
     let mtu = usize::from(cfg.tunnel.mtu).max(1500);
     let sockets = xdp.as_mut().map(|x| std::mem::take(&mut x.sockets));
     let mut sockets = sockets.map(Vec::into_iter);
-    let mut stats = Vec::new();
-    for (i, ((q, shard), rings)) in queues
-        .into_iter()
-        .zip(shards)
-        .zip(rings(engines.shards()))
-        .enumerate()
-    {
-        let ctx = WorkerCtx {
-            stop: stop.clone(),
-            stats: Arc::new(WorkerStats::default()),
-            origin,
-            batch: cfg.backend.batch,
-        };
-        stats.push(ctx.stats.clone());
-        let b = std::thread::Builder::new().name(format!("dpr-q{i}"));
-        let t = match (sockets.as_mut().and_then(Iterator::next), &xdp) {
+    for (q, shard) in queues.into_iter().zip(shards) {
+        let i = shard.index();
+        match (sockets.as_mut().and_then(Iterator::next), &xdp) {
             (Some(xsk), Some(x)) => {
                 let q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
-                b.spawn(move || run_worker(q, shard, rings, ctx))
+                workers.spawn(q, shard)
             }
-            _ => {
-                let q = BatchBackend::new(q, cfg.backend.batch, mtu);
-                b.spawn(move || run_worker(q, shard, rings, ctx))
-            }
+            _ => workers.spawn(BatchBackend::new(q, cfg.backend.batch, mtu), shard),
         }
         .map_err(DaemonError::start(format!("starting worker {i}")))?;
-        workers.threads.push(t);
     }
     tracing::info!(host = %cfg.host.name, policy = %cfg.policy.kind_name(), "dprd running");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -354,7 +318,7 @@ pub fn run_with_policy(
         config_path: config_path.to_path_buf(),
         origin,
         engines,
-        worker_stats: stats,
+        worker_stats: workers.stats(),
         control,
         guard,
         make_policy,
@@ -439,11 +403,7 @@ struct AdminRequest {
 impl LoopCtx {
     /// What the workers counted, summed.
     fn io_stats(&self) -> IoStats {
-        let mut t = IoStats::default();
-        for w in &self.worker_stats {
-            t.merge(&w.snapshot());
-        }
-        t
+        IoStats::sum(&self.worker_stats)
     }
 
     /// The status, from the shards' last reports (one tick old at most)
