@@ -784,12 +784,32 @@ fn a_host_back_after_its_router_was_down_drops_the_connections_cut_meanwhile(bac
     };
     let (mut lab, _) = overloaded_host0("", backend);
     let (go, out) = start_half_posts(&mut lab, 8);
+    let stale = |lab: &Lab| {
+        let out = lab
+            .exec(
+                &lab.host_ns(1),
+                "ss",
+                &["-Htn", "state", "established", "( sport = :80 )"],
+            )
+            .unwrap_or_default();
+        out.lines().count()
+    };
+    // Host 1's own stack says how many it holds (dprd's measured count
+    // lags it by a measurement, more on a busy machine): wait until that
+    // count stops moving, the last handshake ACKs forwarded.
+    let mut seen = Vec::new();
     assert!(
-        eventually(Duration::from_secs(5), || status(&lab, 1).open_connections
-            > 0),
-        "host 1 got none of the half-sent requests"
+        eventually(Duration::from_secs(10), || {
+            seen.push(stale(&lab));
+            std::thread::sleep(Duration::from_millis(100));
+            seen.len() >= 5
+                && seen[seen.len() - 5..]
+                    .iter()
+                    .all(|n| *n == seen[seen.len() - 1])
+        }) && seen.last().is_some_and(|n| *n > 0),
+        "host 1 got none of the half-sent requests, or its count never settled: {seen:?}"
     );
-    let on_h1 = status(&lab, 1).open_connections;
+    let on_h1 = u32::try_from(seen.last().copied().unwrap_or(0)).unwrap_or(u32::MAX);
     ok(lab.signal_dprd(1, "TERM"));
     let dead = |lab: &Lab| {
         status(lab, 0)
@@ -808,16 +828,6 @@ fn a_host_back_after_its_router_was_down_drops_the_connections_cut_meanwhile(bac
         failed as u32, on_h1,
         "exactly the connections on h1 are cut"
     );
-    let stale = |lab: &Lab| {
-        let out = lab
-            .exec(
-                &lab.host_ns(1),
-                "ss",
-                &["-Htn", "state", "established", "( sport = :80 )"],
-            )
-            .unwrap_or_default();
-        out.lines().count()
-    };
     assert_eq!(
         stale(&lab) as u32,
         on_h1,
