@@ -317,6 +317,11 @@ pub struct TableSection {
     pub established_timeout_s: u64,
     /// Idle timeout after a FIN (seconds).
     pub closing_timeout_s: u64,
+    /// Entries of each table that half-open connections may take from
+    /// established ones when the table is full; beyond it a SYN evicts only
+    /// half-open entries (a SYN flood cannot empty the table). 0: a quarter
+    /// of `capacity`.
+    pub half_open_reserve: u32,
 }
 
 impl Default for TableSection {
@@ -327,6 +332,7 @@ impl Default for TableSection {
             half_open_timeout_s: d.half_open_timeout.as_secs(),
             established_timeout_s: d.established_timeout.as_secs(),
             closing_timeout_s: d.closing_timeout.as_secs(),
+            half_open_reserve: 0,
         }
     }
 }
@@ -647,6 +653,12 @@ impl Config {
         if self.table.capacity == 0 || self.table.capacity > dpr_table::conn::MAX_CAPACITY {
             return Err(bad("table.capacity", "must be 1 ..= 2^30"));
         }
+        if self.table.half_open_reserve > self.table.capacity {
+            return Err(bad(
+                "table.half_open_reserve",
+                "must be at most table.capacity (0: a quarter of it)",
+            ));
+        }
         for (name, v) in [
             ("table.half_open_timeout_s", self.table.half_open_timeout_s),
             (
@@ -715,6 +727,7 @@ impl Config {
             half_open_timeout: Duration::from_secs(self.table.half_open_timeout_s),
             established_timeout: Duration::from_secs(self.table.established_timeout_s),
             closing_timeout: Duration::from_secs(self.table.closing_timeout_s),
+            half_open_reserve: self.table.half_open_reserve,
             ..ConnTableConfig::default()
         };
         e.routes = t;
@@ -901,6 +914,15 @@ service_addrs = ["198.18.0.2"]
             "[cluster]\nreport_mode = \"fan-out\"\nfanout_relay = 27\n{GOOD}"
         ));
         assert_eq!(f, "cluster.fanout_relay");
+        let f = field_of(&format!(
+            "{GOOD}\n[table]\ncapacity = 100\nhalf_open_reserve = 101\n"
+        ));
+        assert_eq!(f, "table.half_open_reserve");
+        let c = Config::parse(&format!(
+            "{GOOD}\n[table]\ncapacity = 100\nhalf_open_reserve = 10\n"
+        ))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.engine_config().served.half_open_reserve, 10);
     }
 
     /// The configuration error beneath a `Config::load` error, and the

@@ -105,6 +105,11 @@ pub fn build_engines(
         let mut ec = cfg.engine_config();
         ec.routes.capacity = split_capacity(ec.routes.capacity, queues);
         ec.served.capacity = split_capacity(ec.served.capacity, queues);
+        for t in [&mut ec.routes, &mut ec.served] {
+            if t.half_open_reserve != 0 {
+                t.half_open_reserve = split_capacity(t.half_open_reserve, queues).min(t.capacity);
+            }
+        }
         shards.push(make(i, ec, policy())?);
     }
     Ok(EngineSet::new(control, shards))
@@ -521,6 +526,8 @@ impl LoopCtx {
             served: ss.len,
             table_capacity: rs.capacity,
             evicted: rs.stats.evicted + ss.stats.evicted,
+            evicted_half_open: rs.stats.evicted_half_open + ss.stats.evicted_half_open,
+            evicted_established: rs.stats.evicted_established + ss.stats.evicted_established,
             expired: rs.stats.expired + ss.stats.expired,
             peers,
             verdicts,

@@ -177,6 +177,22 @@ impl Collector for StatusCollector {
             ev.metric_type(),
         )?;
         ev.encode(m)?;
+        for (name, help, v) in [
+            (
+                "dpr_table_evictions_half_open",
+                "Of the evictions: half-open entries (handshake not seen to complete)",
+                s.evicted_half_open,
+            ),
+            (
+                "dpr_table_evictions_established",
+                "Of the evictions: entries past their handshake (a genuine overload)",
+                s.evicted_established,
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
         gauge(
             &mut enc,
             "dpr_open_connections",
