@@ -97,16 +97,18 @@ pub fn build_engines(
         .map_err(DaemonError::Engine)
     };
     let mut small = cfg.engine_config();
-    small.routes.capacity = 1;
-    small.served.capacity = 1;
+    for t in [&mut small.routes, &mut small.served] {
+        t.capacity = 1;
+        t.half_open_reserve = 0;
+    }
     let control = make(queues, small, policy())?;
     let mut shards = Vec::with_capacity(queues);
     for i in 0..queues {
         let mut ec = cfg.engine_config();
-        ec.routes.capacity = split_capacity(ec.routes.capacity, queues);
-        ec.served.capacity = split_capacity(ec.served.capacity, queues);
         for t in [&mut ec.routes, &mut ec.served] {
+            t.capacity = split_capacity(t.capacity, queues);
             if t.half_open_reserve != 0 {
+                // Split like the capacity (0 stays a quarter of the shard).
                 t.half_open_reserve = split_capacity(t.half_open_reserve, queues).min(t.capacity);
             }
         }
