@@ -8,8 +8,8 @@
 //! redirected connections half-way through a POST, starts a redirected
 //! 20 MB download (paced to last through the flood), then floods host 0's
 //! service address with 40,960 SYNs (10x the table capacity) from random
-//! sources of 198.19.128.0/17 (`dpr-lab flood`). During the flood it opens
-//! new connections one after another and polls every host's status. The
+//! sources of 198.19.128.0/17 (`dpr-lab flood`). Beside the flood it opens
+//! 200 new connections at 40 a second and polls every host's status. The
 //! namespaces, addresses and every process are the lab's (removed on drop);
 //! every loop is bounded in count and time.
 
@@ -35,6 +35,10 @@ const HELD: usize = 50;
 /// Idle local connections on host 0 (its load: it redirects).
 const LOCAL_LOAD: usize = 100;
 const DOWNLOAD: usize = 20_000_000;
+/// New connections opened beside the flood, and their rate: as long as
+/// the flood.
+const NEW_CONNS_COUNT: usize = 200;
+const NEW_CONNS_RATE: f64 = 40.0;
 
 fn status(lab: &Lab, i: usize) -> Status {
     ok(lab.status(i))
@@ -231,9 +235,6 @@ struct Seen {
     /// The oldest report age a host showed for a peer, ms.
     max_report_age_ms: u64,
     max_rss_kb: [u64; 3],
-    /// New connections opened, and the failures.
-    opened: u64,
-    failed: Vec<String>,
 }
 
 fn poll(lab: &Lab, seen: &mut Seen) {
@@ -265,37 +266,72 @@ fn poll(lab: &Lab, seen: &mut Seen) {
     }
 }
 
-/// New connections to host 0 one after another (each given 5 s) while
-/// `go()` holds (at most 600, at most 120 s), every host polled before each.
-fn open_and_poll(lab: &Lab, mut go: impl FnMut() -> bool) -> Seen {
+/// Polls every host every 20 ms while `go()` holds (at most 120 s).
+fn poll_while(lab: &Lab, mut go: impl FnMut() -> bool) -> Seen {
     let mut seen = Seen::default();
-    let url = format!("http://{}/", service_addr(0));
     let started = Instant::now();
-    while go() && seen.opened < 600 && started.elapsed() < Duration::from_secs(120) {
+    while go() && started.elapsed() < Duration::from_secs(120) {
         poll(lab, &mut seen);
-        let r = lab.exec(
-            &lab.client_ns(),
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &url,
-            ],
-        );
-        seen.opened += 1;
-        match r {
-            Ok(code) if code == "200" => {}
-            other => seen.failed.push(format!("{other:?}")),
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
     poll(lab, &mut seen);
     seen
+}
+
+/// Opens `n` new connections to the address at `rate` a second (each in a
+/// thread of its own, given 5 s to connect and 5 s per read), each a GET;
+/// writes one line per connection: `ok HOST` or `error WHY`.
+const NEW_CONNS: &str = r#"
+import socket, sys, threading, time
+addr, n, rate, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+results = ["error not run"] * n
+def one(i):
+    try:
+        s = socket.create_connection((addr, 80), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        text = data.decode("latin-1")
+        head, _, rest = text.partition("\r\n\r\n")
+        ok = head.startswith("HTTP/1.1 200") and rest.startswith("served-by")
+        results[i] = "ok " + rest.split()[1] if ok else "error " + repr(text[:80])
+    except Exception as e:
+        results[i] = "error " + repr(e)
+threads = []
+start = time.time()
+for i in range(n):
+    wait = start + i / rate - time.time()
+    if wait > 0:
+        time.sleep(wait)
+    t = threading.Thread(target=one, args=(i,))
+    t.start()
+    threads.append(t)
+for t in threads:
+    t.join(30)
+with open(out + ".tmp", "w") as f:
+    f.write("\n".join(results) + "\n")
+import os
+os.rename(out + ".tmp", out)
+"#;
+
+/// Starts the new-connection client in the client's namespace: `n`
+/// connections to host 0 at `rate` a second; returns it and its output file.
+fn start_new_conns(lab: &Lab, n: usize, rate: f64) -> (Reaped, PathBuf) {
+    let script = lab.dir.join("new_conns.py");
+    std::fs::write(&script, NEW_CONNS).unwrap();
+    let out = lab.dir.join("new_conns.out");
+    let mut c = lab.in_ns(&lab.client_ns(), "python3");
+    c.arg(&script)
+        .arg(service_addr(0).to_string())
+        .arg(n.to_string())
+        .arg(rate.to_string())
+        .arg(&out);
+    (spawn(c), out)
 }
 
 fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
@@ -339,17 +375,19 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
 
     let (go, out) = start_half_posts(&mut lab, HELD);
     let (mut download, file, server) = start_redirected_download(&lab);
-    // The same loop without the flood, for 2 s: what the hosts see of each
-    // other on this machine anyway (a report one interval late makes a
+    // The same polls without the flood, for 2 s: what the hosts see of
+    // each other on this machine anyway (a report one interval late makes a
     // peer `suspect` until the next).
     let t = Instant::now();
-    let baseline = open_and_poll(&lab, || t.elapsed() < Duration::from_secs(2));
+    let baseline = poll_while(&lab, || t.elapsed() < Duration::from_secs(2));
     let rss_before: Vec<u64> = (0..3).map(|i| rss_kb(lab.dprd_pid(i).unwrap())).collect();
     let before: Vec<Status> = (0..3).map(|i| status(&lab, i)).collect();
 
+    // The flood and, beside it for as long, new connections at 40 a second.
     let mut flood = spawn(lab.flood_command(service_addr(0), FLOOD, FLOOD_RATE));
+    let (mut conns, conns_out) = start_new_conns(&lab, NEW_CONNS_COUNT, NEW_CONNS_RATE);
     let started = Instant::now();
-    let seen = open_and_poll(&lab, || flood.0.try_wait().unwrap().is_none());
+    let seen = poll_while(&lab, || flood.0.try_wait().unwrap().is_none());
     let flood_secs = started.elapsed().as_secs_f64();
     let status_code = flood.0.wait().unwrap();
     let mut stdout = String::new();
@@ -359,7 +397,25 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
         "dpr-lab flood: {status_code} {stdout}"
     );
     let report = ok(dpr_lab::flood::parse_flood_report(&stdout));
-    let (opened, failed) = (seen.opened, seen.failed.clone());
+    let conns_status = conns.0.wait().unwrap();
+    assert!(
+        conns_status.success(),
+        "new-connection client: {conns_status}"
+    );
+    let conn_lines: Vec<String> = std::fs::read_to_string(&conns_out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let opened = conn_lines.len() as u64;
+    let failed: Vec<&String> = conn_lines
+        .iter()
+        .filter(|l| !l.starts_with("ok "))
+        .collect();
+    let by_peers = conn_lines
+        .iter()
+        .filter(|l| l.starts_with("ok ") && *l != "ok h0")
+        .count();
     // Let the routers measure the end of the flood before the counters.
     std::thread::sleep(Duration::from_millis(300));
     let after: Vec<Status> = (0..3).map(|i| status(&lab, i)).collect();
@@ -387,7 +443,7 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
     let fwd = |s: &Status| -> u64 { s.peers.iter().map(|p| p.forwarded_packets).sum() };
     let h0_forwarded = fwd(&after[0]) - fwd(&before[0]);
     eprintln!(
-        "[{backend}] flood: sent {} SYNs in {:.1} s ({} retries); {opened} new connections during it, {} failed {:?}",
+        "[{backend}] flood: sent {} SYNs in {:.1} s ({} retries); {opened} new connections beside it ({by_peers} served by peers), {} failed {:?}",
         report.sent,
         report.secs,
         report.retries,
@@ -420,15 +476,13 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
     );
     for (what, s) in [("before the flood", &baseline), ("during the flood", &seen)] {
         eprintln!(
-            "[{backend}] {what}: {} status answers ({} failed), peer views suspect {} of {}, not alive {:?}, oldest report {} ms; new connections {} ({} failed)",
+            "[{backend}] {what}: {} status answers ({} failed), peer views suspect {} of {}, not alive {:?}, oldest report {} ms",
             s.polls,
             s.failed_polls,
             s.suspect,
             s.polls * 2,
             s.not_alive,
             s.max_report_age_ms,
-            s.opened,
-            s.failed.len()
         );
     }
     lab.kill_extras();
@@ -443,10 +497,7 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
     assert_eq!(got.len(), DOWNLOAD);
     assert_eq!(sum_got, sum_want, "download checksum");
     // At least 99% of the new connections opened during the flood.
-    assert!(
-        opened >= 20,
-        "only {opened} connections opened during the flood"
-    );
+    assert_eq!(opened, NEW_CONNS_COUNT as u64);
     assert!(
         failed.len() as u64 * 100 <= opened,
         "{} of {opened} new connections failed: {failed:?}",
@@ -460,17 +511,31 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
     for (i, s) in after.iter().enumerate() {
         assert_eq!(s.evicted_established, 0, "h{i} evicted established entries");
     }
-    // The hosts saw each other throughout (never dead, no report later
-    // than the dead time); h0 always had a peer.
+    // Reports were not starved by the data path: no host ever saw a peer
+    // dead (or anything but alive or suspect), and no report was ever a
+    // whole interval late (the lab reports every 50 ms, dead after 500).
+    // `suspect` itself flaps without any flood: a peer is suspect from the
+    // instant its last report is one interval old, and reports sent on the
+    // control loop's 5 ms tick are sometimes a few ms late (0-2 of about
+    // 560 peer views in the 2 s before the flood, 0-3 of about 1,400
+    // during it). When both of host 0's peers flap at once it decides a SYN
+    // locally as `new_local_no_peer`; that happened once in 15 runs (1 of
+    // 41,160 decisions). The bound allows that rate, 1 in 10,000 decisions,
+    // not the issue's (6,462 of 5.9 million: 11 in 10,000).
     assert!(seen.polls >= 30, "only {} status polls", seen.polls);
     assert_eq!(seen.failed_polls, 0);
     assert!(seen.not_alive.is_empty(), "{:?}", seen.not_alive);
     assert!(
-        seen.max_report_age_ms < 500,
+        seen.max_report_age_ms < 100,
         "a report {} ms old",
         seen.max_report_age_ms
     );
-    assert_eq!(d(0, "new_local_no_peer"), 0);
+    let decisions = h0_redirected + d(0, "new_local");
+    assert!(
+        d(0, "new_local_no_peer") * 10_000 <= decisions,
+        "{} of {decisions} decisions at host 0 without an alive peer",
+        d(0, "new_local_no_peer")
+    );
     // Memory: the tables' slab and index are allocated at start but
     // resident only once touched; the flood fills them. Bound: the
     // resident memory before the flood, plus both tables' whole allocation

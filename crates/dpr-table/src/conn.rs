@@ -67,7 +67,7 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnTableConfig {
     /// Maximum number of entries (1 ..= 2^30). At capacity an insert evicts
-    /// the least recently used entry.
+    /// the least recently used entry of one segment (see `half_open_reserve`).
     pub capacity: u32,
     /// Idle timeout of a connection whose handshake has not completed.
     pub half_open_timeout: Duration,
@@ -166,7 +166,8 @@ pub struct ConnEntry {
 /// What [`ConnTable::insert`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {
-    /// A new entry; `evicted` is the LRU entry removed to make room.
+    /// A new entry; `evicted` is the entry removed to make room (the least
+    /// recently used of its segment, see [`ConnTable::lru`]).
     Inserted {
         /// The flow evicted at capacity, if any.
         evicted: Option<FlowKey>,
@@ -823,8 +824,9 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     /// Records the routing decision for a new connection (on its SYN).
-    /// TCP entries start in `SynSeen`, other protocols in `Established`.
-    /// At capacity the least recently used entry is evicted first.
+    /// TCP entries start in `SynSeen` (on probation), other protocols in
+    /// `Established`. At capacity the entry [`lru`](Self::lru) names is
+    /// evicted first.
     pub fn insert(
         &mut self,
         flow: &FlowKey,

@@ -284,6 +284,9 @@ mod tests {
         let mut s = Status::default();
         s.drops.insert("malformed".into(), 4);
         s.verdicts.insert("forwarded".into(), 9);
+        s.evicted = 7;
+        s.evicted_half_open = 5;
+        s.evicted_established = 2;
         let reg = registry(Arc::new(Mutex::new(s)));
         let t = render(&reg).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(t.contains("dpr_drops_total{reason=\"malformed\"} 4"), "{t}");
@@ -292,6 +295,9 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("dpr_table_entries 0"), "{t}");
+        assert!(t.contains("dpr_table_evictions_total 7"), "{t}");
+        assert!(t.contains("dpr_table_evictions_half_open_total 5"), "{t}");
+        assert!(t.contains("dpr_table_evictions_established_total 2"), "{t}");
         let r = response(&reg);
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.ends_with(&t), "{r}");

@@ -265,7 +265,11 @@ mod tests {
             received_packets: 0,
             served_connections: 1,
         });
+        st.evicted = 3;
+        st.evicted_half_open = 2;
+        st.evicted_established = 1;
         let r = st.render();
+        assert!(r.contains("evicted 3 (half-open 2, established 1)"), "{r}");
         assert!(r.contains("  -> h1"), "{r}");
         assert!(r.contains("malformed 3"), "{r}");
         let j = serde_json::to_string(&st).unwrap_or_default();
