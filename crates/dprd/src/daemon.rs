@@ -798,6 +798,16 @@ async fn control_loop(
                 let _ = req.reply.send(answer);
             }
             _ = tick.tick() => {
+                // Reports that arrived before this tick are applied before
+                // the tick re-derives the peers' health from their age: a
+                // report waiting in the socket while the tick ran first made
+                // its peer `suspect` for one tick, and both peers at once
+                // made SYNs be served here for want of a peer (issue 15).
+                for _ in 0..64 {
+                    let Ok((n, from)) = udp.try_recv_from(&mut buf) else { break };
+                    let now = clock(ctx.origin);
+                    ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut ctx.engines);
+                }
                 let now = clock(ctx.origin);
                 if !ctx.engines.is_measuring() && Instant::now() >= next_refresh {
                     // Every shard notes what opens and ends during the
