@@ -271,6 +271,23 @@ pub fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+/// Sets the calling thread's nice value (`setpriority(PRIO_PROCESS, tid)`:
+/// on Linux it applies to the one thread). Lowering it below the current
+/// value needs `CAP_SYS_NICE`; raising it never does. Threads the caller
+/// starts afterwards inherit it.
+pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: plain system calls with integer arguments; gettid cannot fail.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The effective user id.
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

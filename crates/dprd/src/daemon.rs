@@ -41,6 +41,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
+/// The control thread's nice value (the workers run at 0).
+const CONTROL_NICE: i32 = -10;
+
 fn clock(origin: Instant) -> Clock {
     Clock {
         mono: now_since(origin),
@@ -291,6 +294,14 @@ pub fn run_with_policy(
         ),
         None => None,
     };
+    // The control thread (this one: reports, liveness, admin) runs at a
+    // higher priority than the data path's workers (which reset theirs to
+    // 0), so a flood that keeps the workers and the kernel busy does not
+    // delay the reports that tell the peers apart from dead ones (issue 15).
+    // Before the privileges are dropped: it needs CAP_SYS_NICE.
+    if let Err(e) = dpr_io::sys::set_current_thread_nice(CONTROL_NICE) {
+        tracing::warn!(error = %e, nice = CONTROL_NICE, "raising the control thread's priority");
+    }
     if let Some(user) = &cfg.host.user {
         let privs = |source| DaemonError::Privileges {
             user: user.clone(),
