@@ -271,16 +271,17 @@ pub fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
-/// Sets the calling thread's nice value (`setpriority(PRIO_PROCESS, tid)`:
-/// on Linux it applies to the one thread). Lowering it below the current
-/// value needs `CAP_SYS_NICE`; raising it never does. Threads the caller
-/// starts afterwards inherit it.
-pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
-    // SAFETY: plain system calls with integer arguments; gettid cannot fail.
-    let r = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+/// Puts the calling thread in the real-time round-robin class at
+/// `priority` (1 ..= 99), with `SCHED_RESET_ON_FORK`: threads and processes
+/// it starts afterwards are back in the normal class. Needs
+/// `CAP_SYS_NICE`.
+pub fn set_current_thread_realtime(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
     };
+    // SAFETY: `param` is a live sched_param; pid 0 is the calling thread.
+    let r =
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
     if r == 0 {
         Ok(())
     } else {

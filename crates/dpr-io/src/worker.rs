@@ -189,12 +189,7 @@ impl Workers {
         let stats = ctx.stats.clone();
         let t = std::thread::Builder::new()
             .name(format!("dpr-q{i}"))
-            .spawn(move || {
-                // The data path runs at the default priority whatever the
-                // starting thread's (dprd's control thread runs above it).
-                let _ = crate::sys::set_current_thread_nice(0);
-                run_worker(backend, shard, rings, ctx)
-            })?;
+            .spawn(move || run_worker(backend, shard, rings, ctx))?;
         self.stats.push(stats);
         self.threads.push(t);
         Ok(())

@@ -41,9 +41,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-/// The control thread's nice value (the workers run at 0).
-const CONTROL_NICE: i32 = -10;
-
 fn clock(origin: Instant) -> Clock {
     Clock {
         mono: now_since(origin),
@@ -294,13 +291,16 @@ pub fn run_with_policy(
         ),
         None => None,
     };
-    // The control thread (this one: reports, liveness, admin) runs at a
-    // higher priority than the data path's workers (which reset theirs to
-    // 0), so a flood that keeps the workers and the kernel busy does not
-    // delay the reports that tell the peers apart from dead ones (issue 15).
+    // The control thread (this one: reports, liveness, admin) runs in the
+    // real-time class at the lowest priority, so a flood that keeps the
+    // workers, the kernel and the host's other jobs busy does not delay the
+    // reports that tell peers from dead ones (issue 15). It sleeps between
+    // events and paces its heaviest work (the load measurement) by its own
+    // CPU time; the kernel keeps 5% of each CPU from real-time threads. The
+    // workers it starts are back in the normal class (reset on fork).
     // Before the privileges are dropped: it needs CAP_SYS_NICE.
-    if let Err(e) = dpr_io::sys::set_current_thread_nice(CONTROL_NICE) {
-        tracing::warn!(error = %e, nice = CONTROL_NICE, "raising the control thread's priority");
+    if let Err(e) = dpr_io::sys::set_current_thread_realtime(1) {
+        tracing::warn!(error = %e, "raising the control thread's priority");
     }
     if let Some(user) = &cfg.host.user {
         let privs = |source| DaemonError::Privileges {
