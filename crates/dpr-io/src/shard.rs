@@ -695,8 +695,8 @@ impl ClusterEngine for EngineSet {
         });
         Ok(true)
     }
-    fn served_for(&mut self, origin: PeerId) -> Vec<FlowKey> {
-        self.ask(move |e| e.served_for(origin)).concat()
+    fn served_for(&mut self, origin: PeerId, now: Timestamp) -> Vec<FlowKey> {
+        self.ask(move |e| e.served_for(origin, now)).concat()
     }
     fn last_redirector(&self) -> Option<PeerId> {
         self.last_redirector
