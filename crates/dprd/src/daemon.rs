@@ -897,6 +897,9 @@ async fn control_loop(
     let mut last_status = Instant::now();
     let mut buf = vec![0u8; 2048];
     let port = ctx.cfg.cluster.port;
+    // Peers were added when the control plane was built; the silence that
+    // makes one dead counts from now, when their reports can be heard.
+    ctx.engines.restart_silence(now_since(ctx.origin));
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
