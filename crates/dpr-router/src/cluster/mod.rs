@@ -1220,7 +1220,7 @@ impl Node {
             return;
         };
         self.counters.recovery_requests_answered += 1;
-        let flows = engine.served_for(sender);
+        let flows = engine.served_for(sender, now.mono);
         self.counters.recovery_flows_sent +=
             self.send_flows(now, to, MessageKind::RecoveryReply, request_id, &flows);
     }
