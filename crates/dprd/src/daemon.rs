@@ -213,11 +213,17 @@ pub fn run_with_policy(
     config_path: &Path,
     custom: Option<PolicyFactory>,
 ) -> Result<(), DaemonError> {
-    let cfg = Config::load(config_path)?;
+    let mut cfg = Config::load(config_path)?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
         return Err(DaemonError::NotRoot);
     }
+    let keys = cfg.load_keys().map_err(|source| Error::Config {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    // The flow-hash seeds are secrets derived from the cluster key.
+    cfg.derive_seeds(&keys);
     // One instance per state directory; the lock dies with the process.
     let _lock = InstanceLock::acquire(&cfg.admin.state_dir)?;
     let journal = StateFile::in_dir(&cfg.admin.state_dir);
@@ -320,10 +326,6 @@ pub fn run_with_policy(
     };
     let (mut engines, shards) = build_engines(&cfg, queues.len(), &mut make_policy)?;
     let origin = Instant::now();
-    let keys = cfg.load_keys().map_err(|source| Error::Config {
-        path: config_path.to_path_buf(),
-        source,
-    })?;
     let control = ControlPlane::new(&cfg, keys, clock(origin), &mut engines)?;
     // Sockets, bound while privileged.
     if let Some(dir) = cfg.admin.socket.parent() {
@@ -817,18 +819,21 @@ impl LoopCtx {
     }
 
     fn reload(&mut self) -> Result<(), DaemonError> {
-        let new = Config::load(&self.config_path)?;
+        let mut new = Config::load(&self.config_path)?;
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
         {
             return Err(DaemonError::NeedsRestart);
         }
-        let policy = config_policy(&new)?;
         let keys = new.load_keys().map_err(|source| Error::Config {
             path: self.config_path.clone(),
             source,
         })?;
+        new.derive_seeds(&keys);
+        // The tables keep the seed they were built with.
+        new.derived.flow_hash = self.cfg.derived.flow_hash;
+        let policy = config_policy(&new)?;
         self.guard.set_peer_service_addrs(&new.peer_service_v4())?;
         if let Some(x) = self.xdp.as_mut() {
             x.set_peers(&new.xdp_peers())?;
