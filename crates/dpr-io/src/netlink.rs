@@ -682,6 +682,19 @@ pub fn parse_replies(buf: &[u8]) -> Vec<Reply<'_>> {
     out
 }
 
+/// The error an acknowledgement carries: the kernel writes a negative
+/// errno; anything else (a positive value, `i32::MIN`) is a malformed
+/// reply, reported as such rather than negated into nonsense.
+pub fn ack_error(error: i32) -> io::Error {
+    match error.checked_neg() {
+        Some(errno) if errno > 0 => io::Error::from_raw_os_error(errno),
+        _ => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("netlink acknowledgement with an invalid error code {error}"),
+        ),
+    }
+}
+
 /// The chokepoint: one netlink socket, as a datagram in and a datagram out.
 ///
 /// Implemented by [`NetlinkSocket`] (the kernel) and by
@@ -779,7 +792,7 @@ impl<S: NetlinkSys> Netlink<S> {
                         return if error == 0 {
                             Ok(())
                         } else {
-                            Err(io::Error::from_raw_os_error(-error))
+                            Err(ack_error(error))
                         };
                     }
                 }
@@ -841,7 +854,7 @@ impl<S: NetlinkSys> Netlink<S> {
                 match r {
                     Reply::Done => return Ok(()),
                     Reply::Ack { seq: s, error } if s == seq && error != 0 => {
-                        return Err(io::Error::from_raw_os_error(-error));
+                        return Err(ack_error(error));
                     }
                     Reply::Data {
                         seq: s, payload, ..
@@ -958,6 +971,16 @@ mod tests {
             r.describe,
             "rule pref 10 iif eth0 to 198.18.0.1 ipproto 6 dport 80 lookup 100"
         );
+    }
+
+    #[test]
+    fn acknowledgement_errors_never_overflow() {
+        assert_eq!(ack_error(-17).raw_os_error(), Some(17));
+        for bad in [i32::MIN, 1, i32::MAX] {
+            let e = ack_error(bad);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad}");
+            assert!(e.to_string().contains(&bad.to_string()));
+        }
     }
 
     #[test]
