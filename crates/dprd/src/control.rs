@@ -37,6 +37,10 @@ pub struct PeerView {
     /// Age of the freshest figures held for it, in milliseconds (`None`:
     /// none yet).
     pub report_age_ms: Option<u64>,
+    /// Times this host has held it dead since it started (entries into
+    /// the state, seen every control tick).
+    #[serde(default)]
+    pub deaths: u64,
 }
 
 /// Name of a peer state for output.
@@ -66,6 +70,8 @@ pub fn phase_name(p: NodePhase) -> &'static str {
 pub struct ControlPlane {
     node: Node,
     names: BTreeMap<u16, String>,
+    /// Each peer's state at the last tick, and how often it became dead.
+    liveness: BTreeMap<u16, (PeerState, u64)>,
 }
 
 fn names(cfg: &Config) -> BTreeMap<u16, String> {
@@ -90,6 +96,7 @@ impl ControlPlane {
         Ok(Self {
             node,
             names: names(cfg),
+            liveness: BTreeMap::new(),
         })
     }
 
@@ -107,8 +114,17 @@ impl ControlPlane {
     }
 
     /// Tells peers when this host has just become idle (join-idle).
+    /// Also notes every peer that has just become dead (the daemon calls
+    /// this every tick, after the engine's refresh of the load table).
     pub fn check_idle(&mut self, now: Clock, engine: &dyn ClusterEngine) {
         self.node.check_idle(now, engine);
+        for p in engine.loads().peers() {
+            let e = self.liveness.entry(p.id.0).or_insert((p.state, 0));
+            if p.state == PeerState::Dead && e.0 != PeerState::Dead {
+                e.1 += 1;
+            }
+            e.0 = p.state;
+        }
     }
 
     /// The next connection a peer cut while this host was away (client to
@@ -205,6 +221,31 @@ impl ControlPlane {
         self.node.counters()
     }
 
+    /// The protocol's counters of recovery and liveness under loss, by
+    /// their status names.
+    pub fn loss_counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.node.counters();
+        vec![
+            ("recovery_requests_sent", c.recovery_requests_sent),
+            ("recovery_requests_received", c.recovery_requests_received),
+            ("recovery_requests_answered", c.recovery_requests_answered),
+            ("recovery_chunks_sent", c.recovery_chunks_sent),
+            ("recovery_flows_sent", c.recovery_flows_sent),
+            ("recovery_chunks_received", c.recovery_chunks_received),
+            ("recovery_chunks_duplicate", c.recovery_chunks_duplicate),
+            ("recovery_flows_received", c.recovery_flows_received),
+            ("recovery_incomplete", c.recovery_incomplete),
+            ("recovery_ms", c.recovery_ms),
+            ("reports_applied", c.reports_applied),
+            ("probes_sent", c.probes_sent),
+            ("probes_answered", c.probes_answered),
+            (
+                "peers_declared_dead",
+                self.liveness.values().map(|l| l.1).sum(),
+            ),
+        ]
+    }
+
     /// Control messages sent.
     pub fn sent(&self) -> u64 {
         self.node.counters().sent_messages
@@ -234,6 +275,7 @@ impl ControlPlane {
                 report_age_ms: fresh
                     .get(&p.id.0)
                     .map(|t| now.mono.0.saturating_sub(t.0) / 1_000_000),
+                deaths: self.liveness.get(&p.id.0).map_or(0, |l| l.1),
             })
             .collect()
     }

@@ -478,6 +478,9 @@ impl LoopCtx {
         ] {
             io.insert(k.to_string(), v);
         }
+        for (k, v) in self.control.loss_counters() {
+            io.insert(k.to_string(), v);
+        }
         for (reason, v) in self.control.rejected_by_reason() {
             io.insert(format!("control_rejected_{reason}"), v);
         }
