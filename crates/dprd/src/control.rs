@@ -65,6 +65,10 @@ pub fn phase_name(p: NodePhase) -> &'static str {
     }
 }
 
+/// A control tick this late (ms) is logged: the loop runs every 5 ms, and
+/// peers hold a host silent for `dead_after_ms` dead.
+const HELD_UP_MS: u64 = 250;
+
 /// The control plane of one host.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -72,6 +76,10 @@ pub struct ControlPlane {
     names: BTreeMap<u16, String>,
     /// Each peer's state at the last tick, and how often it became dead.
     liveness: BTreeMap<u16, (PeerState, u64)>,
+    /// The last tick, and the longest time between two ticks (ms): how
+    /// long the control loop was held up at worst (a busy machine).
+    last_tick: Option<dpr_table::Timestamp>,
+    tick_gap_max_ms: u64,
 }
 
 fn names(cfg: &Config) -> BTreeMap<u16, String> {
@@ -97,6 +105,8 @@ impl ControlPlane {
             node,
             names: names(cfg),
             liveness: BTreeMap::new(),
+            last_tick: None,
+            tick_gap_max_ms: 0,
         })
     }
 
@@ -118,10 +128,21 @@ impl ControlPlane {
     /// this every tick, after the engine's refresh of the load table).
     pub fn check_idle(&mut self, now: Clock, engine: &dyn ClusterEngine) {
         self.node.check_idle(now, engine);
+        if let Some(t) = self.last_tick.replace(now.mono) {
+            let gap = now.mono.0.saturating_sub(t.0) / 1_000_000;
+            self.tick_gap_max_ms = self.tick_gap_max_ms.max(gap);
+            if gap >= HELD_UP_MS {
+                // Peers may hold this host dead meanwhile: it was silent.
+                tracing::warn!(gap_ms = gap, "control loop held up");
+            }
+        }
         for p in engine.loads().peers() {
             let e = self.liveness.entry(p.id.0).or_insert((p.state, 0));
             if p.state == PeerState::Dead && e.0 != PeerState::Dead {
                 e.1 += 1;
+                let silent_ms = now.mono.0.saturating_sub(p.received_at.0) / 1_000_000;
+                let name = self.names.get(&p.id.0).map_or("", String::as_str);
+                tracing::warn!(peer = p.id.0, name, silent_ms, "peer dead");
             }
             e.0 = p.state;
         }
@@ -239,6 +260,7 @@ impl ControlPlane {
             ("reports_applied", c.reports_applied),
             ("probes_sent", c.probes_sent),
             ("probes_answered", c.probes_answered),
+            ("control_tick_gap_max_ms", self.tick_gap_max_ms),
             (
                 "peers_declared_dead",
                 self.liveness.values().map(|l| l.1).sum(),

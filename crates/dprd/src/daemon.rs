@@ -738,6 +738,9 @@ async fn admin_conn(sock: tokio::net::UnixStream, tx: mpsc::Sender<AdminRequest>
     }
 }
 
+/// Control datagrams read before each tick's liveness check, at most.
+const MAX_CONTROL_BACKLOG: usize = 1024;
+
 async fn control_loop(
     mut ctx: LoopCtx,
     admin: std::os::unix::net::UnixListener,
@@ -748,6 +751,9 @@ async fn control_loop(
     let io = || DaemonError::start("registering the sockets and signals with tokio");
     admin.set_nonblocking(true).map_err(io())?;
     udp.set_nonblocking(true).map_err(io())?;
+    // The same socket, read directly before each liveness check: tokio's
+    // readiness may not have caught up after the loop was held up.
+    let backlog = udp.try_clone().map_err(io())?;
     let admin = tokio::net::UnixListener::from_std(admin).map_err(io())?;
     let udp = tokio::net::UdpSocket::from_std(udp).map_err(io())?;
     let status = Arc::new(Mutex::new(ctx.status()));
@@ -792,6 +798,14 @@ async fn control_loop(
                 let _ = req.reply.send(answer);
             }
             _ = tick.tick() => {
+                // The engines' tick judges liveness: first apply what came
+                // while this loop was held up (a busy machine), or a peer
+                // whose reports wait unread would be held dead.
+                for _ in 0..MAX_CONTROL_BACKLOG {
+                    let Ok((n, from)) = backlog.recv_from(&mut buf) else { break };
+                    let now = clock(ctx.origin);
+                    ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut ctx.engines);
+                }
                 let now = clock(ctx.origin);
                 if !ctx.engines.is_measuring() && Instant::now() >= next_refresh {
                     // Every shard notes what opens and ends during the
