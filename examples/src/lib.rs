@@ -179,6 +179,7 @@ pub fn run(
         name: cfg.backend.tun_name.clone(),
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
+        persist: false,
     })
     .map_err(|e| format!("TUN device: {e}"))?;
     let peer_services: Vec<Ipv4Addr> = cfg

@@ -27,6 +27,7 @@
 //! order of the set-up and of its undoing, also when a step fails.
 
 use crate::netlink::{self, Netlink, NetlinkSys, RT_TABLE_LOCAL, RT_TABLE_MAIN, Request, Rule};
+use crate::state::{HostState, StateFile, UndoStep as Undo};
 use crate::sys::{self, NetlinkSocket};
 use std::collections::BTreeSet;
 use std::io;
@@ -175,19 +176,33 @@ fn needs_root_hint(e: &io::Error) -> &'static str {
     }
 }
 
-#[derive(Debug)]
-enum Undo {
-    Del(Request),
-    Add(Request),
-    Sysctl { path: PathBuf, old: String },
-}
-
-/// The set-up host; dropping it undoes everything.
+/// The set-up host; dropping it undoes everything (unless it was
+/// [held](HostGuard::hold) for the next instance).
 #[derive(Debug)]
 pub struct HostGuard<S: HostSys = RealHost> {
     nl: Netlink<S>,
     plan: HostPlan,
     undo: Vec<Undo>,
+    /// Where every change is recorded before it is made, with the devices.
+    journal: Option<(StateFile, HostState)>,
+    /// What a previous instance recorded and this one has not yet taken
+    /// over (see [`HostGuard::setup_takeover`]).
+    prev: Vec<Undo>,
+    /// Steps of the previous instance this one found made and kept.
+    taken_over: usize,
+    /// The previous instance's devices (TUN name, XDP attachment).
+    prev_devices: (Option<String>, Option<(u32, u32)>),
+    /// False once held: dropping then leaves everything in place.
+    armed: bool,
+}
+
+/// What a take-over found (for logs and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakeoverReport {
+    /// Steps the previous instance had made that this one kept as they were.
+    pub taken_over: usize,
+    /// Steps of the previous instance this plan does not make, undone.
+    pub stale_undone: Vec<String>,
 }
 
 fn conf(dev: &str, key: &str) -> PathBuf {
@@ -271,17 +286,77 @@ impl HostGuard {
     /// Applies `plan` to this host. On error, what was done is undone
     /// before returning.
     pub fn setup(plan: &HostPlan) -> Result<Self, SetupError> {
+        Self::setup_takeover(plan, None, None)
+    }
+
+    /// [`setup`](Self::setup) with a journal (`journal`: the state file and
+    /// what goes in it besides the steps), taking over what a previous
+    /// instance left (`prev`, read from the same file): see
+    /// [`HostGuard::setup_with_takeover`].
+    pub fn setup_takeover(
+        plan: &HostPlan,
+        journal: Option<(StateFile, HostState)>,
+        prev: Option<&HostState>,
+    ) -> Result<Self, SetupError> {
         if !can_set_up() {
             return Err(privilege_error());
         }
         let sys = RealHost::open().map_err(step("opening a netlink socket"))?;
-        Self::setup_with(sys, plan)
+        Self::setup_with_takeover(sys, plan, journal, prev)
+    }
+
+    /// A guard over what a journal records, to undo it
+    /// ([`teardown`](Self::teardown) and [`remove_devices`](Self::remove_devices)):
+    /// `dprd cleanup`, after a process that left a hold or died.
+    pub fn from_journal(file: StateFile, st: HostState) -> Result<Self, SetupError> {
+        let sys = RealHost::open().map_err(step("opening a netlink socket"))?;
+        Ok(Self::from_journal_with(sys, file, st))
     }
 }
 
 impl<S: HostSys> HostGuard<S> {
     /// [`HostGuard::setup`] through `sys`.
     pub fn setup_with(sys: S, plan: &HostPlan) -> Result<Self, SetupError> {
+        Self::setup_with_takeover(sys, plan, None, None)
+    }
+
+    /// [`HostGuard::from_journal`] through `sys`.
+    pub fn from_journal_with(sys: S, file: StateFile, st: HostState) -> Self {
+        let undo = st.undo.clone();
+        Self {
+            nl: Netlink::new(sys),
+            plan: HostPlan::new("", "", 0, Ipv4Addr::UNSPECIFIED),
+            undo,
+            journal: Some((
+                file,
+                HostState {
+                    undo: Vec::new(),
+                    ..st
+                },
+            )),
+            prev: Vec::new(),
+            taken_over: 0,
+            prev_devices: (None, None),
+            armed: true,
+        }
+    }
+
+    /// Applies `plan` through `sys`, recording every step in the journal
+    /// before making it. `prev` is what a previous instance on this host
+    /// recorded and left (it died, or held its set-up for us): a step it
+    /// made that this plan makes too is found in place (`EEXIST`, or the
+    /// `local` rule already moved) and kept, without a moment where it is
+    /// missing, so the diversion of the connections it routes never lapses;
+    /// a sysctl keeps the *original* value it recorded, not the one it set;
+    /// what it made that this plan does not is undone at the end (see
+    /// [`finish_takeover`](Self::finish_takeover)). Without `prev`, an
+    /// object that already exists is an error, as before.
+    pub fn setup_with_takeover(
+        sys: S,
+        plan: &HostPlan,
+        journal: Option<(StateFile, HostState)>,
+        prev: Option<&HostState>,
+    ) -> Result<Self, SetupError> {
         if !sys.can_set_up() {
             return Err(privilege_error());
         }
@@ -291,7 +366,13 @@ impl<S: HostSys> HostGuard<S> {
             nl: Netlink::new(sys),
             plan: plan.clone(),
             undo: Vec::new(),
+            journal,
+            prev: prev.map(|p| p.undo.clone()).unwrap_or_default(),
+            taken_over: 0,
+            prev_devices: prev.map(|p| (p.tun.clone(), p.xdp)).unwrap_or_default(),
+            armed: true,
         };
+        g.record()?;
         // Every early return below drops `g`, which undoes what was done.
         let up = plan.uplink.as_str();
         let tun = plan.tun_name.as_str();
@@ -309,15 +390,36 @@ impl<S: HostSys> HostGuard<S> {
         ];
         for (path, want, only_if_strict) in sysctls {
             let what = format!("sysctl {}", path.display());
-            let old = g.nl.sys_mut().sysctl_read(&path).map_err(step(&what))?;
-            if old == want || (only_if_strict && old != "1") {
+            let current = g.nl.sys_mut().sysctl_read(&path).map_err(step(&what))?;
+            // The value before any instance changed it.
+            let recorded = g.take_prev(|u| matches!(u, Undo::Sysctl { path: p, .. } if *p == path));
+            let old = match recorded {
+                Some(Undo::Sysctl { old, .. }) => old,
+                _ => current.clone(),
+            };
+            if only_if_strict && old != "1" {
+                if current != old {
+                    // A previous instance changed what we would leave.
+                    g.nl.sys_mut()
+                        .sysctl_write(&path, &old)
+                        .map_err(step(&what))?;
+                }
                 continue;
             }
-            g.nl.sys_mut()
-                .sysctl_write(&path, want)
-                .map_err(step(&what))?;
+            if old == want && current == want {
+                continue;
+            }
+            g.push(Undo::Sysctl {
+                path: path.clone(),
+                old: old.clone(),
+            })?;
+            if current != want {
+                if let Err(e) = g.nl.sys_mut().sysctl_write(&path, want) {
+                    g.unpush();
+                    return Err(step(&what)(e));
+                }
+            }
             tracing::debug!(path = %path.display(), %old, new = want, "sysctl");
-            g.undo.push(Undo::Sysctl { path, old });
         }
         for a in &plan.peer_service_addrs {
             g.add(netlink::addr(plan.tun_ifindex, IpAddr::V4(*a), 32, false))?;
@@ -348,6 +450,153 @@ impl<S: HostSys> HostGuard<S> {
             g.move_local_rule()?;
         }
         Ok(g)
+    }
+
+    /// Removes and returns the first step of the previous instance that
+    /// matches.
+    fn take_prev(&mut self, pred: impl Fn(&Undo) -> bool) -> Option<Undo> {
+        let i = self.prev.iter().position(pred)?;
+        Some(self.prev.remove(i))
+    }
+
+    /// Writes the journal (if there is one) as it stands.
+    fn record(&mut self) -> Result<(), SetupError> {
+        if let Some((file, st)) = &mut self.journal {
+            st.undo.clone_from(&self.undo);
+            st.undo.extend(self.prev.iter().cloned());
+            st.held = !self.armed;
+            st.pid = std::process::id();
+            file.write(st).map_err(|e| SetupError {
+                step: "writing the state journal".into(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Records `u` (journal first), before the step it undoes is made.
+    fn push(&mut self, u: Undo) -> Result<(), SetupError> {
+        self.undo.push(u);
+        self.record()
+    }
+
+    /// The step just pushed was not made after all.
+    fn unpush(&mut self) {
+        self.undo.pop();
+        let _ = self.record();
+    }
+
+    /// What the previous instance made that this plan does not, undone
+    /// (last made first); call once the new set-up is complete. The
+    /// journal then records only this instance's steps.
+    pub fn finish_takeover(&mut self) -> TakeoverReport {
+        let stale = std::mem::take(&mut self.prev);
+        let mut report = TakeoverReport {
+            taken_over: self.taken_over,
+            stale_undone: Vec::new(),
+        };
+        for u in stale.into_iter().rev() {
+            let what = u.describe();
+            if let Err(e) = self.undo_one(&u) {
+                tracing::warn!(%what, error = %e, "undoing a previous instance's step failed");
+            }
+            report.stale_undone.push(what);
+        }
+        let (tun, xdp) = self.devices();
+        let (prev_tun, prev_xdp) = std::mem::take(&mut self.prev_devices);
+        if let Some((ifindex, flags)) = prev_xdp.filter(|x| Some(*x) != xdp) {
+            let _ = self.nl.set_xdp(ifindex, -1, flags);
+            report
+                .stale_undone
+                .push(format!("detach XDP from ifindex {ifindex}"));
+        }
+        if let Some(name) = prev_tun.filter(|t| Some(t) != tun.as_ref()) {
+            if let Ok(i) = self.nl.sys().if_index(&name) {
+                let _ = self.nl.del_link(i);
+            }
+            report
+                .stale_undone
+                .push(format!("delete TUN device {name}"));
+        }
+        let _ = self.record();
+        report
+    }
+
+    /// Records the devices the daemon made persistent (the TUN device) or
+    /// attached (the XDP program: interface index and mode flags), so that
+    /// the next instance or `dprd cleanup` can find them.
+    pub fn set_devices(
+        &mut self,
+        tun: Option<String>,
+        xdp: Option<(u32, u32)>,
+    ) -> Result<(), SetupError> {
+        if let Some((_, st)) = &mut self.journal {
+            st.tun = tun;
+            st.xdp = xdp;
+        }
+        self.record()
+    }
+
+    /// The devices the journal records (TUN name, XDP attachment).
+    pub fn devices(&self) -> (Option<String>, Option<(u32, u32)>) {
+        self.journal
+            .as_ref()
+            .map(|(_, st)| (st.tun.clone(), st.xdp))
+            .unwrap_or_default()
+    }
+
+    /// Leaves everything in place for the next instance: the journal says
+    /// so (`held`), and dropping the guard undoes nothing.
+    pub fn hold(&mut self) -> Result<(), SetupError> {
+        self.armed = false;
+        self.record()
+    }
+
+    /// Whether [`hold`](Self::hold) was called.
+    pub fn is_held(&self) -> bool {
+        !self.armed
+    }
+
+    /// Detaches the recorded XDP program and deletes the recorded
+    /// (persistent) TUN device, then removes the journal: the last step of
+    /// a full stop, after [`teardown`](Self::teardown) and after the
+    /// workers have closed their queues. Returns the steps that failed.
+    pub fn remove_devices(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        let (tun, xdp) = self.devices();
+        let gone = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::EINVAL)
+            )
+        };
+        if let Some((ifindex, flags)) = xdp {
+            if let Err(e) = self.nl.set_xdp(ifindex, -1, flags) {
+                if !gone(&e) {
+                    failed.push(format!("detach XDP from ifindex {ifindex}: {e}"));
+                }
+            }
+        }
+        if let Some(name) = &tun {
+            // A device that is gone already has nothing to undo.
+            if let Ok(i) = self.nl.sys().if_index(name) {
+                if let Err(e) = self.nl.del_link(i) {
+                    if !gone(&e) {
+                        failed.push(format!("delete TUN device {name}: {e}"));
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            if let Some((file, _)) = self.journal.take() {
+                if let Err(e) = file.remove() {
+                    failed.push(e.to_string());
+                }
+            }
+        } else {
+            let _ = self.record();
+        }
+        failed
     }
 
     /// `default dev TUN` in the divert table and the diversion rules.
@@ -407,12 +656,25 @@ impl<S: HostSys> HostGuard<S> {
         }
         .request();
         self.add(local_new)?;
-        self.nl.del(&local_old).map_err(|e| SetupError {
-            step: format!("deleting {}", local_old.describe),
-            source: e,
-        })?;
-        self.undo.push(Undo::Add(local_old));
-        Ok(())
+        let recorded = self
+            .take_prev(|u| matches!(u, Undo::Add(r) if r.payload == local_old.payload))
+            .is_some();
+        self.push(Undo::Add(local_old.clone()))?;
+        match self.nl.del(&local_old) {
+            Ok(()) => Ok(()),
+            Err(e) if recorded && e.raw_os_error() == Some(libc::ENOENT) => {
+                // The previous instance moved it already.
+                self.taken_over += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.unpush();
+                Err(SetupError {
+                    step: format!("deleting {}", local_old.describe),
+                    source: e,
+                })
+            }
+        }
     }
 
     fn mss_rule(&self, a: Ipv4Addr) -> Request {
@@ -433,19 +695,40 @@ impl<S: HostSys> HostGuard<S> {
     }
 
     fn add(&mut self, req: Request) -> Result<(), SetupError> {
-        self.nl.add(&req).map_err(|e| SetupError {
-            step: format!("adding {}", req.describe),
-            source: e,
-        })?;
-        tracing::debug!(what = %req.describe, "added");
-        self.undo.push(Undo::Del(req));
-        Ok(())
+        let recorded = self
+            .take_prev(|u| matches!(u, Undo::Del(r) if r.payload == req.payload))
+            .is_some();
+        self.push(Undo::Del(req.clone()))?;
+        match self.nl.add(&req) {
+            Ok(()) => {
+                tracing::debug!(what = %req.describe, "added");
+                Ok(())
+            }
+            Err(e) if recorded && e.raw_os_error() == Some(libc::EEXIST) => {
+                tracing::debug!(what = %req.describe, "taken over");
+                self.taken_over += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.unpush();
+                let hint = if e.raw_os_error() == Some(libc::EEXIST) {
+                    " (not made by a dprd whose journal is in the state directory: remove it by hand)"
+                } else {
+                    ""
+                };
+                Err(SetupError {
+                    step: format!("adding {}{hint}", req.describe),
+                    source: e,
+                })
+            }
+        }
     }
 
     fn remove_recorded(&mut self, req: &Request) -> io::Result<()> {
         self.nl.del(req)?;
         self.undo
             .retain(|u| !matches!(u, Undo::Del(r) if r.payload == req.payload));
+        let _ = self.record();
         Ok(())
     }
 
@@ -478,67 +761,67 @@ impl<S: HostSys> HostGuard<S> {
 
     /// What the guard will undo, in the order it will (for logs and tests).
     pub fn pending_undo(&self) -> Vec<String> {
-        self.undo
-            .iter()
-            .rev()
-            .map(|u| match u {
-                Undo::Del(r) => format!("delete {}", r.describe),
-                Undo::Add(r) => format!("re-add {}", r.describe),
-                Undo::Sysctl { path, old } => format!("restore {} = {old}", path.display()),
-            })
-            .collect()
+        self.undo.iter().rev().map(Undo::describe).collect()
+    }
+
+    /// Undoes one step; what is gone already counts as undone.
+    fn undo_one(&mut self, u: &Undo) -> io::Result<()> {
+        match u {
+            Undo::Del(req) => self.nl.del(req).or_else(|e| {
+                // Gone already (the TUN device took its addresses and
+                // routes with it): nothing to undo.
+                if e.raw_os_error() == Some(libc::ENODEV)
+                    || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    || e.raw_os_error() == Some(libc::ESRCH)
+                    || e.raw_os_error() == Some(libc::ENOENT)
+                {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }),
+            Undo::Add(req) => self.nl.add(req).or_else(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }),
+            Undo::Sysctl { path, old } => {
+                if self.nl.sys().sysctl_exists(path) {
+                    self.nl.sys_mut().sysctl_write(path, old)
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Undoes everything now; returns the steps that failed. Idempotent.
+    /// The journal follows each step (the devices stay in it until
+    /// [`remove_devices`](Self::remove_devices)).
     pub fn teardown(&mut self) -> Vec<String> {
         let mut failed = Vec::new();
         while let Some(u) = self.undo.pop() {
-            let r = match &u {
-                Undo::Del(req) => self.nl.del(req).or_else(|e| {
-                    // Gone already (the TUN device took its addresses and
-                    // routes with it): nothing to undo.
-                    if e.raw_os_error() == Some(libc::ENODEV)
-                        || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
-                        || e.raw_os_error() == Some(libc::ESRCH)
-                        || e.raw_os_error() == Some(libc::ENOENT)
-                    {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                }),
-                Undo::Add(req) => self.nl.add(req).or_else(|e| {
-                    if e.raw_os_error() == Some(libc::EEXIST) {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                }),
-                Undo::Sysctl { path, old } => {
-                    if self.nl.sys().sysctl_exists(path) {
-                        self.nl.sys_mut().sysctl_write(path, old)
-                    } else {
-                        Ok(())
-                    }
-                }
-            };
-            if let Err(e) = r {
-                let what = match &u {
-                    Undo::Del(r) => format!("delete {}", r.describe),
-                    Undo::Add(r) => format!("re-add {}", r.describe),
-                    Undo::Sysctl { path, .. } => format!("restore {}", path.display()),
-                };
+            if let Err(e) = self.undo_one(&u) {
+                let what = u.describe();
                 tracing::warn!(%what, error = %e, "teardown step failed");
                 failed.push(format!("{what}: {e}"));
             }
+            let _ = self.record();
         }
         failed
     }
 }
 
 impl<S: HostSys> Drop for HostGuard<S> {
+    /// Unless held: undoes every step, then removes the recorded devices
+    /// and the journal.
     fn drop(&mut self) {
-        let _ = self.teardown();
+        if self.armed {
+            let _ = self.teardown();
+            let _ = self.remove_devices();
+        }
     }
 }
 
@@ -897,5 +1180,148 @@ mod tests {
         expected.objects.push((Object::Rule as u8, mss));
         expected.objects.sort();
         assert_eq!(after, expected);
+    }
+
+    // ---- Take-over of what a previous instance left. ----
+
+    fn journal_dir(name: &str) -> (StateFile, PathBuf) {
+        let d = std::env::temp_dir().join(format!("dpr-host-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        (StateFile::in_dir(&d), d)
+    }
+
+    fn meta() -> HostState {
+        HostState {
+            tun: Some("dpr0".into()),
+            ..HostState::default()
+        }
+    }
+
+    #[test]
+    fn a_dead_instance_is_taken_over_with_no_gap_and_its_originals_come_back() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let (file, dir) = journal_dir("crash");
+        let g1 =
+            HostGuard::setup_with_takeover(k.clone(), &plan(), Some((file.clone(), meta())), None)
+                .unwrap();
+        let set_up = k.with(|s| s.snapshot());
+        // The process dies: nothing is undone.
+        std::mem::forget(g1);
+        let prev = file.load().unwrap().unwrap();
+        assert!(!prev.held, "a running instance's journal is not a hold");
+        assert_eq!(prev.tun.as_deref(), Some("dpr0"));
+        assert_eq!(prev.undo.len(), 18, "{:?}", prev.undo);
+        // Without the journal, the next start fails as the issue saw.
+        let e = HostGuard::setup_with(k.clone(), &plan()).unwrap_err();
+        assert!(e.to_string().contains("File exists"), "{e}");
+        assert_eq!(
+            k.with(|s| s.snapshot()),
+            set_up,
+            "a failed start undid nothing of the dead one's"
+        );
+        // With it, the next instance takes everything over.
+        let n = k.journal().len();
+        let mut g2 = HostGuard::setup_with_takeover(
+            k.clone(),
+            &plan(),
+            Some((file.clone(), meta())),
+            Some(&prev),
+        )
+        .unwrap();
+        // Not one object was missing at any moment: nothing was deleted.
+        let deleted: Vec<_> = k.journal()[n..]
+            .iter()
+            .filter(|o| matches!(o, KernelOp::Del(..)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![KernelOp::del(&local_rule(0))],
+            "only the (absent) old local rule"
+        );
+        assert_eq!(k.with(|s| s.snapshot()), set_up);
+        let r = g2.finish_takeover();
+        assert_eq!(r.taken_over, 8, "{r:?}");
+        assert!(r.stale_undone.is_empty(), "{r:?}");
+        assert_eq!(file.load().unwrap().unwrap().undo.len(), 18);
+        // Stopping restores the values before the *first* instance.
+        drop(g2);
+        assert_eq!(k.with(|s| s.snapshot()), before, "the host is as it was");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn what_the_new_plan_does_not_make_is_undone_after_the_take_over() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let (file, dir) = journal_dir("stale");
+        let mut g1 =
+            HostGuard::setup_with_takeover(k.clone(), &plan(), Some((file.clone(), meta())), None)
+                .unwrap();
+        g1.hold().unwrap();
+        drop(g1);
+        let prev = file.load().unwrap().unwrap();
+        assert!(prev.held);
+        let p2 = HostPlan {
+            peer_service_addrs: vec![v4("198.18.0.3")],
+            ..plan()
+        };
+        let mut g2 = HostGuard::setup_with_takeover(
+            k.clone(),
+            &p2,
+            Some((file.clone(), meta())),
+            Some(&prev),
+        )
+        .unwrap();
+        let r = g2.finish_takeover();
+        assert_eq!(
+            r.stale_undone,
+            vec![
+                "delete rule pref 15 from 198.18.0.2 lookup 101",
+                "delete address 198.18.0.2/32 on ifindex 5"
+            ]
+        );
+        let now = k.with(|s| s.snapshot());
+        let old_addr = peer_addr("198.18.0.2").payload;
+        assert!(!now.objects.iter().any(|(_, p)| *p == old_addr));
+        drop(g2);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+        assert_eq!(
+            file.load().unwrap(),
+            None,
+            "a full stop removes the journal"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_step_recorded_but_never_made_is_made_and_kept() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let (file, dir) = journal_dir("wal");
+        // The journal names a step its process died before making.
+        let mut prev = HostState::default();
+        prev.undo.push(Undo::Del(peer_addr("198.18.0.2")));
+        let mut g = HostGuard::setup_with_takeover(
+            k.clone(),
+            &plan(),
+            Some((file.clone(), meta())),
+            Some(&prev),
+        )
+        .unwrap();
+        let r = g.finish_takeover();
+        assert!(r.stale_undone.is_empty(), "{r:?}");
+        let a = peer_addr("198.18.0.2").payload;
+        assert!(
+            k.with(|s| s.snapshot())
+                .objects
+                .iter()
+                .any(|(_, p)| *p == a)
+        );
+        drop(g);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -51,6 +51,7 @@ pub mod netlink;
 pub mod privs;
 pub mod shard;
 pub mod sockdiag;
+pub mod state;
 pub mod sys;
 pub mod tun;
 pub mod worker;

@@ -45,6 +45,10 @@ pub const NLM_F_CREATE: u16 = 0x400;
 /// Dump every object (root and match).
 pub const NLM_F_DUMP: u16 = 0x300;
 
+/// Deletes a link (an interface).
+pub const RTM_DELLINK: u16 = 17;
+/// Changes a link's settings (its XDP program among them).
+pub const RTM_SETLINK: u16 = 19;
 /// Adds an address.
 pub const RTM_NEWADDR: u16 = 20;
 /// Deletes an address.
@@ -155,6 +159,18 @@ pub struct Request {
     pub payload: Vec<u8>,
     /// For logs: `ip`-like text.
     pub describe: String,
+}
+
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_FLAGS: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// An `ifinfomsg` for link `ifindex` (family unspecified, no flag change).
+fn ifinfo(ifindex: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 16];
+    p[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    p
 }
 
 fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
@@ -769,6 +785,26 @@ impl<S: NetlinkSys> Netlink<S> {
                 }
             }
         }
+    }
+
+    /// Deletes the link `ifindex` (`ip link del`): how a persistent TUN
+    /// device goes.
+    pub fn del_link(&mut self, ifindex: u32) -> io::Result<()> {
+        self.exec(RTM_DELLINK, 0, &ifinfo(ifindex))
+    }
+
+    /// Attaches XDP program `prog_fd` to link `ifindex` with `flags`
+    /// (`XDP_FLAGS_SKB_MODE` or `XDP_FLAGS_DRV_MODE`), replacing the
+    /// program attached there in the same mode, if any (`ip link set dev
+    /// X xdp fd N`); `prog_fd` -1 detaches. Unlike a BPF link, this
+    /// attachment outlives the process: it is the daemon's to remove.
+    pub fn set_xdp(&mut self, ifindex: u32, prog_fd: i32, flags: u32) -> io::Result<()> {
+        let mut p = ifinfo(ifindex);
+        let mut nested = Vec::new();
+        push_attr(&mut nested, IFLA_XDP_FD, &prog_fd.to_ne_bytes());
+        push_attr(&mut nested, IFLA_XDP_FLAGS, &flags.to_ne_bytes());
+        push_attr(&mut p, IFLA_XDP | NLA_F_NESTED, &nested);
+        self.exec(RTM_SETLINK, 0, &p)
     }
 
     /// Adds the object of `req` (fails if it exists).

@@ -389,6 +389,12 @@ impl EngineSet {
         out.into_iter().map(|(_, v)| v).collect()
     }
 
+    /// [`Engine::restart_silence`] on the control engine and every shard.
+    pub fn restart_silence(&mut self, now: Timestamp) {
+        self.control.restart_silence(now);
+        self.broadcast(move |e| e.restart_silence(now));
+    }
+
     /// Replaces every shard's policy with a new instance from `make`.
     pub fn set_policy(&mut self, make: &mut dyn FnMut() -> Box<dyn Policy + Send>) {
         self.control.set_policy(make());
@@ -695,8 +701,8 @@ impl ClusterEngine for EngineSet {
         });
         Ok(true)
     }
-    fn served_for(&mut self, origin: PeerId) -> Vec<FlowKey> {
-        self.ask(move |e| e.served_for(origin)).concat()
+    fn served_for(&mut self, origin: PeerId, now: Timestamp) -> Vec<FlowKey> {
+        self.ask(move |e| e.served_for(origin, now)).concat()
     }
     fn last_redirector(&self) -> Option<PeerId> {
         self.last_redirector

@@ -362,6 +362,24 @@ pub fn effective_caps() -> io::Result<u32> {
     Ok(data[0].effective)
 }
 
+/// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when
+/// another open file description holds it. The kernel releases it when the
+/// last descriptor of this one closes, also when the process dies.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor `file` owns and keeps open for the
+    // call; no memory is shared with the kernel.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -22,6 +22,13 @@ pub struct TunConfig {
     pub mtu: u16,
     /// Number of queues (one worker thread each), at least 1.
     pub queues: usize,
+    /// Make the device persistent (`TUNSETPERSIST`): it, its addresses and
+    /// the routes through it outlive the process, so that a crash or a
+    /// restart leaves the diversion in place (packets routed into a device
+    /// with no queue attached are dropped, not delivered to the local
+    /// stack). An existing persistent device of that name is attached to.
+    /// The owner deletes it at a full stop (`Netlink::del_link`).
+    pub persist: bool,
 }
 
 /// An open TUN device: its queues and its interface index. Dropping every
@@ -74,6 +81,14 @@ impl TunDevice {
                     io::Error::new(e.kind(), format!("creating TUN device {:?}: {e}", cfg.name))
                 }
             })?;
+        if cfg.persist {
+            first.persist().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("making TUN device {:?} persistent: {e}", cfg.name),
+                )
+            })?;
+        }
         let mut devs = Vec::with_capacity(cfg.queues.max(1));
         for _ in 1..cfg.queues.max(1) {
             devs.push(first.try_clone()?);

@@ -13,17 +13,21 @@
 //!
 //! [`XdpBackend::start`] returns everything the data path needs or an
 //! [`XdpError`] naming the step (interface, map entry, queue, mode) that
-//! failed; a daemon logs it and falls back to the TUN backend. Dropping
-//! the backend detaches the program (a BPF link), also when the process
-//! dies. [`XdpProgram`] is generic over the `bpf(2)` layer, so its map
+//! failed; a daemon logs it and falls back to the TUN backend. The
+//! program is attached over netlink (`IFLA_XDP`), replacing a previous
+//! instance's in place, and stays attached when the process ends (a
+//! restart or a crash): with no socket it drops the router's traffic, so
+//! the local stack never answers the packets of connections routed
+//! elsewhere. [`XdpBackend::detach`] removes it at a full stop. [`XdpProgram`] is generic over the `bpf(2)` layer, so its map
 //! maintenance is tested with [`dpr_xdp::FakeBpf`] below, without root.
 
 use crate::sys;
 use dpr_xdp::xsk::{XskConfig, XskSocket};
-use dpr_xdp::{BpfSys, Counters, ProgramConfig, RealBpf, RouterProgram, XdpLink, XdpMode};
+use dpr_xdp::{BpfSys, Counters, MissingSocket, ProgramConfig, RealBpf, RouterProgram, XdpMode};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 
 /// A peer as the XDP program sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +142,11 @@ impl<B: BpfSys> XdpProgram<B> {
             bpf,
             &ProgramConfig {
                 max_queues: plan.queues.max(64),
+                // Between two instances (a restart, a crash) the program
+                // stays attached with no socket: the packets of the
+                // connections this host routes are held back (dropped; the
+                // client retransmits), never answered by the local stack.
+                missing_socket: MissingSocket::Drop,
                 ..ProgramConfig::default()
             },
         )
@@ -229,8 +238,10 @@ impl<B: BpfSys> XdpProgram<B> {
 pub struct XdpBackend {
     /// The program and its maps (peers are updated on reload).
     pub program: XdpProgram,
-    /// The attachment; dropping it detaches the program.
-    pub link: XdpLink,
+    /// How the program is attached: over netlink, so it outlives the
+    /// process (a restart or a crash holds the traffic; see
+    /// [`XdpBackend::detach`]).
+    pub attached: XdpAttachment,
     /// One bound socket per queue, in queue order (taken by the workers).
     pub sockets: Vec<XskSocket>,
     /// Uplink interface index.
@@ -258,7 +269,7 @@ impl XdpBackend {
                 tracing::warn!(
                     uplink = %uplink, rx_queues = n, sockets = plan.queues,
                     "the uplink has more receive queues than sockets: \
-                     router traffic on the others goes to the kernel unrouted"
+                     router traffic on the others is dropped"
                 );
             }
         }
@@ -276,38 +287,103 @@ impl XdpBackend {
                 .map_err(map_err("socket", format!("queue {q}")))?;
             sockets.push(s);
         }
-        let link = program
-            .program
-            .attach(ifindex, plan.mode)
-            .map_err(|source| XdpError::Attach {
+        let attached = attach(ifindex, program.program.prog_fd().as_raw_fd(), plan.mode).map_err(
+            |source| XdpError::Attach {
                 uplink: uplink.clone(),
                 mode: plan.mode,
-                source,
-            })?;
+                source: dpr_xdp::Error::Syscall {
+                    op: "RTM_SETLINK IFLA_XDP",
+                    source,
+                },
+            },
+        )?;
         Ok(Self {
             program,
-            link,
+            attached,
             sockets,
             ifindex,
             mac,
         })
     }
 
-    /// "af-xdp (native)" or "af-xdp (generic)".
+    /// The backend's name for status and logs.
     pub fn name(&self) -> String {
-        match self.link.mode() {
+        match self.attached.mode {
             XdpMode::Generic => "af-xdp (generic)".into(),
             _ => "af-xdp (native)".into(),
         }
     }
 
-    /// [`XdpProgram::set_peers`].
+    /// Detaches the program (a full stop; a held stop leaves it).
+    pub fn detach(&self) -> io::Result<()> {
+        crate::netlink::Netlink::open()?.set_xdp(self.attached.ifindex, -1, self.attached.flags)
+    }
+
+    /// Updates the peers in the program's maps (config reload).
     pub fn set_peers(&mut self, peers: &[XdpPeer]) -> Result<(), XdpError> {
         self.program.set_peers(peers)
     }
 }
 
 /// Receive queues of `dev` (from sysfs), if readable.
+/// An XDP program attached over netlink (`IFLA_XDP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpAttachment {
+    /// The interface.
+    pub ifindex: u32,
+    /// `XDP_FLAGS_DRV_MODE` or `XDP_FLAGS_SKB_MODE`.
+    pub flags: u32,
+    /// The mode those flags mean.
+    pub mode: XdpMode,
+}
+
+const XDP_FLAGS_SKB_MODE: u32 = 2;
+const XDP_FLAGS_DRV_MODE: u32 = 4;
+
+/// Attaches `prog_fd` to `ifindex` over netlink, replacing the program
+/// attached in the same mode (a previous instance's: no moment without
+/// one). `Auto` tries native, then generic. A program of a previous
+/// instance in the other mode blocks the attachment (`EEXIST`: the kernel
+/// allows one mode at a time); it is detached, and the attachment retried.
+fn attach(ifindex: u32, prog_fd: i32, mode: XdpMode) -> io::Result<XdpAttachment> {
+    let mut nl = crate::netlink::Netlink::open()?;
+    let modes: &[XdpMode] = match mode {
+        XdpMode::Auto => &[XdpMode::Native, XdpMode::Generic],
+        XdpMode::Native => &[XdpMode::Native],
+        XdpMode::Generic => &[XdpMode::Generic],
+    };
+    let mut last = io::Error::other("no mode to try");
+    for &m in modes {
+        let (flags, other) = if m == XdpMode::Native {
+            (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE)
+        } else {
+            (XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE)
+        };
+        let ok = XdpAttachment {
+            ifindex,
+            flags,
+            mode: m,
+        };
+        match nl.set_xdp(ifindex, prog_fd, flags) {
+            Ok(()) => return Ok(ok),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                tracing::info!(
+                    ifindex,
+                    "an XDP program is attached in the other mode: replacing it"
+                );
+                if nl.set_xdp(ifindex, -1, other).is_ok()
+                    && nl.set_xdp(ifindex, prog_fd, flags).is_ok()
+                {
+                    return Ok(ok);
+                }
+                last = e;
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 fn rx_queues(dev: &str) -> Option<u32> {
     let d = std::fs::read_dir(format!("/sys/class/net/{dev}/queues")).ok()?;
     let n = d

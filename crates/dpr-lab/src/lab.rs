@@ -352,13 +352,14 @@ impl Lab {
             "# dpr-lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
              [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
-             [admin]\nsocket = \"{}\"\nlog_level = \"info\"\ndecision_log = {DECISION_LOG}\n\n\
+             [admin]\nsocket = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"info\"\ndecision_log = {DECISION_LOG}\n\n\
              [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\nkey_file = \"{}\"\n\n{}",
             tunnel_addr(i),
             service_addr(i),
             s.policy,
             s.threshold,
             self.socket(i).display(),
+            self.dir.join(format!("state-h{i}")).display(),
             s.report_interval_ms,
             s.dead_after_ms,
             self.dir.join("cluster.key").display(),
@@ -512,6 +513,44 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops host `i`'s dprd as an operator would before taking a host
+    /// out: `drain` (new connections to peers), wait until it has left
+    /// (at most `limit`), then SIGTERM. A stop that still found
+    /// connections routed to peers holds its set-up for the next start
+    /// (`[backend] hold_on_exit`); this then runs `dprd cleanup`, and
+    /// returns true.
+    pub fn stop_dprd_drained(&mut self, i: usize, limit: Duration) -> Result<bool, String> {
+        self.admin(i, "drain")?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.status(i).is_ok_and(|s| s.phase == "left") {
+                break;
+            }
+            stop::sleep(Duration::from_millis(50))?;
+        }
+        self.signal_dprd(i, "TERM")?;
+        let journal = self.dir.join(format!("state-h{i}")).join("dprd.state");
+        if !journal.exists() {
+            return Ok(false);
+        }
+        let out = self
+            .in_ns(&self.host_ns(i), &self.programs.dprd.to_string_lossy())
+            .args([
+                "cleanup",
+                "--config",
+                &self.config_path(i).to_string_lossy(),
+            ])
+            .output()
+            .map_err(|e| format!("dprd cleanup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "dprd cleanup h{i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(true)
     }
 
     /// What dprd may leave behind in host `i`'s namespace: rules that are
@@ -1114,8 +1153,20 @@ pub fn main(args: &LabArgs) -> Result<(), String> {
     );
     println!();
     let mut clean = true;
+    // Drain every host at once (no new connections come any more), then
+    // stop each: a drained host has nothing routed, so its stop holds
+    // nothing.
     for i in 0..n {
-        lab.signal_dprd(i, "TERM")?;
+        lab.admin(i, "drain")?;
+    }
+    for i in 0..n {
+        let held = lab.stop_dprd_drained(i, Duration::from_secs(15))?;
+        if held {
+            println!(
+                "h{i}: stopped with connections still routed to peers: its set-up was held \
+                 for the next start, and `dprd cleanup` removed it"
+            );
+        }
         let left = lab.leftovers(i)?;
         if !left.is_empty() {
             clean = false;
@@ -1124,7 +1175,7 @@ pub fn main(args: &LabArgs) -> Result<(), String> {
     }
     if clean {
         println!(
-            "SIGTERM: every dprd removed its rules, routes, addresses, TUN device and sysctls."
+            "drain, then SIGTERM: every dprd removed its rules, routes, addresses, TUN device and sysctls."
         );
     }
     drop(lab);

@@ -366,11 +366,22 @@ impl Engine {
     }
 
     /// The connections this host serves that `origin` redirected here,
-    /// client to service (what `origin` needs to rebuild its routes).
-    pub fn served_for(&self, origin: PeerId) -> Vec<FlowKey> {
+    /// client to service (what `origin` needs to rebuild its routes): open
+    /// ones, and closing ones with a packet within the FIN grace time, as
+    /// [`forwarding_connections`](Self::forwarding_connections) counts them.
+    /// A connection that ended is left out: `origin` would restore its
+    /// route as established, keep it for the established timeout, and
+    /// count it as a connection that a stop must not break.
+    pub fn served_for(&self, origin: PeerId, now: Timestamp) -> Vec<FlowKey> {
+        let grace = u64::try_from(self.cfg.served.fin_grace.as_nanos()).unwrap_or(u64::MAX);
         self.served
             .iter()
             .filter(|e| e.route == Route::Peer(origin))
+            .filter(|e| match e.state {
+                ConnState::SynSeen | ConnState::Established => true,
+                ConnState::Closing => now.0.saturating_sub(e.last_seen.0) < grace,
+                ConnState::Closed => false,
+            })
             .map(|e| e.key)
             .collect()
     }
@@ -536,6 +547,12 @@ impl Engine {
     /// measurement (see [`LoadTable::set_local_others`]).
     pub fn set_local_others(&mut self, others: i64) {
         self.loads.set_local_others(others);
+    }
+
+    /// See [`LoadTable::restart_silence`]: call when the host starts
+    /// listening for reports.
+    pub fn restart_silence(&mut self, now: Timestamp) {
+        self.loads.restart_silence(now);
     }
 
     /// The hasher of the flow tables (seeded by

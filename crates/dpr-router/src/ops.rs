@@ -59,7 +59,7 @@ pub trait ClusterEngine {
         now: Timestamp,
     ) -> Result<bool, EngineError>;
     /// [`Engine::served_for`].
-    fn served_for(&mut self, origin: PeerId) -> Vec<FlowKey>;
+    fn served_for(&mut self, origin: PeerId, now: Timestamp) -> Vec<FlowKey>;
     /// [`Engine::last_redirector`].
     fn last_redirector(&self) -> Option<PeerId>;
 }
@@ -120,8 +120,8 @@ impl ClusterEngine for Engine {
     ) -> Result<bool, EngineError> {
         Engine::restore_route(self, flow, peer, now)
     }
-    fn served_for(&mut self, origin: PeerId) -> Vec<FlowKey> {
-        Engine::served_for(self, origin)
+    fn served_for(&mut self, origin: PeerId, now: Timestamp) -> Vec<FlowKey> {
+        Engine::served_for(self, origin, now)
     }
     fn last_redirector(&self) -> Option<PeerId> {
         Engine::last_redirector(self)

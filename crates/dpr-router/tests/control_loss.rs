@@ -138,7 +138,7 @@ impl ClusterEngine for Stub {
         self.restored_count += usize::from(new);
         Ok(new)
     }
-    fn served_for(&mut self, origin: PeerId) -> Vec<FlowKey> {
+    fn served_for(&mut self, origin: PeerId, _: Timestamp) -> Vec<FlowKey> {
         self.serves.get(&origin).cloned().unwrap_or_default()
     }
     fn last_redirector(&self) -> Option<PeerId> {

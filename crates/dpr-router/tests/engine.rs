@@ -753,7 +753,7 @@ fn confirmed_connections_are_learned_for_the_peer_that_owns_the_address() {
     };
     let now = Timestamp::from_nanos(5);
     assert!(e.confirm_served(&to_b(41_000), now));
-    assert_eq!(e.served_for(PeerId(1)), vec![to_b(41_000)]);
+    assert_eq!(e.served_for(PeerId(1), now), vec![to_b(41_000)]);
     // Not a peer's service address: nothing learned.
     let to_a = dpr_packet::FlowKey::new(
         dpr_packet::IpProtocol::Tcp,
@@ -1061,4 +1061,72 @@ fn steer_key_names_the_flow_the_tables_hold() {
     udp[9] = 17;
     assert_eq!(e.steer_key(&udp), None);
     assert_eq!(e.steer_key(&[0x45, 0, 0]), None);
+}
+
+/// What a restarted peer is told to restore: the connections it routed
+/// here that are open, or closing with a packet within the FIN grace time;
+/// not the ones that ended (it would restore them as established and count
+/// them as connections a stop must not break).
+#[test]
+fn recovery_answers_name_open_connections_only() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let t = Timestamp::from_millis(1);
+    let to_b = |port, seq, flags| {
+        tcp_packet(
+            client(port),
+            SocketAddr::new(B_SVC.into(), 80),
+            seq,
+            1,
+            flags,
+            None,
+            &[],
+        )
+    };
+    let flow = |port| parse_ip(&to_b(port, 0, TcpFlags::SYN)).unwrap().flow;
+    for port in [1, 2, 3] {
+        assert_eq!(
+            run(&mut e, t, &from_b(&to_b(port, 0, TcpFlags::SYN), B_TUN)).0,
+            Verdict::Deliver
+        );
+        run(&mut e, t, &from_b(&to_b(port, 1, TcpFlags::ACK), B_TUN));
+    }
+    // 2 closes (the client's FIN: all a server of a redirected connection sees).
+    run(
+        &mut e,
+        t,
+        &from_b(&to_b(2, 1, TcpFlags::FIN | TcpFlags::ACK), B_TUN),
+    );
+    // 3 is reset.
+    run(&mut e, t, &from_b(&to_b(3, 1, TcpFlags::RST), B_TUN));
+    let mut now = e.served_for(PeerId(1), t);
+    now.sort_by_key(|f| f.src_port);
+    assert_eq!(
+        now,
+        vec![flow(1), flow(2)],
+        "closing within the grace time counts"
+    );
+    let later = Timestamp::from_millis(1 + 5_000);
+    assert_eq!(e.served_for(PeerId(1), later), vec![flow(1)]);
+    assert!(e.served_for(PeerId(2), t).is_empty());
+}
+
+/// A route restored after a restart counts as forwarded until its client's
+/// FIN, then for the FIN grace time only.
+#[test]
+fn a_restored_route_stops_counting_after_its_fin() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    alive(&mut e, 1, Timestamp::from_millis(1));
+    let t = Timestamp::from_millis(2);
+    let flow = parse_ip(&syn(1000)).unwrap().flow;
+    assert!(e.restore_route(&flow, PeerId(1), t).unwrap());
+    assert_eq!(e.forwarding_connections(t), 1);
+    assert!(redirected(run(&mut e, t, &ack(1000, b"data")).0));
+    assert!(redirected(run(&mut e, t, &fin(1000)).0));
+    assert_eq!(
+        e.forwarding_connections(t),
+        1,
+        "closing, within the grace time"
+    );
+    let later = Timestamp::from_millis(2 + 4_001);
+    assert_eq!(e.forwarding_connections(later), 0);
 }

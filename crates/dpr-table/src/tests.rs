@@ -994,3 +994,26 @@ fn local_estimate_adds_the_other_routers_counts() {
     t.set_local(open(4), Capacity::default()).unwrap();
     assert_eq!((t.local_load(), t.local_net()), (4.0, 0));
 }
+
+/// A host that took long to start counts its peers' silence from when it
+/// started listening, not from when it added them: a peer it has not heard
+/// yet is not dead at its first refresh.
+#[test]
+fn silence_counts_from_when_the_host_starts_listening() {
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![addr(100)], Timestamp(0))
+        .unwrap();
+    t.add_peer(PeerId(2), addr(2), vec![addr(101)], Timestamp(0))
+        .unwrap();
+    t.apply_report(PeerId(2), &report(1, 1, 1.0), Timestamp(500))
+        .unwrap();
+    // The control loop starts at 1,000 (interval 100, dead after 4).
+    t.restart_silence(Timestamp(1_000));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    // Peer 2 was heard at 500: its silence is real.
+    assert_eq!(t.peer(PeerId(2)).unwrap().state, PeerState::Dead);
+    t.refresh(Timestamp(1_399));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    t.refresh(Timestamp(1_400));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Dead);
+}

@@ -117,6 +117,12 @@ pub struct BackendSection {
     /// AF_XDP: the XDP program decapsulates plain IPv4-in-IPv4 packets of
     /// connections in progress itself and passes them to the kernel.
     pub xdp_decap: bool,
+    /// At a stop (SIGTERM, SIGINT) while connections are routed to peers,
+    /// leave the diversion in place (persistent TUN device, rules, XDP
+    /// program) for the next `dprd run` to take over, so that in the gap
+    /// their packets are held back instead of answered with resets by the
+    /// local stack. `false`: always undo everything at a stop.
+    pub hold_on_exit: bool,
 }
 
 impl Default for BackendSection {
@@ -132,6 +138,7 @@ impl Default for BackendSection {
             local_rule_priority: 100,
             xdp_mode: XdpModeSetting::Auto,
             xdp_decap: true,
+            hold_on_exit: true,
         }
     }
 }
@@ -384,6 +391,9 @@ impl Default for TunnelSection {
 /// The admin socket's default path (`[admin] socket`).
 pub const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
 
+/// The state directory's default (`[admin] state_dir`).
+pub const DEFAULT_STATE_DIR: &str = "/run/dprd";
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -398,6 +408,9 @@ pub struct AdminSection {
     /// admin request `decisions` (0: none kept). `dprd lab` uses it to
     /// compare the load the engine decided on with the true load.
     pub decision_log: usize,
+    /// Where the instance lock (`dprd.lock`) and the host set-up journal
+    /// (`dprd.state`) live: one daemon per directory.
+    pub state_dir: PathBuf,
 }
 
 impl Default for AdminSection {
@@ -407,6 +420,7 @@ impl Default for AdminSection {
             metrics: None,
             log_level: "info".into(),
             decision_log: 0,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::status::{PeerRow, Status};
 use crate::{load, metrics};
 use dpr_io::host::{HostGuard, HostPlan};
 use dpr_io::shard::{EngineSet, split_capacity};
+use dpr_io::state::{HostState, InstanceLock, StateFile};
 use dpr_io::tun::{TunConfig, TunDevice};
 use dpr_io::worker::{WorkerStats, Workers, now_since};
 use dpr_io::xdp::XdpBackend;
@@ -167,6 +168,36 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     run_with_policy(config_path, None)
 }
 
+/// `dprd cleanup --config FILE`: undoes what the journal in the state
+/// directory records (a held set-up, or a dead instance's), under the
+/// instance lock, so never behind a live daemon's back.
+pub fn cleanup(config_path: &Path) -> Result<(), DaemonError> {
+    let cfg = Config::load(config_path)?;
+    init_logs(&cfg.admin.log_level);
+    if !dpr_io::host::can_set_up() {
+        return Err(DaemonError::NotRoot);
+    }
+    let _lock = InstanceLock::acquire(&cfg.admin.state_dir)?;
+    let file = StateFile::in_dir(&cfg.admin.state_dir);
+    let Some(st) = file.load().map_err(DaemonError::State)? else {
+        println!(
+            "nothing to clean up: no journal in {}",
+            cfg.admin.state_dir.display()
+        );
+        return Ok(());
+    };
+    let steps = st.undo.len();
+    let mut g = HostGuard::from_journal(file, st)?;
+    let mut failed = g.teardown();
+    failed.extend(g.remove_devices());
+    if failed.is_empty() {
+        println!("undone: {steps} steps, and the devices the journal named");
+        Ok(())
+    } else {
+        Err(DaemonError::Teardown(failed))
+    }
+}
+
 /// Runs the daemon with a policy of the caller's instead of the one the
 /// configuration names (`[policy]` is then ignored, also on reload): the
 /// way to embed a user-written [`Policy`] in a complete router. `custom`
@@ -180,10 +211,29 @@ pub fn run_with_policy(
     if !dpr_io::host::can_set_up() {
         return Err(DaemonError::NotRoot);
     }
+    // One instance per state directory; the lock dies with the process.
+    let _lock = InstanceLock::acquire(&cfg.admin.state_dir)?;
+    let journal = StateFile::in_dir(&cfg.admin.state_dir);
+    let prev = journal.load().map_err(DaemonError::State)?;
+    if let Some(p) = &prev {
+        tracing::info!(
+            pid = p.pid,
+            steps = p.undo.len(),
+            tun = ?p.tun,
+            xdp = ?p.xdp,
+            "taking over the host set-up {}",
+            if p.held {
+                "the previous dprd held for this start"
+            } else {
+                "left by a dprd that died"
+            }
+        );
+    }
     let mut tun = TunDevice::create(&TunConfig {
         name: cfg.backend.tun_name.clone(),
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
+        persist: true,
     })
     .map_err(|source| DaemonError::Tun {
         name: cfg.backend.tun_name.clone(),
@@ -207,8 +257,34 @@ pub fn run_with_policy(
     let backend_name = xdp
         .as_ref()
         .map_or_else(|| "tun".to_string(), XdpBackend::name);
-    // From here on, every exit path drops the guard and undoes the setup.
-    let guard = HostGuard::setup(&host_plan(&cfg, &tun, xdp.is_none()))?;
+    // From here on, every exit path drops the guard and undoes the setup
+    // (unless it is held at a stop).
+    let meta = HostState {
+        tun: Some(tun.name.clone()),
+        xdp: xdp.as_ref().map(|x| (x.attached.ifindex, x.attached.flags)),
+        ..HostState::default()
+    };
+    let mut guard = match HostGuard::setup_takeover(
+        &host_plan(&cfg, &tun, xdp.is_none()),
+        Some((journal, meta.clone())),
+        prev.as_ref(),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            // Set-up never began (no guard): the devices are ours to remove.
+            let mut g = HostGuard::from_journal(StateFile::in_dir(&cfg.admin.state_dir), meta)?;
+            let _ = g.remove_devices();
+            return Err(e.into());
+        }
+    };
+    let took = guard.finish_takeover();
+    if prev.is_some() {
+        tracing::info!(
+            kept = took.taken_over,
+            undone = ?took.stale_undone,
+            "took over the previous instance's set-up"
+        );
+    }
     tracing::info!(undo_steps = guard.pending_undo().len(), "host set up");
     // A layout that makes peers ignore our ARP requests fails silently
     // (redirected packets go nowhere): say so at start.
@@ -290,6 +366,15 @@ pub fn run_with_policy(
             source,
         };
         let who = dpr_io::privs::lookup(user).map_err(privs)?;
+        // The journal is rewritten at every change and removed at a full
+        // stop: the state directory and its files become the user's.
+        let dir = &cfg.admin.state_dir;
+        for p in [dir.clone(), dir.join("dprd.state"), dir.join("dprd.lock")] {
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(who.uid), Some(who.gid))
+                    .map_err(DaemonError::start(format!("chown {}", p.display())))?;
+            }
+        }
         dpr_io::privs::drop_to(who).map_err(privs)?;
         tracing::info!(%user, uid = who.uid, "privileges dropped; keeping CAP_NET_ADMIN");
     }
@@ -335,13 +420,30 @@ pub fn run_with_policy(
         xdp,
     };
     let result = rt.block_on(control_loop(ctx, admin, udp, metrics_l));
-    // The guard was dropped at the end of control_loop (rules first, so no
-    // traffic is diverted into a device that is about to go); then the
-    // workers stop and close the TUN queues.
+    // At a full stop the rules were undone at the end of control_loop (so
+    // no traffic is diverted into a device that is about to go) and the
+    // XDP program detached; the workers stop and close their queues, then
+    // the guard's drop deletes the persistent TUN device and the journal.
+    // A held guard leaves all of it to the next instance.
     drop(workers);
     drop(admin_file);
-    tracing::info!("dprd stopped; host setup undone");
-    result
+    match result {
+        Ok(mut guard) => {
+            if guard.is_held() {
+                tracing::info!("dprd stopped; host set-up held for the next start");
+                Ok(())
+            } else {
+                let failed = guard.remove_devices();
+                tracing::info!("dprd stopped; host setup undone");
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(DaemonError::Teardown(failed))
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl crate::config::PolicySection {
@@ -613,6 +715,35 @@ impl LoopCtx {
         serde_json::json!({ "ok": true, "decisions": rows, "from_peers": from_peers }).to_string()
     }
 
+    /// The routing table's entries (at most 10,000 per shard): client,
+    /// service, route, TCP state and idle time, as `ipvsadm -Lnc` lists a
+    /// balancer's connections.
+    fn connections_json(&mut self) -> String {
+        let now = now_since(self.origin);
+        let rows: Vec<serde_json::Value> = self
+            .engines
+            .ask(move |e| {
+                e.routes()
+                    .iter()
+                    .take(10_000)
+                    .map(|c| {
+                        serde_json::json!({
+                            "client": SocketAddr::new(c.key.src, c.key.src_port).to_string(),
+                            "service": SocketAddr::new(c.key.dst, c.key.dst_port).to_string(),
+                            "peer": match c.route {
+                                dpr_table::Route::Local => None,
+                                dpr_table::Route::Peer(p) => Some(p.0),
+                            },
+                            "state": format!("{:?}", c.state),
+                            "idle_ms": now.0.saturating_sub(c.last_seen.0) / 1_000_000,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .concat();
+        serde_json::json!({ "ok": true, "connections": rows }).to_string()
+    }
+
     /// Aborts this host's sockets of the connections peers cut while it
     /// was away (their clients were reset): they serve nobody, and counted
     /// as load they would keep new connections away until they time out.
@@ -709,6 +840,7 @@ impl LoopCtx {
                 r#"{"ok":true,"message":"draining: new connections go to peers, established ones stay"}"#.into()
             }
             "decisions" => self.decisions_json(),
+            "connections" => self.connections_json(),
             "reload" => match self.reload() {
                 Ok(()) => r#"{"ok":true,"message":"reloaded"}"#.into(),
                 Err(e) => serde_json::json!({"ok": false, "message": crate::error::report(&e)})
@@ -746,7 +878,7 @@ async fn control_loop(
     admin: std::os::unix::net::UnixListener,
     udp: std::net::UdpSocket,
     metrics_l: Option<std::net::TcpListener>,
-) -> Result<(), DaemonError> {
+) -> Result<HostGuard, DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let io = || DaemonError::start("registering the sockets and signals with tokio");
     admin.set_nonblocking(true).map_err(io())?;
@@ -774,6 +906,9 @@ async fn control_loop(
     let mut last_status = Instant::now();
     let mut buf = vec![0u8; 2048];
     let port = ctx.cfg.cluster.port;
+    // Peers were added when the control plane was built; the silence that
+    // makes one dead counts from now, when their reports can be heard.
+    ctx.engines.restart_silence(now_since(ctx.origin));
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -838,9 +973,38 @@ async fn control_loop(
             *status.lock().unwrap_or_else(PoisonError::into_inner) = s;
         }
     }
-    let failed = ctx.guard.teardown();
+    // What every shard's table says now (a shard that does not answer
+    // counts as routing something: holding is the safe side).
+    let now = now_since(ctx.origin);
+    let shards = ctx.engines.shards();
+    let answers = ctx.engines.ask(move |e| e.forwarding_connections(now));
+    let routed = if answers.len() < shards {
+        usize::MAX
+    } else {
+        answers.iter().sum()
+    };
+    if ctx.cfg.backend.hold_on_exit && routed > 0 {
+        // Undoing the diversion now would hand the packets of these
+        // connections to the local stack, which resets them: hold them
+        // (dropped until the next instance runs; the clients retransmit).
+        ctx.guard.hold()?;
+        tracing::warn!(
+            connections = routed,
+            state = %ctx.cfg.admin.state_dir.display(),
+            "stopping with connections routed to peers: the diversion stays in place for the \
+             next `dprd run`, which takes it over (`dprd cleanup` removes it; drain first to \
+             stop without a hold)"
+        );
+        return Ok(ctx.guard);
+    }
+    let mut failed = ctx.guard.teardown();
+    if let Some(x) = &ctx.xdp {
+        if let Err(e) = x.detach() {
+            failed.push(format!("detaching the XDP program: {e}"));
+        }
+    }
     if !failed.is_empty() {
         return Err(DaemonError::Teardown(failed));
     }
-    Ok(())
+    Ok(ctx.guard)
 }

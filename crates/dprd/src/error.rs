@@ -133,6 +133,12 @@ pub enum DaemonError {
     /// done before it has been undone).
     #[error(transparent)]
     HostSetup(#[from] dpr_io::host::SetupError),
+    /// Another instance runs (`[admin] state_dir` holds its lock).
+    #[error(transparent)]
+    Lock(#[from] dpr_io::state::LockError),
+    /// The journal a previous instance left cannot be read.
+    #[error("the host set-up journal (`admin.state_dir`)")]
+    State(#[source] dpr_io::state::StateError),
     /// The AF_XDP backend refused a peer update on reload.
     #[error(transparent)]
     Xdp(#[from] dpr_io::xdp::XdpError),

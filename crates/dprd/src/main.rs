@@ -38,10 +38,26 @@ enum Command {
     /// Run the router (root; undoes its setup on exit)
     #[command(long_about = "Run the router on this host (root).\n\n\
         Sets up the TUN device or AF_XDP sockets, policy routes and sysctls, joins the cluster, \
-        serves the admin socket and metrics. SIGTERM or Ctrl-C undoes the setup; SIGHUP reloads \
-        the configuration (as `dprd reload` does).")]
+        serves the admin socket and metrics. SIGTERM or Ctrl-C undoes the setup, unless \
+        connections are routed to peers: then the diversion is held in place for the next \
+        `dprd run` (a restart breaks no connection; `[backend] hold_on_exit`). A start takes \
+        over what a previous instance held or left when it died (its journal in \
+        `[admin] state_dir`); a second live instance is refused. SIGHUP reloads the \
+        configuration (as `dprd reload` does).")]
     Run {
         /// The configuration file (docs/configuration.md)
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Undo what a stopped or dead dprd left on this host (root)
+    #[command(
+        long_about = "Undo the host set-up a dprd left in place: held at a stop \
+        with connections routed to peers, or left when it died (rules, routes, addresses, \
+        sysctls, the persistent TUN device, the XDP program), as its journal in \
+        `[admin] state_dir` records them. Refused while a dprd runs with that state directory."
+    )]
+    Cleanup {
+        /// The configuration file (for `[admin] state_dir`)
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
@@ -262,6 +278,7 @@ fn exec_lab(command: &'static str, args: &[OsString]) -> Error {
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run { config } => dprd::daemon::run(&config).map_err(Error::from),
+        Command::Cleanup { config } => dprd::daemon::cleanup(&config).map_err(Error::from),
         Command::CheckConfig { file } => check_config(&file),
         Command::Status { json, socket } => {
             if json {

@@ -913,7 +913,7 @@ impl Node {
             self.maybe_finish_recovery(now, engine);
         }
         self.send_paced(now);
-        self.send_probes(now);
+        self.send_probes(now, engine);
         if self.phase == NodePhase::Draining && self.drain_done(now, engine) {
             self.drain_quiet_since = None;
             self.phase = NodePhase::Leaving;
@@ -1162,7 +1162,14 @@ impl Node {
     /// every `probe_interval`: a live peer answers with a report, so it
     /// takes every one of its reports and every probe or answer in the
     /// remaining time lost to make it dead.
-    fn send_probes(&mut self, now: Clock) {
+    fn send_probes(&mut self, now: Clock, engine: &dyn ClusterEngine) {
+        // The load table may count a peer's silence from later than we
+        // do (the daemon restarts it when it starts listening): follow it.
+        for (id, p) in &mut self.peers {
+            if let Some(r) = engine.loads().peer(*id) {
+                p.fresh_at = p.fresh_at.max(r.received_at);
+            }
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -1534,7 +1541,7 @@ impl Node {
             return;
         }
         self.counters.recovery_requests_answered += 1;
-        let flows = engine.served_for(sender);
+        let flows = engine.served_for(sender, now.mono);
         let mut chunks = flow_chunks(&flows);
         chunks.truncate(usize::from(u16::MAX));
         let count = chunks.len() as u16;
