@@ -12,6 +12,8 @@
 //!  datagram ─►│ parse ─► sender? ─► HMAC ─► time window  │
 //!             │   ─► replay window ─► report / recovery  │──► Engine: apply_report, add/remove
 //!  timer ────►│ report due? drain done? recovery retry?  │    peer, set_draining, restore_route
+//!             │ paced recovery replies? probe a silent   │
+//!             │ peer?                                    │
 //!             └──────────────┬───────────────────────────┘
 //!                            └─► poll_transmit: Transmit { to, payload }
 //! ```
@@ -1537,6 +1539,10 @@ impl Node {
                 for (first, last) in missing.iter() {
                     s.queue.extend(first..=last.min(count - 1));
                 }
+            } else {
+                // Counted from another snapshot: send this one whole (the
+                // asker starts counting again on the new count).
+                s.queue.extend(0..count);
             }
             return;
         }
