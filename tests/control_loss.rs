@@ -8,7 +8,7 @@
 //! connections half way through their requests on its peers: its
 //! recovery must complete (every chunk, no deadline hit) and every
 //! connection must survive. The figures go to stderr for the issue note.
-//! The daemons run at nice -10 (see `prioritise`). A third test stops a
+//! (`dprd` runs its control thread in the real-time class.) A third test stops a
 //! host's daemon for longer than `dead_after` and checks it does not hold
 //! its reporting peers dead when it runs again.
 //!
@@ -84,23 +84,6 @@ fn loss_counts(lab: &Lab, i: usize) -> (u64, u64) {
         .collect();
     assert_eq!(counts.len(), 2, "nft counters: {out}");
     (counts[0], counts[1])
-}
-
-/// Runs every thread of host `i`'s dprd at nice -10, as a router daemon
-/// would run on a busy host: these tests are about lost datagrams, and a
-/// daemon held up for longer than `dead_after` by other processes (at a
-/// load average of 16 on this 2-core machine its control loop was, for
-/// up to 1.1 s) is silent, which its peers rightly take for dead. What a
-/// host held up itself makes of its peers is the last test's matter.
-fn prioritise(lab: &Lab, i: usize) {
-    let pid = lab.dprd_pid(i).expect("dprd runs");
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("its threads");
-    for t in tasks.flatten() {
-        let tid = t.file_name().to_string_lossy().into_owned();
-        let _ = std::process::Command::new("renice")
-            .args(["-n", "-10", "-p", &tid])
-            .output();
-    }
 }
 
 /// A lab with every host's web server and dprd running, peers alive.
@@ -293,7 +276,7 @@ impl Liveness {
 /// apply to what remains (400 ms: 2 reports and 16 probes, all lost with
 /// odds 0.3^2 x 0.51^16 = 2e-6 at 30% loss). On this shared 2-core
 /// machine the loops of all three daemons were held up together for up
-/// to 1.9 s at a load average of 10 to 16, at nice -10: the whole machine
+/// to 1.9 s at a load average of 10 to 16, even at nice -10: the whole machine
 /// stalled, which no protocol tells from a death.
 fn attribute(
     logs: &[Liveness],
@@ -351,7 +334,6 @@ fn control_loss(percent: u32) {
     });
     load_host0(&mut lab, 8);
     for i in 0..3 {
-        prioritise(&lab, i);
         lossy(&lab, i, percent);
     }
     let loss_from = unix_now();
@@ -421,7 +403,6 @@ fn control_loss(percent: u32) {
     let restarted = Instant::now();
     ok(lab.start_dprd_with(0, &cfg));
     let down_to = unix_now();
-    prioritise(&lab, 0);
     let mut phase = String::new();
     while restarted.elapsed() < Duration::from_secs(30) {
         phase = status(&lab, 0).phase;

@@ -77,6 +77,8 @@ impl TableSummary {
         self.capacity += o.capacity;
         self.stats.inserted += o.stats.inserted;
         self.stats.evicted += o.stats.evicted;
+        self.stats.evicted_half_open += o.stats.evicted_half_open;
+        self.stats.evicted_established += o.stats.evicted_established;
         self.stats.expired += o.stats.expired;
         self.stats.reset += o.stats.reset;
         self.stats.removed += o.stats.removed;
