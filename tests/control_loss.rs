@@ -466,10 +466,14 @@ fn control_loss(percent: u32) {
         false_deaths.is_empty(),
         "live peers held dead under {percent}% loss: {false_deaths:?}"
     );
+    // The precondition: enough redirected connections that one peer's
+    // answer takes two chunks or more (94 IPv4 flows a chunk). How many
+    // the policy redirects varies (255 to 461 of 600 over the runs).
     assert!(
-        redirected >= CONNECTIONS as u64 / 2,
+        redirected > 2 * 94,
         "host 0 redirected only {redirected} of {CONNECTIONS}"
     );
+    assert!(io(&s0, "recovery_chunks_received") >= 3, "{:?}", s0.io);
     assert_eq!(lines.len(), CONNECTIONS, "{lines:?}");
     // A connection breaks only if host 0 reset it because it held its
     // peer dead, which only a hold-up explains (asserted above).
