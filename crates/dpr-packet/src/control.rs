@@ -1,7 +1,8 @@
 //! The cluster control protocol's wire format, version 1.
 //!
-//! Hosts exchange three kinds of message over UDP between tunnel
-//! addresses: load reports, and the request and reply of restart recovery.
+//! Hosts exchange these kinds of message over UDP between tunnel
+//! addresses: load reports, the request and reply of restart recovery, cut
+//! notices, idle advertisements and liveness probes.
 //! Every message is a fixed header, a body, and a 32-byte HMAC-SHA-256 tag
 //! over header and body. This module lays the bytes out and checks them;
 //! computing and verifying the tag (and every other judgement: who may
@@ -41,8 +42,16 @@ pub const ENTRY_LEN: usize = 48;
 pub const REPORT_PREFIX_LEN: usize = 4;
 /// Bytes of a recovery reply body before its flows.
 pub const REPLY_PREFIX_LEN: usize = 12;
-/// Bytes of a recovery request body.
+/// Bytes of a recovery request body without missing-chunk ranges (the
+/// whole body of a first request).
 pub const REQUEST_LEN: usize = 8;
+/// Bytes of one missing-chunk range in a recovery request.
+pub const RANGE_LEN: usize = 4;
+/// The most missing-chunk ranges one recovery request carries.
+pub const MAX_REQUEST_RANGES: usize =
+    (MAX_MESSAGE_LEN - HEADER_LEN - TAG_LEN - REQUEST_LEN) / RANGE_LEN;
+/// Bytes of a probe's body (one reserved word).
+pub const PROBE_LEN: usize = 4;
 /// Bytes of an idle advertisement's body (one reserved word).
 pub const IDLE_LEN: usize = 4;
 /// The largest message this version sends: with IPv6 and UDP headers (48
@@ -69,6 +78,9 @@ pub enum MessageKind {
     /// The sender has just become idle (no open connection): a host over
     /// its threshold may send it the next new connection (join-idle).
     IdleAdvert,
+    /// The sender has not heard from the receiver for a while: the
+    /// receiver answers at once with a report to the sender.
+    Probe,
     /// A kind this version does not know: data, not an error.
     Unknown(u8),
 }
@@ -81,6 +93,7 @@ impl From<u8> for MessageKind {
             3 => Self::RecoveryReply,
             4 => Self::CutNotice,
             5 => Self::IdleAdvert,
+            6 => Self::Probe,
             v => Self::Unknown(v),
         }
     }
@@ -94,6 +107,7 @@ impl From<MessageKind> for u8 {
             MessageKind::RecoveryReply => 3,
             MessageKind::CutNotice => 4,
             MessageKind::IdleAdvert => 5,
+            MessageKind::Probe => 6,
             MessageKind::Unknown(v) => v,
         }
     }
@@ -215,6 +229,11 @@ pub enum Body<'a> {
     RecoveryRequest {
         /// Matches replies to this request.
         request_id: u32,
+        /// How many chunks the asker knows the answer has; 0 when it has
+        /// received none (then `missing` is empty): send them all.
+        known_chunks: u16,
+        /// The chunks the asker still lacks (when `known_chunks > 0`).
+        missing: MissingRanges<'a>,
     },
     /// One chunk of a recovery reply.
     RecoveryReply(ReplyView<'a>),
@@ -223,6 +242,8 @@ pub enum Body<'a> {
     CutNotice(ReplyView<'a>),
     /// An idle advertisement (its body is a reserved zero word).
     IdleAdvert,
+    /// A liveness probe (its body is a reserved zero word).
+    Probe,
     /// A kind this version does not know (body not interpreted).
     Unknown(&'a [u8]),
 }
@@ -278,6 +299,36 @@ impl Iterator for AddrIter<'_> {
         self.rest = self.rest.get(n..)?;
         self.left -= 1;
         Some(a)
+    }
+}
+
+/// The missing-chunk ranges of a recovery request: inclusive `(first,
+/// last)` pairs, ascending, disjoint, each below the request's known chunk
+/// count (checked by [`parse`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MissingRanges<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> MissingRanges<'a> {
+    /// No ranges.
+    pub const EMPTY: MissingRanges<'static> = MissingRanges { bytes: &[] };
+
+    /// The ranges, inclusive.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u16, u16)> + 'a {
+        self.bytes
+            .chunks_exact(RANGE_LEN)
+            .map(|r| (be16(r, 0), be16(r, 2)))
+    }
+
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / RANGE_LEN
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 }
 
@@ -371,26 +422,20 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>> {
         .map_err(|_| short(msg.len()))?;
     let body = match header.kind {
         MessageKind::Report => Body::Report(parse_report(body)?),
-        MessageKind::RecoveryRequest => {
-            if body.len() != REQUEST_LEN {
-                return Err(bad(6, Malformed::TotalLength));
-            }
-            if be32(body, 4) != 0 {
-                return Err(bad(HEADER_LEN + 4, Malformed::FieldValue));
-            }
-            Body::RecoveryRequest {
-                request_id: be32(body, 0),
-            }
-        }
+        MessageKind::RecoveryRequest => parse_request(body)?,
         MessageKind::RecoveryReply => Body::RecoveryReply(parse_reply(body)?),
-        MessageKind::IdleAdvert => {
+        MessageKind::IdleAdvert | MessageKind::Probe => {
             if body.len() != IDLE_LEN {
                 return Err(bad(6, Malformed::TotalLength));
             }
             if be32(body, 0) != 0 {
                 return Err(bad(HEADER_LEN, Malformed::FieldValue));
             }
-            Body::IdleAdvert
+            if header.kind == MessageKind::Probe {
+                Body::Probe
+            } else {
+                Body::IdleAdvert
+            }
         }
         MessageKind::CutNotice => {
             let r = parse_reply(body)?;
@@ -447,6 +492,42 @@ fn parse_report(body: &[u8]) -> Result<ReportView<'_>> {
         entries,
         addrs,
         addr_count,
+    })
+}
+
+/// Request body: request id (u32), known chunk count (u16), range count
+/// (u16), then that many `(first, last)` u16 pairs. A first request is
+/// the 8 bytes with both counts 0 (what version 1 always sent: its second
+/// word was reserved, zero).
+fn parse_request(body: &[u8]) -> Result<Body<'_>> {
+    let base = HEADER_LEN;
+    if body.len() < REQUEST_LEN {
+        return Err(bad(6, Malformed::TotalLength));
+    }
+    let known = be16(body, 4);
+    let count = usize::from(be16(body, 6));
+    if known == 0 && count != 0 {
+        return Err(bad(base + 6, Malformed::FieldValue));
+    }
+    if count > MAX_REQUEST_RANGES || body.len() != REQUEST_LEN + count * RANGE_LEN {
+        return Err(bad(6, Malformed::TotalLength));
+    }
+    let ranges = &body[REQUEST_LEN..];
+    let mut next = 0u32;
+    for (i, r) in ranges.chunks_exact(RANGE_LEN).enumerate() {
+        let (first, last) = (be16(r, 0), be16(r, 2));
+        if u32::from(first) < next || first > last || last >= known {
+            return Err(bad(
+                base + REQUEST_LEN + i * RANGE_LEN,
+                Malformed::FieldValue,
+            ));
+        }
+        next = u32::from(last) + 1;
+    }
+    Ok(Body::RecoveryRequest {
+        request_id: be32(body, 0),
+        known_chunks: known,
+        missing: MissingRanges { bytes: ranges },
     })
 }
 
@@ -723,19 +804,71 @@ pub fn emit_report(
     Ok(HEADER_LEN + body_len)
 }
 
-/// Writes a recovery request; returns the signed length (see [`emit_report`]).
+/// Writes a first recovery request (the asker has no chunk yet: send
+/// them all); returns the signed length (see [`emit_report`]).
 pub fn emit_recovery_request(buf: &mut [u8], h: &Header, request_id: u32) -> Result<usize> {
+    emit_recovery_request_missing(buf, h, request_id, 0, &[])
+}
+
+/// Writes a recovery request that names what the asker still lacks of an
+/// answer of `known_chunks` chunks: `missing`, inclusive `(first, last)`
+/// ranges, ascending and disjoint, at most [`MAX_REQUEST_RANGES`];
+/// `known_chunks` 0 (with no ranges) asks for everything. Returns the
+/// signed length (see [`emit_report`]).
+pub fn emit_recovery_request_missing(
+    buf: &mut [u8],
+    h: &Header,
+    request_id: u32,
+    known_chunks: u16,
+    missing: &[(u16, u16)],
+) -> Result<usize> {
+    if missing.len() > MAX_REQUEST_RANGES {
+        return Err(bad(HEADER_LEN + 6, Malformed::Oversize));
+    }
+    if known_chunks == 0 && !missing.is_empty() {
+        return Err(bad(HEADER_LEN + 6, Malformed::FieldValue));
+    }
+    let mut next = 0u32;
+    for &(first, last) in missing {
+        if u32::from(first) < next || first > last || last >= known_chunks {
+            return Err(bad(HEADER_LEN + REQUEST_LEN, Malformed::FieldValue));
+        }
+        next = u32::from(last) + 1;
+    }
+    let body_len = REQUEST_LEN + missing.len() * RANGE_LEN;
     emit_header(
         buf,
         &Header {
             kind: MessageKind::RecoveryRequest,
             ..*h
         },
-        REQUEST_LEN,
+        body_len,
     )?;
     put32(buf, HEADER_LEN, request_id);
-    put32(buf, HEADER_LEN + 4, 0);
-    Ok(HEADER_LEN + REQUEST_LEN)
+    put16(buf, HEADER_LEN + 4, known_chunks);
+    put16(buf, HEADER_LEN + 6, missing.len() as u16);
+    let mut at = HEADER_LEN + REQUEST_LEN;
+    for &(first, last) in missing {
+        put16(buf, at, first);
+        put16(buf, at + 2, last);
+        at += RANGE_LEN;
+    }
+    Ok(HEADER_LEN + body_len)
+}
+
+/// Writes a liveness probe; returns the signed length (see
+/// [`emit_report`]).
+pub fn emit_probe(buf: &mut [u8], h: &Header) -> Result<usize> {
+    emit_header(
+        buf,
+        &Header {
+            kind: MessageKind::Probe,
+            ..*h
+        },
+        PROBE_LEN,
+    )?;
+    put32(buf, HEADER_LEN, 0);
+    Ok(HEADER_LEN + PROBE_LEN)
 }
 
 /// Writes an idle advertisement; returns the signed length (see

@@ -355,8 +355,20 @@ pub fn control(data: &[u8]) {
             assert_eq!(addrs.len(), r.service_addr_count());
             control::emit_report(&mut out, &m.header, &entries, &addrs)
         }
-        Body::RecoveryRequest { request_id } => {
-            control::emit_recovery_request(&mut out, &m.header, request_id)
+        Body::RecoveryRequest {
+            request_id,
+            known_chunks,
+            missing,
+        } => {
+            let ranges: Vec<_> = missing.iter().collect();
+            assert_eq!(ranges.len(), missing.len());
+            control::emit_recovery_request_missing(
+                &mut out,
+                &m.header,
+                request_id,
+                known_chunks,
+                &ranges,
+            )
         }
         Body::RecoveryReply(r) => {
             let flows: Vec<_> = r.flows().collect();
@@ -371,6 +383,7 @@ pub fn control(data: &[u8]) {
             )
         }
         Body::IdleAdvert => control::emit_idle_advert(&mut out, &m.header),
+        Body::Probe => control::emit_probe(&mut out, &m.header),
         Body::CutNotice(r) => {
             let flows: Vec<_> = r.flows().collect();
             assert_eq!(flows.len(), r.flow_count());

@@ -288,8 +288,19 @@ pub struct ClusterSection {
     pub max_clock_skew_ms: u64,
     /// Ask the peers for our redirected connections after a start.
     pub recover_on_start: bool,
-    /// Longest wait for their answers (ms).
+    /// Longest wait for their answers (ms), and longest wait without a new
+    /// chunk once they arrive.
     pub recovery_timeout_ms: u64,
+    /// Recovery answers this host sends are paced: at most
+    /// `recovery_burst` chunks (about 94 IPv4 flows each) every
+    /// `recovery_pace_ms`, all askers together.
+    pub recovery_pace_ms: u64,
+    /// Recovery answer chunks per `recovery_pace_ms`.
+    pub recovery_burst: u32,
+    /// A peer silent for 1.5 report intervals is probed every this many
+    /// ms until it answers or is dead; 0: no probes (not used in fan-out
+    /// mode).
+    pub probe_interval_ms: u64,
     /// A drain ends at the latest after this many seconds.
     pub drain_deadline_s: u64,
     /// The peers.
@@ -323,6 +334,9 @@ impl Default for ClusterSection {
             max_clock_skew_ms: 30_000,
             recover_on_start: true,
             recovery_timeout_ms: 2000,
+            recovery_pace_ms: 5,
+            recovery_burst: 32,
+            probe_interval_ms: 25,
             drain_deadline_s: 300,
             peers: Vec::new(),
         }
@@ -518,6 +532,9 @@ impl Config {
         n.max_clock_skew = Duration::from_millis(c.max_clock_skew_ms);
         n.recover_on_start = c.recover_on_start;
         n.recovery_timeout = Duration::from_millis(c.recovery_timeout_ms);
+        n.recovery_pace = Duration::from_millis(c.recovery_pace_ms);
+        n.recovery_burst = c.recovery_burst;
+        n.probe_interval = Duration::from_millis(c.probe_interval_ms);
         n.drain_deadline = Duration::from_secs(c.drain_deadline_s);
         n.seed = self.policy.seed ^ u64::from(self.host.id) << 48;
         if self.policy.kind == PolicyKind::JoinIdle {
@@ -622,6 +639,18 @@ impl Config {
         }
         if c.max_clock_skew_ms == 0 {
             return Err(bad("cluster.max_clock_skew_ms", "must be at least 1"));
+        }
+        if c.recovery_pace_ms == 0 {
+            return Err(bad("cluster.recovery_pace_ms", "must be at least 1"));
+        }
+        if c.recovery_burst == 0 {
+            return Err(bad("cluster.recovery_burst", "must be at least 1"));
+        }
+        if c.probe_interval_ms > c.report_interval_ms {
+            return Err(bad(
+                "cluster.probe_interval_ms",
+                "at most one report interval",
+            ));
         }
         match c.report_mode {
             ReportModeKind::FanOut if c.fanout_peers == 0 => {
@@ -1020,6 +1049,20 @@ service_addrs = ["198.18.0.2"]
             "[cluster]\nreport_mode = \"fan-out\"\nfanout_relay = 27\n{GOOD}"
         ));
         assert_eq!(f, "cluster.fanout_relay");
+        for (extra, field) in [
+            ("recovery_pace_ms = 0", "cluster.recovery_pace_ms"),
+            ("recovery_burst = 0", "cluster.recovery_burst"),
+            ("probe_interval_ms = 201", "cluster.probe_interval_ms"),
+        ] {
+            assert_eq!(field_of(&format!("[cluster]\n{extra}\n{GOOD}")), field);
+        }
+        let c = Config::parse(GOOD).unwrap_or_else(|e| unreachable!("{e}"));
+        let n = c.node_config();
+        assert_eq!(n.recovery_pace, Duration::from_millis(5));
+        assert_eq!(
+            (n.recovery_burst, n.probe_interval),
+            (32, Duration::from_millis(25))
+        );
         let f = field_of(&format!(
             "{GOOD}\n[table]\ncapacity = 100\nhalf_open_reserve = 101\n"
         ));

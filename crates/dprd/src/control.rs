@@ -37,6 +37,10 @@ pub struct PeerView {
     /// Age of the freshest figures held for it, in milliseconds (`None`:
     /// none yet).
     pub report_age_ms: Option<u64>,
+    /// Times this host has held it dead since it started (entries into
+    /// the state, seen every control tick).
+    #[serde(default)]
+    pub deaths: u64,
 }
 
 /// Name of a peer state for output.
@@ -61,11 +65,21 @@ pub fn phase_name(p: NodePhase) -> &'static str {
     }
 }
 
+/// A control tick this late (ms) is logged: the loop runs every 5 ms, and
+/// peers hold a host silent for `dead_after_ms` dead.
+const HELD_UP_MS: u64 = 250;
+
 /// The control plane of one host.
 #[derive(Debug)]
 pub struct ControlPlane {
     node: Node,
     names: BTreeMap<u16, String>,
+    /// Each peer's state at the last tick, and how often it became dead.
+    liveness: BTreeMap<u16, (PeerState, u64)>,
+    /// The last tick, and the longest time between two ticks (ms): how
+    /// long the control loop was held up at worst (a busy machine).
+    last_tick: Option<dpr_table::Timestamp>,
+    tick_gap_max_ms: u64,
 }
 
 fn names(cfg: &Config) -> BTreeMap<u16, String> {
@@ -90,6 +104,9 @@ impl ControlPlane {
         Ok(Self {
             node,
             names: names(cfg),
+            liveness: BTreeMap::new(),
+            last_tick: None,
+            tick_gap_max_ms: 0,
         })
     }
 
@@ -107,8 +124,28 @@ impl ControlPlane {
     }
 
     /// Tells peers when this host has just become idle (join-idle).
+    /// Also notes every peer that has just become dead (the daemon calls
+    /// this every tick, after the engine's refresh of the load table).
     pub fn check_idle(&mut self, now: Clock, engine: &dyn ClusterEngine) {
         self.node.check_idle(now, engine);
+        if let Some(t) = self.last_tick.replace(now.mono) {
+            let gap = now.mono.0.saturating_sub(t.0) / 1_000_000;
+            self.tick_gap_max_ms = self.tick_gap_max_ms.max(gap);
+            if gap >= HELD_UP_MS {
+                // Peers may hold this host dead meanwhile: it was silent.
+                tracing::warn!(gap_ms = gap, "control loop held up");
+            }
+        }
+        for p in engine.loads().peers() {
+            let e = self.liveness.entry(p.id.0).or_insert((p.state, 0));
+            if p.state == PeerState::Dead && e.0 != PeerState::Dead {
+                e.1 += 1;
+                let silent_ms = now.mono.0.saturating_sub(p.received_at.0) / 1_000_000;
+                let name = self.names.get(&p.id.0).map_or("", String::as_str);
+                tracing::warn!(peer = p.id.0, name, silent_ms, "peer dead");
+            }
+            e.0 = p.state;
+        }
     }
 
     /// The next connection a peer cut while this host was away (client to
@@ -205,6 +242,32 @@ impl ControlPlane {
         self.node.counters()
     }
 
+    /// The protocol's counters of recovery and liveness under loss, by
+    /// their status names.
+    pub fn loss_counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.node.counters();
+        vec![
+            ("recovery_requests_sent", c.recovery_requests_sent),
+            ("recovery_requests_received", c.recovery_requests_received),
+            ("recovery_requests_answered", c.recovery_requests_answered),
+            ("recovery_chunks_sent", c.recovery_chunks_sent),
+            ("recovery_flows_sent", c.recovery_flows_sent),
+            ("recovery_chunks_received", c.recovery_chunks_received),
+            ("recovery_chunks_duplicate", c.recovery_chunks_duplicate),
+            ("recovery_flows_received", c.recovery_flows_received),
+            ("recovery_incomplete", c.recovery_incomplete),
+            ("recovery_ms", c.recovery_ms),
+            ("reports_applied", c.reports_applied),
+            ("probes_sent", c.probes_sent),
+            ("probes_answered", c.probes_answered),
+            ("control_tick_gap_max_ms", self.tick_gap_max_ms),
+            (
+                "peers_declared_dead",
+                self.liveness.values().map(|l| l.1).sum(),
+            ),
+        ]
+    }
+
     /// Control messages sent.
     pub fn sent(&self) -> u64 {
         self.node.counters().sent_messages
@@ -234,6 +297,7 @@ impl ControlPlane {
                 report_age_ms: fresh
                     .get(&p.id.0)
                     .map(|t| now.mono.0.saturating_sub(t.0) / 1_000_000),
+                deaths: self.liveness.get(&p.id.0).map_or(0, |l| l.1),
             })
             .collect()
     }

@@ -600,6 +600,9 @@ impl LoopCtx {
         ] {
             io.insert(k.to_string(), v);
         }
+        for (k, v) in self.control.loss_counters() {
+            io.insert(k.to_string(), v);
+        }
         for (reason, v) in self.control.rejected_by_reason() {
             io.insert(format!("control_rejected_{reason}"), v);
         }
@@ -892,6 +895,9 @@ async fn admin_conn(sock: tokio::net::UnixStream, tx: mpsc::Sender<AdminRequest>
     }
 }
 
+/// Control datagrams read before each tick's liveness check, at most.
+const MAX_CONTROL_BACKLOG: usize = 1024;
+
 async fn control_loop(
     mut ctx: LoopCtx,
     admin: std::os::unix::net::UnixListener,
@@ -902,6 +908,9 @@ async fn control_loop(
     let io = || DaemonError::start("registering the sockets and signals with tokio");
     admin.set_nonblocking(true).map_err(io())?;
     udp.set_nonblocking(true).map_err(io())?;
+    // The same socket, read directly before each liveness check: tokio's
+    // readiness may not have caught up after the loop was held up.
+    let backlog = udp.try_clone().map_err(io())?;
     let admin = tokio::net::UnixListener::from_std(admin).map_err(io())?;
     let udp = tokio::net::UdpSocket::from_std(udp).map_err(io())?;
     let status = Arc::new(Mutex::new(ctx.status()));
@@ -954,8 +963,12 @@ async fn control_loop(
                 // report waiting in the socket while the tick ran first made
                 // its peer `suspect` for one tick, and both peers at once
                 // made SYNs be served here for want of a peer (issue 15).
-                for _ in 0..64 {
-                    let Ok((n, from)) = udp.try_recv_from(&mut buf) else { break };
+                // Read on a second handle of the socket: after the loop was
+                // held up (a stopped process), tokio's `try_recv_from` trusts
+                // a readiness not yet updated and read nothing, and the peers
+                // whose reports waited were held dead (issue 15, part 3).
+                for _ in 0..MAX_CONTROL_BACKLOG {
+                    let Ok((n, from)) = backlog.recv_from(&mut buf) else { break };
                     let now = clock(ctx.origin);
                     ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut ctx.engines);
                 }

@@ -258,6 +258,7 @@ mod tests {
                 load: 2.0,
                 open_connections: 2,
                 report_age_ms: Some(40),
+                deaths: 0,
             },
             redirected_connections: 5,
             forwarded_packets: 50,

@@ -100,9 +100,14 @@ fn recovery_messages_round_trip() {
     assert!(matches!(
         m.body,
         Body::RecoveryRequest {
-            request_id: 0xdead_beef
-        }
+            request_id: 0xdead_beef,
+            known_chunks: 0,
+            missing,
+        } if missing.is_empty()
     ));
+    // Version 1's request: the second word reserved, zero: the same bytes.
+    assert_eq!(n, HEADER_LEN + REQUEST_LEN);
+    assert_eq!(&buf[HEADER_LEN + 4..HEADER_LEN + 8], &[0, 0, 0, 0]);
 
     let f4 = FlowKey::new(IpProtocol::Tcp, v4(100), 40000, v4(1), 80);
     let f6 = FlowKey::new(
@@ -346,4 +351,86 @@ fn corpus_seeds_of_the_newer_kinds_parse() {
         panic!("not a cut notice")
     };
     assert_eq!(r.flow_count(), 1);
+}
+
+#[test]
+fn a_request_names_the_chunks_the_asker_lacks() {
+    let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+    let ranges = [(0u16, 0u16), (5, 9), (11, 11)];
+    let n = emit_recovery_request_missing(&mut buf, &header(), 7, 12, &ranges).unwrap();
+    assert_eq!(n, HEADER_LEN + REQUEST_LEN + 3 * RANGE_LEN);
+    let m = parse(&buf[..n + TAG_LEN]).unwrap();
+    let Body::RecoveryRequest {
+        request_id,
+        known_chunks,
+        missing,
+    } = m.body
+    else {
+        panic!("not a request")
+    };
+    assert_eq!((request_id, known_chunks), (7, 12));
+    assert_eq!(missing.iter().collect::<Vec<_>>(), ranges.to_vec());
+    crate::fuzz_checks::control(&buf[..n + TAG_LEN]);
+    // The most ranges fit one message; one more does not.
+    let many: Vec<(u16, u16)> = (0..MAX_REQUEST_RANGES as u16)
+        .map(|i| (2 * i, 2 * i))
+        .collect();
+    let n = emit_recovery_request_missing(&mut buf, &header(), 7, u16::MAX, &many).unwrap();
+    assert!(n + TAG_LEN <= MAX_MESSAGE_LEN);
+    crate::fuzz_checks::control(&buf[..n + TAG_LEN]);
+    let mut more = many.clone();
+    more.push((60_000, 60_000));
+    assert!(emit_recovery_request_missing(&mut buf, &header(), 7, u16::MAX, &more).is_err());
+    // Refused on emit: ranges without a count, out of order, overlapping,
+    // reversed, beyond the count.
+    for (known, bad) in [
+        (0u16, vec![(0u16, 0u16)]),
+        (10, vec![(5, 6), (1, 2)]),
+        (10, vec![(1, 5), (5, 6)]),
+        (10, vec![(6, 5)]),
+        (10, vec![(9, 10)]),
+    ] {
+        assert!(
+            emit_recovery_request_missing(&mut buf, &header(), 7, known, &bad).is_err(),
+            "{known} {bad:?}"
+        );
+    }
+    // And on parse.
+    let n = emit_recovery_request_missing(&mut buf, &header(), 7, 12, &ranges).unwrap();
+    let good = buf[..n + TAG_LEN].to_vec();
+    let r0 = HEADER_LEN + REQUEST_LEN;
+    for (at, v, want) in [
+        (HEADER_LEN + 5, 9, Malformed::FieldValue), // known 9: (5, 9) and (11, 11) beyond it
+        (r0 + 5, 10, Malformed::FieldValue),        // (10, 9): reversed
+        (r0 + 9, 9, Malformed::FieldValue),         // (9, 11): overlaps (5, 9)
+        (HEADER_LEN + 7, 4, Malformed::TotalLength), // more ranges than bytes
+        (HEADER_LEN + 7, 2, Malformed::TotalLength), // fewer
+    ] {
+        let mut b = good.clone();
+        b[at] = v;
+        assert_eq!(malformed(parse(&b).unwrap_err()), want, "byte {at} = {v}");
+    }
+    let mut b = good.clone();
+    b[HEADER_LEN + 4] = 0;
+    b[HEADER_LEN + 5] = 0;
+    assert_eq!(
+        malformed(parse(&b).unwrap_err()),
+        Malformed::FieldValue,
+        "ranges without a count"
+    );
+}
+
+#[test]
+fn probe_round_trips_and_its_word_is_reserved() {
+    let mut buf = vec![0u8; 256];
+    let n = emit_probe(&mut buf, &header()).unwrap();
+    assert_eq!(n, HEADER_LEN + PROBE_LEN);
+    assert_eq!(buf[3], 6, "kind 6");
+    let m = parse(&buf[..n + TAG_LEN]).unwrap();
+    assert_eq!(m.header.kind, MessageKind::Probe);
+    assert!(matches!(m.body, Body::Probe));
+    crate::fuzz_checks::control(&buf[..n + TAG_LEN]);
+    buf[HEADER_LEN + 3] = 1;
+    let e = parse(&buf[..n + TAG_LEN]).unwrap_err();
+    assert_eq!(usize::from(e.offset), HEADER_LEN);
 }

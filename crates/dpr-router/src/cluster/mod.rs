@@ -12,6 +12,8 @@
 //!  datagram ─►│ parse ─► sender? ─► HMAC ─► time window  │
 //!             │   ─► replay window ─► report / recovery  │──► Engine: apply_report, add/remove
 //!  timer ────►│ report due? drain done? recovery retry?  │    peer, set_draining, restore_route
+//!             │ paced recovery replies? probe a silent   │
+//!             │ peer?                                    │
 //!             └──────────────┬───────────────────────────┘
 //!                            └─► poll_transmit: Transmit { to, payload }
 //! ```
@@ -27,8 +29,8 @@ use crate::engine::EngineError;
 use crate::ops::ClusterEngine;
 use dpr_packet::FlowKey;
 use dpr_packet::control::{
-    self, Body, Header, HostState, LoadEntry, MAX_ENTRIES, MAX_MESSAGE_LEN, MessageKind,
-    REPLY_PREFIX_LEN, ReplyView, ReportView, TAG_LEN,
+    self, Body, Header, HostState, LoadEntry, MAX_ENTRIES, MAX_MESSAGE_LEN, MAX_REQUEST_RANGES,
+    MessageKind, MissingRanges, REPLY_PREFIX_LEN, ReplyView, ReportView, TAG_LEN,
 };
 use dpr_policy::{RandomSource, SplitMix64};
 use dpr_table::{Capacity, LoadFigures, LoadReport, PeerId, PeerState, ReportOutcome, Timestamp};
@@ -137,8 +139,22 @@ pub struct NodeConfig {
     pub mode: ReportMode,
     /// Messages whose send time differs from ours by more are refused.
     pub max_clock_skew: Duration,
-    /// Longest wait for peers' recovery answers after a start.
+    /// Longest wait for peers' recovery answers after a start, and
+    /// longest wait without a new chunk once they are arriving (a large
+    /// table takes longer than this, as long as it keeps coming).
     pub recovery_timeout: Duration,
+    /// The paced sender of recovery replies sends at most
+    /// `recovery_burst` chunks every `recovery_pace` (all askers
+    /// together), so that a large table does not overrun the asker's
+    /// socket buffer or the network.
+    pub recovery_pace: Duration,
+    /// Recovery reply chunks per `recovery_pace` (at least 1).
+    pub recovery_burst: u32,
+    /// A peer silent for 1.5 report intervals is probed directly every
+    /// `probe_interval` until it answers (with a report) or is dead, so
+    /// that lost reports alone do not make a live peer dead. Zero: no
+    /// probes. Not used in fan-out mode (silence is normal there).
+    pub probe_interval: Duration,
     /// Ask peers for recovery on start (off for the very first host of a
     /// new cluster; harmless either way).
     pub recover_on_start: bool,
@@ -165,6 +181,9 @@ impl NodeConfig {
             mode: ReportMode::FullMesh,
             max_clock_skew: Duration::from_secs(30),
             recovery_timeout: Duration::from_secs(2),
+            recovery_pace: Duration::from_millis(5),
+            recovery_burst: 32,
+            probe_interval: Duration::from_millis(25),
             recover_on_start: true,
             drain_deadline: Duration::from_secs(300),
             leave_announcements: 3,
@@ -187,6 +206,15 @@ impl NodeConfig {
         }
         if self.max_clock_skew.is_zero() {
             return bad("max_clock_skew", "must be greater than zero");
+        }
+        if self.recovery_pace < Duration::from_millis(1) {
+            return bad("recovery_pace", "must be at least 1 ms");
+        }
+        if self.recovery_burst == 0 {
+            return bad("recovery_burst", "must be at least 1");
+        }
+        if self.probe_interval > self.report_interval {
+            return bad("probe_interval", "at most one report interval");
         }
         match self.mode {
             ReportMode::FanOut { k, relay } => {
@@ -309,12 +337,31 @@ pub struct ClusterCounters {
     pub peers_left: u64,
     /// Peers seen with a new incarnation (restarted).
     pub peer_restarts: u64,
-    /// Recovery requests this host answered.
+    /// Recovery requests this host answered (each took a snapshot of the
+    /// flows it serves for the asker; re-asks are not counted).
     pub recovery_requests_answered: u64,
+    /// Recovery requests received (first asks and re-asks).
+    pub recovery_requests_received: u64,
+    /// Recovery requests sent (first asks and re-asks naming missing chunks).
+    pub recovery_requests_sent: u64,
     /// Flows sent in recovery replies.
     pub recovery_flows_sent: u64,
+    /// Recovery reply chunks sent (resent ones counted again).
+    pub recovery_chunks_sent: u64,
     /// Flows received in recovery replies (routes restored or already known).
     pub recovery_flows_received: u64,
+    /// Distinct recovery reply chunks received.
+    pub recovery_chunks_received: u64,
+    /// Recovery reply chunks received that this host already had.
+    pub recovery_chunks_duplicate: u64,
+    /// Recoveries that ended at their deadline with chunks still missing.
+    pub recovery_incomplete: u64,
+    /// How long the last recovery took, start to end, in milliseconds.
+    pub recovery_ms: u64,
+    /// Liveness probes sent to peers silent for 1.5 report intervals.
+    pub probes_sent: u64,
+    /// Probes received and answered with a report.
+    pub probes_answered: u64,
     /// Flows named in cut notices sent: connections routed to a peer that
     /// this host cut while the peer was dead or gone, told to it once back.
     pub cut_flows_sent: u64,
@@ -442,15 +489,85 @@ struct Peer {
     /// Sequence fed to the load table: ours, always increasing, so that a
     /// restarted peer (whose own numbers start again) is never "stale".
     table_seq: u64,
+    /// When the freshest figures we applied for it were current, or when
+    /// it was added (what the load table's liveness counts from).
+    fresh_at: Timestamp,
+    /// Earliest time of the next probe to it.
+    next_probe: Timestamp,
 }
 
 #[derive(Clone, Debug)]
 struct Recovery {
     request_id: u32,
+    started: Timestamp,
+    /// Moves on with every new chunk: `recovery_timeout` after the last.
     deadline: Timestamp,
     next_ask: Timestamp,
-    /// Per peer: chunks received so far and how many there are.
-    pending: BTreeMap<PeerId, (BTreeSet<u16>, Option<u16>)>,
+    /// Per peer: what arrived so far.
+    pending: BTreeMap<PeerId, Pending>,
+}
+
+/// One peer's answer to our recovery request, as far as it arrived.
+#[derive(Clone, Debug)]
+struct Pending {
+    got: BTreeSet<u16>,
+    total: Option<u16>,
+    /// When the last new chunk arrived (or the request started).
+    progress_at: Timestamp,
+}
+
+impl Pending {
+    fn new(now: Timestamp) -> Self {
+        Self {
+            got: BTreeSet::new(),
+            total: None,
+            progress_at: now,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.total.is_some_and(|n| self.got.len() >= usize::from(n))
+    }
+
+    /// The chunks still missing, as inclusive ranges (the first that fit
+    /// one request).
+    fn missing(&self) -> Vec<(u16, u16)> {
+        let Some(total) = self.total else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u16, u16)> = Vec::new();
+        for c in 0..total {
+            if self.got.contains(&c) {
+                continue;
+            }
+            let full = out.len() == MAX_REQUEST_RANGES;
+            match out.last_mut() {
+                Some((_, last)) if *last + 1 == c => *last = c,
+                _ if full => break,
+                _ => out.push((c, c)),
+            }
+        }
+        out
+    }
+}
+
+/// A recovery request to send: to whom, the chunk count known, the
+/// missing ranges.
+type ReAsk = (IpAddr, u16, Vec<(u16, u16)>);
+
+/// The answer to one peer's recovery request: a snapshot of the flows this
+/// host serves for it, in chunks, sent at the paced rate; a re-ask queues
+/// again only the chunks it names.
+#[derive(Clone, Debug)]
+struct ReplyStream {
+    to: IpAddr,
+    request_id: u32,
+    chunks: Vec<Vec<FlowKey>>,
+    /// Chunks still to send, in order.
+    queue: BTreeSet<u16>,
+    /// The last request or send: an idle stream is dropped
+    /// `stream_keep` after it.
+    active_at: Timestamp,
 }
 
 /// One host's cluster protocol state machine. See the module docs.
@@ -469,6 +586,14 @@ pub struct Node {
     leave_sent: u32,
     next_report: Timestamp,
     recovery: Option<Recovery>,
+    /// Recovery answers being sent, one per asking peer (a new request id
+    /// replaces the old snapshot).
+    streams: BTreeMap<PeerId, ReplyStream>,
+    /// When the paced sender may send its next burst.
+    next_pace: Timestamp,
+    /// A peer silent this long is dead (from the load table's
+    /// configuration): probes stop before it.
+    dead_after: Duration,
     outbox: VecDeque<Transmit>,
     /// Flows peers cut: the host's sockets of them are to be aborted.
     aborts: VecDeque<FlowKey>,
@@ -526,6 +651,9 @@ impl Node {
             leave_sent: 0,
             next_report: now.mono,
             recovery: None,
+            streams: BTreeMap::new(),
+            next_pace: now.mono,
+            dead_after: Duration::ZERO,
             outbox: VecDeque::new(),
             aborts: VecDeque::new(),
             was_busy: false,
@@ -540,12 +668,13 @@ impl Node {
             engine.set_recovering(true);
             node.recovery = Some(Recovery {
                 request_id: node.rng.next_u64() as u32,
+                started: now.mono,
                 deadline: after(now.mono, node.cfg.recovery_timeout),
                 next_ask: now.mono,
                 pending: node
                     .peers
                     .keys()
-                    .map(|&p| (p, (BTreeSet::new(), None)))
+                    .map(|&p| (p, Pending::new(now.mono)))
                     .collect(),
             });
         }
@@ -600,9 +729,7 @@ impl Node {
                 .map(|r| {
                     r.pending
                         .iter()
-                        .filter(|(_, (got, total))| {
-                            total.is_none_or(|n| got.len() < usize::from(n))
-                        })
+                        .filter(|(_, p)| !p.complete())
                         .map(|(p, _)| *p)
                         .collect()
                 })
@@ -647,10 +774,15 @@ impl Node {
         for id in gone {
             engine.remove_peer(id)?;
             self.peers.remove(&id);
+            self.streams.remove(&id);
             if let Some(r) = &mut self.recovery {
                 r.pending.remove(&id);
             }
         }
+        let lc = engine.loads().config();
+        self.dead_after = lc
+            .report_interval
+            .saturating_mul(lc.dead_after_missed.max(1));
         for (id, p) in wanted {
             if self.peers.contains_key(&id) {
                 continue;
@@ -664,10 +796,13 @@ impl Node {
                     last_heard: None,
                     known: None,
                     table_seq: 0,
+                    // As the load table counts: from when it was added.
+                    fresh_at: now.mono,
+                    next_probe: now.mono,
                 },
             );
         }
-        self.maybe_finish_recovery(engine);
+        self.maybe_finish_recovery(now, engine);
         Ok(())
     }
 
@@ -708,7 +843,33 @@ impl Node {
         if let Some(r) = &self.recovery {
             t = t.min(r.next_ask).min(r.deadline);
         }
+        if self.streams.values().any(|s| !s.queue.is_empty()) {
+            t = t.min(self.next_pace);
+        }
+        if let Some(p) = self.peers.values().filter_map(|p| self.probe_due(p)).min() {
+            t = t.min(p);
+        }
         t
+    }
+
+    /// When `p` is next to be probed, if it is: silent for 1.5 report
+    /// intervals, not yet dead, not leaving, and probes on.
+    fn probe_due(&self, p: &Peer) -> Option<Timestamp> {
+        let step = self.cfg.probe_interval;
+        if step.is_zero() || matches!(self.cfg.mode, ReportMode::FanOut { .. }) {
+            return None;
+        }
+        if p.known
+            .as_ref()
+            .is_some_and(|k| k.entry.state == HostState::Leaving)
+        {
+            return None;
+        }
+        let fresh = p.fresh_at;
+        let start = after(fresh, self.cfg.report_interval.mul_f64(1.5));
+        let end = after(fresh, self.dead_after.saturating_sub(step));
+        let due = start.max(p.next_probe);
+        (due < end).then_some(due)
     }
 
     /// The next datagram to send, if any.
@@ -723,25 +884,38 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Clock, engine: &mut dyn ClusterEngine) {
         if let Some(r) = &mut self.recovery {
             if now.mono >= r.deadline {
+                self.counters.recovery_incomplete += 1;
+                self.counters.recovery_ms = now.mono.0.saturating_sub(r.started.0) / 1_000_000;
                 self.recovery = None;
             } else if now.mono >= r.next_ask {
-                r.next_ask = after(now.mono, self.cfg.report_interval);
-                let (id, ask): (u32, Vec<IpAddr>) = (
-                    r.request_id,
-                    r.pending
-                        .iter()
-                        .filter(|(_, (got, total))| {
-                            total.is_none_or(|n| got.len() < usize::from(n))
-                        })
-                        .filter_map(|(p, _)| self.peers.get(p).map(|p| p.cfg.tunnel_addr))
-                        .collect(),
-                );
-                for to in ask {
-                    self.send_request(now, id, to);
+                // Every quarter interval: ask peers we have nothing from;
+                // re-ask those whose answer stalled for as long, naming
+                // what is missing. A peer still sending (a chunk every
+                // pace interval) is left alone.
+                let retry = self.cfg.report_interval / 4;
+                let interval = ns(retry);
+                r.next_ask = after(now.mono, retry);
+                let id = r.request_id;
+                let ask: Vec<ReAsk> = r
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.complete())
+                    .filter(|(_, p)| {
+                        p.total.is_none() || now.mono.0.saturating_sub(p.progress_at.0) >= interval
+                    })
+                    .filter_map(|(id, p)| {
+                        let to = self.peers.get(id)?.cfg.tunnel_addr;
+                        Some((to, p.total.unwrap_or(0), p.missing()))
+                    })
+                    .collect();
+                for (to, known, missing) in ask {
+                    self.send_request(now, id, to, known, &missing);
                 }
             }
-            self.maybe_finish_recovery(engine);
+            self.maybe_finish_recovery(now, engine);
         }
+        self.send_paced(now);
+        self.send_probes(now, engine);
         if self.phase == NodePhase::Draining && self.drain_done(now, engine) {
             self.drain_quiet_since = None;
             self.phase = NodePhase::Leaving;
@@ -780,12 +954,15 @@ impl Node {
         now.mono.0.saturating_sub(since.0) >= ns(self.cfg.report_interval)
     }
 
-    fn maybe_finish_recovery(&mut self, engine: &mut dyn ClusterEngine) {
+    fn maybe_finish_recovery(&mut self, now: Clock, engine: &mut dyn ClusterEngine) {
         let done = match &self.recovery {
-            Some(r) => r
-                .pending
-                .values()
-                .all(|(got, total)| total.is_some_and(|n| got.len() >= usize::from(n))),
+            Some(r) => {
+                let done = r.pending.values().all(Pending::complete);
+                if done {
+                    self.counters.recovery_ms = now.mono.0.saturating_sub(r.started.0) / 1_000_000;
+                }
+                done
+            }
             None => true,
         };
         if done {
@@ -917,10 +1094,117 @@ impl Node {
             .collect()
     }
 
-    fn send_request(&mut self, now: Clock, request_id: u32, to: IpAddr) {
+    fn send_request(
+        &mut self,
+        now: Clock,
+        request_id: u32,
+        to: IpAddr,
+        known: u16,
+        missing: &[(u16, u16)],
+    ) {
         let h = self.header(MessageKind::RecoveryRequest, now);
         let mut buf = vec![0u8; MAX_MESSAGE_LEN];
-        if let Ok(n) = control::emit_recovery_request(&mut buf, &h, request_id) {
+        let n = control::emit_recovery_request_missing(&mut buf, &h, request_id, known, missing);
+        if let Ok(n) = n {
+            self.counters.recovery_requests_sent += 1;
+            let payload = self.seal(buf, n);
+            self.outbox.push_back(Transmit { to, payload });
+        }
+    }
+
+    /// The paced sender: at most `recovery_burst` recovery chunks every
+    /// `recovery_pace`, taken in turn from each asker's queue; drops
+    /// streams idle for long (their askers are done or gone).
+    fn send_paced(&mut self, now: Clock) {
+        let keep = ns(self
+            .cfg
+            .recovery_timeout
+            .max(self.cfg.report_interval.saturating_mul(10)));
+        self.streams
+            .retain(|_, s| !s.queue.is_empty() || now.mono.0.saturating_sub(s.active_at.0) < keep);
+        if now.mono < self.next_pace || self.streams.values().all(|s| s.queue.is_empty()) {
+            return;
+        }
+        self.next_pace = after(now.mono, self.cfg.recovery_pace);
+        let mut budget = self.cfg.recovery_burst;
+        let ids: Vec<PeerId> = self.streams.keys().copied().collect();
+        while budget > 0 {
+            let mut sent_any = false;
+            for id in &ids {
+                if budget == 0 {
+                    break;
+                }
+                let Some(s) = self.streams.get_mut(id) else {
+                    continue;
+                };
+                let Some(c) = s.queue.pop_first() else {
+                    continue;
+                };
+                s.active_at = now.mono;
+                let (to, rid, count) = (s.to, s.request_id, s.chunks.len() as u16);
+                let flows = s.chunks.get(usize::from(c)).cloned().unwrap_or_default();
+                let h = self.header(MessageKind::RecoveryReply, now);
+                let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+                if let Ok(n) = control::emit_recovery_reply(&mut buf, &h, rid, c, count, &flows) {
+                    self.counters.recovery_chunks_sent += 1;
+                    self.counters.recovery_flows_sent += flows.len() as u64;
+                    let payload = self.seal(buf, n);
+                    self.outbox.push_back(Transmit { to, payload });
+                }
+                budget -= 1;
+                sent_any = true;
+            }
+            if !sent_any {
+                break;
+            }
+        }
+    }
+
+    /// Probes each peer silent for 1.5 report intervals and not yet dead,
+    /// every `probe_interval`: a live peer answers with a report, so it
+    /// takes every one of its reports and every probe or answer in the
+    /// remaining time lost to make it dead.
+    fn send_probes(&mut self, now: Clock, engine: &dyn ClusterEngine) {
+        // The load table may count a peer's silence from later than we
+        // do (the daemon restarts it when it starts listening): follow it.
+        for (id, p) in &mut self.peers {
+            if let Some(r) = engine.loads().peer(*id) {
+                p.fresh_at = p.fresh_at.max(r.received_at);
+            }
+        }
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.probe_due(p).is_some_and(|t| t <= now.mono))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            p.next_probe = after(now.mono, self.cfg.probe_interval);
+            let to = p.cfg.tunnel_addr;
+            let h = self.header(MessageKind::Probe, now);
+            let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+            if let Ok(n) = control::emit_probe(&mut buf, &h) {
+                self.counters.probes_sent += 1;
+                let payload = self.seal(buf, n);
+                self.outbox.push_back(Transmit { to, payload });
+            }
+        }
+    }
+
+    /// Answers a probe: a report of this host's own entry to `to` alone.
+    fn answer_probe(&mut self, now: Clock, to: IpAddr, engine: &dyn ClusterEngine) {
+        if self.phase == NodePhase::Left {
+            return;
+        }
+        self.report_seq += 1;
+        let entries = [self.own_entry(engine)];
+        let h = self.header(MessageKind::Report, now);
+        let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+        if let Ok(n) = control::emit_report(&mut buf, &h, &entries, &self.cfg.service_addrs) {
+            self.counters.probes_answered += 1;
             let payload = self.seal(buf, n);
             self.outbox.push_back(Transmit { to, payload });
         }
@@ -987,14 +1271,21 @@ impl Node {
         }
         match msg.body {
             Body::Report(r) => self.on_report(now, sender, &r, engine),
-            Body::RecoveryRequest { request_id } => {
-                self.on_request(now, sender, request_id, engine)
-            }
+            Body::RecoveryRequest {
+                request_id,
+                known_chunks,
+                missing,
+            } => self.on_request(now, sender, request_id, known_chunks, missing, engine),
             Body::RecoveryReply(r) => self.on_reply(now, sender, &r, engine),
             Body::CutNotice(r) => self.on_cut(sender, &r, engine),
             Body::IdleAdvert => {
                 self.counters.idle_adverts_received += 1;
                 engine.peer_idle(sender);
+            }
+            Body::Probe => {
+                if let Some(to) = self.peers.get(&sender).map(|p| p.cfg.tunnel_addr) {
+                    self.answer_probe(now, to, engine);
+                }
             }
             Body::Unknown(_) => return Err(Reject::UnknownKind),
         }
@@ -1091,6 +1382,11 @@ impl Node {
             Ok(_) => true,
             Err(_) => false,
         };
+        if applied {
+            if let Some(p) = self.peers.get_mut(&origin) {
+                p.fresh_at = p.fresh_at.max(at);
+            }
+        }
         let back = engine
             .loads()
             .peer(origin)
@@ -1117,9 +1413,9 @@ impl Node {
         self.counters.cut_flows_sent += self.send_flows(now, to, MessageKind::CutNotice, 0, &flows);
     }
 
-    /// Sends `flows` to `to` as messages of `kind` (a recovery reply to
-    /// `request_id`, or a cut notice), chunked to fit one message each;
-    /// returns how many flows went out.
+    /// Sends `flows` to `to` as messages of `kind` (a cut notice; recovery
+    /// replies go through the paced sender), chunked to fit one message
+    /// each; returns how many flows went out.
     fn send_flows(
         &mut self,
         now: Clock,
@@ -1209,20 +1505,62 @@ impl Node {
         self.aborts.pop_front()
     }
 
+    /// A recovery request: a new request id takes a snapshot of the flows
+    /// served for the asker and queues all its chunks for the paced
+    /// sender (replacing any older snapshot); a re-ask of the same id
+    /// queues again the chunks it names as missing, or, when it names
+    /// none because it has received nothing, all of them once the queue
+    /// has run dry.
     fn on_request(
         &mut self,
         now: Clock,
         sender: PeerId,
         request_id: u32,
+        known: u16,
+        missing: MissingRanges<'_>,
         engine: &mut dyn ClusterEngine,
     ) {
         let Some(to) = self.peers.get(&sender).map(|p| p.cfg.tunnel_addr) else {
             return;
         };
+        self.counters.recovery_requests_received += 1;
+        if let Some(s) = self
+            .streams
+            .get_mut(&sender)
+            .filter(|s| s.request_id == request_id)
+        {
+            s.active_at = now.mono;
+            let count = s.chunks.len() as u16;
+            if known == 0 {
+                if s.queue.is_empty() {
+                    s.queue.extend(0..count);
+                }
+            } else if known == count {
+                for (first, last) in missing.iter() {
+                    s.queue.extend(first..=last.min(count - 1));
+                }
+            } else {
+                // Counted from another snapshot: send this one whole (the
+                // asker starts counting again on the new count).
+                s.queue.extend(0..count);
+            }
+            return;
+        }
         self.counters.recovery_requests_answered += 1;
         let flows = engine.served_for(sender, now.mono);
-        self.counters.recovery_flows_sent +=
-            self.send_flows(now, to, MessageKind::RecoveryReply, request_id, &flows);
+        let mut chunks = flow_chunks(&flows);
+        chunks.truncate(usize::from(u16::MAX));
+        let count = chunks.len() as u16;
+        self.streams.insert(
+            sender,
+            ReplyStream {
+                to,
+                request_id,
+                chunks,
+                queue: (0..count).collect(),
+                active_at: now.mono,
+            },
+        );
     }
 
     fn on_reply(
@@ -1238,21 +1576,27 @@ impl Node {
         if r.request_id != rec.request_id {
             return;
         }
-        let Some((got, total)) = rec.pending.get_mut(&sender) else {
+        let Some(p) = rec.pending.get_mut(&sender) else {
             return;
         };
-        if total.is_some_and(|n| n != r.chunks) {
+        if p.total.is_some_and(|n| n != r.chunks) {
+            // The peer took a new snapshot (it had dropped the old one):
+            // count again; routes restored so far stay.
+            p.got.clear();
+        }
+        p.total = Some(r.chunks);
+        if !p.got.insert(r.chunk) {
+            self.counters.recovery_chunks_duplicate += 1;
             return;
         }
-        *total = Some(r.chunks);
-        if !got.insert(r.chunk) {
-            return;
-        }
+        p.progress_at = now.mono;
+        rec.deadline = rec.deadline.max(after(now.mono, self.cfg.recovery_timeout));
+        self.counters.recovery_chunks_received += 1;
         for f in r.flows() {
             self.counters.recovery_flows_received += 1;
             let _ = engine.restore_route(&f, sender, now.mono);
         }
-        self.maybe_finish_recovery(engine);
+        self.maybe_finish_recovery(now, engine);
     }
 }
 
