@@ -109,6 +109,10 @@ enum Command {
         /// The admin socket (`[admin] socket` of its configuration)
         #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Then wait up to S seconds for the host to leave the cluster (no
+        /// connection left, local or routed); exit 1 if it has not
+        #[arg(long, value_name = "S", value_parser = parse_wait)]
+        wait: Option<f64>,
     },
     /// Reload the configuration (as SIGHUP does)
     #[command(long_about = "Make the dprd listening on the admin socket reload its \
@@ -193,6 +197,46 @@ fn parse_interval(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not between 0.1 and 3600 seconds"))
+    }
+}
+
+/// `drain --wait`: seconds, 0 to 86400.
+fn parse_wait(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if (0.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 86400 seconds"))
+    }
+}
+
+/// After `drain`: polls the status until the host has left the cluster
+/// (its drain ends once neither the local stack nor the routing table has
+/// had a connection for a report interval, or at `drain_deadline_s`), or
+/// `limit` passes.
+fn drain_wait(socket: &Path, limit: std::time::Duration) -> Result<(), Error> {
+    let start = std::time::Instant::now();
+    loop {
+        let st = dprd::status::request_status(socket)?;
+        if st.phase == "left" {
+            return print(&format!(
+                "left the cluster after {:.1} s\n",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        if start.elapsed() >= limit {
+            return Err(Error::DrainTimeout {
+                path: socket.to_path_buf(),
+                phase: st.phase,
+                waited_s: start.elapsed().as_secs_f64(),
+                open_connections: st.open_connections,
+                routes: st.routes,
+            });
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
     }
 }
 
@@ -330,8 +374,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print(&dprd::status::request_status(&socket)?.render())
             }
         }
-        Command::Drain { socket } => {
-            print(&(dprd::status::admin_command(&socket, "drain")? + "\n"))
+        Command::Drain { socket, wait } => {
+            print(&(dprd::status::admin_command(&socket, "drain")? + "\n"))?;
+            match wait {
+                Some(s) => drain_wait(&socket, std::time::Duration::from_secs_f64(s)),
+                None => Ok(()),
+            }
         }
         Command::Reload { socket } => {
             print(&(dprd::status::admin_command(&socket, "reload")? + "\n"))

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "run",
+    "cleanup",
     "check-config",
     "status",
     "drain",
@@ -98,6 +99,14 @@ fn every_help_prints_usage_and_does_nothing_else() {
             "Usage: dprd man [OPTIONS]",
         ),
         (vec!["help", "run"], "Usage: dprd run --config <FILE>"),
+        (
+            vec!["status", "--watch", "-n", "0.5", "--help"],
+            "Usage: dprd status [OPTIONS]",
+        ),
+        (
+            vec!["drain", "--wait", "30", "--help"],
+            "Usage: dprd drain [OPTIONS]",
+        ),
         (vec!["help", "lab"], "Usage: dprd lab [ARGS]..."),
     ];
     for c in COMMANDS.iter().filter(|c| !matches!(**c, "lab" | "bench")) {
