@@ -78,6 +78,11 @@ fn redirecting_host0(backend: &str) -> (Lab, String) {
         hosts: 3,
         threshold: 1000.0,
         backend: backend.into(),
+        // dprd's own timers (200 / 1000 ms) halved, not the lab's 50 / 500:
+        // ten restarts in a row on a busy two-core machine must not turn a
+        // slow start into a peer declared dead (whose connections are reset).
+        report_interval_ms: 100,
+        dead_after_ms: 1000,
         ..LabSpec::default()
     });
     hold_host0_load(&mut lab, 8);
@@ -238,9 +243,17 @@ fn restarts_under_transfer(
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut restored = 0;
     let mut gaps = Vec::new();
+    // Summed over the instances (each starts its counters at zero).
+    let (mut resets, mut unknown, mut held_back, mut restored) = (0, 0, 0, 0);
+    let mut count = |s: &Status| {
+        restored += io(s, "routes_restored");
+        resets += event(s, "dead_peer_resets");
+        unknown += event(s, "unknown_flow_delivered");
+        held_back += s.drops.get("recovering").copied().unwrap_or(0);
+    };
     for r in 0..rounds {
+        count(&status(&lab, 0));
         let t = Instant::now();
         let exit = ok(lab.signal_dprd(0, sig));
         ok(lab.start_dprd_with(0, &cfg));
@@ -256,7 +269,6 @@ fn restarts_under_transfer(
         loop {
             let s = status(&lab, 0);
             if s.phase != "recovering" {
-                restored += io(&s, "routes_restored");
                 break;
             }
             assert!(
@@ -269,14 +281,18 @@ fn restarts_under_transfer(
     }
     let broken = finish_transfers(&ts);
     let s0 = status(&lab, 0);
+    count(&s0);
     eprintln!(
         "{backend} SIG{sig} x{rounds}: {} of {} transfers broken; gaps (signal to status answering) {:?} ms; \
-         routes restored {restored}; h0 after: routes {}, drops {:?}",
+         routes restored {restored}; h0 after: routes {}; over all instances: dead-peer resets {}, \
+         unknown flows delivered {}, dropped while recovering {}",
         broken.len(),
         ts.len(),
         gaps,
         s0.routes,
-        s0.drops
+        resets,
+        unknown,
+        held_back
     );
     lab.kill_extras();
     stop_leaves_nothing_after_cleanup(&mut lab);

@@ -77,6 +77,8 @@ impl TableSummary {
         self.capacity += o.capacity;
         self.stats.inserted += o.stats.inserted;
         self.stats.evicted += o.stats.evicted;
+        self.stats.evicted_half_open += o.stats.evicted_half_open;
+        self.stats.evicted_established += o.stats.evicted_established;
         self.stats.expired += o.stats.expired;
         self.stats.reset += o.stats.reset;
         self.stats.removed += o.stats.removed;
@@ -387,6 +389,12 @@ impl EngineSet {
         }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// [`Engine::restart_silence`] on the control engine and every shard.
+    pub fn restart_silence(&mut self, now: Timestamp) {
+        self.control.restart_silence(now);
+        self.broadcast(move |e| e.restart_silence(now));
     }
 
     /// Replaces every shard's policy with a new instance from `make`.

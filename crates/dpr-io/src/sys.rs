@@ -271,6 +271,24 @@ pub fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+/// Puts the calling thread in the real-time round-robin class at
+/// `priority` (1 ..= 99), with `SCHED_RESET_ON_FORK`: threads and processes
+/// it starts afterwards are back in the normal class. Needs
+/// `CAP_SYS_NICE`.
+pub fn set_current_thread_realtime(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a live sched_param; pid 0 is the calling thread.
+    let r =
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The effective user id.
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

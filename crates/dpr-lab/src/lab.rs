@@ -1169,6 +1169,12 @@ pub fn main(args: &LabArgs) -> Result<(), String> {
     );
     println!();
     let mut clean = true;
+    // Drain every host at once (no new connections come any more), then
+    // stop each: a drained host has nothing routed, so its stop holds
+    // nothing.
+    for i in 0..n {
+        lab.admin(i, "drain")?;
+    }
     for i in 0..n {
         let held = lab.stop_dprd_drained(i, Duration::from_secs(15))?;
         if held {

@@ -6,7 +6,8 @@
 //! an ideal dispatcher and DPR on; the clusters of the end-to-end tests),
 //! [`bench`](mod@bench) (the data-path benchmarks of `docs/benchmarks.md`), [`httpd`]
 //! (the lab's web server), [`loadgen`] (its client), [`truth`] (the daemon's
-//! decisions against the web servers' open connections), [`netns`]
+//! decisions against the web servers' open connections), [`flood`] (a
+//! bounded SYN flood from random sources, for the flood tests), [`netns`]
 //! (namespaces and veth pairs, for the lab and the tests alike) and [`stop`]
 //! (SIGINT, SIGTERM and SIGHUP end a run cleanly).
 //!
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod flood;
 pub mod httpd;
 pub mod lab;
 pub mod loadgen;

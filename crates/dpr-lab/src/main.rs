@@ -68,6 +68,14 @@ enum Command {
     /// times and random draws for the same --seed.
     #[command(hide = true)]
     Loadgen(dpr_lab::loadgen::LoadgenArgs),
+    /// A bounded SYN flood (the flood tests; root).
+    ///
+    /// Sends exactly --count SYNs (paced to --rate per second, 0: unpaced) to
+    /// --dst:--port from random addresses of --sources (within 198.18.0.0/15 only)
+    /// and random ports, through a raw IPv4 socket in the current namespace; prints
+    /// `{"sent": N, "retries": R, "secs": S}`.
+    #[command(hide = true)]
+    Flood(dpr_lab::flood::FloodArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +86,7 @@ fn main() -> ExitCode {
         Command::BenchGen(a) => dpr_lab::bench::gen_main(&a),
         Command::Httpd(a) => dpr_lab::httpd::main(a),
         Command::Loadgen(a) => dpr_lab::loadgen::main(a),
+        Command::Flood(a) => dpr_lab::flood::main(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +109,7 @@ mod tests {
 
     #[test]
     fn help_is_an_answer_not_a_run() {
-        for cmd in ["lab", "bench", "bench-gen", "httpd", "loadgen"] {
+        for cmd in ["lab", "bench", "bench-gen", "httpd", "loadgen", "flood"] {
             let e = Cli::try_parse_from(["dpr-lab", cmd, "--help"]).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{cmd}");
         }

@@ -549,6 +549,12 @@ impl Engine {
         self.loads.set_local_others(others);
     }
 
+    /// See [`LoadTable::restart_silence`]: call when the host starts
+    /// listening for reports.
+    pub fn restart_silence(&mut self, now: Timestamp) {
+        self.loads.restart_silence(now);
+    }
+
     /// The hasher of the flow tables (seeded by
     /// [`EngineConfig::flow_hash_seed`]): engines built from one
     /// configuration share it, so `dpr_table::worker_for` over it names the

@@ -184,6 +184,9 @@ fn check_counters(e: &Engine, total: u64) {
         total
     );
     assert_eq!(c.dropped, c.drops.iter().sum::<u64>());
+    for s in [e.routes().stats(), e.served().stats()] {
+        assert_eq!(s.evicted, s.evicted_half_open + s.evicted_established);
+    }
 }
 
 /// The fuzz entry point.

@@ -8,6 +8,18 @@
 //! bits and a tag taken from the flow hash in the remaining high bits, so a
 //! probe rarely touches an entry whose key does not match.
 //!
+//! The LRU order is kept in two segments (a 2Q-like split): entries whose
+//! handshake has not been seen to complete (`SynSeen`, on *probation*) and
+//! all others (*protected*). At capacity the victim is probation's least
+//! recently used entry once probation holds at least
+//! [`ConnTableConfig::half_open_reserve`] entries (or protected is empty),
+//! otherwise protected's: a flood of SYNs takes at most the reserve from
+//! established connections and then only evicts its own entries, while a
+//! table full of established connections still gives new ones the reserve
+//! to complete their handshakes in. An entry is promoted when it leaves
+//! `SynSeen` (ACK from the client, SYN-ACK from the server, FIN,
+//! [`ConnTable::confirm_open`], a packet after an RST).
+//!
 //! Expiry follows the `now` passed in: a lookup that finds an idle entry
 //! removes it, and every mutating call advances a sweep cursor over a
 //! bounded number of entries (`sweep_per_call`).
@@ -55,7 +67,7 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnTableConfig {
     /// Maximum number of entries (1 ..= 2^30). At capacity an insert evicts
-    /// the least recently used entry.
+    /// the least recently used entry of one segment (see `half_open_reserve`).
     pub capacity: u32,
     /// Idle timeout of a connection whose handshake has not completed.
     pub half_open_timeout: Duration,
@@ -68,6 +80,12 @@ pub struct ConnTableConfig {
     /// Entries the incremental sweep examines per mutating call (0: only
     /// explicit [`ConnTable::sweep`] calls and lazy expiry remove entries).
     pub sweep_per_call: u32,
+    /// Entries that half-open connections (on probation) may take from
+    /// established ones at capacity; beyond it a new entry evicts the least
+    /// recently used half-open one, never an established one. 0 (the
+    /// default) means a quarter of `capacity`, rounded up; otherwise at
+    /// most `capacity`.
+    pub half_open_reserve: u32,
 }
 
 impl Default for ConnTableConfig {
@@ -79,6 +97,7 @@ impl Default for ConnTableConfig {
             closing_timeout: Duration::from_secs(60),
             fin_grace: Duration::from_secs(4),
             sweep_per_call: 4,
+            half_open_reserve: 0,
         }
     }
 }
@@ -96,6 +115,9 @@ impl ConnTableConfig {
         if self.capacity > MAX_CAPACITY {
             return bad("capacity", "must be at most 2^30");
         }
+        if self.half_open_reserve > self.capacity {
+            return bad("half_open_reserve", "must be at most `capacity`");
+        }
         for (field, d) in [
             ("half_open_timeout", self.half_open_timeout),
             ("established_timeout", self.established_timeout),
@@ -107,6 +129,16 @@ impl ConnTableConfig {
             }
         }
         Ok(())
+    }
+
+    /// The reserve in effect: [`half_open_reserve`](Self::half_open_reserve),
+    /// or a quarter of the capacity (rounded up) when it is 0.
+    pub fn effective_half_open_reserve(&self) -> u32 {
+        if self.half_open_reserve == 0 {
+            self.capacity.div_ceil(4)
+        } else {
+            self.half_open_reserve
+        }
     }
 }
 
@@ -134,7 +166,8 @@ pub struct ConnEntry {
 /// What [`ConnTable::insert`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {
-    /// A new entry; `evicted` is the LRU entry removed to make room.
+    /// A new entry; `evicted` is the entry removed to make room (the least
+    /// recently used of its segment, see [`ConnTable::lru`]).
     Inserted {
         /// The flow evicted at capacity, if any.
         evicted: Option<FlowKey>,
@@ -179,8 +212,14 @@ pub enum PacketOutcome {
 pub struct TableStats {
     /// Entries created.
     pub inserted: u64,
-    /// Entries evicted at capacity (LRU).
+    /// Entries evicted at capacity (`evicted_half_open + evicted_established`).
     pub evicted: u64,
+    /// Of `evicted`: entries on probation (handshake not seen to complete).
+    pub evicted_half_open: u64,
+    /// Of `evicted`: entries past their handshake (established, closing,
+    /// closed): lost to a genuine overload, never to a flood of SYNs beyond
+    /// the half-open reserve.
+    pub evicted_established: u64,
     /// Entries removed because idle or past their FIN grace.
     pub expired: u64,
     /// RSTs seen for a live entry (each starts its grace time).
@@ -204,6 +243,12 @@ const RST_SEEN: u8 = 0x20;
 /// `isn` holds the opening SYN's sequence number.
 const ISN_KNOWN: u8 = 0x40;
 const LOCAL: u8 = 0x80;
+/// Bit of `Slot::hash` marking an entry on probation. The index position
+/// uses at most 31 bits of the hash (the index has at most 2^31 slots).
+const PROBATION: u32 = 1 << 31;
+/// List numbers: `lists[PROTECTED]`, `lists[PROBATION_LIST]`.
+const PROTECTED: usize = 0;
+const PROBATION_LIST: usize = 1;
 
 /// One stored entry. For `V4Key` this is 48 bytes: the compiler orders
 /// fields by alignment and the 13-byte key fills the tail. For `WideKey`
@@ -215,7 +260,8 @@ struct Slot<K: TableKey> {
     packets: u32,
     prev: u32,
     next: u32,
-    /// Low 32 bits of the flow hash: the home position in the index.
+    /// Low 31 bits of the flow hash (the home position in the index), and
+    /// `PROBATION` in bit 31.
     hash: u32,
     /// The opening SYN's sequence number, when `ISN_KNOWN`.
     isn: K::Isn,
@@ -226,6 +272,11 @@ struct Slot<K: TableKey> {
 }
 
 impl<K: TableKey> Slot<K> {
+    #[inline]
+    fn list(&self) -> usize {
+        usize::from(self.hash & PROBATION != 0)
+    }
+
     fn route(&self) -> Route {
         if self.state & LOCAL != 0 {
             Route::Local
@@ -260,11 +311,27 @@ impl<K: TableKey> Slot<K> {
     }
 }
 
+/// One intrusive LRU list: most recent at `head`.
+#[derive(Clone, Copy, Debug)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+const EMPTY: List = List {
+    head: NIL,
+    tail: NIL,
+    len: 0,
+};
+
 /// Timeouts in nanoseconds, indexed by `ST_*`.
 #[derive(Clone, Copy, Debug)]
 struct Timeouts([u64; 5]);
 
-/// A bounded, LRU-evicting map from flow to route and TCP state.
+/// A bounded, LRU-evicting map from flow to route and TCP state, whose
+/// half-open entries cannot evict established ones beyond a reserve (see
+/// the module documentation).
 ///
 /// One table is owned by one data-path worker (`&mut self` everywhere, no
 /// locks); see [`crate::shard`] for steering flows to workers.
@@ -277,8 +344,9 @@ pub struct ConnTable<K: TableKey = V4Key> {
     idx_mask: u32,
     capacity: u32,
     len: u32,
-    head: u32,
-    tail: u32,
+    /// `[PROTECTED]` and `[PROBATION_LIST]`.
+    lists: [List; 2],
+    half_open_reserve: u32,
     free: u32,
     sweep_pos: u32,
     sweep_per_call: u32,
@@ -309,8 +377,8 @@ impl<K: TableKey> ConnTable<K> {
             idx_mask: (1u32 << idx_bits) - 1,
             capacity,
             len: 0,
-            head: NIL,
-            tail: NIL,
+            lists: [EMPTY; 2],
+            half_open_reserve: config.effective_half_open_reserve(),
             free: NIL,
             sweep_pos: 0,
             sweep_per_call: config.sweep_per_call,
@@ -338,6 +406,17 @@ impl<K: TableKey> ConnTable<K> {
     /// Lifetime counters.
     pub fn stats(&self) -> TableStats {
         self.stats
+    }
+
+    /// Entries on probation (half-open: handshake not seen to complete).
+    pub fn half_open_len(&self) -> usize {
+        self.lists[PROBATION_LIST].len as usize
+    }
+
+    /// The half-open reserve in effect
+    /// ([`ConnTableConfig::effective_half_open_reserve`]).
+    pub fn half_open_reserve(&self) -> usize {
+        self.half_open_reserve as usize
     }
 
     /// Bytes allocated by the table's slab and index (not the struct).
@@ -412,42 +491,74 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     fn lru_unlink(&mut self, e: u32) {
-        let (prev, next) = {
+        let (prev, next, l) = {
             let s = &self.entries[e as usize];
-            (s.prev, s.next)
+            (s.prev, s.next, s.list())
         };
+        let list = &mut self.lists[l];
+        list.len -= 1;
         if prev == NIL {
-            self.head = next
+            list.head = next
         } else {
             self.entries[prev as usize].next = next
         }
         if next == NIL {
-            self.tail = prev
+            list.tail = prev
         } else {
             self.entries[next as usize].prev = prev
         }
     }
 
+    /// Puts `e` at the front of the list its `PROBATION` bit names.
     fn lru_push_front(&mut self, e: u32) {
-        let old = self.head;
+        let l = self.entries[e as usize].list();
+        let old = self.lists[l].head;
         {
             let s = &mut self.entries[e as usize];
             s.prev = NIL;
             s.next = old;
         }
+        let list = &mut self.lists[l];
+        list.len += 1;
         if old == NIL {
-            self.tail = e
+            list.tail = e
         } else {
             self.entries[old as usize].prev = e
         }
-        self.head = e;
+        self.lists[l].head = e;
     }
 
     #[inline]
     fn touch(&mut self, e: u32) {
-        if self.head != e {
+        if self.lists[self.entries[e as usize].list()].head != e {
             self.lru_unlink(e);
             self.lru_push_front(e);
+        }
+    }
+
+    /// Moves `e` from probation to the front of the protected list (its
+    /// handshake completed); an entry already protected is only touched.
+    #[inline]
+    fn promote(&mut self, e: u32) {
+        if self.entries[e as usize].hash & PROBATION == 0 {
+            self.touch(e);
+            return;
+        }
+        self.lru_unlink(e);
+        self.entries[e as usize].hash &= !PROBATION;
+        self.lru_push_front(e);
+    }
+
+    /// The entry the next eviction removes: probation's least recently used
+    /// once probation holds the reserve (or protected is empty), otherwise
+    /// protected's.
+    #[inline]
+    fn victim(&self) -> u32 {
+        let prob = &self.lists[PROBATION_LIST];
+        if prob.len >= self.half_open_reserve || self.lists[PROTECTED].len == 0 {
+            prob.tail
+        } else {
+            self.lists[PROTECTED].tail
         }
     }
 
@@ -553,7 +664,7 @@ impl<K: TableKey> ConnTable<K> {
             ST_SYN | ST_EST => {
                 s.state = (s.state & !ST_MASK) | ST_EST;
                 s.last_seen = now.0;
-                self.touch(e);
+                self.promote(e);
             }
             _ => {}
         }
@@ -645,7 +756,12 @@ impl<K: TableKey> ConnTable<K> {
         }
         s.state = (s.state & !ST_MASK) | st;
         let route = s.route();
-        self.touch(e);
+        if st == ST_SYN {
+            self.touch(e);
+        } else {
+            // Past the handshake (or revived after an RST): protected.
+            self.promote(e);
+        }
         PacketOutcome::Forward(route)
     }
 
@@ -708,8 +824,9 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     /// Records the routing decision for a new connection (on its SYN).
-    /// TCP entries start in `SynSeen`, other protocols in `Established`.
-    /// At capacity the least recently used entry is evicted first.
+    /// TCP entries start in `SynSeen` (on probation), other protocols in
+    /// `Established`. At capacity the entry [`lru`](Self::lru) names is
+    /// evicted first.
     pub fn insert(
         &mut self,
         flow: &FlowKey,
@@ -811,10 +928,20 @@ impl<K: TableKey> ConnTable<K> {
     ) -> Option<FlowKey> {
         let mut evicted = None;
         if self.len == self.capacity {
-            let victim = self.tail;
+            let victim = self.victim();
+            if self.entries[victim as usize].hash & PROBATION != 0 {
+                self.stats.evicted_half_open += 1;
+            } else {
+                self.stats.evicted_established += 1;
+            }
             evicted = Some(self.remove_entry(victim).key.to_flow());
             self.stats.evicted += 1;
         }
+        let probation = if state & ST_MASK == ST_SYN {
+            PROBATION
+        } else {
+            0
+        };
         let (peer, local) = match route {
             Route::Local => (0, LOCAL),
             Route::Peer(PeerId(p)) => (p, 0),
@@ -825,7 +952,7 @@ impl<K: TableKey> ConnTable<K> {
             packets,
             prev: NIL,
             next: NIL,
-            hash: h as u32,
+            hash: (h as u32 & !PROBATION) | probation,
             isn,
             peer,
             state: state | local,
@@ -855,12 +982,18 @@ impl<K: TableKey> ConnTable<K> {
         Some(self.remove_at(pos, e).public())
     }
 
-    /// Entries from most to least recently used.
+    /// Entries from most to least recently used: the protected ones, then
+    /// those on probation.
     pub fn iter(&self) -> impl Iterator<Item = ConnEntry> + '_ {
-        let mut e = self.head;
+        let mut list = PROTECTED;
+        let mut e = self.lists[PROTECTED].head;
         core::iter::from_fn(move || {
-            if e == NIL {
-                return None;
+            while e == NIL {
+                if list == PROBATION_LIST {
+                    return None;
+                }
+                list = PROBATION_LIST;
+                e = self.lists[PROBATION_LIST].head;
             }
             let s = &self.entries[e as usize];
             e = s.next;
@@ -870,10 +1003,13 @@ impl<K: TableKey> ConnTable<K> {
 
     /// The flow that the next eviction would remove.
     pub fn lru(&self) -> Option<FlowKey> {
-        (self.tail != NIL).then(|| self.entries[self.tail as usize].key.to_flow())
+        let v = self.victim();
+        (v != NIL).then(|| self.entries[v as usize].key.to_flow())
     }
 
-    /// Appends the compact export of every entry to `out`, oldest first.
+    /// Appends the compact export of every entry to `out`, oldest first
+    /// (protected entries, then those on probation; an import puts each
+    /// back in the segment its state names, in the same order).
     /// Times are stored as ages relative to `now`, so an import on a host
     /// whose clock restarted keeps the idle times. Format: `b"DPRC"`,
     /// version 1, entry count (u32 LE), then per entry: family byte
@@ -888,7 +1024,13 @@ impl<K: TableKey> ConnTable<K> {
 
     /// The records of [`export`](Self::export) without the header.
     pub(crate) fn export_records(&self, now: Timestamp, out: &mut Vec<u8>) {
-        let mut e = self.tail;
+        for list in [PROTECTED, PROBATION_LIST] {
+            self.export_list(list, now, out);
+        }
+    }
+
+    fn export_list(&self, list: usize, now: Timestamp, out: &mut Vec<u8>) {
+        let mut e = self.lists[list].tail;
         while e != NIL {
             let s = &self.entries[e as usize];
             let flow = s.key.to_flow();
@@ -955,27 +1097,41 @@ impl<K: TableKey> ConnTable<K> {
         }
     }
 
-    /// Checks the internal invariants (tests only): index and LRU list agree
-    /// with the entry count, every index slot finds its entry.
+    /// Checks the internal invariants (tests only): index and both LRU
+    /// lists agree with the entry counts, every index slot finds its
+    /// entry, every entry is in the list its `PROBATION` bit names, and
+    /// only `SynSeen` entries (or ones reset while on probation) are on
+    /// probation.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let mut n = 0u32;
-        let mut prev = NIL;
-        let mut e = self.head;
-        while e != NIL {
-            let s = &self.entries[e as usize];
-            assert_ne!(s.state & ST_MASK, ST_FREE);
-            assert_eq!(s.prev, prev);
-            let flow = s.key.to_flow();
-            assert_eq!(
-                self.find(self.hasher.hash(&flow), &s.key).map(|x| x.1),
-                Some(e)
-            );
-            prev = e;
-            e = s.next;
-            n += 1;
+        for l in [PROTECTED, PROBATION_LIST] {
+            let mut m = 0u32;
+            let mut prev = NIL;
+            let mut e = self.lists[l].head;
+            while e != NIL {
+                let s = &self.entries[e as usize];
+                assert_ne!(s.state & ST_MASK, ST_FREE);
+                assert_eq!(s.prev, prev);
+                assert_eq!(s.list(), l);
+                if l == PROBATION_LIST {
+                    assert!(s.state & ST_MASK == ST_SYN || s.state & RST_SEEN != 0);
+                } else {
+                    assert!(s.state & ST_MASK != ST_SYN);
+                }
+                let flow = s.key.to_flow();
+                assert_eq!(
+                    self.find(self.hasher.hash(&flow), &s.key).map(|x| x.1),
+                    Some(e)
+                );
+                prev = e;
+                e = s.next;
+                m += 1;
+            }
+            assert_eq!(prev, self.lists[l].tail);
+            assert_eq!(m, self.lists[l].len);
+            n += m;
         }
-        assert_eq!(prev, self.tail);
         assert_eq!(n, self.len);
         assert!(self.len <= self.capacity);
         assert_eq!(

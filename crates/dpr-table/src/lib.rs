@@ -4,7 +4,9 @@
 //! [`FlowKey`](dpr_packet::FlowKey) to where its packets go (served here or
 //! redirected to a peer), its TCP progress, when it was last seen and how
 //! much it carried; it is bounded (least recently used entries are evicted
-//! in O(1), counted) and ages entries by state-dependent idle timeouts. The
+//! in O(1), counted; half-open ones first past a reserve, so a SYN flood
+//! cannot empty it of established connections) and ages entries by
+//! state-dependent idle timeouts. The
 //! [`LoadTable`] holds every peer's identity, tunnel address, last load
 //! report and health, and this host's own load beside them, with indices
 //! that let a policy find the least-loaded or a capacity-weighted random

@@ -653,6 +653,17 @@ impl LoadTable {
         changed
     }
 
+    /// Counts the silence of every peer not heard from yet from `now`: the
+    /// host starts listening only now (a daemon that took long to start,
+    /// on a busy machine, must not find its peers dead before it could
+    /// hear their first report). Peers heard from are unchanged.
+    pub fn restart_silence(&mut self, now: Timestamp) {
+        for p in self.peers.iter_mut().filter(|p| p.seq.is_none()) {
+            p.received_at = now;
+        }
+        self.refresh(now);
+    }
+
     /// Optimistic accounting: counts one new connection against `id`'s
     /// load until its next report.
     pub fn record_redirect(&mut self, id: PeerId) -> Result<()> {

@@ -51,8 +51,12 @@ impl<K: TableKey> ShardedConnTable<K> {
             .capacity
             .div_ceil(u32::try_from(workers).unwrap_or(u32::MAX))
             .max(1);
+        let workers32 = u32::try_from(workers).unwrap_or(u32::MAX);
         let shard_config = ConnTableConfig {
             capacity: per,
+            // 0 stays "a quarter of the shard"; an explicit reserve is split
+            // like the capacity.
+            half_open_reserve: config.half_open_reserve.div_ceil(workers32).min(per),
             ..config
         };
         let shards = (0..workers)

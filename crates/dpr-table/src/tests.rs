@@ -26,6 +26,7 @@ fn cfg(capacity: u32) -> ConnTableConfig {
         closing_timeout: Duration::from_nanos(500),
         fin_grace: Duration::from_nanos(50),
         sweep_per_call: 0,
+        half_open_reserve: 0,
     }
 }
 
@@ -389,49 +390,92 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The two-segment model: `prot` and `prob` deques, front = most recent.
+struct Model {
+    prot: VecDeque<u32>,
+    prob: VecDeque<u32>,
+    reserve: usize,
+}
+
+impl Model {
+    fn victim(&self) -> Option<u32> {
+        if self.prob.len() >= self.reserve || self.prot.is_empty() {
+            self.prob.back().copied()
+        } else {
+            self.prot.back().copied()
+        }
+    }
+
+    fn evict(&mut self) -> Option<u32> {
+        if self.prob.len() >= self.reserve || self.prot.is_empty() {
+            self.prob.pop_back()
+        } else {
+            self.prot.pop_back()
+        }
+    }
+
+    fn take(&mut self, k: u32) -> Option<bool> {
+        if let Some(p) = self.prob.iter().position(|&x| x == k) {
+            self.prob.remove(p);
+            return Some(true);
+        }
+        let p = self.prot.iter().position(|&x| x == k)?;
+        self.prot.remove(p);
+        Some(false)
+    }
+}
+
 proptest! {
-    /// Against a model deque (front = most recent): the table never holds
-    /// more than its capacity, evicts exactly the model's LRU entry, and
-    /// iterates in exactly the model's order.
+    /// Against a model of two deques (probation for `SynSeen` entries,
+    /// protected for the rest; front = most recent): the table never holds
+    /// more than its capacity, evicts exactly the model's victim (from
+    /// probation once it holds the reserve), promotes on the client's ACK,
+    /// and iterates in exactly the model's order.
     #[test]
-    fn capacity_and_lru_order_match_model(cap in 1u32..12, ops in prop::collection::vec(op(), 1..200)) {
-        let mut t = ConnTable::<V4Key>::new(no_expiry(cap), FlowHasher::new(u64::from(cap))).unwrap();
-        let mut model: VecDeque<u32> = VecDeque::new();
+    fn capacity_and_lru_order_match_model(cap in 1u32..12, reserve_pick in 0u32..13, ops in prop::collection::vec(op(), 1..200)) {
+        let reserve = reserve_pick.min(cap);
+        let c = ConnTableConfig { half_open_reserve: reserve, ..no_expiry(cap) };
+        let mut t = ConnTable::<V4Key>::new(c, FlowHasher::new(u64::from(cap))).unwrap();
+        let mut m = Model { prot: VecDeque::new(), prob: VecDeque::new(), reserve: c.effective_half_open_reserve() as usize };
         let now = Timestamp(1);
         for op in ops {
             match op {
                 Op::Insert(k) => {
                     let out = t.insert(&flow(k), Route::Local, now).unwrap();
-                    if let Some(p) = model.iter().position(|&x| x == k) {
-                        prop_assert!(matches!(out, InsertOutcome::Existing(_)));
-                        model.remove(p);
-                    } else {
-                        let expect = if model.len() == cap as usize { model.pop_back().map(flow) } else { None };
-                        prop_assert_eq!(out, InsertOutcome::Inserted { evicted: expect });
+                    match m.take(k) {
+                        Some(on_prob) => {
+                            prop_assert!(matches!(out, InsertOutcome::Existing(_)));
+                            if on_prob { m.prob.push_front(k) } else { m.prot.push_front(k) }
+                        }
+                        None => {
+                            let expect = if m.prob.len() + m.prot.len() == cap as usize { m.evict().map(flow) } else { None };
+                            prop_assert_eq!(out, InsertOutcome::Inserted { evicted: expect });
+                            m.prob.push_front(k);
+                        }
                     }
-                    model.push_front(k);
                 }
                 Op::Packet(k) => {
                     let out = t.on_packet(&flow(k), Direction::Original, ACK, 1, now);
-                    if let Some(p) = model.iter().position(|&x| x == k) {
+                    if m.take(k).is_some() {
                         prop_assert_eq!(out, PacketOutcome::Forward(Route::Local));
-                        model.remove(p);
-                        model.push_front(k);
+                        m.prot.push_front(k);
                     } else {
                         prop_assert_eq!(out, PacketOutcome::Unknown);
                     }
                 }
                 Op::Remove(k) => {
-                    let had = model.iter().position(|&x| x == k);
+                    let had = m.take(k);
                     prop_assert_eq!(t.remove(&flow(k)).is_some(), had.is_some());
-                    if let Some(p) = had { model.remove(p); }
                 }
             }
             prop_assert!(t.len() <= cap as usize);
+            prop_assert_eq!(t.half_open_len(), m.prob.len());
             let order: Vec<FlowKey> = t.iter().map(|e| e.key).collect();
-            let want: Vec<FlowKey> = model.iter().map(|&k| flow(k)).collect();
+            let want: Vec<FlowKey> = m.prot.iter().chain(m.prob.iter()).map(|&k| flow(k)).collect();
             prop_assert_eq!(order, want);
-            prop_assert_eq!(t.lru(), model.back().map(|&k| flow(k)));
+            prop_assert_eq!(t.lru(), m.victim().map(flow));
+            let st = t.stats();
+            prop_assert_eq!(st.evicted, st.evicted_half_open + st.evicted_established);
             t.check_invariants();
         }
     }
@@ -452,6 +496,7 @@ proptest! {
             closing_timeout: Duration::from_nanos(timeouts[2]),
             fin_grace: Duration::from_nanos(timeouts[3]),
             sweep_per_call: 1,
+            half_open_reserve: 0,
         };
         let mut t = ConnTable::<V4Key>::new(c, FlowHasher::new(t0)).unwrap();
         let f = flow(5);
@@ -993,4 +1038,400 @@ fn local_estimate_adds_the_other_routers_counts() {
     assert_eq!(t.local_load(), 0.0, "never below zero");
     t.set_local(open(4), Capacity::default()).unwrap();
     assert_eq!((t.local_load(), t.local_net()), (4.0, 0));
+}
+
+// ------------------------------------------------- half-open probation (2Q)
+
+fn established(t: &mut ConnTable<V4Key>, n: u32, now: Timestamp) {
+    t.insert(&flow(n), Route::Peer(PeerId(1)), now).unwrap();
+    t.on_packet(&flow(n), Direction::Original, ACK, 40, now);
+}
+
+/// Flood flows: distinct from `flow(n)` for the n the tests use.
+fn flood_flow(n: u32) -> FlowKey {
+    FlowKey::new(
+        IpProtocol::Tcp,
+        IpAddr::V4(Ipv4Addr::from_bits(0xc612_0000 | (n >> 14))),
+        (n & 0x3fff) as u16 + 1024,
+        Ipv4Addr::new(198, 18, 1, 1).into(),
+        80,
+    )
+}
+
+#[test]
+fn a_syn_flood_never_evicts_established_entries() {
+    let cap = 256;
+    let mut t = ConnTable::<V4Key>::new(no_expiry(cap), FlowHasher::new(3)).unwrap();
+    assert_eq!(t.half_open_reserve(), 64);
+    // Up to capacity minus the reserve, established entries are safe.
+    for i in 0..cap - 64 {
+        established(&mut t, i, Timestamp(1));
+    }
+    for n in 0..cap * 10 {
+        let out = t
+            .insert(&flood_flow(n), Route::Local, Timestamp(2))
+            .unwrap();
+        assert!(matches!(out, InsertOutcome::Inserted { .. }));
+    }
+    for i in 0..cap - 64 {
+        assert_eq!(t.get(&flow(i)).unwrap().state, ConnState::Established);
+    }
+    let st = t.stats();
+    assert_eq!(st.evicted_established, 0);
+    assert_eq!(st.evicted_half_open, u64::from(cap * 10 - 64));
+    assert_eq!(t.half_open_len(), 64);
+    t.check_invariants();
+}
+
+#[test]
+fn a_legit_syn_promoted_in_time_survives_the_flood() {
+    let cap = 256;
+    let mut t = ConnTable::<V4Key>::new(no_expiry(cap), FlowHasher::new(4)).unwrap();
+    let mut n = 0;
+    for i in 0..100 {
+        t.insert(&flow(i), Route::Local, Timestamp(1)).unwrap();
+        // 150 flood SYNs between the SYN and its ACK: fewer than the 156
+        // entries probation holds once the flood has filled the table.
+        for _ in 0..150 {
+            t.insert(&flood_flow(n), Route::Local, Timestamp(1))
+                .unwrap();
+            n += 1;
+        }
+        assert_eq!(
+            t.on_packet(&flow(i), Direction::Original, ACK, 40, Timestamp(1)),
+            PacketOutcome::Forward(Route::Local),
+            "connection {i}"
+        );
+    }
+    // The SYN-ACK seen from the server promotes too (a peer's served table).
+    t.insert(&flow(500), Route::Local, Timestamp(1)).unwrap();
+    t.on_packet(
+        &flow(500),
+        Direction::Reply,
+        ACK | TcpFlags::SYN,
+        40,
+        Timestamp(1),
+    );
+    for _ in 0..cap * 4 {
+        t.insert(&flood_flow(n), Route::Local, Timestamp(1))
+            .unwrap();
+        n += 1;
+    }
+    for i in (0..100).chain([500]) {
+        assert_eq!(t.get(&flow(i)).unwrap().state, ConnState::Established);
+    }
+    // One promoted too late is gone, counted as a half-open eviction.
+    t.insert(&flow(600), Route::Local, Timestamp(1)).unwrap();
+    for _ in 0..cap {
+        t.insert(&flood_flow(n), Route::Local, Timestamp(1))
+            .unwrap();
+        n += 1;
+    }
+    assert_eq!(
+        t.on_packet(&flow(600), Direction::Original, ACK, 40, Timestamp(1)),
+        PacketOutcome::Unknown
+    );
+    assert_eq!(t.stats().evicted_established, 0);
+    t.check_invariants();
+}
+
+#[test]
+fn a_table_full_of_established_still_evicts_lru_and_keeps_the_reserve() {
+    let cap = 64;
+    let mut t = ConnTable::<V4Key>::new(no_expiry(cap), FlowHasher::new(5)).unwrap();
+    for i in 0..cap {
+        established(&mut t, i, Timestamp(1));
+    }
+    // Established entries inserted at capacity evict the least recently used.
+    let out = t
+        .insert_established(&flow(1000), Route::Local, Timestamp(2))
+        .unwrap();
+    assert_eq!(
+        out,
+        InsertOutcome::Inserted {
+            evicted: Some(flow(0))
+        }
+    );
+    // New SYNs take established entries, oldest first, up to the reserve
+    // (16): each new connection has 16 SYNs' time to complete.
+    for k in 0..16 {
+        let out = t
+            .insert(&flood_flow(k), Route::Local, Timestamp(3))
+            .unwrap();
+        assert_eq!(
+            out,
+            InsertOutcome::Inserted {
+                evicted: Some(flow(k + 1))
+            }
+        );
+    }
+    let out = t
+        .insert(&flood_flow(16), Route::Local, Timestamp(3))
+        .unwrap();
+    assert_eq!(
+        out,
+        InsertOutcome::Inserted {
+            evicted: Some(flood_flow(0))
+        }
+    );
+    let st = t.stats();
+    assert_eq!((st.evicted_established, st.evicted_half_open), (17, 1));
+    // UDP (no handshake) is protected at once.
+    let udp = FlowKey::new(IpProtocol::Udp, flow(1).src, 53, flow(1).dst, 53);
+    t.insert(&udp, Route::Local, Timestamp(4)).unwrap();
+    assert_eq!(t.half_open_len(), 15);
+    t.check_invariants();
+}
+
+#[test]
+fn promotion_by_fin_confirm_and_revival_after_rst_and_export_keeps_segments() {
+    let mut t = ConnTable::<V4Key>::new(no_expiry(16), FlowHasher::new(6)).unwrap();
+    for i in 0..5 {
+        t.insert(&flow(i), Route::Local, Timestamp(1)).unwrap();
+    }
+    assert_eq!(t.half_open_len(), 5);
+    t.on_packet(
+        &flow(0),
+        Direction::Original,
+        TcpFlags::FIN,
+        40,
+        Timestamp(2),
+    );
+    assert!(t.confirm_open(&flow(1), Timestamp(2)));
+    // An RST keeps a half-open entry on probation; the connection going on
+    // revives and promotes it.
+    t.on_packet(&flow(2), Direction::Reply, TcpFlags::RST, 40, Timestamp(2));
+    assert_eq!(t.half_open_len(), 3);
+    t.check_invariants();
+    t.on_packet(&flow(2), Direction::Original, ACK, 40, Timestamp(3));
+    assert_eq!(t.half_open_len(), 2);
+    assert_eq!(t.get(&flow(2)).unwrap().state, ConnState::Established);
+    t.check_invariants();
+    let mut blob = Vec::new();
+    t.export(Timestamp(4), &mut blob);
+    let mut u = ConnTable::<V4Key>::new(no_expiry(16), FlowHasher::new(7)).unwrap();
+    assert_eq!(u.import(&blob, Timestamp(4)).unwrap(), 5);
+    assert_eq!(u.half_open_len(), 2);
+    assert_eq!(
+        u.iter().map(|e| e.key).collect::<Vec<_>>(),
+        t.iter().map(|e| e.key).collect::<Vec<_>>()
+    );
+    u.check_invariants();
+}
+
+#[test]
+fn half_open_reserve_is_validated_and_split_over_shards() {
+    let c = ConnTableConfig {
+        half_open_reserve: 9,
+        ..no_expiry(8)
+    };
+    assert_eq!(
+        c.validate(),
+        Err(TableError::InvalidConfig {
+            field: "half_open_reserve",
+            reason: "must be at most `capacity`"
+        })
+    );
+    let s = ShardedConnTable::<V4Key>::new(
+        ConnTableConfig {
+            half_open_reserve: 100,
+            ..no_expiry(1000)
+        },
+        3,
+        FlowHasher::new(0),
+    )
+    .unwrap();
+    assert!(s.shards().iter().all(|t| t.half_open_reserve() == 34));
+}
+
+/// One-list LRU, the table before the probation segment (a model).
+struct OneLru {
+    cap: usize,
+    seq: u64,
+    at: std::collections::HashMap<FlowKey, u64>,
+    order: std::collections::BTreeMap<u64, FlowKey>,
+}
+
+impl OneLru {
+    fn touch_or_insert(&mut self, f: FlowKey) {
+        if let Some(old) = self.at.remove(&f) {
+            self.order.remove(&old);
+        } else if self.at.len() == self.cap {
+            let (_, v) = self.order.pop_first().unwrap();
+            self.at.remove(&v);
+        }
+        self.seq += 1;
+        self.at.insert(f, self.seq);
+        self.order.insert(self.seq, f);
+    }
+}
+
+/// What a policy loses: `(established lost, legit handshakes lost)`.
+/// `est` idle established connections, then `flood` SYNs from distinct
+/// sources with, every `every` of them, a legit connection whose ACK comes
+/// `gap` SYNs after its SYN. `reserve` None is the one-list LRU.
+fn simulate(
+    cap: u32,
+    reserve: Option<u32>,
+    est: u32,
+    flood: u32,
+    every: u32,
+    gap: u32,
+    junk: bool,
+) -> (u32, u32) {
+    let mut pending: VecDeque<(u32, u32)> = VecDeque::new();
+    let mut legit_lost = 0;
+    let mut legit = 10_000;
+    match reserve {
+        Some(r) => {
+            let c = ConnTableConfig {
+                half_open_reserve: r,
+                ..no_expiry(cap)
+            };
+            let mut t = ConnTable::<V4Key>::new(c, FlowHasher::new(1)).unwrap();
+            for i in 0..est {
+                established(&mut t, i, Timestamp(1));
+            }
+            for n in 0..flood {
+                if junk {
+                    t.insert(&flood_flow(n), Route::Local, Timestamp(1))
+                        .unwrap();
+                }
+                if every > 0 && n % every == 0 {
+                    t.insert(&flow(legit), Route::Local, Timestamp(1)).unwrap();
+                    pending.push_back((n + gap, legit));
+                    legit += 1;
+                }
+                while pending.front().is_some_and(|p| p.0 <= n) {
+                    let (_, l) = pending.pop_front().unwrap();
+                    let out = t.on_packet(&flow(l), Direction::Original, ACK, 40, Timestamp(1));
+                    legit_lost += u32::from(out == PacketOutcome::Unknown);
+                }
+            }
+            let lost = (0..est).filter(|&i| t.get(&flow(i)).is_none()).count() as u32;
+            (lost, legit_lost)
+        }
+        None => {
+            let mut t = OneLru {
+                cap: cap as usize,
+                seq: 0,
+                at: Default::default(),
+                order: Default::default(),
+            };
+            for i in 0..est {
+                t.touch_or_insert(flow(i));
+            }
+            for n in 0..flood {
+                if junk {
+                    t.touch_or_insert(flood_flow(n));
+                }
+                if every > 0 && n % every == 0 {
+                    t.touch_or_insert(flow(legit));
+                    pending.push_back((n + gap, legit));
+                    legit += 1;
+                }
+                while pending.front().is_some_and(|p| p.0 <= n) {
+                    let (_, l) = pending.pop_front().unwrap();
+                    if t.at.contains_key(&flow(l)) {
+                        t.touch_or_insert(flow(l));
+                    } else {
+                        legit_lost += 1;
+                    }
+                }
+            }
+            let lost = (0..est).filter(|&i| !t.at.contains_key(&flow(i))).count() as u32;
+            (lost, legit_lost)
+        }
+    }
+}
+
+/// The measurement behind the choice of the half-open reserve
+/// (docs/decisions.md): a flood at 10x capacity against the one-list LRU
+/// and the two segments with several reserves; and a genuine overload (a
+/// table full of idle established connections, new ones arriving with no
+/// flood), where the reserve is the time new connections have.
+#[test]
+fn flood_simulation_one_lru_against_two_segments() {
+    let cap = 4096;
+    let policies: [(&str, Option<u32>); 5] = [
+        ("1-LRU", None),
+        ("2Q reserve 1", Some(1)),
+        ("2Q reserve C/8", Some(cap / 8)),
+        ("2Q reserve C/4", Some(cap / 4)),
+        ("2Q reserve C/2", Some(cap / 2)),
+    ];
+    println!(
+        "flood of 10x capacity ({} SYNs), capacity {cap}; one legit connection per 100 SYNs:",
+        cap * 10
+    );
+    println!(
+        "{:16} {:>22} {:>22} {:>22}",
+        "policy", "est 50: lost/legit", "est 2000: lost/legit", "est 3900: lost/legit"
+    );
+    let mut results = Vec::new();
+    for (name, r) in policies {
+        let row: Vec<_> = [50, 2000, 3900]
+            .iter()
+            .map(|&est| simulate(cap, r, est, cap * 10, 100, 1000, true))
+            .collect();
+        println!(
+            "{name:16} {:>22} {:>22} {:>22}",
+            format!("{}/{} of 410", row[0].0, row[0].1),
+            format!("{}/{} of 410", row[1].0, row[1].1),
+            format!("{}/{} of 410", row[2].0, row[2].1)
+        );
+        results.push(row);
+    }
+    // 1-LRU: the flood empties the table of its established entries.
+    assert_eq!(results[0][0].0, 50);
+    // Two segments, reserve C/4: none lost while established <= 3C/4.
+    assert_eq!(results[3][0], (0, 0));
+    assert_eq!(results[3][1], (0, 0));
+    println!(
+        "genuine overload: {cap} idle established, then {} legit connections, ACK after `gap` other SYNs:",
+        cap * 2
+    );
+    println!(
+        "{:16} {:>12} {:>12} {:>12}",
+        "policy", "gap 10", "gap 500", "gap 2000"
+    );
+    println!("(legit handshakes lost of {})", cap * 2);
+    let mut over = Vec::new();
+    for (name, r) in policies {
+        // Every SYN is legit here: no junk, one connection per step.
+        let row: Vec<_> = [10, 500, 2000]
+            .iter()
+            .map(|&gap| simulate(cap, r, cap, cap * 2, 1, gap, false).1)
+            .collect();
+        println!("{name:16} {:>12} {:>12} {:>12}", row[0], row[1], row[2]);
+        over.push(row);
+    }
+    // A reserve of 1 (probation first, always) loses new connections that
+    // 1-LRU and a C/4 reserve keep.
+    assert!(over[1][0] > 0);
+    assert_eq!(over[3][0], 0);
+    assert_eq!(over[3][1], 0);
+}
+
+/// A host that took long to start counts its peers' silence from when it
+/// started listening, not from when it added them: a peer it has not heard
+/// yet is not dead at its first refresh.
+#[test]
+fn silence_counts_from_when_the_host_starts_listening() {
+    let mut t = lt();
+    t.add_peer(PeerId(1), addr(1), vec![addr(100)], Timestamp(0))
+        .unwrap();
+    t.add_peer(PeerId(2), addr(2), vec![addr(101)], Timestamp(0))
+        .unwrap();
+    t.apply_report(PeerId(2), &report(1, 1, 1.0), Timestamp(500))
+        .unwrap();
+    // The control loop starts at 1,000 (interval 100, dead after 4).
+    t.restart_silence(Timestamp(1_000));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    // Peer 2 was heard at 500: its silence is real.
+    assert_eq!(t.peer(PeerId(2)).unwrap().state, PeerState::Dead);
+    t.refresh(Timestamp(1_399));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Suspect);
+    t.refresh(Timestamp(1_400));
+    assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Dead);
 }

@@ -455,6 +455,37 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io
     })
 }
 
+/// An IPv4 raw socket whose caller writes the whole IP header
+/// (`IPPROTO_RAW` implies `IP_HDRINCL`); the kernel routes each packet by
+/// its destination and sends it as it is.
+pub(crate) fn raw_ipv4_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)
+}
+
+/// `sendto(2)` of one whole IPv4 packet to `dst` on a raw IPv4 socket.
+pub(crate) fn send_to_v4(
+    fd: BorrowedFd<'_>,
+    packet: &[u8],
+    dst: std::net::Ipv4Addr,
+) -> io::Result<usize> {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr.s_addr = u32::from(dst).to_be();
+    // SAFETY: `packet` is a live slice of the length we pass; `sa` a live
+    // sockaddr_in of the size we pass.
+    cvt_size(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr() as *const libc::c_void,
+            packet.len(),
+            0,
+            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+}
+
 /// An `AF_PACKET` raw socket (all protocols) bound to `ifindex`, ignoring
 /// frames this host sends.
 pub(crate) fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {

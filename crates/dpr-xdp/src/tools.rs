@@ -1,6 +1,7 @@
 //! Kernel-facing tools for tests and benchmarks, not for the router's data
 //! path: an in-kernel traffic generator, a raw `AF_PACKET` socket that
-//! sends and captures whole frames, moving a thread into a network
+//! sends and captures whole frames, a raw IPv4 socket that sends whole IP
+//! packets (the lab's SYN flooder), moving a thread into a network
 //! namespace, pinning a thread to a CPU.
 //!
 //! They live here because each is a system call, and this crate's `sys` is
@@ -54,6 +55,28 @@ impl LiveFrameGenerator {
     /// namespace), in kernel batches of 64.
     pub fn send(&self, ifindex: u32, frame: &[u8], count: u32) -> io::Result<()> {
         sys::prog_test_run_live(self.prog.as_fd(), frame, ifindex, count, 64)
+    }
+}
+
+/// A raw IPv4 socket (`IPPROTO_RAW`): sends whole IPv4 packets, header
+/// included as the caller wrote it (any source address), routed by the
+/// kernel of the calling thread's namespace by their destination.
+#[derive(Debug)]
+pub struct RawIpv4Socket {
+    fd: OwnedFd,
+}
+
+impl RawIpv4Socket {
+    /// Opens it (root, or `CAP_NET_RAW`).
+    pub fn open() -> io::Result<Self> {
+        Ok(Self {
+            fd: sys::raw_ipv4_socket()?,
+        })
+    }
+
+    /// Sends one IPv4 packet (header included) towards `dst`.
+    pub fn send_to(&self, packet: &[u8], dst: std::net::Ipv4Addr) -> io::Result<usize> {
+        sys::send_to_v4(self.fd.as_fd(), packet, dst)
     }
 }
 

@@ -43,6 +43,22 @@ pub struct Config {
     /// Admin socket, metrics, logs.
     #[serde(default)]
     pub admin: AdminSection,
+    /// Seeds derived from the cluster key ([`Config::derive_seeds`]);
+    /// never in the file.
+    #[serde(skip)]
+    pub derived: DerivedSeeds,
+}
+
+/// The secrets a running daemon derives from the cluster key: what a
+/// client must not know (it could pick source ports that all land on one
+/// host under the stateless hash, or in one bucket of the flow tables).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DerivedSeeds {
+    /// The flow tables' and the queue steering's hash seed (per host; it
+    /// need not agree across hosts, only stay fixed while the tables live).
+    pub flow_hash: Option<u64>,
+    /// The stateless-hash policy's seed (the same on every host).
+    pub policy_hash: Option<u64>,
 }
 
 /// `[host]`.
@@ -177,8 +193,9 @@ pub struct PolicySection {
     pub kind: PolicyKind,
     /// Threshold in load units per unit of capacity (threshold policy).
     pub threshold: f64,
-    /// Cluster-wide seed of the hash policy.
-    pub hash_seed: u64,
+    /// Cluster-wide seed of the hash policy; `None` (the default): derived
+    /// from the cluster key, so it is secret and the same on every host.
+    pub hash_seed: Option<u64>,
     /// Buckets of the hash policy.
     pub hash_buckets: u32,
     /// Seed of the random source (p2c); 0 = from the host id.
@@ -190,7 +207,7 @@ impl Default for PolicySection {
         Self {
             kind: PolicyKind::JoinIdle,
             threshold: 100.0,
-            hash_seed: 0x0064_7072,
+            hash_seed: None,
             hash_buckets: 65_536,
             seed: 0,
         }
@@ -324,6 +341,11 @@ pub struct TableSection {
     pub established_timeout_s: u64,
     /// Idle timeout after a FIN (seconds).
     pub closing_timeout_s: u64,
+    /// Entries of each table that half-open connections may take from
+    /// established ones when the table is full; beyond it a SYN evicts only
+    /// half-open entries (a SYN flood cannot empty the table). 0: a quarter
+    /// of `capacity`.
+    pub half_open_reserve: u32,
 }
 
 impl Default for TableSection {
@@ -334,6 +356,7 @@ impl Default for TableSection {
             half_open_timeout_s: d.half_open_timeout.as_secs(),
             established_timeout_s: d.established_timeout.as_secs(),
             closing_timeout_s: d.closing_timeout.as_secs(),
+            half_open_reserve: 0,
         }
     }
 }
@@ -373,6 +396,10 @@ impl Default for TunnelSection {
         }
     }
 }
+
+/// The hash policy's seed in a configuration whose key was not read
+/// (`dprd check-config`); a running daemon always derives its own.
+const UNDERIVED_SEED: u64 = 0x0064_7072;
 
 /// The admin socket's default path (`[admin] socket`).
 pub const DEFAULT_SOCKET: &str = "/run/dprd/dprd.sock";
@@ -661,6 +688,12 @@ impl Config {
         if self.table.capacity == 0 || self.table.capacity > dpr_table::conn::MAX_CAPACITY {
             return Err(bad("table.capacity", "must be 1 ..= 2^30"));
         }
+        if self.table.half_open_reserve > self.table.capacity {
+            return Err(bad(
+                "table.half_open_reserve",
+                "must be at most table.capacity (0: a quarter of it)",
+            ));
+        }
         for (name, v) in [
             ("table.half_open_timeout_s", self.table.half_open_timeout_s),
             (
@@ -710,7 +743,18 @@ impl Config {
         Ok(())
     }
 
-    /// The engine's configuration.
+    /// Derives the flow-hash seeds from the cluster key (`dprd run` does,
+    /// at start and on reload: the policy takes the new one, the tables
+    /// keep theirs until a restart).
+    pub fn derive_seeds(&mut self, keys: &dpr_router::cluster::KeyRing) {
+        self.derived = DerivedSeeds {
+            flow_hash: Some(keys.derive_seed(b"dpr flow table seed v1")),
+            policy_hash: Some(keys.derive_seed(b"dpr stateless hash seed v1")),
+        };
+    }
+
+    /// The engine's configuration (the flow-hash seed derived from the
+    /// cluster key once [`derive_seeds`](Self::derive_seeds) ran).
     pub fn engine_config(&self) -> EngineConfig {
         let mut e = EngineConfig::new(
             self.host.tunnel_addr,
@@ -729,10 +773,14 @@ impl Config {
             half_open_timeout: Duration::from_secs(self.table.half_open_timeout_s),
             established_timeout: Duration::from_secs(self.table.established_timeout_s),
             closing_timeout: Duration::from_secs(self.table.closing_timeout_s),
+            half_open_reserve: self.table.half_open_reserve,
             ..ConnTableConfig::default()
         };
         e.routes = t;
         e.served = t;
+        if let Some(seed) = self.derived.flow_hash {
+            e.flow_hash_seed = seed;
+        }
         e.decision_log = self.admin.decision_log;
         e
     }
@@ -768,7 +816,11 @@ impl Config {
             })?),
             PolicyKind::LeastLoad => Box::new(LeastLoad),
             PolicyKind::Hash => Box::new(StatelessHash::new(StatelessHashConfig {
-                seed: self.policy.hash_seed,
+                seed: self
+                    .policy
+                    .hash_seed
+                    .or(self.derived.policy_hash)
+                    .unwrap_or(UNDERIVED_SEED),
                 buckets: self.policy.hash_buckets,
             })?),
             PolicyKind::P2c => Box::new(TwoChoices),
@@ -847,6 +899,59 @@ service_addrs = ["198.18.0.2"]
 "#;
 
     #[test]
+    fn flow_hash_seeds_are_secrets_of_the_cluster_key() {
+        use dpr_packet::{FlowHasher, FlowKey, IpProtocol};
+        use dpr_policy::stateless_hash::bucket_of;
+        use dpr_router::cluster::KeyRing;
+        let ring = |byte: u8| {
+            let key = [byte; 32];
+            KeyRing::new(&[(1, &key[..])]).unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let seeds = |r: &KeyRing| {
+            let mut c = Config::parse(GOOD).unwrap_or_else(|e| unreachable!("{e}"));
+            assert_eq!(c.policy.hash_seed, None, "no constant by default");
+            c.derive_seeds(r);
+            (
+                c.engine_config().flow_hash_seed,
+                c.derived.policy_hash.unwrap_or(0),
+            )
+        };
+        let (a, b) = (seeds(&ring(1)), seeds(&ring(2)));
+        // Two hosts of one cluster (one key file) agree.
+        assert_eq!(seeds(&ring(1)), a);
+        // Two clusters with different keys do not, and neither uses the
+        // engine's public default.
+        assert_ne!(a.0, b.0);
+        assert_ne!(a.1, b.1);
+        let default = dpr_router::EngineConfig::new(
+            "198.18.0.11"
+                .parse()
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            vec![],
+            vec![80],
+        )
+        .flow_hash_seed;
+        assert!(a.0 != default && b.0 != default);
+        // The same flows land in other buckets of the stateless hash.
+        let (ha, hb) = (FlowHasher::new(a.1), FlowHasher::new(b.1));
+        let moved = (0..1000u16)
+            .filter(|p| {
+                let f = FlowKey::new(
+                    IpProtocol::Tcp,
+                    "198.18.100.1"
+                        .parse()
+                        .unwrap_or_else(|e| unreachable!("{e}")),
+                    40_000 + p,
+                    "198.18.0.1".parse().unwrap_or_else(|e| unreachable!("{e}")),
+                    80,
+                );
+                bucket_of(&ha, &f, 65_536) != bucket_of(&hb, &f, 65_536)
+            })
+            .count();
+        assert!(moved > 990, "{moved} of 1000 flows hashed differently");
+    }
+
+    #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::parse(GOOD).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(c.cluster.port, 6870);
@@ -915,6 +1020,15 @@ service_addrs = ["198.18.0.2"]
             "[cluster]\nreport_mode = \"fan-out\"\nfanout_relay = 27\n{GOOD}"
         ));
         assert_eq!(f, "cluster.fanout_relay");
+        let f = field_of(&format!(
+            "{GOOD}\n[table]\ncapacity = 100\nhalf_open_reserve = 101\n"
+        ));
+        assert_eq!(f, "table.half_open_reserve");
+        let c = Config::parse(&format!(
+            "{GOOD}\n[table]\ncapacity = 100\nhalf_open_reserve = 10\n"
+        ))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.engine_config().served.half_open_reserve, 10);
     }
 
     /// The configuration error beneath a `Config::load` error, and the

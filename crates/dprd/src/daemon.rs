@@ -98,14 +98,21 @@ pub fn build_engines(
         .map_err(DaemonError::Engine)
     };
     let mut small = cfg.engine_config();
-    small.routes.capacity = 1;
-    small.served.capacity = 1;
+    for t in [&mut small.routes, &mut small.served] {
+        t.capacity = 1;
+        t.half_open_reserve = 0;
+    }
     let control = make(queues, small, policy())?;
     let mut shards = Vec::with_capacity(queues);
     for i in 0..queues {
         let mut ec = cfg.engine_config();
-        ec.routes.capacity = split_capacity(ec.routes.capacity, queues);
-        ec.served.capacity = split_capacity(ec.served.capacity, queues);
+        for t in [&mut ec.routes, &mut ec.served] {
+            t.capacity = split_capacity(t.capacity, queues);
+            if t.half_open_reserve != 0 {
+                // Split like the capacity (0 stays a quarter of the shard).
+                t.half_open_reserve = split_capacity(t.half_open_reserve, queues).min(t.capacity);
+            }
+        }
         shards.push(make(i, ec, policy())?);
     }
     Ok(EngineSet::new(control, shards))
@@ -206,11 +213,17 @@ pub fn run_with_policy(
     config_path: &Path,
     custom: Option<PolicyFactory>,
 ) -> Result<(), DaemonError> {
-    let cfg = Config::load(config_path)?;
+    let mut cfg = Config::load(config_path)?;
     init_logs(&cfg.admin.log_level);
     if !dpr_io::host::can_set_up() {
         return Err(DaemonError::NotRoot);
     }
+    let keys = cfg.load_keys().map_err(|source| Error::Config {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    // The flow-hash seeds are secrets derived from the cluster key.
+    cfg.derive_seeds(&keys);
     // One instance per state directory; the lock dies with the process.
     let _lock = InstanceLock::acquire(&cfg.admin.state_dir)?;
     let journal = StateFile::in_dir(&cfg.admin.state_dir);
@@ -313,10 +326,6 @@ pub fn run_with_policy(
     };
     let (mut engines, shards) = build_engines(&cfg, queues.len(), &mut make_policy)?;
     let origin = Instant::now();
-    let keys = cfg.load_keys().map_err(|source| Error::Config {
-        path: config_path.to_path_buf(),
-        source,
-    })?;
     let control = ControlPlane::new(&cfg, keys, clock(origin), &mut engines)?;
     // Sockets, bound while privileged.
     if let Some(dir) = cfg.admin.socket.parent() {
@@ -360,6 +369,17 @@ pub fn run_with_policy(
         ),
         None => None,
     };
+    // The control thread (this one: reports, liveness, admin) runs in the
+    // real-time class at the lowest priority, so a flood that keeps the
+    // workers, the kernel and the host's other jobs busy does not delay the
+    // reports that tell peers from dead ones (issue 15). It sleeps between
+    // events and paces its heaviest work (the load measurement) by its own
+    // CPU time; the kernel keeps 5% of each CPU from real-time threads. The
+    // workers it starts are back in the normal class (reset on fork).
+    // Before the privileges are dropped: it needs CAP_SYS_NICE.
+    if let Err(e) = dpr_io::sys::set_current_thread_realtime(1) {
+        tracing::warn!(error = %e, "raising the control thread's priority");
+    }
     if let Some(user) = &cfg.host.user {
         let privs = |source| DaemonError::Privileges {
             user: user.clone(),
@@ -623,6 +643,8 @@ impl LoopCtx {
             served: ss.len,
             table_capacity: rs.capacity,
             evicted: rs.stats.evicted + ss.stats.evicted,
+            evicted_half_open: rs.stats.evicted_half_open + ss.stats.evicted_half_open,
+            evicted_established: rs.stats.evicted_established + ss.stats.evicted_established,
             expired: rs.stats.expired + ss.stats.expired,
             peers,
             verdicts,
@@ -797,18 +819,21 @@ impl LoopCtx {
     }
 
     fn reload(&mut self) -> Result<(), DaemonError> {
-        let new = Config::load(&self.config_path)?;
+        let mut new = Config::load(&self.config_path)?;
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
         {
             return Err(DaemonError::NeedsRestart);
         }
-        let policy = config_policy(&new)?;
         let keys = new.load_keys().map_err(|source| Error::Config {
             path: self.config_path.clone(),
             source,
         })?;
+        new.derive_seeds(&keys);
+        // The tables keep the seed they were built with.
+        new.derived.flow_hash = self.cfg.derived.flow_hash;
+        let policy = config_policy(&new)?;
         self.guard.set_peer_service_addrs(&new.peer_service_v4())?;
         if let Some(x) = self.xdp.as_mut() {
             x.set_peers(&new.xdp_peers())?;
@@ -897,6 +922,9 @@ async fn control_loop(
     let mut last_status = Instant::now();
     let mut buf = vec![0u8; 2048];
     let port = ctx.cfg.cluster.port;
+    // Peers were added when the control plane was built; the silence that
+    // makes one dead counts from now, when their reports can be heard.
+    ctx.engines.restart_silence(now_since(ctx.origin));
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -921,6 +949,16 @@ async fn control_loop(
                 let _ = req.reply.send(answer);
             }
             _ = tick.tick() => {
+                // Reports that arrived before this tick are applied before
+                // the tick re-derives the peers' health from their age: a
+                // report waiting in the socket while the tick ran first made
+                // its peer `suspect` for one tick, and both peers at once
+                // made SYNs be served here for want of a peer (issue 15).
+                for _ in 0..64 {
+                    let Ok((n, from)) = udp.try_recv_from(&mut buf) else { break };
+                    let now = clock(ctx.origin);
+                    ctx.control.handle_datagram(now, from.ip(), &buf[..n], &mut ctx.engines);
+                }
                 let now = clock(ctx.origin);
                 if !ctx.engines.is_measuring() && Instant::now() >= next_refresh {
                     // Every shard notes what opens and ends during the

@@ -32,6 +32,8 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ("dpr_served_table_entries", "gauge"),
     ("dpr_table_capacity", "gauge"),
     ("dpr_table_evictions_total", "counter"),
+    ("dpr_table_evictions_half_open_total", "counter"),
+    ("dpr_table_evictions_established_total", "counter"),
     ("dpr_open_connections", "gauge"),
     ("dpr_draining", "gauge"),
 ];
@@ -225,6 +227,22 @@ impl Collector for StatusCollector {
             ev.metric_type(),
         )?;
         ev.encode(m)?;
+        for (name, help, v) in [
+            (
+                "dpr_table_evictions_half_open",
+                "Of the evictions: half-open entries (handshake not seen to complete)",
+                s.evicted_half_open,
+            ),
+            (
+                "dpr_table_evictions_established",
+                "Of the evictions: entries past their handshake (a genuine overload)",
+                s.evicted_established,
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
         gauge(
             &mut enc,
             "dpr_open_connections",
@@ -382,6 +400,9 @@ mod tests {
         let mut s = Status::default();
         s.drops.insert("malformed".into(), 4);
         s.verdicts.insert("forwarded".into(), 9);
+        s.evicted = 7;
+        s.evicted_half_open = 5;
+        s.evicted_established = 2;
         let reg = registry(Arc::new(Mutex::new(s)));
         let t = render(&reg).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(t.contains("dpr_drops_total{reason=\"malformed\"} 4"), "{t}");
@@ -391,6 +412,9 @@ mod tests {
         );
         assert!(t.contains("dpr_table_entries 0"), "{t}");
         assert!(t.contains("dpr_load 0"), "{t}");
+        assert!(t.contains("dpr_table_evictions_total 7"), "{t}");
+        assert!(t.contains("dpr_table_evictions_half_open_total 5"), "{t}");
+        assert!(t.contains("dpr_table_evictions_established_total 2"), "{t}");
         let r = response(&reg);
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.ends_with(&t), "{r}");

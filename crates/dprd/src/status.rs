@@ -127,6 +127,13 @@ pub struct Status {
     pub table_capacity: usize,
     /// Table entries evicted at capacity (both tables).
     pub evicted: u64,
+    /// Of `evicted`: half-open entries (handshake not seen to complete).
+    #[serde(default)]
+    pub evicted_half_open: u64,
+    /// Of `evicted`: entries past their handshake (a genuine overload: a
+    /// flood of SYNs takes at most the half-open reserve from these).
+    #[serde(default)]
+    pub evicted_established: u64,
     /// Table entries expired (both tables).
     pub expired: u64,
     /// Peers.
@@ -166,13 +173,15 @@ impl Status {
         );
         let _ = writeln!(
             s,
-            "local: open connections {}  load {:.2}  routes {}/{}  served-for-peers {}  evicted {}  expired {}",
+            "local: open connections {}  load {:.2}  routes {}/{}  served-for-peers {}  evicted {} (half-open {}, established {})  expired {}",
             self.open_connections,
             self.load,
             self.routes,
             self.table_capacity,
             self.served,
             self.evicted,
+            self.evicted_half_open,
+            self.evicted_established,
             self.expired
         );
         let _ = writeln!(
@@ -256,7 +265,11 @@ mod tests {
             received_packets: 0,
             served_connections: 1,
         });
+        st.evicted = 3;
+        st.evicted_half_open = 2;
+        st.evicted_established = 1;
         let r = st.render();
+        assert!(r.contains("evicted 3 (half-open 2, established 1)"), "{r}");
         assert!(r.contains("  -> h1"), "{r}");
         assert!(r.contains("malformed 3"), "{r}");
         let j = serde_json::to_string(&st).unwrap_or_default();

@@ -88,6 +88,25 @@ impl KeyRing {
         self.keys.iter().map(|(i, _)| *i).collect()
     }
 
+    /// A 64-bit secret derived from the cluster key for `label`
+    /// (HMAC-SHA-256 of the label, first 8 bytes): the flow-hash seeds.
+    /// Every host with the same key file derives the same value, and
+    /// nobody without the key can compute it. The key with the lowest id
+    /// is used, not the signing one, so the value stays the same through
+    /// the first two steps of a key roll (add the new key, make it sign)
+    /// and changes only when the old key is removed.
+    pub fn derive_seed(&self, label: &[u8]) -> u64 {
+        let Some((_, mac)) = self.keys.iter().min_by_key(|(id, _)| *id) else {
+            return 0;
+        };
+        let mut m = mac.clone();
+        m.update(label);
+        let out = m.finalize().into_bytes();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&out[..8]);
+        u64::from_le_bytes(b)
+    }
+
     /// The id of the signing key.
     pub fn signing_id(&self) -> u16 {
         self.keys[0].0
