@@ -72,6 +72,9 @@ pub struct LabSpec {
     pub backend: String,
     /// dprd's queues (`backend.queues`): workers, each with its engine.
     pub queues: usize,
+    /// Each dprd serves Prometheus metrics on its tunnel address at this
+    /// port (`[admin] metrics`); `None`: no metrics.
+    pub metrics_port: Option<u16>,
 }
 
 impl LabSpec {
@@ -120,6 +123,7 @@ impl Default for LabSpec {
             stranger: false,
             backend: "tun".into(),
             queues: 1,
+            metrics_port: None,
         }
     }
 }
@@ -365,6 +369,13 @@ impl Lab {
             self.dir.join("cluster.key").display(),
             s.backend_section().unwrap_or_default()
         );
+        if let Some(port) = s.metrics_port {
+            t = t.replacen(
+                "[admin]\n",
+                &format!("[admin]\nmetrics = \"{}:{port}\"\n", tunnel_addr(i)),
+                1,
+            );
+        }
         for j in (0..s.hosts).filter(|j| *j != i) {
             t += &format!(
                 "\n[[cluster.peers]]\nid = {j}\nname = \"h{j}\"\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\n",
@@ -1030,6 +1041,10 @@ pub struct LabArgs {
     /// dprd's queues per host (1..=8): workers, each with its own engine.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
+    /// Each dprd serves Prometheus metrics on TUNNEL_ADDR:PORT
+    /// (`[admin] metrics`), reachable from the client namespace.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 impl LabOptions {
@@ -1047,6 +1062,7 @@ impl LabOptions {
                 backend: a.backend.clone(),
                 queues: a.queues,
                 report_interval_ms: a.report_ms,
+                metrics_port: a.metrics_port,
                 ..d
             },
             skew: a.skew,

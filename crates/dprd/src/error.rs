@@ -86,6 +86,25 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `dprd drain --wait` ran out of time before the host left the cluster.
+    #[error(
+        "dprd at {} still {phase} after {waited_s:.0} s: {open_connections} open \
+         connection(s), {routes} routed to peers (a stop now holds the routed ones for the \
+         next start, `[backend] hold_on_exit`)",
+        path.display()
+    )]
+    DrainTimeout {
+        /// The admin socket.
+        path: PathBuf,
+        /// The phase at the last read.
+        phase: String,
+        /// Seconds waited.
+        waited_s: f64,
+        /// Open service connections at the last read.
+        open_connections: u32,
+        /// Routing table entries at the last read.
+        routes: usize,
+    },
     /// `dprd lab` and `dprd bench` run the sibling `dpr-lab` binary, and it
     /// is not there.
     #[error(

@@ -24,6 +24,7 @@ pub mod keygen;
 pub mod load;
 pub mod metrics;
 pub mod status;
+pub mod watch;
 pub mod xdp;
 
 pub use error::Error;

@@ -75,12 +75,26 @@ enum Command {
     /// Peers, loads, table and counters of a running dprd
     #[command(
         long_about = "Peers, loads, states, table and counters of the dprd listening on \
-        the admin socket, as a table read at a glance (in the manner of `ipvsadm -Ln --stats`)."
+        the admin socket, as a table read at a glance (in the manner of `ipvsadm -Ln --stats`).\n\n\
+        With --watch, the view is redrawn every --interval seconds with per-second rates (each \
+        counter's difference between two reads over the daemon's uptime between them), as \
+        `watch ipvsadm -Ln --stats` does, until Ctrl-C or --count reads."
     )]
     Status {
         /// Print the daemon's raw JSON answer
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw every --interval seconds, with rates per second
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Seconds between reads with --watch (0.1 to 3600)
+        #[arg(long, short = 'n', value_name = "S", default_value_t = 1.0,
+              value_parser = parse_interval, requires = "watch")]
+        interval: f64,
+        /// Stop after N reads with --watch (default: until Ctrl-C)
+        #[arg(long, value_name = "N", requires = "watch",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
         /// The admin socket (`[admin] socket` of its configuration)
         #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -95,6 +109,10 @@ enum Command {
         /// The admin socket (`[admin] socket` of its configuration)
         #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Then wait up to S seconds for the host to leave the cluster (no
+        /// connection left, local or routed); exit 1 if it has not
+        #[arg(long, value_name = "S", value_parser = parse_wait)]
+        wait: Option<f64>,
     },
     /// Reload the configuration (as SIGHUP does)
     #[command(long_about = "Make the dprd listening on the admin socket reload its \
@@ -168,6 +186,58 @@ enum Command {
         )]
         args: Vec<OsString>,
     },
+}
+
+/// `--interval`: seconds, 0.1 to 3600.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if (0.1..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0.1 and 3600 seconds"))
+    }
+}
+
+/// `drain --wait`: seconds, 0 to 86400.
+fn parse_wait(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if (0.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 86400 seconds"))
+    }
+}
+
+/// After `drain`: polls the status until the host has left the cluster
+/// (its drain ends once neither the local stack nor the routing table has
+/// had a connection for a report interval, or at `drain_deadline_s`), or
+/// `limit` passes.
+fn drain_wait(socket: &Path, limit: std::time::Duration) -> Result<(), Error> {
+    let start = std::time::Instant::now();
+    loop {
+        let st = dprd::status::request_status(socket)?;
+        if st.phase == "left" {
+            return print(&format!(
+                "left the cluster after {:.1} s\n",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        if start.elapsed() >= limit {
+            return Err(Error::DrainTimeout {
+                path: socket.to_path_buf(),
+                phase: st.phase,
+                waited_s: start.elapsed().as_secs_f64(),
+                open_connections: st.open_connections,
+                routes: st.routes,
+            });
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
+    }
 }
 
 /// Writes `text` to stdout; a closed pipe is an error, not a panic.
@@ -280,15 +350,36 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Run { config } => dprd::daemon::run(&config).map_err(Error::from),
         Command::Cleanup { config } => dprd::daemon::cleanup(&config).map_err(Error::from),
         Command::CheckConfig { file } => check_config(&file),
-        Command::Status { json, socket } => {
-            if json {
+        Command::Status {
+            json,
+            watch,
+            interval,
+            count,
+            socket,
+        } => {
+            if watch {
+                use std::io::IsTerminal;
+                let mut out = std::io::stdout();
+                let clear = out.is_terminal();
+                dprd::watch::watch(
+                    &socket,
+                    std::time::Duration::from_secs_f64(interval),
+                    count,
+                    clear,
+                    &mut out,
+                )
+            } else if json {
                 print(&(dprd::status::admin_request(&socket, "status")? + "\n"))
             } else {
                 print(&dprd::status::request_status(&socket)?.render())
             }
         }
-        Command::Drain { socket } => {
-            print(&(dprd::status::admin_command(&socket, "drain")? + "\n"))
+        Command::Drain { socket, wait } => {
+            print(&(dprd::status::admin_command(&socket, "drain")? + "\n"))?;
+            match wait {
+                Some(s) => drain_wait(&socket, std::time::Duration::from_secs_f64(s)),
+                None => Ok(()),
+            }
         }
         Command::Reload { socket } => {
             print(&(dprd::status::admin_command(&socket, "reload")? + "\n"))
@@ -339,6 +430,43 @@ mod tests {
             let want: Vec<OsString> = args.iter().map(OsString::from).collect();
             assert_eq!(got, want, "dprd {sub}");
         }
+    }
+
+    #[test]
+    fn status_watch_takes_an_interval_and_a_count_only_with_watch() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["dprd", "status"].iter().chain(args)).map(|c| c.command)
+        };
+        match parse(&["--watch", "-n", "0.5", "--count", "3"]) {
+            Ok(Command::Status {
+                watch: true,
+                interval,
+                count: Some(3),
+                json: false,
+                ..
+            }) => assert_eq!(interval, 0.5),
+            other => unreachable!("{other:?}"),
+        }
+        match parse(&["-w"]) {
+            Ok(Command::Status {
+                interval, count, ..
+            }) => assert_eq!((interval, count), (1.0, None)),
+            other => unreachable!("{other:?}"),
+        }
+        for bad in [
+            &["--interval", "2"][..],
+            &["--count", "2"],
+            &["--watch", "--json"],
+            &["--watch", "-n", "0"],
+            &["--watch", "-n", "nan"],
+            &["--watch", "-n", "5000"],
+            &["--watch", "--count", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(help.to_string().contains("--watch"), "{help}");
     }
 
     #[test]

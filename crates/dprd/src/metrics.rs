@@ -12,6 +12,32 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Every sample name the exporter writes (a counter family `dpr_x` is
+/// written as `dpr_x_total`), with its type: what a dashboard or an alert
+/// may query. A test renders a full snapshot and checks the exposition
+/// against this list, both ways; the dashboard test checks every metric
+/// the committed Grafana dashboard uses against it.
+pub const METRIC_NAMES: &[(&str, &str)] = &[
+    ("dpr_packets_total", "counter"),
+    ("dpr_drops_total", "counter"),
+    ("dpr_connection_events_total", "counter"),
+    ("dpr_io_total", "counter"),
+    ("dpr_redirected_connections_total", "counter"),
+    ("dpr_served_connections_total", "counter"),
+    ("dpr_peer_state", "gauge"),
+    ("dpr_peer_report_age_seconds", "gauge"),
+    ("dpr_peer_load", "gauge"),
+    ("dpr_load", "gauge"),
+    ("dpr_table_entries", "gauge"),
+    ("dpr_served_table_entries", "gauge"),
+    ("dpr_table_capacity", "gauge"),
+    ("dpr_table_evictions_total", "counter"),
+    ("dpr_table_evictions_half_open_total", "counter"),
+    ("dpr_table_evictions_established_total", "counter"),
+    ("dpr_open_connections", "gauge"),
+    ("dpr_draining", "gauge"),
+];
+
 /// The collector: the shared snapshot.
 #[derive(Debug)]
 pub struct StatusCollector(pub Arc<Mutex<Status>>);
@@ -107,6 +133,18 @@ impl Collector for StatusCollector {
             "peer",
             &redir,
         )?;
+        let served: Vec<(String, u64)> = s
+            .peers
+            .iter()
+            .map(|p| (p.peer.name.clone(), p.served_connections))
+            .collect();
+        counter_family(
+            &mut enc,
+            "dpr_served_connections",
+            "Connections each peer redirected here",
+            "peer",
+            &served,
+        )?;
         let states: Vec<(String, f64)> = s
             .peers
             .iter()
@@ -156,6 +194,18 @@ impl Collector for StatusCollector {
             "Normalised load per peer",
             "peer",
             &loads,
+        )?;
+        gauge(
+            &mut enc,
+            "dpr_load",
+            "This host's normalised load (what its policy compares with the threshold)",
+            if s.load.is_finite() { s.load } else { -1.0 },
+        )?;
+        gauge(
+            &mut enc,
+            "dpr_table_capacity",
+            "Capacity of the routing table (and of the served-for-peers table)",
+            s.table_capacity as f64,
         )?;
         gauge(
             &mut enc,
@@ -278,6 +328,72 @@ pub async fn serve(listener: TcpListener, reg: Arc<Registry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::PeerView;
+    use crate::status::PeerRow;
+    use std::collections::BTreeSet;
+
+    /// The sample names and types of an exposition.
+    fn samples(text: &str) -> BTreeSet<(String, String)> {
+        let types: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(|n| {
+                let t = types
+                    .iter()
+                    .find(|(f, _)| n == f || n.strip_suffix("_total") == Some(f.as_str()))
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_default();
+                (n.to_string(), t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_list_of_metric_names_is_the_exposition() {
+        let mut s = Status {
+            load: 1.5,
+            table_capacity: 64,
+            ..Status::default()
+        };
+        for m in [&mut s.verdicts, &mut s.events, &mut s.drops, &mut s.io] {
+            m.insert("x".into(), 1);
+        }
+        s.peers.push(PeerRow {
+            peer: PeerView {
+                id: 1,
+                name: "h1".into(),
+                tunnel_addr: std::net::IpAddr::from([198, 18, 0, 2]),
+                state: "alive".into(),
+                load: 0.5,
+                open_connections: 1,
+                report_age_ms: Some(40),
+            },
+            redirected_connections: 1,
+            forwarded_packets: 1,
+            forwarded_bytes: 1,
+            received_packets: 1,
+            served_connections: 1,
+        });
+        let t = render(&registry(Arc::new(Mutex::new(s)))).unwrap_or_default();
+        let got = samples(&t);
+        let want: BTreeSet<(String, String)> = METRIC_NAMES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want, "{t}");
+        assert!(
+            t.contains("dpr_served_connections_total{peer=\"h1\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("dpr_load 1.5"), "{t}");
+        assert!(t.contains("dpr_table_capacity 64"), "{t}");
+    }
 
     #[test]
     fn exposition_has_the_families() {
@@ -295,6 +411,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("dpr_table_entries 0"), "{t}");
+        assert!(t.contains("dpr_load 0"), "{t}");
         assert!(t.contains("dpr_table_evictions_total 7"), "{t}");
         assert!(t.contains("dpr_table_evictions_half_open_total 5"), "{t}");
         assert!(t.contains("dpr_table_evictions_established_total 2"), "{t}");

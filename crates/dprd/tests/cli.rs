@@ -99,6 +99,14 @@ fn every_help_prints_usage_and_does_nothing_else() {
             "Usage: dprd man [OPTIONS]",
         ),
         (vec!["help", "run"], "Usage: dprd run --config <FILE>"),
+        (
+            vec!["status", "--watch", "-n", "0.5", "--help"],
+            "Usage: dprd status [OPTIONS]",
+        ),
+        (
+            vec!["drain", "--wait", "30", "--help"],
+            "Usage: dprd drain [OPTIONS]",
+        ),
         (vec!["help", "lab"], "Usage: dprd lab [ARGS]..."),
     ];
     for c in COMMANDS.iter().filter(|c| !matches!(**c, "lab" | "bench")) {
