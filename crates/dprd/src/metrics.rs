@@ -24,6 +24,7 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ("dpr_io_total", "counter"),
     ("dpr_redirected_connections_total", "counter"),
     ("dpr_served_connections_total", "counter"),
+    ("dpr_peer_deaths_total", "counter"),
     ("dpr_peer_state", "gauge"),
     ("dpr_peer_report_age_seconds", "gauge"),
     ("dpr_peer_load", "gauge"),
@@ -144,6 +145,18 @@ impl Collector for StatusCollector {
             "Connections each peer redirected here",
             "peer",
             &served,
+        )?;
+        let deaths: Vec<(String, u64)> = s
+            .peers
+            .iter()
+            .map(|p| (p.peer.name.clone(), p.peer.deaths))
+            .collect();
+        counter_family(
+            &mut enc,
+            "dpr_peer_deaths",
+            "Times each peer was held dead since this daemon started (a false death under loss shows here)",
+            "peer",
+            &deaths,
         )?;
         let states: Vec<(String, f64)> = s
             .peers
@@ -373,6 +386,7 @@ mod tests {
                 load: 0.5,
                 open_connections: 1,
                 report_age_ms: Some(40),
+                deaths: 1,
             },
             redirected_connections: 1,
             forwarded_packets: 1,

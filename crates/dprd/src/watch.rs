@@ -323,6 +323,7 @@ mod tests {
                 load: 0.5,
                 open_connections: 1,
                 report_age_ms: Some(40),
+                deaths: 0,
             },
             redirected_connections: peer_fwd / 10,
             forwarded_packets: peer_fwd,
