@@ -294,6 +294,125 @@ pub fn control_datagram(data: &[u8]) -> bool {
     first.is_ok()
 }
 
+/// Recovery replies as a restarted host receives them: `[flags, len_hi,
+/// len_lo, body...]*`, each body sent as the body of a recovery reply
+/// (kind 3) from a peer, authentic (signed, fresh sequence number) and,
+/// unless flags bit 1 is set, answering the node's own request id, so the
+/// fuzzer reaches the code that restores routes. Flags bit 0: from peer 2;
+/// bits 4–7: time step in 10 ms. Checks: a refused reply changes no route;
+/// every route the node holds is one an accepted reply named, towards the
+/// peer that named it; the table stays within its capacity; everything the
+/// node sends parses and verifies; the counters add up; and the recovery
+/// ends by its deadline whatever arrived. Returns the routes restored.
+pub fn recovery_replies(data: &[u8]) -> usize {
+    use crate::cluster::NodePhase;
+    use dpr_packet::flow::FlowKey;
+    use std::collections::HashSet;
+
+    let mut now = Clock {
+        mono: Timestamp::from_millis(5),
+        unix_ns: 1_800_000_000_000_000_000,
+    };
+    let keys = KeyRing::new(&[(1, &CONTROL_KEY)]).expect("key");
+    let mut e = bare_engine();
+    let mut node = control_node(&mut e, now);
+    assert_eq!(node.phase(), NodePhase::Recovering);
+    node.handle_timeout(now, &mut e);
+    let mut request_id = None;
+    while let Some(t) = node.poll_transmit() {
+        let m = control::parse(&t.payload).expect("own message parses");
+        if let control::Body::RecoveryRequest { request_id: id, .. } = m.body {
+            request_id = Some(id);
+        }
+    }
+    let request_id = request_id.expect("a recovering node asks its peers");
+
+    let mut named: HashSet<(FlowKey, PeerId)> = HashSet::new();
+    let mut seq = [0u64; 2];
+    let mut accepted = 0u64;
+    let mut rest = data;
+    while let [flags, hi, lo, tail @ ..] = rest {
+        let n = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len());
+        let (body, more) = tail.split_at(n);
+        rest = more;
+        let step = Duration::from_millis(10 * u64::from(flags >> 4));
+        now.mono = now.mono.saturating_add(step);
+        now.unix_ns = now.unix_ns.saturating_add(step.as_nanos() as u64);
+        let peer = usize::from(flags & 1);
+        seq[peer] += 1;
+        // The header (docs/cluster-protocol.md): magic, version, kind,
+        // key id, body length, sender, reserved, incarnation, sequence,
+        // send time; then the body and the tag.
+        let Ok(len) = u16::try_from(body.len()) else {
+            continue;
+        };
+        let mut msg = Vec::with_capacity(control::HEADER_LEN + body.len() + control::TAG_LEN);
+        msg.extend_from_slice(&control::MAGIC);
+        msg.extend_from_slice(&[control::VERSION, 3]);
+        msg.extend_from_slice(&1u16.to_be_bytes());
+        msg.extend_from_slice(&len.to_be_bytes());
+        msg.extend_from_slice(&(peer as u16 + 1).to_be_bytes());
+        msg.extend_from_slice(&[0, 0]);
+        msg.extend_from_slice(&1_800_000_000_000_000_000u64.to_be_bytes());
+        msg.extend_from_slice(&seq[peer].to_be_bytes());
+        msg.extend_from_slice(&now.unix_ns.to_be_bytes());
+        let at = msg.len();
+        msg.extend_from_slice(body);
+        if flags & 2 == 0 && body.len() >= 4 {
+            msg[at..at + 4].copy_from_slice(&request_id.to_be_bytes());
+        }
+        let tag = keys.sign(&msg);
+        msg.extend_from_slice(&tag);
+
+        let routes_before: Vec<_> = e.routes().iter().map(|c| (c.key, c.route)).collect();
+        let from: IpAddr = PEERS[peer].into();
+        let sender = PeerId(peer as u16 + 1);
+        match node.handle_datagram(now, from, &msg, &mut e) {
+            Ok(_) => {
+                accepted += 1;
+                if let Ok(control::Message {
+                    body: control::Body::RecoveryReply(r),
+                    ..
+                }) = control::parse(&msg)
+                {
+                    named.extend(r.flows().map(|f| (f, sender)));
+                }
+            }
+            Err(_) => {
+                let after: Vec<_> = e.routes().iter().map(|c| (c.key, c.route)).collect();
+                assert_eq!(after, routes_before, "a refused reply changed routes");
+            }
+        }
+        node.handle_timeout(now, &mut e);
+        while let Some(t) = node.poll_transmit() {
+            let m = control::parse(&t.payload).expect("own message parses");
+            assert_eq!(keys.sign(m.signed), *m.tag);
+        }
+        assert!(e.routes().len() <= CAP as usize);
+        for c in e.routes().iter() {
+            let dpr_table::Route::Peer(p) = c.route else {
+                panic!("a recovery restored a local route: {c:?}");
+            };
+            assert!(named.contains(&(c.key, p)), "route nobody named: {c:?}");
+        }
+    }
+    let c = node.counters();
+    assert!(c.recovery_chunks_received + c.recovery_chunks_duplicate <= accepted);
+    assert!(e.counters().routes_restored <= c.recovery_flows_received);
+    // Whatever arrived, the recovery ends by its deadline.
+    for _ in 0..200 {
+        if node.phase() != NodePhase::Recovering {
+            break;
+        }
+        now.mono = now.mono.saturating_add(Duration::from_millis(50));
+        now.unix_ns = now.unix_ns.saturating_add(50_000_000);
+        node.handle_timeout(now, &mut e);
+        while node.poll_transmit().is_some() {}
+    }
+    assert_ne!(node.phase(), NodePhase::Recovering, "recovery never ended");
+    e.routes().len()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -335,6 +454,42 @@ mod tests {
             let mut data = vec![flags];
             data.extend_from_slice(&bytes);
             let _ = super::control_datagram(&data);
+        }
+    }
+
+    #[test]
+    fn recovery_corpus_restores_and_ends() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/recovery");
+        let restored =
+            |name: &str| super::recovery_replies(&std::fs::read(dir.join(name)).unwrap());
+        // The seeds reach the restoring code: what each restores.
+        assert_eq!(restored("one_chunk_peer1"), 3);
+        assert_eq!(restored("two_chunks_peer2"), 4);
+        assert_eq!(restored("both_peers_same_flow"), 1);
+        assert_eq!(restored("duplicate_chunk"), 2);
+        assert_eq!(restored("new_snapshot"), 5);
+        assert_eq!(restored("mixed_families"), 1);
+        assert_eq!(restored("foreign_service"), 0);
+        assert_eq!(restored("stale_request"), 0);
+        assert_eq!(restored("overflowing_table"), super::CAP as usize);
+        for e in std::fs::read_dir(&dir).expect("corpus").flatten() {
+            super::recovery_replies(&std::fs::read(e.path()).unwrap());
+        }
+        assert_eq!(super::recovery_replies(&[]), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn arbitrary_recovery_replies(replies in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..200)), 0..12)) {
+            let mut data = Vec::new();
+            for (flags, bytes) in replies {
+                data.push(flags);
+                data.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                data.extend_from_slice(&bytes);
+            }
+            super::recovery_replies(&data);
         }
     }
 
