@@ -494,8 +494,15 @@ fn drain_under_load_fails_no_established_connection(backend: &str) {
             let r = lab_ref.load(60.0, 4.0, 0.8, "drain");
             *done2.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
         });
-        std::thread::sleep(Duration::from_millis(1500));
-        let open = status(lab_ref, 0).open_connections;
+        // Drain once connections are open (the load's start can lag on a
+        // busy machine: wait for the figure, bounded by the load's 4 s).
+        std::thread::sleep(Duration::from_millis(1000));
+        let until = Instant::now() + Duration::from_millis(2500);
+        let mut open = status(lab_ref, 0).open_connections;
+        while open < 5 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+            open = status(lab_ref, 0).open_connections;
+        }
         let a = ok(lab_ref.admin(0, "drain"));
         assert!(a.contains("\"ok\":true"), "{a}");
         eprintln!("drained h0 with {open} connections open");
