@@ -29,6 +29,19 @@ fn flow(n: u32) -> FlowKey {
     )
 }
 
+/// The same clients with IPv6 addresses, to an IPv6 service address.
+fn flow6(n: u32) -> FlowKey {
+    FlowKey::new(
+        IpProtocol::Tcp,
+        IpAddr::V6(core::net::Ipv6Addr::from_bits(
+            0x2001_0db8 << 96 | u128::from(n),
+        )),
+        1024,
+        core::net::Ipv6Addr::LOCALHOST.into(),
+        80,
+    )
+}
+
 /// Resident bytes of this process (`/proc/self/statm`, second field).
 fn rss() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap();
@@ -93,17 +106,20 @@ fn make(layout: &str, key: &str, capacity: u32) -> Box<dyn Table> {
 /// first filled with `FLOWS` flows (the engine's pair: `routes` filled,
 /// `served` empty). Prints one line of figures.
 fn child(layout: &str, key: &str, capacity: u32, tables: usize) {
+    let v6 = key == "wide6";
+    let key = if v6 { "wide" } else { key };
     let r0 = rss();
     let mut ts: Vec<Box<dyn Table>> = (0..tables).map(|_| make(layout, key, capacity)).collect();
     let r1 = rss();
     for n in 0..FLOWS {
-        ts[0].insert(&flow(n));
+        ts[0].insert(&if v6 { flow6(n) } else { flow(n) });
     }
     let r2 = rss();
     let alloc: usize = ts.iter().map(|t| t.allocated()).sum();
     println!(
-        "{layout:>3} {key:>4} cap {capacity:>9} x{tables}  entry {:>2} B  allocated {:>6.1} MiB  \
+        "{layout:>3} {key:>4} {} cap {capacity:>9} x{tables}  entry {:>2} B  allocated {:>6.1} MiB  \
          RSS empty +{:>5.1} MiB  filled +{:>6.1} MiB  = {:>5.1} B/flow",
+        if v6 { "IPv6" } else { "IPv4" },
         ts[0].entry(),
         alloc as f64 / 1048576.0,
         (r1 - r0) as f64 / 1048576.0,
@@ -124,10 +140,10 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    println!("RSS per tracked flow, {FLOWS} IPv4 flows inserted (SYNs), one process per case:");
+    println!("RSS per tracked flow, {FLOWS} flows inserted (SYNs), one process per case:");
     let exe = std::env::current_exe().unwrap();
     for (cap, tables) in [(FLOWS, 1usize), (1_100_000, 1), (1_100_000, 2)] {
-        for key in ["v4", "wide"] {
+        for key in ["v4", "wide", "wide6"] {
             for layout in ["old", "new"] {
                 let out = Command::new(&exe)
                     .args(["--case", layout, key, &cap.to_string(), &tables.to_string()])

@@ -228,7 +228,11 @@ pub struct TableStats {
     pub removed: u64,
 }
 
-const NIL: u32 = u32::MAX;
+/// Entry numbers and LRU links use the low 31 bits of `Slot::prev` and
+/// `Slot::next` (capacity is at most 2^30); bit 31 is a flag.
+const LINK: u32 = (1 << 31) - 1;
+const FLAG: u32 = 1 << 31;
+const NIL: u32 = LINK;
 const ST_FREE: u8 = 0;
 const ST_SYN: u8 = 1;
 const ST_EST: u8 = 2;
@@ -243,38 +247,61 @@ const RST_SEEN: u8 = 0x20;
 /// `isn` holds the opening SYN's sequence number.
 const ISN_KNOWN: u8 = 0x40;
 const LOCAL: u8 = 0x80;
-/// Bit of `Slot::hash` marking an entry on probation. The index position
-/// uses at most 31 bits of the hash (the index has at most 2^31 slots).
-const PROBATION: u32 = 1 << 31;
 /// List numbers: `lists[PROTECTED]`, `lists[PROBATION_LIST]`.
 const PROTECTED: usize = 0;
 const PROBATION_LIST: usize = 1;
 
-/// One stored entry. For `V4Key` this is 48 bytes: the compiler orders
-/// fields by alignment and the 13-byte key fills the tail. For `WideKey`
-/// (the engine's) it is 80 bytes, `isn` included (it fills padding).
+/// One stored entry: 48 bytes whatever the key form (the compiler orders
+/// fields by alignment and the 13-byte key fills the tail). A flow with an
+/// IPv6 address keeps its key in the table's wide-key slab and the slab
+/// position in `key` (`next` has `FLAG` set).
 #[derive(Clone, Copy, Debug)]
-struct Slot<K: TableKey> {
+struct Slot {
     last_seen: u64,
     bytes: u64,
     packets: u32,
+    /// The more recent neighbour in the LRU list; `FLAG`: on probation.
     prev: u32,
+    /// The less recent neighbour (or the next free slot); `FLAG`: the key
+    /// is in the wide-key slab.
     next: u32,
-    /// Low 31 bits of the flow hash (the home position in the index), and
-    /// `PROBATION` in bit 31.
-    hash: u32,
     /// The opening SYN's sequence number, when `ISN_KNOWN`.
-    isn: K::Isn,
+    isn: u32,
     peer: u16,
     /// `ST_*` in the low bits, plus `FIN_*` and `LOCAL`.
     state: u8,
-    key: K,
+    key: V4Key,
 }
 
-impl<K: TableKey> Slot<K> {
+impl Slot {
     #[inline]
     fn list(&self) -> usize {
-        usize::from(self.hash & PROBATION != 0)
+        usize::from(self.prev & FLAG != 0)
+    }
+
+    #[inline]
+    fn wide(&self) -> bool {
+        self.next & FLAG != 0
+    }
+
+    #[inline]
+    fn prev(&self) -> u32 {
+        self.prev & LINK
+    }
+
+    #[inline]
+    fn next(&self) -> u32 {
+        self.next & LINK
+    }
+
+    #[inline]
+    fn set_prev(&mut self, e: u32) {
+        self.prev = (self.prev & FLAG) | e;
+    }
+
+    #[inline]
+    fn set_next(&mut self, e: u32) {
+        self.next = (self.next & FLAG) | e;
     }
 
     fn route(&self) -> Route {
@@ -294,16 +321,16 @@ impl<K: TableKey> Slot<K> {
         }
     }
 
-    fn public(&self) -> ConnEntry {
+    fn public(&self, key: FlowKey) -> ConnEntry {
         ConnEntry {
-            key: self.key.to_flow(),
+            key,
             route: self.route(),
             state: self.conn_state(),
             last_seen: Timestamp(self.last_seen),
             packets: self.packets,
             bytes: self.bytes,
             isn: if self.state & ISN_KNOWN != 0 {
-                self.isn.load()
+                Some(self.isn)
             } else {
                 None
             },
@@ -325,6 +352,14 @@ const EMPTY: List = List {
     len: 0,
 };
 
+/// A flow's key as the table stores it: IPv4 flows in the entry, others
+/// in the wide-key slab.
+#[derive(Clone, Copy, Debug)]
+enum Stored<K> {
+    Narrow(V4Key),
+    Wide(K),
+}
+
 /// Timeouts in nanoseconds, indexed by `ST_*`.
 #[derive(Clone, Copy, Debug)]
 struct Timeouts([u64; 5]);
@@ -337,7 +372,12 @@ struct Timeouts([u64; 5]);
 /// locks); see [`crate::shard`] for steering flows to workers.
 #[derive(Clone, Debug)]
 pub struct ConnTable<K: TableKey = V4Key> {
-    entries: Vec<Slot<K>>,
+    entries: Vec<Slot>,
+    /// Keys of flows with an IPv6 address, allocated for the capacity on
+    /// the first such flow.
+    side: Vec<K>,
+    /// Free positions of `side`.
+    side_free: Vec<u32>,
     index: Vec<u32>,
     index_mask: usize,
     idx_bits: u32,
@@ -371,6 +411,8 @@ impl<K: TableKey> ConnTable<K> {
         timeouts[usize::from(ST_CLOSED)] = duration_nanos(config.fin_grace);
         Ok(Self {
             entries: Vec::with_capacity(capacity as usize),
+            side: Vec::new(),
+            side_free: Vec::new(),
             index: vec![0; index_len],
             index_mask: index_len - 1,
             idx_bits,
@@ -419,15 +461,67 @@ impl<K: TableKey> ConnTable<K> {
         self.half_open_reserve as usize
     }
 
-    /// Bytes allocated by the table's slab and index (not the struct).
+    /// Bytes allocated by the table's slab and index (not the struct), and
+    /// by the wide-key slab once a flow with an IPv6 address needed it.
+    /// Pages are touched as entries are used: resident memory follows the
+    /// entries in use (and the index, which hashing touches everywhere).
     pub fn allocated_bytes(&self) -> usize {
-        self.entries.capacity() * core::mem::size_of::<Slot<K>>()
+        self.entries.capacity() * core::mem::size_of::<Slot>()
             + self.index.capacity() * core::mem::size_of::<u32>()
+            + self.side.capacity() * core::mem::size_of::<K>()
+            + self.side_free.capacity() * core::mem::size_of::<u32>()
     }
 
-    /// Size of one stored entry in bytes.
+    /// Size of one stored entry in bytes (48); a flow with an IPv6 address
+    /// takes [`wide_key_size`](Self::wide_key_size) more in the wide-key slab.
     pub const fn entry_size() -> usize {
-        core::mem::size_of::<Slot<K>>()
+        core::mem::size_of::<Slot>()
+    }
+
+    /// Bytes a flow with an IPv6 address takes in the wide-key slab.
+    pub const fn wide_key_size() -> usize {
+        core::mem::size_of::<K>()
+    }
+
+    /// The stored form of `flow`'s key, or `None` if `K` cannot hold it.
+    #[inline]
+    fn stored(flow: &FlowKey) -> Option<Stored<K>> {
+        match V4Key::from_flow(flow) {
+            Some(k) => Some(Stored::Narrow(k)),
+            None => K::from_flow(flow).map(Stored::Wide),
+        }
+    }
+
+    /// The flow of entry `e`.
+    #[inline]
+    fn flow_of(&self, e: u32) -> FlowKey {
+        let s = &self.entries[e as usize];
+        if s.wide() {
+            self.side[s.key.side() as usize].to_flow()
+        } else {
+            s.key.to_flow()
+        }
+    }
+
+    /// The public copy of entry `e`.
+    fn public(&self, e: u32) -> ConnEntry {
+        self.entries[e as usize].public(self.flow_of(e))
+    }
+
+    /// Entry `e`'s home position in the index (its hash, recomputed: the
+    /// entry does not store it).
+    #[inline]
+    fn home(&self, e: u32) -> usize {
+        (self.hasher.hash(&self.flow_of(e)) as usize) & self.index_mask
+    }
+
+    #[inline]
+    fn key_is(&self, e: u32, key: &Stored<K>) -> bool {
+        let s = &self.entries[e as usize];
+        match key {
+            Stored::Narrow(k) => !s.wide() && s.key == *k,
+            Stored::Wide(k) => s.wide() && self.side[s.key.side() as usize] == *k,
+        }
     }
 
     #[inline]
@@ -437,7 +531,7 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     #[inline]
-    fn find(&self, h: u64, key: &K) -> Option<(usize, u32)> {
+    fn find(&self, h: u64, key: &Stored<K>) -> Option<(usize, u32)> {
         let tag = self.tag(h);
         let mut pos = (h as usize) & self.index_mask;
         loop {
@@ -447,7 +541,7 @@ impl<K: TableKey> ConnTable<K> {
             }
             if s & !self.idx_mask == tag {
                 let e = (s & self.idx_mask) - 1;
-                if self.entries[e as usize].key == *key {
+                if self.key_is(e, key) {
                     return Some((pos, e));
                 }
             }
@@ -475,8 +569,7 @@ impl<K: TableKey> ConnTable<K> {
             if s == 0 {
                 break;
             }
-            let e = (s & self.idx_mask) - 1;
-            let home = self.entries[e as usize].hash as usize & mask;
+            let home = self.home((s & self.idx_mask) - 1);
             let stays = if i <= j {
                 i < home && home <= j
             } else {
@@ -493,37 +586,37 @@ impl<K: TableKey> ConnTable<K> {
     fn lru_unlink(&mut self, e: u32) {
         let (prev, next, l) = {
             let s = &self.entries[e as usize];
-            (s.prev, s.next, s.list())
+            (s.prev(), s.next(), s.list())
         };
         let list = &mut self.lists[l];
         list.len -= 1;
         if prev == NIL {
             list.head = next
         } else {
-            self.entries[prev as usize].next = next
+            self.entries[prev as usize].set_next(next)
         }
         if next == NIL {
             list.tail = prev
         } else {
-            self.entries[next as usize].prev = prev
+            self.entries[next as usize].set_prev(prev)
         }
     }
 
-    /// Puts `e` at the front of the list its `PROBATION` bit names.
+    /// Puts `e` at the front of the list its probation flag names.
     fn lru_push_front(&mut self, e: u32) {
         let l = self.entries[e as usize].list();
         let old = self.lists[l].head;
         {
             let s = &mut self.entries[e as usize];
-            s.prev = NIL;
-            s.next = old;
+            s.set_prev(NIL);
+            s.set_next(old);
         }
         let list = &mut self.lists[l];
         list.len += 1;
         if old == NIL {
             list.tail = e
         } else {
-            self.entries[old as usize].prev = e
+            self.entries[old as usize].set_prev(e)
         }
         self.lists[l].head = e;
     }
@@ -540,12 +633,12 @@ impl<K: TableKey> ConnTable<K> {
     /// handshake completed); an entry already protected is only touched.
     #[inline]
     fn promote(&mut self, e: u32) {
-        if self.entries[e as usize].hash & PROBATION == 0 {
+        if self.entries[e as usize].prev & FLAG == 0 {
             self.touch(e);
             return;
         }
         self.lru_unlink(e);
-        self.entries[e as usize].hash &= !PROBATION;
+        self.entries[e as usize].prev &= !FLAG;
         self.lru_push_front(e);
     }
 
@@ -569,26 +662,44 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     /// Removes entry `e` found at index position `pos`.
-    fn remove_at(&mut self, pos: usize, e: u32) -> Slot<K> {
+    fn remove_at(&mut self, pos: usize, e: u32) {
         self.index_remove(pos);
         self.lru_unlink(e);
-        let slot = self.entries[e as usize];
         let s = &mut self.entries[e as usize];
+        if s.wide() {
+            self.side_free.push(s.key.side());
+        }
         s.state = ST_FREE;
+        s.prev = NIL;
         s.next = self.free;
         self.free = e;
         self.len -= 1;
-        slot
     }
 
-    /// Removes entry `e` by its stored hash (locates its index slot).
-    fn remove_entry(&mut self, e: u32) -> Slot<K> {
+    /// Removes entry `e` by its hash (locates its index slot).
+    fn remove_entry(&mut self, e: u32) {
         let mask = self.index_mask;
-        let mut pos = self.entries[e as usize].hash as usize & mask;
+        let mut pos = self.home(e);
         while self.index[pos] & self.idx_mask != e + 1 {
             pos = (pos + 1) & mask;
         }
         self.remove_at(pos, e)
+    }
+
+    /// A position in the wide-key slab for `key` (the slab is allocated
+    /// for the whole capacity on first use; it holds at most one key per
+    /// entry, so it never grows after that).
+    fn side_alloc(&mut self, key: K) -> u32 {
+        if let Some(i) = self.side_free.pop() {
+            self.side[i as usize] = key;
+            return i;
+        }
+        if self.side.capacity() == 0 {
+            self.side.reserve_exact(self.capacity as usize);
+            self.side_free.reserve_exact(self.capacity as usize);
+        }
+        self.side.push(key);
+        (self.side.len() - 1) as u32
     }
 
     /// Examines up to `budget` entries from the sweep cursor and removes
@@ -620,7 +731,7 @@ impl<K: TableKey> ConnTable<K> {
     /// as activity: LRU order and `last_seen` are unchanged.
     pub fn lookup(&mut self, flow: &FlowKey, now: Timestamp) -> Option<ConnEntry> {
         let e = self.live_entry(flow, now)?;
-        Some(self.entries[e as usize].public())
+        Some(self.public(e))
     }
 
     /// The route of the live entry for `flow`: [`lookup`](Self::lookup)
@@ -635,7 +746,7 @@ impl<K: TableKey> ConnTable<K> {
     /// timeout is removed (and counted) instead.
     #[inline]
     fn live_entry(&mut self, flow: &FlowKey, now: Timestamp) -> Option<u32> {
-        let key = K::from_flow(flow)?;
+        let key = Self::stored(flow)?;
         let h = self.hasher.hash(flow);
         let (pos, e) = self.find(h, &key)?;
         if self.is_expired(e, now.0) {
@@ -673,9 +784,9 @@ impl<K: TableKey> ConnTable<K> {
 
     /// A copy of the entry for `flow` without expiry or any change.
     pub fn get(&self, flow: &FlowKey) -> Option<ConnEntry> {
-        let key = K::from_flow(flow)?;
+        let key = Self::stored(flow)?;
         let (_, e) = self.find(self.hasher.hash(flow), &key)?;
-        Some(self.entries[e as usize].public())
+        Some(self.public(e))
     }
 
     /// The data-path call for every packet of a known connection. `flow` is
@@ -691,7 +802,7 @@ impl<K: TableKey> ConnTable<K> {
         now: Timestamp,
     ) -> PacketOutcome {
         self.sweep_some(now);
-        let Some(key) = K::from_flow(flow) else {
+        let Some(key) = Self::stored(flow) else {
             return PacketOutcome::Unknown;
         };
         let h = self.hasher.hash(flow);
@@ -786,7 +897,8 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     /// Touches the memory that lookups of `flows` (at most [`BATCH`] are
-    /// used) will read, in three rounds of independent loads.
+    /// used) will read, in three rounds of independent loads: index slots;
+    /// entries; their LRU neighbours and wide keys.
     pub fn warm<'a>(&self, flows: impl Iterator<Item = &'a FlowKey>) {
         let mut slot = [NIL; BATCH];
         let mut n = 0;
@@ -798,11 +910,15 @@ impl<K: TableKey> ConnTable<K> {
         }
         let mut prev = [NIL; BATCH];
         let mut next = [NIL; BATCH];
+        let mut side = [NIL; BATCH];
         let mut acc = 0u64;
         for i in 0..n {
             if let Some(e) = self.entries.get(slot[i] as usize) {
-                prev[i] = e.prev;
-                next[i] = e.next;
+                prev[i] = e.prev();
+                next[i] = e.next();
+                if e.wide() {
+                    side[i] = e.key.side();
+                }
                 acc ^= e.last_seen;
             }
         }
@@ -812,6 +928,9 @@ impl<K: TableKey> ConnTable<K> {
             }
             if let Some(e) = self.entries.get(next[i] as usize) {
                 acc ^= u64::from(e.prev);
+            }
+            if let Some(k) = self.side.get(side[i] as usize) {
+                acc ^= u64::from(*k == self.side[0]);
             }
         }
         core::hint::black_box(acc);
@@ -898,7 +1017,7 @@ impl<K: TableKey> ConnTable<K> {
         now: Timestamp,
     ) -> Result<InsertOutcome> {
         self.sweep_some(now);
-        let key = K::from_flow(flow).ok_or(TableError::UnsupportedKey)?;
+        let key = Self::stored(flow).ok_or(TableError::UnsupportedKey)?;
         let h = self.hasher.hash(flow);
         if let Some((pos, e)) = self.find(h, &key) {
             let closed = self.entries[e as usize].state & ST_MASK == ST_CLOSED;
@@ -910,7 +1029,7 @@ impl<K: TableKey> ConnTable<K> {
             self.remove_at(pos, e);
             self.stats.expired += 1;
         }
-        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0, K::Isn::store(isn));
+        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0, isn);
         Ok(InsertOutcome::Inserted { evicted })
     }
 
@@ -918,29 +1037,30 @@ impl<K: TableKey> ConnTable<K> {
     fn insert_new(
         &mut self,
         h: u64,
-        key: K,
+        key: Stored<K>,
         route: Route,
         state: u8,
         last_seen: u64,
         packets: u32,
         bytes: u64,
-        isn: K::Isn,
+        isn: u32,
     ) -> Option<FlowKey> {
         let mut evicted = None;
         if self.len == self.capacity {
             let victim = self.victim();
-            if self.entries[victim as usize].hash & PROBATION != 0 {
+            if self.entries[victim as usize].prev & FLAG != 0 {
                 self.stats.evicted_half_open += 1;
             } else {
                 self.stats.evicted_established += 1;
             }
-            evicted = Some(self.remove_entry(victim).key.to_flow());
+            evicted = Some(self.flow_of(victim));
+            self.remove_entry(victim);
             self.stats.evicted += 1;
         }
-        let probation = if state & ST_MASK == ST_SYN {
-            PROBATION
-        } else {
-            0
+        let probation = if state & ST_MASK == ST_SYN { FLAG } else { 0 };
+        let (key, wide) = match key {
+            Stored::Narrow(k) => (k, 0),
+            Stored::Wide(k) => (V4Key::from_side(self.side_alloc(k)), FLAG),
         };
         let (peer, local) = match route {
             Route::Local => (0, LOCAL),
@@ -950,9 +1070,8 @@ impl<K: TableKey> ConnTable<K> {
             last_seen,
             bytes,
             packets,
-            prev: NIL,
-            next: NIL,
-            hash: (h as u32 & !PROBATION) | probation,
+            prev: NIL | probation,
+            next: NIL | wide,
             isn,
             peer,
             state: state | local,
@@ -960,7 +1079,7 @@ impl<K: TableKey> ConnTable<K> {
         };
         let e = if self.free != NIL {
             let e = self.free;
-            self.free = self.entries[e as usize].next;
+            self.free = self.entries[e as usize].next();
             self.entries[e as usize] = slot;
             e
         } else {
@@ -976,10 +1095,12 @@ impl<K: TableKey> ConnTable<K> {
 
     /// Removes the entry for `flow`, returning it.
     pub fn remove(&mut self, flow: &FlowKey) -> Option<ConnEntry> {
-        let key = K::from_flow(flow)?;
+        let key = Self::stored(flow)?;
         let (pos, e) = self.find(self.hasher.hash(flow), &key)?;
         self.stats.removed += 1;
-        Some(self.remove_at(pos, e).public())
+        let entry = self.public(e);
+        self.remove_at(pos, e);
+        Some(entry)
     }
 
     /// Entries from most to least recently used: the protected ones, then
@@ -995,16 +1116,16 @@ impl<K: TableKey> ConnTable<K> {
                 list = PROBATION_LIST;
                 e = self.lists[PROBATION_LIST].head;
             }
-            let s = &self.entries[e as usize];
-            e = s.next;
-            Some(s.public())
+            let entry = self.public(e);
+            e = self.entries[e as usize].next();
+            Some(entry)
         })
     }
 
     /// The flow that the next eviction would remove.
     pub fn lru(&self) -> Option<FlowKey> {
         let v = self.victim();
-        (v != NIL).then(|| self.entries[v as usize].key.to_flow())
+        (v != NIL).then(|| self.flow_of(v))
     }
 
     /// Appends the compact export of every entry to `out`, oldest first
@@ -1033,7 +1154,7 @@ impl<K: TableKey> ConnTable<K> {
         let mut e = self.lists[list].tail;
         while e != NIL {
             let s = &self.entries[e as usize];
-            let flow = s.key.to_flow();
+            let flow = self.flow_of(e);
             let fam = u8::from(!matches!(flow.src, core::net::IpAddr::V4(_)))
                 | u8::from(!matches!(flow.dst, core::net::IpAddr::V4(_))) << 1;
             out.push(fam);
@@ -1052,7 +1173,7 @@ impl<K: TableKey> ConnTable<K> {
             out.extend_from_slice(&now.0.saturating_sub(s.last_seen).to_le_bytes());
             out.extend_from_slice(&s.packets.to_le_bytes());
             out.extend_from_slice(&s.bytes.to_le_bytes());
-            e = s.prev;
+            e = s.prev();
         }
     }
 
@@ -1072,7 +1193,7 @@ impl<K: TableKey> ConnTable<K> {
 
     /// Inserts one checked record (replacing any entry of the same flow).
     pub(crate) fn import_record(&mut self, r: &Record, now: Timestamp) {
-        if let Some(key) = K::from_flow(&r.flow) {
+        if let Some(key) = Self::stored(&r.flow) {
             let h = self.hasher.hash(&r.flow);
             if let Some((pos, e)) = self.find(h, &key) {
                 self.remove_at(pos, e);
@@ -1084,27 +1205,19 @@ impl<K: TableKey> ConnTable<K> {
             };
             let state = r.state & !LOCAL;
             let last_seen = now.0.saturating_sub(r.age);
-            self.insert_new(
-                h,
-                key,
-                route,
-                state,
-                last_seen,
-                r.packets,
-                r.bytes,
-                K::Isn::default(),
-            );
+            self.insert_new(h, key, route, state, last_seen, r.packets, r.bytes, 0);
         }
     }
 
     /// Checks the internal invariants (tests only): index and both LRU
     /// lists agree with the entry counts, every index slot finds its
-    /// entry, every entry is in the list its `PROBATION` bit names, and
-    /// only `SynSeen` entries (or ones reset while on probation) are on
-    /// probation.
+    /// entry, every entry is in the list its probation flag names, only
+    /// `SynSeen` entries (or ones reset while on probation) are on
+    /// probation, and the wide-key slab holds exactly the wide entries' keys.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let mut n = 0u32;
+        let mut side_used = vec![false; self.side.len()];
         for l in [PROTECTED, PROBATION_LIST] {
             let mut m = 0u32;
             let mut prev = NIL;
@@ -1112,20 +1225,28 @@ impl<K: TableKey> ConnTable<K> {
             while e != NIL {
                 let s = &self.entries[e as usize];
                 assert_ne!(s.state & ST_MASK, ST_FREE);
-                assert_eq!(s.prev, prev);
+                assert_eq!(s.prev(), prev);
                 assert_eq!(s.list(), l);
                 if l == PROBATION_LIST {
                     assert!(s.state & ST_MASK == ST_SYN || s.state & RST_SEEN != 0);
                 } else {
                     assert!(s.state & ST_MASK != ST_SYN);
                 }
-                let flow = s.key.to_flow();
+                let flow = self.flow_of(e);
+                let key = Self::stored(&flow);
+                assert!(matches!(key, Some(Stored::Wide(_))) == s.wide());
+                if s.wide() {
+                    let i = s.key.side() as usize;
+                    assert!(!side_used[i]);
+                    side_used[i] = true;
+                }
                 assert_eq!(
-                    self.find(self.hasher.hash(&flow), &s.key).map(|x| x.1),
+                    key.and_then(|k| self.find(self.hasher.hash(&flow), &k))
+                        .map(|x| x.1),
                     Some(e)
                 );
                 prev = e;
-                e = s.next;
+                e = s.next();
                 m += 1;
             }
             assert_eq!(prev, self.lists[l].tail);
@@ -1137,6 +1258,13 @@ impl<K: TableKey> ConnTable<K> {
         assert_eq!(
             self.index.iter().filter(|&&s| s != 0).count(),
             self.len as usize
+        );
+        for &i in &self.side_free {
+            assert!(!side_used[i as usize]);
+        }
+        assert_eq!(
+            side_used.iter().filter(|&&u| u).count() + self.side_free.len(),
+            self.side.len()
         );
     }
 }
