@@ -1,12 +1,18 @@
 //! The bounded connection routing table.
 //!
 //! Layout (see `docs/architecture.md` in NOTES): an entry slab of
-//! `capacity` fixed-size entries, allocated once, with an intrusive doubly
-//! linked LRU list of `u32` indices threaded through it, and an
-//! open-addressing index (linear probing, backward-shift deletion, load at
-//! most 3/4) of `u32` slots. Each slot holds the entry number in its low
-//! bits and a tag taken from the flow hash in the remaining high bits, so a
-//! probe rarely touches an entry whose key does not match.
+//! `capacity` 48-byte entries, allocated once (pages touched as entries
+//! are used), with an intrusive doubly linked LRU list of `u32` indices
+//! threaded through it, and an open-addressing index (linear probing,
+//! backward-shift deletion, load at most 3/4) of `u32` slots. Each slot
+//! holds the entry number in its low bits, the slot's distance from its
+//! home position (4 bits, saturating) and, in the remaining high bits, a
+//! tag taken from the flow hash, so a probe rarely touches an entry whose
+//! key does not match and a deletion moves slots without reading entries.
+//! An entry keeps a flow whose addresses are IPv4 in a 13-byte key; with
+//! [`WideKey`](crate::WideKey), other flows keep theirs in a wide-key slab
+//! beside the entries (allocated for the capacity on the first such flow).
+//! Entries do not store their hash: eviction and the sweep recompute it.
 //!
 //! The LRU order is kept in two segments (a 2Q-like split): entries whose
 //! handshake has not been seen to complete (`SynSeen`, on *probation*) and
@@ -155,7 +161,8 @@ pub struct ConnEntry {
     pub last_seen: Timestamp,
     /// Packets counted (saturating).
     pub packets: u32,
-    /// Bytes counted (saturating).
+    /// Bytes counted (saturating at 2^62 - 1, 4.6 EB: the entry keeps two
+    /// flags in the top bits).
     pub bytes: u64,
     /// The initial sequence number of the SYN that opened it, where the
     /// caller recorded one ([`ConnTable::insert_syn`]): a later SYN with
@@ -228,11 +235,19 @@ pub struct TableStats {
     pub removed: u64,
 }
 
-/// Entry numbers and LRU links use the low 31 bits of `Slot::prev` and
-/// `Slot::next` (capacity is at most 2^30); bit 31 is a flag.
-const LINK: u32 = (1 << 31) - 1;
-const FLAG: u32 = 1 << 31;
-const NIL: u32 = LINK;
+const NIL: u32 = u32::MAX;
+/// `Slot::bytes` keeps the byte count in its low 62 bits (saturating
+/// there: 4.6 EB) and two flags above. Not in the LRU links: a neighbour's
+/// link is written blind when an entry moves, and a flag there would make
+/// that write wait for a read of the neighbour's cache line.
+const BYTES: u64 = (1 << 62) - 1;
+/// On probation.
+const PROB_BIT: u64 = 1 << 63;
+/// The key is in the wide-key slab.
+const WIDE_BIT: u64 = 1 << 62;
+/// Bits of an index slot for the distance from home (fewer in tests, so
+/// that they exercise the saturated case).
+const DIST_BITS: u32 = if cfg!(test) { 2 } else { 4 };
 const ST_FREE: u8 = 0;
 const ST_SYN: u8 = 1;
 const ST_EST: u8 = 2;
@@ -254,16 +269,16 @@ const PROBATION_LIST: usize = 1;
 /// One stored entry: 48 bytes whatever the key form (the compiler orders
 /// fields by alignment and the 13-byte key fills the tail). A flow with an
 /// IPv6 address keeps its key in the table's wide-key slab and the slab
-/// position in `key` (`next` has `FLAG` set).
+/// position in `key` (`bytes` has `WIDE_BIT` set).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     last_seen: u64,
+    /// Bytes counted (`BYTES`), `PROB_BIT` and `WIDE_BIT`.
     bytes: u64,
     packets: u32,
-    /// The more recent neighbour in the LRU list; `FLAG`: on probation.
+    /// The more recent neighbour in the LRU list.
     prev: u32,
-    /// The less recent neighbour (or the next free slot); `FLAG`: the key
-    /// is in the wide-key slab.
+    /// The less recent neighbour (or the next free slot).
     next: u32,
     /// The opening SYN's sequence number, when `ISN_KNOWN`.
     isn: u32,
@@ -276,32 +291,40 @@ struct Slot {
 impl Slot {
     #[inline]
     fn list(&self) -> usize {
-        usize::from(self.prev & FLAG != 0)
+        usize::from(self.bytes & PROB_BIT != 0)
     }
 
     #[inline]
     fn wide(&self) -> bool {
-        self.next & FLAG != 0
+        self.bytes & WIDE_BIT != 0
     }
 
     #[inline]
     fn prev(&self) -> u32 {
-        self.prev & LINK
+        self.prev
     }
 
     #[inline]
     fn next(&self) -> u32 {
-        self.next & LINK
+        self.next
     }
 
     #[inline]
     fn set_prev(&mut self, e: u32) {
-        self.prev = (self.prev & FLAG) | e;
+        self.prev = e;
     }
 
     #[inline]
     fn set_next(&mut self, e: u32) {
-        self.next = (self.next & FLAG) | e;
+        self.next = e;
+    }
+
+    #[inline]
+    fn add_bytes(&mut self, len: u32) {
+        let b = (self.bytes & BYTES)
+            .saturating_add(u64::from(len))
+            .min(BYTES);
+        self.bytes = (self.bytes & !BYTES) | b;
     }
 
     fn route(&self) -> Route {
@@ -328,7 +351,7 @@ impl Slot {
             state: self.conn_state(),
             last_seen: Timestamp(self.last_seen),
             packets: self.packets,
-            bytes: self.bytes,
+            bytes: self.bytes & BYTES,
             isn: if self.state & ISN_KNOWN != 0 {
                 Some(self.isn)
             } else {
@@ -380,8 +403,13 @@ pub struct ConnTable<K: TableKey = V4Key> {
     side_free: Vec<u32>,
     index: Vec<u32>,
     index_mask: usize,
+    /// Index slot: entry number + 1 in the low `idx_bits` bits...
     idx_bits: u32,
     idx_mask: u32,
+    /// ...then the distance from home, `dist_max` meaning "that or more"...
+    dist_max: u32,
+    /// ...then the tag, from bit `tag_shift` (32: no tag).
+    tag_shift: u32,
     capacity: u32,
     len: u32,
     /// `[PROTECTED]` and `[PROBATION_LIST]`.
@@ -404,6 +432,7 @@ impl<K: TableKey> ConnTable<K> {
         let want = (u64::from(capacity) * 4).div_ceil(3).max(2);
         let index_len = want.next_power_of_two() as usize;
         let idx_bits = 32 - capacity.leading_zeros();
+        let dist_bits = DIST_BITS.min(32 - idx_bits);
         let mut timeouts = [0u64; 5];
         timeouts[usize::from(ST_SYN)] = duration_nanos(config.half_open_timeout);
         timeouts[usize::from(ST_EST)] = duration_nanos(config.established_timeout);
@@ -417,6 +446,8 @@ impl<K: TableKey> ConnTable<K> {
             index_mask: index_len - 1,
             idx_bits,
             idx_mask: (1u32 << idx_bits) - 1,
+            dist_max: (1u32 << dist_bits) - 1,
+            tag_shift: idx_bits + dist_bits,
             capacity,
             len: 0,
             lists: [EMPTY; 2],
@@ -516,22 +547,50 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     #[inline]
-    fn key_is(&self, e: u32, key: &Stored<K>) -> bool {
-        let s = &self.entries[e as usize];
-        match key {
-            Stored::Narrow(k) => !s.wide() && s.key == *k,
-            Stored::Wide(k) => s.wide() && self.side[s.key.side() as usize] == *k,
+    fn tag(&self, h: u64) -> u32 {
+        // High half of the hash; the index position uses the low half.
+        ((h >> 32) >> self.tag_shift << self.tag_shift) as u32
+    }
+
+    /// The bits of an index slot that hold the tag.
+    #[inline]
+    fn tag_bits(&self, s: u32) -> u32 {
+        (u64::from(s) >> self.tag_shift << self.tag_shift) as u32
+    }
+
+    /// An index slot for entry `e` at `dist` from its home.
+    #[inline]
+    fn index_slot(&self, tag: u32, dist: usize, e: u32) -> u32 {
+        let d = (dist as u32).min(self.dist_max);
+        tag | d << self.idx_bits | (e + 1)
+    }
+
+    /// Home position of the slot `s` found at `pos`: from its distance, or
+    /// from the entry's hash when the distance saturated.
+    #[inline]
+    fn slot_home(&self, s: u32, pos: usize) -> usize {
+        let d = (s >> self.idx_bits) & self.dist_max;
+        if d < self.dist_max {
+            pos.wrapping_sub(d as usize) & self.index_mask
+        } else {
+            self.home((s & self.idx_mask) - 1)
         }
     }
 
-    #[inline]
-    fn tag(&self, h: u64) -> u32 {
-        // High half of the hash; the index position uses the low half.
-        ((h >> 32) as u32) >> self.idx_bits << self.idx_bits
-    }
-
+    /// The index position and entry number of `key`'s entry.
     #[inline]
     fn find(&self, h: u64, key: &Stored<K>) -> Option<(usize, u32)> {
+        // One probe loop per key form, chosen once.
+        match key {
+            Stored::Narrow(k) => self.probe(h, |s| !s.wide() && s.key == *k),
+            Stored::Wide(k) => {
+                self.probe(h, |s| s.wide() && self.side[s.key.side() as usize] == *k)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn probe(&self, h: u64, is_key: impl Fn(&Slot) -> bool) -> Option<(usize, u32)> {
         let tag = self.tag(h);
         let mut pos = (h as usize) & self.index_mask;
         loop {
@@ -539,9 +598,9 @@ impl<K: TableKey> ConnTable<K> {
             if s == 0 {
                 return None;
             }
-            if s & !self.idx_mask == tag {
+            if self.tag_bits(s) == tag {
                 let e = (s & self.idx_mask) - 1;
-                if self.key_is(e, key) {
+                if is_key(&self.entries[e as usize]) {
                     return Some((pos, e));
                 }
             }
@@ -550,12 +609,13 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     fn index_insert(&mut self, h: u64, e: u32) {
-        let v = self.tag(h) | (e + 1);
-        let mut pos = (h as usize) & self.index_mask;
+        let home = (h as usize) & self.index_mask;
+        let mut pos = home;
         while self.index[pos] != 0 {
             pos = (pos + 1) & self.index_mask;
         }
-        self.index[pos] = v;
+        let dist = pos.wrapping_sub(home) & self.index_mask;
+        self.index[pos] = self.index_slot(self.tag(h), dist, e);
     }
 
     /// Backward-shift deletion: no tombstones, probe sequences stay short.
@@ -569,14 +629,15 @@ impl<K: TableKey> ConnTable<K> {
             if s == 0 {
                 break;
             }
-            let home = self.home((s & self.idx_mask) - 1);
+            let home = self.slot_home(s, j);
             let stays = if i <= j {
                 i < home && home <= j
             } else {
                 i < home || home <= j
             };
             if !stays {
-                self.index[i] = s;
+                let dist = i.wrapping_sub(home) & mask;
+                self.index[i] = self.index_slot(self.tag_bits(s), dist, (s & self.idx_mask) - 1);
                 i = j;
             }
         }
@@ -633,12 +694,12 @@ impl<K: TableKey> ConnTable<K> {
     /// handshake completed); an entry already protected is only touched.
     #[inline]
     fn promote(&mut self, e: u32) {
-        if self.entries[e as usize].prev & FLAG == 0 {
+        if self.entries[e as usize].bytes & PROB_BIT == 0 {
             self.touch(e);
             return;
         }
         self.lru_unlink(e);
-        self.entries[e as usize].prev &= !FLAG;
+        self.entries[e as usize].bytes &= !PROB_BIT;
         self.lru_push_front(e);
     }
 
@@ -670,7 +731,7 @@ impl<K: TableKey> ConnTable<K> {
             self.side_free.push(s.key.side());
         }
         s.state = ST_FREE;
-        s.prev = NIL;
+        s.bytes = 0;
         s.next = self.free;
         self.free = e;
         self.len -= 1;
@@ -678,8 +739,13 @@ impl<K: TableKey> ConnTable<K> {
 
     /// Removes entry `e` by its hash (locates its index slot).
     fn remove_entry(&mut self, e: u32) {
+        self.remove_entry_from(e, self.home(e));
+    }
+
+    /// Removes entry `e` whose home position is `home`.
+    fn remove_entry_from(&mut self, e: u32, home: usize) {
         let mask = self.index_mask;
-        let mut pos = self.home(e);
+        let mut pos = home;
         while self.index[pos] & self.idx_mask != e + 1 {
             pos = (pos + 1) & mask;
         }
@@ -816,7 +882,7 @@ impl<K: TableKey> ConnTable<K> {
         }
         let s = &mut self.entries[e as usize];
         s.packets = s.packets.saturating_add(1);
-        s.bytes = s.bytes.saturating_add(u64::from(len));
+        s.add_bytes(len);
         if flags.contains(TcpFlags::RST) {
             // Not removed at once: a router cannot check the RST's sequence
             // number, and an endpoint ignores one outside its window (RFC
@@ -919,7 +985,9 @@ impl<K: TableKey> ConnTable<K> {
                 if e.wide() {
                     side[i] = e.key.side();
                 }
-                acc ^= e.last_seen;
+                // Both ends: a 48-byte entry spans two cache lines in half
+                // the positions, and the key is at its tail.
+                acc ^= e.last_seen ^ u64::from(e.key.side());
             }
         }
         for i in 0..n {
@@ -1048,19 +1116,25 @@ impl<K: TableKey> ConnTable<K> {
         let mut evicted = None;
         if self.len == self.capacity {
             let victim = self.victim();
-            if self.entries[victim as usize].prev & FLAG != 0 {
+            if self.entries[victim as usize].bytes & PROB_BIT != 0 {
                 self.stats.evicted_half_open += 1;
             } else {
                 self.stats.evicted_established += 1;
             }
-            evicted = Some(self.flow_of(victim));
-            self.remove_entry(victim);
+            let flow = self.flow_of(victim);
+            let home = (self.hasher.hash(&flow) as usize) & self.index_mask;
+            self.remove_entry_from(victim, home);
+            evicted = Some(flow);
             self.stats.evicted += 1;
         }
-        let probation = if state & ST_MASK == ST_SYN { FLAG } else { 0 };
+        let probation = if state & ST_MASK == ST_SYN {
+            PROB_BIT
+        } else {
+            0
+        };
         let (key, wide) = match key {
             Stored::Narrow(k) => (k, 0),
-            Stored::Wide(k) => (V4Key::from_side(self.side_alloc(k)), FLAG),
+            Stored::Wide(k) => (V4Key::from_side(self.side_alloc(k)), WIDE_BIT),
         };
         let (peer, local) = match route {
             Route::Local => (0, LOCAL),
@@ -1068,10 +1142,10 @@ impl<K: TableKey> ConnTable<K> {
         };
         let slot = Slot {
             last_seen,
-            bytes,
+            bytes: bytes.min(BYTES) | probation | wide,
             packets,
-            prev: NIL | probation,
-            next: NIL | wide,
+            prev: NIL,
+            next: NIL,
             isn,
             peer,
             state: state | local,
@@ -1172,7 +1246,7 @@ impl<K: TableKey> ConnTable<K> {
             out.extend_from_slice(&s.peer.to_le_bytes());
             out.extend_from_slice(&now.0.saturating_sub(s.last_seen).to_le_bytes());
             out.extend_from_slice(&s.packets.to_le_bytes());
-            out.extend_from_slice(&s.bytes.to_le_bytes());
+            out.extend_from_slice(&(s.bytes & BYTES).to_le_bytes());
             e = s.prev();
         }
     }
@@ -1207,6 +1281,15 @@ impl<K: TableKey> ConnTable<K> {
             let last_seen = now.0.saturating_sub(r.age);
             self.insert_new(h, key, route, state, last_seen, r.packets, r.bytes, 0);
         }
+    }
+
+    /// Index slots whose distance from home saturated (tests only).
+    #[cfg(test)]
+    pub(crate) fn saturated_slots(&self) -> usize {
+        self.index
+            .iter()
+            .filter(|&&s| s != 0 && (s >> self.idx_bits) & self.dist_max == self.dist_max)
+            .count()
     }
 
     /// Checks the internal invariants (tests only): index and both LRU
@@ -1259,6 +1342,13 @@ impl<K: TableKey> ConnTable<K> {
             self.index.iter().filter(|&&s| s != 0).count(),
             self.len as usize
         );
+        for (pos, &s) in self.index.iter().enumerate() {
+            if s != 0 {
+                let home = self.home((s & self.idx_mask) - 1);
+                let d = (pos.wrapping_sub(home) & self.index_mask) as u32;
+                assert_eq!((s >> self.idx_bits) & self.dist_max, d.min(self.dist_max));
+            }
+        }
         for &i in &self.side_free {
             assert!(!side_used[i as usize]);
         }

@@ -338,6 +338,49 @@ fn wide_key_slab_is_allocated_once_and_reused() {
     assert!(t.stats().evicted > 0 && t.stats().expired > 0);
 }
 
+/// Slots far from home (distance saturated in the index slot: 3 or more
+/// in tests) are found, moved by deletions and removed like the others.
+#[test]
+fn saturated_index_distances_keep_the_index_consistent() {
+    let mut t = ConnTable::<WideKey>::new(cfg(96), FlowHasher::new(11)).unwrap();
+    let mut seen = 0;
+    for round in 0..40u32 {
+        for k in 0..96 {
+            t.insert(&mixed_flow(round * 50 + k), Route::Local, Timestamp(1))
+                .unwrap();
+        }
+        seen = seen.max(t.saturated_slots());
+        for k in (0..96).step_by(3) {
+            t.remove(&mixed_flow(round * 50 + k));
+        }
+        t.check_invariants();
+    }
+    assert!(seen > 0);
+}
+
+/// The byte count saturates below the two flags kept above it: an import
+/// of a larger count and packets past it change neither segment nor key.
+#[test]
+fn byte_counts_saturate_below_the_entry_flags() {
+    let mut t = ConnTable::<WideKey>::new(cfg(4), FlowHasher::new(5)).unwrap();
+    let f = mixed_flow(1);
+    t.insert(&f, Route::Local, Timestamp(1)).unwrap();
+    let mut blob = Vec::new();
+    t.export(Timestamp(1), &mut blob);
+    let n = blob.len();
+    blob[n - 8..].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut u = ConnTable::<WideKey>::new(cfg(4), FlowHasher::new(5)).unwrap();
+    u.import(&blob, Timestamp(1)).unwrap();
+    let max = (1u64 << 62) - 1;
+    assert_eq!(u.get(&f).unwrap().bytes, max);
+    assert_eq!(u.half_open_len(), 1);
+    u.on_packet(&f, Direction::Original, TcpFlags::SYN, 1500, Timestamp(2));
+    assert_eq!(u.get(&f).unwrap().bytes, max);
+    assert_eq!(u.get(&f).unwrap().key, f);
+    assert_eq!(u.half_open_len(), 1);
+    u.check_invariants();
+}
+
 #[test]
 fn export_import_keeps_order_ages_and_counts() {
     let mut t = ConnTable::<WideKey>::new(no_expiry(16), FlowHasher::new(9)).unwrap();
