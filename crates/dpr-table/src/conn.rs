@@ -867,11 +867,24 @@ impl<K: TableKey> ConnTable<K> {
         len: u32,
         now: Timestamp,
     ) -> PacketOutcome {
+        let h = self.hasher.hash(flow);
+        self.on_packet_hashed(flow, h, dir, flags, len, now)
+    }
+
+    /// [`on_packet`](Self::on_packet) with the flow's hash computed.
+    fn on_packet_hashed(
+        &mut self,
+        flow: &FlowKey,
+        h: u64,
+        dir: Direction,
+        flags: TcpFlags,
+        len: u32,
+        now: Timestamp,
+    ) -> PacketOutcome {
         self.sweep_some(now);
         let Some(key) = Self::stored(flow) else {
             return PacketOutcome::Unknown;
         };
-        let h = self.hasher.hash(flow);
         let Some((pos, e)) = self.find(h, &key) else {
             return PacketOutcome::Unknown;
         };
@@ -954,10 +967,14 @@ impl<K: TableKey> ConnTable<K> {
         now: Timestamp,
         out: &mut Vec<PacketOutcome>,
     ) {
+        let mut hashes = [0u64; BATCH];
         for group in packets.chunks(BATCH) {
-            self.warm(group.iter().map(|p| &p.flow));
-            for p in group {
-                out.push(self.on_packet(&p.flow, p.dir, p.flags, p.len, now));
+            for (h, p) in hashes.iter_mut().zip(group) {
+                *h = self.hasher.hash(&p.flow);
+            }
+            self.warm_hashes(&hashes[..group.len()]);
+            for (p, &h) in group.iter().zip(&hashes) {
+                out.push(self.on_packet_hashed(&p.flow, h, p.dir, p.flags, p.len, now));
             }
         }
     }
@@ -966,10 +983,20 @@ impl<K: TableKey> ConnTable<K> {
     /// used) will read, in three rounds of independent loads: index slots;
     /// entries; their LRU neighbours and wide keys.
     pub fn warm<'a>(&self, flows: impl Iterator<Item = &'a FlowKey>) {
+        let mut hashes = [0u64; BATCH];
+        let mut n = 0;
+        for (h, f) in hashes.iter_mut().zip(flows) {
+            *h = self.hasher.hash(f);
+            n += 1;
+        }
+        self.warm_hashes(&hashes[..n]);
+    }
+
+    /// [`warm`](Self::warm) for flows whose hashes are computed.
+    fn warm_hashes(&self, hashes: &[u64]) {
         let mut slot = [NIL; BATCH];
         let mut n = 0;
-        for f in flows.take(BATCH) {
-            let h = self.hasher.hash(f);
+        for &h in hashes.iter().take(BATCH) {
             let s = self.index[(h as usize) & self.index_mask];
             slot[n] = if s == 0 { NIL } else { (s & self.idx_mask) - 1 };
             n += 1;

@@ -1,9 +1,12 @@
 //! Compact stored forms of a [`FlowKey`].
 //!
 //! A [`FlowKey`] is 40 bytes because `IpAddr` is an enum of a 16-byte
-//! address. The table stores keys in a [`TableKey`] form instead:
-//! [`V4Key`] (13 bytes, alignment 1, so it packs into the entry's padding)
-//! for IPv4-only deployments, and [`WideKey`] (38 bytes) for mixed ones.
+//! address. The table stores keys in compact forms instead: every flow
+//! whose addresses are both IPv4 as a [`V4Key`] (13 bytes, alignment 1, so
+//! it packs into the entry's padding), and, in a table whose [`TableKey`]
+//! form is [`WideKey`] (38 bytes), any other flow as a `WideKey` in a slab
+//! beside the entries. The form names what a table accepts: `V4Key`
+//! tables refuse IPv6 flows.
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use dpr_packet::{FlowKey, IpProtocol};
