@@ -760,9 +760,11 @@ impl<K: TableKey> ConnTable<K> {
             self.side[i as usize] = key;
             return i;
         }
-        if self.side.capacity() == 0 {
-            self.side.reserve_exact(self.capacity as usize);
-            self.side_free.reserve_exact(self.capacity as usize);
+        let cap = self.capacity as usize;
+        if self.side.capacity() < cap {
+            // First use (or a clone, which keeps only what is in use).
+            self.side.reserve_exact(cap - self.side.len());
+            self.side_free.reserve_exact(cap - self.side_free.len());
         }
         self.side.push(key);
         (self.side.len() - 1) as u32

@@ -339,6 +339,12 @@ fn wide_key_slab_is_allocated_once_and_reused() {
     }
     assert_eq!(t.allocated_bytes(), with_slab);
     assert!(t.stats().evicted > 0 && t.stats().expired > 0);
+    // A clone reserves the whole slab again on its next IPv6 flow.
+    let mut c = t.clone();
+    c.insert(&mixed_flow(100_001), Route::Local, Timestamp(now))
+        .unwrap();
+    c.check_invariants();
+    assert!(c.allocated_bytes() >= with_slab);
 }
 
 /// Slots far from home (distance saturated in the index slot: 3 or more
