@@ -6,6 +6,10 @@
 //! (criterion settings are fixed below: 1 s warm-up, 3 s measurement).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "baseline/conn_v1.rs"]
+mod conn_v1;
+
+use conn_v1::OldConnTable;
 use core::hash::{BuildHasher, Hasher};
 use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
@@ -14,8 +18,9 @@ use dashmap::DashMap;
 use dpr_packet::tcp::TcpFlags;
 use dpr_packet::{FlowHasher, FlowKey, IpProtocol};
 use dpr_table::{
-    BATCH, ConnState, ConnTable, ConnTableConfig, Direction, PacketInfo, PeerId, Route,
-    ShardedConnTable, Timestamp, V4Key, worker_for,
+    BATCH, ConnState, ConnTable, ConnTableConfig, Direction, InsertOutcome, PacketInfo,
+    PacketOutcome, PeerId, Route, ShardedConnTable, TableKey, Timestamp, V4Key, WideKey,
+    worker_for,
 };
 use std::hint::black_box;
 use std::time::Instant;
@@ -419,6 +424,124 @@ fn dashmap_compare(c: &mut Criterion) {
     g.finish();
 }
 
+/// The operations the layout comparison times, on either layout.
+trait Layout {
+    fn insert(&mut self, f: &FlowKey, now: Timestamp) -> InsertOutcome;
+    fn on_packet(&mut self, f: &FlowKey, now: Timestamp) -> PacketOutcome;
+    fn on_packet_batch(&mut self, p: &[PacketInfo], now: Timestamp, out: &mut Vec<PacketOutcome>);
+}
+
+macro_rules! layout {
+    ($t:ident) => {
+        impl<K: TableKey> Layout for $t<K> {
+            #[inline]
+            fn insert(&mut self, f: &FlowKey, now: Timestamp) -> InsertOutcome {
+                self.insert_syn(f, Route::Peer(PeerId(1)), 7, now).unwrap()
+            }
+            #[inline]
+            fn on_packet(&mut self, f: &FlowKey, now: Timestamp) -> PacketOutcome {
+                $t::on_packet(self, f, Direction::Original, TcpFlags::ACK, 100, now)
+            }
+            #[inline]
+            fn on_packet_batch(
+                &mut self,
+                p: &[PacketInfo],
+                now: Timestamp,
+                out: &mut Vec<PacketOutcome>,
+            ) {
+                $t::on_packet_batch(self, p, now, out)
+            }
+        }
+    };
+}
+layout!(ConnTable);
+layout!(OldConnTable);
+
+/// Old layout (`baseline/conn_v1.rs`: 80-byte `WideKey` entries, stored
+/// hash) against the current one, side by side in one run, for the
+/// engine's key form (`WideKey`, IPv4 flows) and `V4Key`: 1,000,000 flows,
+/// random existing flows one at a time and 32 at a time, insert of a new
+/// flow evicting the LRU one, and a table that fits in cache.
+/// Run: `cargo bench -p dpr-table --bench conn_table -- layout`
+fn layout_compare(c: &mut Criterion) {
+    fn fill<T: Layout>(t: &mut T, n: u32) {
+        for i in 0..n {
+            t.insert(&flow(i), Timestamp(1));
+        }
+    }
+    /// Each operation on the old table, then on the new one, so the two
+    /// figures are taken next to each other.
+    fn run<A: Layout, B: Layout>(c: &mut Criterion, name: &str, old: &mut A, new: &mut B, n: u32) {
+        let mut g = c.benchmark_group(format!("layout_{name}"));
+        let mut i = 0u64;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("on_packet_existing/old", |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(old.on_packet(&flow(scattered(i, n)), Timestamp(3)))
+            })
+        });
+        g.bench_function("on_packet_existing/new", |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(new.on_packet(&flow(scattered(i, n)), Timestamp(3)))
+            })
+        });
+        g.throughput(Throughput::Elements(BATCH as u64));
+        let mut pkts = Vec::with_capacity(BATCH);
+        let mut out = Vec::with_capacity(BATCH);
+        g.bench_function(format!("on_packet_batch{BATCH}_existing/old"), |b| {
+            b.iter(|| {
+                i += 1;
+                batch(i, n, &mut pkts);
+                out.clear();
+                old.on_packet_batch(&pkts, Timestamp(3), &mut out);
+                black_box(&out);
+            })
+        });
+        g.bench_function(format!("on_packet_batch{BATCH}_existing/new"), |b| {
+            b.iter(|| {
+                i += 1;
+                batch(i, n, &mut pkts);
+                out.clear();
+                new.on_packet_batch(&pkts, Timestamp(3), &mut out);
+                black_box(&out);
+            })
+        });
+        g.throughput(Throughput::Elements(1));
+        let mut next = n;
+        g.bench_function("insert_new_evicting_lru/old", |b| {
+            b.iter(|| {
+                next = next.wrapping_add(1);
+                black_box(old.insert(&flow(next), Timestamp(4)))
+            })
+        });
+        let mut next = n;
+        g.bench_function("insert_new_evicting_lru/new", |b| {
+            b.iter(|| {
+                next = next.wrapping_add(1);
+                black_box(new.insert(&flow(next), Timestamp(4)))
+            })
+        });
+        g.finish();
+    }
+    let h = FlowHasher::new(0x5eed);
+    for n in [N, 16_384] {
+        let size = if n == N { "1M" } else { "16k" };
+        let mut old = OldConnTable::<WideKey>::new(config(n), h).unwrap();
+        let mut new = ConnTable::<WideKey>::new(config(n), h).unwrap();
+        fill(&mut old, n);
+        fill(&mut new, n);
+        run(c, &format!("{size}_wide"), &mut old, &mut new, n);
+        drop((old, new));
+        let mut old = OldConnTable::<V4Key>::new(config(n), h).unwrap();
+        let mut new = ConnTable::<V4Key>::new(config(n), h).unwrap();
+        fill(&mut old, n);
+        fill(&mut new, n);
+        run(c, &format!("{size}_v4"), &mut old, &mut new, n);
+    }
+}
+
 fn config_criterion() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -429,6 +552,6 @@ fn config_criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = config_criterion();
-    targets = context, single_thread, two_thread_shards, dashmap_compare
+    targets = layout_compare, context, single_thread, two_thread_shards, dashmap_compare
 }
 criterion_main!(benches);

@@ -1,12 +1,18 @@
 //! The bounded connection routing table.
 //!
 //! Layout (see `docs/architecture.md` in NOTES): an entry slab of
-//! `capacity` fixed-size entries, allocated once, with an intrusive doubly
-//! linked LRU list of `u32` indices threaded through it, and an
-//! open-addressing index (linear probing, backward-shift deletion, load at
-//! most 3/4) of `u32` slots. Each slot holds the entry number in its low
-//! bits and a tag taken from the flow hash in the remaining high bits, so a
-//! probe rarely touches an entry whose key does not match.
+//! `capacity` 48-byte entries, allocated once (pages touched as entries
+//! are used), with an intrusive doubly linked LRU list of `u32` indices
+//! threaded through it, and an open-addressing index (linear probing,
+//! backward-shift deletion, load at most 3/4) of `u32` slots. Each slot
+//! holds the entry number in its low bits, the slot's distance from its
+//! home position (4 bits, saturating) and, in the remaining high bits, a
+//! tag taken from the flow hash, so a probe rarely touches an entry whose
+//! key does not match and a deletion moves slots without reading entries.
+//! An entry keeps a flow whose addresses are IPv4 in a 13-byte key; with
+//! [`WideKey`](crate::WideKey), other flows keep theirs in a wide-key slab
+//! beside the entries (allocated for the capacity on the first such flow).
+//! Entries do not store their hash: eviction and the sweep recompute it.
 //!
 //! The LRU order is kept in two segments (a 2Q-like split): entries whose
 //! handshake has not been seen to complete (`SynSeen`, on *probation*) and
@@ -155,7 +161,8 @@ pub struct ConnEntry {
     pub last_seen: Timestamp,
     /// Packets counted (saturating).
     pub packets: u32,
-    /// Bytes counted (saturating).
+    /// Bytes counted (saturating at 2^62 - 1, 4.6 EB: the entry keeps two
+    /// flags in the top bits).
     pub bytes: u64,
     /// The initial sequence number of the SYN that opened it, where the
     /// caller recorded one ([`ConnTable::insert_syn`]): a later SYN with
@@ -229,6 +236,18 @@ pub struct TableStats {
 }
 
 const NIL: u32 = u32::MAX;
+/// `Slot::bytes` keeps the byte count in its low 62 bits (saturating
+/// there: 4.6 EB) and two flags above. Not in the LRU links: a neighbour's
+/// link is written blind when an entry moves, and a flag there would make
+/// that write wait for a read of the neighbour's cache line.
+const BYTES: u64 = (1 << 62) - 1;
+/// On probation.
+const PROB_BIT: u64 = 1 << 63;
+/// The key is in the wide-key slab.
+const WIDE_BIT: u64 = 1 << 62;
+/// Bits of an index slot for the distance from home (fewer in tests, so
+/// that they exercise the saturated case).
+const DIST_BITS: u32 = if cfg!(test) { 2 } else { 4 };
 const ST_FREE: u8 = 0;
 const ST_SYN: u8 = 1;
 const ST_EST: u8 = 2;
@@ -243,38 +262,69 @@ const RST_SEEN: u8 = 0x20;
 /// `isn` holds the opening SYN's sequence number.
 const ISN_KNOWN: u8 = 0x40;
 const LOCAL: u8 = 0x80;
-/// Bit of `Slot::hash` marking an entry on probation. The index position
-/// uses at most 31 bits of the hash (the index has at most 2^31 slots).
-const PROBATION: u32 = 1 << 31;
 /// List numbers: `lists[PROTECTED]`, `lists[PROBATION_LIST]`.
 const PROTECTED: usize = 0;
 const PROBATION_LIST: usize = 1;
 
-/// One stored entry. For `V4Key` this is 48 bytes: the compiler orders
-/// fields by alignment and the 13-byte key fills the tail. For `WideKey`
-/// (the engine's) it is 80 bytes, `isn` included (it fills padding).
+/// One stored entry: 48 bytes whatever the key form (the compiler orders
+/// fields by alignment and the 13-byte key fills the tail). A flow with an
+/// IPv6 address keeps its key in the table's wide-key slab and the slab
+/// position in `key` (`bytes` has `WIDE_BIT` set).
 #[derive(Clone, Copy, Debug)]
-struct Slot<K: TableKey> {
+struct Slot {
     last_seen: u64,
+    /// Bytes counted (`BYTES`), `PROB_BIT` and `WIDE_BIT`.
     bytes: u64,
     packets: u32,
+    /// The more recent neighbour in the LRU list.
     prev: u32,
+    /// The less recent neighbour (or the next free slot).
     next: u32,
-    /// Low 31 bits of the flow hash (the home position in the index), and
-    /// `PROBATION` in bit 31.
-    hash: u32,
     /// The opening SYN's sequence number, when `ISN_KNOWN`.
-    isn: K::Isn,
+    isn: u32,
     peer: u16,
     /// `ST_*` in the low bits, plus `FIN_*` and `LOCAL`.
     state: u8,
-    key: K,
+    key: V4Key,
 }
 
-impl<K: TableKey> Slot<K> {
+impl Slot {
     #[inline]
     fn list(&self) -> usize {
-        usize::from(self.hash & PROBATION != 0)
+        usize::from(self.bytes & PROB_BIT != 0)
+    }
+
+    #[inline]
+    fn wide(&self) -> bool {
+        self.bytes & WIDE_BIT != 0
+    }
+
+    #[inline]
+    fn prev(&self) -> u32 {
+        self.prev
+    }
+
+    #[inline]
+    fn next(&self) -> u32 {
+        self.next
+    }
+
+    #[inline]
+    fn set_prev(&mut self, e: u32) {
+        self.prev = e;
+    }
+
+    #[inline]
+    fn set_next(&mut self, e: u32) {
+        self.next = e;
+    }
+
+    #[inline]
+    fn add_bytes(&mut self, len: u32) {
+        let b = (self.bytes & BYTES)
+            .saturating_add(u64::from(len))
+            .min(BYTES);
+        self.bytes = (self.bytes & !BYTES) | b;
     }
 
     fn route(&self) -> Route {
@@ -294,16 +344,16 @@ impl<K: TableKey> Slot<K> {
         }
     }
 
-    fn public(&self) -> ConnEntry {
+    fn public(&self, key: FlowKey) -> ConnEntry {
         ConnEntry {
-            key: self.key.to_flow(),
+            key,
             route: self.route(),
             state: self.conn_state(),
             last_seen: Timestamp(self.last_seen),
             packets: self.packets,
-            bytes: self.bytes,
+            bytes: self.bytes & BYTES,
             isn: if self.state & ISN_KNOWN != 0 {
-                self.isn.load()
+                Some(self.isn)
             } else {
                 None
             },
@@ -325,6 +375,14 @@ const EMPTY: List = List {
     len: 0,
 };
 
+/// A flow's key as the table stores it: IPv4 flows in the entry, others
+/// in the wide-key slab.
+#[derive(Clone, Copy, Debug)]
+enum Stored<K> {
+    Narrow(V4Key),
+    Wide(K),
+}
+
 /// Timeouts in nanoseconds, indexed by `ST_*`.
 #[derive(Clone, Copy, Debug)]
 struct Timeouts([u64; 5]);
@@ -337,11 +395,21 @@ struct Timeouts([u64; 5]);
 /// locks); see [`crate::shard`] for steering flows to workers.
 #[derive(Clone, Debug)]
 pub struct ConnTable<K: TableKey = V4Key> {
-    entries: Vec<Slot<K>>,
+    entries: Vec<Slot>,
+    /// Keys of flows with an IPv6 address, allocated for the capacity on
+    /// the first such flow.
+    side: Vec<K>,
+    /// Free positions of `side`.
+    side_free: Vec<u32>,
     index: Vec<u32>,
     index_mask: usize,
+    /// Index slot: entry number + 1 in the low `idx_bits` bits...
     idx_bits: u32,
     idx_mask: u32,
+    /// ...then the distance from home, `dist_max` meaning "that or more"...
+    dist_max: u32,
+    /// ...then the tag, from bit `tag_shift` (32: no tag).
+    tag_shift: u32,
     capacity: u32,
     len: u32,
     /// `[PROTECTED]` and `[PROBATION_LIST]`.
@@ -364,6 +432,7 @@ impl<K: TableKey> ConnTable<K> {
         let want = (u64::from(capacity) * 4).div_ceil(3).max(2);
         let index_len = want.next_power_of_two() as usize;
         let idx_bits = 32 - capacity.leading_zeros();
+        let dist_bits = DIST_BITS.min(32 - idx_bits);
         let mut timeouts = [0u64; 5];
         timeouts[usize::from(ST_SYN)] = duration_nanos(config.half_open_timeout);
         timeouts[usize::from(ST_EST)] = duration_nanos(config.established_timeout);
@@ -371,10 +440,14 @@ impl<K: TableKey> ConnTable<K> {
         timeouts[usize::from(ST_CLOSED)] = duration_nanos(config.fin_grace);
         Ok(Self {
             entries: Vec::with_capacity(capacity as usize),
+            side: Vec::new(),
+            side_free: Vec::new(),
             index: vec![0; index_len],
             index_mask: index_len - 1,
             idx_bits,
             idx_mask: (1u32 << idx_bits) - 1,
+            dist_max: (1u32 << dist_bits) - 1,
+            tag_shift: idx_bits + dist_bits,
             capacity,
             len: 0,
             lists: [EMPTY; 2],
@@ -419,25 +492,105 @@ impl<K: TableKey> ConnTable<K> {
         self.half_open_reserve as usize
     }
 
-    /// Bytes allocated by the table's slab and index (not the struct).
+    /// Bytes allocated by the table's slab and index (not the struct), and
+    /// by the wide-key slab once a flow with an IPv6 address needed it.
+    /// Pages are touched as entries are used: resident memory follows the
+    /// entries in use (and the index, which hashing touches everywhere).
     pub fn allocated_bytes(&self) -> usize {
-        self.entries.capacity() * core::mem::size_of::<Slot<K>>()
+        self.entries.capacity() * core::mem::size_of::<Slot>()
             + self.index.capacity() * core::mem::size_of::<u32>()
+            + self.side.capacity() * core::mem::size_of::<K>()
+            + self.side_free.capacity() * core::mem::size_of::<u32>()
     }
 
-    /// Size of one stored entry in bytes.
+    /// Size of one stored entry in bytes (48); a flow with an IPv6 address
+    /// takes [`wide_key_size`](Self::wide_key_size) more in the wide-key slab.
     pub const fn entry_size() -> usize {
-        core::mem::size_of::<Slot<K>>()
+        core::mem::size_of::<Slot>()
+    }
+
+    /// Bytes a flow with an IPv6 address takes in the wide-key slab.
+    pub const fn wide_key_size() -> usize {
+        core::mem::size_of::<K>()
+    }
+
+    /// The stored form of `flow`'s key, or `None` if `K` cannot hold it.
+    #[inline]
+    fn stored(flow: &FlowKey) -> Option<Stored<K>> {
+        match V4Key::from_flow(flow) {
+            Some(k) => Some(Stored::Narrow(k)),
+            None => K::from_flow(flow).map(Stored::Wide),
+        }
+    }
+
+    /// The flow of entry `e`.
+    #[inline]
+    fn flow_of(&self, e: u32) -> FlowKey {
+        let s = &self.entries[e as usize];
+        if s.wide() {
+            self.side[s.key.side() as usize].to_flow()
+        } else {
+            s.key.to_flow()
+        }
+    }
+
+    /// The public copy of entry `e`.
+    fn public(&self, e: u32) -> ConnEntry {
+        self.entries[e as usize].public(self.flow_of(e))
+    }
+
+    /// Entry `e`'s home position in the index (its hash, recomputed: the
+    /// entry does not store it).
+    #[inline]
+    fn home(&self, e: u32) -> usize {
+        (self.hasher.hash(&self.flow_of(e)) as usize) & self.index_mask
     }
 
     #[inline]
     fn tag(&self, h: u64) -> u32 {
         // High half of the hash; the index position uses the low half.
-        ((h >> 32) as u32) >> self.idx_bits << self.idx_bits
+        ((h >> 32) >> self.tag_shift << self.tag_shift) as u32
     }
 
+    /// The bits of an index slot that hold the tag.
     #[inline]
-    fn find(&self, h: u64, key: &K) -> Option<(usize, u32)> {
+    fn tag_bits(&self, s: u32) -> u32 {
+        (u64::from(s) >> self.tag_shift << self.tag_shift) as u32
+    }
+
+    /// An index slot for entry `e` at `dist` from its home.
+    #[inline]
+    fn index_slot(&self, tag: u32, dist: usize, e: u32) -> u32 {
+        let d = (dist as u32).min(self.dist_max);
+        tag | d << self.idx_bits | (e + 1)
+    }
+
+    /// Home position of the slot `s` found at `pos`: from its distance, or
+    /// from the entry's hash when the distance saturated.
+    #[inline]
+    fn slot_home(&self, s: u32, pos: usize) -> usize {
+        let d = (s >> self.idx_bits) & self.dist_max;
+        if d < self.dist_max {
+            pos.wrapping_sub(d as usize) & self.index_mask
+        } else {
+            self.home((s & self.idx_mask) - 1)
+        }
+    }
+
+    /// The index position and entry number of `key`'s entry.
+    #[inline]
+    fn find(&self, h: u64, key: &Stored<K>) -> Option<(usize, u32)> {
+        // One probe loop per key form, chosen once.
+        match key {
+            Stored::Narrow(k) => self.probe(h, |s| !s.wide() && s.key == *k),
+            Stored::Wide(k) => {
+                self.probe(h, |s| s.wide() && self.side[s.key.side() as usize] == *k)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn probe(&self, h: u64, is_key: impl Fn(&Slot) -> bool) -> Option<(usize, u32)> {
         let tag = self.tag(h);
         let mut pos = (h as usize) & self.index_mask;
         loop {
@@ -445,9 +598,9 @@ impl<K: TableKey> ConnTable<K> {
             if s == 0 {
                 return None;
             }
-            if s & !self.idx_mask == tag {
+            if self.tag_bits(s) == tag {
                 let e = (s & self.idx_mask) - 1;
-                if self.entries[e as usize].key == *key {
+                if is_key(&self.entries[e as usize]) {
                     return Some((pos, e));
                 }
             }
@@ -456,12 +609,13 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     fn index_insert(&mut self, h: u64, e: u32) {
-        let v = self.tag(h) | (e + 1);
-        let mut pos = (h as usize) & self.index_mask;
+        let home = (h as usize) & self.index_mask;
+        let mut pos = home;
         while self.index[pos] != 0 {
             pos = (pos + 1) & self.index_mask;
         }
-        self.index[pos] = v;
+        let dist = pos.wrapping_sub(home) & self.index_mask;
+        self.index[pos] = self.index_slot(self.tag(h), dist, e);
     }
 
     /// Backward-shift deletion: no tombstones, probe sequences stay short.
@@ -475,15 +629,15 @@ impl<K: TableKey> ConnTable<K> {
             if s == 0 {
                 break;
             }
-            let e = (s & self.idx_mask) - 1;
-            let home = self.entries[e as usize].hash as usize & mask;
+            let home = self.slot_home(s, j);
             let stays = if i <= j {
                 i < home && home <= j
             } else {
                 i < home || home <= j
             };
             if !stays {
-                self.index[i] = s;
+                let dist = i.wrapping_sub(home) & mask;
+                self.index[i] = self.index_slot(self.tag_bits(s), dist, (s & self.idx_mask) - 1);
                 i = j;
             }
         }
@@ -493,37 +647,37 @@ impl<K: TableKey> ConnTable<K> {
     fn lru_unlink(&mut self, e: u32) {
         let (prev, next, l) = {
             let s = &self.entries[e as usize];
-            (s.prev, s.next, s.list())
+            (s.prev(), s.next(), s.list())
         };
         let list = &mut self.lists[l];
         list.len -= 1;
         if prev == NIL {
             list.head = next
         } else {
-            self.entries[prev as usize].next = next
+            self.entries[prev as usize].set_next(next)
         }
         if next == NIL {
             list.tail = prev
         } else {
-            self.entries[next as usize].prev = prev
+            self.entries[next as usize].set_prev(prev)
         }
     }
 
-    /// Puts `e` at the front of the list its `PROBATION` bit names.
+    /// Puts `e` at the front of the list its probation flag names.
     fn lru_push_front(&mut self, e: u32) {
         let l = self.entries[e as usize].list();
         let old = self.lists[l].head;
         {
             let s = &mut self.entries[e as usize];
-            s.prev = NIL;
-            s.next = old;
+            s.set_prev(NIL);
+            s.set_next(old);
         }
         let list = &mut self.lists[l];
         list.len += 1;
         if old == NIL {
             list.tail = e
         } else {
-            self.entries[old as usize].prev = e
+            self.entries[old as usize].set_prev(e)
         }
         self.lists[l].head = e;
     }
@@ -540,12 +694,12 @@ impl<K: TableKey> ConnTable<K> {
     /// handshake completed); an entry already protected is only touched.
     #[inline]
     fn promote(&mut self, e: u32) {
-        if self.entries[e as usize].hash & PROBATION == 0 {
+        if self.entries[e as usize].bytes & PROB_BIT == 0 {
             self.touch(e);
             return;
         }
         self.lru_unlink(e);
-        self.entries[e as usize].hash &= !PROBATION;
+        self.entries[e as usize].bytes &= !PROB_BIT;
         self.lru_push_front(e);
     }
 
@@ -569,26 +723,51 @@ impl<K: TableKey> ConnTable<K> {
     }
 
     /// Removes entry `e` found at index position `pos`.
-    fn remove_at(&mut self, pos: usize, e: u32) -> Slot<K> {
+    fn remove_at(&mut self, pos: usize, e: u32) {
         self.index_remove(pos);
         self.lru_unlink(e);
-        let slot = self.entries[e as usize];
         let s = &mut self.entries[e as usize];
+        if s.wide() {
+            self.side_free.push(s.key.side());
+        }
         s.state = ST_FREE;
+        s.bytes = 0;
         s.next = self.free;
         self.free = e;
         self.len -= 1;
-        slot
     }
 
-    /// Removes entry `e` by its stored hash (locates its index slot).
-    fn remove_entry(&mut self, e: u32) -> Slot<K> {
+    /// Removes entry `e` by its hash (locates its index slot).
+    fn remove_entry(&mut self, e: u32) {
+        self.remove_entry_from(e, self.home(e));
+    }
+
+    /// Removes entry `e` whose home position is `home`.
+    fn remove_entry_from(&mut self, e: u32, home: usize) {
         let mask = self.index_mask;
-        let mut pos = self.entries[e as usize].hash as usize & mask;
+        let mut pos = home;
         while self.index[pos] & self.idx_mask != e + 1 {
             pos = (pos + 1) & mask;
         }
         self.remove_at(pos, e)
+    }
+
+    /// A position in the wide-key slab for `key` (the slab is allocated
+    /// for the whole capacity on first use; it holds at most one key per
+    /// entry, so it never grows after that).
+    fn side_alloc(&mut self, key: K) -> u32 {
+        if let Some(i) = self.side_free.pop() {
+            self.side[i as usize] = key;
+            return i;
+        }
+        let cap = self.capacity as usize;
+        if self.side.capacity() < cap {
+            // First use (or a clone, which keeps only what is in use).
+            self.side.reserve_exact(cap - self.side.len());
+            self.side_free.reserve_exact(cap - self.side_free.len());
+        }
+        self.side.push(key);
+        (self.side.len() - 1) as u32
     }
 
     /// Examines up to `budget` entries from the sweep cursor and removes
@@ -620,7 +799,7 @@ impl<K: TableKey> ConnTable<K> {
     /// as activity: LRU order and `last_seen` are unchanged.
     pub fn lookup(&mut self, flow: &FlowKey, now: Timestamp) -> Option<ConnEntry> {
         let e = self.live_entry(flow, now)?;
-        Some(self.entries[e as usize].public())
+        Some(self.public(e))
     }
 
     /// The route of the live entry for `flow`: [`lookup`](Self::lookup)
@@ -635,7 +814,7 @@ impl<K: TableKey> ConnTable<K> {
     /// timeout is removed (and counted) instead.
     #[inline]
     fn live_entry(&mut self, flow: &FlowKey, now: Timestamp) -> Option<u32> {
-        let key = K::from_flow(flow)?;
+        let key = Self::stored(flow)?;
         let h = self.hasher.hash(flow);
         let (pos, e) = self.find(h, &key)?;
         if self.is_expired(e, now.0) {
@@ -673,9 +852,9 @@ impl<K: TableKey> ConnTable<K> {
 
     /// A copy of the entry for `flow` without expiry or any change.
     pub fn get(&self, flow: &FlowKey) -> Option<ConnEntry> {
-        let key = K::from_flow(flow)?;
+        let key = Self::stored(flow)?;
         let (_, e) = self.find(self.hasher.hash(flow), &key)?;
-        Some(self.entries[e as usize].public())
+        Some(self.public(e))
     }
 
     /// The data-path call for every packet of a known connection. `flow` is
@@ -690,11 +869,24 @@ impl<K: TableKey> ConnTable<K> {
         len: u32,
         now: Timestamp,
     ) -> PacketOutcome {
+        let h = self.hasher.hash(flow);
+        self.on_packet_hashed(flow, h, dir, flags, len, now)
+    }
+
+    /// [`on_packet`](Self::on_packet) with the flow's hash computed.
+    fn on_packet_hashed(
+        &mut self,
+        flow: &FlowKey,
+        h: u64,
+        dir: Direction,
+        flags: TcpFlags,
+        len: u32,
+        now: Timestamp,
+    ) -> PacketOutcome {
         self.sweep_some(now);
-        let Some(key) = K::from_flow(flow) else {
+        let Some(key) = Self::stored(flow) else {
             return PacketOutcome::Unknown;
         };
-        let h = self.hasher.hash(flow);
         let Some((pos, e)) = self.find(h, &key) else {
             return PacketOutcome::Unknown;
         };
@@ -705,7 +897,7 @@ impl<K: TableKey> ConnTable<K> {
         }
         let s = &mut self.entries[e as usize];
         s.packets = s.packets.saturating_add(1);
-        s.bytes = s.bytes.saturating_add(u64::from(len));
+        s.add_bytes(len);
         if flags.contains(TcpFlags::RST) {
             // Not removed at once: a router cannot check the RST's sequence
             // number, and an endpoint ignores one outside its window (RFC
@@ -777,33 +969,54 @@ impl<K: TableKey> ConnTable<K> {
         now: Timestamp,
         out: &mut Vec<PacketOutcome>,
     ) {
+        let mut hashes = [0u64; BATCH];
         for group in packets.chunks(BATCH) {
-            self.warm(group.iter().map(|p| &p.flow));
-            for p in group {
-                out.push(self.on_packet(&p.flow, p.dir, p.flags, p.len, now));
+            for (h, p) in hashes.iter_mut().zip(group) {
+                *h = self.hasher.hash(&p.flow);
+            }
+            self.warm_hashes(&hashes[..group.len()]);
+            for (p, &h) in group.iter().zip(&hashes) {
+                out.push(self.on_packet_hashed(&p.flow, h, p.dir, p.flags, p.len, now));
             }
         }
     }
 
     /// Touches the memory that lookups of `flows` (at most [`BATCH`] are
-    /// used) will read, in three rounds of independent loads.
+    /// used) will read, in three rounds of independent loads: index slots;
+    /// entries; their LRU neighbours and wide keys.
     pub fn warm<'a>(&self, flows: impl Iterator<Item = &'a FlowKey>) {
+        let mut hashes = [0u64; BATCH];
+        let mut n = 0;
+        for (h, f) in hashes.iter_mut().zip(flows) {
+            *h = self.hasher.hash(f);
+            n += 1;
+        }
+        self.warm_hashes(&hashes[..n]);
+    }
+
+    /// [`warm`](Self::warm) for flows whose hashes are computed.
+    fn warm_hashes(&self, hashes: &[u64]) {
         let mut slot = [NIL; BATCH];
         let mut n = 0;
-        for f in flows.take(BATCH) {
-            let h = self.hasher.hash(f);
+        for &h in hashes.iter().take(BATCH) {
             let s = self.index[(h as usize) & self.index_mask];
             slot[n] = if s == 0 { NIL } else { (s & self.idx_mask) - 1 };
             n += 1;
         }
         let mut prev = [NIL; BATCH];
         let mut next = [NIL; BATCH];
+        let mut side = [NIL; BATCH];
         let mut acc = 0u64;
         for i in 0..n {
             if let Some(e) = self.entries.get(slot[i] as usize) {
-                prev[i] = e.prev;
-                next[i] = e.next;
-                acc ^= e.last_seen;
+                prev[i] = e.prev();
+                next[i] = e.next();
+                if e.wide() {
+                    side[i] = e.key.side();
+                }
+                // Both ends: a 48-byte entry spans two cache lines in half
+                // the positions, and the key is at its tail.
+                acc ^= e.last_seen ^ u64::from(e.key.side());
             }
         }
         for i in 0..n {
@@ -812,6 +1025,9 @@ impl<K: TableKey> ConnTable<K> {
             }
             if let Some(e) = self.entries.get(next[i] as usize) {
                 acc ^= u64::from(e.prev);
+            }
+            if let Some(k) = self.side.get(side[i] as usize) {
+                acc ^= u64::from(*k == self.side[0]);
             }
         }
         core::hint::black_box(acc);
@@ -898,7 +1114,7 @@ impl<K: TableKey> ConnTable<K> {
         now: Timestamp,
     ) -> Result<InsertOutcome> {
         self.sweep_some(now);
-        let key = K::from_flow(flow).ok_or(TableError::UnsupportedKey)?;
+        let key = Self::stored(flow).ok_or(TableError::UnsupportedKey)?;
         let h = self.hasher.hash(flow);
         if let Some((pos, e)) = self.find(h, &key) {
             let closed = self.entries[e as usize].state & ST_MASK == ST_CLOSED;
@@ -910,7 +1126,7 @@ impl<K: TableKey> ConnTable<K> {
             self.remove_at(pos, e);
             self.stats.expired += 1;
         }
-        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0, K::Isn::store(isn));
+        let evicted = self.insert_new(h, key, route, state, now.0, 0, 0, isn);
         Ok(InsertOutcome::Inserted { evicted })
     }
 
@@ -918,29 +1134,36 @@ impl<K: TableKey> ConnTable<K> {
     fn insert_new(
         &mut self,
         h: u64,
-        key: K,
+        key: Stored<K>,
         route: Route,
         state: u8,
         last_seen: u64,
         packets: u32,
         bytes: u64,
-        isn: K::Isn,
+        isn: u32,
     ) -> Option<FlowKey> {
         let mut evicted = None;
         if self.len == self.capacity {
             let victim = self.victim();
-            if self.entries[victim as usize].hash & PROBATION != 0 {
+            if self.entries[victim as usize].bytes & PROB_BIT != 0 {
                 self.stats.evicted_half_open += 1;
             } else {
                 self.stats.evicted_established += 1;
             }
-            evicted = Some(self.remove_entry(victim).key.to_flow());
+            let flow = self.flow_of(victim);
+            let home = (self.hasher.hash(&flow) as usize) & self.index_mask;
+            self.remove_entry_from(victim, home);
+            evicted = Some(flow);
             self.stats.evicted += 1;
         }
         let probation = if state & ST_MASK == ST_SYN {
-            PROBATION
+            PROB_BIT
         } else {
             0
+        };
+        let (key, wide) = match key {
+            Stored::Narrow(k) => (k, 0),
+            Stored::Wide(k) => (V4Key::from_side(self.side_alloc(k)), WIDE_BIT),
         };
         let (peer, local) = match route {
             Route::Local => (0, LOCAL),
@@ -948,11 +1171,10 @@ impl<K: TableKey> ConnTable<K> {
         };
         let slot = Slot {
             last_seen,
-            bytes,
+            bytes: bytes.min(BYTES) | probation | wide,
             packets,
             prev: NIL,
             next: NIL,
-            hash: (h as u32 & !PROBATION) | probation,
             isn,
             peer,
             state: state | local,
@@ -960,7 +1182,7 @@ impl<K: TableKey> ConnTable<K> {
         };
         let e = if self.free != NIL {
             let e = self.free;
-            self.free = self.entries[e as usize].next;
+            self.free = self.entries[e as usize].next();
             self.entries[e as usize] = slot;
             e
         } else {
@@ -976,10 +1198,12 @@ impl<K: TableKey> ConnTable<K> {
 
     /// Removes the entry for `flow`, returning it.
     pub fn remove(&mut self, flow: &FlowKey) -> Option<ConnEntry> {
-        let key = K::from_flow(flow)?;
+        let key = Self::stored(flow)?;
         let (pos, e) = self.find(self.hasher.hash(flow), &key)?;
         self.stats.removed += 1;
-        Some(self.remove_at(pos, e).public())
+        let entry = self.public(e);
+        self.remove_at(pos, e);
+        Some(entry)
     }
 
     /// Entries from most to least recently used: the protected ones, then
@@ -995,16 +1219,16 @@ impl<K: TableKey> ConnTable<K> {
                 list = PROBATION_LIST;
                 e = self.lists[PROBATION_LIST].head;
             }
-            let s = &self.entries[e as usize];
-            e = s.next;
-            Some(s.public())
+            let entry = self.public(e);
+            e = self.entries[e as usize].next();
+            Some(entry)
         })
     }
 
     /// The flow that the next eviction would remove.
     pub fn lru(&self) -> Option<FlowKey> {
         let v = self.victim();
-        (v != NIL).then(|| self.entries[v as usize].key.to_flow())
+        (v != NIL).then(|| self.flow_of(v))
     }
 
     /// Appends the compact export of every entry to `out`, oldest first
@@ -1033,7 +1257,7 @@ impl<K: TableKey> ConnTable<K> {
         let mut e = self.lists[list].tail;
         while e != NIL {
             let s = &self.entries[e as usize];
-            let flow = s.key.to_flow();
+            let flow = self.flow_of(e);
             let fam = u8::from(!matches!(flow.src, core::net::IpAddr::V4(_)))
                 | u8::from(!matches!(flow.dst, core::net::IpAddr::V4(_))) << 1;
             out.push(fam);
@@ -1051,8 +1275,8 @@ impl<K: TableKey> ConnTable<K> {
             out.extend_from_slice(&s.peer.to_le_bytes());
             out.extend_from_slice(&now.0.saturating_sub(s.last_seen).to_le_bytes());
             out.extend_from_slice(&s.packets.to_le_bytes());
-            out.extend_from_slice(&s.bytes.to_le_bytes());
-            e = s.prev;
+            out.extend_from_slice(&(s.bytes & BYTES).to_le_bytes());
+            e = s.prev();
         }
     }
 
@@ -1072,7 +1296,7 @@ impl<K: TableKey> ConnTable<K> {
 
     /// Inserts one checked record (replacing any entry of the same flow).
     pub(crate) fn import_record(&mut self, r: &Record, now: Timestamp) {
-        if let Some(key) = K::from_flow(&r.flow) {
+        if let Some(key) = Self::stored(&r.flow) {
             let h = self.hasher.hash(&r.flow);
             if let Some((pos, e)) = self.find(h, &key) {
                 self.remove_at(pos, e);
@@ -1084,27 +1308,28 @@ impl<K: TableKey> ConnTable<K> {
             };
             let state = r.state & !LOCAL;
             let last_seen = now.0.saturating_sub(r.age);
-            self.insert_new(
-                h,
-                key,
-                route,
-                state,
-                last_seen,
-                r.packets,
-                r.bytes,
-                K::Isn::default(),
-            );
+            self.insert_new(h, key, route, state, last_seen, r.packets, r.bytes, 0);
         }
+    }
+
+    /// Index slots whose distance from home saturated (tests only).
+    #[cfg(test)]
+    pub(crate) fn saturated_slots(&self) -> usize {
+        self.index
+            .iter()
+            .filter(|&&s| s != 0 && (s >> self.idx_bits) & self.dist_max == self.dist_max)
+            .count()
     }
 
     /// Checks the internal invariants (tests only): index and both LRU
     /// lists agree with the entry counts, every index slot finds its
-    /// entry, every entry is in the list its `PROBATION` bit names, and
-    /// only `SynSeen` entries (or ones reset while on probation) are on
-    /// probation.
+    /// entry, every entry is in the list its probation flag names, only
+    /// `SynSeen` entries (or ones reset while on probation) are on
+    /// probation, and the wide-key slab holds exactly the wide entries' keys.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let mut n = 0u32;
+        let mut side_used = vec![false; self.side.len()];
         for l in [PROTECTED, PROBATION_LIST] {
             let mut m = 0u32;
             let mut prev = NIL;
@@ -1112,20 +1337,28 @@ impl<K: TableKey> ConnTable<K> {
             while e != NIL {
                 let s = &self.entries[e as usize];
                 assert_ne!(s.state & ST_MASK, ST_FREE);
-                assert_eq!(s.prev, prev);
+                assert_eq!(s.prev(), prev);
                 assert_eq!(s.list(), l);
                 if l == PROBATION_LIST {
                     assert!(s.state & ST_MASK == ST_SYN || s.state & RST_SEEN != 0);
                 } else {
                     assert!(s.state & ST_MASK != ST_SYN);
                 }
-                let flow = s.key.to_flow();
+                let flow = self.flow_of(e);
+                let key = Self::stored(&flow);
+                assert!(matches!(key, Some(Stored::Wide(_))) == s.wide());
+                if s.wide() {
+                    let i = s.key.side() as usize;
+                    assert!(!side_used[i]);
+                    side_used[i] = true;
+                }
                 assert_eq!(
-                    self.find(self.hasher.hash(&flow), &s.key).map(|x| x.1),
+                    key.and_then(|k| self.find(self.hasher.hash(&flow), &k))
+                        .map(|x| x.1),
                     Some(e)
                 );
                 prev = e;
-                e = s.next;
+                e = s.next();
                 m += 1;
             }
             assert_eq!(prev, self.lists[l].tail);
@@ -1137,6 +1370,20 @@ impl<K: TableKey> ConnTable<K> {
         assert_eq!(
             self.index.iter().filter(|&&s| s != 0).count(),
             self.len as usize
+        );
+        for (pos, &s) in self.index.iter().enumerate() {
+            if s != 0 {
+                let home = self.home((s & self.idx_mask) - 1);
+                let d = (pos.wrapping_sub(home) & self.index_mask) as u32;
+                assert_eq!((s >> self.idx_bits) & self.dist_max, d.min(self.dist_max));
+            }
+        }
+        for &i in &self.side_free {
+            assert!(!side_used[i as usize]);
+        }
+        assert_eq!(
+            side_used.iter().filter(|&&u| u).count() + self.side_free.len(),
+            self.side.len()
         );
     }
 }

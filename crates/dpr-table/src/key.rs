@@ -1,14 +1,22 @@
 //! Compact stored forms of a [`FlowKey`].
 //!
 //! A [`FlowKey`] is 40 bytes because `IpAddr` is an enum of a 16-byte
-//! address. The table stores keys in a [`TableKey`] form instead:
-//! [`V4Key`] (13 bytes, alignment 1, so it packs into the entry's padding)
-//! for IPv4-only deployments, and [`WideKey`] (38 bytes) for mixed ones.
+//! address. The table stores keys in compact forms instead: every flow
+//! whose addresses are both IPv4 as a [`V4Key`] (13 bytes, alignment 1, so
+//! it packs into the entry's padding), and, in a table whose [`TableKey`]
+//! form is [`WideKey`] (38 bytes), any other flow as a `WideKey` in a slab
+//! beside the entries. The form names what a table accepts: `V4Key`
+//! tables refuse IPv6 flows.
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use dpr_packet::{FlowKey, IpProtocol};
 
 /// A stored key form: converts from and to [`FlowKey`] without loss.
+///
+/// Whatever the form, a [`ConnTable`](crate::ConnTable) stores a flow whose
+/// two addresses are IPv4 as a [`V4Key`] inside its entry, and only other
+/// flows in this form (beside the entries, see the table's module
+/// documentation): so a form must accept every IPv4 flow.
 pub trait TableKey: Copy + Eq + core::fmt::Debug {
     /// Where an entry keeps its opening SYN's sequence number: `u32` where
     /// the entry has room for it in its padding ([`WideKey`]), `()` where
@@ -63,6 +71,24 @@ impl PartialEq for V4Key {
             |x: &[u8; 13]| u64::from_ne_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
         let w4 = |x: &[u8; 13]| u32::from_ne_bytes([x[8], x[9], x[10], x[11]]);
         w8(a) == w8(b) && w4(a) == w4(b) && a[12] == b[12]
+    }
+}
+
+impl V4Key {
+    /// A stand-in for a key stored elsewhere: its position `i` in the
+    /// table's wide-key slab, in the first four bytes.
+    #[inline]
+    pub(crate) fn from_side(i: u32) -> Self {
+        let mut bytes = [0u8; 13];
+        bytes[0..4].copy_from_slice(&i.to_ne_bytes());
+        Self { bytes }
+    }
+
+    /// The position that [`from_side`](Self::from_side) stored.
+    #[inline]
+    pub(crate) fn side(&self) -> u32 {
+        let b = &self.bytes;
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
     }
 }
 
