@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 /// Headroom reserved before every received packet: room for the outer
-/// header of IP-in-IP (`dpr_packet::ipip::MAX_OVERHEAD` is 40) and more.
+/// header of IP-in-IP or GRE (`dpr_packet::ipip::MAX_OVERHEAD` is 52) and more.
 pub const DEFAULT_HEADROOM: usize = 64;
 
 /// One packet buffer: the packet is `data[start..end]`, `data[..start]`
