@@ -1,10 +1,11 @@
 //! The per-packet algorithm.
 
 use crate::buffer::PacketBuf;
-use crate::config::{ConfigError, DeadPeerAction, EngineConfig};
+use crate::config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
 use crate::counters::{Counters, LiveCounters};
 use crate::reply;
 use crate::verdict::{DropReason, Verdict};
+use dpr_packet::gre::{self, GreFields};
 use dpr_packet::icmp;
 use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
 use dpr_packet::rewrite::{self, mss_for_mtu};
@@ -542,6 +543,15 @@ impl Engine {
         self.policy = policy;
     }
 
+    /// New tunnel tag keys (a key roll: the cluster key file was
+    /// reloaded). Ignored when the tunnel is not keyed: switching between
+    /// plain and keyed tunnels needs a restart.
+    pub fn set_tunnel_keys(&mut self, keys: TunnelKeys) {
+        if let TunnelAuth::Key(k) = &mut self.cfg.tunnel_auth {
+            *k = keys;
+        }
+    }
+
     /// Where this engine is one of several sharing a host (an engine per
     /// queue): what the others counted on top of the last load
     /// measurement (see [`LoadTable::set_local_others`]).
@@ -586,11 +596,28 @@ impl Engine {
                 return Some(f);
             }
         }
+        if let Some(inner) = packet.get(32..).filter(|_| {
+            packet.first() == Some(&0x45)
+                && packet.get(9) == Some(&47)
+                && packet.get(16..20) == Some(&self.tunnel_v4[..])
+                && packet.get(20..24) == Some(&[0x30, 0, 0x08, 0][..])
+        }) {
+            if let Some(f) = v4_tcp_flow(inner) {
+                return Some(f);
+            }
+        }
         let meta = parse_ip(packet).ok()?;
         match meta.flow.protocol {
             IpProtocol::Tcp if meta.fragment != Fragment::Later => Some(meta.flow),
-            IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
-                let inner = packet.get(usize::from(meta.l4_offset)..meta.l3_range().end)?;
+            IpProtocol::IpIp | IpProtocol::Ipv6 | IpProtocol::Gre
+                if meta.flow.dst == self.cfg.tunnel_addr =>
+            {
+                let shim = if meta.flow.protocol == IpProtocol::Gre {
+                    gre::HEADER_LEN
+                } else {
+                    0
+                };
+                let inner = packet.get(usize::from(meta.l4_offset) + shim..meta.l3_range().end)?;
                 let m = parse_ip(inner).ok()?;
                 (m.flow.protocol == IpProtocol::Tcp && m.fragment == Fragment::Whole)
                     .then_some(m.flow)
@@ -626,6 +653,13 @@ impl Engine {
         };
         match meta.flow.protocol {
             IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
+                self.tunnel_input(now, pkt, &meta)
+            }
+            // GRE is the keyed tunnel's; without it, not the router's.
+            IpProtocol::Gre
+                if meta.flow.dst == self.cfg.tunnel_addr
+                    && matches!(self.cfg.tunnel_auth, TunnelAuth::Key(_)) =>
+            {
                 self.tunnel_input(now, pkt, &meta)
             }
             IpProtocol::Tcp if self.is_service(&meta.flow) => self.service(now, pkt, &meta),
@@ -857,14 +891,15 @@ impl Engine {
     ) -> Verdict {
         let mut params = EncapParams::new(self.cfg.tunnel_addr, to);
         params.ttl = self.cfg.outer_ttl;
-        if pkt.headroom() < params.outer_len() {
+        let overhead = params.outer_len() + self.cfg.tunnel_auth.shim_len();
+        if pkt.headroom() < overhead {
             return Verdict::Drop(DropReason::NoHeadroom);
         }
         let syn = meta.tcp_flags.is_syn() || meta.tcp_flags.is_syn_ack();
         if clamp && syn && self.cfg.clamp_mss && meta.flow.protocol == IpProtocol::Tcp {
             let mss = mss_for_mtu(
                 self.cfg.tunnel_mtu,
-                params.outer_len() as u16,
+                overhead as u16,
                 meta.version == IpVersion::V6,
             );
             if let Ok(MssClamp::Clamped { .. }) = rewrite::clamp_mss(pkt.bytes_mut(), mss) {
@@ -873,8 +908,8 @@ impl Engine {
         }
         let r = pkt.range();
         let inner_len = meta.l3_len as usize;
-        if params.outer_len() + inner_len > usize::from(self.cfg.tunnel_mtu) && meta.dont_frag {
-            return self.too_big(pkt, meta, params.outer_len());
+        if overhead + inner_len > usize::from(self.cfg.tunnel_mtu) && meta.dont_frag {
+            return self.too_big(pkt, meta, overhead);
         }
         // Too big with DF clear: the outer header copies it, so routers may fragment.
         params.ident = self.next_ident;
@@ -884,7 +919,16 @@ impl Engine {
             params.flow_label = ipip::flow_label_from_hash(self.hasher.hash(&meta.flow));
         }
         let end = r.start + inner_len;
-        match ipip::encapsulate(&mut pkt.whole_mut()[..end], r.start, &params) {
+        let buf = &mut pkt.whole_mut()[..end];
+        let encapsulated = match &self.cfg.tunnel_auth {
+            TunnelAuth::None => ipip::encapsulate(buf, r.start, &params),
+            TunnelAuth::Key(keys) => {
+                let (key_id, key) = keys.signing();
+                let tag = gre::tunnel_tag(key, key_id, self.cfg.tunnel_addr, to, &meta.flow);
+                ipip::encapsulate_gre(buf, r.start, &params, GreFields { tag, key_id })
+            }
+        };
+        match encapsulated {
             Ok(start) => {
                 pkt.set_range(start..end);
                 let c = self.counters.peer(p);
@@ -927,6 +971,12 @@ impl Engine {
         let Some(&origin) = self.peer_by_tunnel.get(&meta.flow.src) else {
             return Verdict::Drop(DropReason::UnknownTunnelSource);
         };
+        if meta.flow.protocol != IpProtocol::Gre
+            && matches!(self.cfg.tunnel_auth, TunnelAuth::Key(_))
+        {
+            // Plain IP-in-IP carries no tag: with a keyed tunnel it proves nothing.
+            return Verdict::Drop(DropReason::TunnelBadTag);
+        }
         let check = if self.cfg.verify_tunnel_checksum {
             ChecksumCheck::Verify
         } else {
@@ -969,9 +1019,31 @@ impl Engine {
         if !expected {
             return Verdict::Drop(DropReason::UnexpectedInner);
         }
-        let c = self.counters.peer(origin);
-        c.received_packets += 1;
-        c.received_bytes += u64::from(inner.l3_len);
+        // Keyed tunnel: every packet's tag must verify under the key it
+        // names (one SipHash; a genuine peer tags every packet).
+        let tag_ok = match (&self.cfg.tunnel_auth, d.gre) {
+            (TunnelAuth::None, _) => true,
+            (TunnelAuth::Key(keys), Some(g)) => keys.get(g.key_id).is_some_and(|k| {
+                gre::tunnel_tag(k, g.key_id, d.outer_src, d.outer_dst, &inner.flow) == g.tag
+            }),
+            (TunnelAuth::Key(_), None) => false,
+        };
+        if !tag_ok {
+            // A new flow or an ICMP error: a forged tag. Mid-connection:
+            // told apart by whether this host serves the flow for that
+            // peer (a spoofed outer source's junk, or an injection).
+            let unknown = inner.flow.protocol == IpProtocol::Tcp
+                && !inner.tcp_flags.is_syn()
+                && self
+                    .served
+                    .get(&inner.flow)
+                    .is_none_or(|e| e.route != Route::Peer(origin));
+            return Verdict::Drop(if unknown {
+                DropReason::TunnelUnknownFlow
+            } else {
+                DropReason::TunnelBadTag
+            });
+        }
         if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
             if flags.intersects(TcpFlags::FIN | TcpFlags::RST)
@@ -1018,6 +1090,9 @@ impl Engine {
                 }
             }
         }
+        let c = self.counters.peer(origin);
+        c.received_packets += 1;
+        c.received_bytes += u64::from(inner.l3_len);
         Verdict::Deliver
     }
 

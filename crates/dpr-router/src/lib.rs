@@ -94,7 +94,7 @@ mod reply;
 pub mod verdict;
 
 pub use buffer::PacketBuf;
-pub use config::{ConfigError, DeadPeerAction, EngineConfig};
+pub use config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
 pub use counters::{Counters, PeerCounters};
 pub use engine::{DecisionRecord, Engine, EngineError};
 pub use ops::ClusterEngine;
