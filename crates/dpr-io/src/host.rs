@@ -14,7 +14,8 @@
 //! - with `divert` (the TUN backend; the AF_XDP backend's XDP program
 //!   takes the traffic instead): `default dev TUN table T` and the diversion rules
 //!   `iif UPLINK to SERVICE ipproto tcp dport P lookup T` and
-//!   `iif UPLINK to TUNNEL ipproto ipip lookup T`;
+//!   `iif UPLINK to TUNNEL ipproto ipip lookup T` (and `ipproto gre` with
+//!   the keyed tunnel);
 //! - the `local` rule moved below them (pref 0 → `local_rule_priority`);
 //! - with an MSS clamp: copies of the main table's uplink routes in table
 //!   `mss_table` with `advmss`, and `from PEER_SERVICE lookup mss_table`,
@@ -126,6 +127,10 @@ pub struct HostPlan {
     /// its XDP program takes that traffic before the kernel sees it, so no
     /// diversion route, rules or `local` rule move are made.
     pub divert: bool,
+    /// IP protocols of the tunnel traffic from peers that is diverted: 4
+    /// (IP-in-IP); with the keyed tunnel 47 (GRE) and 4 (refused and
+    /// counted by the engine rather than dropped unseen by the kernel).
+    pub tunnel_protocols: Vec<u8>,
 }
 
 impl HostPlan {
@@ -148,6 +153,7 @@ impl HostPlan {
             rule_priority: 10,
             local_rule_priority: 100,
             divert: true,
+            tunnel_protocols: vec![libc::IPPROTO_IPIP as u8],
         }
     }
 }
@@ -625,17 +631,19 @@ impl<S: HostSys> HostGuard<S> {
             }
         }
         prio += 1;
-        self.add(
-            Rule {
-                priority: prio,
-                table: plan.divert_table,
-                iif: Some(plan.uplink.clone()),
-                to: Some(IpAddr::V4(plan.tunnel_addr)),
-                ipproto: Some(libc::IPPROTO_IPIP as u8),
-                ..Rule::default()
-            }
-            .request(),
-        )?;
+        for proto in &plan.tunnel_protocols {
+            self.add(
+                Rule {
+                    priority: prio,
+                    table: plan.divert_table,
+                    iif: Some(plan.uplink.clone()),
+                    to: Some(IpAddr::V4(plan.tunnel_addr)),
+                    ipproto: Some(*proto),
+                    ..Rule::default()
+                }
+                .request(),
+            )?;
+        }
         Ok(())
     }
 

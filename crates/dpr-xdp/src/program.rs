@@ -10,7 +10,7 @@
 //! | IPv4 fragment (MF set or offset > 0) of TCP to a service *address* | redirect (the engine counts and drops it) |
 //! | IPv6 with a Fragment header directly before TCP, to a service address | redirect (likewise) |
 //! | IPv4-in-IPv4 from a peer, untagged, both headers without options, neither a fragment, same ECN bits outside and inside, TCP to one of *that peer's* service (address, port) in `tunnel_services_v4`, not SYN, FIN or RST | **decapsulated here** and passed to the kernel (see below) |
-//! | IP protocol 4 or 41 (IP-in-IP, IPv6-in-IP) from an address in `peers_v4`/`peers_v6` (anything else) | redirect |
+//! | IP protocol 4, 41 or 47 (IP-in-IP, IPv6-in-IP, the keyed tunnel's GRE) from an address in `peers_v4`/`peers_v6` (anything else) | redirect |
 //! | Ethernet with one 802.1Q / 802.1ad tag | as above, after the tag |
 //! | anything else: ARP, other ports, UDP, ICMP, non-peer IP-in-IP, two VLAN tags, other IPv6 extension headers, IPv4 with a bad version or IHL, truncated headers | pass |
 //!
@@ -27,7 +27,8 @@
 //! keeps the entries of live connections fresh from the kernel's socket
 //! table), and every packet outside the plain case above — options,
 //! fragments, ECN to combine, VLAN tags, IPv6, an inner packet that is not
-//! service TCP of that peer (the engine counts and drops it). The outer
+//! service TCP of that peer (the engine counts and drops it), and all of the
+//! keyed tunnel's GRE, whose tags only the engine checks. The outer
 //! header's checksum is not verified on this path; the kernel verifies the
 //! inner IP and TCP checksums as for any packet. Enabled when the loader is
 //! given `tunnel_services_v4` entries (`RouterProgram::add_tunnel_service`).
@@ -110,13 +111,13 @@ pub enum Counter {
     ServiceV4 = 1,
     /// IPv4 fragment of TCP to a service address.
     FragmentV4 = 2,
-    /// IP-in-IP over IPv4 from a peer.
+    /// IP-in-IP or GRE over IPv4 from a peer.
     PeerV4 = 3,
     /// IPv6 TCP to a service (address, port).
     ServiceV6 = 4,
     /// IPv6 fragment of TCP to a service address.
     FragmentV6 = 5,
-    /// IP-in-IP over IPv6 from a peer.
+    /// IP-in-IP or GRE over IPv6 from a peer.
     PeerV6 = 6,
     /// A redirect that found no socket for its queue (fallback applied).
     NoSocket = 7,
@@ -181,6 +182,7 @@ const IPV4_FRAG_MASK: i32 = wire16(0x3fff);
 const PROTO_TCP: i32 = 6;
 const PROTO_IPIP: i32 = 4;
 const PROTO_IPV6: i32 = 41;
+const PROTO_GRE: i32 = 47;
 const PROTO_FRAGMENT: i32 = 44;
 
 // Stack layout (offsets from r10).
@@ -243,6 +245,7 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.jmp_imm(Cond::Eq, R4, PROTO_TCP, v4_tcp);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPIP, v4_tunnel);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPV6, v4_tunnel);
+    a.jmp_imm(Cond::Eq, R4, PROTO_GRE, v4_tunnel);
     a.ja(pass);
 
     // IPv4 TCP, not a fragment: key (destination, destination port).
@@ -291,6 +294,7 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.jmp_imm(Cond::Eq, R4, PROTO_FRAGMENT, v6_frag);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPIP, v6_tunnel);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPV6, v6_tunnel);
+    a.jmp_imm(Cond::Eq, R4, PROTO_GRE, v6_tunnel);
     a.ja(pass);
 
     // IPv6 TCP: key (destination, destination port).

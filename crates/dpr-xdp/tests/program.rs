@@ -286,6 +286,21 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Counter)> {
             Counter::PeerV6,
         ),
         (
+            "GRE over IPv6 from a peer",
+            eth(
+                MAC_A,
+                MAC_B,
+                0x86dd,
+                &ipv6(
+                    PEER6,
+                    SVC6,
+                    47,
+                    &[&[0x30u8, 0, 0x08, 0, 1, 2, 3, 4, 0, 0, 0, 1][..], &inner].concat(),
+                ),
+            ),
+            Counter::PeerV6,
+        ),
+        (
             "IPv6-in-IPv6 from a peer",
             eth(
                 MAC_A,
@@ -589,4 +604,35 @@ fn plain_tunnel_traffic_is_decapsulated_and_the_rest_goes_to_the_router() {
     // Forgetting the pair sends its traffic back to the router.
     assert!(p.remove_tunnel_service(PEER4.into(), svc80).unwrap());
     assert_eq!(p.test_run(&tunnelled(PEER4, &ack)).unwrap(), XDP_DROP);
+}
+
+/// The keyed tunnel's GRE from a peer goes to the router whole, even where
+/// the program decapsulates plain IP-in-IP of the same flow: only the
+/// engine checks tags. From anyone else it is the kernel's.
+#[test]
+fn keyed_tunnel_traffic_goes_to_the_router_and_is_never_decapsulated_here() {
+    if !root_or_skip("keyed_tunnel_traffic_goes_to_the_router_and_is_never_decapsulated_here") {
+        return;
+    }
+    let mut p = loaded(MissingSocket::Drop);
+    let svc80 = SocketAddr::new(SVC4.into(), 80);
+    p.add_tunnel_service(PEER4.into(), svc80).unwrap();
+    let ack = inner_tcp(80, 0x10, b"GET / HTTP/1.1\r\n\r\n");
+    // GRE: K and S set, IPv4, a tag, key id 1.
+    let mut gre = vec![0x30, 0, 0x08, 0, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1];
+    gre.extend_from_slice(&ack);
+    let from_peer = eth(MAC_A, MAC_B, 0x0800, &ipv4(PEER4, SVC4, 47, &gre));
+    let before = p.counters().unwrap();
+    let (action, out) = p.test_run_output(&from_peer).unwrap();
+    assert_eq!(action, XDP_DROP, "to the router (dropped: no socket)");
+    assert_eq!(out, from_peer, "untouched");
+    let after = p.counters().unwrap();
+    assert_eq!(after.get(Counter::DecapV4), before.get(Counter::DecapV4));
+    assert_eq!(after.get(Counter::PeerV4), before.get(Counter::PeerV4) + 1);
+    // The plain IP-in-IP of the same packet is still decapsulated: the
+    // daemon leaves the pairs out when its tunnel is keyed.
+    assert_eq!(p.test_run(&tunnelled(PEER4, &ack)).unwrap(), XDP_PASS);
+    // From a stranger's address: the kernel's (it has no GRE tunnel).
+    let stranger = eth(MAC_A, MAC_B, 0x0800, &ipv4(CLIENT4, SVC4, 47, &gre));
+    assert_eq!(p.test_run(&stranger).unwrap(), XDP_PASS);
 }
