@@ -243,10 +243,12 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
         );
     }
     if backend.starts_with("af-xdp") {
-        // The bulk of each upload reached its server decapsulated by the
-        // server's XDP program, not through its daemon.
+        // With the keyed tunnel (the default) every tunnelled packet goes
+        // through the server's daemon, which checks its tag: the XDP
+        // program decapsulates nothing (it does with `auth = "none"`, see
+        // the restart test on AF_XDP).
         let decapsulated = decapsulated_by_peers(&lab);
-        assert!(decapsulated > 10_000, "decapsulated in XDP: {decapsulated}");
+        assert_eq!(decapsulated, 0, "decapsulated in XDP: {decapsulated}");
     }
     for i in 0..3 {
         let s = status(&lab, i);
@@ -435,6 +437,85 @@ fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted(backend: &str) {
     }
     assert_eq!(passive(&lab), opens, "no SYN reached the local stack");
     let _ = CLIENT_ADDR;
+}
+
+/// A stranger sends host 0 tunnel packets whose outer source is host 1's
+/// tunnel address (a spoofed peer), carrying SYNs for host 1's service
+/// address from forged clients: plain IP-in-IP, and GRE with a guessed tag.
+/// With the keyed tunnel they are refused and counted and no SYN reaches
+/// host 0's stack; with `auth = "none"` the same plain packets open
+/// connections there (SYN-ACKs reflected at the forged clients), which is
+/// what the check prevents.
+fn a_spoofed_peer_address_opens_connections_only_without_the_key(backend: &str) {
+    let Some(_g) = root_or_skip("spoofed_peer") else {
+        return;
+    };
+    const N: u64 = 20;
+    let attack = |lab: &Lab| {
+        let send = |outer: &str| {
+            scapy(
+                lab,
+                &lab.stranger_ns(),
+                &format!(
+                    "send(IP(src='{}', dst='{}')/{outer}IP(src='198.18.0.77', dst='{}')/TCP(sport=RandShort(), dport=80, flags='S'), count={N})",
+                    tunnel_addr(1),
+                    tunnel_addr(0),
+                    service_addr(1)
+                ),
+            )
+        };
+        send("");
+        // K and S set, IPv4 inside, a guessed tag, key id 1.
+        send(
+            "GRE(key_present=1, seqnum_present=1, key=0x5eed1234, seqence_number=1, proto=0x0800)/",
+        );
+    };
+    // Half-open sockets for host 1's service address in host 0's stack:
+    // each is a SYN that reached it and a SYN-ACK sent to a forged client.
+    let half_open = |lab: &Lab| {
+        let filter = format!("src {}", service_addr(1));
+        let out = ok(lab.exec(
+            &lab.host_ns(0),
+            "ss",
+            &["-Htn", "state", "syn-recv", &filter],
+        ));
+        out.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    };
+    for auth in ["key", "none"] {
+        let lab = cluster(LabSpec {
+            hosts: 2,
+            stranger: true,
+            tunnel_auth: auth.into(),
+            ..spec(backend)
+        });
+        let before = status(&lab, 0);
+        attack(&lab);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = status(&lab, 0);
+        let grew = |k: &str| drop_count(&after, k) - drop_count(&before, k);
+        let from_peer = event(&after, "new_from_peer") - event(&before, "new_from_peer");
+        let opened = half_open(&lab);
+        eprintln!(
+            "auth {auth}: tunnel_bad_tag +{}, new_from_peer +{from_peer}, half-open sockets {opened}",
+            grew("tunnel_bad_tag")
+        );
+        if auth == "key" {
+            assert_eq!(
+                grew("tunnel_bad_tag"),
+                2 * N,
+                "plain and guessed-tag SYNs refused"
+            );
+            assert_eq!(from_peer, 0, "no connection accepted from the spoofed peer");
+            assert_eq!(opened, 0, "no SYN reached the local stack");
+        } else {
+            assert_eq!(grew("tunnel_bad_tag"), 0);
+            assert_eq!(
+                from_peer, N,
+                "plain IP-in-IP from the spoofed peer is accepted"
+            );
+            assert_eq!(opened, N, "the spoofed SYNs reached the stack");
+        }
+    }
 }
 
 fn malformed_burst_at_the_service_port_is_counted_and_service_goes_on(backend: &str) {
@@ -638,10 +719,16 @@ with open(out, "w") as f:
 /// a configuration reload (threshold 0.5), redirects new ones; host 0's
 /// configuration text with `extra` added to `[cluster]`.
 fn overloaded_host0(extra: &str, backend: &str) -> (Lab, String) {
+    overloaded_host0_with(extra, backend, "key")
+}
+
+/// [`overloaded_host0`] with `[tunnel] auth` set to `auth`.
+fn overloaded_host0_with(extra: &str, backend: &str, auth: &str) -> (Lab, String) {
     let mut lab = cluster(LabSpec {
         hosts: 3,
         threshold: 1000.0,
         backend: backend.into(),
+        tunnel_auth: auth.into(),
         ..LabSpec::default()
     });
     load_host0(&mut lab, 8);
@@ -736,7 +823,9 @@ fn a_restarted_router_recovers_the_connections_it_redirected() {
     lab.kill_extras();
 }
 
-/// On AF_XDP the peers' XDP program decapsulates the redirected
+/// On AF_XDP with the plain tunnel (`auth = "none"`: the program does not
+/// check keyed tags, so it decapsulates only plain IP-in-IP) the peers' XDP
+/// program decapsulates the redirected
 /// connections' packets after their SYN, so the peers' engines do not see
 /// them; their served-table entries must still be there when host 0
 /// restarts, past the 10 s a half-open entry lives (kept by the socket
@@ -746,7 +835,7 @@ fn a_restarted_router_recovers_connections_whose_packets_its_peers_decapsulate()
     let Some(_g) = root_or_skip("restart_recovery_xdp") else {
         return;
     };
-    let (mut lab, cfg) = overloaded_host0("", "af-xdp-native");
+    let (mut lab, cfg) = overloaded_host0_with("", "af-xdp-native", "none");
     let (lines, redirected) =
         restart_mid_request(&mut lab, 12, Some(&cfg), Duration::from_secs(12));
     check_recovered(&lab, &lines, redirected);
@@ -1254,6 +1343,7 @@ on_every_backend!(
     threshold_policy_under_skewed_load_evens_out_served_counts,
     a_killed_host_gets_no_new_connections_after_dead_after,
     ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted,
+    a_spoofed_peer_address_opens_connections_only_without_the_key,
     malformed_burst_at_the_service_port_is_counted_and_service_goes_on,
     drain_under_load_fails_no_established_connection,
     sigterm_and_a_failed_setup_leave_nothing_behind,
