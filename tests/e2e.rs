@@ -968,6 +968,66 @@ fn check_recovered(lab: &Lab, lines: &[String], redirected: u64) {
     assert_eq!(s0.phase, "active");
 }
 
+/// The cluster key rolls (add key 2, make it sign, drop key 1; every host
+/// reloaded one by one at each step) while redirected connections are open
+/// mid-request and new ones keep arriving: the keyed tunnel's tags follow
+/// the key ring, so no tunnelled packet is refused and no connection breaks.
+#[test]
+fn a_key_roll_under_load_drops_no_redirected_connection() {
+    let Some(_g) = root_or_skip("key_roll") else {
+        return;
+    };
+    let (mut lab, _) = overloaded_host0("", "tun");
+    let base = event(&status(&lab, 0), "new_redirected");
+    let (go, out) = start_half_posts(&mut lab, 12);
+    let key_file = lab.dir.join("cluster.key");
+    let first = |text: &str| -> String {
+        text.lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let k1 = first(&std::fs::read_to_string(&key_file).unwrap());
+    let k2 = first(&dprd::keygen::new_key_file().unwrap());
+    let mut fresh = 0;
+    for ring in [
+        format!("1 {k1}\n2 {k2}\n"),
+        format!("2 {k2}\n1 {k1}\n"),
+        format!("2 {k2}\n"),
+    ] {
+        std::fs::write(&key_file, &ring).unwrap();
+        for i in 0..3 {
+            let a = ok(lab.admin(i, "reload"));
+            assert!(a.contains("\"ok\":true"), "h{i}: {a}");
+            // A new connection between two hosts' reloads.
+            let got = curl(&lab, &[&format!("http://{}/?size=100", service_addr(0))]);
+            assert!(got.starts_with("served-by h"), "{got}");
+            fresh += 1;
+        }
+    }
+    let lines = finish_half_posts(&go, &out);
+    let redirected = event(&status(&lab, 0), "new_redirected") - base;
+    eprintln!("client: {lines:?}; h0 redirected {redirected} (of 12 + {fresh})");
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    for l in &lines {
+        assert!(l.starts_with("ok h"), "a connection broke: {l}");
+    }
+    assert!(
+        lines.iter().filter(|l| *l != "ok h0").count() >= 8,
+        "too few redirected to test anything: {lines:?}"
+    );
+    for i in 0..3 {
+        let s = status(&lab, i);
+        for k in ["tunnel_bad_tag", "tunnel_unknown_flow", "bad_tunnel"] {
+            assert_eq!(drop_count(&s, k), 0, "h{i} {k}");
+        }
+    }
+    lab.kill_extras();
+}
+
 #[test]
 fn without_recovery_the_same_restart_breaks_them() {
     let Some(_g) = root_or_skip("restart_without_recovery") else {
