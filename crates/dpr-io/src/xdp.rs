@@ -22,9 +22,13 @@
 //! maintenance is tested with [`dpr_xdp::FakeBpf`] below, without root.
 
 use crate::sys;
+use dpr_packet::IpProtocol;
+use dpr_router::KeyedFlowEvent;
 use dpr_xdp::xsk::{XskConfig, XskSocket};
-use dpr_xdp::{BpfSys, Counters, MissingSocket, ProgramConfig, RealBpf, RouterProgram, XdpMode};
-use std::collections::BTreeSet;
+use dpr_xdp::{
+    BpfSys, Counters, KeyedFlow, MissingSocket, ProgramConfig, RealBpf, RouterProgram, XdpMode,
+};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -131,7 +135,28 @@ pub struct XdpProgram<B: BpfSys = RealBpf> {
     peers: BTreeSet<IpAddr>,
     /// (peer, service) pairs the program decapsulates itself.
     tunnel_services: BTreeSet<(IpAddr, SocketAddr)>,
+    /// The keyed flows written to the program's map, with their tag (what
+    /// this process wrote: the map itself may have pushed some out).
+    keyed_flows: HashMap<(IpAddr, KeyedFlow), u32>,
+    /// Keyed flows written and removed, and writes that failed.
+    pub keyed_flow_stats: KeyedFlowStats,
 }
+
+/// What [`XdpProgram::apply_keyed_flows`] did, since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyedFlowStats {
+    /// Entries written (new flows, new tags).
+    pub added: u64,
+    /// Entries removed (connections that ended).
+    pub removed: u64,
+    /// Map writes refused by the kernel.
+    pub failed: u64,
+}
+
+/// The most keyed flows [`XdpProgram`] remembers having written (the map's
+/// default size); past it, it forgets them all and writes again as events
+/// come (a write of an entry already there is harmless).
+const MAX_KEYED_FLOWS_KNOWN: usize = 65_536;
 
 impl<B: BpfSys> XdpProgram<B> {
     /// Creates the maps, loads the program, then writes the services, the
@@ -157,6 +182,8 @@ impl<B: BpfSys> XdpProgram<B> {
             decap: plan.decap,
             peers: BTreeSet::new(),
             tunnel_services: BTreeSet::new(),
+            keyed_flows: HashMap::new(),
+            keyed_flow_stats: KeyedFlowStats::default(),
         };
         for a in &plan.service_addrs {
             for port in &plan.service_ports {
@@ -215,6 +242,48 @@ impl<B: BpfSys> XdpProgram<B> {
         }
         self.tunnel_services = new;
         Ok(())
+    }
+
+    /// Writes the keyed tunnel's accepted flows into the program's map and
+    /// removes those that ended, so that the program decapsulates the
+    /// packets of accepted connections itself (IPv4 TCP only; others stay
+    /// on the engine's path). Repeats of what was written are skipped.
+    pub fn apply_keyed_flows(&mut self, events: &[KeyedFlowEvent]) {
+        for ev in events {
+            let (IpAddr::V4(_), IpAddr::V4(_), IpAddr::V4(_)) = (ev.peer, ev.flow.src, ev.flow.dst)
+            else {
+                continue;
+            };
+            if ev.flow.protocol != IpProtocol::Tcp {
+                continue;
+            }
+            let flow = KeyedFlow {
+                client: SocketAddr::new(ev.flow.src, ev.flow.src_port),
+                service: SocketAddr::new(ev.flow.dst, ev.flow.dst_port),
+            };
+            let k = (ev.peer, flow);
+            match ev.tag {
+                Some(tag) if self.keyed_flows.get(&k) != Some(&tag) => {
+                    if self.keyed_flows.len() >= MAX_KEYED_FLOWS_KNOWN {
+                        self.keyed_flows.clear();
+                    }
+                    match self.program.add_keyed_flow(ev.peer, &flow, tag) {
+                        Ok(()) => {
+                            self.keyed_flows.insert(k, tag);
+                            self.keyed_flow_stats.added += 1;
+                        }
+                        Err(_) => self.keyed_flow_stats.failed += 1,
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.keyed_flows.remove(&k);
+                    if let Ok(true) = self.program.remove_keyed_flow(ev.peer, &flow) {
+                        self.keyed_flow_stats.removed += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// The program's counters, summed over CPUs.
@@ -457,6 +526,61 @@ mod tests {
     }
 
     #[test]
+    fn keyed_flows_are_written_once_per_tag_and_removed_when_they_end() {
+        let bpf = FakeBpf::new();
+        let mut prog = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let flow = dpr_packet::FlowKey::new(
+            IpProtocol::Tcp,
+            ip("198.18.100.1"),
+            40000,
+            ip("198.18.0.2"),
+            80,
+        );
+        let ev = |tag| KeyedFlowEvent {
+            peer: ip("198.18.0.12"),
+            flow,
+            tag,
+        };
+        let mut key = ip_key("198.18.0.12");
+        key.extend(ip_key("198.18.100.1"));
+        key.extend(ip_key("198.18.0.2"));
+        key.extend_from_slice(&40000u16.to_be_bytes());
+        key.extend_from_slice(&80u16.to_be_bytes());
+        prog.apply_keyed_flows(&[ev(Some(7)), ev(Some(7))]);
+        let entries = bpf.entries("dpr_kflow4");
+        assert_eq!(entries.get(&key), Some(&7u32.to_be_bytes().to_vec()));
+        // A new tag (a key roll) replaces it; repeats are not written.
+        prog.apply_keyed_flows(&[ev(Some(9)), ev(Some(9))]);
+        assert_eq!(
+            bpf.entries("dpr_kflow4").get(&key),
+            Some(&9u32.to_be_bytes().to_vec())
+        );
+        prog.apply_keyed_flows(&[ev(None)]);
+        assert!(bpf.entries("dpr_kflow4").is_empty());
+        // IPv6 flows stay on the engine's path.
+        let v6 = KeyedFlowEvent {
+            peer: ip("2001:db8::12"),
+            flow: dpr_packet::FlowKey::new(
+                IpProtocol::Tcp,
+                ip("2001:db8::100"),
+                1,
+                ip("2001:db8::2"),
+                80,
+            ),
+            tag: Some(1),
+        };
+        prog.apply_keyed_flows(&[v6]);
+        assert_eq!(
+            prog.keyed_flow_stats,
+            KeyedFlowStats {
+                added: 2,
+                removed: 1,
+                failed: 0
+            }
+        );
+    }
+
+    #[test]
     fn load_creates_the_maps_then_writes_services_peers_and_pairs_in_order() {
         let bpf = FakeBpf::new();
         let p = plan(vec![
@@ -464,7 +588,7 @@ mod tests {
             peer("2001:db8::12", &["2001:db8::2"]),
         ]);
         let _prog = XdpProgram::load(bpf.clone(), &p).unwrap();
-        let words = match &bpf.calls()[7] {
+        let words = match &bpf.calls()[8] {
             BpfCall::ProgLoad { words, .. } => *words,
             other => panic!("{other:?}"),
         };
@@ -474,6 +598,7 @@ mod tests {
             "dpr_peer4",
             "dpr_peer6",
             "dpr_tsvc4",
+            "dpr_kflow4",
             "dpr_xsks",
             "dpr_counters",
         ]

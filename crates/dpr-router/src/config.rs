@@ -138,6 +138,11 @@ pub struct EngineConfig {
     /// because the keys come from the cluster key; `dprd` sets `Key`
     /// unless its configuration says `tunnel.auth = "none"`.
     pub tunnel_auth: TunnelAuth,
+    /// Keyed tunnel: note the flows accepted from peers (with their tag) and
+    /// those that ended, for an in-kernel fast path that passes only those
+    /// ([`Engine::take_keyed_flow_events`](crate::Engine::take_keyed_flow_events);
+    /// the AF_XDP backend's program).
+    pub keyed_flow_events: bool,
 }
 
 impl EngineConfig {
@@ -157,6 +162,7 @@ impl EngineConfig {
             flow_hash_seed: 0x6470_725f_6873_6864,
             decision_log: 0,
             tunnel_auth: TunnelAuth::None,
+            keyed_flow_events: false,
         }
     }
 

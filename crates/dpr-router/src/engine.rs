@@ -42,6 +42,24 @@ pub struct DecisionRecord {
     pub new_incarnation: bool,
 }
 
+/// A flow of the keyed tunnel that a peer's packets may now bypass the
+/// engine for, or no longer ([`EngineConfig::keyed_flow_events`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyedFlowEvent {
+    /// The peer's tunnel address (the outer source it sends from).
+    pub peer: IpAddr,
+    /// The connection, client to service.
+    pub flow: FlowKey,
+    /// `Some(tag)`: accepted with this tag (a new entry, or a new tag after
+    /// a key roll); `None`: ended (FIN or RST).
+    pub tag: Option<u32>,
+}
+
+/// The most keyed-flow events kept between two
+/// [`Engine::take_keyed_flow_events`]; later ones are not kept (their
+/// flows take the engine's path, which is correct, only slower).
+pub const MAX_KEYED_FLOW_EVENTS: usize = 65_536;
+
 /// An error building or reconfiguring the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineError {
@@ -108,6 +126,8 @@ pub struct Engine {
     /// The IPv4 tunnel address's bytes (all ones when it is IPv6: no IPv4
     /// packet's destination), for [`Engine::steer_key`]'s fast path.
     tunnel_v4: [u8; 4],
+    /// Keyed flows accepted or ended since the last take.
+    keyed_events: Vec<KeyedFlowEvent>,
 }
 
 /// The most connection events noted while one load measurement runs (a
@@ -158,6 +178,7 @@ impl Engine {
             measuring: None,
             last_redirector: None,
             cut: Vec::new(),
+            keyed_events: Vec::new(),
             tunnel_v4: match cfg.tunnel_addr {
                 IpAddr::V4(a) => a.octets(),
                 IpAddr::V6(_) => [255; 4],
@@ -520,6 +541,23 @@ impl Engine {
     /// peers send connections to a host that is in fact full.
     pub fn take_peer_arrivals(&mut self) -> Vec<(Timestamp, PeerId, f64)> {
         self.arrivals.drain(..).collect()
+    }
+
+    /// The keyed tunnel's flows accepted (with their tag) or ended since
+    /// the last call, oldest first (with
+    /// [`EngineConfig::keyed_flow_events`]; at most
+    /// [`MAX_KEYED_FLOW_EVENTS`]). An accepted flow is noted again for
+    /// each of its packets the engine sees (the fast path has not taken it
+    /// yet, or its tag changed), consecutive repeats left out.
+    pub fn take_keyed_flow_events(&mut self) -> Vec<KeyedFlowEvent> {
+        std::mem::take(&mut self.keyed_events)
+    }
+
+    fn note_keyed_flow(&mut self, ev: KeyedFlowEvent) {
+        if self.keyed_events.last() != Some(&ev) && self.keyed_events.len() < MAX_KEYED_FLOW_EVENTS
+        {
+            self.keyed_events.push(ev);
+        }
     }
 
     /// A snapshot of the counters.
@@ -1046,6 +1084,14 @@ impl Engine {
         }
         if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
+            if let (true, Some(g)) = (self.cfg.keyed_flow_events, d.gre) {
+                let ended = flags.intersects(TcpFlags::FIN | TcpFlags::RST);
+                self.note_keyed_flow(KeyedFlowEvent {
+                    peer: d.outer_src,
+                    flow: inner.flow,
+                    tag: (!ended).then_some(g.tag),
+                });
+            }
             if flags.intersects(TcpFlags::FIN | TcpFlags::RST)
                 && self
                     .served

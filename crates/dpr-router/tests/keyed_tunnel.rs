@@ -342,3 +342,62 @@ fn malformed_gre_is_counted_and_dropped() {
         }
     }
 }
+
+#[test]
+fn accepted_and_ended_flows_are_noted_for_the_fast_path() {
+    let mut b = host(1, TunnelAuth::Key(one_key()));
+    let syn = to_a(7000, TcpFlags::SYN);
+    let ack = to_a(7000, TcpFlags::ACK);
+    let fin = to_a(7000, TcpFlags::FIN | TcpFlags::ACK);
+    let send = |b: &mut Engine, inner: &[u8]| {
+        run(b, &gre_to_b(A_TUN, inner, genuine(&one_key(), inner))).0
+    };
+    // Off by default (the TUN backend has no fast path).
+    assert_eq!(send(&mut b, &syn), Verdict::Deliver);
+    assert!(b.take_keyed_flow_events().is_empty());
+    let mut b = host(1, TunnelAuth::Key(one_key()));
+    let mut cfg = b.config().clone();
+    cfg.keyed_flow_events = true;
+    b = {
+        let _ = b;
+        let mut e = Engine::new(
+            cfg,
+            PeerId(1),
+            Capacity::default(),
+            LoadTableConfig::default(),
+            Box::new(Fixed(None)),
+            Box::new(SplitMix64::new(1)),
+        )
+        .unwrap();
+        e.add_peer(PeerId(0), A_TUN.into(), vec![A_SVC.into()], Timestamp::ZERO)
+            .unwrap();
+        e
+    };
+    let tag = genuine(&one_key(), &syn).tag;
+    assert_eq!(tag, genuine(&one_key(), &ack).tag, "one tag per flow");
+    for p in [&syn, &ack, &ack] {
+        assert_eq!(send(&mut b, p), Verdict::Deliver);
+    }
+    // A forged packet notes nothing.
+    let forged = GreFields {
+        tag: tag ^ 1,
+        key_id: 1,
+    };
+    assert_ne!(
+        run(&mut b, &gre_to_b(A_TUN, &ack, forged)).0,
+        Verdict::Deliver
+    );
+    assert_eq!(send(&mut b, &fin), Verdict::Deliver);
+    let flow = flow_of(&syn);
+    let ev = |tag| dpr_router::KeyedFlowEvent {
+        peer: A_TUN.into(),
+        flow,
+        tag,
+    };
+    assert_eq!(
+        b.take_keyed_flow_events(),
+        vec![ev(Some(tag)), ev(None)],
+        "repeats left out"
+    );
+    assert!(b.take_keyed_flow_events().is_empty());
+}

@@ -849,6 +849,10 @@ impl Config {
             (TunnelAuthKind::Key, Some(k)) => TunnelAuth::Key(k.clone()),
             _ => TunnelAuth::None,
         };
+        // AF_XDP: the program passes the keyed flows the engines accepted.
+        e.keyed_flow_events = self.backend.kind == BackendKind::AfXdp
+            && self.backend.xdp_decap
+            && matches!(e.tunnel_auth, TunnelAuth::Key(_));
         e
     }
 

@@ -630,6 +630,12 @@ impl LoopCtx {
                 io.insert(format!("xdp_prog_{k:?}").to_lowercase(), c.get(k));
             }
         }
+        if let Some(x) = self.xdp.as_ref() {
+            let k = x.program.keyed_flow_stats;
+            io.insert("xdp_keyed_flows_added".into(), k.added);
+            io.insert("xdp_keyed_flows_removed".into(), k.removed);
+            io.insert("xdp_keyed_flows_failed".into(), k.failed);
+        }
         let peers = self
             .control
             .peers(now, e)
@@ -1011,6 +1017,12 @@ async fn control_loop(
                     next_refresh = Instant::now() + load::measurement_interval(refresh, cpu);
                 }
                 ctx.engines.tick(now.mono, 256);
+                // The keyed tunnel's accepted and ended flows, into the XDP
+                // program's map (its fast path); without one, forgotten.
+                let keyed = ctx.engines.take_keyed_flow_events();
+                if let Some(x) = ctx.xdp.as_mut().filter(|_| !keyed.is_empty()) {
+                    x.program.apply_keyed_flows(&keyed);
+                }
                 ctx.control.check_idle(now, &ctx.engines);
                 if now.mono >= ctx.control.poll_timeout() {
                     ctx.control.handle_timeout(now, &mut ctx.engines);
