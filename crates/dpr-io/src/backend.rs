@@ -197,6 +197,11 @@ pub trait Backend: Send {
     /// counts itself to `stats`.
     fn maintain(&mut self, _stats: &crate::worker::WorkerStats) {}
 
+    /// The keyed tunnel's flows the engine accepted from peers or saw end
+    /// ([`dpr_router::Engine::take_keyed_flow_events`]), after each batch:
+    /// a backend with an in-kernel fast path (AF_XDP) lets it pass them.
+    fn keyed_flows(&mut self, _events: &[dpr_router::KeyedFlowEvent]) {}
+
     /// The worker is stopping: finish what is in flight.
     fn close(&mut self) {}
 }

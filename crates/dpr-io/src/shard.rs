@@ -26,8 +26,7 @@
 use dpr_packet::FlowKey;
 use dpr_policy::Policy;
 use dpr_router::{
-    ClusterEngine, Counters, DecisionRecord, Engine, EngineError, KeyedFlowEvent,
-    MAX_KEYED_FLOW_EVENTS, PacketBuf, Verdict,
+    ClusterEngine, Counters, DecisionRecord, Engine, EngineError, PacketBuf, Verdict,
 };
 use dpr_table::{
     Capacity, LoadFigures, LoadReport, LoadTable, PeerId, ReportOutcome, TableStats, Timestamp,
@@ -113,9 +112,6 @@ pub struct ShardReport {
     pub arrivals: Vec<(Timestamp, PeerId, f64)>,
     /// The peer that last redirected a connection to it.
     pub last_redirector: Option<PeerId>,
-    /// Keyed tunnel flows it accepted or saw end since its last report
-    /// (with [`dpr_router::EngineConfig::keyed_flow_events`]).
-    pub keyed_flows: Vec<KeyedFlowEvent>,
 }
 
 /// One worker's engine and its link to the [`EngineSet`].
@@ -238,7 +234,6 @@ impl Shard {
                     decisions: e.take_decisions(),
                     arrivals: e.take_peer_arrivals(),
                     last_redirector: e.last_redirector(),
-                    keyed_flows: e.take_keyed_flow_events(),
                 };
                 let _ = self.reports.send(r);
             }
@@ -263,7 +258,6 @@ pub struct EngineSet {
     last_redirector: Option<PeerId>,
     decisions: Vec<DecisionRecord>,
     arrivals: Vec<(Timestamp, PeerId, f64)>,
-    keyed_flows: Vec<KeyedFlowEvent>,
     query_timeout: Duration,
     unanswered: u64,
 }
@@ -315,7 +309,6 @@ impl EngineSet {
             last_redirector: None,
             decisions: Vec::new(),
             arrivals: Vec::new(),
-            keyed_flows: Vec::new(),
             query_timeout: Duration::from_millis(500),
             unanswered: 0,
         };
@@ -453,11 +446,7 @@ impl EngineSet {
             let keep = self.control.config().decision_log;
             move_bounded(&mut self.decisions, &mut r.decisions, keep);
             move_bounded(&mut self.arrivals, &mut r.arrivals, keep);
-            move_bounded(
-                &mut self.keyed_flows,
-                &mut r.keyed_flows,
-                MAX_KEYED_FLOW_EVENTS,
-            );
+
             if r.last_redirector.is_some() {
                 self.last_redirector = r.last_redirector;
             }
@@ -465,12 +454,6 @@ impl EngineSet {
                 *slot = Some(r);
             }
         }
-    }
-
-    /// The keyed tunnel flows the shards accepted or saw end, as their
-    /// reports brought them in (see [`Engine::take_keyed_flow_events`]).
-    pub fn take_keyed_flow_events(&mut self) -> Vec<KeyedFlowEvent> {
-        std::mem::take(&mut self.keyed_flows)
     }
 
     /// The shards' latest reports (None: not reported yet).

@@ -26,7 +26,8 @@ use dpr_packet::IpProtocol;
 use dpr_router::KeyedFlowEvent;
 use dpr_xdp::xsk::{XskConfig, XskSocket};
 use dpr_xdp::{
-    BpfSys, Counters, KeyedFlow, MissingSocket, ProgramConfig, RealBpf, RouterProgram, XdpMode,
+    BpfSys, Counters, KeyedFlow, KeyedFlowMap, MissingSocket, ProgramConfig, RealBpf,
+    RouterProgram, XdpMode,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -135,14 +136,50 @@ pub struct XdpProgram<B: BpfSys = RealBpf> {
     peers: BTreeSet<IpAddr>,
     /// (peer, service) pairs the program decapsulates itself.
     tunnel_services: BTreeSet<(IpAddr, SocketAddr)>,
-    /// The keyed flows written to the program's map, with their tag (what
-    /// this process wrote: the map itself may have pushed some out).
-    keyed_flows: HashMap<(IpAddr, KeyedFlow), u32>,
-    /// Keyed flows written and removed, and writes that failed.
-    pub keyed_flow_stats: KeyedFlowStats,
 }
 
-/// What [`XdpProgram::apply_keyed_flows`] did, since the start.
+/// Where [`KeyedFlowWriter`] writes: the program's `keyed_flows_v4` map,
+/// through a worker's own descriptor ([`KeyedFlowMap`]) or the loader's.
+pub trait KeyedFlowSink {
+    /// Writes (or replaces) an entry.
+    fn add(&mut self, peer: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), dpr_xdp::Error>;
+    /// Removes an entry; `Ok(false)` if it was not there.
+    fn remove(&mut self, peer: IpAddr, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error>;
+}
+
+impl KeyedFlowSink for KeyedFlowMap {
+    fn add(&mut self, peer: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), dpr_xdp::Error> {
+        KeyedFlowMap::add(self, peer, flow, tag)
+    }
+    fn remove(&mut self, peer: IpAddr, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error> {
+        KeyedFlowMap::remove(self, peer, flow)
+    }
+}
+
+impl<B: BpfSys> KeyedFlowSink for RouterProgram<B> {
+    fn add(&mut self, peer: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), dpr_xdp::Error> {
+        self.add_keyed_flow(peer, flow, tag)
+    }
+    fn remove(&mut self, peer: IpAddr, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error> {
+        self.remove_keyed_flow(peer, flow)
+    }
+}
+
+/// Applies the engine's keyed-flow notes ([`KeyedFlowEvent`]) to the XDP
+/// program's map, so that the program decapsulates the packets of accepted
+/// connections itself (IPv4 TCP only; others stay on the engine's path).
+/// A worker owns one and applies its engine's notes after each batch.
+#[derive(Debug)]
+pub struct KeyedFlowWriter<S: KeyedFlowSink> {
+    sink: S,
+    /// The entries this writer wrote, with their tag (the map itself may
+    /// have pushed some out since): repeats are not written again.
+    written: HashMap<(IpAddr, KeyedFlow), u32>,
+    /// What it did.
+    pub stats: KeyedFlowStats,
+}
+
+/// What a [`KeyedFlowWriter`] did, since the start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyedFlowStats {
     /// Entries written (new flows, new tags).
@@ -153,10 +190,65 @@ pub struct KeyedFlowStats {
     pub failed: u64,
 }
 
-/// The most keyed flows [`XdpProgram`] remembers having written (the map's
-/// default size); past it, it forgets them all and writes again as events
-/// come (a write of an entry already there is harmless).
+/// The most keyed flows a [`KeyedFlowWriter`] remembers having written
+/// (the map's default size); past it, it forgets them all and writes again
+/// as notes come (a write of an entry already there is harmless).
 const MAX_KEYED_FLOWS_KNOWN: usize = 65_536;
+
+impl<S: KeyedFlowSink> KeyedFlowWriter<S> {
+    /// A writer into `sink`.
+    pub fn new(sink: S) -> Self {
+        Self {
+            sink,
+            written: HashMap::new(),
+            stats: KeyedFlowStats::default(),
+        }
+    }
+
+    /// Writes the accepted flows of `events` and removes the ended ones.
+    pub fn apply(&mut self, events: &[KeyedFlowEvent]) {
+        for ev in events {
+            let (IpAddr::V4(_), IpAddr::V4(_), IpAddr::V4(_)) = (ev.peer, ev.flow.src, ev.flow.dst)
+            else {
+                continue;
+            };
+            if ev.flow.protocol != IpProtocol::Tcp {
+                continue;
+            }
+            let flow = KeyedFlow {
+                client: SocketAddr::new(ev.flow.src, ev.flow.src_port),
+                service: SocketAddr::new(ev.flow.dst, ev.flow.dst_port),
+            };
+            let k = (ev.peer, flow);
+            match ev.tag {
+                Some(tag) if self.written.get(&k) != Some(&tag) => {
+                    if self.written.len() >= MAX_KEYED_FLOWS_KNOWN {
+                        self.written.clear();
+                    }
+                    match self.sink.add(ev.peer, &flow, tag) {
+                        Ok(()) => {
+                            self.written.insert(k, tag);
+                            self.stats.added += 1;
+                        }
+                        Err(_) => self.stats.failed += 1,
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.written.remove(&k);
+                    if let Ok(true) = self.sink.remove(ev.peer, &flow) {
+                        self.stats.removed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+}
 
 impl<B: BpfSys> XdpProgram<B> {
     /// Creates the maps, loads the program, then writes the services, the
@@ -182,8 +274,6 @@ impl<B: BpfSys> XdpProgram<B> {
             decap: plan.decap,
             peers: BTreeSet::new(),
             tunnel_services: BTreeSet::new(),
-            keyed_flows: HashMap::new(),
-            keyed_flow_stats: KeyedFlowStats::default(),
         };
         for a in &plan.service_addrs {
             for port in &plan.service_ports {
@@ -242,48 +332,6 @@ impl<B: BpfSys> XdpProgram<B> {
         }
         self.tunnel_services = new;
         Ok(())
-    }
-
-    /// Writes the keyed tunnel's accepted flows into the program's map and
-    /// removes those that ended, so that the program decapsulates the
-    /// packets of accepted connections itself (IPv4 TCP only; others stay
-    /// on the engine's path). Repeats of what was written are skipped.
-    pub fn apply_keyed_flows(&mut self, events: &[KeyedFlowEvent]) {
-        for ev in events {
-            let (IpAddr::V4(_), IpAddr::V4(_), IpAddr::V4(_)) = (ev.peer, ev.flow.src, ev.flow.dst)
-            else {
-                continue;
-            };
-            if ev.flow.protocol != IpProtocol::Tcp {
-                continue;
-            }
-            let flow = KeyedFlow {
-                client: SocketAddr::new(ev.flow.src, ev.flow.src_port),
-                service: SocketAddr::new(ev.flow.dst, ev.flow.dst_port),
-            };
-            let k = (ev.peer, flow);
-            match ev.tag {
-                Some(tag) if self.keyed_flows.get(&k) != Some(&tag) => {
-                    if self.keyed_flows.len() >= MAX_KEYED_FLOWS_KNOWN {
-                        self.keyed_flows.clear();
-                    }
-                    match self.program.add_keyed_flow(ev.peer, &flow, tag) {
-                        Ok(()) => {
-                            self.keyed_flows.insert(k, tag);
-                            self.keyed_flow_stats.added += 1;
-                        }
-                        Err(_) => self.keyed_flow_stats.failed += 1,
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    self.keyed_flows.remove(&k);
-                    if let Ok(true) = self.program.remove_keyed_flow(ev.peer, &flow) {
-                        self.keyed_flow_stats.removed += 1;
-                    }
-                }
-            }
-        }
     }
 
     /// The program's counters, summed over CPUs.
@@ -528,7 +576,8 @@ mod tests {
     #[test]
     fn keyed_flows_are_written_once_per_tag_and_removed_when_they_end() {
         let bpf = FakeBpf::new();
-        let mut prog = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let prog = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let mut prog = KeyedFlowWriter::new(prog.program);
         let flow = dpr_packet::FlowKey::new(
             IpProtocol::Tcp,
             ip("198.18.100.1"),
@@ -546,16 +595,16 @@ mod tests {
         key.extend(ip_key("198.18.0.2"));
         key.extend_from_slice(&40000u16.to_be_bytes());
         key.extend_from_slice(&80u16.to_be_bytes());
-        prog.apply_keyed_flows(&[ev(Some(7)), ev(Some(7))]);
+        prog.apply(&[ev(Some(7)), ev(Some(7))]);
         let entries = bpf.entries("dpr_kflow4");
         assert_eq!(entries.get(&key), Some(&7u32.to_be_bytes().to_vec()));
         // A new tag (a key roll) replaces it; repeats are not written.
-        prog.apply_keyed_flows(&[ev(Some(9)), ev(Some(9))]);
+        prog.apply(&[ev(Some(9)), ev(Some(9))]);
         assert_eq!(
             bpf.entries("dpr_kflow4").get(&key),
             Some(&9u32.to_be_bytes().to_vec())
         );
-        prog.apply_keyed_flows(&[ev(None)]);
+        prog.apply(&[ev(None)]);
         assert!(bpf.entries("dpr_kflow4").is_empty());
         // IPv6 flows stay on the engine's path.
         let v6 = KeyedFlowEvent {
@@ -569,9 +618,9 @@ mod tests {
             ),
             tag: Some(1),
         };
-        prog.apply_keyed_flows(&[v6]);
+        prog.apply(&[v6]);
         assert_eq!(
-            prog.keyed_flow_stats,
+            prog.stats,
             KeyedFlowStats {
                 added: 2,
                 removed: 1,

@@ -130,6 +130,42 @@ fn service_key(addr: SocketAddr) -> Vec<u8> {
     k
 }
 
+/// A writer of the program's `keyed_flows_v4` map that a worker thread owns
+/// (its own descriptor of the map): the engine that accepts a keyed flow
+/// writes it at once, so that the connection's next packets already take
+/// the fast path.
+#[derive(Debug)]
+pub struct KeyedFlowMap {
+    map: crate::sys::MapFd,
+}
+
+impl KeyedFlowMap {
+    /// See [`RouterProgram::add_keyed_flow`].
+    pub fn add(&self, tunnel_addr: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), Error> {
+        let key = keyed_flow_key(tunnel_addr, flow)?;
+        crate::sys::map_update(&self.map, &key, &tag.to_be_bytes(), 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// See [`RouterProgram::remove_keyed_flow`].
+    pub fn remove(&self, tunnel_addr: IpAddr, flow: &KeyedFlow) -> Result<bool, Error> {
+        let key = keyed_flow_key(tunnel_addr, flow)?;
+        crate::sys::map_delete(&self.map, &key).map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+}
+
+impl RouterProgram<RealBpf> {
+    /// A [`KeyedFlowMap`] for a worker thread.
+    pub fn keyed_flow_map(&self) -> Result<KeyedFlowMap, Error> {
+        Ok(KeyedFlowMap {
+            map: self
+                .keyed_flows_v4
+                .try_clone()
+                .map_err(syscall("dup of the keyed flows map"))?,
+        })
+    }
+}
+
 /// A TCP connection of the keyed tunnel's fast path, client to service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyedFlow {

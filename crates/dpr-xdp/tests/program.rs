@@ -714,3 +714,29 @@ fn keyed_tunnel_traffic_is_decapsulated_only_for_flows_the_engine_accepted() {
     assert_eq!(p.test_run(&stranger).unwrap(), XDP_PASS);
     assert_eq!(p.counters().unwrap().get(Counter::DecapGreV4), 2);
 }
+
+/// A worker's own descriptor of the keyed-flows map writes to the same map
+/// the program reads.
+#[test]
+fn a_workers_keyed_flow_map_is_the_programs() {
+    if !root_or_skip("a_workers_keyed_flow_map_is_the_programs") {
+        return;
+    }
+    let p = loaded(MissingSocket::Drop);
+    let w = p.keyed_flow_map().unwrap();
+    let flow = KeyedFlow {
+        client: SocketAddr::new(CLIENT4.into(), 40000),
+        service: SocketAddr::new(SVC4.into(), 80),
+    };
+    let ack = inner_tcp(80, 0x10, b"x");
+    let mut g = vec![0x30, 0, 0x08, 0, 0, 0, 0, 42, 0, 0, 0, 1];
+    g.extend_from_slice(&ack);
+    let frame = eth(MAC_A, MAC_B, 0x0800, &ipv4(PEER4, SVC4, 47, &g));
+    assert_eq!(p.test_run(&frame).unwrap(), XDP_DROP, "to the router");
+    w.add(PEER4.into(), &flow, 42).unwrap();
+    assert_eq!(p.test_run(&frame).unwrap(), XDP_PASS, "decapsulated");
+    assert!(w.remove(PEER4.into(), &flow).unwrap());
+    assert!(!w.remove(PEER4.into(), &flow).unwrap());
+    assert_eq!(p.test_run(&frame).unwrap(), XDP_DROP);
+    assert!(w.add(PEER6.into(), &flow, 1).is_err(), "IPv4 only");
+}

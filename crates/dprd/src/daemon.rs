@@ -425,7 +425,15 @@ pub fn run_with_policy(
         let i = shard.index();
         match (sockets.as_mut().and_then(Iterator::next), &xdp) {
             (Some(xsk), Some(x)) => {
-                let q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
+                let mut q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
+                // The keyed tunnel's fast path: the worker writes the flows
+                // its engine accepts into the program's map itself.
+                if cfg.engine_config().keyed_flow_events {
+                    match x.program.router_program().keyed_flow_map() {
+                        Ok(m) => q = q.with_keyed_flows(m),
+                        Err(e) => tracing::warn!(error = %e, "no keyed-flow fast path"),
+                    }
+                }
                 workers.spawn(q, shard)
             }
             _ => workers.spawn(BatchBackend::new(q, cfg.backend.batch, mtu), shard),
@@ -630,12 +638,7 @@ impl LoopCtx {
                 io.insert(format!("xdp_prog_{k:?}").to_lowercase(), c.get(k));
             }
         }
-        if let Some(x) = self.xdp.as_ref() {
-            let k = x.program.keyed_flow_stats;
-            io.insert("xdp_keyed_flows_added".into(), k.added);
-            io.insert("xdp_keyed_flows_removed".into(), k.removed);
-            io.insert("xdp_keyed_flows_failed".into(), k.failed);
-        }
+
         let peers = self
             .control
             .peers(now, e)
@@ -1017,12 +1020,6 @@ async fn control_loop(
                     next_refresh = Instant::now() + load::measurement_interval(refresh, cpu);
                 }
                 ctx.engines.tick(now.mono, 256);
-                // The keyed tunnel's accepted and ended flows, into the XDP
-                // program's map (its fast path); without one, forgotten.
-                let keyed = ctx.engines.take_keyed_flow_events();
-                if let Some(x) = ctx.xdp.as_mut().filter(|_| !keyed.is_empty()) {
-                    x.program.apply_keyed_flows(&keyed);
-                }
                 ctx.control.check_idle(now, &ctx.engines);
                 if now.mono >= ctx.control.poll_timeout() {
                     ctx.control.handle_timeout(now, &mut ctx.engines);
