@@ -311,6 +311,25 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv4_tag_is_the_siphash_of_the_documented_message() {
+        let flow = FlowKey::new(
+            IpProtocol::Tcp,
+            v4([198, 18, 1, 1]),
+            40000,
+            v4([198, 18, 0, 11]),
+            80,
+        );
+        let m = [
+            0, 7, 6, 0, 198, 19, 0, 1, 198, 19, 0, 2, 198, 18, 1, 1, 198, 18, 0, 11, 0x9c, 0x40,
+            0, 80,
+        ];
+        assert_eq!(
+            tunnel_tag(&KEY, 7, v4([198, 19, 0, 1]), v4([198, 19, 0, 2]), &flow),
+            KEY.hash(&m) as u32
+        );
+    }
+
+    #[test]
     fn the_tag_binds_key_id_endpoints_and_every_field_of_the_flow() {
         let a = v4([198, 18, 0, 1]);
         let b = v4([198, 18, 0, 2]);
