@@ -1085,12 +1085,22 @@ impl Engine {
         if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
             if let (true, Some(g)) = (self.cfg.keyed_flow_events, d.gre) {
+                // Accepted while open (new, learned, or a new tag); ended at
+                // the client's FIN or RST; the packets after a FIN (its last
+                // ACKs) re-open nothing.
                 let ended = flags.intersects(TcpFlags::FIN | TcpFlags::RST);
-                self.note_keyed_flow(KeyedFlowEvent {
-                    peer: d.outer_src,
-                    flow: inner.flow,
-                    tag: (!ended).then_some(g.tag),
-                });
+                let open = !ended
+                    && self.served.get(&inner.flow).is_none_or(|e| {
+                        flags.is_syn()
+                            || matches!(e.state, ConnState::SynSeen | ConnState::Established)
+                    });
+                if ended || open {
+                    self.note_keyed_flow(KeyedFlowEvent {
+                        peer: d.outer_src,
+                        flow: inner.flow,
+                        tag: open.then_some(g.tag),
+                    });
+                }
             }
             if flags.intersects(TcpFlags::FIN | TcpFlags::RST)
                 && self

@@ -388,6 +388,8 @@ fn accepted_and_ended_flows_are_noted_for_the_fast_path() {
         Verdict::Deliver
     );
     assert_eq!(send(&mut b, &fin), Verdict::Deliver);
+    // The client's last ACK after its FIN: the flow stays out of the fast path.
+    assert_eq!(send(&mut b, &ack), Verdict::Deliver);
     let flow = flow_of(&syn);
     let ev = |tag| dpr_router::KeyedFlowEvent {
         peer: A_TUN.into(),
