@@ -29,7 +29,7 @@ use dpr_xdp::{
     BpfSys, Counters, KeyedFlow, KeyedFlowMap, MissingSocket, ProgramConfig, RealBpf,
     RouterProgram, XdpMode,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -172,9 +172,13 @@ impl<B: BpfSys> KeyedFlowSink for RouterProgram<B> {
 #[derive(Debug)]
 pub struct KeyedFlowWriter<S: KeyedFlowSink> {
     sink: S,
-    /// The entries this writer wrote, with their tag (the map itself may
-    /// have pushed some out since): repeats are not written again.
-    written: HashMap<(IpAddr, KeyedFlow), u32>,
+    /// The entries this writer wrote recently, with their tag, so that
+    /// repeats are not written again: a fixed, direct-mapped cache of
+    /// (fingerprint, tag) slots, allocated once (a flood of accepted SYNs
+    /// must not grow the daemon's memory); a slot taken by another flow
+    /// only costs a repeated write.
+    recent: Box<[(u64, u32)]>,
+    hasher: std::collections::hash_map::RandomState,
     /// What it did.
     pub stats: KeyedFlowStats,
 }
@@ -190,17 +194,16 @@ pub struct KeyedFlowStats {
     pub failed: u64,
 }
 
-/// The most keyed flows a [`KeyedFlowWriter`] remembers having written
-/// (the map's default size); past it, it forgets them all and writes again
-/// as notes come (a write of an entry already there is harmless).
-const MAX_KEYED_FLOWS_KNOWN: usize = 65_536;
+/// Slots of a [`KeyedFlowWriter`]'s cache of recent writes (16 bytes each).
+const RECENT_SLOTS: usize = 4096;
 
 impl<S: KeyedFlowSink> KeyedFlowWriter<S> {
     /// A writer into `sink`.
     pub fn new(sink: S) -> Self {
         Self {
             sink,
-            written: HashMap::new(),
+            recent: vec![(0, 0); RECENT_SLOTS].into_boxed_slice(),
+            hasher: std::collections::hash_map::RandomState::new(),
             stats: KeyedFlowStats::default(),
         }
     }
@@ -219,15 +222,14 @@ impl<S: KeyedFlowSink> KeyedFlowWriter<S> {
                 client: SocketAddr::new(ev.flow.src, ev.flow.src_port),
                 service: SocketAddr::new(ev.flow.dst, ev.flow.dst_port),
             };
-            let k = (ev.peer, flow);
+            // A fingerprint that is never 0 (0 marks an empty slot).
+            let fp = std::hash::BuildHasher::hash_one(&self.hasher, (ev.peer, flow)) | 1;
+            let slot = (fp % RECENT_SLOTS as u64) as usize;
             match ev.tag {
-                Some(tag) if self.written.get(&k) != Some(&tag) => {
-                    if self.written.len() >= MAX_KEYED_FLOWS_KNOWN {
-                        self.written.clear();
-                    }
+                Some(tag) if self.recent[slot] != (fp, tag) => {
                     match self.sink.add(ev.peer, &flow, tag) {
                         Ok(()) => {
-                            self.written.insert(k, tag);
+                            self.recent[slot] = (fp, tag);
                             self.stats.added += 1;
                         }
                         Err(_) => self.stats.failed += 1,
@@ -235,7 +237,9 @@ impl<S: KeyedFlowSink> KeyedFlowWriter<S> {
                 }
                 Some(_) => {}
                 None => {
-                    self.written.remove(&k);
+                    if self.recent[slot].0 == fp {
+                        self.recent[slot] = (0, 0);
+                    }
                     if let Ok(true) = self.sink.remove(ev.peer, &flow) {
                         self.stats.removed += 1;
                     }
