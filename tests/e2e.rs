@@ -49,10 +49,14 @@ fn io(s: &Status, k: &str) -> u64 {
     s.io.get(k).copied().unwrap_or(0)
 }
 
-/// Packets the XDP programs of hosts 1 and 2 decapsulated themselves.
+/// Packets the XDP programs of hosts 1 and 2 decapsulated themselves
+/// (plain IP-in-IP, or the keyed tunnel's GRE of accepted flows).
 fn decapsulated_by_peers(lab: &Lab) -> u64 {
     (1..3)
-        .map(|i| io(&status(lab, i), "xdp_prog_decapv4"))
+        .map(|i| {
+            let s = status(lab, i);
+            io(&s, "xdp_prog_decapv4") + io(&s, "xdp_prog_decapgrev4")
+        })
         .sum()
 }
 
@@ -244,9 +248,14 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
     }
     if backend.starts_with("af-xdp") {
         // The bulk of each upload reached its server decapsulated by the
-        // server's XDP program, not through its daemon.
+        // server's XDP program (the keyed tunnel's flows its engine
+        // accepted), not through its daemon.
         let decapsulated = decapsulated_by_peers(&lab);
         assert!(decapsulated > 10_000, "decapsulated in XDP: {decapsulated}");
+        let grew: u64 = (1..3)
+            .map(|i| io(&status(&lab, i), "xdp_keyed_flows_added"))
+            .sum();
+        assert!(grew > 0, "no keyed flow written to the XDP programs");
     }
     for i in 0..3 {
         let s = status(&lab, i);
@@ -435,6 +444,85 @@ fn ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted(backend: &str) {
     }
     assert_eq!(passive(&lab), opens, "no SYN reached the local stack");
     let _ = CLIENT_ADDR;
+}
+
+/// A stranger sends host 0 tunnel packets whose outer source is host 1's
+/// tunnel address (a spoofed peer), carrying SYNs for host 1's service
+/// address from forged clients: plain IP-in-IP, and GRE with a guessed tag.
+/// With the keyed tunnel they are refused and counted and no SYN reaches
+/// host 0's stack; with `auth = "none"` the same plain packets open
+/// connections there (SYN-ACKs reflected at the forged clients), which is
+/// what the check prevents.
+fn a_spoofed_peer_address_opens_connections_only_without_the_key(backend: &str) {
+    let Some(_g) = root_or_skip("spoofed_peer") else {
+        return;
+    };
+    const N: u64 = 20;
+    let attack = |lab: &Lab| {
+        let send = |outer: &str| {
+            scapy(
+                lab,
+                &lab.stranger_ns(),
+                &format!(
+                    "send(IP(src='{}', dst='{}')/{outer}IP(src='198.18.0.77', dst='{}')/TCP(sport=RandShort(), dport=80, flags='S'), count={N})",
+                    tunnel_addr(1),
+                    tunnel_addr(0),
+                    service_addr(1)
+                ),
+            )
+        };
+        send("");
+        // K and S set, IPv4 inside, a guessed tag, key id 1.
+        send(
+            "GRE(key_present=1, seqnum_present=1, key=0x5eed1234, seqence_number=1, proto=0x0800)/",
+        );
+    };
+    // Half-open sockets for host 1's service address in host 0's stack:
+    // each is a SYN that reached it and a SYN-ACK sent to a forged client.
+    let half_open = |lab: &Lab| {
+        let filter = format!("src {}", service_addr(1));
+        let out = ok(lab.exec(
+            &lab.host_ns(0),
+            "ss",
+            &["-Htn", "state", "syn-recv", &filter],
+        ));
+        out.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    };
+    for auth in ["key", "none"] {
+        let lab = cluster(LabSpec {
+            hosts: 2,
+            stranger: true,
+            tunnel_auth: auth.into(),
+            ..spec(backend)
+        });
+        let before = status(&lab, 0);
+        attack(&lab);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = status(&lab, 0);
+        let grew = |k: &str| drop_count(&after, k) - drop_count(&before, k);
+        let from_peer = event(&after, "new_from_peer") - event(&before, "new_from_peer");
+        let opened = half_open(&lab);
+        eprintln!(
+            "auth {auth}: tunnel_bad_tag +{}, new_from_peer +{from_peer}, half-open sockets {opened}",
+            grew("tunnel_bad_tag")
+        );
+        if auth == "key" {
+            assert_eq!(
+                grew("tunnel_bad_tag"),
+                2 * N,
+                "plain and guessed-tag SYNs refused"
+            );
+            assert_eq!(from_peer, 0, "no connection accepted from the spoofed peer");
+            assert_eq!(opened, 0, "no SYN reached the local stack");
+        } else {
+            assert_eq!(grew("tunnel_bad_tag"), 0);
+            assert_eq!(
+                from_peer, N,
+                "plain IP-in-IP from the spoofed peer is accepted"
+            );
+            assert_eq!(opened, N, "the spoofed SYNs reached the stack");
+        }
+    }
 }
 
 fn malformed_burst_at_the_service_port_is_counted_and_service_goes_on(backend: &str) {
@@ -645,10 +733,16 @@ with open(out, "w") as f:
 /// a configuration reload (threshold 0.5), redirects new ones; host 0's
 /// configuration text with `extra` added to `[cluster]`.
 fn overloaded_host0(extra: &str, backend: &str) -> (Lab, String) {
+    overloaded_host0_with(extra, backend, "key")
+}
+
+/// [`overloaded_host0`] with `[tunnel] auth` set to `auth`.
+fn overloaded_host0_with(extra: &str, backend: &str, auth: &str) -> (Lab, String) {
     let mut lab = cluster(LabSpec {
         hosts: 3,
         threshold: 1000.0,
         backend: backend.into(),
+        tunnel_auth: auth.into(),
         ..LabSpec::default()
     });
     load_host0(&mut lab, 8);
@@ -744,16 +838,27 @@ fn a_restarted_router_recovers_the_connections_it_redirected() {
 }
 
 /// On AF_XDP the peers' XDP program decapsulates the redirected
-/// connections' packets after their SYN, so the peers' engines do not see
+/// connections' packets after their SYN (the keyed tunnel's flows their
+/// engines accepted), so the peers' engines do not see
 /// them; their served-table entries must still be there when host 0
 /// restarts, past the 10 s a half-open entry lives (kept by the socket
 /// table's confirmations).
 #[test]
 fn a_restarted_router_recovers_connections_whose_packets_its_peers_decapsulate() {
+    restart_recovery_with_xdp_decapsulation("key");
+}
+
+/// The same with the plain tunnel (`tunnel.auth = "none"`).
+#[test]
+fn a_restarted_router_recovers_connections_its_peers_decapsulate_from_plain_ip_in_ip() {
+    restart_recovery_with_xdp_decapsulation("none");
+}
+
+fn restart_recovery_with_xdp_decapsulation(auth: &str) {
     let Some(_g) = root_or_skip("restart_recovery_xdp") else {
         return;
     };
-    let (mut lab, cfg) = overloaded_host0("", "af-xdp-native");
+    let (mut lab, cfg) = overloaded_host0_with("", "af-xdp-native", auth);
     let (lines, redirected) =
         restart_mid_request(&mut lab, 12, Some(&cfg), Duration::from_secs(12));
     check_recovered(&lab, &lines, redirected);
@@ -884,6 +989,66 @@ fn check_recovered(lab: &Lab, lines: &[String], redirected: u64) {
         s0.io
     );
     assert_eq!(s0.phase, "active");
+}
+
+/// The cluster key rolls (add key 2, make it sign, drop key 1; every host
+/// reloaded one by one at each step) while redirected connections are open
+/// mid-request and new ones keep arriving: the keyed tunnel's tags follow
+/// the key ring, so no tunnelled packet is refused and no connection breaks.
+#[test]
+fn a_key_roll_under_load_drops_no_redirected_connection() {
+    let Some(_g) = root_or_skip("key_roll") else {
+        return;
+    };
+    let (mut lab, _) = overloaded_host0("", "tun");
+    let base = event(&status(&lab, 0), "new_redirected");
+    let (go, out) = start_half_posts(&mut lab, 12);
+    let key_file = lab.dir.join("cluster.key");
+    let first = |text: &str| -> String {
+        text.lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let k1 = first(&std::fs::read_to_string(&key_file).unwrap());
+    let k2 = first(&dprd::keygen::new_key_file().unwrap());
+    let mut fresh = 0;
+    for ring in [
+        format!("1 {k1}\n2 {k2}\n"),
+        format!("2 {k2}\n1 {k1}\n"),
+        format!("2 {k2}\n"),
+    ] {
+        std::fs::write(&key_file, &ring).unwrap();
+        for i in 0..3 {
+            let a = ok(lab.admin(i, "reload"));
+            assert!(a.contains("\"ok\":true"), "h{i}: {a}");
+            // A new connection between two hosts' reloads.
+            let got = curl(&lab, &[&format!("http://{}/?size=100", service_addr(0))]);
+            assert!(got.starts_with("served-by h"), "{got}");
+            fresh += 1;
+        }
+    }
+    let lines = finish_half_posts(&go, &out);
+    let redirected = event(&status(&lab, 0), "new_redirected") - base;
+    eprintln!("client: {lines:?}; h0 redirected {redirected} (of 12 + {fresh})");
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    for l in &lines {
+        assert!(l.starts_with("ok h"), "a connection broke: {l}");
+    }
+    assert!(
+        lines.iter().filter(|l| *l != "ok h0").count() >= 8,
+        "too few redirected to test anything: {lines:?}"
+    );
+    for i in 0..3 {
+        let s = status(&lab, i);
+        for k in ["tunnel_bad_tag", "tunnel_unknown_flow", "bad_tunnel"] {
+            assert_eq!(drop_count(&s, k), 0, "h{i} {k}");
+        }
+    }
+    lab.kill_extras();
 }
 
 #[test]
@@ -1261,6 +1426,7 @@ on_every_backend!(
     threshold_policy_under_skewed_load_evens_out_served_counts,
     a_killed_host_gets_no_new_connections_after_dead_after,
     ip_in_ip_from_a_non_peer_is_not_delivered_and_is_counted,
+    a_spoofed_peer_address_opens_connections_only_without_the_key,
     malformed_burst_at_the_service_port_is_counted_and_service_goes_on,
     drain_under_load_fails_no_established_connection,
     sigterm_and_a_failed_setup_leave_nothing_behind,

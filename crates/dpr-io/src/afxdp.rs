@@ -34,6 +34,8 @@ use crate::backend::{Backend, RxTx};
 use crate::neigh::{self, Neighbour};
 use crate::sys::TunSys;
 use crate::worker::WorkerStats;
+use crate::xdp::{KeyedFlowStats, KeyedFlowWriter};
+use dpr_xdp::KeyedFlowMap;
 use dpr_xdp::xsk::{RxAction, XskSocket};
 use std::io;
 use std::net::IpAddr;
@@ -157,6 +159,10 @@ pub struct XdpQueue<S: TunSys> {
     reported_xsk: dpr_xdp::xsk::XskCounters,
     reported_kernel: dpr_xdp::xsk::KernelStats,
     kernel_stats_due: Instant,
+    /// The keyed tunnel's fast path: this queue's writer of the program's
+    /// accepted-flows map, and what it last added to the worker's stats.
+    keyed: Option<KeyedFlowWriter<KeyedFlowMap>>,
+    reported_keyed: KeyedFlowStats,
 }
 
 fn xdp_err(e: dpr_xdp::Error) -> io::Error {
@@ -183,7 +189,16 @@ impl<S: TunSys> XdpQueue<S> {
             reported_xsk: dpr_xdp::xsk::XskCounters::default(),
             reported_kernel: dpr_xdp::xsk::KernelStats::default(),
             kernel_stats_due: Instant::now(),
+            keyed: None,
+            reported_keyed: KeyedFlowStats::default(),
         }
+    }
+
+    /// Writes the keyed flows its engine accepts into the XDP program's
+    /// map through `map` (see [`Backend::keyed_flows`]).
+    pub fn with_keyed_flows(mut self, map: KeyedFlowMap) -> Self {
+        self.keyed = Some(KeyedFlowWriter::new(map));
+        self
     }
 
     /// Our counters.
@@ -345,6 +360,12 @@ impl<S: TunSys> Backend for XdpQueue<S> {
         }
     }
 
+    fn keyed_flows(&mut self, events: &[dpr_router::KeyedFlowEvent]) {
+        if let Some(w) = self.keyed.as_mut() {
+            w.apply(events);
+        }
+    }
+
     fn maintain(&mut self, stats: &WorkerStats) {
         self.after_batch();
         let add = |a: &AtomicU64, new: u64, old: u64| {
@@ -354,6 +375,13 @@ impl<S: TunSys> Backend for XdpQueue<S> {
         add(&stats.xdp_fast_forwarded, c.tx_fast, r.tx_fast);
         add(&stats.xdp_unresolved, c.unresolved, r.unresolved);
         self.reported = c;
+        if let Some(k) = self.keyed.as_ref().map(|w| w.stats) {
+            let o = self.reported_keyed;
+            add(&stats.xdp_keyed_flows_added, k.added, o.added);
+            add(&stats.xdp_keyed_flows_removed, k.removed, o.removed);
+            add(&stats.xdp_keyed_flows_failed, k.failed, o.failed);
+            self.reported_keyed = k;
+        }
         let x = self.xsk.counters();
         add(&stats.xsk_tx_full, x.tx_full, self.reported_xsk.tx_full);
         self.reported_xsk = x;

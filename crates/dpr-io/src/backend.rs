@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 /// Headroom reserved before every received packet: room for the outer
-/// header of IP-in-IP (`dpr_packet::ipip::MAX_OVERHEAD` is 40) and more.
+/// header of IP-in-IP or GRE (`dpr_packet::ipip::MAX_OVERHEAD` is 52) and more.
 pub const DEFAULT_HEADROOM: usize = 64;
 
 /// One packet buffer: the packet is `data[start..end]`, `data[..start]`
@@ -196,6 +196,11 @@ pub trait Backend: Send {
     /// look-ups, the kernel's socket counters); adds what the backend
     /// counts itself to `stats`.
     fn maintain(&mut self, _stats: &crate::worker::WorkerStats) {}
+
+    /// The keyed tunnel's flows the engine accepted from peers or saw end
+    /// ([`dpr_router::Engine::take_keyed_flow_events`]), after each batch:
+    /// a backend with an in-kernel fast path (AF_XDP) lets it pass them.
+    fn keyed_flows(&mut self, _events: &[dpr_router::KeyedFlowEvent]) {}
 
     /// The worker is stopping: finish what is in flight.
     fn close(&mut self) {}

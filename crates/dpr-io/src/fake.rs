@@ -171,6 +171,20 @@ impl FakeKernelState {
             .objects
             .iter()
             .position(|(o, p)| *o == object && p == payload);
+        // As the kernel: a route that differs from one it holds only in its
+        // metrics is the same route.
+        let as_req = |p: &[u8]| netlink::Request {
+            object,
+            payload: p.to_vec(),
+            describe: String::new(),
+        };
+        let clash = adds
+            && self.objects.iter().any(|(o, p)| {
+                *o == object && netlink::same_route_but_metrics(&as_req(p), &as_req(payload))
+            });
+        if clash {
+            return -libc::EEXIST;
+        }
         match (adds, at) {
             (true, Some(_)) => -libc::EEXIST,
             (true, None) => {

@@ -14,7 +14,8 @@
 //! - with `divert` (the TUN backend; the AF_XDP backend's XDP program
 //!   takes the traffic instead): `default dev TUN table T` and the diversion rules
 //!   `iif UPLINK to SERVICE ipproto tcp dport P lookup T` and
-//!   `iif UPLINK to TUNNEL ipproto ipip lookup T`;
+//!   `iif UPLINK to TUNNEL ipproto ipip lookup T` (and `ipproto gre` with
+//!   the keyed tunnel);
 //! - the `local` rule moved below them (pref 0 → `local_rule_priority`);
 //! - with an MSS clamp: copies of the main table's uplink routes in table
 //!   `mss_table` with `advmss`, and `from PEER_SERVICE lookup mss_table`,
@@ -126,6 +127,10 @@ pub struct HostPlan {
     /// its XDP program takes that traffic before the kernel sees it, so no
     /// diversion route, rules or `local` rule move are made.
     pub divert: bool,
+    /// IP protocols of the tunnel traffic from peers that is diverted: 4
+    /// (IP-in-IP); with the keyed tunnel 47 (GRE) and 4 (refused and
+    /// counted by the engine rather than dropped unseen by the kernel).
+    pub tunnel_protocols: Vec<u8>,
 }
 
 impl HostPlan {
@@ -148,6 +153,7 @@ impl HostPlan {
             rule_priority: 10,
             local_rule_priority: 100,
             divert: true,
+            tunnel_protocols: vec![libc::IPPROTO_IPIP as u8],
         }
     }
 }
@@ -625,17 +631,19 @@ impl<S: HostSys> HostGuard<S> {
             }
         }
         prio += 1;
-        self.add(
-            Rule {
-                priority: prio,
-                table: plan.divert_table,
-                iif: Some(plan.uplink.clone()),
-                to: Some(IpAddr::V4(plan.tunnel_addr)),
-                ipproto: Some(libc::IPPROTO_IPIP as u8),
-                ..Rule::default()
-            }
-            .request(),
-        )?;
+        for proto in &plan.tunnel_protocols {
+            self.add(
+                Rule {
+                    priority: prio,
+                    table: plan.divert_table,
+                    iif: Some(plan.uplink.clone()),
+                    to: Some(IpAddr::V4(plan.tunnel_addr)),
+                    ipproto: Some(*proto),
+                    ..Rule::default()
+                }
+                .request(),
+            )?;
+        }
         Ok(())
     }
 
@@ -699,7 +707,32 @@ impl<S: HostSys> HostGuard<S> {
             .take_prev(|u| matches!(u, Undo::Del(r) if r.payload == req.payload))
             .is_some();
         self.push(Undo::Del(req.clone()))?;
-        match self.nl.add(&req) {
+        let mut added = self.nl.add(&req);
+        if !recorded
+            && added
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EEXIST))
+        {
+            // The previous instance made this route with other metrics (an
+            // `advmss` for another tunnel MTU or header, changed across the
+            // restart): its copy goes, this plan's takes its place.
+            let stale = self.take_prev(
+                |u| matches!(u, Undo::Del(r) if netlink::same_route_but_metrics(r, &req)),
+            );
+            if let Some(u) = stale {
+                let what = u.describe();
+                match self.undo_one(&u) {
+                    Ok(()) => {
+                        tracing::info!(%what, "replacing a previous instance's route");
+                        added = self.nl.add(&req);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%what, error = %e, "undoing a previous instance's step failed")
+                    }
+                }
+            }
+        }
+        match added {
             Ok(()) => {
                 tracing::debug!(what = %req.describe, "added");
                 Ok(())
@@ -1249,6 +1282,45 @@ mod tests {
         // Stopping restores the values before the *first* instance.
         drop(g2);
         assert_eq!(k.with(|s| s.snapshot()), before, "the host is as it was");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A held set-up taken over by a start whose tunnel changed (the keyed
+    /// tunnel's GRE header: another `advmss`, and GRE diverted too): the
+    /// advmss route copies are replaced, the GRE rule added, and the host
+    /// ends as a fresh start of the new plan would leave it.
+    #[test]
+    fn a_take_over_with_another_tunnel_replaces_the_advmss_routes() {
+        let k = kernel();
+        let before = k.with(|s| s.snapshot());
+        let (file, dir) = journal_dir("advmss");
+        let mut g1 =
+            HostGuard::setup_with_takeover(k.clone(), &plan(), Some((file.clone(), meta())), None)
+                .unwrap();
+        g1.hold().unwrap();
+        drop(g1);
+        let prev = file.load().unwrap().unwrap();
+        let p2 = HostPlan {
+            advmss: Some(1428),
+            tunnel_protocols: vec![47, 4],
+            ..plan()
+        };
+        let mut g2 = HostGuard::setup_with_takeover(
+            k.clone(),
+            &p2,
+            Some((file.clone(), meta())),
+            Some(&prev),
+        )
+        .unwrap();
+        let r = g2.finish_takeover();
+        eprintln!("{r:?}");
+        let held = k.with(|s| s.snapshot());
+        drop(g2);
+        assert_eq!(k.with(|s| s.snapshot()), before, "the host is as it was");
+        // The same plan from scratch makes the same objects.
+        let fresh = HostGuard::setup_with(k.clone(), &p2).unwrap();
+        assert_eq!(k.with(|s| s.snapshot()), held);
+        drop(fresh);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -603,6 +603,26 @@ pub fn copy_route_with_advmss(route: &RouteInfo, table: u32, advmss: u32) -> Req
     }
 }
 
+/// Whether two route requests name the same kernel route (header, table,
+/// destination, gateway, interface, priority) and differ at most in their
+/// metrics (an `advmss` copy made for another tunnel MTU or header): the
+/// kernel refuses the second with `EEXIST` while the first is there.
+pub fn same_route_but_metrics(a: &Request, b: &Request) -> bool {
+    type RouteKey = (Vec<u8>, Vec<(u16, Vec<u8>)>);
+    let key = |r: &Request| -> Option<RouteKey> {
+        if r.object != Object::Route || r.payload.len() < RTMSG_LEN {
+            return None;
+        }
+        let attrs = attrs(&r.payload, RTMSG_LEN)
+            .into_iter()
+            .filter(|(t, _)| *t != RTA_METRICS)
+            .map(|(t, d)| (t, d.to_vec()))
+            .collect();
+        Some((r.payload[..RTMSG_LEN].to_vec(), attrs))
+    };
+    a.payload != b.payload && key(a).is_some_and(|k| Some(k) == key(b))
+}
+
 /// Builds one netlink message.
 pub fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + payload.len();

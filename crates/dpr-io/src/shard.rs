@@ -446,6 +446,7 @@ impl EngineSet {
             let keep = self.control.config().decision_log;
             move_bounded(&mut self.decisions, &mut r.decisions, keep);
             move_bounded(&mut self.arrivals, &mut r.arrivals, keep);
+
             if r.last_redirector.is_some() {
                 self.last_redirector = r.last_redirector;
             }

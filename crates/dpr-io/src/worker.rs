@@ -91,6 +91,13 @@ stats! {
     xdp_unresolved,
     /// AF_XDP: forwards dropped because the socket's tx ring was full.
     xsk_tx_full,
+    /// AF_XDP, keyed tunnel: accepted flows written into the XDP program's
+    /// map (its fast path), ended ones removed, writes refused.
+    xdp_keyed_flows_added,
+    /// ... ended flows removed from it.
+    xdp_keyed_flows_removed,
+    /// ... writes the kernel refused.
+    xdp_keyed_flows_failed,
     /// AF_XDP, the kernel's counters: frames dropped, rx ring full.
     xsk_rx_ring_full,
     /// ... frames dropped for other reasons (no fill-ring frame).
@@ -284,6 +291,12 @@ pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ct
             Err(e) => receive_failed(&stats, backend.kind(), &e),
         }
         take_over(&mut backend, &mut shard, &rings, &ctx, &mut spare);
+        // The keyed flows the batch accepted or ended, for the backend's
+        // in-kernel fast path (AF_XDP), before their next packets arrive.
+        let keyed = shard.engine().take_keyed_flow_events();
+        if !keyed.is_empty() {
+            backend.keyed_flows(&keyed);
+        }
         backend.maintain(&stats);
     }
     backend.close();

@@ -22,8 +22,13 @@
 //! maintenance is tested with [`dpr_xdp::FakeBpf`] below, without root.
 
 use crate::sys;
+use dpr_packet::IpProtocol;
+use dpr_router::KeyedFlowEvent;
 use dpr_xdp::xsk::{XskConfig, XskSocket};
-use dpr_xdp::{BpfSys, Counters, MissingSocket, ProgramConfig, RealBpf, RouterProgram, XdpMode};
+use dpr_xdp::{
+    BpfSys, Counters, KeyedFlow, KeyedFlowMap, MissingSocket, ProgramConfig, RealBpf,
+    RouterProgram, XdpMode,
+};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -131,6 +136,122 @@ pub struct XdpProgram<B: BpfSys = RealBpf> {
     peers: BTreeSet<IpAddr>,
     /// (peer, service) pairs the program decapsulates itself.
     tunnel_services: BTreeSet<(IpAddr, SocketAddr)>,
+}
+
+/// Where [`KeyedFlowWriter`] writes: the program's `keyed_flows_v4` map,
+/// through a worker's own descriptor ([`KeyedFlowMap`]) or the loader's.
+pub trait KeyedFlowSink {
+    /// Writes (or replaces) an entry.
+    fn add(&mut self, peer: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), dpr_xdp::Error>;
+    /// Removes an entry; `Ok(false)` if it was not there.
+    fn remove(&mut self, peer: IpAddr, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error>;
+}
+
+impl KeyedFlowSink for KeyedFlowMap {
+    fn add(&mut self, peer: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), dpr_xdp::Error> {
+        KeyedFlowMap::add(self, peer, flow, tag)
+    }
+    fn remove(&mut self, peer: IpAddr, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error> {
+        KeyedFlowMap::remove(self, peer, flow)
+    }
+}
+
+impl<B: BpfSys> KeyedFlowSink for RouterProgram<B> {
+    fn add(&mut self, peer: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), dpr_xdp::Error> {
+        self.add_keyed_flow(peer, flow, tag)
+    }
+    fn remove(&mut self, peer: IpAddr, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error> {
+        self.remove_keyed_flow(peer, flow)
+    }
+}
+
+/// Applies the engine's keyed-flow notes ([`KeyedFlowEvent`]) to the XDP
+/// program's map, so that the program decapsulates the packets of accepted
+/// connections itself (IPv4 TCP only; others stay on the engine's path).
+/// A worker owns one and applies its engine's notes after each batch.
+#[derive(Debug)]
+pub struct KeyedFlowWriter<S: KeyedFlowSink> {
+    sink: S,
+    /// The entries this writer wrote recently, with their tag, so that
+    /// repeats are not written again: a fixed, direct-mapped cache of
+    /// (fingerprint, tag) slots, allocated once (a flood of accepted SYNs
+    /// must not grow the daemon's memory); a slot taken by another flow
+    /// only costs a repeated write.
+    recent: Box<[(u64, u32)]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// What it did.
+    pub stats: KeyedFlowStats,
+}
+
+/// What a [`KeyedFlowWriter`] did, since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyedFlowStats {
+    /// Entries written (new flows, new tags).
+    pub added: u64,
+    /// Entries removed (connections that ended).
+    pub removed: u64,
+    /// Map writes refused by the kernel.
+    pub failed: u64,
+}
+
+/// Slots of a [`KeyedFlowWriter`]'s cache of recent writes (16 bytes each).
+const RECENT_SLOTS: usize = 4096;
+
+impl<S: KeyedFlowSink> KeyedFlowWriter<S> {
+    /// A writer into `sink`.
+    pub fn new(sink: S) -> Self {
+        Self {
+            sink,
+            recent: vec![(0, 0); RECENT_SLOTS].into_boxed_slice(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            stats: KeyedFlowStats::default(),
+        }
+    }
+
+    /// Writes the accepted flows of `events` and removes the ended ones.
+    pub fn apply(&mut self, events: &[KeyedFlowEvent]) {
+        for ev in events {
+            let (IpAddr::V4(_), IpAddr::V4(_), IpAddr::V4(_)) = (ev.peer, ev.flow.src, ev.flow.dst)
+            else {
+                continue;
+            };
+            if ev.flow.protocol != IpProtocol::Tcp {
+                continue;
+            }
+            let flow = KeyedFlow {
+                client: SocketAddr::new(ev.flow.src, ev.flow.src_port),
+                service: SocketAddr::new(ev.flow.dst, ev.flow.dst_port),
+            };
+            // A fingerprint that is never 0 (0 marks an empty slot).
+            let fp = std::hash::BuildHasher::hash_one(&self.hasher, (ev.peer, flow)) | 1;
+            let slot = (fp % RECENT_SLOTS as u64) as usize;
+            match ev.tag {
+                Some(tag) if self.recent[slot] != (fp, tag) => {
+                    match self.sink.add(ev.peer, &flow, tag) {
+                        Ok(()) => {
+                            self.recent[slot] = (fp, tag);
+                            self.stats.added += 1;
+                        }
+                        Err(_) => self.stats.failed += 1,
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if self.recent[slot].0 == fp {
+                        self.recent[slot] = (0, 0);
+                    }
+                    if let Ok(true) = self.sink.remove(ev.peer, &flow) {
+                        self.stats.removed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
 }
 
 impl<B: BpfSys> XdpProgram<B> {
@@ -457,6 +578,62 @@ mod tests {
     }
 
     #[test]
+    fn keyed_flows_are_written_once_per_tag_and_removed_when_they_end() {
+        let bpf = FakeBpf::new();
+        let prog = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let mut prog = KeyedFlowWriter::new(prog.program);
+        let flow = dpr_packet::FlowKey::new(
+            IpProtocol::Tcp,
+            ip("198.18.100.1"),
+            40000,
+            ip("198.18.0.2"),
+            80,
+        );
+        let ev = |tag| KeyedFlowEvent {
+            peer: ip("198.18.0.12"),
+            flow,
+            tag,
+        };
+        let mut key = ip_key("198.18.0.12");
+        key.extend(ip_key("198.18.100.1"));
+        key.extend(ip_key("198.18.0.2"));
+        key.extend_from_slice(&40000u16.to_be_bytes());
+        key.extend_from_slice(&80u16.to_be_bytes());
+        prog.apply(&[ev(Some(7)), ev(Some(7))]);
+        let entries = bpf.entries("dpr_kflow4");
+        assert_eq!(entries.get(&key), Some(&7u32.to_be_bytes().to_vec()));
+        // A new tag (a key roll) replaces it; repeats are not written.
+        prog.apply(&[ev(Some(9)), ev(Some(9))]);
+        assert_eq!(
+            bpf.entries("dpr_kflow4").get(&key),
+            Some(&9u32.to_be_bytes().to_vec())
+        );
+        prog.apply(&[ev(None)]);
+        assert!(bpf.entries("dpr_kflow4").is_empty());
+        // IPv6 flows stay on the engine's path.
+        let v6 = KeyedFlowEvent {
+            peer: ip("2001:db8::12"),
+            flow: dpr_packet::FlowKey::new(
+                IpProtocol::Tcp,
+                ip("2001:db8::100"),
+                1,
+                ip("2001:db8::2"),
+                80,
+            ),
+            tag: Some(1),
+        };
+        prog.apply(&[v6]);
+        assert_eq!(
+            prog.stats,
+            KeyedFlowStats {
+                added: 2,
+                removed: 1,
+                failed: 0
+            }
+        );
+    }
+
+    #[test]
     fn load_creates_the_maps_then_writes_services_peers_and_pairs_in_order() {
         let bpf = FakeBpf::new();
         let p = plan(vec![
@@ -464,7 +641,7 @@ mod tests {
             peer("2001:db8::12", &["2001:db8::2"]),
         ]);
         let _prog = XdpProgram::load(bpf.clone(), &p).unwrap();
-        let words = match &bpf.calls()[7] {
+        let words = match &bpf.calls()[8] {
             BpfCall::ProgLoad { words, .. } => *words,
             other => panic!("{other:?}"),
         };
@@ -474,6 +651,7 @@ mod tests {
             "dpr_peer4",
             "dpr_peer6",
             "dpr_tsvc4",
+            "dpr_kflow4",
             "dpr_xsks",
             "dpr_counters",
         ]

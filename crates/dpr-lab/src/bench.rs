@@ -81,6 +81,19 @@ const B_DROPS_TUNNEL: &[&str] = &[
     "blackhole",
 ];
 
+/// The same for the keyed tunnel's GRE.
+const B_DROPS_GRE: &[&str] = &[
+    "rule",
+    "add",
+    "pref",
+    "5",
+    "iif",
+    "eth0",
+    "ipproto",
+    "47",
+    "blackhole",
+];
+
 fn parse_mac(s: &str) -> Result<Mac, String> {
     let mut m = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
@@ -220,6 +233,10 @@ struct Bench {
     lab: Lab,
     runs: usize,
     secs: f64,
+    /// `[tunnel] auth` of both daemons in the DPR rows being measured.
+    auth: String,
+    /// Every `auth` the DPR rows are measured with, in this order per backend.
+    auths: Vec<String>,
 }
 
 fn mac_of(lab: &Lab, ns: &str) -> Result<String, String> {
@@ -309,9 +326,13 @@ impl Bench {
         }
     }
 
-    /// Host `i`'s configuration with `backend` and `extra` appended.
+    /// Host `i`'s configuration with `backend` and `extra` appended (and
+    /// the tunnel's `auth` in force).
     fn config(&self, i: usize, backend: &str, extra: &str) -> String {
-        let mut t = self.lab.config_text(i);
+        let mut t = self
+            .lab
+            .config_text(i)
+            .replace("auth = \"key\"", &format!("auth = \"{}\"", self.auth));
         for b in ["af-xdp-native", "af-xdp-generic", "tun"] {
             t = t.replace(Self::backend_section(b), "");
         }
@@ -489,6 +510,7 @@ impl Bench {
         let (a, b) = (self.a(), self.b());
         // B drops what A sends it, early and the same way in every case.
         self.lab.exec(&b, "ip", B_DROPS_TUNNEL)?;
+        self.lab.exec(&b, "ip", B_DROPS_GRE)?;
         self.lab
             .exec(&b, "ip", &["route", "add", "blackhole", "198.19.1.0/24"])?;
         let mut out = Vec::new();
@@ -522,17 +544,31 @@ impl Bench {
             self.a_routes(false)?;
         }
         for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
-            eprintln!("bench: forwarding, dpr {backend}");
-            self.start_a(backend, "")?;
-            // The flows' SYNs: A records each as redirected to B.
-            self.generate(service_addr(0), flows, 0, true, u64::from(flows), 5.0)?;
-            stop::sleep(Duration::from_millis(300))?;
-            let pid = self.lab.dprd_pid(0);
-            let r = self.measure_fwd(service_addr(0), flows, pid)?;
-            self.stop_a();
-            out.push((format!("DPR {backend}"), r));
+            for auth in self.auths.clone() {
+                self.auth = auth;
+                let name = self.row_name(backend);
+                eprintln!("bench: forwarding, {name}");
+                self.start_a(backend, "")?;
+                // The flows' SYNs: A records each as redirected to B.
+                self.generate(service_addr(0), flows, 0, true, u64::from(flows), 5.0)?;
+                stop::sleep(Duration::from_millis(300))?;
+                let pid = self.lab.dprd_pid(0);
+                let r = self.measure_fwd(service_addr(0), flows, pid)?;
+                self.stop_a();
+                out.push((name, r));
+            }
         }
         Ok(out)
+    }
+
+    /// A DPR row's name: the backend, and the tunnel when more than one is
+    /// measured.
+    fn row_name(&self, backend: &str) -> String {
+        if self.auths.len() > 1 {
+            format!("DPR {backend}, tunnel auth {}", self.auth)
+        } else {
+            format!("DPR {backend}")
+        }
     }
 
     fn wrk(&self, url: &str) -> Result<(f64, f64, f64), String> {
@@ -661,8 +697,15 @@ impl Bench {
             ));
         }
         let via_a = format!("http://{}/?size=100", service_addr(0));
-        for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
-            eprintln!("bench: http, dpr {backend}");
+        let auths = self.auths.clone();
+        let rows: Vec<(&str, String)> = ["tun", "af-xdp-generic", "af-xdp-native"]
+            .into_iter()
+            .flat_map(|b| auths.iter().map(move |a| (b, a.clone())))
+            .collect();
+        for (backend, auth) in rows {
+            self.auth = auth;
+            let name = self.row_name(backend);
+            eprintln!("bench: http, {name}");
             self.start_a_loaded(backend)?;
             let r = self.http_runs(&via_a, true).map_err(|e| {
                 let st = |i: usize| {
@@ -688,7 +731,7 @@ impl Bench {
                     io("xdp_unresolved")
                 );
             }
-            out.push((format!("DPR {backend} (A → B)"), r));
+            out.push((format!("{name} (A → B)"), r));
             self.lab.kill_extras();
             self.stop_a();
         }
@@ -699,6 +742,8 @@ impl Bench {
         eprintln!("bench: memory with {flows} flows");
         // Already there when the forwarding phase ran first.
         let _ = self.lab.exec(&self.b(), "ip", B_DROPS_TUNNEL);
+        let _ = self.lab.exec(&self.b(), "ip", B_DROPS_GRE);
+        self.auth = self.auths.first().cloned().unwrap_or_else(|| "key".into());
         self.start_a(
             "af-xdp-native",
             "\n[table]\ncapacity = 1100000\nhalf_open_timeout_s = 600\n",
@@ -757,6 +802,20 @@ pub struct BenchArgs {
     /// Which benchmarks: fwd, http, mem (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "fwd,http,mem")]
     pub only: Vec<Part>,
+    /// The tunnel (`[tunnel] auth`) of the DPR rows: key, none, or both
+    /// (`key,none`: each DPR row measured with each, back to back, in the
+    /// same run).
+    #[arg(long, value_delimiter = ',', default_value = "key")]
+    pub tunnel_auth: Vec<TunnelAuthArg>,
+}
+
+/// `--tunnel-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TunnelAuthArg {
+    /// GRE with the keyed tag (dprd's default).
+    Key,
+    /// Plain IP-in-IP.
+    None,
 }
 
 /// One part of the benchmark.
@@ -806,7 +865,21 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
     let mut lab = Lab::create(spec, &programs)?;
     lab.start_httpd(0)?;
     lab.start_httpd(1)?;
-    let mut bench = Bench { lab, runs, secs };
+    let auths: Vec<String> = args
+        .tunnel_auth
+        .iter()
+        .map(|a| match a {
+            TunnelAuthArg::Key => "key".to_string(),
+            TunnelAuthArg::None => "none".to_string(),
+        })
+        .collect();
+    let mut bench = Bench {
+        lab,
+        runs,
+        secs,
+        auth: "key".into(),
+        auths,
+    };
     println!(
         "dpr-lab bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -75,6 +75,9 @@ pub struct LabSpec {
     /// Each dprd serves Prometheus metrics on its tunnel address at this
     /// port (`[admin] metrics`); `None`: no metrics.
     pub metrics_port: Option<u16>,
+    /// `[tunnel] auth`: `key` (GRE with a keyed tag, dprd's default) or
+    /// `none` (plain IP-in-IP).
+    pub tunnel_auth: String,
 }
 
 impl LabSpec {
@@ -124,6 +127,7 @@ impl Default for LabSpec {
             backend: "tun".into(),
             queues: 1,
             metrics_port: None,
+            tunnel_auth: "key".into(),
         }
     }
 }
@@ -355,13 +359,14 @@ impl Lab {
         let mut t = format!(
             "# dpr-lab host {i} (generated)\n[host]\nname = \"h{i}\"\nid = {i}\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\nservice_ports = [80]\nuplink = \"eth0\"\n\n\
              [policy]\nkind = \"{}\"\nthreshold = {:.1}\n\n[load]\nrefresh_ms = 10\n\n\
-             [tunnel]\nmtu = 1500\nmss_clamp = true\n\n\
+             [tunnel]\nmtu = 1500\nmss_clamp = true\nauth = \"{}\"\n\n\
              [admin]\nsocket = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"info\"\ndecision_log = {DECISION_LOG}\n\n\
              [cluster]\nreport_interval_ms = {}\ndead_after_ms = {}\nkey_file = \"{}\"\n\n{}",
             tunnel_addr(i),
             service_addr(i),
             s.policy,
             s.threshold,
+            s.tunnel_auth,
             self.socket(i).display(),
             self.dir.join(format!("state-h{i}")).display(),
             s.report_interval_ms,

@@ -103,6 +103,27 @@ fn benches(c: &mut Criterion) {
     g.bench_function("decapsulate/ipv4-in-ipv4+verify", |b| {
         b.iter(|| ipip::decapsulate(black_box(&outer), ChecksumCheck::Verify))
     });
+    // The keyed tunnel: its tag, and GRE encapsulation and decapsulation.
+    let tag_key = dpr_packet::siphash::SipKey::from_bytes([0x5a; 16]);
+    g.bench_function("tunnel_tag/v4", |b| {
+        b.iter(|| {
+            dpr_packet::gre::tunnel_tag(black_box(&tag_key), 1, p.src, p.dst, black_box(&key))
+        })
+    });
+    let mut gbuf = vec![0u8; 32];
+    gbuf.extend_from_slice(&frame[14..]);
+    let fields = dpr_packet::gre::GreFields {
+        tag: 0x5eed_1234,
+        key_id: 1,
+    };
+    g.bench_function("encapsulate/gre-ipv4", |b| {
+        b.iter(|| ipip::encapsulate_gre(black_box(&mut gbuf), 32, black_box(&p), fields))
+    });
+    let gstart = ipip::encapsulate_gre(&mut gbuf, 32, &p, fields).unwrap();
+    let gouter = gbuf[gstart..].to_vec();
+    g.bench_function("decapsulate/gre-ipv4+verify", |b| {
+        b.iter(|| ipip::decapsulate(black_box(&gouter), ChecksumCheck::Verify))
+    });
     let mut syn = frame[14..].to_vec();
     syn[33] = 0x02;
     g.bench_function("clamp_mss/no-option-syn", |b| {

@@ -36,6 +36,8 @@ pub enum Layer {
     IcmpQuote,
     /// IP-in-IP encapsulation or decapsulation.
     Tunnel,
+    /// The GRE header of the keyed tunnel (RFC 2784, RFC 2890).
+    Gre,
     /// A cluster control message (load report, recovery).
     Control,
 }

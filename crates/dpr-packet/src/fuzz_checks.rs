@@ -165,13 +165,55 @@ pub fn decap(data: &[u8]) {
             }
         }
     }
-    // Re-encapsulate the inner packet between the same endpoints.
+    // Re-encapsulate the inner packet between the same endpoints, the same
+    // way (plain, or GRE with the same fields).
     let p = EncapParams::new(d.outer_src, d.outer_dst);
     let mut buf = std::vec![0u8; ipip::MAX_OVERHEAD];
     buf.extend_from_slice(inner);
-    let start = ipip::encapsulate(&mut buf, ipip::MAX_OVERHEAD, &p).unwrap();
+    let start = match d.gre {
+        Some(g) => ipip::encapsulate_gre(&mut buf, ipip::MAX_OVERHEAD, &p, g),
+        None => ipip::encapsulate(&mut buf, ipip::MAX_OVERHEAD, &p),
+    }
+    .unwrap();
     let back = ipip::decapsulate(&buf[start..], ChecksumCheck::Verify).unwrap();
+    assert_eq!(back.gre, d.gre);
     assert_eq!(&buf[start..][back.inner], inner);
+}
+
+/// The keyed tunnel's GRE header: any bytes parse or fail cleanly; what
+/// parses is emitted back byte for byte; decapsulation of the same bytes
+/// behind an outer header agrees with the header parse.
+pub fn gre(data: &[u8]) {
+    let parsed = crate::gre::parse(data);
+    if let Ok((version, fields)) = parsed {
+        let mut h = [0u8; crate::gre::HEADER_LEN];
+        crate::gre::emit(&mut h, version, fields);
+        assert_eq!(&h[..], &data[..crate::gre::HEADER_LEN]);
+    }
+    // Behind an IPv4 header of protocol 47 whose length covers `data`.
+    let Ok(total) = u16::try_from(20 + data.len()) else {
+        return;
+    };
+    let mut pkt = std::vec![0u8; 20];
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&total.to_be_bytes());
+    pkt[8] = 64;
+    pkt[9] = 47;
+    pkt[12..16].copy_from_slice(&[198, 19, 0, 1]);
+    pkt[16..20].copy_from_slice(&[198, 19, 0, 2]);
+    pkt.extend_from_slice(data);
+    match ipip::decapsulate(&pkt, ChecksumCheck::Skip) {
+        Ok(d) => {
+            assert_eq!(d.gre, parsed.ok().map(|(_, f)| f));
+            assert_eq!(d.inner.start, 20 + crate::gre::HEADER_LEN);
+            decap(&pkt);
+        }
+        Err(e) => {
+            if parsed.is_err() {
+                assert_eq!(e.layer, crate::Layer::Gre);
+            }
+        }
+    }
 }
 
 /// ICMP errors: any bytes parse or fail cleanly; a parsed error's quote is
@@ -221,7 +263,8 @@ pub fn icmp_quote(data: &[u8]) {
 }
 
 /// Encapsulate then decapsulate: byte 0 = flags (bit 0 outer IPv6, bit 1 ECN
-/// compatibility mode, bits 2-3 DF policy), byte 1 = TTL, the rest = inner.
+/// compatibility mode, bits 2-3 DF policy, bit 4 GRE), byte 1 = TTL, the
+/// rest = inner.
 pub fn encap_roundtrip(data: &[u8]) {
     let (Some(&flags), Some(&ttl)) = (data.first(), data.get(1)) else {
         return;
@@ -256,10 +299,23 @@ pub fn encap_roundtrip(data: &[u8]) {
     };
     let mut buf: Vec<u8> = std::vec![0u8; ipip::MAX_OVERHEAD];
     buf.extend_from_slice(inner);
-    let Ok(start) = ipip::encapsulate(&mut buf, ipip::MAX_OVERHEAD, &p) else {
+    let gre = (flags & 0x10 != 0).then_some(crate::gre::GreFields {
+        tag: u32::from(flags) << 24 | u32::from(ttl),
+        key_id: u16::from(ttl),
+    });
+    let encapsulated = match gre {
+        Some(g) => ipip::encapsulate_gre(&mut buf, ipip::MAX_OVERHEAD, &p, g),
+        None => ipip::encapsulate(&mut buf, ipip::MAX_OVERHEAD, &p),
+    };
+    let Ok(start) = encapsulated else {
         return;
     };
-    assert_eq!(start, ipip::MAX_OVERHEAD - p.outer_len());
+    let shim = if gre.is_some() {
+        crate::gre::HEADER_LEN
+    } else {
+        0
+    };
+    assert_eq!(start, ipip::MAX_OVERHEAD - p.outer_len() - shim);
     assert_eq!(&buf[ipip::MAX_OVERHEAD..], inner, "inner bytes untouched");
     let outer = &buf[start..];
     // The inner packet comes back exactly when it is a whole, valid packet.
@@ -277,6 +333,7 @@ pub fn encap_roundtrip(data: &[u8]) {
     }
     let d = d.unwrap();
     assert_eq!((d.outer_src, d.outer_dst), (src, dst));
+    assert_eq!(d.gre, gre);
     assert_eq!(&outer[d.inner.clone()], inner);
     let inner_ecn = Ecn::from_bits(match d.inner_version {
         IpVersion::V4 => inner[1],
@@ -409,7 +466,7 @@ mod tests {
     fn corpus_replays_cleanly() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
         type Check = fn(&[u8]);
-        let targets: [(&str, Check); 6] = [
+        let targets: [(&str, Check); 7] = [
             // The control target's seeds start with its flag byte.
             ("control", |d| super::control(d.get(1..).unwrap_or(&[]))),
             ("frame", super::frame),
@@ -417,6 +474,7 @@ mod tests {
             ("icmp_quote", super::icmp_quote),
             ("encap_roundtrip", super::encap_roundtrip),
             ("mss_rewrite", super::mss_rewrite),
+            ("gre", super::gre),
         ];
         let mut total = 0;
         for (dir, check) in targets {

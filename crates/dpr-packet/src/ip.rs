@@ -19,6 +19,8 @@ pub enum IpProtocol {
     Ipv6Route,
     /// IPv6 fragment header (44).
     Ipv6Frag,
+    /// Generic Routing Encapsulation (47): the keyed tunnel.
+    Gre,
     /// Encapsulating security payload (50).
     Esp,
     /// Authentication header (51).
@@ -45,6 +47,7 @@ impl From<u8> for IpProtocol {
             41 => Self::Ipv6,
             43 => Self::Ipv6Route,
             44 => Self::Ipv6Frag,
+            47 => Self::Gre,
             50 => Self::Esp,
             51 => Self::Ah,
             58 => Self::Icmpv6,
@@ -67,6 +70,7 @@ impl From<IpProtocol> for u8 {
             IpProtocol::Ipv6 => 41,
             IpProtocol::Ipv6Route => 43,
             IpProtocol::Ipv6Frag => 44,
+            IpProtocol::Gre => 47,
             IpProtocol::Esp => 50,
             IpProtocol::Ah => 51,
             IpProtocol::Icmpv6 => 58,

@@ -1,4 +1,6 @@
-//! IP-in-IP: IPv4 or IPv6 inside IPv4 or IPv6 (RFC 2003, RFC 2473, RFC 4213).
+//! IP-in-IP: IPv4 or IPv6 inside IPv4 or IPv6 (RFC 2003, RFC 2473, RFC 4213),
+//! plainly or with the keyed tunnel's GRE header between the two (see
+//! [`crate::gre`]).
 //!
 //! [`encapsulate`] writes the outer header into headroom the caller reserved
 //! in front of the inner packet: no allocation, no copy of the inner packet.
@@ -17,8 +19,8 @@ use core::ops::Range;
 pub const OUTER_V4_LEN: usize = ipv4::MIN_HEADER_LEN;
 /// Outer header length over IPv6.
 pub const OUTER_V6_LEN: usize = ipv6::HEADER_LEN;
-/// The most headroom encapsulation needs.
-pub const MAX_OVERHEAD: usize = OUTER_V6_LEN;
+/// The most headroom encapsulation needs (IPv6 outer header and GRE).
+pub const MAX_OVERHEAD: usize = OUTER_V6_LEN + crate::gre::HEADER_LEN;
 
 /// How the outer IPv4 header's don't-fragment bit is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -99,8 +101,37 @@ pub fn flow_label_from_hash(h: u64) -> u32 {
 /// start offset is returned. `buf` must end where the inner packet ends.
 #[inline]
 pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Result<usize> {
+    encapsulate_with(buf, inner_start, p, None)
+}
+
+/// Encapsulates like [`encapsulate`], with a GRE header (RFC 2784 with the
+/// key and sequence fields of RFC 2890) between the outer IP header and the
+/// inner packet: `buf[inner_start - outer_len - 12..inner_start]`. The
+/// outer protocol is 47; see [`crate::gre`] for what the fields carry.
+#[inline]
+pub fn encapsulate_gre(
+    buf: &mut [u8],
+    inner_start: usize,
+    p: &EncapParams,
+    gre: crate::gre::GreFields,
+) -> Result<usize> {
+    encapsulate_with(buf, inner_start, p, Some(gre))
+}
+
+#[inline]
+fn encapsulate_with(
+    buf: &mut [u8],
+    inner_start: usize,
+    p: &EncapParams,
+    gre: Option<crate::gre::GreFields>,
+) -> Result<usize> {
+    let shim_len = if gre.is_some() {
+        crate::gre::HEADER_LEN
+    } else {
+        0
+    };
     let outer_len = p.outer_len();
-    let Some(outer_start) = inner_start.checked_sub(outer_len) else {
+    let Some(outer_start) = inner_start.checked_sub(outer_len + shim_len) else {
         return Err(Error::malformed(Layer::Tunnel, 0, Malformed::Headroom));
     };
     let Some(inner) = buf.get(inner_start..) else {
@@ -108,12 +139,12 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
     };
     let inner_len = inner.len();
     // Read what the outer header copies from the inner one.
-    let (proto, tos, inner_df) = match crate::ip::version_of(inner) {
+    let (version, tos, inner_df) = match crate::ip::version_of(inner) {
         Some(IpVersion::V4) if inner_len >= ipv4::MIN_HEADER_LEN => {
-            (IpProtocol::IpIp, inner[1], inner[6] & 0x40 != 0)
+            (IpVersion::V4, inner[1], inner[6] & 0x40 != 0)
         }
         Some(IpVersion::V6) if inner_len >= ipv6::HEADER_LEN => {
-            (IpProtocol::Ipv6, (inner[0] << 4) | (inner[1] >> 4), true)
+            (IpVersion::V6, (inner[0] << 4) | (inner[1] >> 4), true)
         }
         None => {
             return Err(Error::malformed(
@@ -124,14 +155,20 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
         }
         Some(_) => return Err(Error::too_short(Layer::Tunnel, buf.len())),
     };
+    let proto = match (gre, version) {
+        (Some(_), _) => IpProtocol::Gre,
+        (None, IpVersion::V4) => IpProtocol::IpIp,
+        (None, IpVersion::V6) => IpProtocol::Ipv6,
+    };
     let ecn = match p.ecn {
         EcnMode::Normal => Ecn::from_bits(tos),
         EcnMode::Compatibility => Ecn::NotEct,
     };
-    let out = &mut buf[outer_start..inner_start];
+    let payload_len = inner_len + shim_len;
+    let (out, shim) = buf[outer_start..inner_start].split_at_mut(outer_len);
     match (p.src, p.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let total = inner_len + OUTER_V4_LEN;
+            let total = payload_len + OUTER_V4_LEN;
             if total > usize::from(u16::MAX) {
                 return Err(Error::malformed(
                     Layer::Tunnel,
@@ -178,7 +215,7 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
             out.copy_from_slice(&h);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            if inner_len > usize::from(u16::MAX) {
+            if payload_len > usize::from(u16::MAX) {
                 return Err(Error::malformed(
                     Layer::Tunnel,
                     inner_start,
@@ -189,7 +226,7 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
                 src,
                 dst,
                 next_header: proto,
-                payload_len: inner_len as u16,
+                payload_len: payload_len as u16,
                 hop_limit: p.ttl,
                 traffic_class: tos & !3 | ecn.bits(),
                 flow_label: p.flow_label,
@@ -197,6 +234,9 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, p: &EncapParams) -> Resul
             .emit(out)?;
         }
         _ => return Err(Error::malformed(Layer::Tunnel, 0, Malformed::AddressFamily)),
+    }
+    if let Some(g) = gre {
+        crate::gre::emit(shim, version, g);
     }
     Ok(outer_start)
 }
@@ -228,6 +268,9 @@ pub struct Decapsulated {
     pub inner_is_tunnel: bool,
     /// The outer ECN field.
     pub outer_ecn: Ecn,
+    /// The GRE header's key and sequence fields when the outer protocol
+    /// is GRE (47); `None` for plain IP-in-IP. The caller checks them.
+    pub gre: Option<crate::gre::GreFields>,
 }
 
 /// Validates an IP-in-IP packet (the buffer starts at the outer IP header)
@@ -285,9 +328,20 @@ pub fn decapsulate(buf: &[u8], check: ChecksumCheck) -> Result<Decapsulated> {
             });
         }
     };
-    let expect = match proto {
-        IpProtocol::IpIp => IpVersion::V4,
-        IpProtocol::Ipv6 => IpVersion::V6,
+    let (expect, inner, gre) = match proto {
+        IpProtocol::IpIp => (IpVersion::V4, inner, None),
+        IpProtocol::Ipv6 => (IpVersion::V6, inner, None),
+        IpProtocol::Gre => {
+            let Some(bytes) = buf.get(inner.clone()) else {
+                return Err(Error::too_short(Layer::Gre, inner.start));
+            };
+            let (version, fields) = crate::gre::parse(bytes).map_err(|e| e.shifted(inner.start))?;
+            (
+                version,
+                inner.start + crate::gre::HEADER_LEN..inner.end,
+                Some(fields),
+            )
+        }
         _ => return Err(Error::malformed(Layer::Tunnel, 0, Malformed::Protocol)),
     };
     let start = inner.start;
@@ -317,8 +371,12 @@ pub fn decapsulate(buf: &[u8], check: ChecksumCheck) -> Result<Decapsulated> {
         outer_dst,
         inner: start..start + inner_len,
         inner_version,
-        inner_is_tunnel: matches!(inner_proto, IpProtocol::IpIp | IpProtocol::Ipv6),
+        inner_is_tunnel: matches!(
+            inner_proto,
+            IpProtocol::IpIp | IpProtocol::Ipv6 | IpProtocol::Gre
+        ),
         outer_ecn,
+        gre,
     })
 }
 

@@ -67,6 +67,7 @@ pub mod control;
 pub mod error;
 pub mod ethernet;
 pub mod flow;
+pub mod gre;
 pub mod icmp;
 pub mod ip;
 pub mod ipip;
@@ -74,6 +75,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod parse;
 pub mod rewrite;
+pub mod siphash;
 pub mod tcp;
 pub mod udp;
 

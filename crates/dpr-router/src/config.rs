@@ -1,5 +1,6 @@
 //! Engine configuration, validated field by field.
 
+use dpr_packet::siphash::SipKey;
 use dpr_table::ConnTableConfig;
 use std::fmt;
 use std::net::IpAddr;
@@ -12,6 +13,89 @@ pub enum DeadPeerAction {
     Reset,
     /// Drop the packet silently (the client times out).
     Drop,
+}
+
+/// How a host proves to its peers that a tunnelled packet comes from a
+/// member of the cluster (see `docs/cluster-protocol.md`, "The keyed
+/// tunnel").
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum TunnelAuth {
+    /// Plain IP-in-IP (protocol 4 / 41), accepted from any peer's tunnel
+    /// address: anyone who can spoof that address can open connections
+    /// here. For interoperation only.
+    #[default]
+    None,
+    /// GRE (protocol 47) whose key field carries a tag keyed with the
+    /// cluster's tunnel key: a new flow from a peer is accepted only with
+    /// a valid tag; plain IP-in-IP is refused.
+    Key(TunnelKeys),
+}
+
+impl TunnelAuth {
+    /// The bytes the tunnel adds in front of the inner packet besides the
+    /// outer IP header (the GRE header, or nothing).
+    pub const fn shim_len(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Key(_) => dpr_packet::gre::HEADER_LEN,
+        }
+    }
+}
+
+/// The tunnel tag keys, by key id: the first makes the tags this host
+/// sends, every one (at most two: the current and the previous or next
+/// key of a roll) is accepted. Derived from the cluster key ring
+/// (`cluster::KeyRing::tunnel_keys`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TunnelKeys {
+    keys: Vec<(u16, SipKey)>,
+}
+
+impl fmt::Debug for TunnelKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        let ids: Vec<u16> = self.keys.iter().map(|(i, _)| *i).collect();
+        f.debug_struct("TunnelKeys").field("key_ids", &ids).finish()
+    }
+}
+
+impl TunnelKeys {
+    /// Keys by id, the signing one first: one or two, with distinct ids.
+    pub fn new(keys: Vec<(u16, SipKey)>) -> Result<Self, ConfigError> {
+        let bad = |reason| {
+            Err(ConfigError {
+                field: "tunnel_auth",
+                reason,
+            })
+        };
+        match keys.as_slice() {
+            [] => bad("at least one tunnel key is needed"),
+            [(a, _), (b, _)] if a == b => bad("tunnel key ids must differ"),
+            [_] | [_, _] => Ok(Self { keys }),
+            _ => bad("at most two tunnel keys (current and previous)"),
+        }
+    }
+
+    /// From a key ring's keys (one or two, distinct ids: already checked).
+    pub(crate) fn from_ring(keys: Vec<(u16, SipKey)>) -> Self {
+        Self { keys }
+    }
+
+    /// The key that makes the tags this host sends, with its id.
+    pub fn signing(&self) -> (u16, &SipKey) {
+        let (id, k) = &self.keys[0];
+        (*id, k)
+    }
+
+    /// The key with id `id`, if held.
+    pub fn get(&self, id: u16) -> Option<&SipKey> {
+        self.keys.iter().find(|(i, _)| *i == id).map(|(_, k)| k)
+    }
+
+    /// The ids, signing key first.
+    pub fn ids(&self) -> Vec<u16> {
+        self.keys.iter().map(|(i, _)| *i).collect()
+    }
 }
 
 /// Largest [`EngineConfig::decision_log`].
@@ -50,6 +134,15 @@ pub struct EngineConfig {
     /// [`Engine::take_decisions`](crate::Engine::take_decisions) (0: none).
     /// For measuring the load figure against the truth (`dprd lab`).
     pub decision_log: usize,
+    /// Plain IP-in-IP or the keyed GRE tunnel. The default is `None`
+    /// because the keys come from the cluster key; `dprd` sets `Key`
+    /// unless its configuration says `tunnel.auth = "none"`.
+    pub tunnel_auth: TunnelAuth,
+    /// Keyed tunnel: note the flows accepted from peers (with their tag) and
+    /// those that ended, for an in-kernel fast path that passes only those
+    /// ([`Engine::take_keyed_flow_events`](crate::Engine::take_keyed_flow_events);
+    /// the AF_XDP backend's program).
+    pub keyed_flow_events: bool,
 }
 
 impl EngineConfig {
@@ -68,6 +161,8 @@ impl EngineConfig {
             served: ConnTableConfig::default(),
             flow_hash_seed: 0x6470_725f_6873_6864,
             decision_log: 0,
+            tunnel_auth: TunnelAuth::None,
+            keyed_flow_events: false,
         }
     }
 

@@ -249,6 +249,7 @@ fn layer_name(l: Layer) -> &'static str {
         Layer::Icmpv6 => "icmpv6",
         Layer::IcmpQuote => "icmp_quote",
         Layer::Tunnel => "tunnel",
+        Layer::Gre => "gre",
         _ => "other",
     }
 }

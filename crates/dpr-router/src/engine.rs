@@ -1,10 +1,11 @@
 //! The per-packet algorithm.
 
 use crate::buffer::PacketBuf;
-use crate::config::{ConfigError, DeadPeerAction, EngineConfig};
+use crate::config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
 use crate::counters::{Counters, LiveCounters};
 use crate::reply;
 use crate::verdict::{DropReason, Verdict};
+use dpr_packet::gre::{self, GreFields};
 use dpr_packet::icmp;
 use dpr_packet::ipip::{self, ChecksumCheck, EncapParams};
 use dpr_packet::rewrite::{self, mss_for_mtu};
@@ -40,6 +41,24 @@ pub struct DecisionRecord {
     /// carried another initial sequence number).
     pub new_incarnation: bool,
 }
+
+/// A flow of the keyed tunnel that a peer's packets may now bypass the
+/// engine for, or no longer ([`EngineConfig::keyed_flow_events`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyedFlowEvent {
+    /// The peer's tunnel address (the outer source it sends from).
+    pub peer: IpAddr,
+    /// The connection, client to service.
+    pub flow: FlowKey,
+    /// `Some(tag)`: accepted with this tag (a new entry, or a new tag after
+    /// a key roll); `None`: ended (FIN or RST).
+    pub tag: Option<u32>,
+}
+
+/// The most keyed-flow events kept between two
+/// [`Engine::take_keyed_flow_events`]; later ones are not kept (their
+/// flows take the engine's path, which is correct, only slower).
+pub const MAX_KEYED_FLOW_EVENTS: usize = 65_536;
 
 /// An error building or reconfiguring the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +126,8 @@ pub struct Engine {
     /// The IPv4 tunnel address's bytes (all ones when it is IPv6: no IPv4
     /// packet's destination), for [`Engine::steer_key`]'s fast path.
     tunnel_v4: [u8; 4],
+    /// Keyed flows accepted or ended since the last take.
+    keyed_events: Vec<KeyedFlowEvent>,
 }
 
 /// The most connection events noted while one load measurement runs (a
@@ -157,6 +178,7 @@ impl Engine {
             measuring: None,
             last_redirector: None,
             cut: Vec::new(),
+            keyed_events: Vec::new(),
             tunnel_v4: match cfg.tunnel_addr {
                 IpAddr::V4(a) => a.octets(),
                 IpAddr::V6(_) => [255; 4],
@@ -521,6 +543,23 @@ impl Engine {
         self.arrivals.drain(..).collect()
     }
 
+    /// The keyed tunnel's flows accepted (with their tag) or ended since
+    /// the last call, oldest first (with
+    /// [`EngineConfig::keyed_flow_events`]; at most
+    /// [`MAX_KEYED_FLOW_EVENTS`]). An accepted flow is noted again for
+    /// each of its packets the engine sees (the fast path has not taken it
+    /// yet, or its tag changed), consecutive repeats left out.
+    pub fn take_keyed_flow_events(&mut self) -> Vec<KeyedFlowEvent> {
+        std::mem::take(&mut self.keyed_events)
+    }
+
+    fn note_keyed_flow(&mut self, ev: KeyedFlowEvent) {
+        if self.keyed_events.last() != Some(&ev) && self.keyed_events.len() < MAX_KEYED_FLOW_EVENTS
+        {
+            self.keyed_events.push(ev);
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.counters.snapshot()
@@ -540,6 +579,15 @@ impl Engine {
     /// table and the counters stay.
     pub fn set_policy(&mut self, policy: Box<dyn Policy + Send>) {
         self.policy = policy;
+    }
+
+    /// New tunnel tag keys (a key roll: the cluster key file was
+    /// reloaded). Ignored when the tunnel is not keyed: switching between
+    /// plain and keyed tunnels needs a restart.
+    pub fn set_tunnel_keys(&mut self, keys: TunnelKeys) {
+        if let TunnelAuth::Key(k) = &mut self.cfg.tunnel_auth {
+            *k = keys;
+        }
     }
 
     /// Where this engine is one of several sharing a host (an engine per
@@ -586,11 +634,28 @@ impl Engine {
                 return Some(f);
             }
         }
+        if let Some(inner) = packet.get(32..).filter(|_| {
+            packet.first() == Some(&0x45)
+                && packet.get(9) == Some(&47)
+                && packet.get(16..20) == Some(&self.tunnel_v4[..])
+                && packet.get(20..24) == Some(&[0x30, 0, 0x08, 0][..])
+        }) {
+            if let Some(f) = v4_tcp_flow(inner) {
+                return Some(f);
+            }
+        }
         let meta = parse_ip(packet).ok()?;
         match meta.flow.protocol {
             IpProtocol::Tcp if meta.fragment != Fragment::Later => Some(meta.flow),
-            IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
-                let inner = packet.get(usize::from(meta.l4_offset)..meta.l3_range().end)?;
+            IpProtocol::IpIp | IpProtocol::Ipv6 | IpProtocol::Gre
+                if meta.flow.dst == self.cfg.tunnel_addr =>
+            {
+                let shim = if meta.flow.protocol == IpProtocol::Gre {
+                    gre::HEADER_LEN
+                } else {
+                    0
+                };
+                let inner = packet.get(usize::from(meta.l4_offset) + shim..meta.l3_range().end)?;
                 let m = parse_ip(inner).ok()?;
                 (m.flow.protocol == IpProtocol::Tcp && m.fragment == Fragment::Whole)
                     .then_some(m.flow)
@@ -626,6 +691,13 @@ impl Engine {
         };
         match meta.flow.protocol {
             IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
+                self.tunnel_input(now, pkt, &meta)
+            }
+            // GRE is the keyed tunnel's; without it, not the router's.
+            IpProtocol::Gre
+                if meta.flow.dst == self.cfg.tunnel_addr
+                    && matches!(self.cfg.tunnel_auth, TunnelAuth::Key(_)) =>
+            {
                 self.tunnel_input(now, pkt, &meta)
             }
             IpProtocol::Tcp if self.is_service(&meta.flow) => self.service(now, pkt, &meta),
@@ -857,14 +929,15 @@ impl Engine {
     ) -> Verdict {
         let mut params = EncapParams::new(self.cfg.tunnel_addr, to);
         params.ttl = self.cfg.outer_ttl;
-        if pkt.headroom() < params.outer_len() {
+        let overhead = params.outer_len() + self.cfg.tunnel_auth.shim_len();
+        if pkt.headroom() < overhead {
             return Verdict::Drop(DropReason::NoHeadroom);
         }
         let syn = meta.tcp_flags.is_syn() || meta.tcp_flags.is_syn_ack();
         if clamp && syn && self.cfg.clamp_mss && meta.flow.protocol == IpProtocol::Tcp {
             let mss = mss_for_mtu(
                 self.cfg.tunnel_mtu,
-                params.outer_len() as u16,
+                overhead as u16,
                 meta.version == IpVersion::V6,
             );
             if let Ok(MssClamp::Clamped { .. }) = rewrite::clamp_mss(pkt.bytes_mut(), mss) {
@@ -873,8 +946,8 @@ impl Engine {
         }
         let r = pkt.range();
         let inner_len = meta.l3_len as usize;
-        if params.outer_len() + inner_len > usize::from(self.cfg.tunnel_mtu) && meta.dont_frag {
-            return self.too_big(pkt, meta, params.outer_len());
+        if overhead + inner_len > usize::from(self.cfg.tunnel_mtu) && meta.dont_frag {
+            return self.too_big(pkt, meta, overhead);
         }
         // Too big with DF clear: the outer header copies it, so routers may fragment.
         params.ident = self.next_ident;
@@ -884,7 +957,16 @@ impl Engine {
             params.flow_label = ipip::flow_label_from_hash(self.hasher.hash(&meta.flow));
         }
         let end = r.start + inner_len;
-        match ipip::encapsulate(&mut pkt.whole_mut()[..end], r.start, &params) {
+        let buf = &mut pkt.whole_mut()[..end];
+        let encapsulated = match &self.cfg.tunnel_auth {
+            TunnelAuth::None => ipip::encapsulate(buf, r.start, &params),
+            TunnelAuth::Key(keys) => {
+                let (key_id, key) = keys.signing();
+                let tag = gre::tunnel_tag(key, key_id, self.cfg.tunnel_addr, to, &meta.flow);
+                ipip::encapsulate_gre(buf, r.start, &params, GreFields { tag, key_id })
+            }
+        };
+        match encapsulated {
             Ok(start) => {
                 pkt.set_range(start..end);
                 let c = self.counters.peer(p);
@@ -927,6 +1009,12 @@ impl Engine {
         let Some(&origin) = self.peer_by_tunnel.get(&meta.flow.src) else {
             return Verdict::Drop(DropReason::UnknownTunnelSource);
         };
+        if meta.flow.protocol != IpProtocol::Gre
+            && matches!(self.cfg.tunnel_auth, TunnelAuth::Key(_))
+        {
+            // Plain IP-in-IP carries no tag: with a keyed tunnel it proves nothing.
+            return Verdict::Drop(DropReason::TunnelBadTag);
+        }
         let check = if self.cfg.verify_tunnel_checksum {
             ChecksumCheck::Verify
         } else {
@@ -969,11 +1057,51 @@ impl Engine {
         if !expected {
             return Verdict::Drop(DropReason::UnexpectedInner);
         }
-        let c = self.counters.peer(origin);
-        c.received_packets += 1;
-        c.received_bytes += u64::from(inner.l3_len);
+        // Keyed tunnel: every packet's tag must verify under the key it
+        // names (one SipHash; a genuine peer tags every packet).
+        let tag_ok = match (&self.cfg.tunnel_auth, d.gre) {
+            (TunnelAuth::None, _) => true,
+            (TunnelAuth::Key(keys), Some(g)) => keys.get(g.key_id).is_some_and(|k| {
+                gre::tunnel_tag(k, g.key_id, d.outer_src, d.outer_dst, &inner.flow) == g.tag
+            }),
+            (TunnelAuth::Key(_), None) => false,
+        };
+        if !tag_ok {
+            // A new flow or an ICMP error: a forged tag. Mid-connection:
+            // told apart by whether this host serves the flow for that
+            // peer (a spoofed outer source's junk, or an injection).
+            let unknown = inner.flow.protocol == IpProtocol::Tcp
+                && !inner.tcp_flags.is_syn()
+                && self
+                    .served
+                    .get(&inner.flow)
+                    .is_none_or(|e| e.route != Route::Peer(origin));
+            return Verdict::Drop(if unknown {
+                DropReason::TunnelUnknownFlow
+            } else {
+                DropReason::TunnelBadTag
+            });
+        }
         if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
+            if let (true, Some(g)) = (self.cfg.keyed_flow_events, d.gre) {
+                // Accepted while open (new, learned, or a new tag); ended at
+                // the client's FIN or RST; the packets after a FIN (its last
+                // ACKs) re-open nothing.
+                let ended = flags.intersects(TcpFlags::FIN | TcpFlags::RST);
+                let open = !ended
+                    && self.served.get(&inner.flow).is_none_or(|e| {
+                        flags.is_syn()
+                            || matches!(e.state, ConnState::SynSeen | ConnState::Established)
+                    });
+                if ended || open {
+                    self.note_keyed_flow(KeyedFlowEvent {
+                        peer: d.outer_src,
+                        flow: inner.flow,
+                        tag: open.then_some(g.tag),
+                    });
+                }
+            }
             if flags.intersects(TcpFlags::FIN | TcpFlags::RST)
                 && self
                     .served
@@ -1018,6 +1146,9 @@ impl Engine {
                 }
             }
         }
+        let c = self.counters.peer(origin);
+        c.received_packets += 1;
+        c.received_bytes += u64::from(inner.l3_len);
         Verdict::Deliver
     }
 

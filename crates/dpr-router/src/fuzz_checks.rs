@@ -28,8 +28,19 @@ const SVC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const TUN: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const PEERS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 0, 2), Ipv4Addr::new(198, 19, 0, 3)];
 
-fn bare_engine() -> Engine {
+/// The keyed engine's tunnel keys (the control key's ring).
+fn tunnel_keys() -> crate::TunnelKeys {
+    KeyRing::new(&[(1, &CONTROL_KEY)])
+        .expect("key")
+        .tunnel_keys()
+}
+
+fn bare_engine_with(keyed: bool) -> Engine {
     let mut cfg = EngineConfig::new(TUN.into(), vec![SVC.into()], vec![80, 443]);
+    if keyed {
+        cfg.tunnel_auth = crate::TunnelAuth::Key(tunnel_keys());
+        cfg.keyed_flow_events = true;
+    }
     cfg.routes.capacity = CAP;
     cfg.served.capacity = CAP;
     let loads = LoadTableConfig {
@@ -47,8 +58,12 @@ fn bare_engine() -> Engine {
     .expect("valid config")
 }
 
-fn engine() -> Engine {
-    let mut e = bare_engine();
+fn bare_engine() -> Engine {
+    bare_engine_with(false)
+}
+
+fn engine_with(keyed: bool) -> Engine {
+    let mut e = bare_engine_with(keyed);
     for (i, p) in PEERS.iter().enumerate() {
         let id = PeerId(i as u16 + 1);
         e.add_peer(
@@ -110,6 +125,28 @@ fn build_prefix() -> Vec<Vec<u8>> {
     let s = ipip::encapsulate(&mut buf, 20, &EncapParams::new(PEERS[0].into(), TUN.into()))
         .expect("encap");
     v.push(buf[s..].to_vec());
+    // The same in the keyed tunnel, with its genuine tag, then a data packet.
+    for flags in [TcpFlags::SYN, TcpFlags::ACK] {
+        let inner = tcp_packet(
+            client,
+            SocketAddr::new(Ipv4Addr::new(198, 18, 1, 2).into(), 80),
+            1,
+            0,
+            flags,
+            None,
+            b"x",
+        );
+        let keys = tunnel_keys();
+        let (key_id, k) = keys.signing();
+        let flow = parse_ip(&inner).expect("inner").flow;
+        let tag = dpr_packet::gre::tunnel_tag(k, key_id, PEERS[0].into(), TUN.into(), &flow);
+        let mut buf = vec![0u8; 32];
+        buf.extend_from_slice(&inner);
+        let p = EncapParams::new(PEERS[0].into(), TUN.into());
+        let g = dpr_packet::gre::GreFields { tag, key_id };
+        let s = ipip::encapsulate_gre(&mut buf, 32, &p, g).expect("gre");
+        v.push(buf[s..].to_vec());
+    }
     // An ICMP error about the last redirected-or-local flow, from a router.
     let last = SocketAddr::new(
         Ipv4Addr::new(198, 18, 100, 63).into(),
@@ -161,10 +198,27 @@ fn check_one(e: &mut Engine, now: Timestamp, pkt: &[u8], headroom: usize, total:
                 .expect("forwarded packets decapsulate");
             assert_eq!(d.outer_dst, to);
             assert_eq!(d.outer_src, IpAddr::V4(TUN));
+            match (&e.config().tunnel_auth, d.gre) {
+                (crate::TunnelAuth::None, g) => assert_eq!(g, None),
+                (crate::TunnelAuth::Key(keys), Some(g)) => {
+                    // Its tag verifies at the peer.
+                    let flow = parse_ip(&out[d.inner.clone()]).expect("inner").flow;
+                    let k = keys.get(g.key_id).expect("signing key");
+                    let tag = dpr_packet::gre::tunnel_tag(k, g.key_id, d.outer_src, to, &flow);
+                    assert_eq!(g.tag, tag);
+                }
+                (crate::TunnelAuth::Key(_), None) => panic!("keyed tunnel sent plain IP-in-IP"),
+            }
             assert_eq!(e.loads().peer(peer).map(|p| p.tunnel_addr), Some(to));
         }
         Verdict::Deliver => {
             parse_ip(out).expect("delivered packets parse");
+        }
+        Verdict::Drop(crate::DropReason::TunnelBadTag | crate::DropReason::TunnelUnknownFlow) => {
+            assert!(
+                matches!(e.config().tunnel_auth, crate::TunnelAuth::Key(_)),
+                "tags are checked only with the keyed tunnel"
+            );
         }
         Verdict::Reply => {
             let m = parse_ip(out).expect("replies parse");
@@ -189,15 +243,30 @@ fn check_counters(e: &Engine, total: u64) {
     }
 }
 
-/// The fuzz entry point.
+/// The fuzz entry point: the same frames through an engine with the plain
+/// tunnel and one with the keyed tunnel.
 pub fn engine_frames(data: &[u8]) {
-    let mut e = engine();
+    engine_frames_with(data, false);
+    engine_frames_with(data, true);
+}
+
+fn engine_frames_with(data: &[u8], keyed: bool) {
+    let mut e = engine_with(keyed);
     let mut total = 0;
     let mut now = Timestamp::from_millis(1);
     for p in prefix() {
         check_one(&mut e, now, p, 64, &mut total);
     }
     check_counters(&e, total);
+    if keyed {
+        // The keyed SYN and its data packet were accepted and noted; the
+        // plain IP-in-IP one was refused.
+        assert_eq!(e.counters().new_from_peer, 1);
+        let noted = e.take_keyed_flow_events();
+        assert_eq!(noted.len(), 1, "{noted:?}");
+    } else {
+        assert_eq!(e.counters().new_from_peer, 1);
+    }
     assert_eq!(e.routes().len(), CAP as usize, "the prefix fills the table");
     assert!(e.routes().stats().evicted > 0);
     let mut rest = data;

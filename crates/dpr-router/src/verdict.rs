@@ -56,11 +56,18 @@ pub enum DropReason {
     /// its routes after a restart: held back (the client retransmits) until
     /// the peers have said which connections are theirs.
     Recovering,
+    /// Keyed tunnel: a new flow (SYN) or an ICMP error from a peer's
+    /// tunnel address whose tag does not verify under the key it names
+    /// (or names a key not held), or plain IP-in-IP, which carries no tag.
+    TunnelBadTag,
+    /// Keyed tunnel: a mid-connection packet of a flow this host does not
+    /// serve for that peer, with no valid tag either.
+    TunnelUnknownFlow,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         Self::Malformed,
         Self::Fragment,
         Self::UnknownTunnelSource,
@@ -73,6 +80,8 @@ impl DropReason {
         Self::TooBig,
         Self::UnexpectedInner,
         Self::Recovering,
+        Self::TunnelBadTag,
+        Self::TunnelUnknownFlow,
     ];
 
     /// Position in [`Self::ALL`].
@@ -95,6 +104,8 @@ impl DropReason {
             Self::TooBig => "too_big",
             Self::UnexpectedInner => "unexpected_inner",
             Self::Recovering => "recovering",
+            Self::TunnelBadTag => "tunnel_bad_tag",
+            Self::TunnelUnknownFlow => "tunnel_unknown_flow",
         }
     }
 }

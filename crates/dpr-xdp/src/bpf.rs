@@ -24,6 +24,9 @@ pub use crate::sys::MapFd;
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+/// `BPF_MAP_TYPE_LRU_HASH`: a hash whose least recently used entry makes
+/// room when it is full.
+pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 /// `BPF_MAP_TYPE_XSKMAP`.
 pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 

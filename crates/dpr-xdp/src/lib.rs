@@ -43,7 +43,9 @@ pub mod tools;
 pub mod xsk;
 
 pub use bpf::{BpfSys, FakeBpf, RealBpf};
-pub use loader::{Counters, ProgramConfig, RouterProgram, XdpLink, XdpMode};
+pub use loader::{
+    Counters, KeyedFlow, KeyedFlowMap, ProgramConfig, RouterProgram, XdpLink, XdpMode,
+};
 pub use program::{Counter, MissingSocket};
 
 use std::io;

@@ -12,7 +12,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::Error;
 use crate::bpf::{
-    BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_XSKMAP, BpfSys, MapSpec, RealBpf,
+    BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_XSKMAP,
+    BpfSys, MapSpec, RealBpf,
 };
 use crate::program::{self, Counter, MapFds, MissingSocket};
 use crate::sys;
@@ -32,6 +33,9 @@ pub struct ProgramConfig {
     pub max_peers: u32,
     /// (peer, service address, port) entries of the decapsulation fast path.
     pub max_tunnel_services: u32,
+    /// Flows of the keyed tunnel's fast path (an LRU map: the least
+    /// recently used entry makes room).
+    pub max_keyed_flows: u32,
     /// What router traffic does on a queue without a socket.
     pub missing_socket: MissingSocket,
 }
@@ -43,6 +47,7 @@ impl Default for ProgramConfig {
             max_services: 1024,
             max_peers: 1024,
             max_tunnel_services: 16_384,
+            max_keyed_flows: 65_536,
             missing_socket: MissingSocket::Pass,
         }
     }
@@ -103,6 +108,7 @@ pub struct RouterProgram<B: BpfSys = RealBpf> {
     peers_v4: B::Map,
     peers_v6: B::Map,
     tunnel_services_v4: B::Map,
+    keyed_flows_v4: B::Map,
     xsks: B::Map,
     counters: B::Map,
     /// Services per address, for the (address, 0) fragment marker.
@@ -122,6 +128,66 @@ fn service_key(addr: SocketAddr) -> Vec<u8> {
     k.extend_from_slice(&addr.port().to_be_bytes());
     k.extend_from_slice(&[0, 0]);
     k
+}
+
+/// A writer of the program's `keyed_flows_v4` map that a worker thread owns
+/// (its own descriptor of the map): the engine that accepts a keyed flow
+/// writes it at once, so that the connection's next packets already take
+/// the fast path.
+#[derive(Debug)]
+pub struct KeyedFlowMap {
+    map: crate::sys::MapFd,
+}
+
+impl KeyedFlowMap {
+    /// See [`RouterProgram::add_keyed_flow`].
+    pub fn add(&self, tunnel_addr: IpAddr, flow: &KeyedFlow, tag: u32) -> Result<(), Error> {
+        let key = keyed_flow_key(tunnel_addr, flow)?;
+        crate::sys::map_update(&self.map, &key, &tag.to_be_bytes(), 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// See [`RouterProgram::remove_keyed_flow`].
+    pub fn remove(&self, tunnel_addr: IpAddr, flow: &KeyedFlow) -> Result<bool, Error> {
+        let key = keyed_flow_key(tunnel_addr, flow)?;
+        crate::sys::map_delete(&self.map, &key).map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+}
+
+impl RouterProgram<RealBpf> {
+    /// A [`KeyedFlowMap`] for a worker thread.
+    pub fn keyed_flow_map(&self) -> Result<KeyedFlowMap, Error> {
+        Ok(KeyedFlowMap {
+            map: self
+                .keyed_flows_v4
+                .try_clone()
+                .map_err(syscall("dup of the keyed flows map"))?,
+        })
+    }
+}
+
+/// A TCP connection of the keyed tunnel's fast path, client to service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyedFlow {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The service address and port.
+    pub service: SocketAddr,
+}
+
+fn keyed_flow_key(tunnel_addr: IpAddr, flow: &KeyedFlow) -> Result<Vec<u8>, Error> {
+    let (IpAddr::V4(t), IpAddr::V4(c), IpAddr::V4(s)) =
+        (tunnel_addr, flow.client.ip(), flow.service.ip())
+    else {
+        return Err(Error::Parse("keyed flow: IPv4 only"));
+    };
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&t.octets());
+    k.extend_from_slice(&c.octets());
+    k.extend_from_slice(&s.octets());
+    k.extend_from_slice(&flow.client.port().to_be_bytes());
+    k.extend_from_slice(&flow.service.port().to_be_bytes());
+    Ok(k)
 }
 
 fn tunnel_service_key(tunnel_addr: IpAddr, service: SocketAddr) -> Result<Vec<u8>, Error> {
@@ -243,6 +309,14 @@ impl<B: BpfSys> RouterProgram<B> {
             cfg.max_tunnel_services,
             "dpr_tsvc4",
         )?;
+        let keyed_flows_v4 = create(
+            BPF_MAP_TYPE_LRU_HASH,
+            program::KEYED_FLOW_V4_KEY,
+            4,
+            cfg.max_keyed_flows,
+            4,
+            "dpr_kflow4",
+        )?;
         let xsks = create(BPF_MAP_TYPE_XSKMAP, 4, 4, cfg.max_queues, 4, "dpr_xsks")?;
         let counters = create(
             BPF_MAP_TYPE_PERCPU_ARRAY,
@@ -258,6 +332,7 @@ impl<B: BpfSys> RouterProgram<B> {
             peers_v4: bpf.map_fd(&peers_v4),
             peers_v6: bpf.map_fd(&peers_v6),
             tunnel_services_v4: bpf.map_fd(&tunnel_services_v4),
+            keyed_flows_v4: bpf.map_fd(&keyed_flows_v4),
             xsks: bpf.map_fd(&xsks),
             counters: bpf.map_fd(&counters),
         };
@@ -271,6 +346,7 @@ impl<B: BpfSys> RouterProgram<B> {
             peers_v4,
             peers_v6,
             tunnel_services_v4,
+            keyed_flows_v4,
             xsks,
             counters,
             per_address: HashMap::new(),
@@ -394,6 +470,36 @@ impl<B: BpfSys> RouterProgram<B> {
         let key = tunnel_service_key(tunnel_addr, service)?;
         self.bpf
             .map_delete(&self.tunnel_services_v4, &key)
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// Lets the program decapsulate itself the keyed tunnel's packets of
+    /// `flow` (client to service) from peer `tunnel_addr` that carry `tag`
+    /// (a connection the engine accepted; SYN, FIN, RST, another tag and
+    /// anything unusual still go to the router). IPv4 only: other flows are
+    /// refused with [`Error::Parse`]. Replaces the entry's tag if present.
+    pub fn add_keyed_flow(
+        &mut self,
+        tunnel_addr: IpAddr,
+        flow: &KeyedFlow,
+        tag: u32,
+    ) -> Result<(), Error> {
+        let key = keyed_flow_key(tunnel_addr, flow)?;
+        self.bpf
+            .map_update(&self.keyed_flows_v4, &key, &tag.to_be_bytes(), 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Undoes [`Self::add_keyed_flow`]. `Ok(false)` if it was not there
+    /// (never added, or pushed out of the LRU map).
+    pub fn remove_keyed_flow(
+        &mut self,
+        tunnel_addr: IpAddr,
+        flow: &KeyedFlow,
+    ) -> Result<bool, Error> {
+        let key = keyed_flow_key(tunnel_addr, flow)?;
+        self.bpf
+            .map_delete(&self.keyed_flows_v4, &key)
             .map_err(syscall("BPF_MAP_DELETE_ELEM"))
     }
 

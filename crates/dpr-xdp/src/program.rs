@@ -10,7 +10,8 @@
 //! | IPv4 fragment (MF set or offset > 0) of TCP to a service *address* | redirect (the engine counts and drops it) |
 //! | IPv6 with a Fragment header directly before TCP, to a service address | redirect (likewise) |
 //! | IPv4-in-IPv4 from a peer, untagged, both headers without options, neither a fragment, same ECN bits outside and inside, TCP to one of *that peer's* service (address, port) in `tunnel_services_v4`, not SYN, FIN or RST | **decapsulated here** and passed to the kernel (see below) |
-//! | IP protocol 4 or 41 (IP-in-IP, IPv6-in-IP) from an address in `peers_v4`/`peers_v6` (anything else) | redirect |
+//! | the keyed tunnel's GRE over IPv4 from a peer, untagged, the same plain case, of a flow in `keyed_flows_v4` for that peer with the same tag | **decapsulated here** and passed to the kernel |
+//! | IP protocol 4, 41 or 47 (IP-in-IP, IPv6-in-IP, the keyed tunnel's GRE) from an address in `peers_v4`/`peers_v6` (anything else) | redirect |
 //! | Ethernet with one 802.1Q / 802.1ad tag | as above, after the tag |
 //! | anything else: ARP, other ports, UDP, ICMP, non-peer IP-in-IP, two VLAN tags, other IPv6 extension headers, IPv4 with a bad version or IHL, truncated headers | pass |
 //!
@@ -27,7 +28,8 @@
 //! keeps the entries of live connections fresh from the kernel's socket
 //! table), and every packet outside the plain case above — options,
 //! fragments, ECN to combine, VLAN tags, IPv6, an inner packet that is not
-//! service TCP of that peer (the engine counts and drops it). The outer
+//! service TCP of that peer (the engine counts and drops it), and all of the
+//! keyed tunnel's GRE, whose tags only the engine checks. The outer
 //! header's checksum is not verified on this path; the kernel verifies the
 //! inner IP and TCP checksums as for any packet. Enabled when the loader is
 //! given `tunnel_services_v4` entries (`RouterProgram::add_tunnel_service`).
@@ -52,6 +54,7 @@
 //! | `peers_v4` | hash | IPv4 tunnel address (4) | `u32` |
 //! | `peers_v6` | hash | IPv6 tunnel address (16) | `u32` |
 //! | `tunnel_services_v4` | hash | peer's IPv4 tunnel address (4) + its service address (4) + port (2) + zero (2) | `u32` |
+//! | `keyed_flows_v4` | LRU hash | peer's IPv4 tunnel address (4) + client address (4) + service address (4) + client port (2) + service port (2) | the tag accepted (4, as on the wire) |
 //! | `xsks` | xskmap | receive queue index `u32` | AF_XDP socket fd |
 //! | `counters` | per-CPU array | [`Counter`] index `u32` | `u64` packets |
 //!
@@ -110,23 +113,26 @@ pub enum Counter {
     ServiceV4 = 1,
     /// IPv4 fragment of TCP to a service address.
     FragmentV4 = 2,
-    /// IP-in-IP over IPv4 from a peer.
+    /// IP-in-IP or GRE over IPv4 from a peer.
     PeerV4 = 3,
     /// IPv6 TCP to a service (address, port).
     ServiceV6 = 4,
     /// IPv6 fragment of TCP to a service address.
     FragmentV6 = 5,
-    /// IP-in-IP over IPv6 from a peer.
+    /// IP-in-IP or GRE over IPv6 from a peer.
     PeerV6 = 6,
     /// A redirect that found no socket for its queue (fallback applied).
     NoSocket = 7,
     /// IPv4-in-IPv4 from a peer decapsulated here and passed to the kernel.
     DecapV4 = 8,
+    /// The keyed tunnel's GRE from a peer, of a flow the engine accepted
+    /// (in `keyed_flows_v4`, same tag), decapsulated here and passed.
+    DecapGreV4 = 9,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Pass,
         Counter::ServiceV4,
         Counter::FragmentV4,
@@ -136,9 +142,10 @@ impl Counter {
         Counter::PeerV6,
         Counter::NoSocket,
         Counter::DecapV4,
+        Counter::DecapGreV4,
     ];
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// The map file descriptors the program refers to.
@@ -154,6 +161,8 @@ pub struct MapFds {
     pub peers_v6: i32,
     /// `tunnel_services_v4`.
     pub tunnel_services_v4: i32,
+    /// `keyed_flows_v4`.
+    pub keyed_flows_v4: i32,
     /// `xsks`.
     pub xsks: i32,
     /// `counters`.
@@ -166,6 +175,7 @@ pub(crate) const SERVICE_V6_KEY: u32 = 20;
 pub(crate) const PEER_V4_KEY: u32 = 4;
 pub(crate) const PEER_V6_KEY: u32 = 16;
 pub(crate) const TUNNEL_SERVICE_V4_KEY: u32 = 12;
+pub(crate) const KEYED_FLOW_V4_KEY: u32 = 16;
 
 // Ethernet types and IP protocols, as the program's 16-bit loads see them
 // (network byte order read by a native-order load).
@@ -181,6 +191,7 @@ const IPV4_FRAG_MASK: i32 = wire16(0x3fff);
 const PROTO_TCP: i32 = 6;
 const PROTO_IPIP: i32 = 4;
 const PROTO_IPV6: i32 = 41;
+const PROTO_GRE: i32 = 47;
 const PROTO_FRAGMENT: i32 = 44;
 
 // Stack layout (offsets from r10).
@@ -243,6 +254,7 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.jmp_imm(Cond::Eq, R4, PROTO_TCP, v4_tcp);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPIP, v4_tunnel);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPV6, v4_tunnel);
+    a.jmp_imm(Cond::Eq, R4, PROTO_GRE, v4_tunnel);
     a.ja(pass);
 
     // IPv4 TCP, not a fragment: key (destination, destination port).
@@ -275,6 +287,9 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.store(Size::W, R10, KEY, R5);
     lookup_or_pass(&mut a, maps.peers_v4, pass);
     let to_engine = a.label();
+    let ipip = a.label();
+    decap_gre_v4(&mut a, maps, ipip, to_engine);
+    a.bind(ipip);
     decap_v4(&mut a, maps, to_engine);
     a.bind(to_engine);
     a.mov_imm(R7, Counter::PeerV4 as i32).ja(redirect);
@@ -291,6 +306,7 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.jmp_imm(Cond::Eq, R4, PROTO_FRAGMENT, v6_frag);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPIP, v6_tunnel);
     a.jmp_imm(Cond::Eq, R4, PROTO_IPV6, v6_tunnel);
+    a.jmp_imm(Cond::Eq, R4, PROTO_GRE, v6_tunnel);
     a.ja(pass);
 
     // IPv6 TCP: key (destination, destination port).
@@ -396,12 +412,88 @@ fn decap_v4(a: &mut Asm, maps: &MapFds, to_engine: Label) {
     a.store(Size::H, R10, KEY + 8, R5);
     a.store_imm(Size::H, R10, KEY + 10, 0);
     lookup_or_pass(a, maps.tunnel_services_v4, to_engine);
+    strip_and_pass(a, maps, 20, Counter::DecapV4, to_engine);
+}
+
+/// GRE's first word in the keyed tunnel (K and S set, version 0, IPv4
+/// inside), as a native-order load of the wire bytes sees it.
+const GRE_KS_IPV4: i32 = i32::from_ne_bytes([0x30, 0, 0x08, 0]);
+
+/// The keyed tunnel's fast path for a GRE frame from a known peer (r7 data,
+/// r8 end, r9 outer IPv4 header): a plain packet of a connection in progress
+/// (the same conditions as [`decap_v4`]'s), of a flow the engine accepted
+/// from that peer and with the tag it accepted (`keyed_flows_v4`: key peer,
+/// client address, service address, client port, service port; value the
+/// tag as on the wire), is decapsulated and passed; any other GRE goes to
+/// `to_engine` untouched, and what is not GRE to `not_gre`.
+fn decap_gre_v4(a: &mut Asm, maps: &MapFds, not_gre: Label, to_engine: Label) {
+    a.load(Size::B, R2, R9, 9);
+    a.jmp_imm(Cond::Ne, R2, PROTO_GRE, not_gre);
+    a.mov_reg(R3, R7).alu_imm(Alu::Add, R3, 14);
+    a.jmp_reg(Cond::Ne, R3, R9, to_engine); // a VLAN tag
+    a.mov_reg(R3, R9).alu_imm(Alu::Add, R3, 20 + 12 + 20 + 14);
+    a.jmp_reg(Cond::Gt, R3, R8, to_engine); // through the inner TCP flags
+    // Outer: version 4, no options, not a fragment; GRE in the one form.
+    a.load(Size::B, R2, R9, 0);
+    a.jmp_imm(Cond::Ne, R2, 0x45, to_engine);
+    a.load(Size::H, R2, R9, 6);
+    a.alu_imm(Alu::And, R2, IPV4_FRAG_MASK);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    a.load(Size::W, R2, R9, 20);
+    a.jmp_imm(Cond::Ne, R2, GRE_KS_IPV4, to_engine);
+    // Inner (at 32): version 4, no options, TCP, not a fragment.
+    a.load(Size::B, R2, R9, 32);
+    a.jmp_imm(Cond::Ne, R2, 0x45, to_engine);
+    a.load(Size::B, R2, R9, 32 + 9);
+    a.jmp_imm(Cond::Ne, R2, PROTO_TCP, to_engine);
+    a.load(Size::H, R2, R9, 32 + 6);
+    a.alu_imm(Alu::And, R2, IPV4_FRAG_MASK);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // The same ECN bits outside and inside.
+    a.load(Size::B, R2, R9, 1);
+    a.load(Size::B, R3, R9, 32 + 1);
+    a.alu_reg(Alu::Xor, R2, R3).alu_imm(Alu::And, R2, 3);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // Lengths agree: outer total = inner total + 32.
+    for (reg, off) in [(R2, 2), (R3, 32 + 2)] {
+        a.load(Size::B, reg, R9, off).alu_imm(Alu::Lsh, reg, 8);
+        a.load(Size::B, R4, R9, off + 1);
+        a.alu_reg(Alu::Or, reg, R4);
+    }
+    a.alu_imm(Alu::Add, R3, 32);
+    a.jmp_reg(Cond::Ne, R2, R3, to_engine);
+    // SYN, FIN and RST go to the engine.
+    a.load(Size::B, R2, R9, 32 + 20 + 13);
+    a.alu_imm(Alu::And, R2, TCP_FIN_SYN_RST);
+    a.jmp_imm(Cond::Ne, R2, 0, to_engine);
+    // (peer, client, service, client port, service port): accepted?
+    a.load(Size::W, R5, R9, 12);
+    a.store(Size::W, R10, KEY, R5);
+    a.load(Size::W, R5, R9, 32 + 12);
+    a.store(Size::W, R10, KEY + 4, R5);
+    a.load(Size::W, R5, R9, 32 + 16);
+    a.store(Size::W, R10, KEY + 8, R5);
+    a.load(Size::W, R5, R9, 32 + 20); // both ports
+    a.store(Size::W, R10, KEY + 12, R5);
+    lookup_or_pass(a, maps.keyed_flows_v4, to_engine);
+    // With the tag it was accepted with (another tag: a key roll, or a
+    // forgery; the engine tells them apart).
+    a.load(Size::W, R2, R0, 0);
+    a.load(Size::W, R3, R9, 24);
+    a.jmp_reg(Cond::Ne, R2, R3, to_engine);
+    strip_and_pass(a, maps, 32, Counter::DecapGreV4, to_engine);
+}
+
+/// Drops the first `outer` bytes after the Ethernet header (r7 data, r8
+/// end), keeping the MAC addresses, counts `counter` and passes the frame;
+/// jumps to `to_engine` with the frame unchanged if the head cannot move.
+fn strip_and_pass(a: &mut Asm, maps: &MapFds, outer: i32, counter: Counter, to_engine: Label) {
     // Keep the MAC addresses, drop the outer header, write them back.
     a.load(Size::W, R2, R7, 0).store(Size::W, R10, MACS, R2);
     a.load(Size::H, R2, R7, 4).store(Size::H, R10, MACS + 4, R2);
     a.load(Size::H, R2, R7, 6).store(Size::H, R10, MACS + 6, R2);
     a.load(Size::W, R2, R7, 8).store(Size::W, R10, MACS + 8, R2);
-    a.mov_reg(R1, R6).mov_imm(R2, 20);
+    a.mov_reg(R1, R6).mov_imm(R2, outer);
     a.call(HELPER_XDP_ADJUST_HEAD);
     a.jmp_imm(Cond::Ne, R0, 0, to_engine); // refused: the frame is unchanged
     a.load(Size::W, R7, R6, 0);
@@ -414,7 +506,7 @@ fn decap_v4(a: &mut Asm, maps: &MapFds, to_engine: Label) {
     a.load(Size::H, R2, R10, MACS + 6).store(Size::H, R7, 6, R2);
     a.load(Size::W, R2, R10, MACS + 8).store(Size::W, R7, 8, R2);
     a.store_imm(Size::H, R7, 12, ETH_P_IPV4);
-    count(a, maps.counters, Some(Counter::DecapV4));
+    count(a, maps.counters, Some(counter));
     a.mov_imm(R0, XDP_PASS as i32);
     a.exit();
     // Cannot happen (the frame only shrank); never pass a half-written one.
@@ -470,6 +562,7 @@ mod tests {
             peers_v4: 5,
             peers_v6: 6,
             tunnel_services_v4: 9,
+            keyed_flows_v4: 10,
             xsks: 7,
             counters: 8,
         };

@@ -170,6 +170,16 @@ impl MapFd {
     pub(crate) fn raw(&self) -> i32 {
         self.fd.as_raw_fd()
     }
+
+    /// A second descriptor of the same map (`dup`), with the same sizes.
+    pub(crate) fn try_clone(&self) -> io::Result<MapFd> {
+        Ok(MapFd {
+            fd: self.fd.try_clone()?,
+            key_size: self.key_size,
+            lookup_size: self.lookup_size,
+            value_size: self.value_size,
+        })
+    }
 }
 
 /// `BPF_MAP_CREATE`. `lookup_size` is what a lookup returns (see [`MapFd`]).

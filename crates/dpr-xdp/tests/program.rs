@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use dpr_xdp::program::{XDP_DROP, XDP_PASS};
-use dpr_xdp::{Counter, MissingSocket, ProgramConfig, RouterProgram};
+use dpr_xdp::{Counter, KeyedFlow, MissingSocket, ProgramConfig, RouterProgram};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const SVC4: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 100);
@@ -283,6 +283,21 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Counter)> {
         (
             "IPv4-in-IPv6 from a peer",
             eth(MAC_A, MAC_B, 0x86dd, &ipv6(PEER6, SVC6, 4, &inner)),
+            Counter::PeerV6,
+        ),
+        (
+            "GRE over IPv6 from a peer",
+            eth(
+                MAC_A,
+                MAC_B,
+                0x86dd,
+                &ipv6(
+                    PEER6,
+                    SVC6,
+                    47,
+                    &[&[0x30u8, 0, 0x08, 0, 1, 2, 3, 4, 0, 0, 0, 1][..], &inner].concat(),
+                ),
+            ),
             Counter::PeerV6,
         ),
         (
@@ -589,4 +604,139 @@ fn plain_tunnel_traffic_is_decapsulated_and_the_rest_goes_to_the_router() {
     // Forgetting the pair sends its traffic back to the router.
     assert!(p.remove_tunnel_service(PEER4.into(), svc80).unwrap());
     assert_eq!(p.test_run(&tunnelled(PEER4, &ack)).unwrap(), XDP_DROP);
+}
+
+/// The keyed tunnel's GRE from a peer: decapsulated here only for a flow
+/// the engine accepted from that peer (in `keyed_flows_v4`) and with the
+/// tag it accepted; everything else goes to the router whole. From anyone
+/// else it is the kernel's.
+#[test]
+fn keyed_tunnel_traffic_is_decapsulated_only_for_flows_the_engine_accepted() {
+    if !root_or_skip("keyed_tunnel_traffic_is_decapsulated_only_for_flows_the_engine_accepted") {
+        return;
+    }
+    const OTHER_PEER: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
+    let mut p = loaded(MissingSocket::Drop);
+    p.add_peer(OTHER_PEER.into()).unwrap();
+    let flow = KeyedFlow {
+        client: SocketAddr::new(CLIENT4.into(), 40000),
+        service: SocketAddr::new(SVC4.into(), 80),
+    };
+    let gre = |tag: u32, inner: &[u8]| {
+        let mut g = vec![0x30, 0, 0x08, 0];
+        g.extend_from_slice(&tag.to_be_bytes());
+        g.extend_from_slice(&[0, 0, 0, 1]);
+        g.extend_from_slice(inner);
+        g
+    };
+    let from = |peer: Ipv4Addr, tag: u32, inner: &[u8]| {
+        eth(
+            MAC_A,
+            MAC_B,
+            0x0800,
+            &ipv4(peer, SVC4, 47, &gre(tag, inner)),
+        )
+    };
+    let ack = inner_tcp(80, 0x10, b"GET / HTTP/1.1\r\n\r\n");
+    let to_router = |p: &RouterProgram, name: &str, frame: &[u8]| {
+        let before = p.counters().unwrap();
+        let (action, out) = p.test_run_output(frame).unwrap();
+        assert_eq!(
+            action, XDP_DROP,
+            "{name}: to the router (dropped: no socket)"
+        );
+        assert_eq!(out, frame, "{name}: untouched");
+        let after = p.counters().unwrap();
+        assert_eq!(
+            after.get(Counter::DecapGreV4),
+            before.get(Counter::DecapGreV4),
+            "{name}"
+        );
+    };
+    to_router(&p, "not accepted yet", &from(PEER4, 0xdead_beef, &ack));
+    p.add_keyed_flow(PEER4.into(), &flow, 0xdead_beef).unwrap();
+    let (action, out) = p.test_run_output(&from(PEER4, 0xdead_beef, &ack)).unwrap();
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(
+        out,
+        eth(MAC_A, MAC_B, 0x0800, &ack),
+        "the inner packet, same MACs"
+    );
+    assert_eq!(p.counters().unwrap().get(Counter::DecapGreV4), 1);
+    let mut long = from(PEER4, 0xdead_beef, &ack);
+    long[14 + 3] += 4; // the outer header claims 4 more bytes than the inner
+    let mut ce = from(PEER4, 0xdead_beef, &ack);
+    ce[14 + 1] |= 3; // CE outside, Not-ECT inside: the engine decides
+    let mut ks_only = from(PEER4, 0xdead_beef, &ack);
+    ks_only[14 + 20] = 0xb0; // a checksum present
+    for (name, frame) in [
+        ("another tag", from(PEER4, 0xdead_bef0, &ack)),
+        ("another peer", from(OTHER_PEER, 0xdead_beef, &ack)),
+        ("SYN", from(PEER4, 0xdead_beef, &inner_tcp(80, 0x02, b""))),
+        ("FIN", from(PEER4, 0xdead_beef, &inner_tcp(80, 0x11, b""))),
+        ("RST", from(PEER4, 0xdead_beef, &inner_tcp(80, 0x04, b""))),
+        (
+            "another port",
+            from(PEER4, 0xdead_beef, &inner_tcp(81, 0x10, b"x")),
+        ),
+        ("lengths disagree", long),
+        ("ECN to combine", ce),
+        ("another GRE header", ks_only),
+        ("plain IP-in-IP of the flow", tunnelled(PEER4, &ack)),
+        (
+            "VLAN-tagged",
+            vlan(
+                0x8100,
+                0x0800,
+                &ipv4(PEER4, SVC4, 47, &gre(0xdead_beef, &ack)),
+            ),
+        ),
+    ] {
+        to_router(&p, name, &frame);
+    }
+    // A key roll: the engine replaces the tag.
+    p.add_keyed_flow(PEER4.into(), &flow, 0x0102_0304).unwrap();
+    assert_eq!(
+        p.test_run(&from(PEER4, 0x0102_0304, &ack)).unwrap(),
+        XDP_PASS
+    );
+    to_router(&p, "the old tag", &from(PEER4, 0xdead_beef, &ack));
+    // The connection ended: its packets go to the router again.
+    assert!(p.remove_keyed_flow(PEER4.into(), &flow).unwrap());
+    to_router(&p, "removed", &from(PEER4, 0x0102_0304, &ack));
+    // From a stranger's address: the kernel's (it has no GRE tunnel).
+    let stranger = eth(
+        MAC_A,
+        MAC_B,
+        0x0800,
+        &ipv4(CLIENT4, SVC4, 47, &gre(1, &ack)),
+    );
+    assert_eq!(p.test_run(&stranger).unwrap(), XDP_PASS);
+    assert_eq!(p.counters().unwrap().get(Counter::DecapGreV4), 2);
+}
+
+/// A worker's own descriptor of the keyed-flows map writes to the same map
+/// the program reads.
+#[test]
+fn a_workers_keyed_flow_map_is_the_programs() {
+    if !root_or_skip("a_workers_keyed_flow_map_is_the_programs") {
+        return;
+    }
+    let p = loaded(MissingSocket::Drop);
+    let w = p.keyed_flow_map().unwrap();
+    let flow = KeyedFlow {
+        client: SocketAddr::new(CLIENT4.into(), 40000),
+        service: SocketAddr::new(SVC4.into(), 80),
+    };
+    let ack = inner_tcp(80, 0x10, b"x");
+    let mut g = vec![0x30, 0, 0x08, 0, 0, 0, 0, 42, 0, 0, 0, 1];
+    g.extend_from_slice(&ack);
+    let frame = eth(MAC_A, MAC_B, 0x0800, &ipv4(PEER4, SVC4, 47, &g));
+    assert_eq!(p.test_run(&frame).unwrap(), XDP_DROP, "to the router");
+    w.add(PEER4.into(), &flow, 42).unwrap();
+    assert_eq!(p.test_run(&frame).unwrap(), XDP_PASS, "decapsulated");
+    assert!(w.remove(PEER4.into(), &flow).unwrap());
+    assert!(!w.remove(PEER4.into(), &flow).unwrap());
+    assert_eq!(p.test_run(&frame).unwrap(), XDP_DROP);
+    assert!(w.add(PEER6.into(), &flow, 1).is_err(), "IPv4 only");
 }

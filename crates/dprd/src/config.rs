@@ -9,7 +9,7 @@ use dpr_policy::{
     ThresholdTwoChoices, TwoChoices,
 };
 use dpr_router::cluster::{KeyRing, NodeConfig, PeerConfig, ReportMode};
-use dpr_router::{DeadPeerAction, EngineConfig};
+use dpr_router::{DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
 use dpr_table::{Capacity, ConnTableConfig, LoadMetric, LoadTableConfig, PeerId};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,13 +52,16 @@ pub struct Config {
 /// The secrets a running daemon derives from the cluster key: what a
 /// client must not know (it could pick source ports that all land on one
 /// host under the stateless hash, or in one bucket of the flow tables).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DerivedSeeds {
     /// The flow tables' and the queue steering's hash seed (per host; it
     /// need not agree across hosts, only stay fixed while the tables live).
     pub flow_hash: Option<u64>,
     /// The stateless-hash policy's seed (the same on every host).
     pub policy_hash: Option<u64>,
+    /// The keyed tunnel's tag keys (one per cluster key, the signing
+    /// key's first).
+    pub tunnel_keys: Option<TunnelKeys>,
 }
 
 /// `[host]`.
@@ -386,6 +389,19 @@ pub enum DeadPeerKind {
     Drop,
 }
 
+/// `[tunnel] auth`: how redirected packets prove they come from a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TunnelAuthKind {
+    /// GRE with a tag keyed from the cluster key (the default).
+    #[default]
+    Key,
+    /// Plain IP-in-IP, accepted from any peer's tunnel address
+    /// (interoperation only: anyone who can spoof a peer's address can
+    /// open connections).
+    None,
+}
+
 /// `[tunnel]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -398,6 +414,19 @@ pub struct TunnelSection {
     pub ttl: u8,
     /// `reset` or `drop`.
     pub dead_peer: DeadPeerKind,
+    /// `key` (GRE with a keyed tag) or `none` (plain IP-in-IP).
+    pub auth: TunnelAuthKind,
+}
+
+impl TunnelSection {
+    /// Bytes the tunnel adds in front of a redirected packet: the outer
+    /// IPv4 header, and the GRE header when keyed.
+    pub fn overhead(&self) -> u16 {
+        match self.auth {
+            TunnelAuthKind::Key => 20 + dpr_packet::gre::HEADER_LEN as u16,
+            TunnelAuthKind::None => 20,
+        }
+    }
 }
 
 impl Default for TunnelSection {
@@ -407,6 +436,7 @@ impl Default for TunnelSection {
             mss_clamp: true,
             ttl: 64,
             dead_peer: DeadPeerKind::Reset,
+            auth: TunnelAuthKind::Key,
         }
     }
 }
@@ -460,9 +490,10 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The MSS the serving host must announce on redirected connections:
-/// the tunnel MTU less the outer (20) and inner IPv4 + TCP (40) headers.
-pub fn clamped_mss(mtu: u16) -> u16 {
-    mtu.saturating_sub(60)
+/// the tunnel MTU less the tunnel's `overhead` (20 for IP-in-IP, 32 with
+/// the keyed tunnel's GRE header) and the inner IPv4 + TCP headers (40).
+pub fn clamped_mss(mtu: u16, overhead: u16) -> u16 {
+    mtu.saturating_sub(overhead + 40)
 }
 
 impl Config {
@@ -779,6 +810,7 @@ impl Config {
         self.derived = DerivedSeeds {
             flow_hash: Some(keys.derive_seed(b"dpr flow table seed v1")),
             policy_hash: Some(keys.derive_seed(b"dpr stateless hash seed v1")),
+            tunnel_keys: Some(keys.tunnel_keys()),
         };
     }
 
@@ -811,6 +843,16 @@ impl Config {
             e.flow_hash_seed = seed;
         }
         e.decision_log = self.admin.decision_log;
+        // Keyed once the key file was read (`dprd run`); `check-config`
+        // builds no engine that sends anything.
+        e.tunnel_auth = match (self.tunnel.auth, &self.derived.tunnel_keys) {
+            (TunnelAuthKind::Key, Some(k)) => TunnelAuth::Key(k.clone()),
+            _ => TunnelAuth::None,
+        };
+        // AF_XDP: the program passes the keyed flows the engines accepted.
+        e.keyed_flow_events = self.backend.kind == BackendKind::AfXdp
+            && self.backend.xdp_decap
+            && matches!(e.tunnel_auth, TunnelAuth::Key(_));
         e
     }
 
@@ -1003,6 +1045,35 @@ service_addrs = ["198.18.0.2"]
         e.field()
             .map(str::to_string)
             .unwrap_or_else(|| e.to_string())
+    }
+
+    #[test]
+    fn tunnel_auth_is_key_by_default_none_on_request_and_named_when_bad() {
+        let c = Config::parse(GOOD).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.tunnel.auth, TunnelAuthKind::Key);
+        assert_eq!(c.tunnel.overhead(), 32);
+        assert_eq!(clamped_mss(c.tunnel.mtu, c.tunnel.overhead()), 1428);
+        // Without the key file read, the engine cannot key anything yet.
+        assert_eq!(c.engine_config().tunnel_auth, TunnelAuth::None);
+        let mut keyed = c.clone();
+        let ring = KeyRing::parse(&format!("3 {}\n", "ab".repeat(32)))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        keyed.derive_seeds(&ring);
+        match keyed.engine_config().tunnel_auth {
+            TunnelAuth::Key(k) => assert_eq!(k.ids(), vec![3]),
+            other => unreachable!("{other:?}"),
+        }
+        let none = Config::parse(&format!("[tunnel]\nauth = \"none\"\n{GOOD}"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(none.tunnel.auth, TunnelAuthKind::None);
+        assert_eq!(clamped_mss(none.tunnel.mtu, none.tunnel.overhead()), 1440);
+        let mut derived = none.clone();
+        derived.derive_seeds(&ring);
+        assert_eq!(derived.engine_config().tunnel_auth, TunnelAuth::None);
+        let e = err_of(&format!("[tunnel]\nauth = \"hmac\"\n{GOOD}"));
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("auth") && text.contains("`key`"), "{text}");
     }
 
     #[test]

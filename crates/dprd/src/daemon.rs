@@ -18,7 +18,7 @@
 //! close their queues (the TUN device disappears), and the admin socket is
 //! removed.
 
-use crate::config::{Config, clamped_mss};
+use crate::config::{Config, TunnelAuthKind, clamped_mss};
 use crate::control::{Clock, ControlPlane};
 use crate::error::{DaemonError, Error};
 use crate::status::{PeerRow, Status};
@@ -128,6 +128,11 @@ fn v4(addrs: &[IpAddr]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// IP-in-IP's protocol number.
+const IPPROTO_IPIP: u8 = 4;
+/// GRE's, the keyed tunnel's.
+const IPPROTO_GRE: u8 = 47;
+
 /// The host setup a configuration asks for, around TUN device `tun`;
 /// `divert`: policy routing into the TUN (the TUN backend).
 pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
@@ -145,10 +150,17 @@ pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
         service_ports: cfg.host.service_ports.clone(),
         divert_table: cfg.backend.divert_table,
         mss_table: cfg.backend.mss_table,
-        advmss: cfg.tunnel.mss_clamp.then(|| clamped_mss(cfg.tunnel.mtu)),
+        advmss: cfg
+            .tunnel
+            .mss_clamp
+            .then(|| clamped_mss(cfg.tunnel.mtu, cfg.tunnel.overhead())),
         rule_priority: cfg.backend.rule_priority,
         local_rule_priority: cfg.backend.local_rule_priority,
         divert,
+        tunnel_protocols: match cfg.tunnel.auth {
+            TunnelAuthKind::Key => vec![IPPROTO_GRE, IPPROTO_IPIP],
+            TunnelAuthKind::None => vec![IPPROTO_IPIP],
+        },
     }
 }
 
@@ -224,6 +236,13 @@ pub fn run_with_policy(
     })?;
     // The flow-hash seeds are secrets derived from the cluster key.
     cfg.derive_seeds(&keys);
+    if cfg.tunnel.auth == TunnelAuthKind::None {
+        tracing::warn!(
+            "tunnel.auth = \"none\": redirected connections travel in plain IP-in-IP and are \
+             accepted from anyone who can spoof a peer's tunnel address (set \"key\" on every \
+             host to refuse them)"
+        );
+    }
     // One instance per state directory; the lock dies with the process.
     let _lock = InstanceLock::acquire(&cfg.admin.state_dir)?;
     let journal = StateFile::in_dir(&cfg.admin.state_dir);
@@ -406,7 +425,15 @@ pub fn run_with_policy(
         let i = shard.index();
         match (sockets.as_mut().and_then(Iterator::next), &xdp) {
             (Some(xsk), Some(x)) => {
-                let q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
+                let mut q = dpr_io::afxdp::XdpQueue::new(xsk, q.into_inner(), x.ifindex, x.mac);
+                // The keyed tunnel's fast path: the worker writes the flows
+                // its engine accepts into the program's map itself.
+                if cfg.engine_config().keyed_flow_events {
+                    match x.program.router_program().keyed_flow_map() {
+                        Ok(m) => q = q.with_keyed_flows(m),
+                        Err(e) => tracing::warn!(error = %e, "no keyed-flow fast path"),
+                    }
+                }
                 workers.spawn(q, shard)
             }
             _ => workers.spawn(BatchBackend::new(q, cfg.backend.batch, mtu), shard),
@@ -611,6 +638,7 @@ impl LoopCtx {
                 io.insert(format!("xdp_prog_{k:?}").to_lowercase(), c.get(k));
             }
         }
+
         let peers = self
             .control
             .peers(now, e)
@@ -836,6 +864,12 @@ impl LoopCtx {
         new.derive_seeds(&keys);
         // The tables keep the seed they were built with.
         new.derived.flow_hash = self.cfg.derived.flow_hash;
+        // A key roll: the tunnel's tags follow the new ring at once (tags
+        // under every key of the ring are accepted, see decisions.md).
+        if let Some(k) = new.derived.tunnel_keys.clone() {
+            self.engines
+                .broadcast(move |e| e.set_tunnel_keys(k.clone()));
+        }
         let policy = config_policy(&new)?;
         self.guard.set_peer_service_addrs(&new.peer_service_v4())?;
         if let Some(x) = self.xdp.as_mut() {

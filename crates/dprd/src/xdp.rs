@@ -3,7 +3,7 @@
 //! is `dpr_io::xdp`'s; this is only the mapping of `[host]`, `[backend]`
 //! and `[cluster]` to a [`XdpPlan`].
 
-use crate::config::{BackendKind, Config, XdpModeSetting};
+use crate::config::{BackendKind, Config, TunnelAuthKind, XdpModeSetting};
 use dpr_io::xdp::{XdpPeer, XdpPlan};
 use dpr_xdp::XdpMode;
 
@@ -43,7 +43,9 @@ impl Config {
                 XdpModeSetting::Native => XdpMode::Native,
                 XdpModeSetting::Generic => XdpMode::Generic,
             },
-            decap: self.backend.xdp_decap,
+            // The program's decapsulation does not check tags: with the
+            // keyed tunnel every tunnelled packet goes to the engine.
+            decap: self.backend.xdp_decap && self.tunnel.auth == TunnelAuthKind::None,
             xsk: Default::default(),
         }
     }

@@ -107,6 +107,30 @@ impl KeyRing {
         u64::from_le_bytes(b)
     }
 
+    /// The keyed tunnel's tag keys, one per cluster key and with its id,
+    /// the signing key's first: the first 16 bytes of HMAC-SHA-256 of a
+    /// label of their own under each key. A separate key per use: a tag
+    /// key that leaked (it sits in every worker's engine) reveals neither
+    /// the cluster key nor the flow-hash seeds. The tunnel follows the
+    /// control protocol's roll: tags are made with the signing key and
+    /// accepted under either.
+    pub fn tunnel_keys(&self) -> crate::config::TunnelKeys {
+        let keys = self
+            .keys
+            .iter()
+            .map(|(id, mac)| {
+                let mut m = mac.clone();
+                m.update(b"dpr tunnel tag key v1");
+                let out = m.finalize().into_bytes();
+                let mut k = [0u8; 16];
+                k.copy_from_slice(&out[..16]);
+                (*id, dpr_packet::siphash::SipKey::from_bytes(k))
+            })
+            .collect();
+        // A ring holds one or two keys with distinct ids, as TunnelKeys must.
+        crate::config::TunnelKeys::from_ring(keys)
+    }
+
     /// The id of the signing key.
     pub fn signing_id(&self) -> u16 {
         self.keys[0].0
@@ -193,6 +217,20 @@ mod tests {
                 other => panic!("{text:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn tunnel_keys_follow_the_ring_and_differ_from_its_other_secrets() {
+        let old = KeyRing::parse(&format!("1 {K1}\n")).unwrap();
+        let both = KeyRing::parse(&format!("2 {K2}\n1 {K1}\n")).unwrap();
+        let (t_old, t_both) = (old.tunnel_keys(), both.tunnel_keys());
+        assert_eq!(t_old.ids(), vec![1]);
+        assert_eq!(t_both.ids(), vec![2, 1]);
+        assert_eq!(t_both.signing().0, 2);
+        // The same cluster key gives the same tunnel key on every host.
+        assert_eq!(t_old.get(1), t_both.get(1));
+        assert_ne!(t_both.get(1), t_both.get(2));
+        assert_eq!(format!("{t_both:?}"), "TunnelKeys { key_ids: [2, 1] }");
     }
 
     #[test]
