@@ -18,10 +18,10 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
-use dpr_lab::lab::{Lab, LabSpec, service_addr};
+use dpr_lab::lab::{Lab, LabSpec};
+use dpr_tests::clients::{finish_half_posts, load_host0, start_half_posts, status};
 use dpr_tests::{ok, programs, root_or_skip};
 use dprd::status::Status;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// dprd's default control port (`[cluster] port`).
@@ -29,10 +29,6 @@ const CLUSTER_PORT: u16 = 6870;
 const SOAK: Duration = Duration::from_secs(20);
 /// Connections the client opens to host 0 before its restart.
 const CONNECTIONS: usize = 600;
-
-fn status(lab: &Lab, i: usize) -> Status {
-    ok(lab.status(i))
-}
 
 fn io(s: &Status, k: &str) -> u64 {
     s.io.get(k).copied().unwrap_or(0)
@@ -98,100 +94,6 @@ fn cluster(spec: LabSpec) -> Lab {
     }
     ok(lab.wait_alive(Duration::from_secs(10)));
     lab
-}
-
-/// Holds `n` idle connections to host 0's service address from inside
-/// host 0 (past no router) so that its load is `n`; waits until dprd has
-/// measured it.
-fn load_host0(lab: &mut Lab, n: usize) {
-    let mut script = String::new();
-    for k in 0..n {
-        script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
-    }
-    script += "sleep 180";
-    let ns = lab.host_ns(0);
-    ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status(lab, 0).open_connections < n as u32 {
-        assert!(
-            Instant::now() < deadline,
-            "host 0 never saw its idle connections"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A client script: opens `n` connections to `addr`:80, sends each a POST
-/// with half its body, waits for `go` to exist, sends the other halves and
-/// writes one line per connection to `out`: `ok <served-by>` or `error ...`.
-const HALF_POSTS: &str = r#"
-import os, socket, sys, time
-addr, n, go, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-body = b"x" * 2000
-conns = []
-for _ in range(n):
-    s = socket.create_connection((addr, 80), timeout=30)
-    s.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2000\r\n\r\n" + body[:1000])
-    conns.append(s)
-open(out + ".ready", "w").close()
-deadline = time.time() + 90
-while not os.path.exists(go) and time.time() < deadline:
-    time.sleep(0.05)
-lines = []
-for s in conns:
-    try:
-        s.sendall(body[1000:])
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        text = data.decode("latin-1")
-        head, _, rest = text.partition("\r\n\r\n")
-        lines.append("ok " + rest.split()[1] if rest.startswith("served-by") else "error " + repr(text[:80]))
-    except Exception as e:
-        lines.append("error " + repr(e))
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-"#;
-
-fn start_half_posts(lab: &mut Lab, n: usize) -> (PathBuf, PathBuf) {
-    let script = lab.dir.join("half_posts.py");
-    std::fs::write(&script, HALF_POSTS).unwrap();
-    let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
-    let ns = lab.client_ns();
-    let args = [
-        script.to_string_lossy().into_owned(),
-        service_addr(0).to_string(),
-        n.to_string(),
-        go.to_string_lossy().into_owned(),
-        out.to_string_lossy().into_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(lab.spawn_in(&ns, "python3", &args));
-    let ready = lab.dir.join("out.ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "client never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (go, out)
-}
-
-fn finish_half_posts(go: &Path, out: &Path) -> Vec<String> {
-    std::fs::write(go, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.exists() {
-        assert!(Instant::now() < deadline, "client never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Seconds since the Unix epoch of a log line's leading RFC 3339 UTC
@@ -332,7 +234,7 @@ fn control_loss(percent: u32) {
         dead_after_ms: 1000,
         ..LabSpec::default()
     });
-    load_host0(&mut lab, 8);
+    load_host0(&mut lab, 8, 180);
     for i in 0..3 {
         lossy(&lab, i, percent);
     }

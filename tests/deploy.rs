@@ -11,14 +11,10 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use dpr_lab::lab::{Lab, LabSpec, service_addr};
+use dpr_tests::clients::status;
 use dpr_tests::{ok, programs, root_or_skip};
-use dprd::status::Status;
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-fn status(lab: &Lab, i: usize) -> Status {
-    ok(lab.status(i))
-}
 
 fn peer_state(lab: &Lab, i: usize, of: u16) -> String {
     status(lab, i)

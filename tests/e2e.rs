@@ -11,9 +11,10 @@
 
 use dpr_lab::lab::{CLIENT_ADDR, Lab, LabSpec, service_addr, tunnel_addr};
 use dpr_lab::truth::GroundTruth;
+use dpr_tests::clients::{finish_half_posts, load_host0, start_half_posts, status};
 use dpr_tests::{ok, programs, root_or_skip};
 use dprd::status::Status;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,41 +61,12 @@ fn decapsulated_by_peers(lab: &Lab) -> u64 {
         .sum()
 }
 
-fn status(lab: &Lab, i: usize) -> Status {
-    ok(lab.status(i))
-}
-
 fn event(s: &Status, k: &str) -> u64 {
     s.events.get(k).copied().unwrap_or(0)
 }
 
 fn drop_count(s: &Status, k: &str) -> u64 {
     s.drops.get(k).copied().unwrap_or(0)
-}
-
-/// Holds `n` idle connections to host 0's service address so that its
-/// load (open connections) reaches `n`, and waits until dprd has measured
-/// it. They are opened inside host 0 (over loopback, past no router): from
-/// the client, the policy could redirect some of them as the load rises,
-/// and the load would depend on timing.
-fn load_host0(lab: &mut Lab, n: usize) {
-    let mut script = String::new();
-    for k in 0..n {
-        script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
-    }
-    script += "sleep 60";
-    let ns = lab.host_ns(0);
-    ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status(lab, 0).open_connections < n as u32 {
-        assert!(
-            Instant::now() < deadline,
-            "host 0 never saw its idle connections"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // One more load refresh and one report interval for the peers.
-    std::thread::sleep(Duration::from_millis(250));
 }
 
 fn curl(lab: &Lab, args: &[&str]) -> String {
@@ -123,7 +95,7 @@ fn curl_over_a_redirected_connection_is_answered_as_the_address_it_used(backend:
         return;
     };
     let mut lab = cluster(threshold_one(3, backend));
-    load_host0(&mut lab, 2);
+    load_host0(&mut lab, 2, 60);
     let before = status(&lab, 0);
     let out = curl(
         &lab,
@@ -159,7 +131,7 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
         return;
     };
     let mut lab = cluster(threshold_one(3, backend));
-    load_host0(&mut lab, 2);
+    load_host0(&mut lab, 2, 60);
     let file = lab.dir.join("upload.bin");
     ok(std::fs::write(&file, vec![b'x'; 20_000_000]).map_err(|e| e.to_string()));
     let mut namespaces: Vec<String> = (0..3).map(|i| lab.host_ns(i)).collect();
@@ -340,7 +312,7 @@ fn a_killed_host_gets_no_new_connections_after_dead_after(backend: &str) {
     let interval = Duration::from_millis(spec.report_interval_ms);
     let mut lab = cluster(spec);
     // Load on h0 so that it redirects: h1 and h2 both take connections.
-    load_host0(&mut lab, 2);
+    load_host0(&mut lab, 2, 60);
     let warm = ok(lab.load_targets(&[0, 1], 40.0, 2.0, 0.9, "before the kill"));
     assert_eq!(warm.values().map(|t| t.errors).sum::<usize>(), 0);
     // Kill host 2: its daemon and web server die, its link goes down.
@@ -694,41 +666,6 @@ fn sigterm_and_a_failed_setup_leave_nothing_behind(backend: &str) {
     assert_eq!(left.len(), 1, "only the clashing rule is left: {left:?}");
 }
 
-/// A client script: opens `n` connections to `addr`:80, sends each a POST
-/// with half its body, waits for `go` to exist, sends the other halves and
-/// writes one line per connection to `out`: `ok <served-by>` or `error ...`.
-const HALF_POSTS: &str = r#"
-import os, socket, sys, time
-addr, n, go, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-body = b"x" * 2000
-conns = []
-for _ in range(n):
-    s = socket.create_connection((addr, 80), timeout=20)
-    s.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2000\r\n\r\n" + body[:1000])
-    conns.append(s)
-open(out + ".ready", "w").close()
-deadline = time.time() + 60
-while not os.path.exists(go) and time.time() < deadline:
-    time.sleep(0.05)
-lines = []
-for s in conns:
-    try:
-        s.sendall(body[1000:])
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        text = data.decode("latin-1")
-        head, _, rest = text.partition("\r\n\r\n")
-        lines.append("ok " + rest.split()[1] if rest.startswith("served-by") else "error " + repr(text[:80]))
-    except Exception as e:
-        lines.append("error " + repr(e))
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-"#;
-
 /// A 3-host lab where host 0 holds 8 idle local connections and then, by
 /// a configuration reload (threshold 0.5), redirects new ones; host 0's
 /// configuration text with `extra` added to `[cluster]`.
@@ -745,7 +682,7 @@ fn overloaded_host0_with(extra: &str, backend: &str, auth: &str) -> (Lab, String
         tunnel_auth: auth.into(),
         ..LabSpec::default()
     });
-    load_host0(&mut lab, 8);
+    load_host0(&mut lab, 8, 60);
     let cfg = lab
         .config_text(0)
         .replace("threshold = 1000.0", "threshold = 0.5")
@@ -754,47 +691,6 @@ fn overloaded_host0_with(extra: &str, backend: &str, auth: &str) -> (Lab, String
     let a = ok(lab.admin(0, "reload"));
     assert!(a.contains("\"ok\":true"), "{a}");
     (lab, cfg)
-}
-
-/// Starts the half-POST client against host 0 with `n` connections and
-/// waits until all of them are connected; returns its `go` and `out` files.
-fn start_half_posts(lab: &mut Lab, n: usize) -> (PathBuf, PathBuf) {
-    let script = lab.dir.join("half_posts.py");
-    std::fs::write(&script, HALF_POSTS).unwrap();
-    let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
-    let ns = lab.client_ns();
-    let args = [
-        script.to_string_lossy().into_owned(),
-        service_addr(0).to_string(),
-        n.to_string(),
-        go.to_string_lossy().into_owned(),
-        out.to_string_lossy().into_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(lab.spawn_in(&ns, "python3", &args));
-    let ready = lab.dir.join("out.ready");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "client never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (go, out)
-}
-
-/// Lets the half-POST client finish and returns its lines.
-fn finish_half_posts(go: &Path, out: &Path) -> Vec<String> {
-    std::fs::write(go, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !out.exists() {
-        assert!(Instant::now() < deadline, "client never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Restarts host 0's dprd, `wait` after `n` connections it redirected
@@ -1097,7 +993,7 @@ fn sighup_reload_adds_a_peer_and_changes_policy_without_dropping_connections() {
     }
     std::thread::sleep(Duration::from_millis(500));
     assert!(status(&lab, 0).peers.iter().all(|p| p.peer.id != 2));
-    load_host0(&mut lab, 2);
+    load_host0(&mut lab, 2, 60);
     // Established connections across the reload: half a POST now, the
     // rest after.
     let (go, out) = start_half_posts(&mut lab, 6);
@@ -1201,7 +1097,7 @@ fn a_client_reusing_its_port_gets_a_decision_per_connection(backend: &str) {
         return;
     };
     let mut lab = cluster(threshold_one(3, backend));
-    load_host0(&mut lab, 2);
+    load_host0(&mut lab, 2, 60);
     let before = status(&lab, 0);
     let n = 30;
     let ns = lab.client_ns();
@@ -1246,7 +1142,7 @@ fn wrk_with_connection_close_is_decided_per_connection(backend: &str) {
         service_ms: 0,
         ..threshold_one(3, backend)
     });
-    load_host0(&mut lab, 2);
+    load_host0(&mut lab, 2, 60);
     let before = status(&lab, 0);
     let ns = lab.client_ns();
     // DPR_WRK_SECS=30 for the issue's 30 s run; 4 s in the suite.

@@ -17,6 +17,7 @@
 
 use dpr_lab::lab::{Lab, LabSpec, service_addr};
 use dpr_table::{ConnTable, ConnTableConfig, WideKey};
+use dpr_tests::clients::{finish_half_posts, load_host0, start_half_posts, status};
 use dpr_tests::{ok, programs, root_or_skip};
 use dprd::status::Status;
 use std::path::{Path, PathBuf};
@@ -39,10 +40,6 @@ const DOWNLOAD: usize = 20_000_000;
 /// the flood.
 const NEW_CONNS_COUNT: usize = 200;
 const NEW_CONNS_RATE: f64 = 40.0;
-
-fn status(lab: &Lab, i: usize) -> Status {
-    ok(lab.status(i))
-}
 
 fn event(s: &Status, k: &str) -> u64 {
     s.events.get(k).copied().unwrap_or(0)
@@ -75,99 +72,6 @@ fn spawn(mut c: Command) -> Reaped {
             .spawn()
             .expect("spawn"),
     )
-}
-
-/// Holds `n` idle connections to host 0's service address from inside
-/// host 0 (past no router) and waits until dprd has measured them.
-fn load_host0(lab: &mut Lab, n: usize) {
-    let mut script = String::new();
-    for k in 0..n {
-        script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
-    }
-    script += "sleep 120";
-    let ns = lab.host_ns(0);
-    ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(lab, 0).open_connections < n as u32 {
-        assert!(
-            Instant::now() < deadline,
-            "host 0 never saw its idle connections"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(250));
-}
-
-const HALF_POSTS: &str = r#"
-import os, socket, sys, time
-addr, n, go, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-body = b"x" * 2000
-conns = []
-for _ in range(n):
-    s = socket.create_connection((addr, 80), timeout=30)
-    s.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2000\r\n\r\n" + body[:1000])
-    conns.append(s)
-open(out + ".ready", "w").close()
-deadline = time.time() + 90
-while not os.path.exists(go) and time.time() < deadline:
-    time.sleep(0.05)
-lines = []
-for s in conns:
-    try:
-        s.sendall(body[1000:])
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        text = data.decode("latin-1")
-        head, _, rest = text.partition("\r\n\r\n")
-        lines.append("ok " + rest.split()[1] if rest.startswith("served-by") else "error " + repr(text[:80]))
-    except Exception as e:
-        lines.append("error " + repr(e))
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-"#;
-
-/// Starts the half-POST client (`n` connections to host 0) and waits until
-/// all are connected; returns its `go` and `out` files.
-fn start_half_posts(lab: &mut Lab, n: usize) -> (PathBuf, PathBuf) {
-    let script = lab.dir.join("half_posts.py");
-    std::fs::write(&script, HALF_POSTS).unwrap();
-    let (go, out) = (lab.dir.join("go"), lab.dir.join("out"));
-    let ns = lab.client_ns();
-    let args = [
-        script.to_string_lossy().into_owned(),
-        service_addr(0).to_string(),
-        n.to_string(),
-        go.to_string_lossy().into_owned(),
-        out.to_string_lossy().into_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(lab.spawn_in(&ns, "python3", &args));
-    let ready = lab.dir.join("out.ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "client never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (go, out)
-}
-
-fn finish_half_posts(go: &Path, out: &Path) -> Vec<String> {
-    std::fs::write(go, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.exists() {
-        assert!(Instant::now() < deadline, "client never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Resident memory of a process, kB (`VmRSS`).
@@ -361,7 +265,7 @@ fn a_syn_flood_at_ten_times_the_table_breaks_no_connection(backend: &str) {
         ok(lab.start_dprd_with(i, &c));
     }
     ok(lab.wait_alive(Duration::from_secs(10)));
-    load_host0(&mut lab, LOCAL_LOAD);
+    load_host0(&mut lab, LOCAL_LOAD, 120);
     let cfg0 = config(&lab, 0, "0.5");
     std::fs::write(lab.config_path(0), &cfg0).unwrap();
     let a = ok(lab.admin(0, "reload"));

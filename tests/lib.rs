@@ -10,6 +10,7 @@
 //! is missing fails them, naming its path; it never skips them.
 #![allow(clippy::panic)] // a missing binary fails the test, loudly
 
+pub mod clients;
 pub mod frames;
 
 use dpr_lab::lab::Programs;

@@ -10,14 +10,11 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use dpr_lab::lab::{Lab, LabSpec, service_addr};
+use dpr_tests::clients::{load_host0, status};
 use dpr_tests::{ok, programs, root_or_skip};
 use dprd::status::Status;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn status(lab: &Lab, i: usize) -> Status {
-    ok(lab.status(i))
-}
 
 fn event(s: &Status, k: &str) -> u64 {
     s.events.get(k).copied().unwrap_or(0)
@@ -49,28 +46,6 @@ fn cluster(spec: LabSpec) -> Lab {
     lab
 }
 
-/// Holds `n` idle connections to host 0's own service address from
-/// inside host 0 (over loopback, past no router), so that its load is `n`
-/// and, with a threshold under it, every new connection from the client
-/// is redirected to a peer.
-fn hold_host0_load(lab: &mut Lab, n: usize) {
-    let mut script = String::new();
-    for k in 0..n {
-        script += &format!("exec {}<>/dev/tcp/{}/80; ", 3 + k, service_addr(0));
-    }
-    script += "sleep 120";
-    let ns = lab.host_ns(0);
-    ok(lab.spawn_in(&ns, "bash", &["-c", &script]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(lab, 0).open_connections < n as u32 {
-        assert!(
-            Instant::now() < deadline,
-            "host 0 never saw its idle connections"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Host 0 overloaded (threshold 0.5, 8 connections of its own): its
 /// configuration text, with which every restart starts it.
 fn redirecting_host0(backend: &str) -> (Lab, String) {
@@ -85,7 +60,7 @@ fn redirecting_host0(backend: &str) -> (Lab, String) {
         dead_after_ms: 1000,
         ..LabSpec::default()
     });
-    hold_host0_load(&mut lab, 8);
+    load_host0(&mut lab, 8, 120);
     let cfg = lab
         .config_text(0)
         .replace("threshold = 1000.0", "threshold = 0.5");
