@@ -6,7 +6,9 @@
 //! `GET /?size=N` answers N bytes (default `--size`), starting with
 //! `served-by NAME`; a request with a body (`POST`/`PUT`, `Content-Length`,
 //! `Expect: 100-continue` honoured) is read to its end and answered with
-//! `served-by NAME received BYTES`. Every answer carries `X-Served-By`.
+//! `served-by NAME received BYTES`. Every answer carries `X-Served-By`. A
+//! connection serves one request, or as many as the client sends when it
+//! asks for `Connection: keep-alive` (the keep-alive benchmark's wrk).
 //!
 //! With `--trace FILE`, every change of the count of open connections
 //! (accepted, not yet closed) appends `<CLOCK_MONOTONIC ns> <count>` to FILE
@@ -14,7 +16,7 @@
 //! lab` compares the daemon's load figures with.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -85,16 +87,33 @@ struct Slots {
     free: Condvar,
 }
 
-fn serve_one(mut s: TcpStream, o: &HttpdOptions, slots: &Slots) -> std::io::Result<()> {
+fn serve_one(s: TcpStream, o: &HttpdOptions, slots: &Slots) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_nodelay(true)?;
     let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    // One request, or several when the client asks for keep-alive.
+    while serve_request(&mut r, &mut w, o, slots)? {}
+    Ok(())
+}
+
+/// Reads one request and answers it. True when the client asked for the
+/// connection to stay open (`Connection: keep-alive`, opt-in: every other
+/// request is answered with `Connection: close`, as the lab's clients that
+/// read to the end of the stream expect).
+fn serve_request(
+    r: &mut impl BufRead,
+    s: &mut impl Write,
+    o: &HttpdOptions,
+    slots: &Slots,
+) -> std::io::Result<bool> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let mut len = 0usize;
     let mut expect = false;
+    let mut keep_alive = false;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
@@ -106,6 +125,9 @@ fn serve_one(mut s: TcpStream, o: &HttpdOptions, slots: &Slots) -> std::io::Resu
         }
         if l.starts_with("expect:") && l.contains("100-continue") {
             expect = true;
+        }
+        if l.starts_with("connection:") && l.contains("keep-alive") {
+            keep_alive = true;
         }
     }
     let size = first
@@ -156,8 +178,9 @@ fn serve_one(mut s: TcpStream, o: &HttpdOptions, slots: &Slots) -> std::io::Resu
     };
     write!(
         s,
-        "HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nX-Served-By: {}\r\nConnection: close\r\n\r\n{head_line}",
-        o.name
+        "HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nX-Served-By: {}\r\nConnection: {}\r\n\r\n{head_line}",
+        o.name,
+        if keep_alive { "keep-alive" } else { "close" }
     )?;
     let mut left = total - head_line.len();
     let pad = vec![b'.'; 64 * 1024];
@@ -167,7 +190,7 @@ fn serve_one(mut s: TcpStream, o: &HttpdOptions, slots: &Slots) -> std::io::Resu
         left -= n;
     }
     s.flush()?;
-    Ok(())
+    Ok(keep_alive)
 }
 
 /// Runs the server until killed.
@@ -272,5 +295,58 @@ mod tests {
         let counts: Vec<usize> = lines.iter().map(|l| l.1).collect();
         assert_eq!(counts, vec![1, 2, 1, 2, 1, 0]);
         assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    fn options() -> HttpdOptions {
+        HttpdOptions {
+            listen: String::new(),
+            name: "b".into(),
+            service: Duration::ZERO,
+            workers: 1,
+            size: 100,
+            trace: None,
+        }
+    }
+
+    /// Serves the requests in `input` as one connection would; the answers.
+    fn serve_all(input: &str) -> String {
+        let (o, slots) = (options(), Slots::default());
+        let mut r = std::io::Cursor::new(input.as_bytes().to_vec());
+        let mut w = Vec::new();
+        let mut n = 0;
+        while serve_request(&mut r, &mut w, &o, &slots).unwrap() {
+            n += 1;
+            assert!(n < 10, "never ends");
+        }
+        String::from_utf8(w).unwrap()
+    }
+
+    #[test]
+    fn keep_alive_is_opt_in() {
+        let two = "GET /?size=20 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n\
+                   GET /?size=30 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n";
+        let out = serve_all(two);
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+        assert_eq!(out.matches("Connection: keep-alive").count(), 2);
+        assert!(out.contains("Content-Length: 20\r\n") && out.contains("Content-Length: 30\r\n"));
+        // Without the header: one answer, the connection closes.
+        let out = serve_all("GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 1, "{out}");
+        assert!(out.contains("Connection: close\r\n"));
+    }
+
+    #[test]
+    fn keep_alive_reads_each_body_to_its_end() {
+        let out = serve_all(
+            "POST / HTTP/1.1\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello\
+             GET /?size=40 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert!(out.contains("served-by b received 5\n"), "{out}");
+        assert!(out.contains("Content-Length: 40\r\n"), "{out}");
+        let tail = format!(
+            "Connection: close\r\n\r\nserved-by b\n{}",
+            ".".repeat(40 - 12)
+        );
+        assert!(out.ends_with(&tail), "{out}");
     }
 }
