@@ -27,7 +27,12 @@ use crate::lab::{CLIENT_ADDR, Lab, LabSpec, Programs, service_addr, tunnel_addr}
 use crate::netns::sh;
 use crate::stop;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+mod engine;
+mod goals;
+mod wrk;
 
 /// The options of `dpr-lab bench-gen`.
 #[derive(Debug, Clone, clap::Args)]
@@ -237,6 +242,8 @@ struct Bench {
     auth: String,
     /// Every `auth` the DPR rows are measured with, in this order per backend.
     auths: Vec<String>,
+    /// What the goals table is computed from.
+    figures: goals::Figures,
 }
 
 fn mac_of(lab: &Lab, ns: &str) -> Result<String, String> {
@@ -300,6 +307,83 @@ struct HttpSamples {
     dprd_us: Vec<f64>,
     /// TCP retransmissions (client, A and B) per 1,000 requests.
     retrans_per_k: Vec<f64>,
+    /// Socket errors and non-2xx answers wrk counted.
+    errors: Vec<f64>,
+}
+
+/// The 20 MB transfers of one path, MB/s, one entry per run.
+#[derive(Debug, Default)]
+struct BulkSamples {
+    down: Vec<f64>,
+    up: Vec<f64>,
+}
+
+/// The size of the bulk transfer: 20 MB.
+const BULK_BYTES: u64 = 20_000_000;
+
+/// The DPR backends of the HTTP benchmarks, in their order.
+const DPR_BACKENDS: [&str; 3] = ["tun", "af-xdp-generic", "af-xdp-native"];
+
+/// What a path of an HTTP benchmark is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathKind {
+    Direct,
+    Haproxy,
+    Kernel,
+    /// A redirecting on `backend`; `first_auth`: with the first
+    /// `--tunnel-auth` (the one the goals are judged on).
+    Dpr {
+        backend: String,
+        first_auth: bool,
+    },
+}
+
+/// One path's figures.
+#[derive(Debug)]
+struct PathResult<T> {
+    name: String,
+    kind: PathKind,
+    samples: T,
+}
+
+/// The samples `f` picks on the path of `kind` (empty when not measured).
+fn path_samples<T>(r: &[PathResult<T>], kind: &PathKind, f: impl Fn(&T) -> &Vec<f64>) -> Vec<f64> {
+    r.iter()
+        .find(|p| &p.kind == kind)
+        .map(|p| f(&p.samples).clone())
+        .unwrap_or_default()
+}
+
+/// The samples `f` picks on each DPR path of the first tunnel auth.
+fn dpr_samples<T>(r: &[PathResult<T>], f: impl Fn(&T) -> &Vec<f64>) -> goals::PerBackend {
+    r.iter()
+        .filter_map(|p| match &p.kind {
+            PathKind::Dpr {
+                backend,
+                first_auth: true,
+            } => Some((backend.clone(), f(&p.samples).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// MB/s (10^6 bytes/s) from curl's `-w "%{http_code} %{size_download}
+/// %{size_upload} %{time_total}"`; an error unless the answer was 200 and
+/// all 20 MB went the way asked.
+fn curl_mbps(out: &str, upload: bool) -> Result<f64, String> {
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let (Some(code), Some(down), Some(up), Some(secs)) = (f.first(), num(1), num(2), num(3)) else {
+        return Err(format!("curl: unexpected output {out:?}"));
+    };
+    let bytes = if upload { up } else { down };
+    if *code != "200" || bytes < BULK_BYTES as f64 || secs <= 0.0 {
+        return Err(format!(
+            "curl: {} of 20 MB: answer {code}, {bytes} bytes in {secs} s",
+            if upload { "upload" } else { "download" }
+        ));
+    }
+    Ok(bytes / secs / 1e6)
 }
 
 #[derive(Debug, Default)]
@@ -535,10 +619,9 @@ impl Bench {
             );
             stop::sleep(Duration::from_millis(300))?;
             eprintln!("bench: forwarding, kernel");
-            out.push((
-                "kernel forwarding".to_string(),
-                self.measure_fwd(Ipv4Addr::new(198, 19, 1, 1), flows, None)?,
-            ));
+            let r = self.measure_fwd(Ipv4Addr::new(198, 19, 1, 1), flows, None)?;
+            self.figures.fwd_kernel = r.pps.clone();
+            out.push(("kernel forwarding".to_string(), r));
             self.lab
                 .exec(&a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
             self.a_routes(false)?;
@@ -555,6 +638,11 @@ impl Bench {
                 let pid = self.lab.dprd_pid(0);
                 let r = self.measure_fwd(service_addr(0), flows, pid)?;
                 self.stop_a();
+                if self.auths.first() == Some(&self.auth) {
+                    self.figures
+                        .fwd_dpr
+                        .push((backend.to_string(), r.pps.clone()));
+                }
                 out.push((name, r));
             }
         }
@@ -571,43 +659,33 @@ impl Bench {
         }
     }
 
-    fn wrk(&self, url: &str) -> Result<(f64, f64, f64), String> {
+    /// One wrk run on `url`: one connection per request (`-t1 -c16`,
+    /// `Connection: close`), or keep-alive (`-t2 -c50`, issue 17's).
+    fn wrk(&self, url: &str, keep_alive: bool) -> Result<wrk::WrkReport, String> {
         let c = self.lab.client_ns();
         let secs = format!("{}s", self.secs.round().max(1.0));
+        let (threads, conns, header) = if keep_alive {
+            ("-t2", "-c50", "Connection: keep-alive")
+        } else {
+            ("-t1", "-c16", "Connection: close")
+        };
         let out = self.lab.exec(
             &c,
             "wrk",
-            &[
-                "-t1",
-                "-c16",
-                "-d",
-                &secs,
-                "--latency",
-                "-H",
-                "Connection: close",
-                url,
-            ],
+            &[threads, conns, "-d", &secs, "--latency", "-H", header, url],
         )?;
-        let rps = out
-            .lines()
-            .find(|l| l.starts_with("Requests/sec:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        let lat = |p: &str| {
-            out.lines()
-                .map(str::trim)
-                .find(|l| l.starts_with(p))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .map_or(0.0, parse_wrk_time)
-        };
-        Ok((rps, lat("50%"), lat("99%")))
+        wrk::parse(&out, true)
     }
 
     /// `--runs` runs of wrk on `url`, with the machine's CPU time, the
     /// CPU time of the dprd processes running (A's and B's), and the TCP
     /// retransmissions of the client, A and B (a sign of loss on the path).
-    fn http_runs(&self, url: &str, with_dprd: bool) -> Result<HttpSamples, String> {
+    fn http_runs(
+        &self,
+        url: &str,
+        with_dprd: bool,
+        keep_alive: bool,
+    ) -> Result<HttpSamples, String> {
         let mut r = HttpSamples::default();
         let nss = [self.lab.client_ns(), self.a(), self.b()];
         let retrans = || -> u64 {
@@ -623,12 +701,13 @@ impl Bench {
         let dprd_cpu = || pids.iter().map(|p| proc_cpu(*p)).sum::<f64>();
         for _ in 0..self.runs {
             let (rt0, m0, d0) = (retrans(), machine_busy(), dprd_cpu());
-            let (rps, p50, p99) = self.wrk(url)?;
+            let w = self.wrk(url, keep_alive)?;
             let (rt1, m1, d1) = (retrans(), machine_busy(), dprd_cpu());
-            let reqs = (rps * self.secs.round().max(1.0)).max(1.0);
-            r.rps.push(rps);
-            r.p50.push(p50);
-            r.p99.push(p99);
+            let reqs = (w.rps * self.secs.round().max(1.0)).max(1.0);
+            r.rps.push(w.rps);
+            r.p50.push(w.p50_ms);
+            r.p99.push(w.p99_ms);
+            r.errors.push(w.errors as f64);
             r.machine_us.push((m1 - m0) * 1e6 / reqs);
             if !pids.is_empty() {
                 r.dprd_us.push((d1 - d0) * 1e6 / reqs);
@@ -639,7 +718,72 @@ impl Bench {
         Ok(r)
     }
 
-    fn http(&mut self) -> Result<Vec<(String, HttpSamples)>, String> {
+    /// `--runs` 20 MB transfers with curl, download (`GET /?size=`) and
+    /// upload (`POST` of a 20 MB file), MB/s (10^6 bytes) over each
+    /// transfer's whole time, connection set-up included.
+    fn bulk_runs(&self, url: &str) -> Result<BulkSamples, String> {
+        let c = self.lab.client_ns();
+        let file = self.lab.dir.join("bulk-20MB");
+        if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(BULK_BYTES) {
+            std::fs::write(&file, vec![b'u'; BULK_BYTES as usize])
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+        let file_arg = format!("@{}", file.display());
+        let down_url = format!("{url}?size={BULK_BYTES}");
+        let fmt = "%{http_code} %{size_download} %{size_upload} %{time_total}";
+        let mut r = BulkSamples::default();
+        for _ in 0..self.runs {
+            for upload in [false, true] {
+                let mut args = vec!["-sS", "-o", "/dev/null", "--max-time", "30", "-w", fmt];
+                if upload {
+                    args.extend(["-H", "Content-Type: application/octet-stream"]);
+                    args.extend(["--data-binary", &file_arg, url]);
+                } else {
+                    args.push(&down_url);
+                }
+                let out = self.lab.exec(&c, "curl", &args)?;
+                let mbps = curl_mbps(&out, upload)?;
+                if upload {
+                    r.up.push(mbps);
+                } else {
+                    r.down.push(mbps);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Prints what A's dprd did with the new connections of a DPR path.
+    fn report_redirects(&self) {
+        if let Ok(s) = self.lab.status(0) {
+            let ev = |k: &str| s.events.get(k).copied().unwrap_or(0);
+            let io = |k: &str| s.io.get(k).copied().unwrap_or(0);
+            eprintln!(
+                "bench: A redirected {} new connections and served {} ({} with no peer eligible); \
+                 AF_XDP tx ring full {}, forwards through the kernel {}",
+                ev("new_redirected"),
+                ev("new_local"),
+                ev("new_local_no_peer"),
+                io("xsk_tx_full"),
+                io("xdp_unresolved")
+            );
+        }
+    }
+
+    /// Measures `measure(bench, url, with_dprd)` on each path of an HTTP
+    /// benchmark, in this order: direct to B; with `baselines`, HAProxy in
+    /// TCP mode on A (leastconn) and kernel forwarding through A; then A
+    /// running dprd on each of `backends` (and each tunnel auth),
+    /// redirecting every new connection to B. `path` is the URL's path and
+    /// query (`/?size=100`, or `/` for the bulk transfer).
+    fn each_path<T>(
+        &mut self,
+        part: &str,
+        path: &str,
+        baselines: bool,
+        backends: &[&str],
+        measure: &dyn Fn(&Self, &str, bool) -> Result<T, String>,
+    ) -> Result<Vec<PathResult<T>>, String> {
         let (a, b) = (self.a(), self.b());
         // The sink rule of the forwarding test comes off: B serves now.
         while self
@@ -651,91 +795,127 @@ impl Bench {
         let _ = self.lab.signal_dprd(0, "TERM");
         let _ = self.lab.signal_dprd(1, "TERM");
         let mut out = Vec::new();
-        eprintln!("bench: http, direct");
-        let direct = format!("http://{}/?size=100", service_addr(1));
-        out.push(("direct to B".to_string(), self.http_runs(&direct, false)?));
-        eprintln!("bench: http, haproxy");
-        let cfg = self.lab.dir.join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-                 frontend f\n  bind {}:8080\n  default_backend b\nbackend b\n  server s1 {}:80 source {}\n",
-                service_addr(0),
-                service_addr(1),
-                tunnel_addr(0)
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let cfg_s = cfg.to_string_lossy().into_owned();
-        self.lab.spawn_in(&a, "haproxy", &["-db", "-f", &cfg_s])?;
-        stop::sleep(Duration::from_millis(500))?;
-        // B holds A's service address (as every peer's): HAProxy connects
-        // from A's tunnel address, or B would answer itself.
-        let hp = format!("http://{}:8080/?size=100", service_addr(0));
-        out.push((
-            "HAProxy TCP mode on A".to_string(),
-            self.http_runs(&hp, false)?,
-        ));
-        self.lab.kill_extras();
-        // The path's floor: the same hops as a DPR redirect (client → A →
-        // B, B answers the client directly), with A a plain IP router.
-        eprintln!("bench: http, kernel forwarding through A");
-        {
+        eprintln!("bench: {part}, direct");
+        let direct = format!("http://{}{path}", service_addr(1));
+        out.push(PathResult {
+            name: "direct to B".to_string(),
+            kind: PathKind::Direct,
+            samples: measure(self, &direct, false)?,
+        });
+        if baselines {
+            eprintln!("bench: {part}, haproxy");
+            let cfg = self.lab.dir.join("haproxy.cfg");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                     frontend f\n  bind {}:8080\n  default_backend b\nbackend b\n  balance leastconn\n  server s1 {}:80 source {}\n",
+                    service_addr(0),
+                    service_addr(1),
+                    tunnel_addr(0)
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let cfg_s = cfg.to_string_lossy().into_owned();
+            self.lab.spawn_in(&a, "haproxy", &["-db", "-f", &cfg_s])?;
+            stop::sleep(Duration::from_millis(500))?;
+            // B holds A's service address (as every peer's): HAProxy connects
+            // from A's tunnel address, or B would answer itself.
+            let hp = format!("http://{}:8080{path}", service_addr(0));
+            let r = measure(self, &hp, false);
+            self.lab.kill_extras();
+            out.push(PathResult {
+                name: "HAProxy TCP mode on A".to_string(),
+                kind: PathKind::Haproxy,
+                samples: r?,
+            });
+            // The path's floor: the same hops as a DPR redirect (client → A →
+            // B, B answers the client directly), with A a plain IP router.
+            eprintln!("bench: {part}, kernel forwarding through A");
             let c = self.lab.client_ns();
             let b_svc = format!("{}/32", service_addr(1));
             let a_addr = tunnel_addr(0).to_string();
             self.a_routes(true)?;
             self.lab
                 .exec(&c, "ip", &["route", "add", &b_svc, "via", &a_addr])?;
-            let r = self.http_runs(&direct, false);
+            let r = measure(self, &direct, false);
             let _ = self.lab.exec(&c, "ip", &["route", "del", &b_svc]);
             let _ = self.a_routes(false);
-            out.push((
-                "kernel IP forwarding through A (no balancing)".to_string(),
-                r?,
-            ));
+            out.push(PathResult {
+                name: "kernel IP forwarding through A (no balancing)".to_string(),
+                kind: PathKind::Kernel,
+                samples: r?,
+            });
         }
-        let via_a = format!("http://{}/?size=100", service_addr(0));
+        let via_a = format!("http://{}{path}", service_addr(0));
         let auths = self.auths.clone();
-        let rows: Vec<(&str, String)> = ["tun", "af-xdp-generic", "af-xdp-native"]
-            .into_iter()
-            .flat_map(|b| auths.iter().map(move |a| (b, a.clone())))
-            .collect();
-        for (backend, auth) in rows {
-            self.auth = auth;
-            let name = self.row_name(backend);
-            eprintln!("bench: http, {name}");
-            self.start_a_loaded(backend)?;
-            let r = self.http_runs(&via_a, true).map_err(|e| {
-                let st = |i: usize| {
-                    self.lab.status(i).map(|s| {
-                        format!(
-                            "{} {:?} {:?} {:?}",
-                            s.backend, s.verdicts, s.events, s.drops
-                        )
-                    })
-                };
-                format!("{e}\nA: {:?}\nB: {:?}", st(0), st(1))
-            })?;
-            if let Ok(s) = self.lab.status(0) {
-                let ev = |k: &str| s.events.get(k).copied().unwrap_or(0);
-                let io = |k: &str| s.io.get(k).copied().unwrap_or(0);
-                eprintln!(
-                    "bench: A redirected {} new connections and served {} ({} with no peer eligible); \
-                     AF_XDP tx ring full {}, forwards through the kernel {}",
-                    ev("new_redirected"),
-                    ev("new_local"),
-                    ev("new_local_no_peer"),
-                    io("xsk_tx_full"),
-                    io("xdp_unresolved")
-                );
+        for backend in backends {
+            for (k, auth) in auths.iter().enumerate() {
+                self.auth = auth.clone();
+                let name = self.row_name(backend);
+                eprintln!("bench: {part}, {name}");
+                self.start_a_loaded(backend)?;
+                let r = measure(self, &via_a, true).map_err(|e| {
+                    let st = |i: usize| {
+                        self.lab.status(i).map(|s| {
+                            format!(
+                                "{} {:?} {:?} {:?}",
+                                s.backend, s.verdicts, s.events, s.drops
+                            )
+                        })
+                    };
+                    format!("{e}\nA: {:?}\nB: {:?}", st(0), st(1))
+                });
+                if r.is_ok() {
+                    self.report_redirects();
+                }
+                self.lab.kill_extras();
+                self.stop_a();
+                out.push(PathResult {
+                    name: format!("{name} (A → B)"),
+                    kind: PathKind::Dpr {
+                        backend: backend.to_string(),
+                        first_auth: k == 0,
+                    },
+                    samples: r?,
+                });
             }
-            out.push((format!("{name} (A → B)"), r));
-            self.lab.kill_extras();
-            self.stop_a();
         }
         Ok(out)
+    }
+
+    fn http(&mut self) -> Result<Vec<PathResult<HttpSamples>>, String> {
+        self.each_path(
+            "http",
+            "/?size=100",
+            true,
+            &DPR_BACKENDS,
+            &|b, url, dprd| b.http_runs(url, dprd, false),
+        )
+    }
+
+    /// Issue 17's keep-alive row: `wrk -t2 -c50 --latency` with
+    /// `Connection: keep-alive`, 1 KiB answers.
+    fn keepalive(&mut self) -> Result<Vec<PathResult<HttpSamples>>, String> {
+        self.each_path(
+            "keep-alive",
+            "/?size=1024",
+            true,
+            &DPR_BACKENDS,
+            &|b, url, dprd| b.http_runs(url, dprd, true),
+        )
+    }
+
+    /// The 20 MB transfers: direct, and through a redirect on TUN and
+    /// AF_XDP native.
+    fn bulk(&mut self) -> Result<Vec<PathResult<BulkSamples>>, String> {
+        self.each_path(
+            "bulk",
+            "/",
+            false,
+            &["tun", "af-xdp-native"],
+            &|b, url, _| b.bulk_runs(url),
+        )
     }
 
     fn memory(&mut self, flows: u32) -> Result<(u64, u64, usize), String> {
@@ -771,19 +951,6 @@ impl Bench {
     }
 }
 
-fn parse_wrk_time(s: &str) -> f64 {
-    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = s.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        (s, 1.0)
-    };
-    num.parse::<f64>().map_or(0.0, |v| v * scale)
-}
-
 /// The options of `dpr-lab bench` (`dpr-lab bench --help`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -799,14 +966,24 @@ pub struct BenchArgs {
     /// Flows of the memory benchmark, 1..=2^20.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub mem_flows: u32,
-    /// Which benchmarks: fwd, http, mem (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "fwd,http,mem")]
+    /// Which benchmarks (comma-separated): fwd, http, keepalive, bulk,
+    /// engine, mem.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fwd,http,keepalive,bulk,engine,mem"
+    )]
     pub only: Vec<Part>,
     /// The tunnel (`[tunnel] auth`) of the DPR rows: key, none, or both
     /// (`key,none`: each DPR row measured with each, back to back, in the
-    /// same run).
+    /// same run; the goals are judged on the first).
     #[arg(long, value_delimiter = ',', default_value = "key")]
     pub tunnel_auth: Vec<TunnelAuthArg>,
+    /// Also write issue 17's goals table as JSON to FILE:
+    /// `{"rows": [{"figure", "unit", "median", "min", "max", "ratio",
+    /// "goal", "met"}, ...]}`, one row per line.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `--tunnel-auth`.
@@ -823,10 +1000,46 @@ pub enum TunnelAuthArg {
 pub enum Part {
     /// Small-packet forwarding.
     Fwd,
-    /// HTTP requests.
+    /// HTTP requests, one connection per request.
     Http,
+    /// HTTP requests on keep-alive connections (wrk -t2 -c50).
+    Keepalive,
+    /// A 20 MB transfer each way, direct and through a redirect.
+    Bulk,
+    /// The router engine in this process (no namespaces).
+    Engine,
     /// Memory with many flows.
     Mem,
+}
+
+/// Flows of the engine rows (as `cargo bench -p dpr-router --bench engine`).
+const ENGINE_FLOWS: u32 = 1_000_000;
+
+fn print_http(title: &str, r: &[PathResult<HttpSamples>]) {
+    let base = r
+        .first()
+        .map_or(1.0, |p| stat(&p.samples.rps).median.max(1.0));
+    println!("\n{title}");
+    println!(
+        "| path | requests/s | ratio to direct | p50 ms | p99 ms | machine CPU µs/req | dprd CPU µs/req | TCP retransmits / 1k req | wrk errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for p in r {
+        let v = &p.samples;
+        let s = stat(&v.rps);
+        println!(
+            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            p.name,
+            fmt_stat(s, 1.0, 0),
+            s.median / base,
+            fmt_stat(stat(&v.p50), 1.0, 2),
+            fmt_stat(stat(&v.p99), 1.0, 2),
+            fmt_stat(stat(&v.machine_us), 1.0, 0),
+            fmt_samples(&v.dprd_us, 1.0, 0),
+            fmt_stat(stat(&v.retrans_per_k), 1.0, 1),
+            fmt_stat(stat(&v.errors), 1.0, 0)
+        );
+    }
 }
 
 /// `dpr-lab bench`. The caller installs [`stop`]'s signal handling first
@@ -839,14 +1052,71 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
     }
     let (flows, mem_flows) = (args.flows, args.mem_flows);
     let only = |p: Part| args.only.contains(&p);
+    let needs_lab = args.only.iter().any(|p| *p != Part::Engine);
+    let mut figures = goals::Figures::default();
+    println!(
+        "dpr-lab bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if only(Part::Engine) {
+        // First, while no namespace traffic runs; at most 1 s per row and run.
+        eprintln!("bench: engine, {ENGINE_FLOWS} flows");
+        let e = engine::measure(ENGINE_FLOWS, runs, secs.min(1.0))?;
+        println!(
+            "\n0. The router engine in this process ({ENGINE_FLOWS} redirected flows, as `cargo bench -p dpr-router --bench engine`), ns per packet"
+        );
+        println!("| path | ns/packet |");
+        println!("|---|---|");
+        println!(
+            "| established redirected packet, entry in cache | {} |",
+            fmt_stat(stat(&e.cached_ns), 1.0, 1)
+        );
+        println!(
+            "| established redirected packets, flows random among the million, batches of {} (one at a time inside: no batch API yet) | {} |",
+            engine::BATCH,
+            fmt_stat(stat(&e.random_ns), 1.0, 1)
+        );
+        figures.engine_cached_ns = e.cached_ns;
+        figures.engine_random_ns = e.random_ns;
+    }
+    if needs_lab {
+        lab_parts(args, runs, secs, flows, mem_flows, &mut figures)?;
+    }
+    let rows = goals::rows(&figures);
+    println!(
+        "\nThe goals of issue 17 (ratios within this run; \"best backend\": the DPR backend with the best median)"
+    );
+    print!("{}", goals::table(&rows));
+    if let Some(path) = &args.json {
+        goals::write_json(path, &rows)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The parts that need the lab's namespaces (root).
+fn lab_parts(
+    args: &BenchArgs,
+    runs: usize,
+    secs: f64,
+    flows: u32,
+    mem_flows: u32,
+    figures: &mut goals::Figures,
+) -> Result<(), String> {
+    let only = |p: Part| args.only.contains(&p);
     if !dpr_io::host::can_set_up() {
         return Err(crate::lab::not_root_message());
     }
-    for tool in ["wrk", "haproxy", "ethtool"] {
-        if only(Part::Http) || tool == "ethtool" {
-            sh(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-                .map_err(|_| format!("{tool} is missing (scripts/bench installs it)"))?;
-        }
+    let mut tools = vec!["ethtool"];
+    if only(Part::Http) || only(Part::Keepalive) {
+        tools.extend(["wrk", "haproxy"]);
+    }
+    if only(Part::Bulk) {
+        tools.push("curl");
+    }
+    for tool in tools {
+        sh(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+            .map_err(|_| format!("{tool} is missing (scripts/bench installs it)"))?;
     }
     let programs = Programs::beside_current_exe()?;
     let spec = LabSpec {
@@ -879,11 +1149,20 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
         secs,
         auth: "key".into(),
         auths,
+        figures: std::mem::take(figures),
     };
-    println!(
-        "dpr-lab bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    let r = bench_lab_parts(&mut bench, args, flows, mem_flows);
+    *figures = std::mem::take(&mut bench.figures);
+    r
+}
+
+fn bench_lab_parts(
+    bench: &mut Bench,
+    args: &BenchArgs,
+    flows: u32,
+    mem_flows: u32,
+) -> Result<(), String> {
+    let only = |p: Part| args.only.contains(&p);
     if only(Part::Fwd) {
         let r = bench.forwarding(flows)?;
         let base = stat(&r[0].1.pps).median.max(1.0);
@@ -908,39 +1187,145 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
     }
     if only(Part::Http) {
         let r = bench.http()?;
-        let base = stat(&r[0].1.rps).median.max(1.0);
-        println!("\n2. HTTP, one connection per request (wrk -t1 -c16, 100-byte answers)");
-        println!(
-            "| path | requests/s | ratio to direct | p50 ms | p99 ms | machine CPU µs/req | dprd CPU µs/req | TCP retransmits / 1k req |"
+        print_http(
+            "2. HTTP, one connection per request (wrk -t1 -c16, 100-byte answers)",
+            &r,
         );
-        println!("|---|---|---|---|---|---|---|---|");
-        for (name, v) in &r {
-            let s = stat(&v.rps);
+        bench.figures.http_kernel = path_samples(&r, &PathKind::Kernel, rps);
+        bench.figures.http_haproxy = path_samples(&r, &PathKind::Haproxy, rps);
+        bench.figures.http_dpr = dpr_samples(&r, rps);
+    }
+    if only(Part::Keepalive) {
+        let r = bench.keepalive()?;
+        print_http(
+            "2b. HTTP on keep-alive connections (wrk -t2 -c50 --latency, Connection: keep-alive, 1 KiB answers)",
+            &r,
+        );
+        bench.figures.ka_direct_rps = path_samples(&r, &PathKind::Direct, rps);
+        bench.figures.ka_haproxy_p99 = path_samples(&r, &PathKind::Haproxy, p99);
+        bench.figures.ka_dpr_rps = dpr_samples(&r, rps);
+        bench.figures.ka_dpr_p99 = dpr_samples(&r, p99);
+    }
+    if only(Part::Bulk) {
+        let r = bench.bulk()?;
+        println!("\n2c. A 20 MB transfer (curl, one connection), MB/s over the whole transfer");
+        println!("| path | download MB/s | ratio to direct | upload MB/s | ratio to direct |");
+        println!("|---|---|---|---|---|");
+        let down0 = r.first().map_or(1.0, |p| stat(&p.samples.down).median);
+        let up0 = r.first().map_or(1.0, |p| stat(&p.samples.up).median);
+        for p in &r {
+            let (d, u) = (stat(&p.samples.down), stat(&p.samples.up));
             println!(
-                "| {name} | {} | {:.2} | {} | {} | {} | {} | {} |",
-                fmt_stat(s, 1.0, 0),
-                s.median / base,
-                fmt_stat(stat(&v.p50), 1.0, 2),
-                fmt_stat(stat(&v.p99), 1.0, 2),
-                fmt_stat(stat(&v.machine_us), 1.0, 0),
-                fmt_samples(&v.dprd_us, 1.0, 0),
-                fmt_stat(stat(&v.retrans_per_k), 1.0, 1)
+                "| {} | {} | {:.2} | {} | {:.2} |",
+                p.name,
+                fmt_stat(d, 1.0, 0),
+                d.median / down0,
+                fmt_stat(u, 1.0, 0),
+                u.median / up0
             );
+        }
+        if let Some(d) = r.iter().find(|p| p.kind == PathKind::Direct) {
+            bench.figures.bulk_direct = vec![
+                ("download".into(), d.samples.down.clone()),
+                ("upload".into(), d.samples.up.clone()),
+            ];
+        }
+        fn down(s: &BulkSamples) -> &Vec<f64> {
+            &s.down
+        }
+        fn up(s: &BulkSamples) -> &Vec<f64> {
+            &s.up
+        }
+        for (dir, f) in [
+            ("download", down as fn(&BulkSamples) -> &Vec<f64>),
+            ("upload", up),
+        ] {
+            for (b, v) in dpr_samples(&r, f) {
+                bench.figures.bulk_dpr.push((format!("{b} {dir}"), v));
+            }
         }
     }
     if only(Part::Mem) {
         let (idle, full, routes) = bench.memory(mem_flows)?;
         println!("\n3. Memory of A's dprd (af-xdp native, table capacity 1,100,000)");
-        println!("| state | RSS (MiB) | routes tracked |");
-        println!("|---|---|---|");
+        println!("| state | RSS (MiB) | routes tracked | RSS per tracked flow (B) |");
+        println!("|---|---|---|---|");
         println!(
-            "| started, empty tables | {:.1} | 0 |",
+            "| started, empty tables | {:.1} | 0 | — |",
             idle as f64 / 1024.0
         );
+        let per_flow = rss_per_flow(idle, full, routes);
         println!(
-            "| after {mem_flows} SYNs of distinct flows | {:.1} | {routes} |",
-            full as f64 / 1024.0
+            "| after {mem_flows} SYNs of distinct flows | {:.1} | {routes} | {} |",
+            full as f64 / 1024.0,
+            per_flow.map_or_else(|| "—".to_string(), |v| format!("{v:.1}"))
         );
+        bench.figures.rss_per_flow = per_flow.into_iter().collect();
     }
     Ok(())
+}
+
+fn rps(s: &HttpSamples) -> &Vec<f64> {
+    &s.rps
+}
+
+fn p99(s: &HttpSamples) -> &Vec<f64> {
+    &s.p99
+}
+
+/// Bytes of RSS per tracked flow: the growth from the idle daemon's RSS
+/// (KiB) over the routes it tracks; none without routes.
+fn rss_per_flow(idle_kib: u64, full_kib: u64, routes: usize) -> Option<f64> {
+    (routes > 0).then(|| full_kib.saturating_sub(idle_kib) as f64 * 1024.0 / routes as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curl_figures_are_checked() {
+        let ok = curl_mbps("200 20000000 0 0.100000", false).unwrap();
+        assert!((ok - 200.0).abs() < 1e-9);
+        let up = curl_mbps("200 40 20000000 0.5", true).unwrap();
+        assert!((up - 40.0).abs() < 1e-9);
+        // A short transfer, an error answer, garbage: errors, not figures.
+        assert!(curl_mbps("200 1000 0 0.1", false).is_err());
+        assert!(curl_mbps("502 20000000 0 0.1", false).is_err());
+        assert!(curl_mbps("200 20000000 0 0.1", true).is_err());
+        assert!(curl_mbps("", false).is_err());
+        assert!(curl_mbps("200 x y z", false).is_err());
+    }
+
+    #[test]
+    fn rss_per_flow_is_growth_over_routes() {
+        assert_eq!(rss_per_flow(1000, 1000 + 55_000, 1_000_000), Some(56.32));
+        assert_eq!(rss_per_flow(1000, 900, 10), Some(0.0));
+        assert_eq!(rss_per_flow(1000, 2000, 0), None);
+    }
+
+    #[test]
+    fn the_script_answers_help_with_every_option() {
+        // scripts/bench prints its help without building: it must name
+        // every option and part of `dpr-lab bench`.
+        let script = include_str!("../../../scripts/bench");
+        use clap::CommandFactory as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: BenchArgs,
+        }
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    script.contains(&format!("--{long}")),
+                    "scripts/bench help lacks --{long}"
+                );
+            }
+        }
+        for part in ["fwd", "http", "keepalive", "bulk", "engine", "mem"] {
+            assert!(script.contains(part), "scripts/bench help lacks {part}");
+        }
+    }
 }

@@ -38,11 +38,13 @@ enum Command {
     ///
     /// In network namespaces it builds itself (a client and two hosts on a bridge):
     /// small-packet forwarding through DPR over AF_XDP and TUN against the kernel's
-    /// own forwarding; HTTP through DPR against direct connections, the kernel's
-    /// forwarding and HAProxy; the memory of 1 million tracked flows. Needs wrk,
-    /// haproxy and ethtool (scripts/bench installs them and runs this). Every figure
-    /// is the median of --runs runs with its range. Everything it creates is removed
-    /// at the end, also on an error, on Ctrl-C, SIGTERM or SIGHUP.
+    /// own forwarding; HTTP (a connection per request, and keep-alive) through DPR
+    /// against direct connections, the kernel's forwarding and HAProxy; a 20 MB
+    /// transfer through a redirect; the engine in-process; the memory of 1 million
+    /// tracked flows. Ends with issue 17's goals table (--json FILE writes it too).
+    /// Needs wrk, haproxy, curl and ethtool (scripts/bench installs them and runs
+    /// this). Every figure is the median of --runs runs with its range. Everything it
+    /// creates is removed at the end, also on an error, on Ctrl-C, SIGTERM or SIGHUP.
     Bench(dpr_lab::bench::BenchArgs),
     /// The benchmark's small-packet generator (run by `bench` in a namespace).
     ///
