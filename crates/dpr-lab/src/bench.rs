@@ -1054,9 +1054,11 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
     let only = |p: Part| args.only.contains(&p);
     let needs_lab = args.only.iter().any(|p| *p != Part::Engine);
     let mut figures = goals::Figures::default();
+    let started = Instant::now();
     println!(
-        "dpr-lab bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "dpr-lab bench: 2 hosts + client on one bridge (veth), {runs} runs x {secs} s each, median (min–max); {} CPUs; load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
     );
     if only(Part::Engine) {
         // First, while no namespace traffic runs; at most 1 s per row and run.
@@ -1084,7 +1086,9 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
     }
     let rows = goals::rows(&figures);
     println!(
-        "\nThe goals of issue 17 (ratios within this run; \"best backend\": the DPR backend with the best median)"
+        "\nThe goals of issue 17 (ratios within this run; \"best backend\": the DPR backend with the best median); the run took {:.0} s, load average now {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
     );
     print!("{}", goals::table(&rows));
     if let Some(path) = &args.json {
@@ -1263,6 +1267,14 @@ fn bench_lab_parts(
         bench.figures.rss_per_flow = per_flow.into_iter().collect();
     }
     Ok(())
+}
+
+/// The machine's load averages (1, 5, 15 min), as /proc/loadavg says them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn rps(s: &HttpSamples) -> &Vec<f64> {
