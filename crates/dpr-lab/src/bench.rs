@@ -16,12 +16,18 @@
 //!    drained, so every flow is redirected to B; the flows' SYNs go first,
 //!    then ACK-only segments (60-byte frames) of established flows.
 //! 2. HTTP requests per second and latency (`wrk`, one connection per
-//!    request): direct to B; through A redirecting (both backends); through
-//!    HAProxy (TCP mode) on A.
+//!    request, and keep-alive `wrk -t2 -c50`): direct to B; through A
+//!    redirecting (each backend); through HAProxy (TCP mode) on A; through
+//!    A as a plain IP router. A 20 MB transfer each way (curl), direct and
+//!    through a redirect (TUN, AF_XDP native).
 //! 3. CPU per forwarded packet (A's dprd process, and the whole machine),
 //!    and the resident memory of A's dprd with 1 million tracked flows.
+//! 4. The router engine's cost per packet, in this process
+//!    (`bench/engine.rs`); no namespaces needed.
 //!
-//! Every figure is the median of `--runs` runs with its range.
+//! Every figure is the median of `--runs` runs with its range. The run
+//! ends with issue 17's goals table (`bench/goals.rs`), each ratio
+//! taken within the run, also written as JSON with `--json FILE`.
 
 use crate::lab::{CLIENT_ADDR, Lab, LabSpec, Programs, service_addr, tunnel_addr};
 use crate::netns::sh;
