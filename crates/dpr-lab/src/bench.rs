@@ -322,6 +322,9 @@ struct HttpSamples {
 struct BulkSamples {
     down: Vec<f64>,
     up: Vec<f64>,
+    /// TCP retransmissions (client, A and B) per transfer, each way.
+    down_retrans: Vec<f64>,
+    up_retrans: Vec<f64>,
 }
 
 /// The size of the bulk transfer: 20 MB.
@@ -738,8 +741,15 @@ impl Bench {
         let down_url = format!("{url}?size={BULK_BYTES}");
         let fmt = "%{http_code} %{size_download} %{size_upload} %{time_total}";
         let mut r = BulkSamples::default();
+        let nss = [c.clone(), self.a(), self.b()];
+        let retrans = || -> u64 {
+            nss.iter()
+                .map(|ns| self.lab.snmp(ns, "Tcp", "RetransSegs").unwrap_or(0))
+                .sum()
+        };
         for _ in 0..self.runs {
             for upload in [false, true] {
+                let rt0 = retrans();
                 let mut args = vec!["-sS", "-o", "/dev/null", "--max-time", "30", "-w", fmt];
                 if upload {
                     args.extend(["-H", "Content-Type: application/octet-stream"]);
@@ -749,10 +759,13 @@ impl Bench {
                 }
                 let out = self.lab.exec(&c, "curl", &args)?;
                 let mbps = curl_mbps(&out, upload)?;
+                let rt = retrans().saturating_sub(rt0) as f64;
                 if upload {
                     r.up.push(mbps);
+                    r.up_retrans.push(rt);
                 } else {
                     r.down.push(mbps);
+                    r.down_retrans.push(rt);
                 }
             }
         }
@@ -764,14 +777,34 @@ impl Bench {
         if let Ok(s) = self.lab.status(0) {
             let ev = |k: &str| s.events.get(k).copied().unwrap_or(0);
             let io = |k: &str| s.io.get(k).copied().unwrap_or(0);
+            let nonzero = |m: &std::collections::BTreeMap<String, u64>| {
+                m.iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             eprintln!(
                 "bench: A redirected {} new connections and served {} ({} with no peer eligible); \
-                 AF_XDP tx ring full {}, forwards through the kernel {}",
+                 AF_XDP tx ring full {}, forwards through the kernel {}; A's drops: [{}]; A's io: [{}]",
                 ev("new_redirected"),
                 ev("new_local"),
                 ev("new_local_no_peer"),
                 io("xsk_tx_full"),
-                io("xdp_unresolved")
+                io("xdp_unresolved"),
+                nonzero(&s.drops),
+                nonzero(&s.io)
+            );
+        }
+        if let Ok(s) = self.lab.status(1) {
+            eprintln!(
+                "bench: B's drops: [{}]",
+                s.drops
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -1230,19 +1263,23 @@ fn bench_lab_parts(
     if only(Part::Bulk) {
         let r = bench.bulk()?;
         println!("\n2c. A 20 MB transfer (curl, one connection), MB/s over the whole transfer");
-        println!("| path | download MB/s | ratio to direct | upload MB/s | ratio to direct |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| path | download MB/s | ratio to direct | upload MB/s | ratio to direct | TCP retransmits per download / upload |"
+        );
+        println!("|---|---|---|---|---|---|");
         let down0 = r.first().map_or(1.0, |p| stat(&p.samples.down).median);
         let up0 = r.first().map_or(1.0, |p| stat(&p.samples.up).median);
         for p in &r {
             let (d, u) = (stat(&p.samples.down), stat(&p.samples.up));
             println!(
-                "| {} | {} | {:.2} | {} | {:.2} |",
+                "| {} | {} | {:.2} | {} | {:.2} | {} / {} |",
                 p.name,
                 fmt_stat(d, 1.0, 0),
                 d.median / down0,
                 fmt_stat(u, 1.0, 0),
-                u.median / up0
+                u.median / up0,
+                fmt_stat(stat(&p.samples.down_retrans), 1.0, 0),
+                fmt_stat(stat(&p.samples.up_retrans), 1.0, 0)
             );
         }
         if let Some(d) = r.iter().find(|p| p.kind == PathKind::Direct) {
