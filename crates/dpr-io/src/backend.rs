@@ -165,6 +165,19 @@ pub struct RxTx {
     pub failed: usize,
 }
 
+/// One packet of a batch lent by [`Backend::rx_tx_batch`]: the whole
+/// buffer (headroom before the packet, room after it), the packet's range
+/// in it, and where it goes (the handler sets it; [`Egress::Drop`] until then).
+#[derive(Debug)]
+pub struct Lent<'a> {
+    /// The buffer.
+    pub buf: &'a mut [u8],
+    /// The packet within it.
+    pub range: Range<usize>,
+    /// Where the packet goes.
+    pub egress: Egress,
+}
+
 /// One queue of a packet backend: it lends the packets it receives, in
 /// buffers with headroom, to a handler that rewrites them in place and says
 /// where each goes; it transmits them from the same buffers (the rx / tx
@@ -186,6 +199,27 @@ pub trait Backend: Send {
     fn rx_tx<F>(&mut self, max: usize, handler: F) -> io::Result<RxTx>
     where
         F: FnMut(&mut [u8], Range<usize>) -> Egress;
+
+    /// [`Self::rx_tx`], lending the received packets together, so that the
+    /// handler can process them as a batch (the engine overlaps their
+    /// table look-ups): it sets each one's [`Lent::egress`]. A backend
+    /// that receives one packet at a time lends batches of one (the
+    /// default).
+    fn rx_tx_batch<F>(&mut self, max: usize, mut handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [Lent<'_>]),
+    {
+        self.rx_tx(max, |buf, range| {
+            let mut one = [Lent {
+                buf,
+                range,
+                egress: Egress::Drop,
+            }];
+            handler(&mut one);
+            let [l] = one;
+            l.egress
+        })
+    }
 
     /// Transmits a packet this queue did not receive (another worker
     /// received it and handed it over): `packet[range]` where `egress`
@@ -288,6 +322,43 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
                 Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
             };
             match f.data.get(r) {
+                Some(bytes) if dev.send(bytes).is_ok() => out.sent += 1,
+                _ => out.failed += 1,
+            }
+        }
+        batch.clear();
+        Ok(out)
+    }
+
+    /// Lends the whole batch at once (its capacity bounds it, not `_max`).
+    fn rx_tx_batch<F>(&mut self, _max: usize, mut handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [Lent<'_>]),
+    {
+        if self.batch.is_empty() {
+            self.dev.recv_batch(&mut self.batch, Duration::ZERO)?;
+        }
+        let Self { dev, batch } = self;
+        let mut lent: Vec<Lent<'_>> = batch
+            .frames_mut()
+            .iter_mut()
+            .map(|f| Lent {
+                range: f.start..f.end,
+                buf: &mut f.data,
+                egress: Egress::Drop,
+            })
+            .collect();
+        handler(&mut lent);
+        let mut out = RxTx {
+            received: lent.len(),
+            ..RxTx::default()
+        };
+        for l in lent {
+            let r = match l.egress {
+                Egress::Drop => continue,
+                Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+            };
+            match l.buf.get(r) {
                 Some(bytes) if dev.send(bytes).is_ok() => out.sent += 1,
                 _ => out.failed += 1,
             }

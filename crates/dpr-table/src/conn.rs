@@ -248,6 +248,9 @@ const WIDE_BIT: u64 = 1 << 62;
 /// Bits of an index slot for the distance from home (fewer in tests, so
 /// that they exercise the saturated case).
 const DIST_BITS: u32 = if cfg!(test) { 2 } else { 4 };
+/// How far ahead of its cursor the sweep loads entries (in entries:
+/// 48 lines of 64 bytes, a dozen calls of 4 entries).
+const SWEEP_AHEAD: usize = 64;
 const ST_FREE: u8 = 0;
 const ST_SYN: u8 = 1;
 const ST_EST: u8 = 2;
@@ -778,6 +781,7 @@ impl<K: TableKey> ConnTable<K> {
             return 0;
         }
         let mut removed = 0;
+        let mut ahead = 0u8;
         for _ in 0..budget.min(n as usize) {
             let e = if self.sweep_pos >= n {
                 0
@@ -785,12 +789,24 @@ impl<K: TableKey> ConnTable<K> {
                 self.sweep_pos
             };
             self.sweep_pos = e + 1;
+            // Load the entry SWEEP_AHEAD further on now, independently of
+            // this one: by the time the cursor gets there (a few calls
+            // later) it is in cache. A walk of 4 entries per packet is too
+            // slow for the hardware prefetcher to run ahead of, and each
+            // new line stalled the packet (measured: 0.12 of the engine's
+            // in-cache time went to this loop's loads).
+            let a = e as usize + SWEEP_AHEAD;
+            let a = if a >= n as usize { a - n as usize } else { a };
+            if let Some(s) = self.entries.get(a) {
+                ahead ^= s.state;
+            }
             if self.entries[e as usize].state != ST_FREE && self.is_expired(e, now.0) {
                 self.remove_entry(e);
                 self.stats.expired += 1;
                 removed += 1;
             }
         }
+        core::hint::black_box(ahead);
         removed
     }
 
@@ -873,8 +889,12 @@ impl<K: TableKey> ConnTable<K> {
         self.on_packet_hashed(flow, h, dir, flags, len, now)
     }
 
-    /// [`on_packet`](Self::on_packet) with the flow's hash computed.
-    fn on_packet_hashed(
+    /// [`on_packet`](Self::on_packet) with the flow's hash already
+    /// computed by the caller (`hash` must be [`FlowHasher::hash`] of `flow`
+    /// under this table's hasher, e.g. the hash that steered the packet to
+    /// this worker): the data path hashes a packet once.
+    #[inline]
+    pub fn on_packet_hashed(
         &mut self,
         flow: &FlowKey,
         h: u64,
@@ -994,8 +1014,11 @@ impl<K: TableKey> ConnTable<K> {
         self.warm_hashes(&hashes[..n]);
     }
 
-    /// [`warm`](Self::warm) for flows whose hashes are computed.
-    fn warm_hashes(&self, hashes: &[u64]) {
+    /// [`warm`](Self::warm) for flows whose hashes are computed (at most
+    /// [`BATCH`] are used; each must be [`FlowHasher::hash`] of its flow
+    /// under this table's hasher, or the wrong lines are warmed: harmless,
+    /// only slower).
+    pub fn warm_hashes(&self, hashes: &[u64]) {
         let mut slot = [NIL; BATCH];
         let mut n = 0;
         for &h in hashes.iter().take(BATCH) {
