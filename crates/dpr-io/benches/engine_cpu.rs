@@ -158,9 +158,17 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(15);
     let mut plain = engine(TunnelAuth::None);
+    // As the data path's engines run (`EngineSet::new` sets it); PREFETCH=0
+    // leaves it out.
+    if std::env::var("PREFETCH").as_deref() != Ok("0") {
+        plain.set_prefetch(Some(dpr_io::sys::prefetch));
+    }
     let mut keyed = engine(TunnelAuth::Key(
         TunnelKeys::new(vec![(1, SipKey::from_bytes([7; 16]))]).unwrap(),
     ));
+    if std::env::var("PREFETCH").as_deref() != Ok("0") {
+        keyed.set_prefetch(Some(dpr_io::sys::prefetch));
+    }
     // One established flow's packet, repeated: its lines stay in cache.
     let mut same: Vec<Vec<u8>> = (0..4096).map(|_| established(FLOWS / 2)).collect();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;

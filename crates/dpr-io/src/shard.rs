@@ -310,7 +310,9 @@ impl EngineSet {
         let (report_tx, reports) = mpsc::channel();
         let mut links = Vec::with_capacity(count);
         let mut out = Vec::with_capacity(count);
-        for (index, engine) in shards.into_iter().enumerate() {
+        for (index, mut engine) in shards.into_iter().enumerate() {
+            // The data path's engines sweep with the CPU's prefetch hint.
+            engine.set_prefetch(Some(crate::sys::prefetch));
             let (tx, commands) = mpsc::channel();
             links.push(tx);
             out.push(Shard {

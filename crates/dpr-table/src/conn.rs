@@ -184,6 +184,12 @@ pub enum InsertOutcome {
     Existing(Route),
 }
 
+/// A hint to the CPU that the memory at an address will be read soon (a
+/// prefetch instruction, which neither faults nor waits): the I/O layer
+/// provides one (`dpr_io::sys::prefetch`), since this crate has no
+/// `unsafe`. It must not read or write through the pointer.
+pub type PrefetchHook = fn(*const u8);
+
 /// Packets [`ConnTable::on_packet_batch`] warms together.
 pub const BATCH: usize = 32;
 
@@ -421,6 +427,8 @@ pub struct ConnTable<K: TableKey = V4Key> {
     free: u32,
     sweep_pos: u32,
     sweep_per_call: u32,
+    /// A hint that memory is about to be read ([`PrefetchHook`]).
+    prefetch: Option<PrefetchHook>,
     timeouts: Timeouts,
     hasher: FlowHasher,
     stats: TableStats,
@@ -458,6 +466,7 @@ impl<K: TableKey> ConnTable<K> {
             free: NIL,
             sweep_pos: 0,
             sweep_per_call: config.sweep_per_call,
+            prefetch: None,
             timeouts: Timeouts(timeouts),
             hasher,
             stats: TableStats::default(),
@@ -477,6 +486,13 @@ impl<K: TableKey> ConnTable<K> {
     /// The configured capacity.
     pub fn capacity(&self) -> usize {
         self.capacity as usize
+    }
+
+    /// Sets (or clears) the prefetch hint the sweep uses to load the
+    /// entries it will examine a few calls ahead (see [`PrefetchHook`]).
+    /// Without one it reads them when it gets there.
+    pub fn set_prefetch(&mut self, hook: Option<PrefetchHook>) {
+        self.prefetch = hook;
     }
 
     /// Lifetime counters.
@@ -781,7 +797,21 @@ impl<K: TableKey> ConnTable<K> {
             return 0;
         }
         let mut removed = 0;
-        let mut ahead = 0u8;
+        if let Some(prefetch) = self.prefetch {
+            // The entries SWEEP_AHEAD on, one call's worth: by the time
+            // the cursor reaches them (a dozen calls of 4 later) they are
+            // in cache. A walk of 4 entries a packet is too slow for the
+            // hardware prefetcher to run ahead of, and each new line
+            // stalled the packet (the largest cost of an established
+            // packet in cache: see docs/benchmarks.md, issue 17).
+            let n = n as usize;
+            let from = self.sweep_pos as usize + SWEEP_AHEAD;
+            let from = if from >= n { from - n } else { from };
+            let to = (from + budget.min(16)).min(n);
+            for s in self.entries.get(from..to).unwrap_or_default() {
+                prefetch((s as *const Slot).cast());
+            }
+        }
         for _ in 0..budget.min(n as usize) {
             let e = if self.sweep_pos >= n {
                 0
@@ -789,24 +819,12 @@ impl<K: TableKey> ConnTable<K> {
                 self.sweep_pos
             };
             self.sweep_pos = e + 1;
-            // Load the entry SWEEP_AHEAD further on now, independently of
-            // this one: by the time the cursor gets there (a few calls
-            // later) it is in cache. A walk of 4 entries per packet is too
-            // slow for the hardware prefetcher to run ahead of, and each
-            // new line stalled the packet (measured: 0.12 of the engine's
-            // in-cache time went to this loop's loads).
-            let a = e as usize + SWEEP_AHEAD;
-            let a = if a >= n as usize { a - n as usize } else { a };
-            if let Some(s) = self.entries.get(a) {
-                ahead ^= s.state;
-            }
             if self.entries[e as usize].state != ST_FREE && self.is_expired(e, now.0) {
                 self.remove_entry(e);
                 self.stats.expired += 1;
                 removed += 1;
             }
         }
-        core::hint::black_box(ahead);
         removed
     }
 
