@@ -190,18 +190,33 @@ fn main() {
         "established redirected, 65,536 random flows among 1M, batches of 32",
     ];
     let mut res: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    // ONLY=0,4 runs those cases alone (for a profile of one).
+    let only: Option<Vec<usize>> = std::env::var("ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
+    let on = |i: usize| only.as_ref().is_none_or(|o| o.contains(&i));
     for _ in 0..rounds {
         let n = same.len();
-        res[0].push(per_packet(n, || one_at_a_time(&mut plain, &mut same)));
-        res[1].push(per_packet(RANDOM, || {
-            one_at_a_time(&mut plain, &mut random)
-        }));
-        res[2].push(per_packet(n, || one_at_a_time(&mut keyed, &mut same)));
+        if on(0) {
+            res[0].push(per_packet(n, || one_at_a_time(&mut plain, &mut same)));
+        }
+        if on(1) {
+            res[1].push(per_packet(RANDOM, || {
+                one_at_a_time(&mut plain, &mut random)
+            }));
+        }
+        if on(2) {
+            res[2].push(per_packet(n, || one_at_a_time(&mut keyed, &mut same)));
+        }
         // BEGIN batched
-        res[3].push(per_packet(n, || batched(&mut plain, &mut same, &mut out)));
-        res[4].push(per_packet(RANDOM, || {
-            batched(&mut plain, &mut random, &mut out)
-        }));
+        if on(3) {
+            res[3].push(per_packet(n, || batched(&mut plain, &mut same, &mut out)));
+        }
+        if on(4) {
+            res[4].push(per_packet(RANDOM, || {
+                batched(&mut plain, &mut random, &mut out)
+            }));
+        }
         // END batched
     }
     println!("on-CPU ns per packet, median of {rounds} rounds (min-max):");
