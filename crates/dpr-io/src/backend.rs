@@ -380,6 +380,63 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
 mod tests {
     use super::*;
 
+    /// A backend that can only lend one packet at a time (as AF_XDP does).
+    struct OneByOne {
+        packets: Vec<Vec<u8>>,
+        egress: Vec<Egress>,
+    }
+
+    impl Backend for OneByOne {
+        fn kind(&self) -> &'static str {
+            "one-by-one"
+        }
+        fn wait(&mut self, _: Duration) -> io::Result<bool> {
+            Ok(!self.packets.is_empty())
+        }
+        fn rx_tx<F>(&mut self, max: usize, mut handler: F) -> io::Result<RxTx>
+        where
+            F: FnMut(&mut [u8], Range<usize>) -> Egress,
+        {
+            let mut out = RxTx::default();
+            for mut p in self.packets.drain(..).take(max) {
+                out.received += 1;
+                let r = 4..p.len();
+                self.egress.push(handler(&mut p, r));
+            }
+            Ok(out)
+        }
+        fn transmit(&mut self, _: &mut [u8], _: Egress) -> io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// The default `rx_tx_batch` lends batches of one and returns the
+    /// egress each handler call set (`Drop` when it set none).
+    #[test]
+    fn the_default_batch_is_one_packet_at_a_time() {
+        let mut b = OneByOne {
+            packets: vec![vec![0; 10], vec![1; 12], vec![2; 14]],
+            egress: Vec::new(),
+        };
+        let mut sizes = Vec::new();
+        let out = b
+            .rx_tx_batch(8, |lent| {
+                sizes.push(lent.len());
+                for l in lent.iter_mut() {
+                    if l.buf[0] != 1 {
+                        l.egress = Egress::Kernel(l.range.clone());
+                    }
+                }
+            })
+            .unwrap();
+        assert_eq!(out.received, 3);
+        assert_eq!(sizes, [1, 1, 1]);
+        assert_eq!(
+            b.egress,
+            [Egress::Kernel(4..10), Egress::Drop, Egress::Kernel(4..14)]
+        );
+    }
+
     #[test]
     fn push_commit_and_clear() {
         let mut b = Batch::new(2, 8, 16);
