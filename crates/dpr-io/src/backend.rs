@@ -165,6 +165,19 @@ pub struct RxTx {
     pub failed: usize,
 }
 
+/// One packet of a batch lent by [`Backend::rx_tx_batch`]: the whole
+/// buffer (headroom before the packet, room after it), the packet's range
+/// in it, and where it goes (the handler sets it; [`Egress::Drop`] until then).
+#[derive(Debug)]
+pub struct Lent<'a> {
+    /// The buffer.
+    pub buf: &'a mut [u8],
+    /// The packet within it.
+    pub range: Range<usize>,
+    /// Where the packet goes.
+    pub egress: Egress,
+}
+
 /// One queue of a packet backend: it lends the packets it receives, in
 /// buffers with headroom, to a handler that rewrites them in place and says
 /// where each goes; it transmits them from the same buffers (the rx / tx
@@ -186,6 +199,27 @@ pub trait Backend: Send {
     fn rx_tx<F>(&mut self, max: usize, handler: F) -> io::Result<RxTx>
     where
         F: FnMut(&mut [u8], Range<usize>) -> Egress;
+
+    /// [`Self::rx_tx`], lending the received packets together, so that the
+    /// handler can process them as a batch (the engine overlaps their
+    /// table look-ups): it sets each one's [`Lent::egress`]. A backend
+    /// that receives one packet at a time lends batches of one (the
+    /// default).
+    fn rx_tx_batch<F>(&mut self, max: usize, mut handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [Lent<'_>]),
+    {
+        self.rx_tx(max, |buf, range| {
+            let mut one = [Lent {
+                buf,
+                range,
+                egress: Egress::Drop,
+            }];
+            handler(&mut one);
+            let [l] = one;
+            l.egress
+        })
+    }
 
     /// Transmits a packet this queue did not receive (another worker
     /// received it and handed it over): `packet[range]` where `egress`
@@ -296,6 +330,43 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
         Ok(out)
     }
 
+    /// Lends the whole batch at once (its capacity bounds it, not `_max`).
+    fn rx_tx_batch<F>(&mut self, _max: usize, mut handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [Lent<'_>]),
+    {
+        if self.batch.is_empty() {
+            self.dev.recv_batch(&mut self.batch, Duration::ZERO)?;
+        }
+        let Self { dev, batch } = self;
+        let mut lent: Vec<Lent<'_>> = batch
+            .frames_mut()
+            .iter_mut()
+            .map(|f| Lent {
+                range: f.start..f.end,
+                buf: &mut f.data,
+                egress: Egress::Drop,
+            })
+            .collect();
+        handler(&mut lent);
+        let mut out = RxTx {
+            received: lent.len(),
+            ..RxTx::default()
+        };
+        for l in lent {
+            let r = match l.egress {
+                Egress::Drop => continue,
+                Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+            };
+            match l.buf.get(r) {
+                Some(bytes) if dev.send(bytes).is_ok() => out.sent += 1,
+                _ => out.failed += 1,
+            }
+        }
+        batch.clear();
+        Ok(out)
+    }
+
     fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool> {
         let r = match egress {
             Egress::Drop => return Ok(true),
@@ -308,6 +379,63 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend that can only lend one packet at a time (as AF_XDP does).
+    struct OneByOne {
+        packets: Vec<Vec<u8>>,
+        egress: Vec<Egress>,
+    }
+
+    impl Backend for OneByOne {
+        fn kind(&self) -> &'static str {
+            "one-by-one"
+        }
+        fn wait(&mut self, _: Duration) -> io::Result<bool> {
+            Ok(!self.packets.is_empty())
+        }
+        fn rx_tx<F>(&mut self, max: usize, mut handler: F) -> io::Result<RxTx>
+        where
+            F: FnMut(&mut [u8], Range<usize>) -> Egress,
+        {
+            let mut out = RxTx::default();
+            for mut p in self.packets.drain(..).take(max) {
+                out.received += 1;
+                let r = 4..p.len();
+                self.egress.push(handler(&mut p, r));
+            }
+            Ok(out)
+        }
+        fn transmit(&mut self, _: &mut [u8], _: Egress) -> io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// The default `rx_tx_batch` lends batches of one and returns the
+    /// egress each handler call set (`Drop` when it set none).
+    #[test]
+    fn the_default_batch_is_one_packet_at_a_time() {
+        let mut b = OneByOne {
+            packets: vec![vec![0; 10], vec![1; 12], vec![2; 14]],
+            egress: Vec::new(),
+        };
+        let mut sizes = Vec::new();
+        let out = b
+            .rx_tx_batch(8, |lent| {
+                sizes.push(lent.len());
+                for l in lent.iter_mut() {
+                    if l.buf[0] != 1 {
+                        l.egress = Egress::Kernel(l.range.clone());
+                    }
+                }
+            })
+            .unwrap();
+        assert_eq!(out.received, 3);
+        assert_eq!(sizes, [1, 1, 1]);
+        assert_eq!(
+            b.egress,
+            [Egress::Kernel(4..10), Egress::Drop, Egress::Kernel(4..14)]
+        );
+    }
 
     #[test]
     fn push_commit_and_clear() {

@@ -158,6 +158,32 @@ impl Shard {
         }
     }
 
+    /// [`Shard::owner_of`] and the packet's flow hash
+    /// ([`Engine::flow_hash`], `None` when it has no flow to steer by):
+    /// the hash that steered the packet is the one its table look-up uses
+    /// ([`Shard::process_batch`]), so a packet is hashed once.
+    pub fn owner_and_hash(&self, packet: &[u8]) -> (usize, Option<u64>) {
+        let hash = self.engine.flow_hash(packet);
+        let owner = match hash {
+            Some(h) if self.count > 1 => dpr_table::shard::shard_of_hash(h, self.count),
+            _ => self.index,
+        };
+        (owner, hash)
+    }
+
+    /// Runs the engine on a batch of packets this shard owns, with the
+    /// hashes [`Shard::owner_and_hash`] gave (see
+    /// [`Engine::process_batch_hashed`]); appends the verdicts to `out`.
+    pub fn process_batch(
+        &mut self,
+        now: Timestamp,
+        pkts: &mut [PacketBuf<'_>],
+        hashes: &[Option<u64>],
+        out: &mut Vec<Verdict>,
+    ) {
+        self.engine.process_batch_hashed(now, pkts, hashes, out);
+    }
+
     /// Runs the engine on one packet (see [`Engine::process`]).
     pub fn process(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
         self.engine.process(now, pkt)
@@ -284,7 +310,9 @@ impl EngineSet {
         let (report_tx, reports) = mpsc::channel();
         let mut links = Vec::with_capacity(count);
         let mut out = Vec::with_capacity(count);
-        for (index, engine) in shards.into_iter().enumerate() {
+        for (index, mut engine) in shards.into_iter().enumerate() {
+            // The data path's engines sweep with the CPU's prefetch hint.
+            engine.set_prefetch(Some(crate::sys::prefetch));
             let (tx, commands) = mpsc::channel();
             links.push(tx);
             out.push(Shard {

@@ -264,6 +264,23 @@ pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// A hint that the memory at `p` will be read soon: one prefetch
+/// instruction into all cache levels (x86-64; nothing elsewhere). It never
+/// faults, whatever `p` is, and neither reads nor writes through it: the
+/// tables' [`dpr_table::PrefetchHook`].
+#[inline]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint: it does not access memory
+    // architecturally and cannot fault, even for an invalid address, so no
+    // pointer validity is required; SSE is part of the x86-64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// CPU time the calling thread has used, in nanoseconds. Unlike wall-clock
 /// time it does not grow while the thread waits for a CPU, so work paced
 /// by it (the load measurement) does not slow down on a busy host.

@@ -5,10 +5,11 @@
 //!  loop until stopped:
 //!    shard.poll()                      commands from the control thread (no lock)
 //!    backend.wait(≤ 10 ms)
-//!    backend.rx_tx(batch, |buf, range|
-//!        owner = shard.owner_of(packet)
-//!        ours  ─► shard.process ─► Egress (Drop / Kernel / Peer) ─► the backend sends it
-//!        other ─► copy into ring[owner], Egress::Drop here)
+//!    backend.rx_tx_batch(batch, |packets|
+//!        each: (owner, hash) = shard.owner_and_hash(packet)
+//!              other ─► copy into ring[owner], Egress::Drop here
+//!        ours together ─► shard.process_batch(hashes) ─► Egress (Drop / Kernel / Peer)
+//!                         ─► the backend sends them)
 //!    ring from the others ─► shard.process ─► backend.transmit
 //!    backend.maintain(stats)           neighbour look-ups, kernel counters
 //! ```
@@ -17,7 +18,7 @@
 //! worker owns its queue and its shard; it shares only its counters
 //! (atomics) and the rings (bounded channels of packets).
 
-use crate::backend::{Backend, DEFAULT_HEADROOM, Egress};
+use crate::backend::{Backend, DEFAULT_HEADROOM, Egress, Lent};
 use crate::shard::Shard;
 use dpr_router::{PacketBuf, Verdict};
 use dpr_table::Timestamp;
@@ -251,9 +252,9 @@ pub fn egress_of(v: &Verdict, pkt: &PacketBuf<'_>) -> Egress {
 /// Runs one worker until `ctx.stop` is set (or the control thread has
 /// gone): see the module's picture.
 pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ctx: WorkerCtx) {
-    let me = shard.index();
     let stats = ctx.stats.clone();
     let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut scratch = Scratch::default();
     while !ctx.stop.load(Ordering::Relaxed) {
         if !shard.poll().1 {
             break;
@@ -262,17 +263,10 @@ pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ct
             Ok(true) => {
                 let now = ctx.now();
                 let Rings { to, .. } = &rings;
-                let r = backend.rx_tx(ctx.batch, |buf, range| {
-                    let owner = buf.get(range.clone()).map_or(me, |p| shard.owner_of(p));
-                    if owner != me {
-                        hand_over(to, owner, &buf[range], &mut spare, &stats);
-                        return Egress::Drop;
-                    }
-                    let Some(mut pkt) = PacketBuf::new(buf, range.start, range.end) else {
-                        return Egress::Drop;
-                    };
-                    let v = shard.process(now, &mut pkt);
-                    egress_of(&v, &pkt)
+                let r = backend.rx_tx_batch(ctx.batch, |lent| {
+                    process_lent(&mut shard, now, lent, &mut scratch, |owner, p| {
+                        hand_over(to, owner, p, &mut spare, &stats)
+                    })
                 });
                 match r {
                     Ok(o) => {
@@ -300,6 +294,73 @@ pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ct
         backend.maintain(&stats);
     }
     backend.close();
+}
+
+/// What [`process_lent`] keeps between batches (no allocation per batch
+/// once warm).
+#[derive(Default)]
+struct Scratch {
+    /// Per packet this shard owns: its position in the batch and its hash.
+    mine: Vec<(usize, Option<u64>)>,
+    hashes: Vec<Option<u64>>,
+    verdicts: Vec<Verdict>,
+    egress: Vec<Egress>,
+}
+
+/// One received batch: each packet goes to the shard that owns its flow
+/// (`hand_over` for another's), and this shard's packets go through the
+/// engine together ([`Shard::process_batch`], with the hashes that steered
+/// them); sets each packet's egress.
+fn process_lent(
+    shard: &mut Shard,
+    now: Timestamp,
+    lent: &mut [Lent<'_>],
+    s: &mut Scratch,
+    mut hand_over: impl FnMut(usize, &[u8]),
+) {
+    let me = shard.index();
+    s.mine.clear();
+    for (i, l) in lent.iter_mut().enumerate() {
+        l.egress = Egress::Drop;
+        let Some(p) = l.buf.get(l.range.clone()) else {
+            continue;
+        };
+        let (owner, hash) = shard.owner_and_hash(p);
+        if owner != me {
+            hand_over(owner, p);
+            continue;
+        }
+        if l.range.start <= l.range.end && l.range.end <= l.buf.len() {
+            s.mine.push((i, hash));
+        }
+    }
+    if s.mine.is_empty() {
+        return;
+    }
+    s.hashes.clear();
+    s.hashes.extend(s.mine.iter().map(|m| m.1));
+    s.verdicts.clear();
+    s.egress.clear();
+    {
+        // The packets this shard owns, borrowed from the batch in order.
+        let mut wanted = s.mine.iter().map(|m| m.0).peekable();
+        let mut pkts: Vec<PacketBuf<'_>> = Vec::with_capacity(s.mine.len());
+        for (i, l) in lent.iter_mut().enumerate() {
+            if wanted.peek() != Some(&i) {
+                continue;
+            }
+            wanted.next();
+            if let Some(p) = PacketBuf::new(l.buf, l.range.start, l.range.end) {
+                pkts.push(p);
+            }
+        }
+        shard.process_batch(now, &mut pkts, &s.hashes, &mut s.verdicts);
+        s.egress
+            .extend(pkts.iter().zip(&s.verdicts).map(|(p, v)| egress_of(v, p)));
+    }
+    for (&(i, _), e) in s.mine.iter().zip(s.egress.drain(..)) {
+        lent[i].egress = e;
+    }
 }
 
 fn receive_failed(stats: &WorkerStats, kind: &str, e: &std::io::Error) {

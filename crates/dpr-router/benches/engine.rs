@@ -4,11 +4,12 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dpr_packet::siphash::SipKey;
 use dpr_packet::tcp::TcpFlags;
 use dpr_policy::{SplitMix64, Threshold, ThresholdConfig};
 use dpr_router::harness::tcp::tcp_packet;
-use dpr_router::{Engine, EngineConfig, PacketBuf, Verdict};
-use dpr_table::{Capacity, LoadFigures, LoadReport, LoadTableConfig, PeerId, Timestamp};
+use dpr_router::{Engine, EngineConfig, PacketBuf, TunnelAuth, TunnelKeys, Verdict};
+use dpr_table::{BATCH, Capacity, LoadFigures, LoadReport, LoadTableConfig, PeerId, Timestamp};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -22,6 +23,10 @@ fn client(i: u32) -> SocketAddr {
 }
 
 fn engine() -> Engine {
+    engine_with(TunnelAuth::None)
+}
+
+fn engine_with(auth: TunnelAuth) -> Engine {
     let svc = Ipv4Addr::new(198, 19, 255, 1);
     let mut cfg = EngineConfig::new(
         Ipv4Addr::new(198, 19, 0, 1).into(),
@@ -29,6 +34,7 @@ fn engine() -> Engine {
         vec![80],
     );
     cfg.routes.capacity = FLOWS;
+    cfg.tunnel_auth = auth;
     cfg.routes.sweep_per_call = std::env::var("SWEEP")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -78,10 +84,8 @@ fn packet(pkt: &[u8]) -> Vec<u8> {
     b
 }
 
-fn benches(c: &mut Criterion) {
-    let svc = SocketAddr::new(Ipv4Addr::new(198, 19, 255, 1).into(), 80);
-    let mut e = engine();
-    let now = Timestamp::from_millis(1);
+/// Routes `FLOWS` connections (one SYN each).
+fn fill(e: &mut Engine, svc: SocketAddr, now: Timestamp) {
     for i in 0..FLOWS {
         let mut b = packet(&tcp_packet(
             client(i),
@@ -97,6 +101,38 @@ fn benches(c: &mut Criterion) {
         assert!(matches!(v, Verdict::Forward { .. }));
     }
     assert_eq!(e.routes().len(), FLOWS as usize);
+}
+
+/// Packets of established flows picked at random among the million.
+fn random_established(svc: SocketAddr, n: usize, mut state: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let i = (state % u64::from(FLOWS)) as u32;
+            packet(&tcp_packet(
+                client(i),
+                svc,
+                2,
+                1,
+                TcpFlags::ACK,
+                None,
+                b"0123456789",
+            ))
+        })
+        .collect()
+}
+
+/// Packets per random-flow round: far more flows than the caches hold
+/// lines for (each touches an index slot, an entry and its LRU neighbours).
+const RANDOM: usize = 1 << 16;
+
+fn benches(c: &mut Criterion) {
+    let svc = SocketAddr::new(Ipv4Addr::new(198, 19, 255, 1).into(), 80);
+    let mut e = engine();
+    let now = Timestamp::from_millis(1);
+    fill(&mut e, svc, now);
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
@@ -176,6 +212,70 @@ fn benches(c: &mut Criterion) {
             syn[ip + 20..ip + 22].copy_from_slice(&c.port().to_be_bytes());
             let mut pb = PacketBuf::new(black_box(&mut syn), HEADROOM, end).unwrap();
             e.process(now, &mut pb)
+        })
+    });
+    // Issue 17's cases. The same 65,536 packets of flows random among the
+    // million, one `process` at a time and then `process_batch` 32 at a
+    // time (the batch size of the AF_XDP and TUN loops).
+    let mut many = random_established(svc, RANDOM, 0x9e37_79b9_7f4a_7c15);
+    let mut k = 0usize;
+    g.bench_function("established_redirected/1M-random-one-at-a-time", |b| {
+        b.iter(|| {
+            k = (k + 1) % RANDOM;
+            let buf = &mut many[k];
+            let end = buf.len();
+            let mut pb = PacketBuf::new(black_box(buf), HEADROOM, end).unwrap();
+            e.process(now, &mut pb)
+        })
+    });
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut out = Vec::with_capacity(BATCH);
+    let mut at = 0usize;
+    g.bench_function("established_redirected/1M-random-batched-32", |b| {
+        b.iter(|| {
+            let chunk = &mut many[at..at + BATCH];
+            at = (at + BATCH) % RANDOM;
+            let mut pbs: Vec<PacketBuf<'_>> = chunk
+                .iter_mut()
+                .map(|buf| {
+                    let end = buf.len();
+                    PacketBuf::new(buf, HEADROOM, end).unwrap()
+                })
+                .collect();
+            out.clear();
+            e.process_batch(now, black_box(&mut pbs), &mut out);
+            out.len()
+        })
+    });
+    // The same flow, 32 at a time: what batching costs or saves in cache.
+    let mut same: Vec<Vec<u8>> = (0..BATCH).map(|_| est.clone()).collect();
+    g.bench_function("established_redirected/in-cache-batched-32", |b| {
+        b.iter(|| {
+            let mut pbs: Vec<PacketBuf<'_>> = same
+                .iter_mut()
+                .map(|buf| {
+                    let end = buf.len();
+                    PacketBuf::new(buf, HEADROOM, end).unwrap()
+                })
+                .collect();
+            out.clear();
+            e.process_batch(now, black_box(&mut pbs), &mut out);
+            out.len()
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    drop(e);
+    // The keyed tunnel (dprd's default): the same established packet, in
+    // cache, with the GRE header and its SipHash tag.
+    let mut keyed = engine_with(TunnelAuth::Key(
+        TunnelKeys::new(vec![(1, SipKey::from_bytes([7; 16]))]).unwrap(),
+    ));
+    fill(&mut keyed, svc, now);
+    let end = est.len();
+    g.bench_function("established_redirected_keyed/1M-flows", |b| {
+        b.iter(|| {
+            let mut pb = PacketBuf::new(black_box(&mut est), HEADROOM, end).unwrap();
+            keyed.process(now, &mut pb)
         })
     });
     g.finish();

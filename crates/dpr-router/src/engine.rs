@@ -3,6 +3,8 @@
 use crate::buffer::PacketBuf;
 use crate::config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
 use crate::counters::{Counters, LiveCounters};
+use crate::fast::{is_tunnel_proto, v4_tcp_meta};
+use crate::outer::OuterV4;
 use crate::reply;
 use crate::verdict::{DropReason, Verdict};
 use dpr_packet::gre::{self, GreFields};
@@ -16,13 +18,13 @@ use dpr_packet::{
 };
 use dpr_policy::{NewConnection, Policy, RandomSource, RedirectDecision, decide_and_account};
 use dpr_table::{
-    Capacity, ConnState, ConnTable, Direction, InsertOutcome, LoadFigures, LoadReport, LoadTable,
-    LoadTableConfig, PacketOutcome, PeerId, PeerState, ReportOutcome, Route, TableError, Timestamp,
-    WideKey,
+    BATCH, Capacity, ConnState, ConnTable, Direction, InsertOutcome, LoadFigures, LoadReport,
+    LoadTable, LoadTableConfig, PacketOutcome, PeerId, PeerState, ReportOutcome, Route, TableError,
+    Timestamp, WideKey,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One new connection's routing decision, as the engine took it: what
 /// `dprd lab` compares with the true load of the host at that instant.
@@ -128,6 +130,9 @@ pub struct Engine {
     tunnel_v4: [u8; 4],
     /// Keyed flows accepted or ended since the last take.
     keyed_events: Vec<KeyedFlowEvent>,
+    /// Per peer id: the outer IPv4 header towards it, built on first use
+    /// (checked against the peer's tunnel address at each use).
+    outer: Vec<Option<OuterV4>>,
 }
 
 /// The most connection events noted while one load measurement runs (a
@@ -179,6 +184,7 @@ impl Engine {
             last_redirector: None,
             cut: Vec::new(),
             keyed_events: Vec::new(),
+            outer: Vec::new(),
             tunnel_v4: match cfg.tunnel_addr {
                 IpAddr::V4(a) => a.octets(),
                 IpAddr::V6(_) => [255; 4],
@@ -611,6 +617,14 @@ impl Engine {
         &self.hasher
     }
 
+    /// Gives both flow tables a prefetch hint (see
+    /// [`dpr_table::PrefetchHook`]; the I/O layer has one): their sweeps
+    /// then load the entries they will examine a few packets ahead.
+    pub fn set_prefetch(&mut self, hook: Option<dpr_table::PrefetchHook>) {
+        self.routes.set_prefetch(hook);
+        self.served.set_prefetch(hook);
+    }
+
     /// The flow whose table entry `packet` (an IP packet) would touch,
     /// client to service, where it matters which engine handles it: TCP
     /// to or from anywhere (its own 4-tuple), IP-in-IP to this host's
@@ -675,11 +689,107 @@ impl Engine {
 
     /// Decides what to do with the IP packet in `pkt`, rewriting it in place.
     pub fn process(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
-        let v = self.decide(now, pkt);
+        let v = self.decide(now, pkt, None);
         self.counters.c.count(v)
     }
 
-    fn decide(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
+    /// The hash of the flow whose table entry `packet` would touch (of
+    /// [`Engine::steer_key`], under [`Engine::flow_hasher`]): what steers a
+    /// packet to its engine (`dpr_table::shard_of_hash`), and what
+    /// [`Engine::process_batch_hashed`] takes so that a packet is hashed
+    /// once.
+    #[inline]
+    pub fn flow_hash(&self, packet: &[u8]) -> Option<u64> {
+        self.steer_key(packet).map(|f| self.hasher.hash(&f))
+    }
+
+    /// [`Engine::process`] on each packet of `pkts` in order, appending the
+    /// verdicts to `out`: the same verdicts, packets, tables and counters
+    /// as one call per packet. Each group of [`BATCH`] packets is hashed
+    /// first and the table lines its packets will read are loaded together,
+    /// so that their cache misses overlap instead of queueing (on a table
+    /// far larger than the cache, that is where a packet's time goes).
+    pub fn process_batch(
+        &mut self,
+        now: Timestamp,
+        pkts: &mut [PacketBuf<'_>],
+        out: &mut Vec<Verdict>,
+    ) {
+        let mut hashes = [None; BATCH];
+        for group in pkts.chunks_mut(BATCH) {
+            for (h, p) in hashes.iter_mut().zip(group.iter()) {
+                *h = self.flow_hash(p.bytes());
+            }
+            self.process_group(now, group, &hashes[..group.len()], out);
+        }
+    }
+
+    /// [`Engine::process_batch`] where the caller has hashed the packets
+    /// already (to steer them): `hashes[i]` must be
+    /// [`Engine::flow_hash`] of `pkts[i]` (or `None`: computed here when
+    /// needed). A packet without its hash (`hashes` shorter than `pkts`)
+    /// is hashed here.
+    pub fn process_batch_hashed(
+        &mut self,
+        now: Timestamp,
+        pkts: &mut [PacketBuf<'_>],
+        hashes: &[Option<u64>],
+        out: &mut Vec<Verdict>,
+    ) {
+        let mut own = [None; BATCH];
+        for (g, group) in pkts.chunks_mut(BATCH).enumerate() {
+            let given = hashes.get(g * BATCH..).unwrap_or_default();
+            for (i, p) in group.iter().enumerate() {
+                own[i] = match given.get(i) {
+                    Some(h) => *h,
+                    None => self.flow_hash(p.bytes()),
+                };
+            }
+            self.process_group(now, group, &own[..group.len()], out);
+        }
+    }
+
+    /// Up to [`BATCH`] packets with their flow hashes: warm, then process.
+    fn process_group(
+        &mut self,
+        now: Timestamp,
+        group: &mut [PacketBuf<'_>],
+        hashes: &[Option<u64>],
+        out: &mut Vec<Verdict>,
+    ) {
+        // Tunnel packets' flows are in the served table, the others' in
+        // the routing table: warm only the table each will read.
+        let (mut routes, mut served) = ([0u64; BATCH], [0u64; BATCH]);
+        let (mut nr, mut ns) = (0, 0);
+        for (p, h) in group.iter().zip(hashes) {
+            let Some(h) = *h else { continue };
+            if is_tunnel_proto(p.bytes()) {
+                served[ns] = h;
+                ns += 1;
+            } else {
+                routes[nr] = h;
+                nr += 1;
+            }
+        }
+        self.routes.warm_hashes(&routes[..nr]);
+        if ns > 0 {
+            self.served.warm_hashes(&served[..ns]);
+        }
+        for (p, h) in group.iter_mut().zip(hashes) {
+            let v = self.decide(now, p, *h);
+            out.push(self.counters.c.count(v));
+        }
+    }
+
+    /// `hash`: [`Engine::flow_hash`] of the packet, when the caller has it.
+    fn decide(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>, hash: Option<u64>) -> Verdict {
+        // The common packet's parse is built in place and used from there:
+        // moved into a common variable with the general parse's result, it
+        // was copied whole right after being written field by field, and
+        // the copy waited on store forwarding (half the function's time).
+        if let Some(meta) = v4_tcp_meta(pkt.bytes()) {
+            return self.decide_parsed(now, pkt, &meta, hash);
+        }
         let meta = match parse_ip(pkt.bytes()) {
             Ok(m) => m,
             Err(e) => {
@@ -689,18 +799,30 @@ impl Engine {
                 return Verdict::Drop(DropReason::Malformed);
             }
         };
+        self.decide_parsed(now, pkt, &meta, hash)
+    }
+
+    /// [`Engine::decide`] once the packet parsed.
+    #[inline(always)]
+    fn decide_parsed(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<'_>,
+        meta: &PacketMeta,
+        hash: Option<u64>,
+    ) -> Verdict {
         match meta.flow.protocol {
             IpProtocol::IpIp | IpProtocol::Ipv6 if meta.flow.dst == self.cfg.tunnel_addr => {
-                self.tunnel_input(now, pkt, &meta)
+                self.tunnel_input(now, pkt, meta, hash)
             }
             // GRE is the keyed tunnel's; without it, not the router's.
             IpProtocol::Gre
                 if meta.flow.dst == self.cfg.tunnel_addr
                     && matches!(self.cfg.tunnel_auth, TunnelAuth::Key(_)) =>
             {
-                self.tunnel_input(now, pkt, &meta)
+                self.tunnel_input(now, pkt, meta, hash)
             }
-            IpProtocol::Tcp if self.is_service(&meta.flow) => self.service(now, pkt, &meta),
+            IpProtocol::Tcp if self.is_service(&meta.flow) => self.service(now, pkt, meta, hash),
             // A later fragment carries no ports: any TCP fragment to a
             // service address may be service traffic, and cannot be routed
             // without reassembly.
@@ -711,7 +833,7 @@ impl Engine {
                 Verdict::Drop(DropReason::Fragment)
             }
             IpProtocol::Icmp | IpProtocol::Icmpv6 if meta.fragment == Fragment::Whole => {
-                self.icmp(pkt, &meta)
+                self.icmp(pkt, meta)
             }
             _ => Verdict::Pass,
         }
@@ -722,11 +844,19 @@ impl Engine {
     }
 
     /// TCP to a service address and port, straight from a client.
-    fn service(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>, meta: &PacketMeta) -> Verdict {
+    fn service(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<'_>,
+        meta: &PacketMeta,
+        hash: Option<u64>,
+    ) -> Verdict {
         if meta.fragment != Fragment::Whole {
             return Verdict::Drop(DropReason::Fragment);
         }
-        let flow = meta.flow;
+        // By reference: a copy of the key read back whole from where the
+        // parse wrote it field by field stalls on store forwarding.
+        let flow = &meta.flow;
         let flags = meta.tcp_flags;
         let len = meta.l3_len;
         let mut new_incarnation = false;
@@ -742,15 +872,15 @@ impl Engine {
             // A SYN for a recorded 4-tuple is a retransmission only while
             // that connection lives and the sequence number is the same;
             // clients reuse ports within seconds of a close.
-            match self.routes.get(&flow) {
+            match self.routes.get(flow) {
                 None => recorded = false,
                 Some(e) => {
                     let ended = matches!(e.state, ConnState::Closing | ConnState::Closed);
                     if ended || e.isn.zip(isn).is_some_and(|(a, b)| a != b) {
                         if !ended {
-                            self.connection_ended(e.route, flow);
+                            self.connection_ended(e.route, *flow);
                         }
-                        self.routes.remove(&flow);
+                        self.routes.remove(flow);
                         self.counters.c.syn_new_incarnations += 1;
                         new_incarnation = true;
                         recorded = false;
@@ -758,15 +888,18 @@ impl Engine {
                 }
             }
         } else if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
-            if let Some(e) = self.routes.get(&flow) {
+            if let Some(e) = self.routes.get(flow) {
                 if matches!(e.state, ConnState::SynSeen | ConnState::Established) {
-                    self.connection_ended(e.route, flow);
+                    self.connection_ended(e.route, *flow);
                 }
             }
         }
         let known = if recorded {
+            // The steering hash is this flow's (`flow_hash`: the same key).
+            let h = hash.unwrap_or_else(|| self.hasher.hash(flow));
+            debug_assert_eq!(h, self.hasher.hash(flow));
             self.routes
-                .on_packet(&flow, Direction::Original, flags, len, now)
+                .on_packet_hashed(flow, h, Direction::Original, flags, len, now)
         } else {
             PacketOutcome::Unknown
         };
@@ -776,7 +909,7 @@ impl Engine {
                     if !self.peer_usable(p) =>
                 {
                     // Not yet established: route the retransmitted SYN afresh.
-                    self.routes.remove(&flow);
+                    self.routes.remove(flow);
                     self.counters.c.dead_peer_reroutes += 1;
                 }
                 PacketOutcome::Forward(route) | PacketOutcome::Reset(route) => {
@@ -789,7 +922,7 @@ impl Engine {
             let decision = if self.draining {
                 self.drain_decision()
             } else {
-                let conn = NewConnection::from_client(flow);
+                let conn = NewConnection::from_client(*flow);
                 decide_and_account(
                     self.policy.as_mut(),
                     &conn,
@@ -802,8 +935,8 @@ impl Engine {
                 RedirectDecision::Redirect(p) => Route::Peer(p),
             };
             let inserted = match isn {
-                Some(isn) => self.routes.insert_syn(&flow, route, isn, now),
-                None => self.routes.insert(&flow, route, now),
+                Some(isn) => self.routes.insert_syn(flow, route, isn, now),
+                None => self.routes.insert(flow, route, now),
             };
             if inserted.is_err() {
                 self.counters.c.table_insert_failures += 1;
@@ -812,7 +945,7 @@ impl Engine {
             match (route, v) {
                 (Route::Local, _) => {
                     self.counters.c.new_local += 1;
-                    self.local_opened(flow);
+                    self.local_opened(*flow);
                     if self.loads.least_loaded_peer().is_none() && self.loads.host_count() > 1 {
                         self.counters.c.new_local_no_peer += 1;
                     }
@@ -823,7 +956,7 @@ impl Engine {
                 }
                 // Could not be sent: do not keep a route nothing followed.
                 (Route::Peer(p), _) => {
-                    self.routes.remove(&flow);
+                    self.routes.remove(flow);
                     let _ = self.loads.record_redirect_end(p);
                 }
             }
@@ -833,7 +966,7 @@ impl Engine {
                 }
                 self.decisions.push_back(DecisionRecord {
                     at: now,
-                    flow,
+                    flow: *flow,
                     local_load,
                     route,
                     new_incarnation,
@@ -927,9 +1060,12 @@ impl Engine {
         meta: &PacketMeta,
         clamp: bool,
     ) -> Verdict {
-        let mut params = EncapParams::new(self.cfg.tunnel_addr, to);
-        params.ttl = self.cfg.outer_ttl;
-        let overhead = params.outer_len() + self.cfg.tunnel_auth.shim_len();
+        let outer_len = if self.cfg.tunnel_addr.is_ipv4() {
+            ipip::OUTER_V4_LEN
+        } else {
+            ipip::OUTER_V6_LEN
+        };
+        let overhead = outer_len + self.cfg.tunnel_auth.shim_len();
         if pkt.headroom() < overhead {
             return Verdict::Drop(DropReason::NoHeadroom);
         }
@@ -950,13 +1086,51 @@ impl Engine {
             return self.too_big(pkt, meta, overhead);
         }
         // Too big with DF clear: the outer header copies it, so routers may fragment.
-        params.ident = self.next_ident;
+        let ident = self.next_ident;
         self.next_ident = self.next_ident.wrapping_add(1);
+        let end = r.start + inner_len;
+        if let (IpAddr::V4(from), IpAddr::V4(to4)) = (self.cfg.tunnel_addr, to) {
+            // The common case: the outer header from the peer's template.
+            let gre = match &self.cfg.tunnel_auth {
+                TunnelAuth::None => None,
+                TunnelAuth::Key(keys) => {
+                    let (key_id, key) = keys.signing();
+                    let tag = gre::tunnel_tag(key, key_id, self.cfg.tunnel_addr, to, &meta.flow);
+                    Some(GreFields { tag, key_id })
+                }
+            };
+            let total = inner_len + overhead;
+            let Ok(total) = u16::try_from(total) else {
+                return Verdict::Drop(DropReason::Oversize);
+            };
+            let outer = self.outer_v4(p, from, to4, gre.is_some());
+            let start = r.start - overhead;
+            let buf = pkt.whole_mut();
+            let (tos, df, v6) = match meta.version {
+                IpVersion::V4 => (buf[r.start + 1], buf[r.start + 6] & 0x40 != 0, false),
+                IpVersion::V6 => (buf[r.start] << 4 | buf[r.start + 1] >> 4, true, true),
+            };
+            buf[start..start + 20].copy_from_slice(&outer.header(tos, total, ident, df, v6));
+            if let Some(g) = gre {
+                let [p0, p1] = if v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
+                let [t0, t1, t2, t3] = g.tag.to_be_bytes();
+                let [k0, k1] = g.key_id.to_be_bytes();
+                buf[start + 20..start + 32]
+                    .copy_from_slice(&[0x30, 0, p0, p1, t0, t1, t2, t3, 0, 0, k0, k1]);
+            }
+            pkt.set_range(start..end);
+            let c = self.counters.peer(p);
+            c.forwarded_packets += 1;
+            c.forwarded_bytes += u64::from(total);
+            return Verdict::Forward { peer: p, to };
+        }
+        let mut params = EncapParams::new(self.cfg.tunnel_addr, to);
+        params.ttl = self.cfg.outer_ttl;
+        params.ident = ident;
         if to.is_ipv6() {
             // RFC 6438: spread tunnel traffic over ECMP paths by inner flow.
             params.flow_label = ipip::flow_label_from_hash(self.hasher.hash(&meta.flow));
         }
-        let end = r.start + inner_len;
         let buf = &mut pkt.whole_mut()[..end];
         let encapsulated = match &self.cfg.tunnel_auth {
             TunnelAuth::None => ipip::encapsulate(buf, r.start, &params),
@@ -979,6 +1153,24 @@ impl Engine {
             }
             Err(_) => Verdict::Drop(DropReason::NoHeadroom),
         }
+    }
+
+    /// The outer IPv4 header towards peer `p` at `to` (built once per peer
+    /// and tunnel address).
+    #[inline]
+    fn outer_v4(&mut self, p: PeerId, from: Ipv4Addr, to: Ipv4Addr, gre: bool) -> OuterV4 {
+        let i = usize::from(p.0);
+        if let Some(Some(o)) = self.outer.get(i) {
+            if o.to == to {
+                return *o;
+            }
+        }
+        let o = OuterV4::new(from, to, self.cfg.outer_ttl, gre);
+        if self.outer.len() <= i {
+            self.outer.resize(i + 1, None);
+        }
+        self.outer[i] = Some(o);
+        o
     }
 
     /// The client's packet does not fit the tunnel: tell it the MTU that
@@ -1005,6 +1197,7 @@ impl Engine {
         now: Timestamp,
         pkt: &mut PacketBuf<'_>,
         meta: &PacketMeta,
+        hash: Option<u64>,
     ) -> Verdict {
         let Some(&origin) = self.peer_by_tunnel.get(&meta.flow.src) else {
             return Verdict::Drop(DropReason::UnknownTunnelSource);
@@ -1112,9 +1305,17 @@ impl Engine {
                 self.counters.c.connections_ended += 1;
                 self.local_ended(inner.flow);
             }
-            let outcome =
-                self.served
-                    .on_packet(&inner.flow, Direction::Original, flags, inner.l3_len, now);
+            // The steering hash is the inner flow's (`flow_hash`).
+            let h = hash.unwrap_or_else(|| self.hasher.hash(&inner.flow));
+            debug_assert_eq!(h, self.hasher.hash(&inner.flow));
+            let outcome = self.served.on_packet_hashed(
+                &inner.flow,
+                h,
+                Direction::Original,
+                flags,
+                inner.l3_len,
+                now,
+            );
             if flags.is_syn() && outcome == PacketOutcome::Unknown {
                 // One hop only: a connection that arrived from a peer is
                 // served here and never redirected again.

@@ -62,7 +62,7 @@ fn bare_engine() -> Engine {
     bare_engine_with(false)
 }
 
-fn engine_with(keyed: bool) -> Engine {
+pub(crate) fn engine_with(keyed: bool) -> Engine {
     let mut e = bare_engine_with(keyed);
     for (i, p) in PEERS.iter().enumerate() {
         let id = PeerId(i as u16 + 1);
@@ -93,7 +93,7 @@ fn engine_with(keyed: bool) -> Engine {
 }
 
 /// The scripted prefix, built once per process.
-fn prefix() -> &'static [Vec<u8>] {
+pub(crate) fn prefix() -> &'static [Vec<u8>] {
     static PREFIX: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
     PREFIX.get_or_init(build_prefix)
 }

@@ -80,16 +80,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod batch_checks;
 pub mod buffer;
 pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod engine;
+mod fast;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz_checks;
 #[cfg(any(feature = "testkit", test))]
 pub mod harness;
 pub mod ops;
+mod outer;
 mod reply;
 pub mod verdict;
 

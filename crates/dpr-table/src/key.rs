@@ -99,11 +99,19 @@ impl TableKey for V4Key {
         let (IpAddr::V4(s), IpAddr::V4(d)) = (flow.src, flow.dst) else {
             return None;
         };
+        // Written in the widths `eq` reads (8, 4 and 1 bytes): a key just
+        // built is compared at once, and a wide load of bytes written one
+        // field at a time waits for them to reach the cache instead of
+        // being forwarded from the stores (~15 cycles a look-up).
+        let [s0, s1, s2, s3] = s.octets();
+        let [d0, d1, d2, d3] = d.octets();
+        let [p0, p1] = flow.src_port.to_be_bytes();
+        let [q0, q1] = flow.dst_port.to_be_bytes();
+        let addrs = u64::from_ne_bytes([s0, s1, s2, s3, d0, d1, d2, d3]);
+        let ports = u32::from_ne_bytes([p0, p1, q0, q1]);
         let mut bytes = [0u8; 13];
-        bytes[0..4].copy_from_slice(&s.octets());
-        bytes[4..8].copy_from_slice(&d.octets());
-        bytes[8..10].copy_from_slice(&flow.src_port.to_be_bytes());
-        bytes[10..12].copy_from_slice(&flow.dst_port.to_be_bytes());
+        bytes[0..8].copy_from_slice(&addrs.to_ne_bytes());
+        bytes[8..12].copy_from_slice(&ports.to_ne_bytes());
         bytes[12] = u8::from(flow.protocol);
         Some(Self { bytes })
     }

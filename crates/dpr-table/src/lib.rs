@@ -41,7 +41,7 @@ mod tests;
 
 pub use conn::{
     BATCH, ConnEntry, ConnState, ConnTable, ConnTableConfig, Direction, InsertOutcome, PacketInfo,
-    PacketOutcome, Route, TableStats,
+    PacketOutcome, PrefetchHook, Route, TableStats,
 };
 pub use error::{Result, TableError};
 pub use key::{IsnSlot, TableKey, V4Key, WideKey};

@@ -1594,3 +1594,43 @@ fn silence_counts_from_when_the_host_starts_listening() {
     t.refresh(Timestamp(1_400));
     assert_eq!(t.peer(PeerId(1)).unwrap().state, PeerState::Dead);
 }
+
+static PREFETCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_prefetch(_: *const u8) {
+    PREFETCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The sweep's prefetch hint is only a hint: a table with it expires the
+/// same entries at the same calls as one without, and the hint is given.
+#[test]
+fn the_prefetch_hint_changes_nothing_but_is_used() {
+    let mut c = cfg(300);
+    c.sweep_per_call = 3;
+    // Some 200 flows live at a time, more than the hint's distance ahead.
+    c.half_open_timeout = Duration::from_micros(150);
+    c.established_timeout = Duration::from_micros(200);
+    let mut with: ConnTable<WideKey> = ConnTable::new(c, FlowHasher::new(9)).unwrap();
+    let mut without: ConnTable<WideKey> = ConnTable::new(c, FlowHasher::new(9)).unwrap();
+    with.set_prefetch(Some(count_prefetch));
+    let before = PREFETCHED.load(std::sync::atomic::Ordering::Relaxed);
+    let mut now = Timestamp::ZERO;
+    for i in 0..2_000u32 {
+        now = now.saturating_add(Duration::from_micros(1));
+        let f = flow(i * 7 % 500);
+        let a = with.on_packet(&f, Direction::Original, TcpFlags::ACK, 40, now);
+        let b = without.on_packet(&f, Direction::Original, TcpFlags::ACK, 40, now);
+        assert_eq!(a, b);
+        if a == PacketOutcome::Unknown {
+            assert_eq!(
+                with.insert(&f, Route::Local, now).unwrap(),
+                without.insert(&f, Route::Local, now).unwrap()
+            );
+        }
+        assert_eq!(with.sweep(now, 5), without.sweep(now, 5));
+        assert_eq!(with.len(), without.len());
+    }
+    assert_eq!(with.stats(), without.stats());
+    assert!(with.stats().expired > 0, "the sweep had work to do");
+    assert!(PREFETCHED.load(std::sync::atomic::Ordering::Relaxed) > before);
+}
