@@ -239,7 +239,8 @@ impl IoStats {
 /// own link sends `Forward` there.
 pub fn egress_of(v: &Verdict, pkt: &PacketBuf<'_>) -> Egress {
     match v {
-        Verdict::Drop(_) => Egress::Drop,
+        // Held: the engine kept a copy; it comes back from `take_released`.
+        Verdict::Drop(_) | Verdict::Held => Egress::Drop,
         Verdict::Forward { to, .. } => Egress::Peer {
             next_hop: *to,
             range: pkt.range(),
@@ -291,6 +292,7 @@ pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ct
             Err(e) => receive_failed(&stats, backend.kind(), &e),
         }
         take_over(&mut backend, &mut shard, &rings, &ctx, &mut spare);
+        release(&mut backend, &mut shard, &stats);
         // The keyed flows the batch accepted or ended, for the backend's
         // in-kernel fast path (AF_XDP), before their next packets arrive.
         let keyed = shard.engine().take_keyed_flow_events();
@@ -330,6 +332,33 @@ fn hand_over(
         Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
             stats.ring_full.fetch_add(1, Ordering::Relaxed);
             spare.push(b);
+        }
+    }
+}
+
+/// VIP mode: sends the packets the engine held while it asked its peers
+/// who serves their flow, now routed (to the claiming peer, or to the
+/// local stack when nobody claimed them).
+fn release<B: Backend>(backend: &mut B, shard: &mut Shard, stats: &WorkerStats) {
+    if !shard.engine().has_released() {
+        return;
+    }
+    for mut r in shard.engine().take_released() {
+        let egress = match r.verdict {
+            Verdict::Forward { to, .. } => Egress::Peer {
+                next_hop: to,
+                range: r.range.clone(),
+            },
+            Verdict::Drop(_) | Verdict::Held => continue,
+            _ => Egress::Kernel(r.range.clone()),
+        };
+        match backend.transmit(&mut r.buf, egress) {
+            Ok(true) => {
+                stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                stats.tx_failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

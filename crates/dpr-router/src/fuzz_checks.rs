@@ -225,6 +225,7 @@ fn check_one(e: &mut Engine, now: Timestamp, pkt: &[u8], headroom: usize, total:
             assert!(m.flow.protocol == IpProtocol::Tcp && m.tcp_flags.contains(TcpFlags::RST));
         }
         Verdict::Pass => assert_eq!(out, pkt, "passed packets are untouched"),
+        Verdict::Held => assert!(e.config().vip.is_some(), "only VIP mode holds packets"),
         Verdict::Drop(_) => {}
     }
     assert!(e.routes().len() <= CAP as usize && e.served().len() <= CAP as usize);
