@@ -104,8 +104,12 @@ impl TunnelKeys {
 /// reach a host that has never seen it (ECMP moved the flow, or the host
 /// restarted). Such a miss is held while the peers are asked who serves
 /// the flow ("ask on miss", `docs/decisions.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipConfig {
+    /// The shared service addresses (each also in
+    /// [`EngineConfig::service_addrs`]). Misses of flows to other service
+    /// addresses (a host's own) go to the local stack as without VIP mode.
+    pub addrs: Vec<IpAddr>,
     /// How long a missed flow's packets wait for a peer's claim; then they
     /// go to the local stack (which answers RST when it does not have the
     /// connection: its owner is gone). A few round trips between hosts.
@@ -123,9 +127,11 @@ pub struct VipConfig {
     pub max_held_flows: usize,
 }
 
-impl Default for VipConfig {
-    fn default() -> Self {
+impl VipConfig {
+    /// VIP mode for `addrs`, the other fields at their defaults.
+    pub fn new(addrs: Vec<IpAddr>) -> Self {
         Self {
+            addrs,
             claim_deadline: Duration::from_millis(50),
             reask_after: Duration::from_millis(15),
             max_held_packets: 4096,
@@ -133,12 +139,13 @@ impl Default for VipConfig {
             max_held_flows: 1024,
         }
     }
-}
 
-impl VipConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason| Err(ConfigError { field, reason });
+        if self.addrs.is_empty() {
+            return bad("vip.addrs", "at least one VIP is needed");
+        }
         if self.claim_deadline.is_zero() || self.claim_deadline > Duration::from_secs(10) {
             return bad("vip.claim_deadline", "must be in (0, 10 s]");
         }
@@ -279,6 +286,9 @@ impl EngineConfig {
         }
         if let Some(v) = &self.vip {
             v.validate()?;
+            if v.addrs.iter().any(|a| !self.service_addrs.contains(a)) {
+                return bad("vip.addrs", "every VIP must be a service address");
+            }
         }
         self.routes.validate().map_err(|_| ConfigError {
             field: "routes",

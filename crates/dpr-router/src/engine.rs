@@ -464,7 +464,7 @@ impl Engine {
         if self.served.confirm_open(flow, now) {
             return true;
         }
-        if self.cfg.vip.is_some() {
+        if self.is_vip_flow(flow) {
             return self.routes.confirm_open(flow, now)
                 || self.adopt_local(std::slice::from_ref(flow), now) == 1;
         }
@@ -857,7 +857,7 @@ impl Engine {
             return v;
         }
         match known {
-            PacketOutcome::Unknown if self.cfg.vip.is_some() => self.miss(now, pkt, meta),
+            PacketOutcome::Unknown if self.is_vip_flow(&flow) => self.miss(now, pkt, meta),
             PacketOutcome::Unknown if self.recovering => Verdict::Drop(DropReason::Recovering),
             PacketOutcome::Unknown => {
                 self.counters.c.unknown_flow_delivered += 1;

@@ -77,6 +77,14 @@ fn ns(d: std::time::Duration) -> u64 {
 }
 
 impl Engine {
+    /// True when `flow` goes to one of the VIPs (VIP mode).
+    pub(super) fn is_vip_flow(&self, flow: &FlowKey) -> bool {
+        self.cfg
+            .vip
+            .as_ref()
+            .is_some_and(|v| v.addrs.contains(&flow.dst))
+    }
+
     /// A non-SYN packet of a flow neither the routing table nor the served
     /// table holds, in VIP mode: hold it and ask the peers, unless there is
     /// no live peer to ask (then the local stack it is, at once).
@@ -86,9 +94,14 @@ impl Engine {
         pkt: &PacketBuf<'_>,
         meta: &PacketMeta,
     ) -> Verdict {
-        let Some(cfg) = self.cfg.vip else {
+        let Some(cfg) = self.cfg.vip.as_ref() else {
             return Verdict::Deliver;
         };
+        let (max_packets, max_per_flow, max_flows) = (
+            cfg.max_held_packets,
+            cfg.max_held_per_flow,
+            cfg.max_held_flows,
+        );
         let flow = meta.flow;
         let Some(bytes) = pkt.bytes().get(meta.l3_range()) else {
             return Verdict::Drop(DropReason::Malformed);
@@ -114,16 +127,16 @@ impl Engine {
                 return Verdict::Deliver;
             }
         }
-        if self.miss.packets >= cfg.max_held_packets {
+        if self.miss.packets >= max_packets {
             return Verdict::Drop(DropReason::HeldQueueFull);
         }
         match self.miss.flows.get_mut(&flow) {
-            Some(h) if h.packets.len() >= cfg.max_held_per_flow => {
+            Some(h) if h.packets.len() >= max_per_flow => {
                 return Verdict::Drop(DropReason::HeldQueueFull);
             }
             Some(h) => h.packets.push(bytes.to_vec()),
             None => {
-                if self.miss.flows.len() >= cfg.max_held_flows {
+                if self.miss.flows.len() >= max_flows {
                     return Verdict::Drop(DropReason::HeldQueueFull);
                 }
                 self.miss.flows.insert(
@@ -168,7 +181,7 @@ impl Engine {
     /// When held flows next need timer work (a re-ask or a deadline), if
     /// any are held: call [`Engine::tick`] then.
     pub fn next_miss_timeout(&self) -> Option<Timestamp> {
-        let cfg = self.cfg.vip?;
+        let cfg = self.cfg.vip.as_ref()?;
         self.miss
             .flows
             .values()
@@ -238,7 +251,7 @@ impl Engine {
     /// give up at the deadline (the local stack gets the packets, and the
     /// flow a `Local` route so its later packets do not ask again).
     pub fn handle_miss_timeout(&mut self, now: Timestamp) {
-        let Some(cfg) = self.cfg.vip else {
+        let Some(cfg) = self.cfg.vip.as_ref() else {
             return;
         };
         if self.miss.flows.is_empty() {
@@ -318,7 +331,7 @@ impl Engine {
     pub fn adopt_local(&mut self, flows: &[FlowKey], now: Timestamp) -> usize {
         let mut n = 0;
         for f in flows {
-            if !self.is_service(f) || f.protocol != IpProtocol::Tcp {
+            if !self.is_service(f) || !self.is_vip_flow(f) || f.protocol != IpProtocol::Tcp {
                 continue;
             }
             match self.routes.insert_established(f, Route::Local, now) {

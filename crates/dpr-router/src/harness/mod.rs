@@ -78,7 +78,7 @@ pub struct ClusterConfig {
     pub idle_advert_fanout: usize,
     /// VIP mode: every host holds both VIPs ([`vip_addr`], IPv4 and IPv6)
     /// instead of its own service address, its engine runs ask-on-miss
-    /// (the default [`VipConfig`] unless `tweak` sets another), and
+    /// ([`VipConfig::new`] unless `tweak` sets another), and
     /// clients reach the VIPs through an upstream router's ECMP over the
     /// hosts that announce them ([`Cluster::announce`]). `None`: RR-DNS,
     /// one service address per host.
@@ -405,7 +405,7 @@ impl Cluster {
         let mut ec =
             EngineConfig::new(tunnel_addr(i), self.service_addrs_of(i), vec![SERVICE_PORT]);
         if self.cfg.vip.is_some() {
-            ec.vip = Some(VipConfig::default());
+            ec.vip = Some(VipConfig::new(vec![vip_addr(false), vip_addr(true)]));
         }
         (self.cfg.tweak)(i, &mut ec);
         let rng = Box::new(SplitMix64::new(self.cfg.seed ^ (i as u64) << 32 ^ self.now));
