@@ -433,3 +433,195 @@ fn five_steps_with_modulo_ecmp() {
 fn five_steps_with_a_resilient_group() {
     five_steps(EcmpMode::Resilient { buckets: 64 });
 }
+
+/// A VIP cluster of `n` hosts, all announcing, with `tweak` applied.
+fn small(n: usize, tweak: fn(usize, &mut dpr_router::EngineConfig)) -> Cluster {
+    let cfg = ClusterConfig {
+        hosts: n,
+        vip: Some(EcmpMode::Modulo),
+        tweak,
+        ..ClusterConfig::default()
+    };
+    let mut c = Cluster::new(cfg, threshold).unwrap();
+    for i in 0..n {
+        c.announce(i);
+    }
+    c.run_for(Duration::from_millis(250));
+    c
+}
+
+/// A flow from client port `port` on, to the IPv4 VIP, that ECMP sends to
+/// host `host`; and an ACK of it that no host knows.
+fn stray_ack_to(c: &Cluster, host: usize, mut port: u16) -> (dpr_packet::FlowKey, Vec<u8>) {
+    use dpr_router::harness::{SERVICE_PORT, tcp::tcp_packet, vip_addr};
+    let client: IpAddr = "198.18.100.200".parse().unwrap();
+    loop {
+        let f = dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            client,
+            port,
+            vip_addr(false),
+            SERVICE_PORT,
+        );
+        if c.ecmp_pick(&f) == Some(host) {
+            let p = tcp_packet(
+                std::net::SocketAddr::new(client, port),
+                std::net::SocketAddr::new(vip_addr(false), SERVICE_PORT),
+                7,
+                9,
+                dpr_packet::tcp::TcpFlags::ACK,
+                None,
+                b"x",
+            );
+            return (f, p);
+        }
+        port += 1;
+    }
+}
+
+/// Misses nobody claims: held within their bounds (the excess counted and
+/// dropped), asked again once, then handed to the local stack at the
+/// deadline (which resets them: their owner is gone), and routed there
+/// from then on without asking again.
+#[test]
+fn unclaimed_misses_are_bounded_and_go_to_the_local_stack_at_the_deadline() {
+    let mut c = small(3, |_, e| {
+        if let Some(v) = e.vip.as_mut() {
+            v.max_held_per_flow = 2;
+            v.max_held_flows = 3;
+            v.max_held_packets = 5;
+        }
+    });
+    let mut flows = Vec::new();
+    let mut port = 20_000;
+    for _ in 0..4 {
+        let (f, p) = stray_ack_to(&c, 0, port);
+        port = f.src_port + 1;
+        flows.push((f, p));
+    }
+    // Flow 0: three packets (one over its share); flows 1-3: one each (the
+    // fourth flow over the flow bound).
+    for k in [0, 0, 0, 1, 2, 3] {
+        c.inject(flows[k].1.clone());
+    }
+    c.run_for(Duration::from_millis(1));
+    let e = &c.hosts[0].engine;
+    assert_eq!(e.held(), (3, 4));
+    assert_eq!(e.counters().drops_of(DropReason::HeldQueueFull), 2);
+    assert_eq!(e.counters().vip.misses_asked, 3);
+    let rst_before = c.hosts[0].server.rst_sent;
+    c.run_for(Duration::from_millis(60));
+    let e = &c.hosts[0].engine;
+    let v = e.counters().vip;
+    assert_eq!(e.held(), (0, 0));
+    assert_eq!((v.flows_timed_out, v.packets_timed_out), (3, 4));
+    assert_eq!(v.flows_claimed, 0);
+    assert!(v.reasks >= 3, "each flow asked again once: {}", v.reasks);
+    assert_eq!(c.hosts[0].server.rst_sent - rst_before, 4);
+    // The peers were asked and claimed nothing.
+    for h in &c.hosts[1..] {
+        assert!(h.node.counters().flow_queries_received >= 3);
+        assert_eq!(h.node.counters().flow_claims_sent, 0);
+    }
+    // From now on flow 0 is the local stack's, at once.
+    c.inject(flows[0].1.clone());
+    c.run_for(Duration::from_millis(1));
+    assert_eq!(c.hosts[0].engine.counters().vip.misses_asked, 3);
+    assert_eq!(c.hosts[0].server.rst_sent - rst_before, 5);
+}
+
+static LOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lost queries and claims: the re-ask finds the owner before the
+/// deadline, and no connection breaks.
+#[test]
+fn a_lost_query_is_asked_again() {
+    use std::sync::atomic::Ordering;
+    let mut c = small(3, |_, _| {});
+    let conns: Vec<Conn> = (0..30)
+        .map(|k| c.connect_vip(k, k % 3 == 0, true))
+        .collect();
+    c.run_for(Duration::from_millis(100));
+    c.withdraw(0);
+    c.control_loss = |_, _| LOSE.load(Ordering::Relaxed);
+    LOSE.store(true, Ordering::Relaxed);
+    for &(a, p) in &conns {
+        assert!(c.request_from(a, p));
+    }
+    c.run_for(Duration::from_millis(12));
+    LOSE.store(false, Ordering::Relaxed);
+    c.run_for(Duration::from_millis(200));
+    let mut v = VipCounters::default();
+    for h in &c.hosts {
+        let x = h.engine.counters().vip;
+        v.misses_asked += x.misses_asked;
+        v.reasks += x.reasks;
+        v.flows_claimed += x.flows_claimed;
+        v.flows_timed_out += x.flows_timed_out;
+    }
+    println!("{v:?}, control datagrams lost {}", c.control_lost);
+    assert!(c.control_lost > 0 && v.reasks > 0 && v.flows_claimed > 0);
+    assert_eq!(v.flows_timed_out, 0);
+    for &(a, p) in &conns {
+        let x = c.conn_of(a, p).unwrap();
+        assert!(
+            x.state == ClientState::Established && x.finished_at.is_some(),
+            "{a}:{p}"
+        );
+    }
+}
+
+/// Claims are authenticated like every control message: a forged one is
+/// refused and routes nothing; a genuine peer's claim of a flow this host
+/// did not ask about routes nothing either.
+#[test]
+fn forged_and_unsolicited_claims_route_nothing() {
+    use dpr_packet::control::{self, Header, MAX_MESSAGE_LEN, MessageKind, TAG_LEN};
+    use dpr_router::cluster::{KeyRing, Reject};
+    use dpr_router::harness::tunnel_addr;
+    let mut c = small(3, |_, _| {});
+    let (held, ack) = stray_ack_to(&c, 0, 30_000);
+    let (other, _) = stray_ack_to(&c, 0, held.src_port + 1);
+    c.inject(ack);
+    c.run_for(Duration::from_millis(1));
+    assert_eq!(c.hosts[0].engine.held().0, 1);
+    let claim = |c: &Cluster, keys: &KeyRing, seq: u64, flow| {
+        let h = Header {
+            kind: MessageKind::FlowClaim,
+            key_id: keys.signing_id(),
+            sender: 1,
+            incarnation: c.hosts[1].node.incarnation(),
+            seq,
+            sent_at_ns: c.clock().unix_ns,
+        };
+        let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+        let n = control::emit_flow_claim(&mut buf, &h, 1, &[flow]).unwrap();
+        buf.truncate(n + TAG_LEN);
+        let tag = keys.sign(&buf[..n]);
+        buf[n..].copy_from_slice(&tag);
+        buf
+    };
+    let forger = KeyRing::new(&[(1, &[7u8; 32][..])]).unwrap();
+    let bad_tag = c.hosts[0].node.counters().rejected_of(Reject::BadTag);
+    let forged = claim(&c, &forger, 1_000_000, held);
+    c.inject_control(0, tunnel_addr(1), forged);
+    c.run_for(Duration::from_micros(500));
+    assert_eq!(
+        c.hosts[0].node.counters().rejected_of(Reject::BadTag),
+        bad_tag + 1
+    );
+    assert!(c.hosts[0].engine.routes().get(&held).is_none());
+    assert_eq!(c.hosts[0].engine.held().0, 1, "still waiting");
+    // Host 1's genuine claim of a flow host 0 never asked about.
+    let genuine = claim(&c, &Cluster::key_ring(), 1_000_001, other);
+    c.inject_control(0, tunnel_addr(1), genuine);
+    c.run_for(Duration::from_micros(500));
+    assert!(c.hosts[0].engine.routes().get(&other).is_none());
+    assert_eq!(c.hosts[0].engine.counters().vip.claims_late, 1);
+    c.run_for(Duration::from_millis(60));
+    assert_eq!(c.hosts[0].engine.counters().vip.flows_timed_out, 1);
+    assert_eq!(
+        c.hosts[0].engine.routes().get(&held).map(|e| e.route),
+        Some(dpr_table::Route::Local)
+    );
+}
