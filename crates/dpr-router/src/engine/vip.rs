@@ -49,7 +49,15 @@ pub(super) struct MissState {
     packets: usize,
     queries: Vec<FlowKey>,
     released: Vec<ReleasedPacket>,
+    /// Flows nobody claimed, and when: their later packets go to the local
+    /// stack without asking again (at most `max_held_flows`, each kept
+    /// [`GAVE_UP_KEEP`]). Not a route: the routing table is not filled
+    /// by stray ACKs, and this host never claims them.
+    gave_up: HashMap<FlowKey, Timestamp>,
 }
+
+/// How long a flow nobody claimed goes straight to the local stack.
+const GAVE_UP_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A held packet the engine has routed, to send as its verdict says:
 /// `Forward` to the claiming peer (encapsulated), or `Deliver` to the
@@ -106,6 +114,10 @@ impl Engine {
         let Some(bytes) = pkt.bytes().get(meta.l3_range()) else {
             return Verdict::Drop(DropReason::Malformed);
         };
+        if self.miss.gave_up.contains_key(&flow) {
+            self.counters.c.unknown_flow_delivered += 1;
+            return Verdict::Deliver;
+        }
         if !self.miss.flows.contains_key(&flow) {
             // Served here for a peer, now reaching this host straight from
             // the client (ECMP moved it here): the stack has it.
@@ -247,17 +259,24 @@ impl Engine {
     }
 
     /// Timer work of the held flows ([`Engine::tick`] does it too): re-ask
-    /// once `reask_after` passed,
-    /// give up at the deadline (the local stack gets the packets, and the
-    /// flow a `Local` route so its later packets do not ask again).
+    /// once `reask_after` passed, give up at the deadline (the local stack
+    /// gets the packets, and for a while the flow's later packets too,
+    /// without asking again).
     pub fn handle_miss_timeout(&mut self, now: Timestamp) {
         let Some(cfg) = self.cfg.vip.as_ref() else {
             return;
         };
         if self.miss.flows.is_empty() {
+            if !self.miss.gave_up.is_empty() {
+                let keep = ns(GAVE_UP_KEEP);
+                self.miss
+                    .gave_up
+                    .retain(|_, t| now.0.saturating_sub(t.0) < keep);
+            }
             return;
         }
         let (deadline, reask) = (ns(cfg.claim_deadline), ns(cfg.reask_after));
+        let max_flows = cfg.max_held_flows;
         let mut expired = Vec::new();
         for (f, h) in self.miss.flows.iter_mut() {
             if now.0.saturating_sub(h.since.0) >= deadline {
@@ -274,10 +293,14 @@ impl Engine {
                 continue;
             };
             self.miss.packets -= h.packets.len();
-            if let Err(_) | Ok(InsertOutcome::Existing(_)) =
-                self.routes.insert_established(&f, Route::Local, now)
-            {
-                // Existing: a SYN of a new incarnation came meanwhile.
+            if self.miss.gave_up.len() >= max_flows {
+                let keep = ns(GAVE_UP_KEEP);
+                self.miss
+                    .gave_up
+                    .retain(|_, t| now.0.saturating_sub(t.0) < keep);
+            }
+            if self.miss.gave_up.len() < max_flows {
+                self.miss.gave_up.insert(f, now);
             }
             self.counters.c.vip.flows_timed_out += 1;
             self.counters.c.vip.packets_timed_out += h.packets.len() as u64;
@@ -299,15 +322,17 @@ impl Engine {
         let Ok(meta) = parse_ip(pb.bytes()) else {
             return;
         };
-        // The table follows the connection's progress (a FIN, an RST) as
-        // if the packet had been routed on arrival.
-        let _ = self.routes.on_packet(
-            &meta.flow,
-            Direction::Original,
-            meta.tcp_flags,
-            meta.l3_len,
-            now,
-        );
+        // A claimed flow's entry follows the connection's progress (a
+        // FIN, an RST) as if the packet had been routed on arrival.
+        if let Route::Peer(_) = route {
+            let _ = self.routes.on_packet(
+                &meta.flow,
+                Direction::Original,
+                meta.tcp_flags,
+                meta.l3_len,
+                now,
+            );
+        }
         let v = self.follow(route, &mut pb, &meta);
         let range = pb.range();
         let v = self.counters.c.count(v);
