@@ -877,9 +877,12 @@ impl LoopCtx {
 
     fn reload(&mut self) -> Result<(), DaemonError> {
         let mut new = Config::load(&self.config_path)?;
+        // `[vip]` too: the engines' VIP mode and the host's diversion of
+        // the VIPs are set up at start.
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
+            || new.vip != self.cfg.vip
         {
             return Err(DaemonError::NeedsRestart);
         }
