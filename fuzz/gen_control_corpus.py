@@ -39,6 +39,8 @@ seeds = {
     "request": header(2, struct.pack(">II", 77, 0)) + TAG,
     "reply_v4": reply(77, 0, 1, [flow4([198, 18, 100, 1], 40000, [198, 18, 1, 1], 80)]),
     "reply_mixed": reply(77, 1, 3, [flow4([198, 18, 100, 2], 40001, [198, 18, 1, 1], 443), flow6([0x20, 1, 0, 2] + [0] * 11 + [9], 40002, [0x20, 1, 0, 2] + [0] * 11 + [1], 80)]),
+    "flow_query": header(7, struct.pack(">IHHHH", 5, 0, 1, 2, 0) + flow4([198, 18, 100, 1], 40000, [198, 18, 0, 10], 80) + flow6([0x20, 1, 0x0d, 0xb8] + [0] * 11 + [9], 40002, [0x20, 1, 0x0d, 0xb8] + [0] * 11 + [0x10], 80)) + TAG,
+    "flow_claim": header(8, struct.pack(">IHHHH", 5, 0, 1, 1, 0) + flow4([198, 18, 100, 1], 40000, [198, 18, 0, 10], 80)) + TAG,
     "unknown_kind": header(9, b"\1\2\3") + TAG,
 }
 os.makedirs(OUT, exist_ok=True)

@@ -112,6 +112,8 @@ pub struct ShardReport {
     pub arrivals: Vec<(Timestamp, PeerId, f64)>,
     /// The peer that last redirected a connection to it.
     pub last_redirector: Option<PeerId>,
+    /// VIP mode: the flows it missed and wants the peers asked about.
+    pub flow_queries: Vec<FlowKey>,
 }
 
 /// One worker's engine and its link to the [`EngineSet`].
@@ -260,6 +262,7 @@ impl Shard {
                     decisions: e.take_decisions(),
                     arrivals: e.take_peer_arrivals(),
                     last_redirector: e.last_redirector(),
+                    flow_queries: e.take_flow_queries(),
                 };
                 let _ = self.reports.send(r);
             }
@@ -282,6 +285,8 @@ pub struct EngineSet {
     draining: bool,
     last_walk: Option<Timestamp>,
     last_redirector: Option<PeerId>,
+    /// VIP mode: flows the shards missed, for the protocol to ask about.
+    flow_queries: Vec<FlowKey>,
     decisions: Vec<DecisionRecord>,
     arrivals: Vec<(Timestamp, PeerId, f64)>,
     query_timeout: Duration,
@@ -335,6 +340,7 @@ impl EngineSet {
             draining: false,
             last_walk: None,
             last_redirector: None,
+            flow_queries: Vec::new(),
             decisions: Vec::new(),
             arrivals: Vec::new(),
             query_timeout: Duration::from_millis(500),
@@ -478,10 +484,18 @@ impl EngineSet {
             if r.last_redirector.is_some() {
                 self.last_redirector = r.last_redirector;
             }
+            self.flow_queries.append(&mut r.flow_queries);
             if let Some(slot) = self.last.get_mut(r.shard) {
                 *slot = Some(r);
             }
         }
+    }
+
+    /// VIP mode: the flows the shards missed since the last call, for
+    /// `cluster::Node::ask_flows` (they arrive with the shards' reports,
+    /// every tick).
+    pub fn take_flow_queries(&mut self) -> Vec<FlowKey> {
+        std::mem::take(&mut self.flow_queries)
     }
 
     /// The shards' latest reports (None: not reported yet).
@@ -737,6 +751,17 @@ impl ClusterEngine for EngineSet {
     }
     fn last_redirector(&self) -> Option<PeerId> {
         self.last_redirector
+    }
+    fn serves_flows(&mut self, flows: &[FlowKey], now: Timestamp) -> Vec<FlowKey> {
+        let flows: Arc<Vec<FlowKey>> = Arc::new(flows.to_vec());
+        self.ask(move |e| e.serves_flows(&flows, now)).concat()
+    }
+    fn claim_flow(&mut self, flow: &FlowKey, peer: PeerId, now: Timestamp) -> bool {
+        let f = *flow;
+        self.on_owner(flow, move |e| {
+            e.claim_flow(&f, peer, now);
+        });
+        true
     }
 }
 

@@ -240,7 +240,8 @@ impl IoStats {
 /// own link sends `Forward` there.
 pub fn egress_of(v: &Verdict, pkt: &PacketBuf<'_>) -> Egress {
     match v {
-        Verdict::Drop(_) => Egress::Drop,
+        // Held: the engine kept a copy; it comes back from `take_released`.
+        Verdict::Drop(_) | Verdict::Held => Egress::Drop,
         Verdict::Forward { to, .. } => Egress::Peer {
             next_hop: *to,
             range: pkt.range(),
@@ -285,6 +286,7 @@ pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ct
             Err(e) => receive_failed(&stats, backend.kind(), &e),
         }
         take_over(&mut backend, &mut shard, &rings, &ctx, &mut spare);
+        release(&mut backend, &mut shard, &stats);
         // The keyed flows the batch accepted or ended, for the backend's
         // in-kernel fast path (AF_XDP), before their next packets arrive.
         let keyed = shard.engine().take_keyed_flow_events();
@@ -395,6 +397,33 @@ fn hand_over(
     }
 }
 
+/// VIP mode: sends the packets the engine held while it asked its peers
+/// who serves their flow, now routed (to the claiming peer, or to the
+/// local stack when nobody claimed them).
+fn release<B: Backend>(backend: &mut B, shard: &mut Shard, stats: &WorkerStats) {
+    if !shard.engine().has_released() {
+        return;
+    }
+    for mut r in shard.engine().take_released() {
+        let egress = match r.verdict {
+            Verdict::Forward { to, .. } => Egress::Peer {
+                next_hop: to,
+                range: r.range.clone(),
+            },
+            Verdict::Drop(_) | Verdict::Held => continue,
+            _ => Egress::Kernel(r.range.clone()),
+        };
+        match backend.transmit(&mut r.buf, egress) {
+            Ok(true) => {
+                stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                stats.tx_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Processes the packets other workers handed over and transmits them on
 /// this worker's queue.
 fn take_over<B: Backend>(
@@ -497,6 +526,85 @@ mod tests {
         );
         let s = stats.snapshot();
         assert_eq!((s.rx_packets, s.tx_packets, s.handed_over), (3, 2, 0));
+    }
+
+    /// VIP mode through a worker: a packet of an unknown flow is held (not
+    /// sent), its flow reaches the control side with the shard's report,
+    /// and once a peer claims it the worker sends the held packet to that
+    /// peer, encapsulated.
+    #[test]
+    fn a_held_packet_leaves_for_the_peer_that_claims_its_flow() {
+        use dpr_router::{ClusterEngine, VipConfig};
+        use dpr_table::{LoadFigures, LoadReport, PeerId};
+        let vip_engine = || {
+            let mut e = engine(64, 100.0);
+            let mut cfg = e.config().clone();
+            cfg.vip = Some(VipConfig::new(cfg.service_addrs.clone()));
+            e = dpr_router::Engine::new(
+                cfg,
+                PeerId(0),
+                dpr_table::Capacity::default(),
+                dpr_table::LoadTableConfig::default(),
+                Box::new(dpr_policy::LeastLoad),
+                Box::new(dpr_policy::SplitMix64::new(1)),
+            )
+            .unwrap_or_else(|_| unreachable!());
+            let peer_tunnel: std::net::IpAddr = std::net::Ipv4Addr::new(198, 19, 0, 2).into();
+            let vip = e.config().service_addrs.clone();
+            e.add_peer(PeerId(1), peer_tunnel, vip, Timestamp::ZERO)
+                .unwrap_or_else(|_| unreachable!());
+            let r = LoadReport {
+                seq: 1,
+                figures: LoadFigures::default(),
+                capacity: dpr_table::Capacity::default(),
+                draining: false,
+            };
+            e.apply_report(PeerId(1), &r, Timestamp::ZERO)
+                .unwrap_or_else(|_| unreachable!());
+            e
+        };
+        let (mut set, shards) = EngineSet::new(vip_engine(), vec![vip_engine()]);
+        let (be, h) = crate::mem::pair();
+        // An ACK (no SYN) of a flow nobody here knows.
+        let mut ack = syn(41000)[DEFAULT_HEADROOM..].to_vec();
+        ack[33] = 0x10;
+        h.inject(ack.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let c = ctx(&stop);
+        let stats = c.stats.clone();
+        let mut r = rings(1);
+        let shard = shards.into_iter().next().unwrap_or_else(|| unreachable!());
+        let t = std::thread::spawn(move || {
+            run_worker(BatchBackend::new(be, 8, 1500), shard, r.remove(0), c)
+        });
+        wait_for(|| stats.snapshot().rx_packets >= 1);
+        let mut asked = Vec::new();
+        wait_for(|| {
+            set.tick(Timestamp::ZERO, 0);
+            asked.extend(set.take_flow_queries());
+            !asked.is_empty()
+        });
+        assert_eq!(asked.len(), 1);
+        assert!(h.take_sent().is_empty(), "held, not sent");
+        assert!(set.claim_flow(&asked[0], PeerId(1), Timestamp::ZERO));
+        let mut sent = Vec::new();
+        wait_for(|| {
+            sent.extend(h.take_sent());
+            !sent.is_empty()
+        });
+        wait_for(|| {
+            set.tick(Timestamp::ZERO, 0);
+            set.counters().vip.packets_released == 1
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = t.join();
+        assert_eq!(sent.len(), 1);
+        // IPv4-in-IPv4 to the peer's tunnel address, the ACK inside.
+        let out = &sent[0];
+        assert_eq!((out[9], &out[16..20]), (4, &[198u8, 19, 0, 2][..]));
+        assert_eq!(&out[20..], &ack[..]);
+        let v = set.counters().vip;
+        assert_eq!((v.packets_held, v.flows_claimed), (1, 1));
     }
 
     /// Two queues, every packet received on the first: each flow is

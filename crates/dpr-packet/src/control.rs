@@ -2,7 +2,8 @@
 //!
 //! Hosts exchange these kinds of message over UDP between tunnel
 //! addresses: load reports, the request and reply of restart recovery, cut
-//! notices, idle advertisements and liveness probes.
+//! notices, idle advertisements, liveness probes, and the flow queries and
+//! claims of VIP mode's ask-on-miss.
 //! Every message is a fixed header, a body, and a 32-byte HMAC-SHA-256 tag
 //! over header and body. This module lays the bytes out and checks them;
 //! computing and verifying the tag (and every other judgement: who may
@@ -81,6 +82,12 @@ pub enum MessageKind {
     /// The sender has not heard from the receiver for a while: the
     /// receiver answers at once with a report to the sender.
     Probe,
+    /// VIP mode: the sender received packets of established connections it
+    /// does not know (ECMP moved them, or it restarted) and asks which host
+    /// serves them. Older hosts count it as an unknown kind and ignore it.
+    FlowQuery,
+    /// VIP mode: the answer to a flow query: the sender serves these flows.
+    FlowClaim,
     /// A kind this version does not know: data, not an error.
     Unknown(u8),
 }
@@ -94,6 +101,8 @@ impl From<u8> for MessageKind {
             4 => Self::CutNotice,
             5 => Self::IdleAdvert,
             6 => Self::Probe,
+            7 => Self::FlowQuery,
+            8 => Self::FlowClaim,
             v => Self::Unknown(v),
         }
     }
@@ -108,6 +117,8 @@ impl From<MessageKind> for u8 {
             MessageKind::CutNotice => 4,
             MessageKind::IdleAdvert => 5,
             MessageKind::Probe => 6,
+            MessageKind::FlowQuery => 7,
+            MessageKind::FlowClaim => 8,
             MessageKind::Unknown(v) => v,
         }
     }
@@ -244,6 +255,12 @@ pub enum Body<'a> {
     IdleAdvert,
     /// A liveness probe (its body is a reserved zero word).
     Probe,
+    /// A flow query: the layout of a recovery reply whose request id is
+    /// the query id and whose chunk fields are 0 of 1 (each query stands
+    /// alone).
+    FlowQuery(ReplyView<'a>),
+    /// A flow claim: the same layout, the query id of the query it answers.
+    FlowClaim(ReplyView<'a>),
     /// A kind this version does not know (body not interpreted).
     Unknown(&'a [u8]),
 }
@@ -444,6 +461,18 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>> {
                 return Err(bad(HEADER_LEN, Malformed::FieldValue));
             }
             Body::CutNotice(r)
+        }
+        MessageKind::FlowQuery | MessageKind::FlowClaim => {
+            let r = parse_reply(body)?;
+            // One datagram per query or claim: the chunk fields are 0 of 1.
+            if r.chunk != 0 || r.chunks != 1 {
+                return Err(bad(HEADER_LEN + 4, Malformed::FieldValue));
+            }
+            if header.kind == MessageKind::FlowQuery {
+                Body::FlowQuery(r)
+            } else {
+                Body::FlowClaim(r)
+            }
         }
         MessageKind::Unknown(_) => Body::Unknown(body),
     };
@@ -931,6 +960,54 @@ pub fn emit_cut_notice(
         flows,
     )
 }
+
+/// Writes a flow query (VIP mode: "who serves these flows?"), one
+/// datagram standing alone; returns the signed length (see
+/// [`emit_report`]). [`MAX_FLOWS_PER_QUERY`] IPv4 flows fit one message.
+pub fn emit_flow_query(
+    buf: &mut [u8],
+    h: &Header,
+    query_id: u32,
+    flows: &[FlowKey],
+) -> Result<usize> {
+    emit_flow_list(
+        buf,
+        &Header {
+            kind: MessageKind::FlowQuery,
+            ..*h
+        },
+        query_id,
+        0,
+        1,
+        flows,
+    )
+}
+
+/// Writes a flow claim (VIP mode: "I serve these flows"), the answer to
+/// the query `query_id`; returns the signed length (see [`emit_report`]).
+pub fn emit_flow_claim(
+    buf: &mut [u8],
+    h: &Header,
+    query_id: u32,
+    flows: &[FlowKey],
+) -> Result<usize> {
+    emit_flow_list(
+        buf,
+        &Header {
+            kind: MessageKind::FlowClaim,
+            ..*h
+        },
+        query_id,
+        0,
+        1,
+        flows,
+    )
+}
+
+/// The most IPv4 flows one flow query or claim carries (14 bytes each;
+/// IPv6 flows take 38).
+pub const MAX_FLOWS_PER_QUERY: usize =
+    (MAX_MESSAGE_LEN - HEADER_LEN - REPLY_PREFIX_LEN - TAG_LEN) / 14;
 
 /// A message of kind `h.kind` whose body is a chunk of a flow list.
 fn emit_flow_list(

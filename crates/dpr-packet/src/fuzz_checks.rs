@@ -446,6 +446,15 @@ pub fn control(data: &[u8]) {
             assert_eq!(flows.len(), r.flow_count());
             control::emit_cut_notice(&mut out, &m.header, r.chunk, r.chunks, &flows)
         }
+        Body::FlowQuery(r) | Body::FlowClaim(r) => {
+            let flows: Vec<_> = r.flows().collect();
+            assert_eq!(flows.len(), r.flow_count());
+            if matches!(m.body, Body::FlowQuery(_)) {
+                control::emit_flow_query(&mut out, &m.header, r.request_id, &flows)
+            } else {
+                control::emit_flow_claim(&mut out, &m.header, r.request_id, &flows)
+            }
+        }
         Body::Unknown(_) => return,
     };
     // Anything that parses fits a message this version would send, except

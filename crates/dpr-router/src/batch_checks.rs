@@ -76,12 +76,13 @@ fn state(e: &mut Engine) -> impl PartialEq + std::fmt::Debug {
 /// checks that they agree after every batch.
 pub(crate) fn batch_matches_one_at_a_time(
     keyed: bool,
+    vip: bool,
     pkts: &[(Vec<u8>, usize)],
     batches: &[(usize, u8)],
 ) {
-    let mut one = engine_with(keyed);
-    let mut batched = engine_with(keyed);
-    let mut hashed = engine_with(keyed);
+    let mut one = engine_with(keyed, vip);
+    let mut batched = engine_with(keyed, vip);
+    let mut hashed = engine_with(keyed, vip);
     let mut now = Timestamp::from_millis(1);
     let mut at = 0;
     let mut cuts = batches.iter().cycle();
@@ -150,6 +151,7 @@ proptest! {
     #[test]
     fn batched_and_one_at_a_time_agree(
         keyed: bool,
+        vip: bool,
         stream in proptest::collection::vec(
             (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), 0usize..4,
              proptest::collection::vec(any::<u8>(), 0..60)),
@@ -163,7 +165,7 @@ proptest! {
                 (packet(*sel, *client, *flags, *at, *byte, raw), [64, 20, 0, 40][*h])
             })
             .collect();
-        batch_matches_one_at_a_time(keyed, &pkts, &batches);
+        batch_matches_one_at_a_time(keyed, vip, &pkts, &batches);
     }
 }
 
@@ -172,8 +174,8 @@ proptest! {
 #[test]
 fn the_prefix_in_batches() {
     let pkts: Vec<(Vec<u8>, usize)> = prefix().iter().map(|p| (p.clone(), 64)).collect();
-    for keyed in [false, true] {
-        batch_matches_one_at_a_time(keyed, &pkts, &[(32, 1)]);
-        batch_matches_one_at_a_time(keyed, &pkts, &[(7, 0x83)]);
+    for (keyed, vip) in [(false, false), (true, false), (false, true), (true, true)] {
+        batch_matches_one_at_a_time(keyed, vip, &pkts, &[(32, 1)]);
+        batch_matches_one_at_a_time(keyed, vip, &pkts, &[(7, 0x83)]);
     }
 }

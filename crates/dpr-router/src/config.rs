@@ -4,6 +4,7 @@ use dpr_packet::siphash::SipKey;
 use dpr_table::ConnTableConfig;
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// What happens to a packet of a connection whose peer is dead (or gone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -98,6 +99,75 @@ impl TunnelKeys {
     }
 }
 
+/// VIP mode: every host holds the same service addresses behind the
+/// upstream routers' ECMP, so a packet of an established connection may
+/// reach a host that has never seen it (ECMP moved the flow, or the host
+/// restarted). Such a miss is held while the peers are asked who serves
+/// the flow ("ask on miss", `docs/decisions.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipConfig {
+    /// The shared service addresses (each also in
+    /// [`EngineConfig::service_addrs`]). Misses of flows to other service
+    /// addresses (a host's own) go to the local stack as without VIP mode.
+    pub addrs: Vec<IpAddr>,
+    /// How long a missed flow's packets wait for a peer's claim; then they
+    /// go to the local stack (which answers RST when it does not have the
+    /// connection: its owner is gone). A few round trips between hosts.
+    pub claim_deadline: Duration,
+    /// Ask again (a lost query) when no claim came after this long.
+    pub reask_after: Duration,
+    /// The most packets held at once, all flows together; more are
+    /// dropped and counted (TCP retransmits them).
+    pub max_held_packets: usize,
+    /// The most packets held per flow.
+    pub max_held_per_flow: usize,
+    /// The most flows waiting for a claim at once: this bounds the queries
+    /// (a flood of unknown ACKs asks about at most this many flows per
+    /// claim deadline).
+    pub max_held_flows: usize,
+}
+
+impl VipConfig {
+    /// VIP mode for `addrs`, the other fields at their defaults.
+    pub fn new(addrs: Vec<IpAddr>) -> Self {
+        Self {
+            addrs,
+            claim_deadline: Duration::from_millis(50),
+            reask_after: Duration::from_millis(15),
+            max_held_packets: 4096,
+            max_held_per_flow: 8,
+            max_held_flows: 1024,
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason| Err(ConfigError { field, reason });
+        if self.addrs.is_empty() {
+            return bad("vip.addrs", "at least one VIP is needed");
+        }
+        if self.claim_deadline.is_zero() || self.claim_deadline > Duration::from_secs(10) {
+            return bad("vip.claim_deadline", "must be in (0, 10 s]");
+        }
+        if self.reask_after.is_zero() || self.reask_after >= self.claim_deadline {
+            return bad(
+                "vip.reask_after",
+                "must be above 0 and below claim_deadline",
+            );
+        }
+        if !(1..=1 << 20).contains(&self.max_held_packets) {
+            return bad("vip.max_held_packets", "must be in 1 ..= 1,048,576");
+        }
+        if !(1..=64).contains(&self.max_held_per_flow) {
+            return bad("vip.max_held_per_flow", "must be in 1 ..= 64");
+        }
+        if !(1..=1 << 20).contains(&self.max_held_flows) {
+            return bad("vip.max_held_flows", "must be in 1 ..= 1,048,576");
+        }
+        Ok(())
+    }
+}
+
 /// Largest [`EngineConfig::decision_log`].
 pub const MAX_DECISION_LOG: usize = 1 << 20;
 
@@ -143,6 +213,11 @@ pub struct EngineConfig {
     /// ([`Engine::take_keyed_flow_events`](crate::Engine::take_keyed_flow_events);
     /// the AF_XDP backend's program).
     pub keyed_flow_events: bool,
+    /// VIP mode (`Some`): the service addresses are shared by every host
+    /// behind ECMP, and a non-SYN packet of a flow this host does not know
+    /// is held while the peers are asked who serves it. `None`: such a
+    /// packet goes to the local stack (each host its own address).
+    pub vip: Option<VipConfig>,
 }
 
 impl EngineConfig {
@@ -163,6 +238,7 @@ impl EngineConfig {
             decision_log: 0,
             tunnel_auth: TunnelAuth::None,
             keyed_flow_events: false,
+            vip: None,
         }
     }
 
@@ -207,6 +283,12 @@ impl EngineConfig {
         }
         if self.decision_log > MAX_DECISION_LOG {
             return bad("decision_log", "must be at most 1,048,576");
+        }
+        if let Some(v) = &self.vip {
+            v.validate()?;
+            if v.addrs.iter().any(|a| !self.service_addrs.contains(a)) {
+                return bad("vip.addrs", "every VIP must be a service address");
+            }
         }
         self.routes.validate().map_err(|_| ConfigError {
             field: "routes",

@@ -86,8 +86,69 @@ pub struct Counters {
     pub drain_redirects: u64,
     /// Routes restored from peers' answers after a restart.
     pub routes_restored: u64,
+    /// VIP mode's ask-on-miss.
+    pub vip: VipCounters,
     /// Per peer.
     pub peers: BTreeMap<PeerId, PeerCounters>,
+}
+
+/// VIP mode's ask-on-miss, in flows and packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    /// Flows missed and asked about (each once; re-asks apart).
+    pub misses_asked: u64,
+    /// Queries repeated for a flow with no claim yet (a lost datagram).
+    pub reasks: u64,
+    /// Packets held (each also counted as a `Held` verdict).
+    pub packets_held: u64,
+    /// Held packets released to the claiming peer.
+    pub packets_released: u64,
+    /// Flows a peer claimed: their route is installed.
+    pub flows_claimed: u64,
+    /// Nanoseconds the claimed flows waited, miss to claim, summed (the
+    /// miss path's latency is this over `flows_claimed`).
+    pub claim_wait_ns: u64,
+    /// Flows nobody claimed before the deadline: their packets went to the
+    /// local stack (which answers RST unless it has the connection).
+    pub flows_timed_out: u64,
+    /// Packets of those flows, delivered locally.
+    pub packets_timed_out: u64,
+    /// Flows this host claimed, answering a peer's query.
+    pub claims_answered: u64,
+    /// Claims for a flow not (or no longer) held: ignored.
+    pub claims_late: u64,
+    /// Locally served connections adopted from the kernel's socket table
+    /// (after a restart, or confirmed by a dump).
+    pub adopted_local: u64,
+}
+
+impl VipCounters {
+    fn merge(&mut self, o: &VipCounters) {
+        let VipCounters {
+            misses_asked,
+            reasks,
+            packets_held,
+            packets_released,
+            flows_claimed,
+            claim_wait_ns,
+            flows_timed_out,
+            packets_timed_out,
+            claims_answered,
+            claims_late,
+            adopted_local,
+        } = o;
+        self.misses_asked += misses_asked;
+        self.reasks += reasks;
+        self.packets_held += packets_held;
+        self.packets_released += packets_released;
+        self.flows_claimed += flows_claimed;
+        self.claim_wait_ns += claim_wait_ns;
+        self.flows_timed_out += flows_timed_out;
+        self.packets_timed_out += packets_timed_out;
+        self.claims_answered += claims_answered;
+        self.claims_late += claims_late;
+        self.adopted_local += adopted_local;
+    }
 }
 
 /// The engine's live counters: per-peer counters in a vector indexed by
@@ -170,6 +231,7 @@ impl Counters {
             table_insert_failures,
             drain_redirects,
             routes_restored,
+            vip,
             drops,
             malformed_by_layer,
             peers,
@@ -195,6 +257,7 @@ impl Counters {
         self.table_insert_failures += table_insert_failures;
         self.drain_redirects += drain_redirects;
         self.routes_restored += routes_restored;
+        self.vip.merge(vip);
         for (a, b) in self.drops.iter_mut().zip(drops) {
             *a += b;
         }
@@ -219,6 +282,7 @@ impl Counters {
             Verdict::Deliver => self.delivered += 1,
             Verdict::Forward { .. } => self.forwarded += 1,
             Verdict::Reply => self.replied += 1,
+            Verdict::Held => self.vip.packets_held += 1,
             Verdict::Drop(r) => {
                 self.dropped += 1;
                 self.drops[r.index()] += 1;

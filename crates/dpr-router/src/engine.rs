@@ -1,5 +1,9 @@
 //! The per-packet algorithm.
 
+mod vip;
+
+pub use vip::{RELEASE_HEADROOM, ReleasedPacket};
+
 use crate::buffer::PacketBuf;
 use crate::config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
 use crate::counters::{Counters, LiveCounters};
@@ -133,6 +137,8 @@ pub struct Engine {
     /// Per peer id: the outer IPv4 header towards it, built on first use
     /// (checked against the peer's tunnel address at each use).
     outer: Vec<Option<OuterV4>>,
+    /// VIP mode: flows missed and held while the peers are asked.
+    miss: vip::MissState,
 }
 
 /// The most connection events noted while one load measurement runs (a
@@ -185,6 +191,7 @@ impl Engine {
             cut: Vec::new(),
             keyed_events: Vec::new(),
             outer: Vec::new(),
+            miss: vip::MissState::default(),
             tunnel_v4: match cfg.tunnel_addr {
                 IpAddr::V4(a) => a.octets(),
                 IpAddr::V6(_) => [255; 4],
@@ -340,6 +347,7 @@ impl Engine {
         self.loads.refresh(now);
         self.routes.sweep(now, budget);
         self.served.sweep(now, budget);
+        self.handle_miss_timeout(now);
     }
 
     /// Draining: every new connection goes to the least-loaded eligible
@@ -453,11 +461,18 @@ impl Engine {
     /// keeps its packets from the engine, which would otherwise learn it
     /// mid-stream) is learned when its service address belongs to exactly
     /// one peer: only that peer redirects connections to it. With an
-    /// address shared by several peers (one VIP) the origin is unknown and
-    /// nothing is learned. Returns whether the flow has an entry now.
+    /// address shared by several peers (one VIP) the origin is unknown; in
+    /// VIP mode the flow is adopted as served here instead (a `Local`
+    /// route, see [`Engine::adopt_local`]): ask-on-miss needs no origin,
+    /// only that this host claims the flow when a peer asks. Returns
+    /// whether the flow has an entry now.
     pub fn confirm_served(&mut self, flow: &FlowKey, now: Timestamp) -> bool {
         if self.served.confirm_open(flow, now) {
             return true;
+        }
+        if self.is_vip_flow(flow) {
+            return self.routes.confirm_open(flow, now)
+                || self.adopt_local(std::slice::from_ref(flow), now) == 1;
         }
         let mut owners = self
             .loads
@@ -975,6 +990,7 @@ impl Engine {
             return v;
         }
         match known {
+            PacketOutcome::Unknown if self.is_vip_flow(&flow) => self.miss(now, pkt, meta),
             PacketOutcome::Unknown if self.recovering => Verdict::Drop(DropReason::Recovering),
             PacketOutcome::Unknown => {
                 self.counters.c.unknown_flow_delivered += 1;

@@ -35,8 +35,17 @@ fn tunnel_keys() -> crate::TunnelKeys {
         .tunnel_keys()
 }
 
-fn bare_engine_with(keyed: bool) -> Engine {
+fn bare_engine_with(keyed: bool, vip: bool) -> Engine {
     let mut cfg = EngineConfig::new(TUN.into(), vec![SVC.into()], vec![80, 443]);
+    if vip {
+        // The service address is a VIP every peer holds too; small bounds
+        // so that the frames reach them.
+        let mut v = crate::VipConfig::new(vec![SVC.into()]);
+        v.max_held_packets = 16;
+        v.max_held_flows = 6;
+        v.max_held_per_flow = 3;
+        cfg.vip = Some(v);
+    }
     if keyed {
         cfg.tunnel_auth = crate::TunnelAuth::Key(tunnel_keys());
         cfg.keyed_flow_events = true;
@@ -59,20 +68,19 @@ fn bare_engine_with(keyed: bool) -> Engine {
 }
 
 fn bare_engine() -> Engine {
-    bare_engine_with(false)
+    bare_engine_with(false, false)
 }
 
-pub(crate) fn engine_with(keyed: bool) -> Engine {
-    let mut e = bare_engine_with(keyed);
+pub(crate) fn engine_with(keyed: bool, vip: bool) -> Engine {
+    let mut e = bare_engine_with(keyed, vip);
     for (i, p) in PEERS.iter().enumerate() {
         let id = PeerId(i as u16 + 1);
-        e.add_peer(
-            id,
-            (*p).into(),
-            vec![Ipv4Addr::new(198, 18, 1, i as u8 + 2).into()],
-            Timestamp::ZERO,
-        )
-        .expect("peer");
+        let mut services = vec![Ipv4Addr::new(198, 18, 1, i as u8 + 2).into()];
+        if vip {
+            services.push(SVC.into());
+        }
+        e.add_peer(id, (*p).into(), services, Timestamp::ZERO)
+            .expect("peer");
         let r = LoadReport {
             seq: 1,
             figures: LoadFigures::default(),
@@ -225,18 +233,26 @@ fn check_one(e: &mut Engine, now: Timestamp, pkt: &[u8], headroom: usize, total:
             assert!(m.flow.protocol == IpProtocol::Tcp && m.tcp_flags.contains(TcpFlags::RST));
         }
         Verdict::Pass => assert_eq!(out, pkt, "passed packets are untouched"),
+        Verdict::Held => assert!(e.config().vip.is_some(), "only VIP mode holds packets"),
         Verdict::Drop(_) => {}
     }
     assert!(e.routes().len() <= CAP as usize && e.served().len() <= CAP as usize);
 }
 
-/// Every packet got exactly one verdict, and drops add up by reason.
+/// Every packet got exactly one verdict, and drops add up by reason. In
+/// VIP mode (no claims here) a held packet gets a second verdict when its
+/// deadline passes (delivered); those still held are in the queue.
 fn check_counters(e: &Engine, total: u64) {
     let c = e.counters();
+    let v = c.vip;
     assert_eq!(
-        c.passed + c.delivered + c.forwarded + c.replied + c.dropped,
-        total
+        c.passed + c.delivered + c.forwarded + c.replied + c.dropped + v.packets_held,
+        total + v.packets_timed_out
     );
+    assert_eq!(e.held().1 as u64, v.packets_held - v.packets_timed_out);
+    if let Some(cfg) = &e.config().vip {
+        assert!(e.held().0 <= cfg.max_held_flows && e.held().1 <= cfg.max_held_packets);
+    }
     assert_eq!(c.dropped, c.drops.iter().sum::<u64>());
     for s in [e.routes().stats(), e.served().stats()] {
         assert_eq!(s.evicted, s.evicted_half_open + s.evicted_established);
@@ -246,19 +262,36 @@ fn check_counters(e: &Engine, total: u64) {
 /// The fuzz entry point: the same frames through an engine with the plain
 /// tunnel and one with the keyed tunnel.
 pub fn engine_frames(data: &[u8]) {
-    engine_frames_with(data, false);
-    engine_frames_with(data, true);
+    engine_frames_with(data, false, false);
+    engine_frames_with(data, true, false);
+    engine_frames_with(data, false, true);
 }
 
-fn engine_frames_with(data: &[u8], keyed: bool) {
-    let mut e = engine_with(keyed);
+fn engine_frames_with(data: &[u8], keyed: bool, vip: bool) {
+    let mut e = engine_with(keyed, vip);
     let mut total = 0;
     let mut now = Timestamp::from_millis(1);
     for p in prefix() {
         check_one(&mut e, now, p, 64, &mut total);
     }
     check_counters(&e, total);
-    if keyed {
+    if vip {
+        // A data packet of a flow nobody here knows: held while the peers
+        // are asked; the frames then take the same path.
+        let stray = tcp_packet(
+            SocketAddr::new(Ipv4Addr::new(198, 18, 100, 99).into(), 50000),
+            SocketAddr::new(SVC.into(), 80),
+            7,
+            9,
+            TcpFlags::ACK,
+            None,
+            b"?",
+        );
+        check_one(&mut e, now, &stray, 64, &mut total);
+        assert_eq!(e.counters().vip.misses_asked, 1);
+        assert_eq!(e.take_flow_queries().len(), 1);
+        check_counters(&e, total);
+    } else if keyed {
         // The keyed SYN and its data packet were accepted and noted; the
         // plain IP-in-IP one was refused.
         assert_eq!(e.counters().new_from_peer, 1);
@@ -267,8 +300,10 @@ fn engine_frames_with(data: &[u8], keyed: bool) {
     } else {
         assert_eq!(e.counters().new_from_peer, 1);
     }
-    assert_eq!(e.routes().len(), CAP as usize, "the prefix fills the table");
-    assert!(e.routes().stats().evicted > 0);
+    if !vip {
+        assert_eq!(e.routes().len(), CAP as usize, "the prefix fills the table");
+        assert!(e.routes().stats().evicted > 0);
+    }
     let mut rest = data;
     while let [hi, lo, flags, tail @ ..] = rest {
         let n = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len());
@@ -278,6 +313,11 @@ fn engine_frames_with(data: &[u8], keyed: bool) {
         let headroom = [64, 20, 0, 40][usize::from(flags >> 4 & 3)];
         if flags & 0x80 != 0 {
             e.tick(now, 8);
+            // Held packets past their deadline, delivered as they came.
+            for r in e.take_released() {
+                assert_eq!(r.verdict, Verdict::Deliver);
+                parse_ip(r.bytes()).expect("released packets parse");
+            }
         }
         check_one(&mut e, now, pkt, headroom, &mut total);
         rest = more;

@@ -98,8 +98,10 @@ mod reply;
 pub mod verdict;
 
 pub use buffer::PacketBuf;
-pub use config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
-pub use counters::{Counters, PeerCounters};
-pub use engine::{DecisionRecord, Engine, EngineError, KeyedFlowEvent, MAX_KEYED_FLOW_EVENTS};
+pub use config::{ConfigError, DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys, VipConfig};
+pub use counters::{Counters, PeerCounters, VipCounters};
+pub use engine::{
+    DecisionRecord, Engine, EngineError, KeyedFlowEvent, MAX_KEYED_FLOW_EVENTS, ReleasedPacket,
+};
 pub use ops::ClusterEngine;
 pub use verdict::{DropReason, Verdict};

@@ -62,6 +62,12 @@ pub trait ClusterEngine {
     fn served_for(&mut self, origin: PeerId, now: Timestamp) -> Vec<FlowKey>;
     /// [`Engine::last_redirector`].
     fn last_redirector(&self) -> Option<PeerId>;
+    /// [`Engine::serves_flows`] (a handle over several engines asks them
+    /// all: a peer's flow query, one per datagram, never per packet).
+    fn serves_flows(&mut self, flows: &[FlowKey], now: Timestamp) -> Vec<FlowKey>;
+    /// [`Engine::claim_flow`]; true when the flow was held (a handle that
+    /// cannot wait says true once the owner was told).
+    fn claim_flow(&mut self, flow: &FlowKey, peer: PeerId, now: Timestamp) -> bool;
 }
 
 impl ClusterEngine for Engine {
@@ -125,5 +131,11 @@ impl ClusterEngine for Engine {
     }
     fn last_redirector(&self) -> Option<PeerId> {
         Engine::last_redirector(self)
+    }
+    fn serves_flows(&mut self, flows: &[FlowKey], now: Timestamp) -> Vec<FlowKey> {
+        Engine::serves_flows(self, flows, now)
+    }
+    fn claim_flow(&mut self, flow: &FlowKey, peer: PeerId, now: Timestamp) -> bool {
+        Engine::claim_flow(self, flow, peer, now)
     }
 }

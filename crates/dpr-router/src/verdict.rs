@@ -21,6 +21,10 @@ pub enum Verdict {
     },
     /// Send the generated packet in the range (a TCP RST to the client).
     Reply,
+    /// VIP mode: the engine kept a copy of the packet while it asks the
+    /// peers who serves its flow; send nothing now. It comes back, routed,
+    /// from [`crate::Engine::take_released`].
+    Held,
     /// Drop, for this reason.
     Drop(DropReason),
 }
@@ -63,11 +67,14 @@ pub enum DropReason {
     /// Keyed tunnel: a mid-connection packet of a flow this host does not
     /// serve for that peer, with no valid tag either.
     TunnelUnknownFlow,
+    /// VIP mode: a packet of an unknown flow found the held-packet queue
+    /// full (all flows, or its own flow's share): TCP retransmits it.
+    HeldQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         Self::Malformed,
         Self::Fragment,
         Self::UnknownTunnelSource,
@@ -82,6 +89,7 @@ impl DropReason {
         Self::Recovering,
         Self::TunnelBadTag,
         Self::TunnelUnknownFlow,
+        Self::HeldQueueFull,
     ];
 
     /// Position in [`Self::ALL`].
@@ -106,6 +114,7 @@ impl DropReason {
             Self::Recovering => "recovering",
             Self::TunnelBadTag => "tunnel_bad_tag",
             Self::TunnelUnknownFlow => "tunnel_unknown_flow",
+            Self::HeldQueueFull => "held_queue_full",
         }
     }
 }

@@ -144,6 +144,12 @@ impl ClusterEngine for Stub {
     fn last_redirector(&self) -> Option<PeerId> {
         None
     }
+    fn serves_flows(&mut self, _: &[FlowKey], _: Timestamp) -> Vec<FlowKey> {
+        Vec::new()
+    }
+    fn claim_flow(&mut self, _: &FlowKey, _: PeerId, _: Timestamp) -> bool {
+        false
+    }
 }
 
 struct Sim {

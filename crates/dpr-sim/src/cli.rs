@@ -15,7 +15,9 @@ table; writes SVG plots to DIR (default docs/img). --quick runs the small
 version (seconds). --jobs runs that many simulations at once (default 1);
 the output does not depend on it. --policies keeps only the policies with
 these labels (e.g. rr-dns,threshold-4,ideal); --hosts only the cases of
-these cluster sizes.";
+these cluster sizes. The scenario vip-steps (issue 18) prints the long-lived
+connections a host joining, draining, restarting and dying breaks under
+RR-DNS, a VIP without shared state, and a VIP with ask-on-miss.";
 
 /// Parsed options.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +68,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
                         println!("{n:<10} {}", s.title);
                     }
                 }
+                println!(
+                    "{:<10} a host joins, drains, restarts, dies: connections broken by access mode",
+                    "vip-steps"
+                );
                 return Ok(None);
             }
             "--seed" => opts.seed = num(it.next(), "--seed")?,
@@ -116,6 +122,21 @@ pub fn try_main(args: &[String]) -> Result<(), String> {
     let Some(opts) = parse(args)? else {
         return Ok(());
     };
+    if opts.scenario == "vip-steps" {
+        // Issue 18's membership steps: connections broken, not a queueing run.
+        for ecmp in [
+            crate::vip_steps::Ecmp::Modulo,
+            crate::vip_steps::Ecmp::Resilient(64),
+        ] {
+            let cfg = crate::vip_steps::StepsConfig {
+                ecmp,
+                seed: opts.seed,
+                ..Default::default()
+            };
+            print!("{}", crate::vip_steps::table(&cfg));
+        }
+        return Ok(());
+    }
     let mut sc = scenario(&opts.scenario, opts.quick).ok_or_else(|| {
         format!(
             "no scenario {:?}; known: {}",

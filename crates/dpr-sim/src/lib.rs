@@ -44,6 +44,7 @@ pub mod rng;
 pub mod scenario;
 
 pub mod stats;
+pub mod vip_steps;
 
 pub use config::{AddressMode, ClientModel, ClusterConfig, Failure, Flash, PolicyKind, ReportMode};
 pub use demand::Demand;

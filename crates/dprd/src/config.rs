@@ -9,7 +9,7 @@ use dpr_policy::{
     ThresholdTwoChoices, TwoChoices,
 };
 use dpr_router::cluster::{KeyRing, NodeConfig, PeerConfig, ReportMode};
-use dpr_router::{DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys};
+use dpr_router::{DeadPeerAction, EngineConfig, TunnelAuth, TunnelKeys, VipConfig};
 use dpr_table::{Capacity, ConnTableConfig, LoadMetric, LoadTableConfig, PeerId};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -43,6 +43,9 @@ pub struct Config {
     /// Admin socket, metrics, logs.
     #[serde(default)]
     pub admin: AdminSection,
+    /// VIP mode: service addresses shared by every host behind ECMP.
+    #[serde(default)]
+    pub vip: VipSection,
     /// Seeds derived from the cluster key ([`Config::derive_seeds`]);
     /// never in the file.
     #[serde(skip)]
@@ -346,6 +349,45 @@ impl Default for ClusterSection {
     }
 }
 
+/// `[vip]`: VIP mode (`docs/configuration.md`, `docs/deployment.md`).
+/// Off while `addrs` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VipSection {
+    /// The shared service addresses (IPv4 and IPv6), the same on every
+    /// host; not in `host.service_addrs` nor in any peer's.
+    pub addrs: Vec<IpAddr>,
+    /// How long a missed flow's packets wait for a peer's claim before
+    /// they go to the local stack (ms).
+    pub claim_deadline_ms: u64,
+    /// Ask again after this long without a claim (ms).
+    pub reask_ms: u64,
+    /// Packets held at once, all flows together.
+    pub max_held_packets: usize,
+    /// Packets held per flow.
+    pub max_held_per_flow: usize,
+    /// Flows waiting for a claim at once.
+    pub max_held_flows: usize,
+}
+
+impl Default for VipSection {
+    fn default() -> Self {
+        let d = VipConfig::new(Vec::new());
+        Self {
+            addrs: Vec::new(),
+            claim_deadline_ms: millis(d.claim_deadline),
+            reask_ms: millis(d.reask_after),
+            max_held_packets: d.max_held_packets,
+            max_held_per_flow: d.max_held_per_flow,
+            max_held_flows: d.max_held_flows,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// `[table]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -545,7 +587,9 @@ impl Config {
     /// The cluster protocol's configuration.
     pub fn node_config(&self) -> NodeConfig {
         let c = &self.cluster;
-        let mut n = NodeConfig::new(self.local_id(), self.host.service_addrs.clone());
+        let mut own = self.host.service_addrs.clone();
+        own.extend(self.vip.addrs.iter().copied());
+        let mut n = NodeConfig::new(self.local_id(), own);
         n.capacity = self.capacity();
         n.report_interval = Duration::from_millis(c.report_interval_ms);
         n.jitter = c.report_jitter;
@@ -582,9 +626,33 @@ impl Config {
             .map(|p| PeerConfig {
                 id: PeerId(p.id),
                 tunnel_addr: p.tunnel_addr,
-                service_addrs: p.service_addrs.clone(),
+                service_addrs: self.peer_service_addrs(p),
             })
             .collect()
+    }
+
+    /// A peer's service addresses: its own, and the VIPs (every host
+    /// holds them; a peer redirects connections to them).
+    pub fn peer_service_addrs(&self, p: &PeerSection) -> Vec<IpAddr> {
+        let mut v = p.service_addrs.clone();
+        v.extend(self.vip.addrs.iter().copied());
+        v
+    }
+
+    /// VIP mode's engine configuration, `None` while `vip.addrs` is empty.
+    pub fn vip_config(&self) -> Option<VipConfig> {
+        if self.vip.addrs.is_empty() {
+            return None;
+        }
+        let v = &self.vip;
+        Some(VipConfig {
+            claim_deadline: Duration::from_millis(v.claim_deadline_ms),
+            reask_after: Duration::from_millis(v.reask_ms),
+            max_held_packets: v.max_held_packets,
+            max_held_per_flow: v.max_held_per_flow,
+            max_held_flows: v.max_held_flows,
+            ..VipConfig::new(v.addrs.clone())
+        })
     }
 
     /// Checks every field beyond what the types say; the error names the first bad one.
@@ -739,6 +807,24 @@ impl Config {
                 services.push(*a);
             }
         }
+        for (i, a) in self.vip.addrs.iter().enumerate() {
+            let f = format!("vip.addrs[{i}]");
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                return Err(bad(f, "must be a unicast address"));
+            }
+            if services.contains(a) || tunnels.contains(a) {
+                return Err(bad(
+                    f,
+                    format!(
+                        "{a} is also a host's own service or tunnel address: a VIP is shared, \
+                         list it only here"
+                    ),
+                ));
+            }
+            if self.vip.addrs[..i].contains(a) {
+                return Err(bad(f, format!("{a} is listed twice")));
+            }
+        }
         if tunnels.iter().any(|t| services.contains(t)) {
             return Err(bad(
                 "host.tunnel_addr",
@@ -785,6 +871,16 @@ impl Config {
             ));
         }
         // What the lower layers check, reported with our field names.
+        if let Some(v) = self.vip_config() {
+            v.validate().map_err(|e| {
+                let field = match e.field {
+                    "vip.reask_after" => "vip.reask_ms",
+                    "vip.claim_deadline" => "vip.claim_deadline_ms",
+                    f => f,
+                };
+                bad(field, e.reason)
+            })?;
+        }
         self.engine_config()
             .validate()
             .map_err(|e| bad(format!("(engine) {}", e.field), e.reason))?;
@@ -817,11 +913,14 @@ impl Config {
     /// The engine's configuration (the flow-hash seed derived from the
     /// cluster key once [`derive_seeds`](Self::derive_seeds) ran).
     pub fn engine_config(&self) -> EngineConfig {
+        let mut services = self.host.service_addrs.clone();
+        services.extend(self.vip.addrs.iter().copied());
         let mut e = EngineConfig::new(
             self.host.tunnel_addr,
-            self.host.service_addrs.clone(),
+            services,
             self.host.service_ports.clone(),
         );
+        e.vip = self.vip_config();
         e.tunnel_mtu = self.tunnel.mtu;
         e.clamp_mss = self.tunnel.mss_clamp;
         e.outer_ttl = self.tunnel.ttl;
@@ -930,7 +1029,7 @@ impl Config {
     pub fn peer_tunnel_services(&self) -> Vec<(IpAddr, std::net::SocketAddr)> {
         let mut v = Vec::new();
         for p in &self.cluster.peers {
-            for a in &p.service_addrs {
+            for a in &self.peer_service_addrs(p) {
                 for port in &self.host.service_ports {
                     v.push((p.tunnel_addr, std::net::SocketAddr::new(*a, *port)));
                 }
@@ -946,6 +1045,7 @@ impl Config {
         for p in &self.cluster.peers {
             v.extend(p.service_addrs.iter().copied());
         }
+        v.extend(self.vip.addrs.iter().copied());
         v
     }
 }
@@ -1045,6 +1145,82 @@ service_addrs = ["198.18.0.2"]
         e.field()
             .map(str::to_string)
             .unwrap_or_else(|| e.to_string())
+    }
+
+    #[test]
+    fn vip_mode_is_off_by_default_and_shares_its_addresses_with_every_peer() {
+        let c = Config::parse(GOOD).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.vip_config(), None);
+        assert_eq!(c.engine_config().vip, None);
+        let text = format!(
+            "{GOOD}\n[vip]\naddrs = [\"198.18.0.10\", \"2001:db8::10\"]\nclaim_deadline_ms = 40\n"
+        );
+        let c = Config::parse(&text).unwrap_or_else(|e| unreachable!("{e}"));
+        let vips: Vec<IpAddr> = vec![
+            "198.18.0.10"
+                .parse()
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            "2001:db8::10"
+                .parse()
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        ];
+        let e = c.engine_config();
+        let v = e.vip.clone().unwrap_or_else(|| unreachable!("VIP mode"));
+        assert_eq!(v.addrs, vips);
+        assert_eq!(v.claim_deadline, Duration::from_millis(40));
+        // Served here, announced in reports, and accepted from every peer.
+        assert!(vips.iter().all(|a| e.service_addrs.contains(a)));
+        assert!(
+            vips.iter()
+                .all(|a| c.node_config().service_addrs.contains(a))
+        );
+        let peers = c.peer_configs();
+        assert!(vips.iter().all(|a| peers[0].service_addrs.contains(a)));
+        assert!(vips.iter().all(|a| c.all_service_addrs().contains(a)));
+        assert!(
+            c.xdp_plan()
+                .service_addrs
+                .iter()
+                .filter(|a| vips.contains(a))
+                .count()
+                == 2
+        );
+    }
+
+    #[test]
+    fn bad_vip_settings_name_their_field() {
+        let with = |extra: &str| format!("{GOOD}\n[vip]\n{extra}\n");
+        for (extra, field) in [
+            ("addrs = [\"198.18.0.1\"]", "vip.addrs[0]"),
+            ("addrs = [\"198.18.0.2\"]", "vip.addrs[0]"),
+            ("addrs = [\"198.19.0.1\"]", "vip.addrs[0]"),
+            ("addrs = [\"0.0.0.0\"]", "vip.addrs[0]"),
+            ("addrs = [\"198.18.0.10\", \"198.18.0.10\"]", "vip.addrs[1]"),
+            (
+                "addrs = [\"198.18.0.10\"]\nreask_ms = 50\nclaim_deadline_ms = 50",
+                "vip.reask_ms",
+            ),
+            (
+                "addrs = [\"198.18.0.10\"]\nclaim_deadline_ms = 0",
+                "vip.claim_deadline_ms",
+            ),
+            (
+                "addrs = [\"198.18.0.10\"]\nmax_held_packets = 0",
+                "vip.max_held_packets",
+            ),
+            (
+                "addrs = [\"198.18.0.10\"]\nmax_held_per_flow = 65",
+                "vip.max_held_per_flow",
+            ),
+            (
+                "addrs = [\"198.18.0.10\"]\nmax_held_flows = 0",
+                "vip.max_held_flows",
+            ),
+        ] {
+            assert_eq!(field_of(&with(extra)), field, "{extra}");
+        }
+        // An unknown key is a parse error, not ignored.
+        assert!(Config::parse(&with("adresses = []")).is_err());
     }
 
     #[test]

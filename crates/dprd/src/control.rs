@@ -154,6 +154,17 @@ impl ControlPlane {
         self.node.poll_abort()
     }
 
+    /// VIP mode: asks the live peers who serves `flows` (see
+    /// `Node::ask_flows`).
+    pub fn ask_flows(
+        &mut self,
+        now: Clock,
+        flows: &[dpr_packet::FlowKey],
+        engine: &dyn ClusterEngine,
+    ) {
+        self.node.ask_flows(now, flows, engine);
+    }
+
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.node.poll_transmit()

@@ -627,6 +627,28 @@ impl LoopCtx {
         ] {
             io.insert(k.to_string(), v);
         }
+        // VIP mode's ask-on-miss: the engines' side, then the protocol's.
+        let (vc, cc) = (&c.vip, self.control.counters());
+        for (k, v) in [
+            ("vip_misses_asked", vc.misses_asked),
+            ("vip_reasks", vc.reasks),
+            ("vip_packets_held", vc.packets_held),
+            ("vip_packets_released", vc.packets_released),
+            ("vip_flows_claimed", vc.flows_claimed),
+            ("vip_claim_wait_ns", vc.claim_wait_ns),
+            ("vip_flows_timed_out", vc.flows_timed_out),
+            ("vip_packets_timed_out", vc.packets_timed_out),
+            ("vip_claims_answered", vc.claims_answered),
+            ("vip_claims_late", vc.claims_late),
+            ("vip_adopted_local", vc.adopted_local),
+            ("vip_flow_queries_sent", cc.flow_queries_sent),
+            ("vip_flow_query_messages", cc.flow_query_messages),
+            ("vip_flow_queries_received", cc.flow_queries_received),
+            ("vip_flow_claims_sent", cc.flow_claims_sent),
+            ("vip_flow_claims_received", cc.flow_claims_received),
+        ] {
+            io.insert(k.to_string(), v);
+        }
         for (k, v) in self.control.loss_counters() {
             io.insert(k.to_string(), v);
         }
@@ -697,12 +719,16 @@ impl LoopCtx {
             let mut socks = Vec::new();
             match t.open_sockets(&addrs, ports, &mut socks) {
                 Ok(()) => {
+                    // With VIP mode the VIPs are among them: the engine
+                    // adopts those connections as its own (a restart
+                    // rebuilds its locally served set from this dump).
                     let peers_addrs: Vec<IpAddr> = self
                         .cfg
                         .cluster
                         .peers
                         .iter()
-                        .flat_map(|p| p.service_addrs.iter().copied())
+                        .flat_map(|p| self.cfg.peer_service_addrs(p))
+                        .chain(self.cfg.vip.addrs.iter().copied())
                         .collect();
                     let flows = socks
                         .iter()
@@ -851,9 +877,12 @@ impl LoopCtx {
 
     fn reload(&mut self) -> Result<(), DaemonError> {
         let mut new = Config::load(&self.config_path)?;
+        // `[vip]` too: the engines' VIP mode and the host's diversion of
+        // the VIPs are set up at start.
         if new.host != self.cfg.host
             || new.backend != self.cfg.backend
             || new.tunnel != self.cfg.tunnel
+            || new.vip != self.cfg.vip
         {
             return Err(DaemonError::NeedsRestart);
         }
@@ -1020,6 +1049,11 @@ async fn control_loop(
                     next_refresh = Instant::now() + load::measurement_interval(refresh, cpu);
                 }
                 ctx.engines.tick(now.mono, 256);
+                // VIP mode: the flows the shards missed, asked of the peers.
+                let asked = ctx.engines.take_flow_queries();
+                if !asked.is_empty() {
+                    ctx.control.ask_flows(now, &asked, &ctx.engines);
+                }
                 ctx.control.check_idle(now, &ctx.engines);
                 if now.mono >= ctx.control.poll_timeout() {
                     ctx.control.handle_timeout(now, &mut ctx.engines);

@@ -205,7 +205,7 @@ pub enum DaemonError {
         source: io::Error,
     },
     /// A reload changed what only a restart can.
-    #[error("[host], [backend] and [tunnel] changes need a restart; nothing reloaded")]
+    #[error("[host], [backend], [tunnel] and [vip] changes need a restart; nothing reloaded")]
     NeedsRestart,
     /// Steps of the teardown that could not be undone.
     #[error("teardown incomplete: {}", .0.join("; "))]

@@ -117,7 +117,7 @@ enum Command {
     /// Reload the configuration (as SIGHUP does)
     #[command(long_about = "Make the dprd listening on the admin socket reload its \
         configuration (as SIGHUP does): peers, keys and policy; no connection is dropped. \
-        Changes to [host], [backend] or [tunnel] need a restart and are refused.")]
+        Changes to [host], [backend], [tunnel] or [vip] need a restart and are refused.")]
     Reload {
         /// The admin socket (`[admin] socket` of its configuration)
         #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]

@@ -25,7 +25,7 @@ impl Config {
             .iter()
             .map(|p| XdpPeer {
                 tunnel_addr: p.tunnel_addr,
-                service_addrs: p.service_addrs.clone(),
+                service_addrs: self.peer_service_addrs(p),
             })
             .collect()
     }
@@ -35,7 +35,12 @@ impl Config {
         XdpPlan {
             uplink: self.host.uplink.clone(),
             queues: u32::try_from(self.backend.queues).unwrap_or(u32::MAX),
-            service_addrs: self.host.service_addrs.clone(),
+            // The VIPs are this host's service addresses too.
+            service_addrs: {
+                let mut v = self.host.service_addrs.clone();
+                v.extend(self.vip.addrs.iter().copied());
+                v
+            },
             service_ports: self.host.service_ports.clone(),
             peers: self.xdp_peers(),
             mode: match self.backend.xdp_mode {

@@ -170,6 +170,47 @@ fn cut_notice_round_trips_and_its_request_id_is_reserved() {
 }
 
 #[test]
+fn flow_query_and_claim_round_trip_and_stand_alone() {
+    let mut buf = vec![0u8; 4096];
+    let f4 = FlowKey::new(IpProtocol::Tcp, v4(100), 40000, v4(1), 80);
+    let f6 = FlowKey::new(
+        IpProtocol::Tcp,
+        "2001:db8::9".parse().unwrap(),
+        40001,
+        "2001:db8::10".parse().unwrap(),
+        443,
+    );
+    for kind in [MessageKind::FlowQuery, MessageKind::FlowClaim] {
+        let n = if kind == MessageKind::FlowQuery {
+            emit_flow_query(&mut buf, &header(), 9, &[f4, f6]).unwrap()
+        } else {
+            emit_flow_claim(&mut buf, &header(), 9, &[f4, f6]).unwrap()
+        };
+        assert_eq!(n, HEADER_LEN + REPLY_PREFIX_LEN + 14 + 38);
+        assert_eq!(buf[3], if kind == MessageKind::FlowQuery { 7 } else { 8 });
+        let m = parse(&buf[..n + TAG_LEN]).unwrap();
+        assert_eq!(m.header.kind, kind);
+        let r = match m.body {
+            Body::FlowQuery(r) | Body::FlowClaim(r) => r,
+            _ => panic!("not a flow query or claim"),
+        };
+        assert_eq!((r.request_id, r.chunk, r.chunks), (9, 0, 1));
+        assert_eq!(r.flows().collect::<Vec<_>>(), vec![f4, f6]);
+        crate::fuzz_checks::control(&buf[..n + TAG_LEN]);
+        // A chunk count other than 1: malformed, at the chunk field.
+        buf[HEADER_LEN + 7] = 2;
+        let e = parse(&buf[..n + TAG_LEN]).unwrap_err();
+        assert_eq!(usize::from(e.offset), HEADER_LEN + 4);
+        assert_eq!(malformed(e), Malformed::FieldValue);
+    }
+    // The documented capacity: that many IPv4 flows fit one message.
+    let many = vec![f4; MAX_FLOWS_PER_QUERY];
+    assert!(emit_flow_query(&mut buf, &header(), 1, &many).is_ok());
+    let too_many = vec![f4; MAX_FLOWS_PER_QUERY + 1];
+    assert!(emit_flow_query(&mut buf, &header(), 1, &too_many).is_err());
+}
+
+#[test]
 fn emit_refuses_what_parse_would_reject() {
     let mut buf = vec![0u8; 4096];
     let h = header();
@@ -351,6 +392,13 @@ fn corpus_seeds_of_the_newer_kinds_parse() {
         panic!("not a cut notice")
     };
     assert_eq!(r.flow_count(), 1);
+    let q = include_bytes!("../../../../fuzz/corpus/control/flow_query_raw");
+    let Body::FlowQuery(r) = parse(&q[1..]).unwrap().body else {
+        panic!("not a flow query")
+    };
+    assert_eq!(r.flow_count(), 2);
+    let c = include_bytes!("../../../../fuzz/corpus/control/flow_claim_raw");
+    assert!(matches!(parse(&c[1..]).unwrap().body, Body::FlowClaim(_)));
 }
 
 #[test]

@@ -372,6 +372,17 @@ pub struct ClusterCounters {
     pub idle_adverts_sent: u64,
     /// Idle advertisements received and handed to the policy.
     pub idle_adverts_received: u64,
+    /// VIP mode: flows asked about in flow queries (one count per flow and
+    /// peer asked).
+    pub flow_queries_sent: u64,
+    /// VIP mode: flow query datagrams sent.
+    pub flow_query_messages: u64,
+    /// VIP mode: flows peers asked about.
+    pub flow_queries_received: u64,
+    /// VIP mode: flows this host claimed in answers.
+    pub flow_claims_sent: u64,
+    /// VIP mode: flows peers claimed (handed to the engine).
+    pub flow_claims_received: u64,
 }
 
 impl ClusterCounters {
@@ -1287,6 +1298,8 @@ impl Node {
                     self.answer_probe(now, to, engine);
                 }
             }
+            Body::FlowQuery(r) => self.on_flow_query(now, sender, &r, engine),
+            Body::FlowClaim(r) => self.on_flow_claim(now, sender, &r, engine),
             Body::Unknown(_) => return Err(Reject::UnknownKind),
         }
         Ok(h.kind)
@@ -1597,6 +1610,85 @@ impl Node {
             let _ = engine.restore_route(&f, sender, now.mono);
         }
         self.maybe_finish_recovery(now, engine);
+    }
+}
+
+impl Node {
+    /// VIP mode: asks every live peer (not dead, not gone) which of them
+    /// serves `flows` (what [`Engine::take_flow_queries`](crate::Engine::take_flow_queries)
+    /// returned), as many flows per datagram as fit. Sent at once: the
+    /// engine bounds how many flows it asks about (its held flows).
+    pub fn ask_flows(&mut self, now: Clock, flows: &[FlowKey], engine: &dyn ClusterEngine) {
+        if flows.is_empty() {
+            return;
+        }
+        let loads = engine.loads();
+        let to: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| {
+                loads
+                    .peer(**id)
+                    .is_some_and(|p| !matches!(p.state, PeerState::Dead | PeerState::Left))
+            })
+            .map(|(_, p)| p.cfg.tunnel_addr)
+            .collect();
+        let chunks = flow_chunks(flows);
+        for c in chunks.iter().filter(|c| !c.is_empty()) {
+            let id = self.rng.next_u64() as u32;
+            for &addr in &to {
+                let h = self.header(MessageKind::FlowQuery, now);
+                let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+                if let Ok(n) = control::emit_flow_query(&mut buf, &h, id, c) {
+                    self.counters.flow_query_messages += 1;
+                    self.counters.flow_queries_sent += c.len() as u64;
+                    let payload = self.seal(buf, n);
+                    self.outbox.push_back(Transmit { to: addr, payload });
+                }
+            }
+        }
+    }
+
+    /// A peer asks who serves some flows: answer with those this host
+    /// serves (nothing when it serves none: silence is "not me").
+    fn on_flow_query(
+        &mut self,
+        now: Clock,
+        sender: PeerId,
+        r: &ReplyView<'_>,
+        engine: &mut dyn ClusterEngine,
+    ) {
+        let Some(to) = self.peers.get(&sender).map(|p| p.cfg.tunnel_addr) else {
+            return;
+        };
+        let asked: Vec<FlowKey> = r.flows().collect();
+        self.counters.flow_queries_received += asked.len() as u64;
+        let mine = engine.serves_flows(&asked, now.mono);
+        if mine.is_empty() {
+            return;
+        }
+        // Fits: a subset of a query that fitted one message.
+        let h = self.header(MessageKind::FlowClaim, now);
+        let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+        if let Ok(n) = control::emit_flow_claim(&mut buf, &h, r.request_id, &mine) {
+            self.counters.flow_claims_sent += mine.len() as u64;
+            let payload = self.seal(buf, n);
+            self.outbox.push_back(Transmit { to, payload });
+        }
+    }
+
+    /// A peer claims flows: the engine routes those it holds to it.
+    fn on_flow_claim(
+        &mut self,
+        now: Clock,
+        sender: PeerId,
+        r: &ReplyView<'_>,
+        engine: &mut dyn ClusterEngine,
+    ) {
+        for f in r.flows() {
+            self.counters.flow_claims_received += 1;
+            engine.claim_flow(&f, sender, now.mono);
+        }
     }
 }
 

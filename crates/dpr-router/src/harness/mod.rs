@@ -19,7 +19,9 @@
 pub mod tcp;
 
 use crate::cluster::{Clock, KeyRing, Node, NodeConfig, PeerConfig, ReportMode, Transmit};
-use crate::{ConfigError, DropReason, Engine, EngineConfig, EngineError, PacketBuf, Verdict};
+use crate::{
+    ConfigError, DropReason, Engine, EngineConfig, EngineError, PacketBuf, Verdict, VipConfig,
+};
 use dpr_packet::icmp::{self, IcmpErrorKind};
 use dpr_packet::{IpProtocol, IpVersion, ip, parse_ip};
 use dpr_policy::{Policy, SplitMix64};
@@ -74,6 +76,29 @@ pub struct ClusterConfig {
     pub tweak: fn(usize, &mut EngineConfig),
     /// Peers each host tells when it becomes idle (join-idle); 0: none.
     pub idle_advert_fanout: usize,
+    /// VIP mode: every host holds both VIPs ([`vip_addr`], IPv4 and IPv6)
+    /// instead of its own service address, its engine runs ask-on-miss
+    /// ([`VipConfig::new`] unless `tweak` sets another), and
+    /// clients reach the VIPs through an upstream router's ECMP over the
+    /// hosts that announce them ([`Cluster::announce`]). `None`: RR-DNS,
+    /// one service address per host.
+    pub vip: Option<EcmpMode>,
+}
+
+/// How the simulated upstream router spreads flows to the VIP over the
+/// hosts that announce it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EcmpMode {
+    /// Linux multipath with an L4 hash: hash of the 5-tuple modulo the
+    /// number of next hops (a change of the set moves most flows).
+    Modulo,
+    /// A resilient next-hop group of this many buckets: a next hop that
+    /// leaves gives its buckets to the others, one that joins takes a fair
+    /// share from them; other buckets stay.
+    Resilient {
+        /// Buckets in the group.
+        buckets: usize,
+    },
 }
 
 impl Default for ClusterConfig {
@@ -92,6 +117,7 @@ impl Default for ClusterConfig {
             suspect_after_missed: 1,
             tweak: |_, _| {},
             idle_advert_fanout: 0,
+            vip: None,
         }
     }
 }
@@ -170,6 +196,48 @@ pub struct Cluster {
     pub control_lost: u64,
     /// Drop control datagrams from host `i` to address `a` while this says so.
     pub control_loss: fn(usize, IpAddr) -> bool,
+    /// VIP mode: the hosts announcing the VIP, and the router's buckets.
+    ecmp: Ecmp,
+    /// VIP mode: packets to the VIP while no host announced it.
+    pub vip_unroutable: u32,
+}
+
+/// The upstream router's next hops for the VIP.
+#[derive(Clone, Debug, Default)]
+struct Ecmp {
+    hops: Vec<usize>,
+    /// Resilient mode: the next hop of each bucket.
+    buckets: Vec<usize>,
+}
+
+/// The front door's flow hash (the router's, not the engines'): FNV-1a
+/// over the 5-tuple's bytes, as deterministic as the rest of the harness.
+fn l4_hash(f: &dpr_packet::FlowKey) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for x in b {
+            h ^= u64::from(*x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for a in [f.src, f.dst] {
+        match a {
+            IpAddr::V4(a) => eat(&a.octets()),
+            IpAddr::V6(a) => eat(&a.octets()),
+        }
+    }
+    eat(&f.src_port.to_be_bytes());
+    eat(&f.dst_port.to_be_bytes());
+    h ^ (h >> 29)
+}
+
+/// The VIP of the harness's VIP mode (IPv4 or IPv6).
+pub fn vip_addr(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0x10, 0, 0, 0, 0x100))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10))
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -234,12 +302,20 @@ impl Cluster {
             record_control: false,
             control_lost: 0,
             control_loss: |_, _| false,
+            ecmp: Ecmp::default(),
+            vip_unroutable: 0,
         };
         for i in 0..c.cfg.hosts {
             let (engine, node) = c.build_host(i, false)?;
-            let service = service_addr(i, c.cfg.ipv6_service);
+            let service = if c.cfg.vip.is_some() {
+                vip_addr(false)
+            } else {
+                service_addr(i, c.cfg.ipv6_service)
+            };
             let tunnel = tunnel_addr(i);
-            c.addr_owner.insert(service, i);
+            if c.cfg.vip.is_none() {
+                c.addr_owner.insert(service, i);
+            }
             c.addr_owner.insert(tunnel, i);
             c.hosts.push(Host {
                 id: PeerId(i as u16),
@@ -249,9 +325,13 @@ impl Cluster {
                 node,
                 server: Server::new(
                     format!("host{i}"),
-                    (0..c.cfg.hosts)
-                        .map(|j| service_addr(j, c.cfg.ipv6_service))
-                        .collect(),
+                    if c.cfg.vip.is_some() {
+                        vec![vip_addr(false), vip_addr(true)]
+                    } else {
+                        (0..c.cfg.hosts)
+                            .map(|j| service_addr(j, c.cfg.ipv6_service))
+                            .collect()
+                    },
                 ),
                 alive: true,
                 passed: Vec::new(),
@@ -274,17 +354,23 @@ impl Cluster {
             .map(|j| PeerConfig {
                 id: PeerId(j as u16),
                 tunnel_addr: tunnel_addr(j),
-                service_addrs: vec![service_addr(j, self.cfg.ipv6_service)],
+                service_addrs: self.service_addrs_of(j),
             })
             .collect()
     }
 
+    /// The service addresses host `i` holds: its own, or both VIPs.
+    pub fn service_addrs_of(&self, i: usize) -> Vec<IpAddr> {
+        if self.cfg.vip.is_some() {
+            vec![vip_addr(false), vip_addr(true)]
+        } else {
+            vec![service_addr(i, self.cfg.ipv6_service)]
+        }
+    }
+
     /// The protocol configuration of host `i`.
     pub fn node_config(&self, i: usize) -> NodeConfig {
-        let mut nc = NodeConfig::new(
-            PeerId(i as u16),
-            vec![service_addr(i, self.cfg.ipv6_service)],
-        );
+        let mut nc = NodeConfig::new(PeerId(i as u16), self.service_addrs_of(i));
         nc.report_interval = self.cfg.report_interval;
         nc.mode = self.cfg.report_mode;
         nc.recovery_timeout = self.cfg.report_interval * 10;
@@ -316,8 +402,11 @@ impl Cluster {
             dead_after_missed: self.cfg.dead_after_missed,
             ..LoadTableConfig::default()
         };
-        let service = service_addr(i, self.cfg.ipv6_service);
-        let mut ec = EngineConfig::new(tunnel_addr(i), vec![service], vec![SERVICE_PORT]);
+        let mut ec =
+            EngineConfig::new(tunnel_addr(i), self.service_addrs_of(i), vec![SERVICE_PORT]);
+        if self.cfg.vip.is_some() {
+            ec.vip = Some(VipConfig::new(vec![vip_addr(false), vip_addr(true)]));
+        }
         (self.cfg.tweak)(i, &mut ec);
         let rng = Box::new(SplitMix64::new(self.cfg.seed ^ (i as u64) << 32 ^ self.now));
         let mut engine = Engine::new(
@@ -349,8 +438,17 @@ impl Cluster {
     /// Restarts host `i`'s router (the daemon, not the machine: its TCP
     /// stack and connections survive): a fresh engine and protocol node,
     /// with a new incarnation, recovering its routes from the peers.
+    ///
+    /// In VIP mode it does not recover (ask-on-miss makes recovery
+    /// unnecessary): it adopts the connections its stack holds, as `dprd`
+    /// does from a dump of the kernel's sockets at start.
     pub fn restart(&mut self, i: usize) -> Result<(), EngineError> {
-        let (engine, node) = self.build_host(i, true)?;
+        let vip = self.cfg.vip.is_some();
+        let (mut engine, node) = self.build_host(i, !vip)?;
+        if vip {
+            let flows = self.hosts[i].server.flows();
+            engine.adopt_local(&flows, Timestamp(self.now));
+        }
         let h = &mut self.hosts[i];
         h.engine = engine;
         h.node = node;
@@ -497,7 +595,10 @@ impl Cluster {
                 .iter()
                 .enumerate()
                 .filter(|(_, h)| h.alive)
-                .map(|(i, h)| (h.node.poll_timeout().0.min(h.next_tick), i))
+                .map(|(i, h)| {
+                    let miss = h.engine.next_miss_timeout().map_or(u64::MAX, |t| t.0);
+                    (h.node.poll_timeout().0.min(h.next_tick).min(miss), i)
+                })
                 .min();
             let timer_first = match (next_timer, next_event) {
                 (Some((t, _)), Some(e)) => t < e,
@@ -552,10 +653,170 @@ impl Cluster {
             h.node.check_idle(now, &h.engine);
             h.next_tick = now.mono.0 + tick;
         }
+        if h.engine.next_miss_timeout().is_some_and(|t| now.mono >= t) {
+            h.engine.handle_miss_timeout(now.mono);
+        }
         if now.mono >= h.node.poll_timeout() {
             h.node.handle_timeout(now, &mut h.engine);
         }
+        self.pump_vip(i);
         self.flush_control(i);
+    }
+
+    /// VIP mode's plumbing, as a daemon's loop does it: the engine's flow
+    /// queries to the protocol node, its released packets to the network
+    /// or the local stack.
+    fn pump_vip(&mut self, i: usize) {
+        let now = self.clock();
+        let h = &mut self.hosts[i];
+        let q = h.engine.take_flow_queries();
+        if !q.is_empty() {
+            h.node.ask_flows(now, &q, &h.engine);
+        }
+        if !h.engine.has_released() {
+            return;
+        }
+        for r in h.engine.take_released() {
+            let out = r.bytes().to_vec();
+            match r.verdict {
+                Verdict::Deliver => {
+                    let h = &mut self.hosts[i];
+                    for p in h.server.receive(&out) {
+                        self.send(p);
+                    }
+                }
+                Verdict::Forward { .. } | Verdict::Reply => self.send(out),
+                _ => {}
+            }
+        }
+    }
+
+    /// VIP mode: host `i` announces the VIP (the upstream router adds it
+    /// to its next hops).
+    pub fn announce(&mut self, i: usize) {
+        if self.ecmp.hops.contains(&i) {
+            return;
+        }
+        self.ecmp.hops.push(i);
+        self.ecmp.hops.sort_unstable();
+        self.rebalance(Some(i), None);
+    }
+
+    /// VIP mode: host `i` withdraws the VIP (drained, or the router's
+    /// failure detection saw it die).
+    pub fn withdraw(&mut self, i: usize) {
+        if !self.ecmp.hops.contains(&i) {
+            return;
+        }
+        self.ecmp.hops.retain(|&h| h != i);
+        self.rebalance(None, Some(i));
+    }
+
+    /// The hosts announcing the VIP.
+    pub fn next_hops(&self) -> &[usize] {
+        &self.ecmp.hops
+    }
+
+    fn rebalance(&mut self, joined: Option<usize>, left: Option<usize>) {
+        let Some(EcmpMode::Resilient { buckets }) = self.cfg.vip else {
+            return;
+        };
+        let hops = self.ecmp.hops.clone();
+        if hops.is_empty() {
+            self.ecmp.buckets.clear();
+            return;
+        }
+        if self.ecmp.buckets.len() != buckets.max(1) {
+            self.ecmp.buckets = (0..buckets.max(1)).map(|b| hops[b % hops.len()]).collect();
+            return;
+        }
+        let count = |bk: &Vec<usize>, h: usize| bk.iter().filter(|&&x| x == h).count();
+        if let Some(gone) = left {
+            // The leaver's buckets go to the least-filled remaining hops.
+            for b in 0..self.ecmp.buckets.len() {
+                if self.ecmp.buckets[b] == gone {
+                    let to = hops
+                        .iter()
+                        .copied()
+                        .min_by_key(|&h| (count(&self.ecmp.buckets, h), h))
+                        .unwrap_or(hops[0]);
+                    self.ecmp.buckets[b] = to;
+                }
+            }
+        }
+        if let Some(new) = joined {
+            // The joiner takes buckets from the fullest hops until fair.
+            let fair = self.ecmp.buckets.len() / hops.len();
+            while count(&self.ecmp.buckets, new) < fair {
+                let Some(from) = hops
+                    .iter()
+                    .copied()
+                    .filter(|&h| h != new)
+                    .max_by_key(|&h| (count(&self.ecmp.buckets, h), usize::MAX - h))
+                else {
+                    break;
+                };
+                let Some(b) = self.ecmp.buckets.iter().rposition(|&x| x == from) else {
+                    break;
+                };
+                self.ecmp.buckets[b] = new;
+            }
+        }
+    }
+
+    /// The host the upstream router sends `flow` (to the VIP) to.
+    pub fn ecmp_pick(&self, flow: &dpr_packet::FlowKey) -> Option<usize> {
+        let h = l4_hash(flow);
+        match self.cfg.vip? {
+            EcmpMode::Modulo => {
+                let n = self.ecmp.hops.len() as u64;
+                (n > 0).then(|| self.ecmp.hops[(h % n.max(1)) as usize])
+            }
+            EcmpMode::Resilient { .. } => {
+                let n = self.ecmp.buckets.len() as u64;
+                (n > 0).then(|| self.ecmp.buckets[(h % n.max(1)) as usize])
+            }
+        }
+    }
+
+    /// VIP mode: client `client` (of the family `v6` says) opens a
+    /// connection to the VIP. Returns the client's address and port.
+    pub fn connect_vip(&mut self, client: usize, v6: bool, hold_open: bool) -> (IpAddr, u16) {
+        let caddr = client_addr(client, v6);
+        let server = SocketAddr::new(vip_addr(v6), SERVICE_PORT);
+        let now = Timestamp(self.now);
+        let (port, syn) = self.client(caddr).connect(now, server, hold_open);
+        self.send(syn);
+        (caddr, port)
+    }
+
+    /// A further request on the held-open connection `port` of the client
+    /// at `caddr`.
+    pub fn request_from(&mut self, caddr: IpAddr, port: u16) -> bool {
+        let len = self.cfg.response_len;
+        match self.client(caddr).send_request(port, len) {
+            Some(p) => {
+                self.send(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The client at `caddr` closes its held-open connection `port`.
+    pub fn close_from(&mut self, caddr: IpAddr, port: u16) -> bool {
+        match self.client(caddr).close(port) {
+            Some(p) => {
+                self.send(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection `port` of the client at `caddr`.
+    pub fn conn_of(&self, caddr: IpAddr, port: u16) -> Option<&tcp::ClientConn> {
+        self.clients.get(&caddr)?.conns.get(&port)
     }
 
     fn flush_control(&mut self, i: usize) {
@@ -596,6 +857,7 @@ impl Cluster {
                     let clock = self.clock();
                     let h = &mut self.hosts[to];
                     let _ = h.node.handle_datagram(clock, from, &bytes, &mut h.engine);
+                    self.pump_vip(to);
                     self.flush_control(to);
                 }
             }
@@ -610,6 +872,14 @@ impl Cluster {
                 };
                 if let Some(&i) = self.addr_owner.get(&dst) {
                     self.deliver_to_host(i, pkt);
+                } else if self.cfg.vip.is_some()
+                    && (dst == vip_addr(false) || dst == vip_addr(true))
+                {
+                    let pick = parse_ip(&pkt).ok().and_then(|m| self.ecmp_pick(&m.flow));
+                    match pick {
+                        Some(i) => self.deliver_to_host(i, pkt),
+                        None => self.vip_unroutable += 1,
+                    }
                 } else if self.clients.contains_key(&dst) || is_client(dst) {
                     self.deliver_to_client(dst, pkt);
                 } else {
@@ -650,7 +920,10 @@ impl Cluster {
             }
             Verdict::Forward { .. } | Verdict::Reply => self.send(out),
             Verdict::Drop(r) => h.dropped.push(r),
+            Verdict::Held => {}
         }
+        self.pump_vip(i);
+        self.flush_control(i);
     }
 
     fn deliver_to_client(&mut self, dst: IpAddr, pkt: Vec<u8>) {

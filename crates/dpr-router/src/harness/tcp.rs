@@ -4,7 +4,7 @@
 //! arrives wrong (bad checksum, wrong source address, lost bytes).
 
 use dpr_packet::tcp::{TcpFlags, TcpOption, TcpOptionsBuf, TcpRepr, TcpSegment};
-use dpr_packet::{IpProtocol, icmp, ip, parse_ip};
+use dpr_packet::{FlowKey, IpProtocol, icmp, ip, parse_ip};
 use dpr_table::Timestamp;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -440,6 +440,17 @@ impl Server {
     /// Open connections (the load metric the hosts report).
     pub fn open_connections(&self) -> u32 {
         self.conns.len() as u32
+    }
+
+    /// The connections this stack holds, client to service (what a dump
+    /// of the kernel's sockets lists).
+    pub fn flows(&self) -> Vec<FlowKey> {
+        self.conns
+            .keys()
+            .map(|(me, peer)| {
+                FlowKey::new(IpProtocol::Tcp, peer.ip(), peer.port(), me.ip(), me.port())
+            })
+            .collect()
     }
 
     /// Takes a packet delivered by the engine; returns packets to send.

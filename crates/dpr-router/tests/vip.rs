@@ -1,0 +1,635 @@
+//! VIP mode on the in-memory cluster (issue 18): every host holds the
+//! same IPv4 and IPv6 VIP, an upstream router spreads flows over the hosts
+//! that announce it (ECMP by an L4 hash: modulo the next hops, or a
+//! resilient group), and ask-on-miss keeps every established connection
+//! reaching the host that serves it while hosts join, drain, restart and
+//! die. Each step prints its counts.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use dpr_policy::{Policy, Threshold, ThresholdConfig};
+use dpr_router::harness::tcp::ClientState;
+use dpr_router::harness::{Cluster, ClusterConfig, EcmpMode};
+use dpr_router::{Counters, DropReason, VipCounters};
+use dpr_table::PeerId;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Long-lived connections through the VIP.
+const LONG: usize = 200;
+/// Hosts announcing the VIP at the start (a fifth joins in step 1).
+const FIRST_HOPS: usize = 4;
+
+fn threshold(_: usize) -> Box<dyn Policy + Send> {
+    // About 50 connections per host over 4 hosts: some served where ECMP
+    // brought them, some redirected (both kinds must survive a move).
+    Box::new(Threshold::new(ThresholdConfig { threshold: 30.0 }).unwrap())
+}
+
+/// A long-lived connection: the client's address and port.
+type Conn = (IpAddr, u16);
+
+struct Vip {
+    c: Cluster,
+    long: Vec<Conn>,
+    /// Client index for the next batch of new connections.
+    next_client: usize,
+    /// Counters of engines and nodes a restart replaced.
+    retired: Counters,
+    retired_queries: u64,
+}
+
+/// What a step did to the connections.
+#[derive(Debug, Default)]
+struct Step {
+    /// Long-lived connections that answered the step's request.
+    ok: usize,
+    /// Long-lived connections reset or silent.
+    broken: Vec<Conn>,
+    /// New connections opened during the step, and those that completed.
+    new_opened: usize,
+    new_done: usize,
+}
+
+impl Vip {
+    fn new(mode: EcmpMode) -> Self {
+        let cfg = ClusterConfig {
+            hosts: FIRST_HOPS + 1,
+            vip: Some(mode),
+            response_len: 1000,
+            ..ClusterConfig::default()
+        };
+        let mut c = Cluster::new(cfg, threshold).unwrap();
+        for i in 0..FIRST_HOPS {
+            c.announce(i);
+        }
+        let mut v = Self {
+            c,
+            long: Vec::new(),
+            next_client: 100,
+            retired: Counters::default(),
+            retired_queries: 0,
+        };
+        // 200 held-open connections, half IPv4 and half IPv6, from 50
+        // clients of each family, opened over 200 ms.
+        for k in 0..LONG {
+            let (client, v6) = (k / 2 % 50, k % 2 == 1);
+            v.long.push(v.c.connect_vip(client, v6, true));
+            v.c.run_for(Duration::from_millis(1));
+        }
+        v.c.run_for(Duration::from_millis(300));
+        for &(a, p) in &v.long {
+            let conn = v.c.conn_of(a, p).unwrap();
+            assert_eq!(conn.state, ClientState::Established, "{a}:{p}");
+            assert!(conn.finished_at.is_some(), "{a}:{p}: no first response");
+        }
+        v
+    }
+
+    fn served_by(&self, (a, p): Conn) -> String {
+        self.c
+            .conn_of(a, p)
+            .and_then(|c| c.served_by())
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    /// Restarts host `i`'s router, keeping its counters for the report.
+    fn restart(&mut self, i: usize) {
+        self.retired.merge(&self.c.hosts[i].engine.counters());
+        self.retired_queries += self.c.hosts[i].node.counters().flow_query_messages;
+        self.c.restart(i).unwrap();
+    }
+
+    fn query_messages(&self) -> u64 {
+        self.retired_queries
+            + self
+                .c
+                .hosts
+                .iter()
+                .map(|h| h.node.counters().flow_query_messages)
+                .sum::<u64>()
+    }
+
+    fn counters(&self) -> Counters {
+        let mut t = self.retired.clone();
+        for h in &self.c.hosts {
+            t.merge(&h.engine.counters());
+        }
+        t
+    }
+
+    /// Opens `n` short connections (one request each, then closed), one
+    /// per millisecond, alternating families, running the cluster
+    /// meanwhile. Returns them.
+    fn open_new(&mut self, n: usize) -> Vec<Conn> {
+        let mut out = Vec::new();
+        for k in 0..n {
+            let client = self.next_client + k % 50;
+            out.push(self.c.connect_vip(client, k % 2 == 1, false));
+            self.c.run_for(Duration::from_millis(1));
+        }
+        self.next_client += 50;
+        out
+    }
+
+    fn done(&self, conns: &[Conn]) -> usize {
+        conns
+            .iter()
+            .filter(|&&(a, p)| {
+                self.c
+                    .conn_of(a, p)
+                    .is_some_and(|c| c.state == ClientState::Done)
+            })
+            .count()
+    }
+
+    /// Every long-lived connection still open sends one more request; the
+    /// step counts those whose whole response arrived.
+    fn probe(&mut self, step: &mut Step) {
+        let open: Vec<Conn> = self
+            .long
+            .iter()
+            .copied()
+            .filter(|&(a, p)| {
+                self.c
+                    .conn_of(a, p)
+                    .is_some_and(|c| c.state != ClientState::Done)
+            })
+            .collect();
+        let before: Vec<String> = open.iter().map(|&c| self.served_by(c)).collect();
+        for &(a, p) in &open {
+            self.c.request_from(a, p);
+        }
+        self.c.run_for(Duration::from_millis(300));
+        for (&(a, p), host) in open.iter().zip(before) {
+            let c = self.c.conn_of(a, p).unwrap();
+            // The whole response, from the host that served the first.
+            if c.state == ClientState::Established
+                && c.finished_at.is_some()
+                && c.served_by() == Some(host.as_str())
+            {
+                step.ok += 1;
+            } else {
+                if step.broken.len() < 3 {
+                    println!(
+                        "  broken {a}:{p}: {:?}, {} bytes, served by {:?} (was {host})",
+                        c.state,
+                        c.received.len(),
+                        c.served_by()
+                    );
+                }
+                step.broken.push((a, p));
+            }
+        }
+    }
+
+    fn report(&self, name: &str, step: &Step, before: &(VipCounters, u64)) {
+        let v = self.counters().vip;
+        let (before, msgs_before) = (&before.0, before.1);
+        let d = |a: u64, b: u64| a - b;
+        let claimed = d(v.flows_claimed, before.flows_claimed);
+        let wait = d(v.claim_wait_ns, before.claim_wait_ns);
+        let msgs = self.query_messages() - msgs_before;
+        println!(
+            "{name:<8} long ok {:>3} broken {:>3} | new {:>4}/{:<4} ({:.2} %) | misses {:>3} \
+             claimed {:>3} timed out {:>3} held {:>4} released {:>4} | claim wait {:.0} us avg \
+             | query datagrams {msgs}",
+            step.ok,
+            step.broken.len(),
+            step.new_done,
+            step.new_opened,
+            100.0 * step.new_done as f64 / step.new_opened.max(1) as f64,
+            d(v.misses_asked, before.misses_asked),
+            claimed,
+            d(v.flows_timed_out, before.flows_timed_out),
+            d(v.packets_held, before.packets_held),
+            d(v.packets_released, before.packets_released),
+            wait as f64 / claimed.max(1) as f64 / 1000.0,
+        );
+    }
+}
+
+fn assert_new_ok(step: &Step, name: &str) {
+    // At least 99.9 % of the new connections of the step complete.
+    assert!(
+        step.new_done * 1000 >= step.new_opened * 999,
+        "{name}: {} of {} new connections completed",
+        step.new_done,
+        step.new_opened
+    );
+}
+
+/// The five steps of issue 18, in order, on one cluster.
+fn five_steps(mode: EcmpMode) {
+    println!("ECMP {mode:?}, {LONG} long-lived connections (IPv4 and IPv6 clients)");
+    let mut v = Vip::new(mode);
+    let mut s = Step::default();
+    let base = (v.counters().vip, v.query_messages());
+    v.probe(&mut s);
+    v.report("start", &s, &base);
+    assert!(s.broken.is_empty(), "start: {} broken", s.broken.len());
+    let spread: Vec<usize> = (0..FIRST_HOPS)
+        .map(|i| {
+            let name = format!("host{i}");
+            v.long.iter().filter(|&&c| v.served_by(c) == name).count()
+        })
+        .collect();
+    println!("served per host at the start: {spread:?}");
+    assert!(spread.iter().all(|&n| n > 0), "{spread:?}");
+
+    // 1. A fifth host announces the VIP: ECMP moves flows to it.
+    let mut s = Step::default();
+    let base = (v.counters().vip, v.query_messages());
+    let before_hops: Vec<usize> = v.long.iter().map(|&c| v.served_by(c).len()).collect();
+    let mut new = v.open_new(250);
+    v.c.announce(FIRST_HOPS);
+    new.extend(v.open_new(250));
+    v.probe(&mut s);
+    s.new_opened = new.len();
+    s.new_done = v.done(&new);
+    v.report("join", &s, &base);
+    assert_eq!(before_hops.len(), LONG);
+    assert!(s.broken.is_empty(), "join broke {:?}", s.broken);
+    assert_new_ok(&s, "join");
+    assert!(
+        v.counters().vip.flows_claimed > base.0.flows_claimed,
+        "the join moved no flow: the test tests nothing"
+    );
+
+    // 2. Host 3 drains (new SYNs go elsewhere), withdraws the VIP, its
+    // connections finish, and it is removed.
+    let mut s = Step::default();
+    let base = (v.counters().vip, v.query_messages());
+    v.c.drain(3, None);
+    let mut new = v.open_new(200);
+    v.c.withdraw(3);
+    new.extend(v.open_new(200));
+    v.probe(&mut s);
+    assert!(s.broken.is_empty(), "drain broke {:?}", s.broken);
+    // Host 3's own connections finish (their clients close them).
+    let mine: Vec<Conn> = v
+        .long
+        .iter()
+        .copied()
+        .filter(|&c| v.served_by(c) == "host3")
+        .collect();
+    for &(a, p) in &mine {
+        v.c.close_from(a, p);
+    }
+    v.c.run_for(Duration::from_millis(800));
+    for &(a, p) in &mine {
+        assert_eq!(v.c.conn_of(a, p).unwrap().state, ClientState::Done);
+    }
+    assert_eq!(v.c.hosts[3].server.open_connections(), 0);
+    // Removed: stopped, and out of every peer's configuration.
+    v.c.kill(3);
+    for i in (0..=FIRST_HOPS).filter(|&i| i != 3) {
+        let peers =
+            v.c.peer_configs(i)
+                .into_iter()
+                .filter(|p| p.id != PeerId(3))
+                .collect();
+        v.c.reload(i, peers).unwrap();
+    }
+    new.extend(v.open_new(200));
+    v.probe(&mut s);
+    s.new_opened = new.len();
+    s.new_done = v.done(&new);
+    v.report("drain", &s, &base);
+    println!(
+        "         (host 3 served {} of them; closed cleanly)",
+        mine.len()
+    );
+    assert!(s.broken.is_empty(), "drain broke {:?}", s.broken);
+    assert_new_ok(&s, "drain");
+
+    // 3. Host 1's router restarts: its engine state is lost, its kernel
+    // keeps the sockets.
+    let mut s = Step::default();
+    let base = (v.counters().vip, v.query_messages());
+    let mut new = v.open_new(200);
+    // Long connections that reach host 1 (ECMP) but are served elsewhere:
+    // host 1's routes to them go with its engine.
+    let through_1 = v
+        .long
+        .iter()
+        .filter(|&&(a, p)| {
+            let f = dpr_packet::FlowKey::new(
+                dpr_packet::IpProtocol::Tcp,
+                a,
+                p,
+                dpr_router::harness::vip_addr(a.is_ipv6()),
+                dpr_router::harness::SERVICE_PORT,
+            );
+            v.c.ecmp_pick(&f) == Some(1)
+                && v.c
+                    .conn_of(a, p)
+                    .is_some_and(|c| c.state == ClientState::Established)
+                && v.served_by((a, p)) != "host1"
+        })
+        .count();
+    println!("         {through_1} long connections reach host 1 and are served elsewhere");
+    assert!(through_1 > 0, "the restart tests nothing");
+    v.restart(1);
+    new.extend(v.open_new(300));
+    v.probe(&mut s);
+    s.new_opened = new.len();
+    s.new_done = v.done(&new);
+    v.report("restart", &s, &base);
+    assert!(s.broken.is_empty(), "restart broke {:?}", s.broken);
+    assert!(v.counters().vip.flows_claimed - base.0.flows_claimed >= through_1 as u64);
+    assert_new_ok(&s, "restart");
+    assert!(v.c.hosts[1].engine.counters().vip.adopted_local > 0);
+
+    // 4. Host 2 dies. The front door withdraws it after the BGP hold time
+    // (here the peers' failure detection, 3 report intervals); new
+    // connections opened after that succeed; only host 2's own
+    // connections break.
+    let mut s = Step::default();
+    let base = (v.counters().vip, v.query_messages());
+    let victims: Vec<Conn> = v
+        .long
+        .iter()
+        .copied()
+        .filter(|&c| {
+            v.served_by(c) == "host2"
+                && v.c
+                    .conn_of(c.0, c.1)
+                    .is_some_and(|x| x.state != ClientState::Done)
+        })
+        .collect();
+    v.c.kill(2);
+    let hold = Duration::from_millis(300);
+    // New connections every millisecond through the failure, in batches
+    // of 50 so each batch's success is known.
+    let mut batches = Vec::new();
+    for b in 0..16 {
+        if b == 6 {
+            v.c.withdraw(2);
+        }
+        let t = b * 50;
+        batches.push((t, v.open_new(50)));
+    }
+    v.c.run_for(Duration::from_millis(300));
+    let first_ok = batches
+        .iter()
+        .rposition(|(_, conns)| v.done(conns) < conns.len())
+        .map_or(0, |i| i + 1);
+    let detect_ms = batches.get(first_ok).map_or(u64::MAX, |(t, _)| *t as u64);
+    for (t, conns) in &batches {
+        println!(
+            "         new at +{t:>3} ms: {}/{}",
+            v.done(conns),
+            conns.len()
+        );
+    }
+    let after: Vec<Conn> = batches[first_ok..]
+        .iter()
+        .flat_map(|(_, c)| c.iter().copied())
+        .collect();
+    v.probe(&mut s);
+    s.new_opened = after.len();
+    s.new_done = v.done(&after);
+    v.report("death", &s, &base);
+    println!(
+        "         host 2 served {} long connections; new connections all succeed from +{detect_ms} ms \
+         (withdrawn at +300 ms, peers' detection {} ms)",
+        victims.len(),
+        hold.as_millis()
+    );
+    let mut broken = s.broken.clone();
+    broken.sort();
+    let mut expected = victims.clone();
+    expected.sort();
+    assert_eq!(broken, expected, "exactly host 2's connections break");
+    assert!(!victims.is_empty());
+    assert!(
+        detect_ms <= 400,
+        "new connections failed until +{detect_ms} ms"
+    );
+    assert_new_ok(&s, "death");
+    // The failure detection, not a stuck queue, bounds it.
+    let held: usize =
+        v.c.hosts
+            .iter()
+            .filter(|h| h.alive)
+            .map(|h| h.engine.held().1)
+            .sum();
+    assert_eq!(held, 0);
+    let full: u64 =
+        v.c.hosts
+            .iter()
+            .map(|h| h.engine.counters().drops_of(DropReason::HeldQueueFull))
+            .sum();
+    assert_eq!(full, 0);
+}
+
+#[test]
+fn five_steps_with_modulo_ecmp() {
+    five_steps(EcmpMode::Modulo);
+}
+
+#[test]
+fn five_steps_with_a_resilient_group() {
+    five_steps(EcmpMode::Resilient { buckets: 64 });
+}
+
+/// A VIP cluster of `n` hosts, all announcing, with `tweak` applied.
+fn small(n: usize, tweak: fn(usize, &mut dpr_router::EngineConfig)) -> Cluster {
+    let cfg = ClusterConfig {
+        hosts: n,
+        vip: Some(EcmpMode::Modulo),
+        tweak,
+        ..ClusterConfig::default()
+    };
+    let mut c = Cluster::new(cfg, threshold).unwrap();
+    for i in 0..n {
+        c.announce(i);
+    }
+    c.run_for(Duration::from_millis(250));
+    c
+}
+
+/// A flow from client port `port` on, to the IPv4 VIP, that ECMP sends to
+/// host `host`; and an ACK of it that no host knows.
+fn stray_ack_to(c: &Cluster, host: usize, mut port: u16) -> (dpr_packet::FlowKey, Vec<u8>) {
+    use dpr_router::harness::{SERVICE_PORT, tcp::tcp_packet, vip_addr};
+    let client: IpAddr = "198.18.100.200".parse().unwrap();
+    loop {
+        let f = dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            client,
+            port,
+            vip_addr(false),
+            SERVICE_PORT,
+        );
+        if c.ecmp_pick(&f) == Some(host) {
+            let p = tcp_packet(
+                std::net::SocketAddr::new(client, port),
+                std::net::SocketAddr::new(vip_addr(false), SERVICE_PORT),
+                7,
+                9,
+                dpr_packet::tcp::TcpFlags::ACK,
+                None,
+                b"x",
+            );
+            return (f, p);
+        }
+        port += 1;
+    }
+}
+
+/// Misses nobody claims: held within their bounds (the excess counted and
+/// dropped), asked again once, then handed to the local stack at the
+/// deadline (which resets them: their owner is gone), and routed there
+/// from then on without asking again.
+#[test]
+fn unclaimed_misses_are_bounded_and_go_to_the_local_stack_at_the_deadline() {
+    let mut c = small(3, |_, e| {
+        if let Some(v) = e.vip.as_mut() {
+            v.max_held_per_flow = 2;
+            v.max_held_flows = 3;
+            v.max_held_packets = 5;
+        }
+    });
+    let mut flows = Vec::new();
+    let mut port = 20_000;
+    for _ in 0..4 {
+        let (f, p) = stray_ack_to(&c, 0, port);
+        port = f.src_port + 1;
+        flows.push((f, p));
+    }
+    // Flow 0: three packets (one over its share); flows 1-3: one each (the
+    // fourth flow over the flow bound).
+    for k in [0, 0, 0, 1, 2, 3] {
+        c.inject(flows[k].1.clone());
+    }
+    c.run_for(Duration::from_millis(1));
+    let e = &c.hosts[0].engine;
+    assert_eq!(e.held(), (3, 4));
+    assert_eq!(e.counters().drops_of(DropReason::HeldQueueFull), 2);
+    assert_eq!(e.counters().vip.misses_asked, 3);
+    let rst_before = c.hosts[0].server.rst_sent;
+    c.run_for(Duration::from_millis(60));
+    let e = &c.hosts[0].engine;
+    let v = e.counters().vip;
+    assert_eq!(e.held(), (0, 0));
+    assert_eq!((v.flows_timed_out, v.packets_timed_out), (3, 4));
+    assert_eq!(v.flows_claimed, 0);
+    assert!(v.reasks >= 3, "each flow asked again once: {}", v.reasks);
+    assert_eq!(c.hosts[0].server.rst_sent - rst_before, 4);
+    // The peers were asked and claimed nothing.
+    for h in &c.hosts[1..] {
+        assert!(h.node.counters().flow_queries_received >= 3);
+        assert_eq!(h.node.counters().flow_claims_sent, 0);
+    }
+    // Not a connection host 0 serves: it would not claim it if asked.
+    let now = c.now();
+    assert!(
+        c.hosts[0]
+            .engine
+            .serves_flows(&[flows[0].0], now)
+            .is_empty()
+    );
+    // From now on flow 0 is the local stack's, at once.
+    c.inject(flows[0].1.clone());
+    c.run_for(Duration::from_millis(1));
+    assert_eq!(c.hosts[0].engine.counters().vip.misses_asked, 3);
+    assert_eq!(c.hosts[0].server.rst_sent - rst_before, 5);
+}
+
+static LOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lost queries and claims: the re-ask finds the owner before the
+/// deadline, and no connection breaks.
+#[test]
+fn a_lost_query_is_asked_again() {
+    use std::sync::atomic::Ordering;
+    let mut c = small(3, |_, _| {});
+    let conns: Vec<Conn> = (0..30)
+        .map(|k| c.connect_vip(k, k % 3 == 0, true))
+        .collect();
+    c.run_for(Duration::from_millis(100));
+    c.withdraw(0);
+    c.control_loss = |_, _| LOSE.load(Ordering::Relaxed);
+    LOSE.store(true, Ordering::Relaxed);
+    for &(a, p) in &conns {
+        assert!(c.request_from(a, p));
+    }
+    c.run_for(Duration::from_millis(12));
+    LOSE.store(false, Ordering::Relaxed);
+    c.run_for(Duration::from_millis(200));
+    let mut v = VipCounters::default();
+    for h in &c.hosts {
+        let x = h.engine.counters().vip;
+        v.misses_asked += x.misses_asked;
+        v.reasks += x.reasks;
+        v.flows_claimed += x.flows_claimed;
+        v.flows_timed_out += x.flows_timed_out;
+    }
+    println!("{v:?}, control datagrams lost {}", c.control_lost);
+    assert!(c.control_lost > 0 && v.reasks > 0 && v.flows_claimed > 0);
+    assert_eq!(v.flows_timed_out, 0);
+    for &(a, p) in &conns {
+        let x = c.conn_of(a, p).unwrap();
+        assert!(
+            x.state == ClientState::Established && x.finished_at.is_some(),
+            "{a}:{p}"
+        );
+    }
+}
+
+/// Claims are authenticated like every control message: a forged one is
+/// refused and routes nothing; a genuine peer's claim of a flow this host
+/// did not ask about routes nothing either.
+#[test]
+fn forged_and_unsolicited_claims_route_nothing() {
+    use dpr_packet::control::{self, Header, MAX_MESSAGE_LEN, MessageKind, TAG_LEN};
+    use dpr_router::cluster::{KeyRing, Reject};
+    use dpr_router::harness::tunnel_addr;
+    let mut c = small(3, |_, _| {});
+    let (held, ack) = stray_ack_to(&c, 0, 30_000);
+    let (other, _) = stray_ack_to(&c, 0, held.src_port + 1);
+    c.inject(ack);
+    c.run_for(Duration::from_millis(1));
+    assert_eq!(c.hosts[0].engine.held().0, 1);
+    let claim = |c: &Cluster, keys: &KeyRing, seq: u64, flow| {
+        let h = Header {
+            kind: MessageKind::FlowClaim,
+            key_id: keys.signing_id(),
+            sender: 1,
+            incarnation: c.hosts[1].node.incarnation(),
+            seq,
+            sent_at_ns: c.clock().unix_ns,
+        };
+        let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+        let n = control::emit_flow_claim(&mut buf, &h, 1, &[flow]).unwrap();
+        buf.truncate(n + TAG_LEN);
+        let tag = keys.sign(&buf[..n]);
+        buf[n..].copy_from_slice(&tag);
+        buf
+    };
+    let forger = KeyRing::new(&[(1, &[7u8; 32][..])]).unwrap();
+    let bad_tag = c.hosts[0].node.counters().rejected_of(Reject::BadTag);
+    let forged = claim(&c, &forger, 1_000_000, held);
+    c.inject_control(0, tunnel_addr(1), forged);
+    c.run_for(Duration::from_micros(500));
+    assert_eq!(
+        c.hosts[0].node.counters().rejected_of(Reject::BadTag),
+        bad_tag + 1
+    );
+    assert!(c.hosts[0].engine.routes().get(&held).is_none());
+    assert_eq!(c.hosts[0].engine.held().0, 1, "still waiting");
+    // Host 1's genuine claim of a flow host 0 never asked about.
+    let genuine = claim(&c, &Cluster::key_ring(), 1_000_001, other);
+    c.inject_control(0, tunnel_addr(1), genuine);
+    c.run_for(Duration::from_micros(500));
+    assert!(c.hosts[0].engine.routes().get(&other).is_none());
+    assert_eq!(c.hosts[0].engine.counters().vip.claims_late, 1);
+    c.run_for(Duration::from_millis(60));
+    assert_eq!(c.hosts[0].engine.counters().vip.flows_timed_out, 1);
+    // Given up on: no route (a stray flow fills no table), never claimed.
+    assert!(c.hosts[0].engine.routes().get(&held).is_none());
+    let now = c.now();
+    assert!(c.hosts[0].engine.serves_flows(&[held], now).is_empty());
+}
