@@ -641,7 +641,7 @@ mod tests {
             peer("2001:db8::12", &["2001:db8::2"]),
         ]);
         let _prog = XdpProgram::load(bpf.clone(), &p).unwrap();
-        let words = match &bpf.calls()[8] {
+        let words = match &bpf.calls()[10] {
             BpfCall::ProgLoad { words, .. } => *words,
             other => panic!("{other:?}"),
         };
@@ -652,6 +652,8 @@ mod tests {
             "dpr_peer6",
             "dpr_tsvc4",
             "dpr_kflow4",
+            "dpr_fflow4",
+            "dpr_fpeer",
             "dpr_xsks",
             "dpr_counters",
         ]

@@ -44,7 +44,8 @@ pub mod xsk;
 
 pub use bpf::{BpfSys, FakeBpf, RealBpf};
 pub use loader::{
-    Counters, KeyedFlow, KeyedFlowMap, ProgramConfig, RouterProgram, XdpLink, XdpMode,
+    Counters, FastPathEncap, FastPathMaps, FastPathPeer, FastPathRoute, KeyedFlow, KeyedFlowMap,
+    ProgramConfig, RouterProgram, XdpLink, XdpMode,
 };
 pub use program::{Counter, MissingSocket};
 
