@@ -310,6 +310,9 @@ struct FwdResult {
     machine_ns: Vec<f64>,
 }
 
+/// The AF_XDP native rows without the XDP send fast path (issue 17).
+const FP_OFF: &str = "af-xdp-native, fast path off";
+
 impl Bench {
     fn a(&self) -> String {
         self.lab.host_ns(0)
@@ -322,6 +325,9 @@ impl Bench {
         match backend {
             "af-xdp-native" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n",
             "af-xdp-generic" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n",
+            FP_OFF => {
+                "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\nxdp_fast_path = false\n"
+            }
             _ => "[backend]\nkind = \"tun\"\n",
         }
     }
@@ -364,7 +370,7 @@ impl Bench {
         }
         let s = self.lab.status(0)?;
         let want = match backend {
-            "af-xdp-native" => "af-xdp (native)",
+            "af-xdp-native" | FP_OFF => "af-xdp (native)",
             "af-xdp-generic" => "af-xdp (generic)",
             _ => "tun",
         };
@@ -543,7 +549,7 @@ impl Bench {
                 .exec(&a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
             self.a_routes(false)?;
         }
-        for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
+        for backend in ["tun", "af-xdp-generic", FP_OFF, "af-xdp-native"] {
             for auth in self.auths.clone() {
                 self.auth = auth;
                 let name = self.row_name(backend);
@@ -698,7 +704,7 @@ impl Bench {
         }
         let via_a = format!("http://{}/?size=100", service_addr(0));
         let auths = self.auths.clone();
-        let rows: Vec<(&str, String)> = ["tun", "af-xdp-generic", "af-xdp-native"]
+        let rows: Vec<(&str, String)> = ["tun", "af-xdp-generic", FP_OFF, "af-xdp-native"]
             .into_iter()
             .flat_map(|b| auths.iter().map(move |a| (b, a.clone())))
             .collect();

@@ -45,7 +45,7 @@ pub mod xsk;
 pub use bpf::{BpfSys, FakeBpf, RealBpf};
 pub use loader::{
     Counters, FastPathEncap, FastPathMaps, FastPathPeer, FastPathRoute, KeyedFlow, KeyedFlowMap,
-    ProgramConfig, RouterProgram, XdpLink, XdpMode,
+    ProgramConfig, RouterProgram, XdpLink, XdpMode, load_pass_program,
 };
 pub use program::{Counter, MissingSocket};
 

@@ -379,6 +379,17 @@ fn ip_key(addr: IpAddr) -> Vec<u8> {
 
 const PRESENT: [u8; 4] = 1u32.to_ne_bytes();
 
+/// Loads the smallest XDP program, `return XDP_PASS`: attached in native
+/// mode to the far end of a veth, it makes that end receive XDP frames the
+/// way a NIC's driver does (`XDP_TX` and redirects towards a veth need an
+/// XDP program on its peer). The lab's NIC emulation; needs root.
+pub fn load_pass_program() -> Result<OwnedFd, Error> {
+    let mut a = crate::asm::Asm::new();
+    a.mov_imm(crate::asm::Reg::R0, program::XDP_PASS as i32);
+    a.exit();
+    load_xdp(&crate::asm::encode(&a.finish()?), "dpr_nic_pass")
+}
+
 /// Loads an XDP program with the real `bpf(2)` (see [`load_xdp_with`]).
 pub(crate) fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
     load_xdp_with(&RealBpf, words, name)
