@@ -26,6 +26,14 @@
 //! answers the client directly. The TUN is write-only here (no diversion
 //! rules point into it).
 //!
+//! The send fast path ([`crate::xdp::FastPathWriter`], optional): every
+//! frame that leaves for a peer from the received frame is noted; after
+//! the batch the flows that enter it are written into the XDP program's
+//! map (their later packets are then forwarded by the program, `XDP_TX`,
+//! and never reach this queue), those that ended (FIN, RST) removed, and
+//! the program's per-flow packet counts keep the engine's entries alive
+//! ([`Backend::fast_path`]).
+//!
 //! Next hops' MACs come from the kernel's neighbour table, cached per
 //! queue ([`NeighCache`]): looked up after the batch (outside the engine
 //! lock), refreshed every second, and solicited while unresolved.

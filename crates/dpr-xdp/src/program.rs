@@ -6,6 +6,7 @@
 //!
 //! | frame | verdict |
 //! |---|---|
+//! | with the fast path built in (`fast_path_mtu`): IPv4 TCP to a service (address, port), untagged, DF set and not a fragment, not SYN, FIN or RST, of a flow in `fwd_flows_v4` whose peer entry in `fwd_peers` has the flow's generation (not 0), the outer packet within the MTU | **encapsulated here** (outer IPv4, then GRE with the flow's tag or nothing for IP-in-IP) and sent back out, `XDP_TX` (see below) |
 //! | IPv4/IPv6 TCP to a (service address, port) in `services_v4`/`services_v6` | redirect |
 //! | IPv4 fragment (MF set or offset > 0) of TCP to a service *address* | redirect (the engine counts and drops it) |
 //! | IPv6 with a Fragment header directly before TCP, to a service address | redirect (likewise) |
@@ -34,6 +35,28 @@
 //! inner IP and TCP checksums as for any packet. Enabled when the loader is
 //! given `tunnel_services_v4` entries (`RouterProgram::add_tunnel_service`).
 //!
+//! **The send side's fast path** (issue 17). A host that redirected a
+//! connection forwards every later packet of its client to the peer; the
+//! engine only looks the flow up and adds the same outer header. For a
+//! flow the engine redirected, the worker writes `fwd_flows_v4` (flow →
+//! peer index, the peer entry's generation, the tunnel: GRE with the
+//! flow's tag and key id, or IP-in-IP) and the peer's entry in `fwd_peers`
+//! (next-hop and own MAC, TTL, outer source and destination, generation),
+//! both taken from the frame the engine forwarded. The program then writes
+//! the outer headers into the headroom (`bpf_xdp_adjust_head` by 20 or 32
+//! bytes): the Ethernet header of the peer entry, an outer IPv4 header as
+//! `dpr_packet::ipip` writes it (TOS and ECN copied, DF set, identification
+//! 0, the engine's TTL, checksum computed here), the GRE header; it counts
+//! the packet in the flow's entry (the worker refreshes the engine's idle
+//! timer from that count) and returns `XDP_TX`. The engine still sees SYN,
+//! FIN and RST (its table and counters follow the connection; a FIN or RST
+//! it forwards makes the worker remove the flow), and every packet the
+//! program does not take: unknown flows, fragments, VLAN tags, DF clear
+//! (the engine numbers the outer identification), packets whose outer
+//! packet would exceed the MTU (the engine answers "too big"), and the
+//! flows of a peer whose generation moved: the control thread bumps it
+//! when the engine holds the peer dead or it left, and on every reload.
+//!
 //! When the queue has no socket in `xsks`, `bpf_redirect_map` returns the
 //! configured fallback ([`MissingSocket`], pass by default): before the
 //! daemon binds its sockets, the kernel keeps serving.
@@ -55,12 +78,16 @@
 //! | `peers_v6` | hash | IPv6 tunnel address (16) | `u32` |
 //! | `tunnel_services_v4` | hash | peer's IPv4 tunnel address (4) + its service address (4) + port (2) + zero (2) | `u32` |
 //! | `keyed_flows_v4` | LRU hash | peer's IPv4 tunnel address (4) + client address (4) + service address (4) + client port (2) + service port (2) | the tag accepted (4, as on the wire) |
+//! | `fwd_flows_v4` | LRU hash | client address (4) + service address (4) + client port (2) + service port (2) | peer index `u32`, generation `u32`, GRE key (4, wire), GRE sequence word (4, wire: 0, key id), outer protocol `u32` (4 or 47), pad (4), packets forwarded `u64` (32 bytes) |
+//! | `fwd_peers` | array | peer index `u32` | Ethernet header (14: next hop's MAC, own MAC, 0x0800), TTL (1), pad (1), outer source (4), outer destination (4), generation `u32` (0: none), pad (4) (32 bytes) |
 //! | `xsks` | xskmap | receive queue index `u32` | AF_XDP socket fd |
 //! | `counters` | per-CPU array | [`Counter`] index `u32` | `u64` packets |
 //!
 //! Registers: r6 = context, r7 = packet start (later the counter index of
 //! the verdict), r8 = packet end, r9 = network header. Every packet read is
-//! preceded by a bounds check against r8, which the verifier proves.
+//! preceded by a bounds check against r8, which the verifier proves. The
+//! fast path keeps its two map value pointers on the stack across helper
+//! calls (the verifier tracks spilled pointers).
 
 use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Label, Reg, Size};
 use Reg::*;
