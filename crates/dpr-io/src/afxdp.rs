@@ -313,6 +313,9 @@ impl<S: TunSys> XdpQueue<S> {
                         }
                         _ => {
                             counters.unresolved += 1;
+                            if let (Some(f), Some(p)) = (fast.as_mut(), frame.get(range.clone())) {
+                                f.note_other_path(p);
+                            }
                             to_kernel(kernel, frame, range, counters);
                             RxAction::Copied
                         }
@@ -381,7 +384,13 @@ impl<S: TunSys> Backend for XdpQueue<S> {
     fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool> {
         let r = match egress {
             Egress::Drop => return Ok(true),
-            Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+            Egress::Kernel(r) => r,
+            Egress::Peer { range: r, .. } => {
+                if let (Some(f), Some(p)) = (self.fast.as_mut(), packet.get(r.clone())) {
+                    f.note_other_path(p);
+                }
+                r
+            }
         };
         let failed = self.counters.kernel_failed;
         to_kernel(&self.kernel, packet, r, &mut self.counters);

@@ -328,6 +328,9 @@ pub struct ForwardNote {
     /// (a SYN the engine routed, or a packet of a flow the fast path gave
     /// back: a bumped generation, an LRU eviction).
     pub ends: bool,
+    /// A SYN: the program deleted the flow's entry as it passed it to the
+    /// engine, so it is written again even when the route is the same.
+    pub syn: bool,
 }
 
 /// Reads a frame the engine forwarded (Ethernet, outer IPv4 without
@@ -335,10 +338,20 @@ pub struct ForwardNote {
 /// IP-in-IP, inner IPv4 TCP not a fragment). `None` for anything else
 /// (IPv6, ICMP errors, truncated): those stay with the engine.
 pub fn forward_note(frame: &[u8]) -> Option<ForwardNote> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    parse_forwarded(frame)
+}
+
+/// Reads a forwarded frame from its Ethernet header on (the MACs of a
+/// packet that has none, see [`FastPathWriter::note_other_path`], are
+/// zeros).
+fn parse_forwarded(frame: &[u8]) -> Option<ForwardNote> {
     let b = |i: usize| frame.get(i).copied();
     let w = |i: usize| -> Option<[u8; 4]> { frame.get(i..i + 4)?.try_into().ok() };
     let mac = |i: usize| -> Option<[u8; 6]> { frame.get(i..i + 6)?.try_into().ok() };
-    if frame.get(12..14)? != [0x08, 0x00] || b(14)? != 0x45 {
+    if b(14)? != 0x45 {
         return None;
     }
     let frag = |i: usize| Some(u16::from_be_bytes([b(i)?, b(i + 1)?]) & 0x3fff);
@@ -381,6 +394,7 @@ pub fn forward_note(frame: &[u8]) -> Option<ForwardNote> {
         },
         encap,
         ends: flags & 0x05 != 0,
+        syn: flags & 0x02 != 0,
     })
 }
 
@@ -633,6 +647,26 @@ impl<S: FastPathFlowSink, P: FastPathPeerSink> FastPathWriter<S, P> {
         }
     }
 
+    /// A packet the engine forwarded that left another way (through the
+    /// kernel: the next hop unresolved, or handed over by another queue):
+    /// `packet` is the outer IP packet. Its flow leaves the fast path: an
+    /// entry written for an earlier connection with the same 4-tuple (to
+    /// another peer, or with another tag) must not take this one's packets.
+    pub fn note_other_path(&mut self, packet: &[u8]) {
+        if self.notes.len() >= MAX_NOTES || self.flows.is_empty() {
+            return;
+        }
+        let mut frame = [0u8; 14 + 80];
+        let n = packet.len().min(80);
+        frame[14..14 + n].copy_from_slice(&packet[..n]);
+        if let Some(mut note) = parse_forwarded(&frame[..14 + n]) {
+            if self.flows.contains_key(&note.flow) {
+                note.ends = true;
+                self.notes.push(note);
+            }
+        }
+    }
+
     /// Flows it has in the map now.
     pub fn flows(&self) -> usize {
         self.flows.len()
@@ -667,7 +701,7 @@ impl<S: FastPathFlowSink, P: FastPathPeerSink> FastPathWriter<S, P> {
                 encap: n.encap,
             };
             match self.flows.get(&n.flow) {
-                Some(t) if t.route == route => continue,
+                Some(t) if t.route == route && !n.syn => continue,
                 None if self.flows.len() >= self.max_flows => {
                     self.stats.failed += 1;
                     continue;
@@ -1277,6 +1311,15 @@ mod tests {
         w.after_batch(t0 + FAST_PATH_SWEEP, &mut never);
         assert!(bpf.entries("dpr_fflow4").is_empty());
         assert_eq!((w.stats.removed, w.flows()), (2, 0));
+        // A new connection with the same 4-tuple whose SYN left through the
+        // kernel (next hop unresolved): the old entry goes at once.
+        w.note(&forwarded(6, TcpFlags::SYN, Some(1)));
+        w.after_batch(t0 + FAST_PATH_SWEEP, &mut |_, _| true);
+        assert!(bpf.entries("dpr_fflow4").contains_key(&fflow_key(6)));
+        w.note_other_path(&forwarded(6, TcpFlags::SYN, Some(2))[14..]);
+        w.after_batch(t0 + FAST_PATH_SWEEP, &mut never);
+        assert!(bpf.entries("dpr_fflow4").is_empty());
+        assert_eq!((w.stats.removed, w.flows()), (3, 0));
         // The writer's table holds 2 flows: a third is left out, counted.
         for port in [3, 4, 5] {
             w.note(&forwarded(port, TcpFlags::SYN, Some(1)));

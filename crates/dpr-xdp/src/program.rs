@@ -49,8 +49,10 @@
 //! 0, the engine's TTL, checksum computed here), the GRE header; it counts
 //! the packet in the flow's entry (the worker refreshes the engine's idle
 //! timer from that count) and returns `XDP_TX`. The engine still sees SYN,
-//! FIN and RST (its table and counters follow the connection; a FIN or RST
-//! it forwards makes the worker remove the flow), and every packet the
+//! FIN and RST (its table and counters follow the connection); the program
+//! deletes their flow's entry as it passes them on (a SYN that reuses a
+//! 4-tuple may be sent to another peer: its handshake's ACK must not follow
+//! the old entry before the worker writes the new one), and every packet the
 //! program does not take: unknown flows, fragments, VLAN tags, DF clear
 //! (the engine numbers the outer identification), packets whose outer
 //! packet would exceed the MTU (the engine answers "too big"), and the
@@ -104,6 +106,7 @@ pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_MAP_DELETE_ELEM: i32 = 3;
 const HELPER_REDIRECT_MAP: i32 = 51;
 const HELPER_XDP_ADJUST_HEAD: i32 = 44;
 
@@ -589,15 +592,21 @@ fn forward_v4(a: &mut Asm, maps: &MapFds, mtu: u16, to_engine: Label) {
     a.mov_reg(R3, R9).alu_reg(Alu::Add, R3, R2);
     a.mov_reg(R4, R3).alu_imm(Alu::Add, R4, 14);
     a.jmp_reg(Cond::Gt, R4, R8, to_engine); // through the TCP flags
-    a.load(Size::B, R4, R3, 13);
-    a.alu_imm(Alu::And, R4, TCP_FIN_SYN_RST);
-    a.jmp_imm(Cond::Ne, R4, 0, to_engine);
-    a.load(Size::H, R4, R9, 6);
-    a.jmp_imm(Cond::Ne, R4, DF_ONLY, to_engine);
-    // (client, service, client port, service port): redirected?
+    // (client, service, client port, service port)
     a.load(Size::W, R5, R9, 12).store(Size::W, R10, KEY, R5);
     a.load(Size::W, R5, R9, 16).store(Size::W, R10, KEY + 4, R5);
     a.load(Size::W, R5, R3, 0).store(Size::W, R10, KEY + 8, R5);
+    // SYN, FIN and RST go to the engine, and take their flow out of the
+    // fast path here and now: a SYN reusing the 4-tuple starts a connection
+    // the engine may send elsewhere, and its handshake's ACK must not
+    // follow the old entry before the worker rewrites it.
+    a.load(Size::B, R4, R3, 13);
+    a.alu_imm(Alu::And, R4, TCP_FIN_SYN_RST);
+    let forget = a.label();
+    a.jmp_imm(Cond::Ne, R4, 0, forget);
+    a.load(Size::H, R4, R9, 6);
+    a.jmp_imm(Cond::Ne, R4, DF_ONLY, to_engine);
+    // Redirected?
     lookup_or_pass(a, maps.fwd_flows_v4, to_engine);
     a.store(Size::DW, R10, FLOW_PTR, R0);
     a.load(Size::W, R2, R0, 0).store(Size::W, R10, PEER_KEY, R2);
@@ -621,6 +630,11 @@ fn forward_v4(a: &mut Asm, maps: &MapFds, mtu: u16, to_engine: Label) {
     encapsulate_and_tx(a, maps, mtu, 20, to_engine);
     a.bind(gre);
     encapsulate_and_tx(a, maps, mtu, 32, to_engine);
+    a.bind(forget);
+    a.load_map_fd(R1, maps.fwd_flows_v4);
+    a.mov_reg(R2, R10).alu_imm(Alu::Add, R2, i32::from(KEY));
+    a.call(HELPER_MAP_DELETE_ELEM);
+    a.ja(to_engine);
 }
 
 /// The second half of [`forward_v4`] for one outer header size (20:

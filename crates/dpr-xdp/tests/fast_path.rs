@@ -185,10 +185,15 @@ fn everything_else_goes_to_the_engine_untouched() {
         ("over the MTU", client_packet(1, 0x10, 0x4000, &[0u8; 60])),
     ];
     for (name, inner) in &cases {
+        p.add_fast_path_flow(&flow(1), &route(0, 2)).unwrap();
         let frame = eth(MAC_A, MAC_B, 0x0800, inner);
         let (v, out) = p.test_run_output(&frame).unwrap();
         assert_eq!((v, &out), (XDP_DROP, &frame), "{name}");
+        // SYN, FIN and RST take their flow out of the fast path at once.
+        let left = p.fast_path_flow_packets(&flow(1)).unwrap().is_none();
+        assert_eq!(left, ["SYN", "FIN", "RST"].contains(name), "{name}");
     }
+    p.add_fast_path_flow(&flow(1), &route(0, 2)).unwrap();
     // A VLAN-tagged ACK of the flow: to the engine too.
     let mut tagged = vec![0x00, 0x07, 0x08, 0x00];
     tagged.extend_from_slice(&ack(1));
