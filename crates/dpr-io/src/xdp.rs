@@ -328,8 +328,10 @@ pub struct ForwardNote {
     /// (a SYN the engine routed, or a packet of a flow the fast path gave
     /// back: a bumped generation, an LRU eviction).
     pub ends: bool,
-    /// A SYN: the program deleted the flow's entry as it passed it to the
-    /// engine, so it is written again even when the route is the same.
+    /// A SYN: it does not enter (the program deleted its flow's entry as
+    /// it passed it to the engine); the flow enters with its next
+    /// forwarded packet, the handshake's ACK. A SYN flood therefore never
+    /// reaches the fast path's tables.
     pub syn: bool,
 }
 
@@ -692,6 +694,10 @@ impl<S: FastPathFlowSink, P: FastPathPeerSink> FastPathWriter<S, P> {
                 self.forget(&n.flow);
                 continue;
             }
+            if n.syn {
+                self.flows.remove(&n.flow);
+                continue;
+            }
             let Some((peer, generation)) = self.peers.route_for(&n.peer) else {
                 continue;
             };
@@ -701,7 +707,7 @@ impl<S: FastPathFlowSink, P: FastPathPeerSink> FastPathWriter<S, P> {
                 encap: n.encap,
             };
             match self.flows.get(&n.flow) {
-                Some(t) if t.route == route && !n.syn => continue,
+                Some(t) if t.route == route => continue,
                 None if self.flows.len() >= self.max_flows => {
                     self.stats.failed += 1;
                     continue;
@@ -1248,13 +1254,17 @@ mod tests {
         let t0 = Instant::now();
         let mut never = |_: &FlowKey, _: bool| -> bool { panic!("no sweep expected") };
         // Unknown peer (not synced yet): nothing is written.
-        w.note(&forwarded(1, TcpFlags::SYN, Some(9)));
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
         w.after_batch(t0, &mut |_, _| true);
         assert!(bpf.entries("dpr_fflow4").is_empty());
         peers.sync(&[(ip("198.18.0.12"), true), (ip("2001:db8::12"), true)]);
+        // A SYN alone is not written (a SYN flood stays out); the
+        // handshake's ACK is, once.
         w.note(&forwarded(1, TcpFlags::SYN, Some(9)));
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
         w.note(&forwarded(1, TcpFlags::ACK, Some(9))); // the same route: once
-        w.note(&forwarded(2, TcpFlags::SYN, None));
+        w.note(&forwarded(7, TcpFlags::SYN, Some(9)));
+        w.note(&forwarded(2, TcpFlags::ACK, None));
         let mut seen = Vec::new();
         w.after_batch(t0, &mut |f, active| {
             seen.push((f.src_port, active));
@@ -1313,7 +1323,7 @@ mod tests {
         assert_eq!((w.stats.removed, w.flows()), (2, 0));
         // A new connection with the same 4-tuple whose SYN left through the
         // kernel (next hop unresolved): the old entry goes at once.
-        w.note(&forwarded(6, TcpFlags::SYN, Some(1)));
+        w.note(&forwarded(6, TcpFlags::ACK, Some(1)));
         w.after_batch(t0 + FAST_PATH_SWEEP, &mut |_, _| true);
         assert!(bpf.entries("dpr_fflow4").contains_key(&fflow_key(6)));
         w.note_other_path(&forwarded(6, TcpFlags::SYN, Some(2))[14..]);
@@ -1322,7 +1332,7 @@ mod tests {
         assert_eq!((w.stats.removed, w.flows()), (3, 0));
         // The writer's table holds 2 flows: a third is left out, counted.
         for port in [3, 4, 5] {
-            w.note(&forwarded(port, TcpFlags::SYN, Some(1)));
+            w.note(&forwarded(port, TcpFlags::ACK, Some(1)));
         }
         w.after_batch(t0 + FAST_PATH_SWEEP * 3, &mut |_, _| true);
         assert_eq!((w.flows(), w.stats.failed), (2, 1));
@@ -1336,7 +1346,7 @@ mod tests {
         let b = ip("198.18.0.12");
         let c = ip("198.18.0.13");
         peers.sync(&[(b, true), (c, true)]);
-        w.note(&forwarded(1, TcpFlags::SYN, Some(9)));
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
         w.after_batch(Instant::now(), &mut |_, _| true);
         assert_eq!(generation_of(&bpf, 0), Some(1));
         // Unchanged: nothing written.
