@@ -26,6 +26,14 @@
 //! answers the client directly. The TUN is write-only here (no diversion
 //! rules point into it).
 //!
+//! The send fast path ([`crate::xdp::FastPathWriter`], optional): every
+//! frame that leaves for a peer from the received frame is noted; after
+//! the batch the flows that enter it are written into the XDP program's
+//! map (their later packets are then forwarded by the program, `XDP_TX`,
+//! and never reach this queue), those that ended (FIN, RST) removed, and
+//! the program's per-flow packet counts keep the engine's entries alive
+//! ([`Backend::fast_path`]).
+//!
 //! Next hops' MACs come from the kernel's neighbour table, cached per
 //! queue ([`NeighCache`]): looked up after the batch (outside the engine
 //! lock), refreshed every second, and solicited while unresolved.
@@ -34,12 +42,13 @@ use crate::backend::{Backend, RxTx};
 use crate::neigh::{self, Neighbour};
 use crate::sys::TunSys;
 use crate::worker::WorkerStats;
-use crate::xdp::{KeyedFlowStats, KeyedFlowWriter};
-use dpr_xdp::KeyedFlowMap;
+use crate::xdp::{FastPathPeers, FastPathStats, FastPathWriter, KeyedFlowStats, KeyedFlowWriter};
 use dpr_xdp::xsk::{RxAction, XskSocket};
+use dpr_xdp::{FastPathMaps, KeyedFlowMap};
 use std::io;
 use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -163,6 +172,10 @@ pub struct XdpQueue<S: TunSys> {
     /// accepted-flows map, and what it last added to the worker's stats.
     keyed: Option<KeyedFlowWriter<KeyedFlowMap>>,
     reported_keyed: KeyedFlowStats,
+    /// The send fast path: this queue's writer of the program's forwarded
+    /// flows, and what it last added to the worker's stats.
+    fast: Option<FastPathWriter<FastPathMaps>>,
+    reported_fast: FastPathStats,
 }
 
 fn xdp_err(e: dpr_xdp::Error) -> io::Error {
@@ -191,7 +204,23 @@ impl<S: TunSys> XdpQueue<S> {
             kernel_stats_due: Instant::now(),
             keyed: None,
             reported_keyed: KeyedFlowStats::default(),
+            fast: None,
+            reported_fast: FastPathStats::default(),
         }
+    }
+
+    /// Writes the established flows its engine redirects into the XDP
+    /// program's send fast path through `maps` (its own descriptors), at
+    /// most `max_flows` at a time; `peers` is shared with the control
+    /// thread (see [`FastPathPeers`]).
+    pub fn with_fast_path(
+        mut self,
+        maps: FastPathMaps,
+        peers: Arc<FastPathPeers>,
+        max_flows: usize,
+    ) -> Self {
+        self.fast = Some(FastPathWriter::new(maps, peers, max_flows));
+        self
     }
 
     /// Writes the keyed flows its engine accepts into the XDP program's
@@ -235,6 +264,7 @@ impl<S: TunSys> XdpQueue<S> {
             src_mac,
             neigh,
             counters,
+            fast,
             ..
         } = self;
         let now = Instant::now();
@@ -272,6 +302,9 @@ impl<S: TunSys> XdpQueue<S> {
                             frame[e..e + 6].copy_from_slice(&dst);
                             frame[e + 6..e + 12].copy_from_slice(src_mac);
                             frame[e + 12..e + 14].copy_from_slice(&ty.to_be_bytes());
+                            if let Some(f) = fast.as_mut() {
+                                f.note(&frame[e..range.end]);
+                            }
                             counters.tx_fast += 1;
                             RxAction::Transmit {
                                 offset: e,
@@ -280,6 +313,9 @@ impl<S: TunSys> XdpQueue<S> {
                         }
                         _ => {
                             counters.unresolved += 1;
+                            if let (Some(f), Some(p)) = (fast.as_mut(), frame.get(range.clone())) {
+                                f.note_other_path(p);
+                            }
                             to_kernel(kernel, frame, range, counters);
                             RxAction::Copied
                         }
@@ -348,7 +384,13 @@ impl<S: TunSys> Backend for XdpQueue<S> {
     fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool> {
         let r = match egress {
             Egress::Drop => return Ok(true),
-            Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+            Egress::Kernel(r) => r,
+            Egress::Peer { range: r, .. } => {
+                if let (Some(f), Some(p)) = (self.fast.as_mut(), packet.get(r.clone())) {
+                    f.note_other_path(p);
+                }
+                r
+            }
         };
         let failed = self.counters.kernel_failed;
         to_kernel(&self.kernel, packet, r, &mut self.counters);
@@ -363,6 +405,12 @@ impl<S: TunSys> Backend for XdpQueue<S> {
     fn keyed_flows(&mut self, events: &[dpr_router::KeyedFlowEvent]) {
         if let Some(w) = self.keyed.as_mut() {
             w.apply(events);
+        }
+    }
+
+    fn fast_path(&mut self, seen: &mut dyn FnMut(&dpr_packet::FlowKey, bool) -> bool) {
+        if let Some(f) = self.fast.as_mut() {
+            f.after_batch(Instant::now(), seen);
         }
     }
 
@@ -381,6 +429,18 @@ impl<S: TunSys> Backend for XdpQueue<S> {
             add(&stats.xdp_keyed_flows_removed, k.removed, o.removed);
             add(&stats.xdp_keyed_flows_failed, k.failed, o.failed);
             self.reported_keyed = k;
+        }
+        if let Some(f) = self.fast.as_ref().map(|w| w.stats) {
+            let o = self.reported_fast;
+            add(&stats.xdp_fast_path_flows_added, f.added, o.added);
+            add(&stats.xdp_fast_path_flows_removed, f.removed, o.removed);
+            add(&stats.xdp_fast_path_flows_failed, f.failed, o.failed);
+            add(
+                &stats.xdp_fast_path_flows_refreshed,
+                f.refreshed,
+                o.refreshed,
+            );
+            self.reported_fast = f;
         }
         let x = self.xsk.counters();
         add(&stats.xsk_tx_full, x.tx_full, self.reported_xsk.tx_full);

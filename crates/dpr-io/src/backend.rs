@@ -236,6 +236,12 @@ pub trait Backend: Send {
     /// a backend with an in-kernel fast path (AF_XDP) lets it pass them.
     fn keyed_flows(&mut self, _events: &[dpr_router::KeyedFlowEvent]) {}
 
+    /// After each batch, for a backend with an in-kernel send fast path
+    /// (AF_XDP): `seen(flow, active)` tells the engine that the fast path
+    /// forwarded packets of a redirected `flow` (with `active`), or only
+    /// asks whether it still routes it; false: the fast path forgets it.
+    fn fast_path(&mut self, _seen: &mut dyn FnMut(&dpr_packet::FlowKey, bool) -> bool) {}
+
     /// The worker is stopping: finish what is in flight.
     fn close(&mut self) {}
 }

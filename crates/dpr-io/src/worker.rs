@@ -99,6 +99,15 @@ stats! {
     xdp_keyed_flows_removed,
     /// ... writes the kernel refused.
     xdp_keyed_flows_failed,
+    /// AF_XDP, the send fast path: redirected flows written into the XDP
+    /// program's map (it forwards their packets itself).
+    xdp_fast_path_flows_added,
+    /// ... flows removed from it (FIN or RST, or the engine forgot them).
+    xdp_fast_path_flows_removed,
+    /// ... writes refused, or flows left out (the worker's table full).
+    xdp_fast_path_flows_failed,
+    /// ... times a flow active only in the fast path refreshed the engine.
+    xdp_fast_path_flows_refreshed,
     /// AF_XDP, the kernel's counters: frames dropped, rx ring full.
     xsk_rx_ring_full,
     /// ... frames dropped for other reasons (no fill-ring frame).
@@ -293,6 +302,10 @@ pub fn run_worker<B: Backend>(mut backend: B, mut shard: Shard, rings: Rings, ct
         if !keyed.is_empty() {
             backend.keyed_flows(&keyed);
         }
+        // The AF_XDP send fast path: the flows it forwards stay alive in
+        // the engine; the ones the engine forgot leave it.
+        let now = ctx.now();
+        backend.fast_path(&mut |flow, active| shard.engine().fast_path_seen(flow, active, now));
         backend.maintain(&stats);
     }
     backend.close();

@@ -22,17 +22,19 @@
 //! maintenance is tested with [`dpr_xdp::FakeBpf`] below, without root.
 
 use crate::sys;
-use dpr_packet::IpProtocol;
+use dpr_packet::{FlowKey, IpProtocol};
 use dpr_router::KeyedFlowEvent;
 use dpr_xdp::xsk::{XskConfig, XskSocket};
 use dpr_xdp::{
-    BpfSys, Counters, KeyedFlow, KeyedFlowMap, MissingSocket, ProgramConfig, RealBpf,
-    RouterProgram, XdpMode,
+    BpfSys, Counters, FastPathEncap, FastPathMaps, FastPathPeer, FastPathRoute, KeyedFlow,
+    KeyedFlowMap, MissingSocket, ProgramConfig, RealBpf, RouterProgram, XdpMode,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// A peer as the XDP program sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,12 @@ pub struct XdpPlan {
     pub decap: bool,
     /// Sizes of each socket's UMEM and rings.
     pub xsk: XskConfig,
+    /// The send side's fast path: the program forwards the established
+    /// redirected flows itself ([`FastPathWriter`], [`FastPathPeers`]).
+    pub fast_path: bool,
+    /// The tunnel's MTU: the fast path leaves bigger outer packets to the
+    /// engine.
+    pub tunnel_mtu: u16,
 }
 
 /// A failed start-up or map update, naming what failed.
@@ -254,6 +262,514 @@ impl<S: KeyedFlowSink> KeyedFlowWriter<S> {
     }
 }
 
+/// Where the send side's fast path writes its peer entries (`fwd_peers`).
+pub trait FastPathPeerSink: Send {
+    /// Writes entry `index`.
+    fn set_peer(&mut self, index: u32, peer: &FastPathPeer) -> Result<(), dpr_xdp::Error>;
+}
+
+impl FastPathPeerSink for FastPathMaps {
+    fn set_peer(&mut self, index: u32, peer: &FastPathPeer) -> Result<(), dpr_xdp::Error> {
+        FastPathMaps::set_peer(self, index, peer)
+    }
+}
+
+impl<B: BpfSys> FastPathPeerSink for RouterProgram<B> {
+    fn set_peer(&mut self, index: u32, peer: &FastPathPeer) -> Result<(), dpr_xdp::Error> {
+        self.set_fast_path_peer(index, peer)
+    }
+}
+
+/// Where a worker writes the flows of the send side's fast path
+/// (`fwd_flows_v4`) and reads their packet counts.
+pub trait FastPathFlowSink {
+    /// Writes (or replaces) an entry; its packet count starts at 0.
+    fn add(&mut self, flow: &KeyedFlow, route: &FastPathRoute) -> Result<(), dpr_xdp::Error>;
+    /// Removes an entry; `Ok(false)` if it was not there.
+    fn remove(&mut self, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error>;
+    /// The entry's packet count; `None` without an entry.
+    fn packets(&mut self, flow: &KeyedFlow) -> Result<Option<u64>, dpr_xdp::Error>;
+}
+
+impl FastPathFlowSink for FastPathMaps {
+    fn add(&mut self, flow: &KeyedFlow, route: &FastPathRoute) -> Result<(), dpr_xdp::Error> {
+        self.add_flow(flow, route)
+    }
+    fn remove(&mut self, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error> {
+        self.remove_flow(flow)
+    }
+    fn packets(&mut self, flow: &KeyedFlow) -> Result<Option<u64>, dpr_xdp::Error> {
+        self.flow_packets(flow)
+    }
+}
+
+impl<B: BpfSys> FastPathFlowSink for RouterProgram<B> {
+    fn add(&mut self, flow: &KeyedFlow, route: &FastPathRoute) -> Result<(), dpr_xdp::Error> {
+        self.add_fast_path_flow(flow, route)
+    }
+    fn remove(&mut self, flow: &KeyedFlow) -> Result<bool, dpr_xdp::Error> {
+        self.remove_fast_path_flow(flow)
+    }
+    fn packets(&mut self, flow: &KeyedFlow) -> Result<Option<u64>, dpr_xdp::Error> {
+        self.fast_path_flow_packets(flow)
+    }
+}
+
+/// What a frame the engine forwarded to a peer tells the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardNote {
+    /// The client's flow (client to service).
+    pub flow: KeyedFlow,
+    /// The outer headers, as the peer entry holds them (generation 0).
+    pub peer: FastPathPeer,
+    /// The tunnel: GRE with the flow's tag, or IP-in-IP.
+    pub encap: FastPathEncap,
+    /// FIN or RST: the flow leaves the fast path. Otherwise it enters it
+    /// (a SYN the engine routed, or a packet of a flow the fast path gave
+    /// back: a bumped generation, an LRU eviction).
+    pub ends: bool,
+    /// A SYN: it does not enter (the program deleted its flow's entry as
+    /// it passed it to the engine); the flow enters with its next
+    /// forwarded packet, the handshake's ACK. A SYN flood therefore never
+    /// reaches the fast path's tables.
+    pub syn: bool,
+}
+
+/// Reads a frame the engine forwarded (Ethernet, outer IPv4 without
+/// options, not a fragment, GRE in the keyed tunnel's one form or plain
+/// IP-in-IP, inner IPv4 TCP not a fragment). `None` for anything else
+/// (IPv6, ICMP errors, truncated): those stay with the engine.
+pub fn forward_note(frame: &[u8]) -> Option<ForwardNote> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    parse_forwarded(frame)
+}
+
+/// Reads a forwarded frame from its Ethernet header on (the MACs of a
+/// packet that has none, see [`FastPathWriter::note_other_path`], are
+/// zeros).
+fn parse_forwarded(frame: &[u8]) -> Option<ForwardNote> {
+    let b = |i: usize| frame.get(i).copied();
+    let w = |i: usize| -> Option<[u8; 4]> { frame.get(i..i + 4)?.try_into().ok() };
+    let mac = |i: usize| -> Option<[u8; 6]> { frame.get(i..i + 6)?.try_into().ok() };
+    if b(14)? != 0x45 {
+        return None;
+    }
+    let frag = |i: usize| Some(u16::from_be_bytes([b(i)?, b(i + 1)?]) & 0x3fff);
+    if frag(14 + 6)? != 0 {
+        return None;
+    }
+    let (encap, inner) = match b(14 + 9)? {
+        4 => (FastPathEncap::IpIp, 34),
+        47 => {
+            let g = frame.get(34..46)?;
+            if g[..4] != [0x30, 0, 0x08, 0] || g[8..10] != [0, 0] {
+                return None;
+            }
+            let tag = u32::from_be_bytes(w(38)?);
+            let key_id = u16::from_be_bytes([g[10], g[11]]);
+            (FastPathEncap::Gre { tag, key_id }, 46)
+        }
+        _ => return None,
+    };
+    let vihl = b(inner)?;
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 || b(inner + 9)? != 6 || frag(inner + 6)? != 0 {
+        return None;
+    }
+    let tcp = inner + usize::from(vihl & 0x0f) * 4;
+    let flags = b(tcp + 13)?;
+    let port = |i: usize| Some(u16::from_be_bytes([b(i)?, b(i + 1)?]));
+    let flow = KeyedFlow {
+        client: SocketAddr::new(Ipv4Addr::from(w(inner + 12)?).into(), port(tcp)?),
+        service: SocketAddr::new(Ipv4Addr::from(w(inner + 16)?).into(), port(tcp + 2)?),
+    };
+    Some(ForwardNote {
+        flow,
+        peer: FastPathPeer {
+            dst_mac: mac(0)?,
+            src_mac: mac(6)?,
+            ttl: b(14 + 8)?,
+            src: Ipv4Addr::from(w(14 + 12)?),
+            dst: Ipv4Addr::from(w(14 + 16)?),
+            generation: 0,
+        },
+        encap,
+        ends: flags & 0x05 != 0,
+        syn: flags & 0x02 != 0,
+    })
+}
+
+/// The send side's fast path's peers: which index of `fwd_peers` each has,
+/// its generation, whether it takes flows, and the entry written for it.
+///
+/// The control thread owns liveness ([`Self::sync`]: a peer the engine
+/// holds dead, or that left the configuration, gets a new generation at
+/// once, so the program stops forwarding its flows and gives their packets
+/// to the engine; [`Self::bump_all`] on a reload, whose tunnel keys may
+/// have changed). The workers ask for a peer's index and generation when
+/// they write a flow ([`Self::route_for`]), with the outer headers of the
+/// frame the engine forwarded; the entry is (re)written when those differ
+/// from what it holds (the first flow, a new next-hop MAC). One mutex,
+/// taken after a batch and once per control tick, never per packet.
+#[derive(Debug)]
+pub struct FastPathPeers<P: FastPathPeerSink = FastPathMaps> {
+    state: Mutex<PeersState<P>>,
+}
+
+#[derive(Debug)]
+struct PeersState<P> {
+    sink: P,
+    slots: BTreeMap<Ipv4Addr, PeerSlot>,
+    max: u32,
+    /// Generations bumped (peers dead or gone, reloads).
+    bumps: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PeerSlot {
+    index: u32,
+    generation: u32,
+    alive: bool,
+    written: Option<FastPathPeer>,
+}
+
+impl<P: FastPathPeerSink> PeersState<P> {
+    fn bump(&mut self, addr: Ipv4Addr) {
+        let Some(slot) = self.slots.get_mut(&addr) else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1).max(1);
+        self.bumps += 1;
+        if let Some(mut p) = slot.written {
+            p.generation = slot.generation;
+            match self.sink.set_peer(slot.index, &p) {
+                Ok(()) => slot.written = Some(p),
+                Err(e) => {
+                    // The old entry stays with the old generation: clear
+                    // what we believe written, so the next flow rewrites it;
+                    // meanwhile its flows would still be forwarded: say so.
+                    tracing::warn!(peer = %addr, error = %e, "fast path: bumping a peer's generation failed");
+                    slot.written = None;
+                }
+            }
+        }
+    }
+}
+
+impl<P: FastPathPeerSink> FastPathPeers<P> {
+    /// Peer entries written through `sink`, at most `max` peers (the
+    /// array's size).
+    pub fn with_sink(sink: P, max: u32) -> Self {
+        Self {
+            state: Mutex::new(PeersState {
+                sink,
+                slots: BTreeMap::new(),
+                max,
+                bumps: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeersState<P>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The peers and whether each takes flows (`false`: the engine holds
+    /// it dead, or it left): a peer that stops taking them, or that is no
+    /// longer listed, gets a new generation. IPv6 peers are ignored (the
+    /// fast path is IPv4). Call it every control tick; cheap when nothing
+    /// changed.
+    pub fn sync(&self, peers: &[(IpAddr, bool)]) {
+        let mut s = self.lock();
+        let listed: BTreeSet<Ipv4Addr> = peers
+            .iter()
+            .filter_map(|(a, _)| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let gone: Vec<Ipv4Addr> = s
+            .slots
+            .iter()
+            .filter(|(a, slot)| slot.alive && !listed.contains(a))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in gone {
+            s.bump(a);
+            if let Some(slot) = s.slots.get_mut(&a) {
+                slot.alive = false;
+            }
+        }
+        for (addr, alive) in peers {
+            let IpAddr::V4(a) = *addr else { continue };
+            let n = u32::try_from(s.slots.len()).unwrap_or(u32::MAX);
+            if !s.slots.contains_key(&a) {
+                if n >= s.max {
+                    continue;
+                }
+                s.slots.insert(
+                    a,
+                    PeerSlot {
+                        index: n,
+                        generation: 1,
+                        alive: *alive,
+                        written: None,
+                    },
+                );
+                continue;
+            }
+            let was = s.slots.get(&a).is_some_and(|slot| slot.alive);
+            if was && !alive {
+                s.bump(a);
+            }
+            if let Some(slot) = s.slots.get_mut(&a) {
+                slot.alive = *alive;
+            }
+        }
+    }
+
+    /// Every peer gets a new generation: all flows go back to the engine,
+    /// which forwards them with its current tunnel key and so writes them
+    /// again (a reload).
+    pub fn bump_all(&self) {
+        let mut s = self.lock();
+        let all: Vec<Ipv4Addr> = s.slots.keys().copied().collect();
+        for a in all {
+            s.bump(a);
+        }
+    }
+
+    /// The index and generation to write a flow to `peer.dst` with, the
+    /// peer entry holding `peer`'s outer headers (written if it did not).
+    /// `None` when the peer is unknown, does not take flows, or the entry
+    /// cannot be written.
+    pub fn route_for(&self, peer: &FastPathPeer) -> Option<(u32, u32)> {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let slot = s.slots.get_mut(&peer.dst)?;
+        if !slot.alive {
+            return None;
+        }
+        let want = FastPathPeer {
+            generation: slot.generation,
+            ..*peer
+        };
+        if slot.written != Some(want) {
+            s.sink.set_peer(slot.index, &want).ok()?;
+            slot.written = Some(want);
+        }
+        Some((slot.index, slot.generation))
+    }
+
+    /// Generations bumped since the start.
+    pub fn bumps(&self) -> u64 {
+        self.lock().bumps
+    }
+}
+
+impl FastPathPeers {
+    /// Over the program's maps.
+    pub fn new(maps: FastPathMaps) -> Self {
+        let max = maps.max_peers();
+        Self::with_sink(maps, max)
+    }
+}
+
+/// What a [`FastPathWriter`] did, since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastPathStats {
+    /// Flows written into the program's map.
+    pub added: u64,
+    /// Flows removed (FIN or RST forwarded, or the engine forgot them).
+    pub removed: u64,
+    /// Writes the kernel refused, or flows left out (the writer's table full).
+    pub failed: u64,
+    /// Times a flow active in the fast path refreshed the engine's entry.
+    pub refreshed: u64,
+}
+
+/// How often every flow of a [`FastPathWriter`] is looked at (its packet
+/// count read, the engine told); well under the engine's shortest idle
+/// timeout (a half-open entry's, 10 s by default).
+pub const FAST_PATH_SWEEP: Duration = Duration::from_secs(1);
+/// Flows looked at per call of [`FastPathWriter::after_batch`] at most
+/// (one map look-up each).
+pub const FAST_PATH_SWEEP_BATCH: usize = 256;
+/// Frames noted per batch at most (the rest wait for their next packet).
+const MAX_NOTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    route: FastPathRoute,
+    packets: u64,
+}
+
+/// A worker's writer of the send side's fast path: it notes the frames its
+/// engine forwarded to peers ([`Self::note`], per frame), then after the
+/// batch writes the flows that enter the fast path and removes those that
+/// end ([`Self::after_batch`]); and it reads, a bounded number per batch,
+/// the packet counts the program keeps per flow, so that the engine's entry
+/// of a flow active only in the fast path stays alive, and a flow the
+/// engine forgot leaves the map.
+#[derive(Debug)]
+pub struct FastPathWriter<S: FastPathFlowSink, P: FastPathPeerSink = FastPathMaps> {
+    sink: S,
+    peers: Arc<FastPathPeers<P>>,
+    notes: Vec<ForwardNote>,
+    flows: HashMap<KeyedFlow, Tracked>,
+    max_flows: usize,
+    sweep: Vec<KeyedFlow>,
+    sweep_due: Option<Instant>,
+    /// What it did.
+    pub stats: FastPathStats,
+}
+
+impl<S: FastPathFlowSink, P: FastPathPeerSink> FastPathWriter<S, P> {
+    /// A writer into `sink`, tracking at most `max_flows` flows.
+    pub fn new(sink: S, peers: Arc<FastPathPeers<P>>, max_flows: usize) -> Self {
+        Self {
+            sink,
+            peers,
+            notes: Vec::new(),
+            flows: HashMap::new(),
+            max_flows,
+            sweep: Vec::new(),
+            sweep_due: None,
+            stats: FastPathStats::default(),
+        }
+    }
+
+    /// A frame the engine forwarded, as it leaves (Ethernet header written).
+    pub fn note(&mut self, frame: &[u8]) {
+        if self.notes.len() < MAX_NOTES {
+            if let Some(n) = forward_note(frame) {
+                self.notes.push(n);
+            }
+        }
+    }
+
+    /// A packet the engine forwarded that left another way (through the
+    /// kernel: the next hop unresolved, or handed over by another queue):
+    /// `packet` is the outer IP packet. Its flow leaves the fast path: an
+    /// entry written for an earlier connection with the same 4-tuple (to
+    /// another peer, or with another tag) must not take this one's packets.
+    pub fn note_other_path(&mut self, packet: &[u8]) {
+        if self.notes.len() >= MAX_NOTES || self.flows.is_empty() {
+            return;
+        }
+        let mut frame = [0u8; 14 + 80];
+        let n = packet.len().min(80);
+        frame[14..14 + n].copy_from_slice(&packet[..n]);
+        if let Some(mut note) = parse_forwarded(&frame[..14 + n]) {
+            if self.flows.contains_key(&note.flow) {
+                note.ends = true;
+                self.notes.push(note);
+            }
+        }
+    }
+
+    /// Flows it has in the map now.
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn forget(&mut self, flow: &KeyedFlow) {
+        if self.flows.remove(flow).is_some() {
+            if let Ok(true) = self.sink.remove(flow) {
+                self.stats.removed += 1;
+            }
+        }
+    }
+
+    /// After a batch: applies the notes, then looks at up to
+    /// [`FAST_PATH_SWEEP_BATCH`] flows (every flow once per
+    /// [`FAST_PATH_SWEEP`]): `seen(flow, active)` refreshes the engine's
+    /// entry of an active flow (packets forwarded since the last look) and
+    /// says whether the engine still routes it.
+    pub fn after_batch(&mut self, now: Instant, seen: &mut dyn FnMut(&FlowKey, bool) -> bool) {
+        let notes = std::mem::take(&mut self.notes);
+        for n in &notes {
+            if n.ends {
+                self.forget(&n.flow);
+                continue;
+            }
+            if n.syn {
+                self.flows.remove(&n.flow);
+                continue;
+            }
+            let Some((peer, generation)) = self.peers.route_for(&n.peer) else {
+                continue;
+            };
+            let route = FastPathRoute {
+                peer,
+                generation,
+                encap: n.encap,
+            };
+            match self.flows.get(&n.flow) {
+                Some(t) if t.route == route => continue,
+                None if self.flows.len() >= self.max_flows => {
+                    self.stats.failed += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            match self.sink.add(&n.flow, &route) {
+                Ok(()) => {
+                    self.flows.insert(n.flow, Tracked { route, packets: 0 });
+                    self.stats.added += 1;
+                }
+                Err(_) => self.stats.failed += 1,
+            }
+        }
+        self.notes = notes;
+        self.notes.clear();
+        if self.sweep.is_empty() {
+            if self.sweep_due.is_some_and(|t| now < t) || self.flows.is_empty() {
+                return;
+            }
+            self.sweep.extend(self.flows.keys().copied());
+            self.sweep_due = Some(now + FAST_PATH_SWEEP);
+        }
+        for _ in 0..FAST_PATH_SWEEP_BATCH {
+            let Some(flow) = self.sweep.pop() else { break };
+            let Some(t) = self.flows.get_mut(&flow) else {
+                continue;
+            };
+            let packets = match self.sink.packets(&flow) {
+                Ok(Some(p)) => p,
+                // Pushed out of the LRU map: its packets reach the engine,
+                // which forwards them, and the flow is written again.
+                Ok(None) => {
+                    self.flows.remove(&flow);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let active = packets != t.packets;
+            t.packets = packets;
+            let key = FlowKey::new(
+                IpProtocol::Tcp,
+                flow.client.ip(),
+                flow.client.port(),
+                flow.service.ip(),
+                flow.service.port(),
+            );
+            if active {
+                self.stats.refreshed += 1;
+            }
+            if !seen(&key, active) {
+                self.forget(&flow);
+            }
+        }
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+}
+
 impl<B: BpfSys> XdpProgram<B> {
     /// Creates the maps, loads the program, then writes the services, the
     /// peers and (with `plan.decap`) the decapsulation pairs, in that
@@ -268,6 +784,7 @@ impl<B: BpfSys> XdpProgram<B> {
                 // connections this host routes are held back (dropped; the
                 // client retransmits), never answered by the local stack.
                 missing_socket: MissingSocket::Drop,
+                fast_path_mtu: plan.fast_path.then_some(plan.tunnel_mtu),
                 ..ProgramConfig::default()
             },
         )
@@ -369,6 +886,10 @@ pub struct XdpBackend {
     pub ifindex: u32,
     /// Uplink MAC.
     pub mac: [u8; 6],
+    /// The send side's fast path's peer entries (shared by the workers,
+    /// which write the flows, and the control thread, which bumps a dead or
+    /// departed peer's generation); `None` when it is off.
+    pub fast_path: Option<Arc<FastPathPeers>>,
 }
 
 impl XdpBackend {
@@ -418,12 +939,22 @@ impl XdpBackend {
                 },
             },
         )?;
+        let fast_path = if plan.fast_path {
+            let maps = program
+                .program
+                .fast_path_maps()
+                .map_err(map_err("fast path", "descriptors"))?;
+            Some(Arc::new(FastPathPeers::new(maps)))
+        } else {
+            None
+        };
         Ok(Self {
             program,
             attached,
             sockets,
             ifindex,
             mac,
+            fast_path,
         })
     }
 
@@ -543,6 +1074,8 @@ mod tests {
             mode: XdpMode::Auto,
             decap: true,
             xsk: XskConfig::default(),
+            fast_path: true,
+            tunnel_mtu: 1500,
         }
     }
 
@@ -575,6 +1108,278 @@ mod tests {
         let mut k = ip_key(t);
         k.extend(svc_key(a, port));
         k
+    }
+
+    const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
+    const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+
+    /// The frame the engine and the worker send for a client packet with
+    /// `flags` towards peer 198.18.0.12: GRE with `tag`, or IP-in-IP.
+    fn forwarded(port: u16, flags: dpr_packet::tcp::TcpFlags, tag: Option<u32>) -> Vec<u8> {
+        use dpr_packet::ipip::{self, EncapParams};
+        // IPv4 (DF) + a 20-byte TCP header; checksums play no part here.
+        let mut inner = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        inner.extend_from_slice(&[198, 18, 100, 1, 198, 18, 0, 2]);
+        inner.extend_from_slice(&port.to_be_bytes());
+        inner.extend_from_slice(&80u16.to_be_bytes());
+        inner.extend_from_slice(&[
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0x50,
+            flags.0 as u8,
+            0xff,
+            0xff,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let mut buf = vec![0u8; 64 + inner.len()];
+        buf[64..].copy_from_slice(&inner);
+        let mut params = EncapParams::new(ip("198.18.0.11"), ip("198.18.0.12"));
+        params.ttl = 63;
+        let start = match tag {
+            Some(tag) => ipip::encapsulate_gre(
+                &mut buf,
+                64,
+                &params,
+                dpr_packet::gre::GreFields { tag, key_id: 3 },
+            )
+            .unwrap(),
+            None => ipip::encapsulate(&mut buf, 64, &params).unwrap(),
+        };
+        let mut f = PEER_MAC.to_vec();
+        f.extend_from_slice(&OUR_MAC);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&buf[start..]);
+        f
+    }
+
+    fn kflow(port: u16) -> KeyedFlow {
+        KeyedFlow {
+            client: SocketAddr::new(ip("198.18.100.1"), port),
+            service: SocketAddr::new(ip("198.18.0.2"), 80),
+        }
+    }
+
+    #[test]
+    fn forward_notes_read_the_frames_the_engine_sends() {
+        use dpr_packet::tcp::TcpFlags;
+        let n = forward_note(&forwarded(40000, TcpFlags::SYN, Some(0xabcd))).unwrap();
+        assert_eq!(n.flow, kflow(40000));
+        assert_eq!(
+            n.encap,
+            FastPathEncap::Gre {
+                tag: 0xabcd,
+                key_id: 3
+            }
+        );
+        assert_eq!(
+            n.peer,
+            FastPathPeer {
+                dst_mac: PEER_MAC,
+                src_mac: OUR_MAC,
+                ttl: 63,
+                src: "198.18.0.11".parse().unwrap(),
+                dst: "198.18.0.12".parse().unwrap(),
+                generation: 0,
+            }
+        );
+        assert!(!n.ends);
+        let n = forward_note(&forwarded(40000, TcpFlags::ACK, None)).unwrap();
+        assert_eq!((n.encap, n.ends), (FastPathEncap::IpIp, false));
+        for f in [TcpFlags::FIN | TcpFlags::ACK, TcpFlags::RST] {
+            assert!(
+                forward_note(&forwarded(1, f, Some(1))).unwrap().ends,
+                "{f:?}"
+            );
+        }
+        // Truncated anywhere, or not the one form: no note.
+        let full = forwarded(40000, TcpFlags::ACK, Some(1));
+        for n in 0..full.len() - 20 {
+            assert_eq!(forward_note(&full[..n]), None, "cut at {n}");
+        }
+        let mut other = full.clone();
+        other[34] = 0xb0; // GRE with a checksum bit
+        assert_eq!(forward_note(&other), None);
+        let mut v6 = full;
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(forward_note(&v6), None);
+    }
+
+    type FakeProgram = RouterProgram<FakeBpf>;
+
+    /// Two programs over one fake `bpf(2)`: the peers' and a worker's
+    /// views of the same maps.
+    fn fast_path_pair(
+        bpf: &FakeBpf,
+    ) -> (
+        Arc<FastPathPeers<FakeProgram>>,
+        FastPathWriter<FakeProgram, FakeProgram>,
+    ) {
+        let a = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let b = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let peers = Arc::new(FastPathPeers::with_sink(a.program, 4));
+        let w = FastPathWriter::new(b.program, peers.clone(), 2);
+        (peers, w)
+    }
+
+    fn fflow_key(port: u16) -> Vec<u8> {
+        let mut k = ip_key("198.18.100.1");
+        k.extend(ip_key("198.18.0.2"));
+        k.extend_from_slice(&port.to_be_bytes());
+        k.extend_from_slice(&80u16.to_be_bytes());
+        k
+    }
+
+    fn generation_of(bpf: &FakeBpf, index: u32) -> Option<u32> {
+        let v = bpf
+            .entries("dpr_fpeer")
+            .get(index.to_ne_bytes().as_slice())?
+            .clone();
+        Some(u32::from_ne_bytes(v[24..28].try_into().unwrap()))
+    }
+
+    #[test]
+    fn flows_enter_on_a_forward_leave_on_fin_and_keep_the_engine_entry_alive() {
+        use dpr_packet::tcp::TcpFlags;
+        let bpf = FakeBpf::new();
+        let (peers, mut w) = fast_path_pair(&bpf);
+        let t0 = Instant::now();
+        let mut never = |_: &FlowKey, _: bool| -> bool { panic!("no sweep expected") };
+        // Unknown peer (not synced yet): nothing is written.
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
+        w.after_batch(t0, &mut |_, _| true);
+        assert!(bpf.entries("dpr_fflow4").is_empty());
+        peers.sync(&[(ip("198.18.0.12"), true), (ip("2001:db8::12"), true)]);
+        // A SYN alone is not written (a SYN flood stays out); the
+        // handshake's ACK is, once.
+        w.note(&forwarded(1, TcpFlags::SYN, Some(9)));
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9))); // the same route: once
+        w.note(&forwarded(7, TcpFlags::SYN, Some(9)));
+        w.note(&forwarded(2, TcpFlags::ACK, None));
+        let mut seen = Vec::new();
+        w.after_batch(t0, &mut |f, active| {
+            seen.push((f.src_port, active));
+            true
+        });
+        let e = bpf.entries("dpr_fflow4");
+        assert_eq!(e.len(), 2);
+        let v = &e[&fflow_key(1)];
+        assert_eq!(u32::from_ne_bytes(v[0..4].try_into().unwrap()), 0, "peer 0");
+        assert_eq!(
+            u32::from_ne_bytes(v[4..8].try_into().unwrap()),
+            1,
+            "generation 1"
+        );
+        assert_eq!(v[8..12], 9u32.to_be_bytes());
+        assert_eq!(v[16], 47);
+        assert_eq!(e[&fflow_key(2)][16], 4, "IP-in-IP");
+        assert_eq!(generation_of(&bpf, 0), Some(1));
+        let p = &bpf.entries("dpr_fpeer")[&0u32.to_ne_bytes().to_vec()];
+        assert_eq!(
+            (&p[..6], &p[6..12], p[14]),
+            (&PEER_MAC[..], &OUR_MAC[..], 63)
+        );
+        assert_eq!(w.stats.added, 2);
+        // The first sweep: nothing forwarded yet, both looked up, not active.
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(1, false), (2, false)]);
+        // Within the sweep period: no look-ups.
+        w.after_batch(t0 + Duration::from_millis(10), &mut never);
+        // The program forwarded 5 packets of flow 1: the next sweep
+        // refreshes its engine entry; flow 2 is quiet and the engine has
+        // forgotten it: it leaves the map.
+        bpf.with(|s| {
+            let m = s.maps.get_mut("dpr_fflow4").unwrap();
+            m.get_mut(&fflow_key(1)).unwrap()[24..32].copy_from_slice(&5u64.to_ne_bytes());
+        });
+        let mut seen = Vec::new();
+        w.after_batch(t0 + FAST_PATH_SWEEP, &mut |f, active| {
+            seen.push((f.src_port, active));
+            f.src_port == 1
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(1, true), (2, false)]);
+        assert_eq!(w.stats.refreshed, 1);
+        assert_eq!(
+            bpf.entries("dpr_fflow4")
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+            vec![fflow_key(1)]
+        );
+        // A FIN forwarded: the flow leaves the map.
+        w.note(&forwarded(1, TcpFlags::FIN | TcpFlags::ACK, Some(9)));
+        w.after_batch(t0 + FAST_PATH_SWEEP, &mut never);
+        assert!(bpf.entries("dpr_fflow4").is_empty());
+        assert_eq!((w.stats.removed, w.flows()), (2, 0));
+        // A new connection with the same 4-tuple whose SYN left through the
+        // kernel (next hop unresolved): the old entry goes at once.
+        w.note(&forwarded(6, TcpFlags::ACK, Some(1)));
+        w.after_batch(t0 + FAST_PATH_SWEEP, &mut |_, _| true);
+        assert!(bpf.entries("dpr_fflow4").contains_key(&fflow_key(6)));
+        w.note_other_path(&forwarded(6, TcpFlags::SYN, Some(2))[14..]);
+        w.after_batch(t0 + FAST_PATH_SWEEP, &mut never);
+        assert!(bpf.entries("dpr_fflow4").is_empty());
+        assert_eq!((w.stats.removed, w.flows()), (3, 0));
+        // The writer's table holds 2 flows: a third is left out, counted.
+        for port in [3, 4, 5] {
+            w.note(&forwarded(port, TcpFlags::ACK, Some(1)));
+        }
+        w.after_batch(t0 + FAST_PATH_SWEEP * 3, &mut |_, _| true);
+        assert_eq!((w.flows(), w.stats.failed), (2, 1));
+    }
+
+    #[test]
+    fn a_dead_or_departed_peer_gets_a_new_generation_and_its_flows_are_rewritten_when_back() {
+        use dpr_packet::tcp::TcpFlags;
+        let bpf = FakeBpf::new();
+        let (peers, mut w) = fast_path_pair(&bpf);
+        let b = ip("198.18.0.12");
+        let c = ip("198.18.0.13");
+        peers.sync(&[(b, true), (c, true)]);
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
+        w.after_batch(Instant::now(), &mut |_, _| true);
+        assert_eq!(generation_of(&bpf, 0), Some(1));
+        // Unchanged: nothing written.
+        let n = bpf.calls().len();
+        peers.sync(&[(b, true), (c, true)]);
+        assert_eq!(bpf.calls().len(), n);
+        // B dead: generation 2 at once; while dead no flow is written.
+        peers.sync(&[(b, false), (c, true)]);
+        assert_eq!(generation_of(&bpf, 0), Some(2));
+        assert_eq!(peers.bumps(), 1);
+        w.note(&forwarded(2, TcpFlags::ACK, Some(9)));
+        w.after_batch(Instant::now(), &mut |_, _| true);
+        assert!(!bpf.entries("dpr_fflow4").contains_key(&fflow_key(2)));
+        // Alive again: the flow the engine forwards again is rewritten
+        // with the new generation.
+        peers.sync(&[(b, true), (c, true)]);
+        assert_eq!(
+            generation_of(&bpf, 0),
+            Some(2),
+            "no bump when it comes back"
+        );
+        w.note(&forwarded(1, TcpFlags::ACK, Some(9)));
+        w.after_batch(Instant::now(), &mut |_, _| true);
+        let v = &bpf.entries("dpr_fflow4")[&fflow_key(1)];
+        assert_eq!(u32::from_ne_bytes(v[4..8].try_into().unwrap()), 2);
+        // B leaves the configuration: bumped; a reload bumps everyone
+        // written (C has no entry yet: only its generation moves).
+        peers.sync(&[(c, true)]);
+        assert_eq!(generation_of(&bpf, 0), Some(3));
+        peers.bump_all();
+        assert_eq!(generation_of(&bpf, 0), Some(4));
+        assert_eq!(generation_of(&bpf, 1), None);
+        assert_eq!(peers.bumps(), 4);
     }
 
     #[test]
@@ -641,7 +1446,7 @@ mod tests {
             peer("2001:db8::12", &["2001:db8::2"]),
         ]);
         let _prog = XdpProgram::load(bpf.clone(), &p).unwrap();
-        let words = match &bpf.calls()[8] {
+        let words = match &bpf.calls()[10] {
             BpfCall::ProgLoad { words, .. } => *words,
             other => panic!("{other:?}"),
         };
@@ -652,6 +1457,8 @@ mod tests {
             "dpr_peer6",
             "dpr_tsvc4",
             "dpr_kflow4",
+            "dpr_fflow4",
+            "dpr_fpeer",
             "dpr_xsks",
             "dpr_counters",
         ]

@@ -333,6 +333,10 @@ const BULK_BYTES: u64 = 20_000_000;
 /// The DPR backends of the HTTP benchmarks, in their order.
 const DPR_BACKENDS: [&str; 3] = ["tun", "af-xdp-generic", "af-xdp-native"];
 
+/// The connection-per-request rows: the DPR backends and, beside them,
+/// AF_XDP native without the XDP send fast path (issue 17).
+const HTTP_BACKENDS: [&str; 4] = ["tun", "af-xdp-generic", FP_OFF, "af-xdp-native"];
+
 /// What a path of an HTTP benchmark is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PathKind {
@@ -403,6 +407,9 @@ struct FwdResult {
     machine_ns: Vec<f64>,
 }
 
+/// The AF_XDP native rows without the XDP send fast path (issue 17).
+const FP_OFF: &str = "af-xdp-native, fast path off";
+
 impl Bench {
     fn a(&self) -> String {
         self.lab.host_ns(0)
@@ -415,6 +422,9 @@ impl Bench {
         match backend {
             "af-xdp-native" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n",
             "af-xdp-generic" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n",
+            FP_OFF => {
+                "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\nxdp_fast_path = false\n"
+            }
             _ => "[backend]\nkind = \"tun\"\n",
         }
     }
@@ -457,7 +467,7 @@ impl Bench {
         }
         let s = self.lab.status(0)?;
         let want = match backend {
-            "af-xdp-native" => "af-xdp (native)",
+            "af-xdp-native" | FP_OFF => "af-xdp (native)",
             "af-xdp-generic" => "af-xdp (generic)",
             _ => "tun",
         };
@@ -635,7 +645,7 @@ impl Bench {
                 .exec(&a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
             self.a_routes(false)?;
         }
-        for backend in ["tun", "af-xdp-generic", "af-xdp-native"] {
+        for backend in ["tun", "af-xdp-generic", FP_OFF, "af-xdp-native"] {
             for auth in self.auths.clone() {
                 self.auth = auth;
                 let name = self.row_name(backend);
@@ -928,7 +938,7 @@ impl Bench {
             "http",
             "/?size=100",
             true,
-            &DPR_BACKENDS,
+            &HTTP_BACKENDS,
             &|b, url, dprd| b.http_runs(url, dprd, false),
         )
     }

@@ -78,6 +78,10 @@ pub struct LabSpec {
     /// `[tunnel] auth`: `key` (GRE with a keyed tag, dprd's default) or
     /// `none` (plain IP-in-IP).
     pub tunnel_auth: String,
+    /// With `af-xdp-native`: an `XDP_PASS` program on the bridge side of
+    /// every veth, as a NIC's driver has ([`crate::nic`]); native `XDP_TX`
+    /// on a veth needs it.
+    pub emulate_nic: bool,
 }
 
 impl LabSpec {
@@ -128,6 +132,7 @@ impl Default for LabSpec {
             queues: 1,
             metrics_port: None,
             tunnel_auth: "key".into(),
+            emulate_nic: true,
         }
     }
 }
@@ -310,6 +315,10 @@ impl Lab {
                 // sender of the lab, as a NIC would deliver them.
                 sh(lab.in_ns(ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
             }
+        }
+        if lab.spec.emulate_nic && lab.spec.backend == "af-xdp-native" {
+            let ports: Vec<String> = members.iter().map(|m| m.1.clone()).collect();
+            crate::nic::emulate_nic(&lab.namespaces[0], &ports)?;
         }
         lab.httpd = (0..lab.spec.hosts).map(|_| None).collect();
         lab.dprd = (0..lab.spec.hosts).map(|_| None).collect();

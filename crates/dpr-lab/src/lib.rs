@@ -8,7 +8,8 @@
 //! (the lab's web server), [`loadgen`] (its client), [`truth`] (the daemon's
 //! decisions against the web servers' open connections), [`flood`] (a
 //! bounded SYN flood from random sources, for the flood tests), [`netns`]
-//! (namespaces and veth pairs, for the lab and the tests alike) and [`stop`]
+//! (namespaces and veth pairs, for the lab and the tests alike), [`nic`]
+//! (an `XDP_PASS` program on the bridge ports, as a NIC driver) and [`stop`]
 //! (SIGINT, SIGTERM and SIGHUP end a run cleanly).
 //!
 //! ```text
@@ -32,5 +33,6 @@ pub mod httpd;
 pub mod lab;
 pub mod loadgen;
 pub mod netns;
+pub mod nic;
 pub mod stop;
 pub mod truth;

@@ -495,6 +495,21 @@ impl Engine {
         }
     }
 
+    /// The in-kernel fast path (AF_XDP) forwarded packets of `flow` (client
+    /// to service) that this engine redirected, without showing them to
+    /// it: with `active`, its entry becomes established and active now
+    /// (its idle time restarts), as the packets would have made it; without,
+    /// it is only looked up (an entry idle past its timeout is removed).
+    /// Returns whether the flow still has a live entry: when it has none,
+    /// the fast path must forget it.
+    pub fn fast_path_seen(&mut self, flow: &FlowKey, active: bool, now: Timestamp) -> bool {
+        if active {
+            self.routes.confirm_open(flow, now)
+        } else {
+            self.routes.lookup(flow, now).is_some()
+        }
+    }
+
     /// Connections this host serves for peers (`Route::Peer(origin)`).
     pub fn served(&self) -> &ConnTable<WideKey> {
         &self.served

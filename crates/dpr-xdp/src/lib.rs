@@ -15,6 +15,7 @@
 //!
 //! ```text
 //!   NIC queue q ──► XDP program (program.rs, assembled by asm.rs)
+//!                     │ established redirected flow (fwd_flows_v4, fwd_peers) ─► outer headers, XDP_TX
 //!                     │ TCP to services_v4/v6 (addr, port)  ─┐
 //!                     │ IPv4/IPv6 TCP fragment to a service  ├─► bpf_redirect_map(xsks, q)
 //!                     │ IP-in-IP from peers_v4/v6            ─┘        │
@@ -44,7 +45,8 @@ pub mod xsk;
 
 pub use bpf::{BpfSys, FakeBpf, RealBpf};
 pub use loader::{
-    Counters, KeyedFlow, KeyedFlowMap, ProgramConfig, RouterProgram, XdpLink, XdpMode,
+    Counters, FastPathEncap, FastPathMaps, FastPathPeer, FastPathRoute, KeyedFlow, KeyedFlowMap,
+    ProgramConfig, RouterProgram, XdpLink, XdpMode, load_pass_program,
 };
 pub use program::{Counter, MissingSocket};
 

@@ -12,11 +12,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::Error;
 use crate::bpf::{
-    BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_XSKMAP,
-    BpfSys, MapSpec, RealBpf,
+    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_XSKMAP, BpfSys, MapSpec, RealBpf,
 };
 use crate::program::{self, Counter, MapFds, MissingSocket};
 use crate::sys;
+use std::net::Ipv4Addr;
 
 /// The verifier log size when a load fails (the kernel's limit is larger).
 const VERIFIER_LOG_BYTES: usize = 4 << 20;
@@ -38,6 +39,11 @@ pub struct ProgramConfig {
     pub max_keyed_flows: u32,
     /// What router traffic does on a queue without a socket.
     pub missing_socket: MissingSocket,
+    /// The send side's fast path: `Some(tunnel MTU)` builds it into the
+    /// program (outer packets up to that size); its maps exist either way.
+    pub fast_path_mtu: Option<u16>,
+    /// Flows of the send side's fast path (an LRU map).
+    pub max_fast_path_flows: u32,
 }
 
 impl Default for ProgramConfig {
@@ -49,6 +55,8 @@ impl Default for ProgramConfig {
             max_tunnel_services: 16_384,
             max_keyed_flows: 65_536,
             missing_socket: MissingSocket::Pass,
+            fast_path_mtu: None,
+            max_fast_path_flows: 65_536,
         }
     }
 }
@@ -109,6 +117,9 @@ pub struct RouterProgram<B: BpfSys = RealBpf> {
     peers_v6: B::Map,
     tunnel_services_v4: B::Map,
     keyed_flows_v4: B::Map,
+    fwd_flows_v4: B::Map,
+    fwd_peers: B::Map,
+    max_peers: u32,
     xsks: B::Map,
     counters: B::Map,
     /// Services per address, for the (address, 0) fragment marker.
@@ -154,7 +165,162 @@ impl KeyedFlowMap {
     }
 }
 
+/// How the fast path encapsulates a flow: as the engine does for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FastPathEncap {
+    /// Plain IP-in-IP (`[tunnel] auth = "none"`).
+    IpIp,
+    /// The keyed tunnel's GRE with the flow's tag and the key id that made it.
+    Gre {
+        /// The GRE key field.
+        tag: u32,
+        /// The low half of the GRE sequence field.
+        key_id: u16,
+    },
+}
+
+/// A redirected flow's entry in `fwd_flows_v4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FastPathRoute {
+    /// Its peer's index in `fwd_peers`.
+    pub peer: u32,
+    /// The peer entry's generation when the flow was written: the program
+    /// forwards only while they are equal.
+    pub generation: u32,
+    /// The outer header.
+    pub encap: FastPathEncap,
+}
+
+/// A peer's entry in `fwd_peers`: everything of the outer headers that
+/// does not depend on the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FastPathPeer {
+    /// The next hop's MAC (destination of the frame).
+    pub dst_mac: [u8; 6],
+    /// This interface's MAC.
+    pub src_mac: [u8; 6],
+    /// The outer TTL.
+    pub ttl: u8,
+    /// This host's tunnel address (outer source).
+    pub src: Ipv4Addr,
+    /// The peer's tunnel address (outer destination).
+    pub dst: Ipv4Addr,
+    /// The current generation (0: none; its flows go to the engine).
+    pub generation: u32,
+}
+
+fn fast_flow_key(flow: &KeyedFlow) -> Result<[u8; 12], Error> {
+    let (IpAddr::V4(c), IpAddr::V4(s)) = (flow.client.ip(), flow.service.ip()) else {
+        return Err(Error::Parse("fast path flow: IPv4 only"));
+    };
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&c.octets());
+    k[4..8].copy_from_slice(&s.octets());
+    k[8..10].copy_from_slice(&flow.client.port().to_be_bytes());
+    k[10..12].copy_from_slice(&flow.service.port().to_be_bytes());
+    Ok(k)
+}
+
+/// `fwd_flows_v4`'s value: peer index, generation (native order), GRE key
+/// and sequence words (wire order), outer protocol (native), pad, and the
+/// program's packet count (native `u64`, starts at 0).
+fn fast_flow_value(r: &FastPathRoute) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..4].copy_from_slice(&r.peer.to_ne_bytes());
+    v[4..8].copy_from_slice(&r.generation.to_ne_bytes());
+    let proto: u32 = match r.encap {
+        FastPathEncap::IpIp => 4,
+        FastPathEncap::Gre { tag, key_id } => {
+            v[8..12].copy_from_slice(&tag.to_be_bytes());
+            v[14..16].copy_from_slice(&key_id.to_be_bytes());
+            47
+        }
+    };
+    v[16..20].copy_from_slice(&proto.to_ne_bytes());
+    v
+}
+
+/// `fwd_peers`' value: the Ethernet header (14), TTL, pad, outer source
+/// and destination (wire order), generation (native), pad.
+fn fast_peer_value(p: &FastPathPeer) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..6].copy_from_slice(&p.dst_mac);
+    v[6..12].copy_from_slice(&p.src_mac);
+    v[12..14].copy_from_slice(&[0x08, 0x00]);
+    v[14] = p.ttl;
+    v[16..20].copy_from_slice(&p.src.octets());
+    v[20..24].copy_from_slice(&p.dst.octets());
+    v[24..28].copy_from_slice(&p.generation.to_ne_bytes());
+    v
+}
+
+/// A worker's (or the control thread's) own descriptors of the send
+/// side's fast-path maps (`fwd_flows_v4`, `fwd_peers`).
+#[derive(Debug)]
+pub struct FastPathMaps {
+    flows: crate::sys::MapFd,
+    peers: crate::sys::MapFd,
+    max_peers: u32,
+}
+
+impl FastPathMaps {
+    /// See [`RouterProgram::add_fast_path_flow`].
+    pub fn add_flow(&self, flow: &KeyedFlow, route: &FastPathRoute) -> Result<(), Error> {
+        crate::sys::map_update(
+            &self.flows,
+            &fast_flow_key(flow)?,
+            &fast_flow_value(route),
+            0,
+        )
+        .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// See [`RouterProgram::remove_fast_path_flow`].
+    pub fn remove_flow(&self, flow: &KeyedFlow) -> Result<bool, Error> {
+        crate::sys::map_delete(&self.flows, &fast_flow_key(flow)?)
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// See [`RouterProgram::fast_path_flow_packets`].
+    pub fn flow_packets(&self, flow: &KeyedFlow) -> Result<Option<u64>, Error> {
+        let mut v = [0u8; 32];
+        let found = crate::sys::map_lookup(&self.flows, &fast_flow_key(flow)?, &mut v)
+            .map_err(syscall("BPF_MAP_LOOKUP_ELEM"))?;
+        Ok(found.then(|| packets_of(&v)))
+    }
+
+    /// See [`RouterProgram::set_fast_path_peer`].
+    pub fn set_peer(&self, index: u32, peer: &FastPathPeer) -> Result<(), Error> {
+        if index >= self.max_peers {
+            return Err(Error::Parse("fast path peer index out of range"));
+        }
+        crate::sys::map_update(&self.peers, &index.to_ne_bytes(), &fast_peer_value(peer), 0)
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Peer entries the array holds (indices `0..max_peers`).
+    pub fn max_peers(&self) -> u32 {
+        self.max_peers
+    }
+}
+
+fn packets_of(v: &[u8]) -> u64 {
+    v.get(24..32)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
 impl RouterProgram<RealBpf> {
+    /// [`FastPathMaps`] for a worker thread or the control thread.
+    pub fn fast_path_maps(&self) -> Result<FastPathMaps, Error> {
+        let dup = |m: &crate::sys::MapFd| m.try_clone().map_err(syscall("dup of a fast path map"));
+        Ok(FastPathMaps {
+            flows: dup(&self.fwd_flows_v4)?,
+            peers: dup(&self.fwd_peers)?,
+            max_peers: self.max_peers,
+        })
+    }
+
     /// A [`KeyedFlowMap`] for a worker thread.
     pub fn keyed_flow_map(&self) -> Result<KeyedFlowMap, Error> {
         Ok(KeyedFlowMap {
@@ -212,6 +378,17 @@ fn ip_key(addr: IpAddr) -> Vec<u8> {
 }
 
 const PRESENT: [u8; 4] = 1u32.to_ne_bytes();
+
+/// Loads the smallest XDP program, `return XDP_PASS`: attached in native
+/// mode to the far end of a veth, it makes that end receive XDP frames the
+/// way a NIC's driver does (`XDP_TX` and redirects towards a veth need an
+/// XDP program on its peer). The lab's NIC emulation; needs root.
+pub fn load_pass_program() -> Result<OwnedFd, Error> {
+    let mut a = crate::asm::Asm::new();
+    a.mov_imm(crate::asm::Reg::R0, program::XDP_PASS as i32);
+    a.exit();
+    load_xdp(&crate::asm::encode(&a.finish()?), "dpr_nic_pass")
+}
 
 /// Loads an XDP program with the real `bpf(2)` (see [`load_xdp_with`]).
 pub(crate) fn load_xdp(words: &[u64], name: &str) -> Result<OwnedFd, Error> {
@@ -317,6 +494,22 @@ impl<B: BpfSys> RouterProgram<B> {
             4,
             "dpr_kflow4",
         )?;
+        let fwd_flows_v4 = create(
+            BPF_MAP_TYPE_LRU_HASH,
+            program::FWD_FLOW_V4_KEY,
+            program::FWD_FLOW_VALUE,
+            cfg.max_fast_path_flows,
+            program::FWD_FLOW_VALUE as usize,
+            "dpr_fflow4",
+        )?;
+        let fwd_peers = create(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            program::FWD_PEER_VALUE,
+            cfg.max_peers,
+            program::FWD_PEER_VALUE as usize,
+            "dpr_fpeer",
+        )?;
         let xsks = create(BPF_MAP_TYPE_XSKMAP, 4, 4, cfg.max_queues, 4, "dpr_xsks")?;
         let counters = create(
             BPF_MAP_TYPE_PERCPU_ARRAY,
@@ -333,10 +526,12 @@ impl<B: BpfSys> RouterProgram<B> {
             peers_v6: bpf.map_fd(&peers_v6),
             tunnel_services_v4: bpf.map_fd(&tunnel_services_v4),
             keyed_flows_v4: bpf.map_fd(&keyed_flows_v4),
+            fwd_flows_v4: bpf.map_fd(&fwd_flows_v4),
+            fwd_peers: bpf.map_fd(&fwd_peers),
             xsks: bpf.map_fd(&xsks),
             counters: bpf.map_fd(&counters),
         };
-        let insns = program::router_program(&fds, cfg.missing_socket)?;
+        let insns = program::router_program(&fds, cfg.missing_socket, cfg.fast_path_mtu)?;
         let prog = load_xdp_with(&bpf, &crate::asm::encode(&insns), "dpr_router")?;
         Ok(Self {
             bpf,
@@ -347,6 +542,9 @@ impl<B: BpfSys> RouterProgram<B> {
             peers_v6,
             tunnel_services_v4,
             keyed_flows_v4,
+            fwd_flows_v4,
+            fwd_peers,
+            max_peers: cfg.max_peers,
             xsks,
             counters,
             per_address: HashMap::new(),
@@ -501,6 +699,60 @@ impl<B: BpfSys> RouterProgram<B> {
         self.bpf
             .map_delete(&self.keyed_flows_v4, &key)
             .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// Lets the program forward `flow` (client to service, IPv4 TCP) itself
+    /// to its peer (see the program's documentation): its packets that are
+    /// not SYN, FIN or RST are encapsulated as `route` says while the peer
+    /// entry's generation is `route.generation`. Replaces the entry (its
+    /// packet count restarts at 0).
+    pub fn add_fast_path_flow(
+        &mut self,
+        flow: &KeyedFlow,
+        route: &FastPathRoute,
+    ) -> Result<(), Error> {
+        self.bpf
+            .map_update(
+                &self.fwd_flows_v4,
+                &fast_flow_key(flow)?,
+                &fast_flow_value(route),
+                0,
+            )
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
+    }
+
+    /// Undoes [`Self::add_fast_path_flow`]. `Ok(false)` if it was not there.
+    pub fn remove_fast_path_flow(&mut self, flow: &KeyedFlow) -> Result<bool, Error> {
+        self.bpf
+            .map_delete(&self.fwd_flows_v4, &fast_flow_key(flow)?)
+            .map_err(syscall("BPF_MAP_DELETE_ELEM"))
+    }
+
+    /// The packets the program forwarded of `flow` since it was written;
+    /// `None` when it has no entry (never written, removed, or pushed out
+    /// of the LRU map).
+    pub fn fast_path_flow_packets(&self, flow: &KeyedFlow) -> Result<Option<u64>, Error> {
+        let mut v = [0u8; 32];
+        let found = self
+            .bpf
+            .map_lookup(&self.fwd_flows_v4, &fast_flow_key(flow)?, &mut v)
+            .map_err(syscall("BPF_MAP_LOOKUP_ELEM"))?;
+        Ok(found.then(|| packets_of(&v)))
+    }
+
+    /// Writes peer entry `index` of the fast path.
+    pub fn set_fast_path_peer(&mut self, index: u32, peer: &FastPathPeer) -> Result<(), Error> {
+        if index >= self.max_peers {
+            return Err(Error::Parse("fast path peer index out of range"));
+        }
+        self.bpf
+            .map_update(
+                &self.fwd_peers,
+                &index.to_ne_bytes(),
+                &fast_peer_value(peer),
+                0,
+            )
+            .map_err(syscall("BPF_MAP_UPDATE_ELEM"))
     }
 
     /// Puts an AF_XDP socket in the slot of receive queue `queue`.

@@ -6,6 +6,7 @@
 //!
 //! | frame | verdict |
 //! |---|---|
+//! | with the fast path built in (`fast_path_mtu`): IPv4 TCP to a service (address, port), untagged, DF set and not a fragment, not SYN, FIN or RST, of a flow in `fwd_flows_v4` whose peer entry in `fwd_peers` has the flow's generation (not 0), the outer packet within the MTU | **encapsulated here** (outer IPv4, then GRE with the flow's tag or nothing for IP-in-IP) and sent back out, `XDP_TX` (see below) |
 //! | IPv4/IPv6 TCP to a (service address, port) in `services_v4`/`services_v6` | redirect |
 //! | IPv4 fragment (MF set or offset > 0) of TCP to a service *address* | redirect (the engine counts and drops it) |
 //! | IPv6 with a Fragment header directly before TCP, to a service address | redirect (likewise) |
@@ -34,6 +35,30 @@
 //! inner IP and TCP checksums as for any packet. Enabled when the loader is
 //! given `tunnel_services_v4` entries (`RouterProgram::add_tunnel_service`).
 //!
+//! **The send side's fast path** (issue 17). A host that redirected a
+//! connection forwards every later packet of its client to the peer; the
+//! engine only looks the flow up and adds the same outer header. For a
+//! flow the engine redirected, the worker writes `fwd_flows_v4` (flow →
+//! peer index, the peer entry's generation, the tunnel: GRE with the
+//! flow's tag and key id, or IP-in-IP) and the peer's entry in `fwd_peers`
+//! (next-hop and own MAC, TTL, outer source and destination, generation),
+//! both taken from the frame the engine forwarded. The program then writes
+//! the outer headers into the headroom (`bpf_xdp_adjust_head` by 20 or 32
+//! bytes): the Ethernet header of the peer entry, an outer IPv4 header as
+//! `dpr_packet::ipip` writes it (TOS and ECN copied, DF set, identification
+//! 0, the engine's TTL, checksum computed here), the GRE header; it counts
+//! the packet in the flow's entry (the worker refreshes the engine's idle
+//! timer from that count) and returns `XDP_TX`. The engine still sees SYN,
+//! FIN and RST (its table and counters follow the connection); the program
+//! deletes their flow's entry as it passes them on (a SYN that reuses a
+//! 4-tuple may be sent to another peer: its handshake's ACK must not follow
+//! the old entry before the worker writes the new one), and every packet the
+//! program does not take: unknown flows, fragments, VLAN tags, DF clear
+//! (the engine numbers the outer identification), packets whose outer
+//! packet would exceed the MTU (the engine answers "too big"), and the
+//! flows of a peer whose generation moved: the control thread bumps it
+//! when the engine holds the peer dead or it left, and on every reload.
+//!
 //! When the queue has no socket in `xsks`, `bpf_redirect_map` returns the
 //! configured fallback ([`MissingSocket`], pass by default): before the
 //! daemon binds its sockets, the kernel keeps serving.
@@ -55,12 +80,16 @@
 //! | `peers_v6` | hash | IPv6 tunnel address (16) | `u32` |
 //! | `tunnel_services_v4` | hash | peer's IPv4 tunnel address (4) + its service address (4) + port (2) + zero (2) | `u32` |
 //! | `keyed_flows_v4` | LRU hash | peer's IPv4 tunnel address (4) + client address (4) + service address (4) + client port (2) + service port (2) | the tag accepted (4, as on the wire) |
+//! | `fwd_flows_v4` | LRU hash | client address (4) + service address (4) + client port (2) + service port (2) | peer index `u32`, generation `u32`, GRE key (4, wire), GRE sequence word (4, wire: 0, key id), outer protocol `u32` (4 or 47), pad (4), packets forwarded `u64` (32 bytes) |
+//! | `fwd_peers` | array | peer index `u32` | Ethernet header (14: next hop's MAC, own MAC, 0x0800), TTL (1), pad (1), outer source (4), outer destination (4), generation `u32` (0: none), pad (4) (32 bytes) |
 //! | `xsks` | xskmap | receive queue index `u32` | AF_XDP socket fd |
 //! | `counters` | per-CPU array | [`Counter`] index `u32` | `u64` packets |
 //!
 //! Registers: r6 = context, r7 = packet start (later the counter index of
 //! the verdict), r8 = packet end, r9 = network header. Every packet read is
-//! preceded by a bounds check against r8, which the verifier proves.
+//! preceded by a bounds check against r8, which the verifier proves. The
+//! fast path keeps its two map value pointers on the stack across helper
+//! calls (the verifier tracks spilled pointers).
 
 use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Label, Reg, Size};
 use Reg::*;
@@ -77,6 +106,7 @@ pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_MAP_DELETE_ELEM: i32 = 3;
 const HELPER_REDIRECT_MAP: i32 = 51;
 const HELPER_XDP_ADJUST_HEAD: i32 = 44;
 
@@ -128,11 +158,15 @@ pub enum Counter {
     /// The keyed tunnel's GRE from a peer, of a flow the engine accepted
     /// (in `keyed_flows_v4`, same tag), decapsulated here and passed.
     DecapGreV4 = 9,
+    /// The send side's fast path: IPv4 TCP of an established redirected
+    /// flow (in `fwd_flows_v4`, its peer's generation current),
+    /// encapsulated here and sent back out of the interface (`XDP_TX`).
+    ForwardV4 = 10,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::Pass,
         Counter::ServiceV4,
         Counter::FragmentV4,
@@ -143,9 +177,10 @@ impl Counter {
         Counter::NoSocket,
         Counter::DecapV4,
         Counter::DecapGreV4,
+        Counter::ForwardV4,
     ];
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// The map file descriptors the program refers to.
@@ -163,6 +198,10 @@ pub struct MapFds {
     pub tunnel_services_v4: i32,
     /// `keyed_flows_v4`.
     pub keyed_flows_v4: i32,
+    /// `fwd_flows_v4`.
+    pub fwd_flows_v4: i32,
+    /// `fwd_peers`.
+    pub fwd_peers: i32,
     /// `xsks`.
     pub xsks: i32,
     /// `counters`.
@@ -176,6 +215,9 @@ pub(crate) const PEER_V4_KEY: u32 = 4;
 pub(crate) const PEER_V6_KEY: u32 = 16;
 pub(crate) const TUNNEL_SERVICE_V4_KEY: u32 = 12;
 pub(crate) const KEYED_FLOW_V4_KEY: u32 = 16;
+pub(crate) const FWD_FLOW_V4_KEY: u32 = 12;
+pub(crate) const FWD_FLOW_VALUE: u32 = 32;
+pub(crate) const FWD_PEER_VALUE: u32 = 32;
 
 // Ethernet types and IP protocols, as the program's 16-bit loads see them
 // (network byte order read by a native-order load).
@@ -198,11 +240,20 @@ const PROTO_FRAGMENT: i32 = 44;
 const KEY: i16 = -40; // up to 20 bytes: -40..-20
 const COUNTER_INDEX: i16 = -4;
 const MACS: i16 = -56; // the 12 MAC bytes while the head moves: -56..-44
+const FLOW_PTR: i16 = -64; // the fast path's flow entry (a spilled map value pointer)
+const PEER_PTR: i16 = -72; // ... and its peer entry
+const PEER_KEY: i16 = -76; // the peer index, as the array's key
 /// TCP flags that must reach the engine: FIN, SYN, RST.
 const TCP_FIN_SYN_RST: i32 = 0x07;
 
-/// Builds the program for the given maps and missing-socket action.
-pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>, AsmError> {
+/// Builds the program for the given maps and missing-socket action; with
+/// `fast_path_mtu`, the send side's fast path (see the module
+/// documentation) for outer packets of at most that many bytes.
+pub fn router_program(
+    maps: &MapFds,
+    missing: MissingSocket,
+    fast_path_mtu: Option<u16>,
+) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::new();
     let pass = a.label();
     let redirect = a.label();
@@ -271,6 +322,11 @@ pub fn router_program(maps: &MapFds, missing: MissingSocket) -> Result<Vec<Insn>
     a.store(Size::H, R10, KEY + 4, R4);
     a.store_imm(Size::H, R10, KEY + 6, 0);
     lookup_or_pass(&mut a, maps.services_v4, pass);
+    if let Some(mtu) = fast_path_mtu {
+        let to_router = a.label();
+        forward_v4(&mut a, maps, mtu, to_router);
+        a.bind(to_router);
+    }
     a.mov_imm(R7, Counter::ServiceV4 as i32).ja(redirect);
 
     // IPv4 fragment of TCP: key (destination, port 0) = "has a service".
@@ -515,6 +571,149 @@ fn strip_and_pass(a: &mut Asm, maps: &MapFds, outer: i32, counter: Counter, to_e
     a.exit();
 }
 
+/// The IPv4 flags and fragment field with DF alone set, as loaded.
+const DF_ONLY: i32 = wire16(0x4000);
+
+/// The send side's fast path for IPv4 TCP to a service (r7 data, r8 end,
+/// r9 IPv4 header, no fragment): a packet of an established flow the engine
+/// redirected (`fwd_flows_v4`), whose peer entry (`fwd_peers`) has the
+/// flow's generation, is encapsulated here as the engine would (outer IPv4,
+/// GRE with the flow's tag or plain IP-in-IP) and sent back out
+/// (`XDP_TX`). Anything else goes to `to_engine` untouched: SYN, FIN, RST,
+/// a VLAN tag, DF clear (the engine picks outer identifications), an
+/// outer packet over `mtu` (the engine answers "too big"), unknown flows,
+/// stale generations.
+fn forward_v4(a: &mut Asm, maps: &MapFds, mtu: u16, to_engine: Label) {
+    a.mov_reg(R3, R7).alu_imm(Alu::Add, R3, 14);
+    a.jmp_reg(Cond::Ne, R3, R9, to_engine); // a VLAN tag
+    // The TCP header (after the options; r2 was clobbered by the look-up).
+    a.load(Size::B, R2, R9, 0);
+    a.alu_imm(Alu::And, R2, 0x0f).alu_imm(Alu::Lsh, R2, 2);
+    a.mov_reg(R3, R9).alu_reg(Alu::Add, R3, R2);
+    a.mov_reg(R4, R3).alu_imm(Alu::Add, R4, 14);
+    a.jmp_reg(Cond::Gt, R4, R8, to_engine); // through the TCP flags
+    // (client, service, client port, service port)
+    a.load(Size::W, R5, R9, 12).store(Size::W, R10, KEY, R5);
+    a.load(Size::W, R5, R9, 16).store(Size::W, R10, KEY + 4, R5);
+    a.load(Size::W, R5, R3, 0).store(Size::W, R10, KEY + 8, R5);
+    // SYN, FIN and RST go to the engine, and take their flow out of the
+    // fast path here and now: a SYN reusing the 4-tuple starts a connection
+    // the engine may send elsewhere, and its handshake's ACK must not
+    // follow the old entry before the worker rewrites it.
+    a.load(Size::B, R4, R3, 13);
+    a.alu_imm(Alu::And, R4, TCP_FIN_SYN_RST);
+    let forget = a.label();
+    a.jmp_imm(Cond::Ne, R4, 0, forget);
+    a.load(Size::H, R4, R9, 6);
+    a.jmp_imm(Cond::Ne, R4, DF_ONLY, to_engine);
+    // Redirected?
+    lookup_or_pass(a, maps.fwd_flows_v4, to_engine);
+    a.store(Size::DW, R10, FLOW_PTR, R0);
+    a.load(Size::W, R2, R0, 0).store(Size::W, R10, PEER_KEY, R2);
+    a.load_map_fd(R1, maps.fwd_peers);
+    a.mov_reg(R2, R10)
+        .alu_imm(Alu::Add, R2, i32::from(PEER_KEY));
+    a.call(HELPER_MAP_LOOKUP_ELEM);
+    a.jmp_imm(Cond::Eq, R0, 0, to_engine);
+    a.store(Size::DW, R10, PEER_PTR, R0);
+    // The peer's generation, never 0, is the one the flow was written with
+    // (a dead or departed peer's was bumped: its flows go to the engine).
+    a.load(Size::W, R2, R0, 24);
+    a.jmp_imm(Cond::Eq, R2, 0, to_engine);
+    a.load(Size::DW, R1, R10, FLOW_PTR);
+    a.load(Size::W, R3, R1, 4);
+    a.jmp_reg(Cond::Ne, R2, R3, to_engine);
+    a.load(Size::W, R5, R1, 16); // the outer protocol
+    let gre = a.label();
+    a.jmp_imm(Cond::Eq, R5, PROTO_GRE, gre);
+    a.jmp_imm(Cond::Ne, R5, PROTO_IPIP, to_engine);
+    encapsulate_and_tx(a, maps, mtu, 20, to_engine);
+    a.bind(gre);
+    encapsulate_and_tx(a, maps, mtu, 32, to_engine);
+    a.bind(forget);
+    a.load_map_fd(R1, maps.fwd_flows_v4);
+    a.mov_reg(R2, R10).alu_imm(Alu::Add, R2, i32::from(KEY));
+    a.call(HELPER_MAP_DELETE_ELEM);
+    a.ja(to_engine);
+}
+
+/// The second half of [`forward_v4`] for one outer header size (20:
+/// IP-in-IP, 32: GRE), the flow and peer entries on the stack.
+fn encapsulate_and_tx(a: &mut Asm, maps: &MapFds, mtu: u16, overhead: i16, to_engine: Label) {
+    let gre = overhead == 32;
+    // Inner total length; the outer packet must fit the tunnel's MTU.
+    a.load(Size::B, R4, R9, 2).alu_imm(Alu::Lsh, R4, 8);
+    a.load(Size::B, R5, R9, 3).alu_reg(Alu::Or, R4, R5);
+    a.mov_reg(R5, R4).alu_imm(Alu::Add, R5, i32::from(overhead));
+    a.jmp_imm(Cond::Gt, R5, i32::from(mtu), to_engine);
+    // One more packet of the flow (the worker refreshes the engine's idle
+    // timer from it; a lost increment between CPUs still shows activity).
+    a.load(Size::DW, R1, R10, FLOW_PTR);
+    a.load(Size::DW, R2, R1, 24).alu_imm(Alu::Add, R2, 1);
+    a.store(Size::DW, R1, 24, R2);
+    // Room for the outer header in front.
+    a.mov_reg(R1, R6).mov_imm(R2, -i32::from(overhead));
+    a.call(HELPER_XDP_ADJUST_HEAD);
+    a.jmp_imm(Cond::Ne, R0, 0, to_engine); // refused: the frame is unchanged
+    a.load(Size::W, R7, R6, 0);
+    a.load(Size::W, R8, R6, 4);
+    a.mov_reg(R3, R7)
+        .alu_imm(Alu::Add, R3, 14 + i32::from(overhead) + 20);
+    let aborted = a.label();
+    a.jmp_reg(Cond::Gt, R3, R8, aborted);
+    let inner = 14 + overhead;
+    // Ethernet: the peer's next hop, from this interface.
+    a.load(Size::DW, R1, R10, PEER_PTR);
+    for off in [0, 4, 8] {
+        a.load(Size::W, R2, R1, off).store(Size::W, R7, off, R2);
+    }
+    a.load(Size::H, R2, R1, 12).store(Size::H, R7, 12, R2);
+    // Outer IPv4, as `dpr_packet::ipip` writes it: TOS and ECN copied
+    // (RFC 6040 normal mode), DF copied (set), the engine's TTL.
+    a.store_imm(Size::B, R7, 14, 0x45);
+    a.load(Size::B, R2, R7, inner + 1)
+        .store(Size::B, R7, 15, R2);
+    a.load(Size::B, R2, R7, inner + 2).alu_imm(Alu::Lsh, R2, 8);
+    a.load(Size::B, R3, R7, inner + 3).alu_reg(Alu::Or, R2, R3);
+    a.alu_imm(Alu::Add, R2, i32::from(overhead));
+    a.mov_reg(R3, R2).alu_imm(Alu::Rsh, R3, 8);
+    a.store(Size::B, R7, 16, R3);
+    a.store(Size::B, R7, 17, R2);
+    a.store_imm(Size::H, R7, 18, 0); // identification (DF set)
+    a.store_imm(Size::H, R7, 20, DF_ONLY);
+    a.load(Size::B, R2, R1, 14).store(Size::B, R7, 22, R2); // TTL
+    a.store_imm(Size::B, R7, 23, if gre { PROTO_GRE } else { PROTO_IPIP });
+    a.store_imm(Size::H, R7, 24, 0);
+    a.load(Size::W, R2, R1, 16).store(Size::W, R7, 26, R2);
+    a.load(Size::W, R2, R1, 20).store(Size::W, R7, 30, R2);
+    if gre {
+        a.store_imm(Size::W, R7, 34, GRE_KS_IPV4);
+        a.load(Size::DW, R1, R10, FLOW_PTR);
+        a.load(Size::W, R2, R1, 8).store(Size::W, R7, 38, R2);
+        a.load(Size::W, R2, R1, 12).store(Size::W, R7, 42, R2);
+    }
+    // The outer header's checksum (RFC 1071, over native-order halves:
+    // the sum is byte-order independent).
+    a.mov_imm(R2, 0);
+    for i in 0..10 {
+        a.load(Size::H, R3, R7, 14 + 2 * i)
+            .alu_reg(Alu::Add, R2, R3);
+    }
+    for _ in 0..2 {
+        a.mov_reg(R3, R2).alu_imm(Alu::Rsh, R3, 16);
+        a.alu_imm(Alu::And, R2, 0xffff).alu_reg(Alu::Add, R2, R3);
+    }
+    a.alu_imm(Alu::Xor, R2, 0xffff);
+    a.store(Size::H, R7, 24, R2);
+    count(a, maps.counters, Some(Counter::ForwardV4));
+    a.mov_imm(R0, XDP_TX as i32);
+    a.exit();
+    // Cannot happen (the frame only grew by what was asked).
+    a.bind(aborted);
+    a.mov_imm(R0, XDP_ABORTED as i32);
+    a.exit();
+}
+
 /// `r0 = lookup(map, r10 + KEY)`; `goto pass` when absent.
 fn lookup_or_pass(a: &mut Asm, map: i32, pass: Label) {
     a.load_map_fd(R1, map);
@@ -563,13 +762,20 @@ mod tests {
             peers_v6: 6,
             tunnel_services_v4: 9,
             keyed_flows_v4: 10,
+            fwd_flows_v4: 11,
+            fwd_peers: 12,
             xsks: 7,
             counters: 8,
         };
-        let p = router_program(&fds, MissingSocket::Pass).unwrap();
+        let p = router_program(&fds, MissingSocket::Pass, None).unwrap();
         eprintln!("router program: {} instructions", p.len());
         assert!(p.len() < 400, "{} insns", p.len());
         assert_eq!(p.last().map(|i| i.code), Some(0x95));
+        // The fast path's two copies (IP-in-IP, GRE) of the encapsulation.
+        let f = router_program(&fds, MissingSocket::Pass, Some(1500)).unwrap();
+        eprintln!("with the fast path: {} instructions", f.len());
+        assert!(f.len() < 400 + 250, "{} insns", f.len());
+        assert_eq!(f.last().map(|i| i.code), Some(0x95));
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub struct BackendSection {
     /// AF_XDP: the XDP program decapsulates plain IPv4-in-IPv4 packets of
     /// connections in progress itself and passes them to the kernel.
     pub xdp_decap: bool,
+    /// AF_XDP: the XDP program forwards the packets of established
+    /// redirected connections itself (the send side's fast path).
+    pub xdp_fast_path: bool,
     /// At a stop (SIGTERM, SIGINT) while connections are routed to peers,
     /// leave the diversion in place (persistent TUN device, rules, XDP
     /// program) for the next `dprd run` to take over, so that in the gap
@@ -160,6 +163,7 @@ impl Default for BackendSection {
             local_rule_priority: 100,
             xdp_mode: XdpModeSetting::Auto,
             xdp_decap: true,
+            xdp_fast_path: true,
             hold_on_exit: true,
         }
     }
@@ -1278,6 +1282,17 @@ service_addrs = ["198.18.0.2"]
         assert_eq!(c.backend.kind, BackendKind::AfXdp);
         assert_eq!(c.backend.xdp_mode, XdpModeSetting::Generic);
         assert!(c.backend.xdp_decap, "on by default");
+        assert!(c.backend.xdp_fast_path, "on by default");
+        assert!(c.xdp_plan().fast_path);
+        let c = Config::parse(&format!(
+            "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_fast_path = false\n"
+        ))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!c.xdp_plan().fast_path);
+        let e = err_of(&format!(
+            "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_fast_path = 1\n"
+        ));
+        assert!(e.to_string().contains("xdp_fast_path"), "{e}");
         let e = err_of(&format!(
             "{GOOD}\n[backend]\nkind = \"af-xdp\"\nxdp_decap = \"yes\"\n"
         ));

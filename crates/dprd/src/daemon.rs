@@ -434,6 +434,17 @@ pub fn run_with_policy(
                         Err(e) => tracing::warn!(error = %e, "no keyed-flow fast path"),
                     }
                 }
+                // The send fast path: the worker writes the established
+                // flows its engine redirects into the program's map.
+                if let Some(peers) = &x.fast_path {
+                    match x.program.router_program().fast_path_maps() {
+                        Ok(m) => {
+                            let max = 65_536 / cfg.backend.queues.max(1);
+                            q = q.with_fast_path(m, peers.clone(), max);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "no send fast path"),
+                    }
+                }
                 workers.spawn(q, shard)
             }
             _ => workers.spawn(BatchBackend::new(q, cfg.backend.batch, mtu), shard),
@@ -550,6 +561,29 @@ struct AdminRequest {
 }
 
 impl LoopCtx {
+    /// The send fast path follows the engine's view of the peers: a peer
+    /// it holds dead, or that left, takes its flows out of the fast path at
+    /// once (a new generation in the program's peer entry), so their
+    /// packets reach the engine again. Every control tick.
+    fn sync_fast_path(&self) {
+        use dpr_table::PeerState;
+        let Some(f) = self.xdp.as_ref().and_then(|x| x.fast_path.as_ref()) else {
+            return;
+        };
+        let peers: Vec<(IpAddr, bool)> = self
+            .engines
+            .control()
+            .loads()
+            .peers()
+            .iter()
+            .map(|p| {
+                let takes = !matches!(p.state, PeerState::Dead | PeerState::Left);
+                (p.tunnel_addr, takes)
+            })
+            .collect();
+        f.sync(&peers);
+    }
+
     /// What the workers counted, summed.
     fn io_stats(&self) -> IoStats {
         IoStats::sum(&self.worker_stats)
@@ -659,6 +693,9 @@ impl LoopCtx {
             for k in dpr_xdp::Counter::ALL {
                 io.insert(format!("xdp_prog_{k:?}").to_lowercase(), c.get(k));
             }
+        }
+        if let Some(f) = self.xdp.as_ref().and_then(|x| x.fast_path.as_ref()) {
+            io.insert("xdp_fast_path_generation_bumps".into(), f.bumps());
         }
 
         let peers = self
@@ -903,6 +940,11 @@ impl LoopCtx {
         self.guard.set_peer_service_addrs(&new.peer_service_v4())?;
         if let Some(x) = self.xdp.as_mut() {
             x.set_peers(&new.xdp_peers())?;
+            // Tunnel keys may have rolled: every flow goes back through
+            // the engine once, which writes it again with its tag now.
+            if let Some(f) = &x.fast_path {
+                f.bump_all();
+            }
         }
         let now = clock(self.origin);
         self.control.reload(&new, keys, now, &mut self.engines)?;
@@ -1055,6 +1097,7 @@ async fn control_loop(
                     ctx.control.ask_flows(now, &asked, &ctx.engines);
                 }
                 ctx.control.check_idle(now, &ctx.engines);
+                ctx.sync_fast_path();
                 if now.mono >= ctx.control.poll_timeout() {
                     ctx.control.handle_timeout(now, &mut ctx.engines);
                 }

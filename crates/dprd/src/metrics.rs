@@ -35,9 +35,14 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ("dpr_table_evictions_total", "counter"),
     ("dpr_table_evictions_half_open_total", "counter"),
     ("dpr_table_evictions_established_total", "counter"),
+    ("dpr_fast_path_packets_total", "counter"),
     ("dpr_open_connections", "gauge"),
     ("dpr_draining", "gauge"),
 ];
+
+/// The status counter (`io`) of the XDP program's send fast path,
+/// exported on its own as `dpr_fast_path_packets_total`.
+pub const FAST_PATH_PACKETS: &str = "xdp_prog_forwardv4";
 
 /// The collector: the shared snapshot.
 #[derive(Debug)]
@@ -251,6 +256,11 @@ impl Collector for StatusCollector {
                 "Of the evictions: entries past their handshake (a genuine overload)",
                 s.evicted_established,
             ),
+            (
+                "dpr_fast_path_packets",
+                "AF_XDP: packets of established redirected connections the XDP program forwarded itself (never seen by the engine)",
+                s.io.get(FAST_PATH_PACKETS).copied().unwrap_or(0),
+            ),
         ] {
             let c = ConstCounter::new(v);
             let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
@@ -417,6 +427,7 @@ mod tests {
         s.evicted = 7;
         s.evicted_half_open = 5;
         s.evicted_established = 2;
+        s.io.insert(FAST_PATH_PACKETS.into(), 11);
         let reg = registry(Arc::new(Mutex::new(s)));
         let t = render(&reg).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(t.contains("dpr_drops_total{reason=\"malformed\"} 4"), "{t}");
@@ -429,6 +440,7 @@ mod tests {
         assert!(t.contains("dpr_table_evictions_total 7"), "{t}");
         assert!(t.contains("dpr_table_evictions_half_open_total 5"), "{t}");
         assert!(t.contains("dpr_table_evictions_established_total 2"), "{t}");
+        assert!(t.contains("dpr_fast_path_packets_total 11"), "{t}");
         let r = response(&reg);
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.ends_with(&t), "{r}");

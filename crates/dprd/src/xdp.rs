@@ -52,6 +52,8 @@ impl Config {
             // keyed tunnel every tunnelled packet goes to the engine.
             decap: self.backend.xdp_decap && self.tunnel.auth == TunnelAuthKind::None,
             xsk: Default::default(),
+            fast_path: self.backend.xdp_fast_path,
+            tunnel_mtu: self.tunnel.mtu,
         }
     }
 }
