@@ -106,6 +106,17 @@ stats! {
     xsk_fill_ring_empty,
     /// ... invalid tx descriptors.
     xsk_tx_invalid,
+    /// TUN with offloads: super-packets read (TCP segmentation offload).
+    tun_gso_packets,
+    /// ... the segments they were cut into.
+    tun_gso_segments,
+    /// ... frames dropped for a virtio-net header or super-packet the
+    /// backend could not use (counted, never processed).
+    tun_offload_errors,
+    /// TUN: forwards sent through the raw egress socket (`sendmmsg`).
+    tun_routed_tx,
+    /// ... `sendmmsg` calls that sent them.
+    tun_routed_calls,
 }
 
 /// A worker's ends of the rings: where other workers hand it packets of
