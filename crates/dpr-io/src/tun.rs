@@ -27,7 +27,7 @@
 
 use crate::backend::{Batch, BatchIo, TxOutcome};
 use crate::sys::{self, RealTun, TunSys};
-use dpr_packet::virtio::{self, TcpSegmenter, VirtioNetHdr};
+use dpr_packet::virtio::{self, TcpCoalescer, TcpSegmenter, VirtioNetHdr};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
@@ -202,6 +202,9 @@ pub struct TunQueue<S: TunSys> {
     counts: Counts,
     /// Forwards waiting for one `sendmmsg` (frame indices).
     routed: Vec<usize>,
+    /// With offloads: where consecutive segments of a flow for the local
+    /// stack are merged into one super-packet.
+    gro: Vec<u8>,
 }
 
 /// What the queue counts between two [`BatchIo::maintain`] calls.
@@ -217,6 +220,10 @@ pub struct Counts {
     pub routed_tx: u64,
     /// `sendmmsg` calls.
     pub routed_calls: u64,
+    /// Super-packets written to the local stack.
+    pub gro_packets: u64,
+    /// Segments merged into them.
+    pub gro_segments: u64,
 }
 
 /// What one read with offloads gave.
@@ -241,6 +248,7 @@ impl<S: TunSys> TunQueue<S> {
             pending: None,
             counts: Counts::default(),
             routed: Vec::new(),
+            gro: Vec::new(),
         }
     }
 
@@ -318,6 +326,27 @@ impl<S: TunSys> TunQueue<S> {
                 self.counts.offload_errors += 1;
                 Ok(Some(Read::Skip))
             }
+        }
+    }
+
+    /// Writes what `open` merged (frames from `first` on): one
+    /// super-packet, or the one frame as it was.
+    fn flush_merged(&mut self, open: TcpCoalescer, first: &[u8], out: &mut TxOutcome) {
+        let n = open.count();
+        let (h, len) = open.finish(&mut self.gro);
+        let r = if n < 2 {
+            self.send(first)
+        } else {
+            let mut hdr = [0u8; virtio::HDR_LEN];
+            let _ = h.emit(&mut hdr);
+            self.counts.gro_packets += 1;
+            self.counts.gro_segments += n as u64;
+            let pkt = self.gro.get(..len).unwrap_or(&[]);
+            self.sys.send_gso(&hdr, pkt).map(|_| ())
+        };
+        match r {
+            Ok(()) => out.sent += n,
+            Err(_) => out.failed += n,
         }
     }
 
@@ -412,24 +441,43 @@ impl<S: TunSys> BatchIo for TunQueue<S> {
     }
 
     /// Forwards to IPv4 peers go out together through the raw socket
-    /// (where the queue has one); the rest into the TUN, one by one.
+    /// (where the queue has one); the rest into the TUN, in order, with
+    /// offloads consecutive segments of a flow merged into one write.
     fn send_batch(&mut self, batch: &Batch) -> io::Result<TxOutcome> {
         let mut out = TxOutcome::default();
         let raw = self.sys.has_routed_v4();
-        for (i, f) in batch
-            .frames()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.transmit)
-        {
+        if self.vnet && self.gro.len() < virtio::MAX_COALESCED {
+            self.gro.resize(virtio::MAX_COALESCED, 0);
+        }
+        // The merge under way and the frame it started with.
+        let mut open: Option<(TcpCoalescer, usize)> = None;
+        let frames = batch.frames();
+        for (i, f) in frames.iter().enumerate().filter(|(_, f)| f.transmit) {
             if raw && matches!(f.next_hop, Some(IpAddr::V4(_))) {
                 self.routed.push(i);
                 continue;
+            }
+            if let Some((c, _)) = &mut open {
+                if c.push(f.bytes(), &mut self.gro) {
+                    continue;
+                }
+            }
+            if let Some((c, first)) = open.take() {
+                self.flush_merged(c, frames[first].bytes(), &mut out);
+            }
+            if self.vnet {
+                if let Some(c) = TcpCoalescer::start(f.bytes(), &mut self.gro) {
+                    open = Some((c, i));
+                    continue;
+                }
             }
             match self.send(f.bytes()) {
                 Ok(()) => out.sent += 1,
                 Err(_) => out.failed += 1,
             }
+        }
+        if let Some((c, first)) = open.take() {
+            self.flush_merged(c, frames[first].bytes(), &mut out);
         }
         if !self.routed.is_empty() {
             self.flush_routed(batch, &mut out);
@@ -452,6 +500,8 @@ impl<S: TunSys> BatchIo for TunQueue<S> {
         add(&stats.tun_offload_errors, c.offload_errors);
         add(&stats.tun_routed_tx, c.routed_tx);
         add(&stats.tun_routed_calls, c.routed_calls);
+        add(&stats.tun_gro_packets, c.gro_packets);
+        add(&stats.tun_gro_segments, c.gro_segments);
     }
 
     fn kind(&self) -> &'static str {
@@ -678,5 +728,41 @@ mod tests {
             Some(TxOutcome { sent: 1, failed: 0 })
         );
         assert_eq!(fake.0.lock().unwrap_or_else(|e| e.into_inner()).tx.len(), 1);
+    }
+
+    #[test]
+    fn offload_merges_consecutive_segments_for_the_local_stack() {
+        let fake = FakeTun::default();
+        fake.0.lock().unwrap_or_else(|e| e.into_inner()).vnet = true;
+        let sup = tcp_v4(3000);
+        // Cut it as the reader would (complete checksums), plus a plain ACK.
+        let mut seg = TcpSegmenter::new(&sup, &gso(1000)).unwrap_or_else(|e| unreachable!("{e}"));
+        let mut b = Batch::new(8, 0, 1500);
+        while let Some(area) = b.next_free() {
+            match seg.next_into(&sup, area) {
+                Some(Ok(n)) => b.commit(n),
+                _ => break,
+            }
+        }
+        let mut ack = tcp_v4(0);
+        ack[33] = 0x10;
+        assert!(b.push(&ack));
+        for f in b.frames_mut() {
+            f.transmit = true;
+        }
+        let mut q = TunQueue::new(fake.clone());
+        assert_eq!(
+            q.send_batch(&b).ok(),
+            Some(TxOutcome { sent: 4, failed: 0 })
+        );
+        let s = fake.0.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(s.tx_gso.len(), 1, "three segments, one write");
+        let (h, p) = &s.tx_gso[0];
+        let h = VirtioNetHdr::parse(h).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!((h.gso_type, h.gso_size), (virtio::GsoType::TcpV4, 1000));
+        assert_eq!(&p[40..], &sup[40..], "the payload whole");
+        assert_eq!(s.tx, vec![ack], "the ACK after it, alone");
+        let c = q.counts();
+        assert_eq!((c.gro_packets, c.gro_segments), (1, 3));
     }
 }

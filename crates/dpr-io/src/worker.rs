@@ -117,6 +117,11 @@ stats! {
     tun_routed_tx,
     /// ... `sendmmsg` calls that sent them.
     tun_routed_calls,
+    /// TUN with offloads: super-packets written to the local stack
+    /// (consecutive segments of a flow merged).
+    tun_gro_packets,
+    /// ... the segments merged into them.
+    tun_gro_segments,
 }
 
 /// A worker's ends of the rings: where other workers hand it packets of

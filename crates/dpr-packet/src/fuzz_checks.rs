@@ -462,7 +462,7 @@ pub fn control(data: &[u8]) {
 /// IPv4 or IPv6 TCP packet with correct checksums, no longer than
 /// `max_segment_len()`, whose payloads in order are the super-packet's.
 pub fn virtio(data: &[u8]) {
-    use crate::virtio::{self, TcpSegmenter, VirtioNetHdr};
+    use crate::virtio::{self, TcpCoalescer, TcpSegmenter, VirtioNetHdr};
     let Ok(h) = VirtioNetHdr::parse(data) else {
         assert!(data.len() < virtio::HDR_LEN);
         return;
@@ -488,8 +488,23 @@ pub fn virtio(data: &[u8]) {
     let mut n_segs = 0;
     let mut payload = Vec::new();
     let mut hdr_len = None;
+    // The segments merged back, as far as the coalescer takes them.
+    let mut merged = std::vec![0u8; virtio::MAX_COALESCED];
+    let mut merge: Option<TcpCoalescer> = None;
+    let mut merged_payload = Vec::new();
+    let mut merging = true;
     while let Some(r) = seg.next_into(pkt, &mut buf) {
         let n = r.unwrap();
+        if merging {
+            let ok = match &mut merge {
+                None => {
+                    merge = TcpCoalescer::start(&buf[..n], &mut merged);
+                    merge.is_some()
+                }
+                Some(c) => c.push(&buf[..n], &mut merged),
+            };
+            merging = ok;
+        }
         assert!(n <= max);
         let s = &buf[..n];
         let m = parse_ip(s).unwrap();
@@ -509,7 +524,24 @@ pub fn virtio(data: &[u8]) {
         let hl = l4 + t.header_len();
         assert_eq!(*hdr_len.get_or_insert(hl), hl);
         payload.extend_from_slice(&s[hl..]);
+        if merging {
+            merged_payload.extend_from_slice(&s[hl..]);
+        }
         n_segs += 1;
+    }
+    if let Some(c) = merge {
+        let count = c.count();
+        let (h, len) = c.finish(&mut merged);
+        let hl = hdr_len.unwrap();
+        assert_eq!(&merged[hl..len], &merged_payload[..]);
+        if count > 1 {
+            assert!(h.needs_csum());
+            let mut done = merged[..len].to_vec();
+            virtio::complete_checksum(&mut done, h.csum_start, h.csum_offset).unwrap();
+            let m = parse_ip(&done).unwrap();
+            let t = TcpSegment::new_checked(&done[usize::from(m.l4_offset)..]).unwrap();
+            assert!(t.verify_checksum(m.flow.src, m.flow.dst));
+        }
     }
     assert_eq!(n_segs, expect);
     let hl = hdr_len.unwrap();

@@ -343,6 +343,238 @@ impl TcpSegmenter {
     }
 }
 
+/// Merges consecutive TCP segments of one flow into a super-packet for
+/// one write into a TUN with offloads (the reverse of [`TcpSegmenter`],
+/// what GRO does in the kernel): the local stack then takes one packet
+/// instead of tens. A segment joins when it has the same IP and TCP
+/// headers as the first but for the lengths, IPv4 id and checksums,
+/// sequence number and PSH; it starts where the previous one ended; the
+/// previous one was full-sized; and neither carries SYN, FIN, RST or URG.
+/// Only segments whose checksums verify are merged (the super-packet's
+/// checksum is left partial, which the stack takes as verified), so a
+/// corrupt one is written alone and dropped by the stack as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCoalescer {
+    v6: bool,
+    ip_len: usize,
+    hdr_len: usize,
+    /// Bytes of the super-packet so far (headers and payload).
+    len: usize,
+    gso_size: usize,
+    /// Segments merged.
+    count: usize,
+    /// The sequence number the next segment must carry.
+    next_seq: u32,
+    /// The last segment was shorter than `gso_size`: nothing may follow.
+    closed: bool,
+}
+
+/// Largest super-packet (its IPv4 total length, or IPv6 payload, fits 16 bits).
+pub const MAX_COALESCED: usize = 65_535;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_URG: u8 = 0x20;
+
+/// (v6, IP header length, IP + TCP header length, payload length) of a TCP
+/// segment that may be merged (unfragmented, no extension headers, no
+/// SYN/FIN/RST/URG, checksums verified), or `None`.
+fn mergeable(pkt: &[u8]) -> Option<(bool, usize, usize, usize)> {
+    let b0 = *pkt.first()?;
+    let (v6, ip_len, end) = match b0 >> 4 {
+        4 => {
+            let ihl = usize::from(b0 & 0x0f) * 4;
+            if ihl < 20 || pkt.len() < ihl || pkt[9] != 6 {
+                return None;
+            }
+            if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            if checksum::checksum(&pkt[..ihl]) != 0 {
+                return None;
+            }
+            (
+                false,
+                ihl,
+                usize::from(u16::from_be_bytes([pkt[2], pkt[3]])),
+            )
+        }
+        6 => {
+            if pkt.len() < 40 || pkt[6] != 6 {
+                return None;
+            }
+            (
+                true,
+                40,
+                40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]])),
+            )
+        }
+        _ => return None,
+    };
+    if end != pkt.len() || end < ip_len + 20 {
+        return None;
+    }
+    let tcp_len = usize::from(pkt[ip_len + 12] >> 4) * 4;
+    if tcp_len < 20 || ip_len + tcp_len > end {
+        return None;
+    }
+    if pkt[ip_len + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG) != 0 {
+        return None;
+    }
+    // Nothing to merge without payload (and no checksum to pay for).
+    if end == ip_len + tcp_len {
+        return None;
+    }
+    let seg_len = end - ip_len;
+    let pseudo = if v6 {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&pkt[8..24]);
+        d.copy_from_slice(&pkt[24..40]);
+        checksum::pseudo_header_v6(s.into(), d.into(), 6, seg_len as u32)
+    } else {
+        let a = |k: usize| [pkt[k], pkt[k + 1], pkt[k + 2], pkt[k + 3]];
+        checksum::pseudo_header_v4(a(12).into(), a(16).into(), 6, seg_len as u16)
+    };
+    if checksum::fold(checksum::combine(pseudo, checksum::sum(&pkt[ip_len..end]))) != 0 {
+        return None;
+    }
+    Some((v6, ip_len, ip_len + tcp_len, end - ip_len - tcp_len))
+}
+
+impl TcpCoalescer {
+    /// Starts a super-packet in `out` with segment `pkt` (copied), or
+    /// `None` when `pkt` cannot be merged with anything (not TCP, a
+    /// control segment, no payload, a checksum that does not verify).
+    pub fn start(pkt: &[u8], out: &mut [u8]) -> Option<Self> {
+        let (v6, ip_len, hdr_len, payload) = mergeable(pkt)?;
+        if payload == 0 || out.len() < pkt.len() {
+            return None;
+        }
+        out[..pkt.len()].copy_from_slice(pkt);
+        let seq = u32::from_be_bytes([
+            pkt[ip_len + 4],
+            pkt[ip_len + 5],
+            pkt[ip_len + 6],
+            pkt[ip_len + 7],
+        ]);
+        Some(Self {
+            v6,
+            ip_len,
+            hdr_len,
+            len: pkt.len(),
+            gso_size: payload,
+            count: 1,
+            next_seq: seq.wrapping_add(payload as u32),
+            closed: false,
+        })
+    }
+
+    /// Segments merged so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Appends `pkt`'s payload to the super-packet in `out` (the buffer
+    /// given to [`Self::start`]) if it continues it; false (and `out`
+    /// untouched) otherwise.
+    pub fn push(&mut self, pkt: &[u8], out: &mut [u8]) -> bool {
+        if self.closed {
+            return false;
+        }
+        let Some((v6, ip_len, hdr_len, payload)) = mergeable(pkt) else {
+            return false;
+        };
+        if v6 != self.v6 || ip_len != self.ip_len || hdr_len != self.hdr_len {
+            return false;
+        }
+        if payload == 0 || payload > self.gso_size || self.len + payload > MAX_COALESCED {
+            return false;
+        }
+        if self.len + payload > out.len() || out.len() < self.hdr_len {
+            return false;
+        }
+        let first = &out[..self.hdr_len];
+        let same_ip = if v6 {
+            // Version, class, flow label; next header, hop limit, addresses.
+            first[..4] == pkt[..4] && first[6..40] == pkt[6..40]
+        } else {
+            // All but total length, id and checksum.
+            first[..2] == pkt[..2]
+                && first[6..10] == pkt[6..10]
+                && first[12..ip_len] == pkt[12..ip_len]
+        };
+        let (t0, t1) = (&first[ip_len..], &pkt[ip_len..hdr_len]);
+        let seq = u32::from_be_bytes([t1[4], t1[5], t1[6], t1[7]]);
+        // Ports; ack, offset; flags but PSH; window; options (not the
+        // sequence number, checksum or urgent pointer).
+        let same_tcp = t0[..4] == t1[..4]
+            && t0[8..13] == t1[8..13]
+            && (t0[13] & !TCP_PSH) == (t1[13] & !TCP_PSH)
+            && t0[14..16] == t1[14..16]
+            && t0[20..] == t1[20..];
+        if !same_ip || !same_tcp || seq != self.next_seq {
+            return false;
+        }
+        out[self.len..self.len + payload].copy_from_slice(&pkt[hdr_len..]);
+        // PSH of any merged segment is kept.
+        out[ip_len + 13] |= pkt[ip_len + 13] & TCP_PSH;
+        self.len += payload;
+        self.count += 1;
+        self.next_seq = seq.wrapping_add(payload as u32);
+        self.closed = payload < self.gso_size;
+        true
+    }
+
+    /// Finishes the super-packet in `out`: lengths, the IPv4 header
+    /// checksum, the TCP checksum left partial (the pseudo-header sum, as
+    /// the stack expects with `F_NEEDS_CSUM`). Returns its header and
+    /// length. With one segment, `out` holds it unchanged and the header is
+    /// [`VirtioNetHdr::NONE`].
+    pub fn finish(&self, out: &mut [u8]) -> (VirtioNetHdr, usize) {
+        if self.count < 2 {
+            return (VirtioNetHdr::NONE, self.len);
+        }
+        let Some(p) = out.get_mut(..self.len) else {
+            return (VirtioNetHdr::NONE, 0);
+        };
+        let ip_len = self.ip_len;
+        let tcp_total = self.len - ip_len;
+        let pseudo = if self.v6 {
+            p[4..6].copy_from_slice(&(tcp_total as u16).to_be_bytes());
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&p[8..24]);
+            d.copy_from_slice(&p[24..40]);
+            checksum::pseudo_header_v6(s.into(), d.into(), 6, tcp_total as u32)
+        } else {
+            p[2..4].copy_from_slice(&(self.len as u16).to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum::checksum(&p[..ip_len]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            let a = |k: usize| [p[k], p[k + 1], p[k + 2], p[k + 3]];
+            checksum::pseudo_header_v4(a(12).into(), a(16).into(), 6, tcp_total as u16)
+        };
+        // The partial checksum: the pseudo-header sum, not complemented.
+        let partial = !checksum::fold(pseudo);
+        p[ip_len + 16..ip_len + 18].copy_from_slice(&partial.to_be_bytes());
+        let h = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if self.v6 {
+                GsoType::TcpV6
+            } else {
+                GsoType::TcpV4
+            },
+            gso_ecn: false,
+            hdr_len: self.hdr_len as u16,
+            gso_size: self.gso_size as u16,
+            csum_start: ip_len as u16,
+            csum_offset: 16,
+        };
+        (h, self.len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +766,131 @@ mod tests {
         ));
         assert!(complete_checksum(&mut p, 60, 16).is_err());
         assert!(complete_checksum(&mut p, u16::MAX, u16::MAX).is_err());
+    }
+
+    /// Cuts `p` with the segmenter, then merges the segments back.
+    fn round_trip(p: &[u8], size: u16) -> (VirtioNetHdr, std::vec::Vec<u8>) {
+        let mut s = TcpSegmenter::new(p, &hdr(GsoType::TcpV4, size)).unwrap();
+        let mut segs = std::vec::Vec::new();
+        let mut buf = [0u8; 1600];
+        while let Some(r) = s.next_into(p, &mut buf) {
+            segs.push(buf[..r.unwrap()].to_vec());
+        }
+        let mut out = std::vec![0u8; MAX_COALESCED];
+        let mut c = TcpCoalescer::start(&segs[0], &mut out).unwrap();
+        for seg in &segs[1..] {
+            assert!(c.push(seg, &mut out));
+        }
+        assert_eq!(c.count(), segs.len());
+        let (h, n) = c.finish(&mut out);
+        (h, out[..n].to_vec())
+    }
+
+    #[test]
+    fn coalescing_undoes_segmentation() {
+        let mut p = super_v4(4000);
+        p[33] &= !(TCP_FIN | TCP_CWR); // FIN and CWR cannot be merged
+        let (h, merged) = round_trip(&p, 1448);
+        assert_eq!(
+            (h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+            (GsoType::TcpV4, 1448, 20, 16)
+        );
+        assert!(h.needs_csum());
+        assert_eq!(merged.len(), p.len());
+        let mut want = p.clone();
+        // The merged IPv4 id is the first segment's; lengths and header
+        // checksum whole again; the TCP checksum partial.
+        want[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&want[..20]);
+        want[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(&merged[..36], &want[..36]);
+        assert_eq!(&merged[38..], &want[38..]);
+        // Completing the partial checksum gives a valid segment.
+        let mut done = merged.clone();
+        complete_checksum(&mut done, h.csum_start, h.csum_offset).unwrap();
+        let ip = crate::ipv4::Ipv4Packet::new_checked(&done[..]).unwrap();
+        let t = TcpSegment::new_checked(&done[20..]).unwrap();
+        assert!(ip.verify_checksum() && t.verify_checksum(ip.src().into(), ip.dst().into()));
+    }
+
+    #[test]
+    fn coalescing_refuses_what_does_not_continue() {
+        let mut p = super_v4(3000);
+        p[33] = 0x10; // ACK only
+        let mut s = TcpSegmenter::new(&p, &hdr(GsoType::TcpV4, 1000)).unwrap();
+        let mut segs = std::vec::Vec::new();
+        let mut buf = [0u8; 1600];
+        while let Some(r) = s.next_into(&p, &mut buf) {
+            segs.push(buf[..r.unwrap()].to_vec());
+        }
+        let mut out = std::vec![0u8; MAX_COALESCED];
+        let start = |out: &mut [u8]| TcpCoalescer::start(&segs[0], out).unwrap();
+        // Out of order.
+        assert!(!start(&mut out).push(&segs[2], &mut out));
+        // A corrupted segment.
+        let mut bad = segs[1].clone();
+        bad[60] ^= 1;
+        assert!(!start(&mut out).push(&bad, &mut out));
+        // Another flow (port).
+        let mut other = segs[1].clone();
+        other[21] ^= 1;
+        assert!(!start(&mut out).push(&other, &mut out));
+        // A different window.
+        let mut win = segs[1].clone();
+        win[34] ^= 1;
+        assert!(!start(&mut out).push(&win, &mut out));
+        // The same segment twice (its sequence number again).
+        let mut c = start(&mut out);
+        assert!(c.push(&segs[1], &mut out));
+        assert!(!c.push(&segs[1], &mut out));
+        // Nothing after a short segment: cut 2,500 bytes into 1,000, 1,000, 500.
+        let mut q = p.clone();
+        q.truncate(52 + 2500);
+        q[2..4].copy_from_slice(&((52 + 2500) as u16).to_be_bytes());
+        let mut s = TcpSegmenter::new(&q, &hdr(GsoType::TcpV4, 1000)).unwrap();
+        let mut short = std::vec::Vec::new();
+        while let Some(r) = s.next_into(&q, &mut buf) {
+            short.push(buf[..r.unwrap()].to_vec());
+        }
+        let mut after = short[2].clone();
+        let seq =
+            u32::from_be_bytes([after[24], after[25], after[26], after[27]]).wrapping_add(500);
+        after[24..28].copy_from_slice(&seq.to_be_bytes());
+        after[4..6].copy_from_slice(&[0, 9]);
+        after[10..12].copy_from_slice(&[0, 0]);
+        let ipc = checksum::checksum(&after[..20]);
+        after[10..12].copy_from_slice(&ipc.to_be_bytes());
+        after[36..38].copy_from_slice(&[0, 0]);
+        let ph = checksum::pseudo_header_v4(
+            core::net::Ipv4Addr::new(198, 18, 0, 200),
+            core::net::Ipv4Addr::new(198, 18, 0, 1),
+            6,
+            (after.len() - 20) as u16,
+        );
+        let tc = checksum::fold(checksum::combine(ph, checksum::sum(&after[20..])));
+        after[36..38].copy_from_slice(&tc.to_be_bytes());
+        let mut c = TcpCoalescer::start(&short[0], &mut out).unwrap();
+        assert!(c.push(&short[1], &mut out) && c.push(&short[2], &mut out));
+        assert!(!c.push(&after, &mut out), "closed by the short segment");
+        let mut c2 = TcpCoalescer::start(&short[2], &mut out).unwrap();
+        assert!(
+            c2.push(&after, &mut out),
+            "the same segment follows a fresh start"
+        );
+        // A SYN, or a headers-only ACK, starts nothing.
+        let mut syn = segs[0].clone();
+        syn[33] |= 0x02;
+        assert!(TcpCoalescer::start(&syn, &mut out).is_none());
+        let ack = &p[..52];
+        let mut ack = ack.to_vec();
+        ack[2..4].copy_from_slice(&52u16.to_be_bytes());
+        assert!(TcpCoalescer::start(&ack, &mut out).is_none());
+        // One segment alone: unchanged, no offload header.
+        let c = TcpCoalescer::start(&segs[0], &mut out).unwrap();
+        let (h, n) = c.finish(&mut out);
+        assert_eq!(h, VirtioNetHdr::NONE);
+        assert_eq!(&out[..n], &segs[0][..]);
+        assert!(TcpCoalescer::start(&[], &mut out).is_none());
+        assert!(TcpCoalescer::start(&segs[0], &mut out[..10]).is_none());
     }
 }
