@@ -180,6 +180,8 @@ pub fn run(
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
         persist: false,
+        // The examples keep the plain device (one packet per read).
+        offload: false,
     })
     .map_err(|e| format!("TUN device: {e}"))?;
     let peer_services: Vec<Ipv4Addr> = cfg

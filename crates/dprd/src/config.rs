@@ -148,6 +148,10 @@ pub struct BackendSection {
     /// their packets are held back instead of answered with resets by the
     /// local stack. `false`: always undo everything at a stop.
     pub hold_on_exit: bool,
+    /// tun: TCP segmentation and checksum offloads on the TUN device
+    /// (`IFF_VNET_HDR`): bulk TCP arrives in 64 KiB super-packets, cut
+    /// into segments in userspace. Off where the kernel refuses.
+    pub tun_offload: bool,
 }
 
 impl Default for BackendSection {
@@ -165,6 +169,7 @@ impl Default for BackendSection {
             xdp_decap: true,
             xdp_fast_path: true,
             hold_on_exit: true,
+            tun_offload: true,
         }
     }
 }
@@ -1298,6 +1303,12 @@ service_addrs = ["198.18.0.2"]
         ));
         assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
         assert!(e.to_string().contains("xdp_decap"), "{e}");
+        assert!(c.backend.tun_offload, "TUN offloads on by default");
+        let off = Config::parse(&format!("{GOOD}\n[backend]\ntun_offload = false\n"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!off.backend.tun_offload);
+        let e = err_of(&format!("{GOOD}\n[backend]\ntun_offload = \"on\"\n"));
+        assert!(e.to_string().contains("tun_offload"), "{e}");
         let e = err_of(&GOOD.replace("uplink", "uplnk"));
         assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
         assert!(e.to_string().contains("uplnk"), "{e}");

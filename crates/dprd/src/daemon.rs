@@ -266,13 +266,21 @@ pub fn run_with_policy(
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
         persist: true,
+        // AF_XDP writes single packets into the TUN: no offloads there.
+        offload: cfg.backend.tun_offload && cfg.backend.kind == crate::config::BackendKind::Tun,
     })
     .map_err(|source| DaemonError::Tun {
         name: cfg.backend.tun_name.clone(),
         source,
     })?;
     let queues = tun.take_queues();
-    tracing::info!(dev = %tun.name, queues = queues.len(), "TUN device up");
+    tracing::info!(
+        dev = %tun.name,
+        queues = queues.len(),
+        offload = tun.offload,
+        raw_egress = tun.raw_egress,
+        "TUN device up"
+    );
     let mut xdp = match cfg.backend.kind {
         crate::config::BackendKind::AfXdp => match XdpBackend::start(&cfg.xdp_plan()) {
             Ok(x) => {
