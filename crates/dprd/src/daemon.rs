@@ -145,7 +145,9 @@ pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
         tun_name: tun.name.clone(),
         tun_ifindex: tun.ifindex,
         tunnel_addr,
-        service_addrs: v4(&cfg.host.service_addrs),
+        service_addrs: cfg.host.service_addrs.clone(),
+        vips: Vec::new(),
+        announce_table: cfg.bgp.announce_table,
         peer_service_addrs: cfg.peer_service_v4(),
         service_ports: cfg.host.service_ports.clone(),
         divert_table: cfg.backend.divert_table,
@@ -892,6 +894,7 @@ impl LoopCtx {
                 let now = clock(self.origin);
                 self.control.start_drain(now, None, &mut self.engines);
                 self.draining_since.get_or_insert_with(Instant::now);
+                crate::bgp::withdraw_on_drain(&mut self.guard);
                 tracing::info!(
                     deadline_s = self.cfg.cluster.drain_deadline_s,
                     "draining: new connections go to peers"
