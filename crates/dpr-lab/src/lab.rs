@@ -78,6 +78,11 @@ pub struct LabSpec {
     /// `[tunnel] auth`: `key` (GRE with a keyed tag, dprd's default) or
     /// `none` (plain IP-in-IP).
     pub tunnel_auth: String,
+    /// A shared VIP behind an upstream router (`dpr-lab lab --vip`;
+    /// [`crate::frontdoor`]): the client is behind the router, every host
+    /// serves the VIPs, the router spreads them by ECMP. `None`: the
+    /// classic lab (client on the bridge, one service address per host).
+    pub front_door: Option<crate::frontdoor::FrontDoor>,
 }
 
 impl LabSpec {
@@ -128,6 +133,7 @@ impl Default for LabSpec {
             queues: 1,
             metrics_port: None,
             tunnel_auth: "key".into(),
+            front_door: None,
         }
     }
 }
@@ -196,6 +202,9 @@ pub struct Lab {
     httpd: Vec<Option<Child>>,
     dprd: Vec<Option<Child>>,
     extra: Vec<Child>,
+    /// The BIRD daemons of the front door: who (`h0`, `router`) and the
+    /// process.
+    pub(crate) birds: Vec<(String, Child)>,
 }
 
 impl Lab {
@@ -259,7 +268,9 @@ impl Lab {
             httpd: Vec::new(),
             dprd: Vec::new(),
             extra: Vec::new(),
+            birds: Vec::new(),
         };
+        let vip = lab.spec.front_door.is_some();
         // Every error below returns `lab`'s Drop: what exists is removed.
         let br = lab.bridge_ns();
         lab.add_ns(&br)?;
@@ -275,17 +286,25 @@ impl Lab {
                 // the service address is a /32. The other way round, ARP
                 // requests for a peer carry our service address, which
                 // every peer holds on its TUN, and the peer drops them.
-                vec![
-                    format!("{}/24", tunnel_addr(i)),
-                    format!("{}/32", service_addr(i)),
-                ],
+                // With a shared VIP the hosts have no service address of
+                // their own: the VIPs go on `lo` (build_front_door).
+                if vip {
+                    vec![format!("{}/24", tunnel_addr(i))]
+                } else {
+                    vec![
+                        format!("{}/24", tunnel_addr(i)),
+                        format!("{}/32", service_addr(i)),
+                    ]
+                },
             ));
         }
-        members.push((
-            lab.client_ns(),
-            "vc".into(),
-            vec![format!("{CLIENT_ADDR}/24")],
-        ));
+        if !vip {
+            members.push((
+                lab.client_ns(),
+                "vc".into(),
+                vec![format!("{CLIENT_ADDR}/24")],
+            ));
+        }
         if lab.spec.stranger {
             members.push((
                 lab.stranger_ns(),
@@ -311,9 +330,16 @@ impl Lab {
                 sh(lab.in_ns(ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
             }
         }
+        if vip {
+            lab.build_front_door(&br)?;
+        }
         lab.httpd = (0..lab.spec.hosts).map(|_| None).collect();
         lab.dprd = (0..lab.spec.hosts).map(|_| None).collect();
         Ok(lab)
+    }
+
+    pub(crate) fn add_lab_ns(&mut self, ns: &str) -> Result<(), String> {
+        self.add_ns(ns)
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<(), String> {
@@ -336,7 +362,12 @@ impl Lab {
             .args([
                 "httpd",
                 "--listen",
-                "0.0.0.0:80",
+                // Both families with a shared VIP (a dual-stack socket).
+                if self.spec.front_door.is_some() {
+                    "[::]:80"
+                } else {
+                    "0.0.0.0:80"
+                },
                 "--name",
                 &format!("h{i}"),
             ])
@@ -379,6 +410,25 @@ impl Lab {
                 "[admin]\n",
                 &format!("[admin]\nmetrics = \"{}:{port}\"\n", tunnel_addr(i)),
                 1,
+            );
+        }
+        if s.front_door.is_some() {
+            // The VIPs are this host's service addresses, announced while
+            // it is healthy (a peer's placeholder service address below is
+            // never used: with today's engine a connection to a VIP is not
+            // redirected to a peer that does not list it).
+            t = t.replacen(
+                &format!("service_addrs = [\"{}\"]", service_addr(i)),
+                &format!(
+                    "service_addrs = [\"{}\", \"{}\"]",
+                    crate::frontdoor::VIP4,
+                    crate::frontdoor::VIP6
+                ),
+                1,
+            );
+            t += &format!(
+                "\n[bgp]\nannounce_table = {}\n",
+                crate::frontdoor::ANNOUNCE_TABLE
             );
         }
         for j in (0..s.hosts).filter(|j| *j != i) {
@@ -725,7 +775,22 @@ impl Lab {
         load: &LoadSpec,
         label: &str,
     ) -> Result<LoadResult, String> {
-        let targets: Vec<String> = hosts.iter().map(|i| service_addr(*i).to_string()).collect();
+        let targets: Vec<std::net::IpAddr> = hosts
+            .iter()
+            .map(|i| std::net::IpAddr::V4(service_addr(*i)))
+            .collect();
+        self.run_load_addrs(&targets, load, label)
+    }
+
+    /// Runs the load generator as `load` says against `targets` (a VIP:
+    /// the router's ECMP picks the host of each connection).
+    pub fn run_load_addrs(
+        &self,
+        targets: &[std::net::IpAddr],
+        load: &LoadSpec,
+        label: &str,
+    ) -> Result<LoadResult, String> {
+        let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
         let exe = self.programs.lab.to_string_lossy().into_owned();
         let mut cmd = self.in_ns(&self.client_ns(), &exe);
         cmd.args(["loadgen", "--targets", &targets.join(",")])
@@ -764,6 +829,9 @@ impl Drop for Lab {
         for c in &mut self.extra {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for (_, c) in &mut self.birds {
+            crate::frontdoor::stop_child(c);
         }
         for i in 0..self.dprd.len() {
             if self.dprd[i].is_some() {
@@ -973,7 +1041,7 @@ pub struct LabOptions {
 
 impl LabOptions {
     /// The load of every phase, dispatched as `dispatch`.
-    fn load(&self, dispatch: Dispatch) -> LoadSpec {
+    pub(crate) fn load(&self, dispatch: Dispatch) -> LoadSpec {
         LoadSpec {
             rate: self.rate,
             secs: self.duration,
@@ -1050,6 +1118,19 @@ pub struct LabArgs {
     /// (`[admin] metrics`), reachable from the client namespace.
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
+    /// The front door of a shared VIP instead of the three phases: an upstream
+    /// router namespace with an ECMP route (L4 hash) to 198.19.0.100 and
+    /// fd00:dead::100 over the hosts, which all serve both; the client behind the
+    /// router. Shows the router's route and BGP sessions, spreads IPv4 and IPv6
+    /// load through it, drains h0 and shows the route without it.
+    #[arg(long)]
+    pub vip: bool,
+    /// With --vip, how the router's route is made: bgp (BIRD 2 on every host and
+    /// the router, eBGP, announced while dprd is healthy, withdrawn on drain and
+    /// at exit, BFD), static (a multipath route) or resilient (a resilient
+    /// nexthop group).
+    #[arg(long, default_value = "bgp")]
+    pub front_door: String,
 }
 
 impl LabOptions {
@@ -1068,6 +1149,11 @@ impl LabOptions {
                 queues: a.queues,
                 report_interval_ms: a.report_ms,
                 metrics_port: a.metrics_port,
+                front_door: if a.vip {
+                    Some(crate::frontdoor::FrontDoor::parse(&a.front_door)?)
+                } else {
+                    None
+                },
                 ..d
             },
             skew: a.skew,
@@ -1116,6 +1202,9 @@ pub fn main(args: &LabArgs) -> Result<(), String> {
         return Err(not_root_message());
     }
     let programs = Programs::beside_current_exe()?;
+    if o.spec.front_door.is_some() {
+        return crate::frontdoor::vip_main(&o, &programs);
+    }
     let n = o.spec.hosts;
     println!(
         "dpr-lab lab: {n} hosts in network namespaces ({} backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \

@@ -28,6 +28,7 @@
 
 pub mod bench;
 pub mod flood;
+pub mod frontdoor;
 pub mod httpd;
 pub mod lab;
 pub mod loadgen;

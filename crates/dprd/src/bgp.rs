@@ -57,6 +57,19 @@ pub fn withdraw_on_drain<S: dpr_io::host::HostSys>(guard: &mut dpr_io::host::Hos
     }
 }
 
+/// Whether a stop (SIGTERM, SIGINT) keeps the set-up, announcement routes
+/// included, for the next instance: yes while the addresses are announced
+/// and the host is not draining. A stop that is not preceded by a drain is
+/// taken for a restart: withdrawing and announcing again would make the
+/// upstream router rehash twice and move other hosts' flows for nothing.
+/// To take a host out, drain it first (or set `hold_on_exit = false`).
+pub fn hold_announcement<S: dpr_io::host::HostSys>(
+    guard: &dpr_io::host::HostGuard<S>,
+    draining: bool,
+) -> bool {
+    !draining && guard.is_announced()
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Config;

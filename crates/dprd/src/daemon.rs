@@ -1051,15 +1051,17 @@ async fn control_loop(
     } else {
         answers.iter().sum()
     };
-    if ctx.cfg.backend.hold_on_exit && routed > 0 {
+    let announced = crate::bgp::hold_announcement(&ctx.guard, ctx.draining_since.is_some());
+    if ctx.cfg.backend.hold_on_exit && (routed > 0 || announced) {
         // Undoing the diversion now would hand the packets of these
         // connections to the local stack, which resets them: hold them
         // (dropped until the next instance runs; the clients retransmit).
         ctx.guard.hold()?;
         tracing::warn!(
             connections = routed,
+            announced,
             state = %ctx.cfg.admin.state_dir.display(),
-            "stopping with connections routed to peers: the diversion stays in place for the \
+            "stopping with connections routed to peers or addresses announced (not drained): the diversion stays in place for the \
              next `dprd run`, which takes it over (`dprd cleanup` removes it; drain first to \
              stop without a hold)"
         );
