@@ -1734,6 +1734,33 @@ mod tests {
         }
     }
 
+    /// The AF_XDP backend: its program takes IPv6 service traffic too, so
+    /// no diversion of either family; the VIPs, the clamp and the
+    /// announcement are made all the same.
+    #[test]
+    fn without_diversion_vips_are_held_clamped_and_announced_but_not_diverted() {
+        let k = kernel6();
+        let before = k.with(|s| s.snapshot());
+        let p = HostPlan {
+            divert: false,
+            ..vip_plan()
+        };
+        let g = HostGuard::setup_with(k.clone(), &p).unwrap();
+        let ops = made(&k);
+        assert!(!ops.iter().any(|o| o.contains("lookup 100")), "{ops:#?}");
+        assert!(!ops.iter().any(|o| o.contains("lookup 255")), "{ops:#?}");
+        for w in [
+            "add address fd00:dead::100/128 on ifindex 5 nodad",
+            "add route fd00:18::/128 dev ifindex 2 advmss 1420 table 101",
+            "add rule pref 15 from fd00:dead::100 lookup 101",
+            "add route fd00:dead::100/128 dev ifindex 1 table 102",
+        ] {
+            assert!(ops.iter().any(|o| o == w), "{w:?} missing in {ops:#?}");
+        }
+        drop(g);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+    }
+
     #[test]
     fn without_ipv6_addresses_nothing_of_ipv6_is_touched() {
         let k = kernel6();
