@@ -208,8 +208,9 @@ impl Lab {
                 "nodad",
             ])?;
             // The VIPs: on `lo`, where neither ARP (arp_ignore=1, set by
-            // dprd and here) nor neighbour discovery (only for addresses of
-            // the receiving interface) answers for them.
+            // dprd; and the VIPs are off the segment, so nobody asks) nor
+            // neighbour discovery (only for addresses of the receiving
+            // interface) answers for them.
             ip(&["-n", &ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
             ip(&[
                 "-n",
@@ -240,7 +241,6 @@ impl Lab {
                 "via",
                 &ROUTER6.to_string(),
             ])?;
-            self.sysctl(&ns, "net.ipv4.conf.all.arp_ignore", "1")?;
         }
         let r = self.router_ns();
         let c = self.client_ns();
@@ -611,6 +611,22 @@ pub fn vip_main(o: &crate::lab::LabOptions, programs: &crate::lab::Programs) -> 
     show_router(&lab, door)?;
     let r = lab.run_load_addrs(&[vip(false)], &load, "IPv4, h0 drained")?;
     print_spread(&r, n, "IPv4 client, h0 drained");
+    // Drained hosts stop without a hold: everything dprd made goes.
+    let mut clean = true;
+    for i in 0..n {
+        lab.stop_dprd_drained(i, Duration::from_secs(10))?;
+        let left = lab.leftovers(i)?;
+        if !left.is_empty() {
+            clean = false;
+            println!("h{i}: left behind after drain and SIGTERM: {left:?}");
+        }
+    }
+    if clean {
+        println!(
+            "drain, then SIGTERM: every dprd removed its rules and routes of both families, \
+             its announcement routes, TUN device and sysctls."
+        );
+    }
     drop(lab);
     println!("lab removed ({:.0} s).", started.elapsed().as_secs_f64());
     Ok(())

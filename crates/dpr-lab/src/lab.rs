@@ -619,13 +619,17 @@ impl Lab {
         Ok(true)
     }
 
-    /// What dprd may leave behind in host `i`'s namespace: rules that are
-    /// not the three defaults, routes in tables 100/101, the TUN device,
-    /// addresses other than its own. Empty when clean.
+    /// What dprd may leave behind in host `i`'s namespace: rules (IPv4
+    /// and IPv6) that are not the three defaults, routes in tables
+    /// 100/101/102 (IPv4 and IPv6), the TUN device, addresses other than
+    /// its own (the VIPs the lab put on `lo` count as its own). Empty when
+    /// clean.
     pub fn leftovers(&self, i: usize) -> Result<Vec<String>, String> {
         let ns = self.host_ns(i);
         let mut left = Vec::new();
-        for l in ip(&["-n", &ns, "rule", "show"])?.lines() {
+        let mut rules = ip(&["-n", &ns, "rule", "show"])?;
+        rules += &ip(&["-n", &ns, "-6", "rule", "show"]).unwrap_or_default();
+        for l in rules.lines() {
             let l = l.trim();
             if !(l.starts_with("0:\tfrom all lookup local")
                 || l.starts_with("32766:\tfrom all lookup main")
@@ -634,12 +638,14 @@ impl Lab {
                 left.push(format!("rule {l}"));
             }
         }
-        for t in ["100", "101"] {
-            for l in ip(&["-n", &ns, "route", "show", "table", t])
-                .unwrap_or_default()
-                .lines()
-            {
-                left.push(format!("route table {t}: {l}"));
+        for t in ["100", "101", "102"] {
+            for fam in ["-4", "-6"] {
+                for l in ip(&["-n", &ns, fam, "route", "show", "table", t])
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    left.push(format!("route table {t}: {l}"));
+                }
             }
         }
         for l in ip(&["-n", &ns, "-o", "link", "show"])?.lines() {
@@ -653,6 +659,7 @@ impl Lab {
                 service_addr(i).to_string(),
                 tunnel_addr(i).to_string(),
                 "127.0.0.1".into(),
+                crate::frontdoor::VIP4.to_string(),
             ];
             if !own.iter().any(|a| l.contains(&format!(" {a}/"))) {
                 left.push(format!("address {l}"));
