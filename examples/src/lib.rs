@@ -191,7 +191,12 @@ pub fn run(
         .flat_map(|p| p.service_addrs.iter().copied())
         .collect();
     let _guard = HostGuard::setup(&HostPlan {
-        service_addrs: cfg.host.service_addrs.clone(),
+        service_addrs: cfg
+            .host
+            .service_addrs
+            .iter()
+            .map(|a| IpAddr::V4(*a))
+            .collect(),
         peer_service_addrs: peer_services,
         service_ports: cfg.host.service_ports.clone(),
         advmss: Some(dpr_io::host::advmss_for_mtu(cfg.tunnel.mtu)),

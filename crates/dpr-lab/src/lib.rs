@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod bulk;
 pub mod flood;
+pub mod frontdoor;
 pub mod httpd;
 pub mod lab;
 pub mod loadgen;

@@ -46,6 +46,9 @@ pub struct Config {
     /// VIP mode: service addresses shared by every host behind ECMP.
     #[serde(default)]
     pub vip: VipSection,
+    /// Health coupling to a BGP speaker (the announcement routes).
+    #[serde(default)]
+    pub bgp: crate::bgp::BgpSection,
     /// Seeds derived from the cluster key ([`Config::derive_seeds`]);
     /// never in the file.
     #[serde(skip)]
@@ -689,10 +692,10 @@ impl Config {
             ));
         }
         for (i, a) in h.service_addrs.iter().enumerate() {
-            if !a.is_ipv4() {
+            if a.is_unspecified() || a.is_multicast() {
                 return Err(bad(
                     format!("host.service_addrs[{i}]"),
-                    "the TUN backend's host setup is IPv4-only for now",
+                    "must be a unicast address (IPv4 or IPv6)",
                 ));
             }
         }
@@ -712,6 +715,8 @@ impl Config {
                 "divert_table and mss_table must differ and not be 0, 253 (default), 254 (main) or 255 (local)",
             ));
         }
+        self.bgp
+            .validate(self.backend.divert_table, self.backend.mss_table)?;
         if self.backend.local_rule_priority <= self.backend.rule_priority + 5 {
             return Err(bad(
                 "backend.local_rule_priority",
