@@ -429,6 +429,18 @@ pub fn main(args: &BulkArgs) -> Result<(), String> {
                 io("tun_offload_errors")
             );
         }
+        if args.counters {
+            for i in [0, 1] {
+                if let Ok(s) = lab.status(i) {
+                    let all: Vec<String> =
+                        s.io.iter()
+                            .filter(|(_, v)| **v > 0)
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect();
+                    eprintln!("bulk: h{i}'s io ({backend}): {}", all.join(", "));
+                }
+            }
+        }
         row(&format!("download, redirect A → B, {backend}"), &v);
         row_up(&format!("upload, redirect A → B, {backend}"), &up);
         if args.check_checksums {
@@ -451,6 +463,24 @@ pub fn main(args: &BulkArgs) -> Result<(), String> {
         for i in [0, 1] {
             let _ = lab.signal_dprd(i, "TERM");
         }
+    }
+    if !xdp {
+        // The direct rows above had veth segmentation offloads (TSO: B's
+        // stack and the client's send 64 KiB super-frames end to end);
+        // the redirect's segments are cut at A. The same direct path
+        // with them off, as in the AF_XDP lab, for the fair comparison.
+        let mut namespaces: Vec<String> = (0..2).map(|i| lab.host_ns(i)).collect();
+        namespaces.push(lab.client_ns());
+        for ns in &namespaces {
+            lab.exec(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
+        }
+        let (mut d, mut u) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            d.push(download_mb_s(&lab, BulkPath::Direct { server: 1 })?);
+            u.push(upload_mb_s(&lab, BulkPath::Direct { server: 1 })?);
+        }
+        row("download, direct to B, veth tx offloads off", &d);
+        row_up("upload, direct to B, veth tx offloads off", &u);
     }
     Ok(())
 }
