@@ -512,8 +512,30 @@ mod tests {
     }
 
     #[test]
+    fn moved_names_what_grew_and_skips_the_rest() {
+        let m = |v: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let a = m(&[
+            ("TcpRetransSegs", 5),
+            ("dpr0.tx_dropped", 7),
+            ("IpForwarding", 1),
+        ]);
+        let b = m(&[
+            ("TcpRetransSegs", 9),
+            ("dpr0.tx_dropped", 7),
+            ("IpForwarding", 2),
+            ("TcpExtTCPOFOQueue", 3),
+        ]);
+        assert_eq!(moved(&a, &b), "TcpExtTCPOFOQueue +3, TcpRetransSegs +4");
+        // A counter that went down (a device recreated) is no movement.
+        assert_eq!(moved(&b, &a), "");
+    }
+
+    #[test]
     fn backends_are_named_or_refused() {
         assert!(backend_section("tun-no-offload").is_ok_and(|s| s.contains("tun_offload = false")));
         assert!(backend_section("dpdk").is_err());
+        assert!(backend_section("tun-qlen500").is_ok_and(|s| s.contains("\"tun\"")));
     }
 }
