@@ -357,6 +357,36 @@ pub fn if_index(name: &str) -> io::Result<u32> {
     dpr_xdp::ifindex(name).map_err(io::Error::from)
 }
 
+/// Sets the transmit queue length of interface `name` (`SIOCSIFTXQLEN`):
+/// for a TUN device, how many packets the kernel holds for a queue's
+/// reader before it drops (counted as the device's `tx_dropped`).
+pub fn if_set_txqlen(name: &str, qlen: u32) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let qlen =
+        libc::c_int::try_from(qlen).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain socket(2) call; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_metric = qlen;
+    // SAFETY: `req` is a valid, exclusively borrowed ifreq with a
+    // NUL-terminated name (checked length, zeroed tail) and the queue
+    // length in its union's int (`ifr_qlen` shares `ifru_metric`'s place);
+    // the kernel only reads it and keeps no pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFTXQLEN, &mut req) };
+    check(r)
+}
+
 /// The link-layer (MAC) address of interface `name` (`SIOCGIFHWADDR`).
 pub fn if_hwaddr(name: &str) -> io::Result<[u8; 6]> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {

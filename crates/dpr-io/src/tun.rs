@@ -37,6 +37,10 @@ use std::time::Duration;
 /// super-packet.
 const MAX_SUPER: usize = 65_536;
 
+/// Packets the kernel holds for each queue's reader (the device's
+/// `txqueuelen`; the kernel's default is 500).
+pub const TX_QUEUE_LEN: u32 = 4096;
+
 /// How to create the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunConfig {
@@ -170,6 +174,13 @@ impl TunDevice {
                 vnet: offload,
                 raw,
             }));
+        }
+        // The kernel holds at most `txqueuelen` packets per queue for its
+        // reader and drops the rest (the device's `tx_dropped`): 500 by
+        // default, less than one window of a bulk upload that a peer's
+        // burst of cut segments brings in (docs/decisions.md).
+        if let Err(e) = sys::if_set_txqlen(&cfg.name, TX_QUEUE_LEN) {
+            tracing::warn!(error = %e, dev = %cfg.name, "could not lengthen the TUN queue");
         }
         let ifindex = sys::if_index(&cfg.name)?;
         Ok(Self {

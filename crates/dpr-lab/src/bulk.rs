@@ -138,7 +138,8 @@ pub struct BulkArgs {
     /// Downloads per path, 1..=20.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
     pub runs: u64,
-    /// Backends of the redirect rows: tun, tun-no-offload, af-xdp-native,
+    /// Backends of the redirect rows: tun, tun-no-offload, tun-qlen500 (the
+    /// TUN queue at the kernel's default length), af-xdp-native,
     /// af-xdp-generic (comma-separated).
     #[arg(
         long,
@@ -150,12 +151,70 @@ pub struct BulkArgs {
     /// uplinks and count checksums it calls incorrect.
     #[arg(long)]
     pub check_checksums: bool,
+    /// Also print, per redirected transfer, the TCP and IP counters
+    /// (`nstat`) that moved in the client's, A's and B's namespaces, and
+    /// the drop counters of their links (where segments went).
+    #[arg(long)]
+    pub counters: bool,
+}
+
+/// Absolute `nstat` counters and link drop counters of namespace `ns`.
+fn counters_of(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    if let Ok(t) = lab.exec(ns, "nstat", &["-asz"]) {
+        for l in t.lines() {
+            let mut f = l.split_whitespace();
+            if let (Some(k), Some(v)) = (f.next(), f.next().and_then(|v| v.parse().ok())) {
+                m.insert(k.to_string(), v);
+            }
+        }
+    }
+    if let Ok(t) = lab.exec(ns, "ip", &["-j", "-s", "link"]) {
+        if let Ok(serde_json::Value::Array(links)) = serde_json::from_str(&t) {
+            for l in links {
+                let name = l["ifname"].as_str().unwrap_or("?").to_string();
+                for dir in ["rx", "tx"] {
+                    for k in ["dropped", "errors", "packets"] {
+                        if let Some(v) = l["stats64"][dir][k].as_u64() {
+                            m.insert(format!("{name}.{dir}_{k}"), v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    m
+}
+
+/// What moved between two [`counters_of`] snapshots (skipping the
+/// uninteresting), as `name +delta` words.
+fn moved(
+    a: &std::collections::BTreeMap<String, u64>,
+    b: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    let keep = |k: &str| {
+        [
+            "Retrans", "Reorder", "OFO", "SACK", "Lost", "Drop", "Timeout", "Prune", "Collapse",
+            "Discard", "Fail", "dropped", "errors", "packets", "InSegs", "OutSegs", "DSACK",
+            "Recovery", "Undo", "Spurious",
+        ]
+        .iter()
+        .any(|w| k.contains(w))
+    };
+    b.iter()
+        .filter(|(k, _)| keep(k))
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(a.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| format!("{k} +{d}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The `[backend]` section of a row.
 fn backend_section(backend: &str) -> Result<&'static str, String> {
     Ok(match backend {
-        "tun" => "[backend]\nkind = \"tun\"\n",
+        "tun" | "tun-qlen500" => "[backend]\nkind = \"tun\"\n",
         "tun-no-offload" => "[backend]\nkind = \"tun\"\ntun_offload = false\n",
         "af-xdp-native" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"native\"\n",
         "af-xdp-generic" => "[backend]\nkind = \"af-xdp\"\nxdp_mode = \"generic\"\n",
@@ -186,6 +245,17 @@ fn start_redirecting(lab: &mut Lab, backend: &str) -> Result<(), String> {
     let a = cfg(lab, 0).replace("[load]\n", "[load]\ncapacity = 0.0001\n");
     lab.start_dprd_with(0, &a)?;
     lab.wait_alive(Duration::from_secs(10))?;
+    if backend == "tun-qlen500" {
+        // The TUN queue as it was before dprd lengthened it: the kernel's
+        // default (the device resizes its queues at once).
+        for i in [0, 1] {
+            lab.exec(
+                &lab.host_ns(i),
+                "ip",
+                &["link", "set", "dpr0", "txqueuelen", "500"],
+            )?;
+        }
+    }
     let ns = lab.client_ns();
     let script = format!("exec 3<>/dev/tcp/{}/80; sleep 100", service_addr(0));
     lab.spawn_in(&ns, "bash", &["-c", &script])?;
@@ -330,9 +400,23 @@ pub fn main(args: &BulkArgs) -> Result<(), String> {
         start_redirecting(&mut lab, backend)?;
         let mut v = Vec::new();
         let mut up = Vec::new();
+        let names = [lab.client_ns(), lab.host_ns(0), lab.host_ns(1)];
+        let snap = |lab: &Lab| -> Vec<_> { names.iter().map(|n| counters_of(lab, n)).collect() };
+        let report = |what: &str, a: &[std::collections::BTreeMap<String, u64>], b: &[_]| {
+            for ((n, x), y) in ["client", "A", "B"].iter().zip(a).zip(b) {
+                eprintln!("bulk: {what} ({backend}), {n}: {}", moved(x, y));
+            }
+        };
         for _ in 0..runs {
+            let s0 = args.counters.then(|| snap(&lab));
             v.push(download_mb_s(&lab, BulkPath::Redirect { via: 0 })?);
+            let s1 = args.counters.then(|| snap(&lab));
             up.push(upload_mb_s(&lab, BulkPath::Redirect { via: 0 })?);
+            if let (Some(s0), Some(s1)) = (s0, s1) {
+                let s2 = snap(&lab);
+                report("download", &s0, &s1);
+                report("upload", &s1, &s2);
+            }
         }
         if let Ok(s) = lab.status(0) {
             let io = |k: &str| s.io.get(k).copied().unwrap_or(0);
@@ -344,6 +428,18 @@ pub fn main(args: &BulkArgs) -> Result<(), String> {
                 io("tun_gso_segments"),
                 io("tun_offload_errors")
             );
+        }
+        if args.counters {
+            for i in [0, 1] {
+                if let Ok(s) = lab.status(i) {
+                    let all: Vec<String> =
+                        s.io.iter()
+                            .filter(|(_, v)| **v > 0)
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect();
+                    eprintln!("bulk: h{i}'s io ({backend}): {}", all.join(", "));
+                }
+            }
         }
         row(&format!("download, redirect A → B, {backend}"), &v);
         row_up(&format!("upload, redirect A → B, {backend}"), &up);
@@ -367,6 +463,24 @@ pub fn main(args: &BulkArgs) -> Result<(), String> {
         for i in [0, 1] {
             let _ = lab.signal_dprd(i, "TERM");
         }
+    }
+    if !xdp {
+        // The direct rows above had veth segmentation offloads (TSO: B's
+        // stack and the client's send 64 KiB super-frames end to end);
+        // the redirect's segments are cut at A. The same direct path
+        // with them off, as in the AF_XDP lab, for the fair comparison.
+        let mut namespaces: Vec<String> = (0..2).map(|i| lab.host_ns(i)).collect();
+        namespaces.push(lab.client_ns());
+        for ns in &namespaces {
+            lab.exec(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
+        }
+        let (mut d, mut u) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            d.push(download_mb_s(&lab, BulkPath::Direct { server: 1 })?);
+            u.push(upload_mb_s(&lab, BulkPath::Direct { server: 1 })?);
+        }
+        row("download, direct to B, veth tx offloads off", &d);
+        row_up("upload, direct to B, veth tx offloads off", &u);
     }
     Ok(())
 }
@@ -398,8 +512,30 @@ mod tests {
     }
 
     #[test]
+    fn moved_names_what_grew_and_skips_the_rest() {
+        let m = |v: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let a = m(&[
+            ("TcpRetransSegs", 5),
+            ("dpr0.tx_dropped", 7),
+            ("IpForwarding", 1),
+        ]);
+        let b = m(&[
+            ("TcpRetransSegs", 9),
+            ("dpr0.tx_dropped", 7),
+            ("IpForwarding", 2),
+            ("TcpExtTCPOFOQueue", 3),
+        ]);
+        assert_eq!(moved(&a, &b), "TcpExtTCPOFOQueue +3, TcpRetransSegs +4");
+        // A counter that went down (a device recreated) is no movement.
+        assert_eq!(moved(&b, &a), "");
+    }
+
+    #[test]
     fn backends_are_named_or_refused() {
         assert!(backend_section("tun-no-offload").is_ok_and(|s| s.contains("tun_offload = false")));
         assert!(backend_section("dpdk").is_err());
+        assert!(backend_section("tun-qlen500").is_ok_and(|s| s.contains("\"tun\"")));
     }
 }
