@@ -574,31 +574,36 @@ impl XskSocket {
                 let idx = (base / fs) as usize;
                 let (word, bit) = (idx / 64, 1u64 << (idx % 64));
                 let taken = self.lent_bits.get(word).is_none_or(|w| w & bit != 0);
+                let slot = offs.get_mut(lent.len());
+                let (Some(o), Some(w)) = (slot, self.lent_bits.get_mut(word)) else {
+                    self.counters.bad_desc += 1;
+                    continue;
+                };
                 if base >= umem_end || off + len > fs || taken {
                     self.counters.bad_desc += 1;
                     continue;
                 }
-                self.lent_bits[word] |= bit;
-                offs[lent.len()] = (off as u32, len as u32);
+                *w |= bit;
+                *o = (off as u32, len as u32);
                 lent.push(base);
             }
             rx.release();
         }
         let mut frames: Vec<RxFrame<'_>> = Vec::with_capacity(lent.len());
-        let mut kept = Vec::with_capacity(lent.len());
         for (i, &base) in lent.iter().enumerate() {
-            let Some(chunk) = self.umem.frame(BufIdx((base / fs) as u32)) else {
-                self.counters.bad_desc += 1;
-                continue;
+            // `base` is inside the UMEM (checked above), so `umem.frame`
+            // finds it; were it not to, the frame would be lent empty.
+            let frame: &mut [u8] = match self.umem.frame(BufIdx((base / fs) as u32)) {
+                // SAFETY: the kernel handed this chunk to us through the rx
+                // ring and touches it again only after we put it in the
+                // fill or tx ring, below, after the last use of these
+                // slices; `umem.frame` bounds-checked it against the
+                // mapping, which outlives this borrow; and the chunks lent
+                // together are distinct (`lent_bits` above), so no two of
+                // these slices overlap.
+                Some(chunk) => unsafe { &mut *chunk.addr.as_ptr() },
+                None => &mut [],
             };
-            // SAFETY: the kernel handed this chunk to us through the rx
-            // ring and touches it again only after we put it in the fill
-            // or tx ring, below, after the last use of these slices;
-            // `umem.frame` bounds-checked it against the mapping, which
-            // outlives this borrow (of `self.umem`, not otherwise used
-            // while they live); and the chunks lent together are distinct
-            // (`lent_bits` above), so no two of these slices overlap.
-            let frame = unsafe { &mut *chunk.addr.as_ptr() };
             let (off, len) = offs[i];
             frames.push(RxFrame {
                 frame,
@@ -606,12 +611,10 @@ impl XskSocket {
                 len: len as usize,
                 action: RxAction::Drop,
             });
-            kept.push(base);
         }
         f(&mut frames);
-        let actions: Vec<RxAction> = frames.into_iter().map(|r| r.action).collect();
-        for (&base, action) in kept.iter().zip(actions) {
-            match action {
+        for (&base, r) in lent.iter().zip(frames) {
+            match r.action {
                 RxAction::Transmit { offset, len } => {
                     let fits = offset.checked_add(len).is_some_and(|e| e <= fs as usize);
                     if !fits || len == 0 {
@@ -641,8 +644,6 @@ impl XskSocket {
                 *w &= !(1u64 << (idx % 64));
             }
         }
-        // A chunk `umem.frame` refused (counted above) is not reused, as
-        // a bad descriptor's is not in `rx_batch`.
         self.lent = lent;
         let queued = self.queue_tx_batch();
         self.counters.rx += read as u64;
