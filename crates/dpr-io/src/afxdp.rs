@@ -3,8 +3,9 @@
 //! The XDP program (`dpr-xdp`) redirects the router's traffic (TCP to a
 //! service address and port, IP-in-IP from a known peer) into the queue's
 //! AF_XDP socket; everything else goes to the kernel untouched. A worker
-//! calls [`XdpQueue::wait`], then [`XdpQueue::run_batch`] with a handler
-//! that runs the engine on the IP packet of each frame (the Ethernet header
+//! calls [`XdpQueue::wait`], then [`XdpQueue::run_batch_lent`] (or
+//! [`XdpQueue::run_batch`], one frame at a time) with a handler that runs
+//! the engine on the IP packets of the frames (the Ethernet header
 //! is skipped; the frame's 256 bytes of headroom leave room for an outer
 //! header and a new Ethernet header) and says where it goes:
 //!
