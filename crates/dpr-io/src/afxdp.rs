@@ -177,6 +177,10 @@ pub struct XdpQueue<S: TunSys> {
     /// flows, and what it last added to the worker's stats.
     fast: Option<FastPathWriter<FastPathMaps>>,
     reported_fast: FastPathStats,
+    /// [`XdpQueue::run_batch_lent`]'s per-batch lists, kept (no allocation
+    /// per batch once warm): the lent frames' positions, their egresses.
+    lent_at: Vec<usize>,
+    lent_egress: Vec<Egress>,
 }
 
 fn xdp_err(e: dpr_xdp::Error) -> io::Error {
@@ -207,6 +211,8 @@ impl<S: TunSys> XdpQueue<S> {
             reported_keyed: KeyedFlowStats::default(),
             fast: None,
             reported_fast: FastPathStats::default(),
+            lent_at: Vec::new(),
+            lent_egress: Vec::new(),
         }
     }
 
@@ -305,6 +311,8 @@ impl<S: TunSys> XdpQueue<S> {
             neigh,
             counters,
             fast,
+            lent_at: which,
+            lent_egress: egress,
             ..
         } = self;
         let now = Instant::now();
@@ -312,7 +320,8 @@ impl<S: TunSys> XdpQueue<S> {
             .rx_lend(max, |frames| {
                 counters.rx += frames.len() as u64;
                 let mut lent: Vec<Lent<'_>> = Vec::with_capacity(frames.len());
-                let mut which: Vec<usize> = Vec::with_capacity(frames.len());
+                which.clear();
+                egress.clear();
                 for (i, f) in frames.iter_mut().enumerate() {
                     let (off, len) = (f.offset, f.len);
                     let is_ip = len >= ETH_HLEN
@@ -335,8 +344,8 @@ impl<S: TunSys> XdpQueue<S> {
                     which.push(i);
                 }
                 handler(&mut lent);
-                let egress: Vec<Egress> = lent.into_iter().map(|l| l.egress).collect();
-                for (i, e) in which.into_iter().zip(egress) {
+                egress.extend(lent.into_iter().map(|l| l.egress));
+                for (&i, e) in which.iter().zip(egress.drain(..)) {
                     if let Some(f) = frames.get_mut(i) {
                         f.action = dispose(f.frame, e, kernel, src_mac, neigh, counters, fast, now);
                     }
