@@ -44,6 +44,7 @@ fn stranger_addr(pair: &VethPair) -> Ipv4Addr {
 fn router_side(
     pair: &VethPair,
     mode: XdpMode,
+    lend: bool,
     ready: mpsc::Sender<()>,
     done: mpsc::Receiver<()>,
 ) -> RouterReport {
@@ -86,7 +87,7 @@ fn router_side(
         if !xsk.wait_rx(Duration::from_millis(20)).unwrap() {
             continue;
         }
-        xsk.rx_batch(64, |frame, off, len| {
+        let mut on_frame = |frame: &mut [u8], off: usize, len: usize| {
             frames.push(frame[off..off + len].to_vec());
             data_offsets.push(off);
             let is_service = frame[off + 23] == 6;
@@ -109,8 +110,18 @@ fn router_side(
                 offset: start,
                 len: end - start,
             }
-        })
-        .unwrap();
+        };
+        if lend {
+            // All the frames of a read together (the worker's batch path).
+            xsk.rx_lend(64, |frames| {
+                for f in frames.iter_mut() {
+                    f.action = on_frame(f.frame, f.offset, f.len);
+                }
+            })
+            .unwrap();
+        } else {
+            xsk.rx_batch(64, on_frame).unwrap();
+        }
     }
     assert!(
         xsk.drain_tx(Duration::from_secs(1)).unwrap(),
@@ -191,12 +202,16 @@ fn sender_side(
     (ping, back)
 }
 
-fn run(mode: XdpMode, net: u8) {
+fn run(mode: XdpMode, lend: bool, net: u8) {
     let pair = VethPair::new(net).unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let (report, (ping_ok, back)) = std::thread::scope(|s| {
-        let r = s.spawn(|| in_netns(&pair.ns_a, || router_side(&pair, mode, ready_tx, done_rx)));
+        let r = s.spawn(|| {
+            in_netns(&pair.ns_a, || {
+                router_side(&pair, mode, lend, ready_tx, done_rx)
+            })
+        });
         let t = s.spawn(|| in_netns(&pair.ns_b, || sender_side(&pair, ready_rx, done_tx)));
         let t = t.join().unwrap().unwrap();
         (r.join().unwrap().unwrap(), t)
@@ -258,7 +273,7 @@ fn generic_mode_rx_and_tx() {
     let Some(_g) = root_or_skip("generic_mode_rx_and_tx") else {
         return;
     };
-    run(XdpMode::Generic, 42);
+    run(XdpMode::Generic, false, 42);
 }
 
 #[test]
@@ -266,7 +281,16 @@ fn native_mode_rx_and_tx() {
     let Some(_g) = root_or_skip("native_mode_rx_and_tx") else {
         return;
     };
-    run(XdpMode::Native, 43);
+    run(XdpMode::Native, false, 43);
+}
+
+/// The same through `rx_lend` (the frames of a read lent together).
+#[test]
+fn native_mode_rx_and_tx_lent() {
+    let Some(_g) = root_or_skip("native_mode_rx_and_tx_lent") else {
+        return;
+    };
+    run(XdpMode::Native, true, 46);
 }
 
 /// The bench's in-kernel generator (live-frame `XDP_TX` test runs from the

@@ -50,6 +50,11 @@ fn engine(auth: TunnelAuth) -> Engine {
         Box::new(SplitMix64::new(1)),
     )
     .unwrap();
+    // As the data path's engines run (`EngineSet::new` advises their
+    // still-empty tables); HUGE=0 leaves it out.
+    if std::env::var("HUGE").as_deref() != Ok("0") {
+        e.advise_memory(dpr_io::sys::advise_huge_pages);
+    }
     for p in 1..=3u16 {
         e.add_peer(
             PeerId(p),
@@ -219,6 +224,11 @@ fn main() {
         }
         // END batched
     }
+    println!(
+        "anonymous memory on huge pages: {} MiB (HUGE={})",
+        dpr_io::sys::anon_huge_bytes().unwrap_or(0) >> 20,
+        std::env::var("HUGE").unwrap_or_else(|_| "1".into())
+    );
     println!("on-CPU ns per packet, median of {rounds} rounds (min-max):");
     for (name, r) in names.iter().zip(res.iter_mut()) {
         if r.is_empty() {

@@ -3,8 +3,9 @@
 //! The XDP program (`dpr-xdp`) redirects the router's traffic (TCP to a
 //! service address and port, IP-in-IP from a known peer) into the queue's
 //! AF_XDP socket; everything else goes to the kernel untouched. A worker
-//! calls [`XdpQueue::wait`], then [`XdpQueue::run_batch`] with a handler
-//! that runs the engine on the IP packet of each frame (the Ethernet header
+//! calls [`XdpQueue::wait`], then [`XdpQueue::run_batch_lent`] (or
+//! [`XdpQueue::run_batch`], one frame at a time) with a handler that runs
+//! the engine on the IP packets of the frames (the Ethernet header
 //! is skipped; the frame's 256 bytes of headroom leave room for an outer
 //! header and a new Ethernet header) and says where it goes:
 //!
@@ -38,7 +39,7 @@
 //! queue ([`NeighCache`]): looked up after the batch (outside the engine
 //! lock), refreshed every second, and solicited while unresolved.
 
-use crate::backend::{Backend, RxTx};
+use crate::backend::{Backend, Lent, RxTx};
 use crate::neigh::{self, Neighbour};
 use crate::sys::TunSys;
 use crate::worker::WorkerStats;
@@ -176,6 +177,10 @@ pub struct XdpQueue<S: TunSys> {
     /// flows, and what it last added to the worker's stats.
     fast: Option<FastPathWriter<FastPathMaps>>,
     reported_fast: FastPathStats,
+    /// [`XdpQueue::run_batch_lent`]'s per-batch lists, kept (no allocation
+    /// per batch once warm): the lent frames' positions, their egresses.
+    lent_at: Vec<usize>,
+    lent_egress: Vec<Egress>,
 }
 
 fn xdp_err(e: dpr_xdp::Error) -> io::Error {
@@ -206,6 +211,8 @@ impl<S: TunSys> XdpQueue<S> {
             reported_keyed: KeyedFlowStats::default(),
             fast: None,
             reported_fast: FastPathStats::default(),
+            lent_at: Vec::new(),
+            lent_egress: Vec::new(),
         }
     }
 
@@ -280,50 +287,83 @@ impl<S: TunSys> XdpQueue<S> {
                     counters.not_ip += 1;
                     return RxAction::Drop;
                 }
-                match handler(frame, off + ETH_HLEN..off + len) {
-                    Egress::Drop => {
-                        counters.dropped += 1;
-                        RxAction::Drop
+                let egress = handler(frame, off + ETH_HLEN..off + len);
+                dispose(frame, egress, kernel, src_mac, neigh, counters, fast, now)
+            })
+            .map_err(xdp_err)?;
+        Ok(n)
+    }
+
+    /// [`Self::run_batch`], lending the frames together: `handler` gets all
+    /// the Ethernet + IP frames of up to `max` received (the others are
+    /// counted in `not_ip` and dropped, not lent) and sets each one's
+    /// egress; each then goes where it says, exactly as in `run_batch`.
+    /// Returns the number of frames read.
+    pub fn run_batch_lent(
+        &mut self,
+        max: u32,
+        handler: impl FnOnce(&mut [Lent<'_>]),
+    ) -> io::Result<usize> {
+        let Self {
+            xsk,
+            kernel,
+            src_mac,
+            neigh,
+            counters,
+            fast,
+            lent_at: which,
+            lent_egress: egress,
+            ..
+        } = self;
+        let now = Instant::now();
+        let n = xsk
+            .rx_lend(max, |frames| {
+                counters.rx += frames.len() as u64;
+                let mut lent: Vec<Lent<'_>> = Vec::with_capacity(frames.len());
+                which.clear();
+                egress.clear();
+                for (i, f) in frames.iter_mut().enumerate() {
+                    let (off, len) = (f.offset, f.len);
+                    let is_ip = len >= ETH_HLEN
+                        && f.frame.get(off + 12..off + 14).is_some_and(|t| {
+                            matches!(
+                                u16::from_be_bytes([t[0], t[1]]),
+                                ETHERTYPE_IPV4 | ETHERTYPE_IPV6
+                            )
+                        });
+                    if !is_ip {
+                        counters.not_ip += 1;
+                        f.action = RxAction::Drop;
+                        continue;
                     }
-                    Egress::Kernel(r) => {
-                        to_kernel(kernel, frame, r, counters);
-                        counters.to_kernel += 1;
-                        RxAction::Copied
+                    lent.push(Lent {
+                        buf: &mut *f.frame,
+                        range: off + ETH_HLEN..off + len,
+                        egress: Egress::Drop,
+                    });
+                    which.push(i);
+                }
+                handler(&mut lent);
+                egress.extend(lent.into_iter().map(|l| l.egress));
+                for (&i, e) in which.iter().zip(egress.drain(..)) {
+                    if let Some(f) = frames.get_mut(i) {
+                        f.action = dispose(f.frame, e, kernel, src_mac, neigh, counters, fast, now);
                     }
-                    Egress::Peer { next_hop, range } => match neigh.get(next_hop, now) {
-                        Some(dst) if range.start >= ETH_HLEN && range.end <= frame.len() => {
-                            let version = frame.get(range.start).map_or(0, |b| b >> 4);
-                            let ty = if version == 6 {
-                                ETHERTYPE_IPV6
-                            } else {
-                                ETHERTYPE_IPV4
-                            };
-                            let e = range.start - ETH_HLEN;
-                            frame[e..e + 6].copy_from_slice(&dst);
-                            frame[e + 6..e + 12].copy_from_slice(src_mac);
-                            frame[e + 12..e + 14].copy_from_slice(&ty.to_be_bytes());
-                            if let Some(f) = fast.as_mut() {
-                                f.note(&frame[e..range.end]);
-                            }
-                            counters.tx_fast += 1;
-                            RxAction::Transmit {
-                                offset: e,
-                                len: range.end - e,
-                            }
-                        }
-                        _ => {
-                            counters.unresolved += 1;
-                            if let (Some(f), Some(p)) = (fast.as_mut(), frame.get(range.clone())) {
-                                f.note_other_path(p);
-                            }
-                            to_kernel(kernel, frame, range, counters);
-                            RxAction::Copied
-                        }
-                    },
                 }
             })
             .map_err(xdp_err)?;
         Ok(n)
+    }
+
+    /// What a receive call did, from the counters before it.
+    fn rx_tx_since(&self, before: &XdpQueueCounters, received: usize) -> RxTx {
+        let c = self.counters;
+        let out = |c: &XdpQueueCounters| c.tx_fast + c.to_kernel + c.unresolved;
+        RxTx {
+            received,
+            sent: usize::try_from(out(&c) - out(before)).unwrap_or(usize::MAX),
+            failed: usize::try_from(c.kernel_failed - before.kernel_failed).unwrap_or(usize::MAX),
+        }
     }
 
     /// Work to do after a batch, outside the engine lock: neighbour
@@ -370,13 +410,19 @@ impl<S: TunSys> Backend for XdpQueue<S> {
         let before = self.counters;
         let max = u32::try_from(max).unwrap_or(u32::MAX);
         let received = self.run_batch(max, handler)?;
-        let c = self.counters;
-        let out = |c: &XdpQueueCounters| c.tx_fast + c.to_kernel + c.unresolved;
-        Ok(RxTx {
-            received,
-            sent: usize::try_from(out(&c) - out(&before)).unwrap_or(usize::MAX),
-            failed: usize::try_from(c.kernel_failed - before.kernel_failed).unwrap_or(usize::MAX),
-        })
+        Ok(self.rx_tx_since(&before, received))
+    }
+
+    /// The received frames together (the engine's batch path), not one at
+    /// a time.
+    fn rx_tx_batch<F>(&mut self, max: usize, handler: F) -> io::Result<RxTx>
+    where
+        F: FnMut(&mut [Lent<'_>]),
+    {
+        let before = self.counters;
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        let received = self.run_batch_lent(max, handler)?;
+        Ok(self.rx_tx_since(&before, received))
     }
 
     /// Through the TUN whatever the egress: the kernel delivers, or routes
@@ -469,6 +515,63 @@ impl<S: TunSys> Backend for XdpQueue<S> {
 
     fn close(&mut self) {
         self.drain(Duration::from_millis(100));
+    }
+}
+
+/// Carries out a received frame's `egress` (the engine rewrote the frame):
+/// in place out of the uplink when the next hop is resolved (noting the
+/// flow for the XDP fast path), else through the kernel.
+#[allow(clippy::too_many_arguments)]
+fn dispose<S: TunSys>(
+    frame: &mut [u8],
+    egress: Egress,
+    kernel: &S,
+    src_mac: &[u8; 6],
+    neigh: &mut NeighCache,
+    counters: &mut XdpQueueCounters,
+    fast: &mut Option<FastPathWriter<FastPathMaps>>,
+    now: Instant,
+) -> RxAction {
+    match egress {
+        Egress::Drop => {
+            counters.dropped += 1;
+            RxAction::Drop
+        }
+        Egress::Kernel(r) => {
+            to_kernel(kernel, frame, r, counters);
+            counters.to_kernel += 1;
+            RxAction::Copied
+        }
+        Egress::Peer { next_hop, range } => match neigh.get(next_hop, now) {
+            Some(dst) if range.start >= ETH_HLEN && range.end <= frame.len() => {
+                let version = frame.get(range.start).map_or(0, |b| b >> 4);
+                let ty = if version == 6 {
+                    ETHERTYPE_IPV6
+                } else {
+                    ETHERTYPE_IPV4
+                };
+                let e = range.start - ETH_HLEN;
+                frame[e..e + 6].copy_from_slice(&dst);
+                frame[e + 6..e + 12].copy_from_slice(src_mac);
+                frame[e + 12..e + 14].copy_from_slice(&ty.to_be_bytes());
+                if let Some(f) = fast.as_mut() {
+                    f.note(&frame[e..range.end]);
+                }
+                counters.tx_fast += 1;
+                RxAction::Transmit {
+                    offset: e,
+                    len: range.end - e,
+                }
+            }
+            _ => {
+                counters.unresolved += 1;
+                if let (Some(f), Some(p)) = (fast.as_mut(), frame.get(range.clone())) {
+                    f.note_other_path(p);
+                }
+                to_kernel(kernel, frame, range, counters);
+                RxAction::Copied
+            }
+        },
     }
 }
 

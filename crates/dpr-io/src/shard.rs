@@ -318,6 +318,9 @@ impl EngineSet {
         for (index, mut engine) in shards.into_iter().enumerate() {
             // The data path's engines sweep with the CPU's prefetch hint.
             engine.set_prefetch(Some(crate::sys::prefetch));
+            // And their tables (still empty) on huge pages: fewer TLB
+            // misses on a large table (docs/benchmarks.md, issue 17).
+            engine.advise_memory(crate::sys::advise_huge_pages);
             let (tx, commands) = mpsc::channel();
             links.push(tx);
             out.push(Shard {

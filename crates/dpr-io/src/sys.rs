@@ -554,6 +554,45 @@ pub fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Asks the kernel to back the whole 2-MiB pages inside `[p, p + len)`
+/// with transparent huge pages (`madvise(MADV_HUGEPAGE)`; with
+/// `/sys/kernel/mm/transparent_hugepage/enabled` at `madvise`, only
+/// memory advised so gets them): the tables' [`dpr_table::MemoryHook`].
+/// One TLB entry then covers 512 pages' worth of a table far larger than
+/// the TLB reaches. A hint: failure (no THP, a range the kernel refuses)
+/// changes nothing and is ignored.
+pub fn advise_huge_pages(p: *const u8, len: usize) {
+    let _ = advise_huge_pages_checked(p, len);
+}
+
+/// [`advise_huge_pages`], returning whether the kernel accepted the
+/// advice (`false` also when the range holds no whole 2-MiB page).
+pub fn advise_huge_pages_checked(p: *const u8, len: usize) -> bool {
+    const HUGE: usize = 2 << 20;
+    let start = (p as usize).div_ceil(HUGE) * HUGE;
+    let end = (p as usize).saturating_add(len) / HUGE * HUGE;
+    if end <= start {
+        return false;
+    }
+    // SAFETY: MADV_HUGEPAGE only changes how the kernel may back the
+    // range (its contents and mappings stay as they are), the range is
+    // page-aligned and lies inside the caller's allocation `[p, p + len)`,
+    // and an unmapped or otherwise unsuitable range makes the call fail
+    // with an error, not fault.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    rc == 0
+}
+
+/// Bytes of this process's anonymous memory backed by transparent huge
+/// pages (`AnonHugePages` of `/proc/self/smaps_rollup`), or `None` when
+/// the kernel does not say.
+pub fn anon_huge_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// CPU time the calling thread has used, in nanoseconds. Unlike wall-clock
 /// time it does not grow while the thread waits for a CPU, so work paced
 /// by it (the load measurement) does not slow down on a busy host.
@@ -700,6 +739,28 @@ mod tests {
         std::hint::black_box(x);
         assert!(super::monotonic_ns() > m);
         assert!(super::thread_cpu_ns() > c);
+    }
+
+    /// Huge-page advice covers the whole 2-MiB pages inside the range: none
+    /// in a small one (refused without a call), and on a large allocation
+    /// the kernel accepts it unless THP is off on this machine.
+    #[test]
+    fn huge_page_advice_takes_whole_huge_pages() {
+        let small = vec![0u8; 4096];
+        assert!(!super::advise_huge_pages_checked(
+            small.as_ptr(),
+            small.len()
+        ));
+        assert!(!super::advise_huge_pages_checked(core::ptr::null(), 0));
+        let big: Vec<u64> = Vec::with_capacity(1 << 20); // 8 MiB
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        let accepted = super::advise_huge_pages_checked(big.as_ptr().cast(), 8 << 20);
+        if thp.contains("[never]") || thp.is_empty() {
+            eprintln!("THP is off here: advice accepted = {accepted}");
+        } else {
+            assert!(accepted, "THP is {thp:?}");
+        }
     }
 
     use super::*;

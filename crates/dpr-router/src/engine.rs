@@ -647,6 +647,14 @@ impl Engine {
         &self.hasher
     }
 
+    /// Passes both flow tables' large allocations to `hook` (see
+    /// [`dpr_table::ConnTable::advise_memory`]; the I/O layer's asks for
+    /// huge pages). Best called before the tables fill.
+    pub fn advise_memory(&self, hook: dpr_table::MemoryHook) {
+        self.routes.advise_memory(hook);
+        self.served.advise_memory(hook);
+    }
+
     /// Gives both flow tables a prefetch hint (see
     /// [`dpr_table::PrefetchHook`]; the I/O layer has one): their sweeps
     /// then load the entries they will examine a few packets ahead.

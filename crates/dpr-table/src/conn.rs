@@ -190,6 +190,13 @@ pub enum InsertOutcome {
 /// `unsafe`. It must not read or write through the pointer.
 pub type PrefetchHook = fn(*const u8);
 
+/// Advice to the operating system about one of a table's large
+/// allocations (its start and length in bytes), e.g. that it should be
+/// backed by huge pages: the I/O layer provides one
+/// (`dpr_io::sys::advise_huge_pages`), since this crate has no `unsafe`
+/// and no system calls. It must not read or write through the pointer.
+pub type MemoryHook = fn(*const u8, usize);
+
 /// Packets [`ConnTable::on_packet_batch`] warms together.
 pub const BATCH: usize = 32;
 
@@ -486,6 +493,22 @@ impl<K: TableKey> ConnTable<K> {
     /// The configured capacity.
     pub fn capacity(&self) -> usize {
         self.capacity as usize
+    }
+
+    /// Passes the slab's and the index's allocations (their whole
+    /// capacity, reserved at construction) to `hook`. Called on an empty
+    /// table, advice such as huge pages applies from the first entry (the
+    /// pages are not touched yet); the table's contents and behaviour do
+    /// not depend on it.
+    pub fn advise_memory(&self, hook: MemoryHook) {
+        hook(
+            self.entries.as_ptr().cast(),
+            self.entries.capacity() * core::mem::size_of::<Slot>(),
+        );
+        hook(
+            self.index.as_ptr().cast(),
+            self.index.capacity() * core::mem::size_of::<u32>(),
+        );
     }
 
     /// Sets (or clears) the prefetch hint the sweep uses to load the

@@ -40,8 +40,8 @@ pub mod time;
 mod tests;
 
 pub use conn::{
-    BATCH, ConnEntry, ConnState, ConnTable, ConnTableConfig, Direction, InsertOutcome, PacketInfo,
-    PacketOutcome, PrefetchHook, Route, TableStats,
+    BATCH, ConnEntry, ConnState, ConnTable, ConnTableConfig, Direction, InsertOutcome, MemoryHook,
+    PacketInfo, PacketOutcome, PrefetchHook, Route, TableStats,
 };
 pub use error::{Result, TableError};
 pub use key::{IsnSlot, TableKey, V4Key, WideKey};

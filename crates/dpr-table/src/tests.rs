@@ -1634,3 +1634,31 @@ fn the_prefetch_hint_changes_nothing_but_is_used() {
     assert!(with.stats().expired > 0, "the sweep had work to do");
     assert!(PREFETCHED.load(std::sync::atomic::Ordering::Relaxed) > before);
 }
+
+static ADVISED: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn record_advice(p: *const u8, len: usize) {
+    if let Ok(mut v) = ADVISED.lock() {
+        v.push((p as usize, len));
+    }
+}
+
+/// The memory hook is given the slab's and the index's whole allocations,
+/// and only that: the table behaves as before.
+#[test]
+fn the_memory_hook_sees_the_slab_and_the_index() {
+    let t: ConnTable<WideKey> = ConnTable::new(cfg(1_000), FlowHasher::new(9)).unwrap();
+    t.advise_memory(record_advice);
+    let seen: Vec<(usize, usize)> = ADVISED
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&(_, len)| len > 0)
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Together exactly what the table says it allocated for them.
+    assert_eq!(seen[0].1 + seen[1].1, t.allocated_bytes());
+    assert!(seen[0].1 >= 1_000 * 48, "the slab's whole capacity");
+    assert!(seen.iter().all(|&(p, _)| p != 0));
+}

@@ -20,7 +20,7 @@
 //!                     │ IPv4/IPv6 TCP fragment to a service  ├─► bpf_redirect_map(xsks, q)
 //!                     │ IP-in-IP from peers_v4/v6            ─┘        │
 //!                     └ everything else ─► XDP_PASS (kernel)           ▼
-//!                                                   XskSocket (xsk.rs): rx_batch ─► engine
+//!                                                   XskSocket (xsk.rs): rx_lend ─► engine
 //!                                                   frame reused for tx (headroom for the
 //!                                                   outer header), or tx_copy ─► NIC
 //!   loader.rs ─► bpf.rs (BpfSys: RealBpf = bpf(2), FakeBpf = in memory, recorded)

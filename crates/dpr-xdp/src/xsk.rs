@@ -178,7 +178,28 @@ pub struct XskSocket {
     tx_outstanding: u32,
     /// Forwards of the current batch, queued on the tx ring after it.
     tx_batch: Vec<XdpDesc>,
+    /// Chunk bases of the frames [`XskSocket::rx_lend`] lends (reused).
+    lent: Vec<u64>,
+    /// One bit per chunk: lent in the current batch (distinct chunks are
+    /// what makes lending them together sound; all clear between batches).
+    lent_bits: Vec<u64>,
     counters: XskCounters,
+}
+
+/// One received frame lent by [`XskSocket::rx_lend`] with the others of
+/// its batch: the whole chunk (headroom included), the packet at
+/// `frame[offset..offset + len]`, and what to do with it (the callback
+/// sets it; [`RxAction::Drop`] until then).
+#[derive(Debug)]
+pub struct RxFrame<'a> {
+    /// The whole chunk.
+    pub frame: &'a mut [u8],
+    /// Start of the packet in it.
+    pub offset: usize,
+    /// The packet's length.
+    pub len: usize,
+    /// What to do with the frame after the callback.
+    pub action: RxAction,
 }
 
 // SAFETY: the only non-`Send` part is xdpilone's `Umem`, for its raw
@@ -276,6 +297,8 @@ impl XskSocket {
             tx_free: (rx_frames..frame_count).map(|i| i * fs).collect(),
             tx_outstanding: 0,
             tx_batch: Vec::new(),
+            lent: Vec::new(),
+            lent_bits: vec![0; (frame_count as usize).div_ceil(64)],
             counters: XskCounters::default(),
         };
         s.refill_fill_ring();
@@ -512,6 +535,116 @@ impl XskSocket {
             }
             rx.release();
         }
+        let queued = self.queue_tx_batch();
+        self.counters.rx += read as u64;
+        self.counters.tx_forwarded += u64::from(queued);
+        self.tx_outstanding += queued;
+        self.refill_fill_ring();
+        self.kick_tx()?;
+        Ok(read)
+    }
+
+    /// [`Self::rx_batch`], lending the frames together: reads up to `max`
+    /// received frames and calls `f` once with all of them, so the caller
+    /// can process them as a batch (the engine overlaps their table
+    /// look-ups); then each frame's [`RxFrame::action`] is carried out as
+    /// in `rx_batch`. A descriptor outside the UMEM, or naming a chunk
+    /// already lent in this batch, is counted in `bad_desc` and its chunk
+    /// not lent (twice). Returns frames read.
+    pub fn rx_lend(
+        &mut self,
+        max: u32,
+        f: impl FnOnce(&mut [RxFrame<'_>]),
+    ) -> Result<usize, Error> {
+        self.complete();
+        let fs = self.frame_size;
+        let umem_end = self.frame_count * fs;
+        let mut read = 0;
+        let mut lent = std::mem::take(&mut self.lent);
+        lent.clear();
+        let mut offs: [(u32, u32); 64] = [(0, 0); 64];
+        {
+            // At most 64 at a time: the offsets live on the stack.
+            let mut rx = self.rx.receive(max.min(64));
+            while let Some(desc) = rx.read() {
+                read += 1;
+                let base = desc.addr - desc.addr % fs;
+                let off = desc.addr - base;
+                let len = u64::from(desc.len);
+                let idx = (base / fs) as usize;
+                let (word, bit) = (idx / 64, 1u64 << (idx % 64));
+                let taken = self.lent_bits.get(word).is_none_or(|w| w & bit != 0);
+                let slot = offs.get_mut(lent.len());
+                let (Some(o), Some(w)) = (slot, self.lent_bits.get_mut(word)) else {
+                    self.counters.bad_desc += 1;
+                    continue;
+                };
+                if base >= umem_end || off + len > fs || taken {
+                    self.counters.bad_desc += 1;
+                    continue;
+                }
+                *w |= bit;
+                *o = (off as u32, len as u32);
+                lent.push(base);
+            }
+            rx.release();
+        }
+        let mut frames: Vec<RxFrame<'_>> = Vec::with_capacity(lent.len());
+        for (i, &base) in lent.iter().enumerate() {
+            // `base` is inside the UMEM (checked above), so `umem.frame`
+            // finds it; were it not to, the frame would be lent empty.
+            let frame: &mut [u8] = match self.umem.frame(BufIdx((base / fs) as u32)) {
+                // SAFETY: the kernel handed this chunk to us through the rx
+                // ring and touches it again only after we put it in the
+                // fill or tx ring, below, after the last use of these
+                // slices; `umem.frame` bounds-checked it against the
+                // mapping, which outlives this borrow; and the chunks lent
+                // together are distinct (`lent_bits` above), so no two of
+                // these slices overlap.
+                Some(chunk) => unsafe { &mut *chunk.addr.as_ptr() },
+                None => &mut [],
+            };
+            let (off, len) = offs[i];
+            frames.push(RxFrame {
+                frame,
+                offset: off as usize,
+                len: len as usize,
+                action: RxAction::Drop,
+            });
+        }
+        f(&mut frames);
+        for (&base, r) in lent.iter().zip(frames) {
+            match r.action {
+                RxAction::Transmit { offset, len } => {
+                    let fits = offset.checked_add(len).is_some_and(|e| e <= fs as usize);
+                    if !fits || len == 0 {
+                        self.counters.tx_bad_range += 1;
+                        self.refill.push(base);
+                    } else {
+                        self.tx_batch.push(XdpDesc {
+                            addr: base + offset as u64,
+                            len: len as u32,
+                            options: 0,
+                        });
+                    }
+                }
+                RxAction::Drop => {
+                    self.counters.dropped += 1;
+                    self.refill.push(base);
+                }
+                RxAction::Copied => {
+                    self.counters.copied += 1;
+                    self.refill.push(base);
+                }
+            }
+        }
+        for &base in &lent {
+            let idx = (base / fs) as usize;
+            if let Some(w) = self.lent_bits.get_mut(idx / 64) {
+                *w &= !(1u64 << (idx % 64));
+            }
+        }
+        self.lent = lent;
         let queued = self.queue_tx_batch();
         self.counters.rx += read as u64;
         self.counters.tx_forwarded += u64::from(queued);

@@ -97,6 +97,10 @@ fn engine(flows: u32) -> Result<Engine, String> {
         Box::new(SplitMix64::new(1)),
     )
     .map_err(|e| format!("engine: {e}"))?;
+    // As `dprd`'s data-path engines are set up (`dpr_io::EngineSet::new`):
+    // the sweep's prefetch hint, the tables on huge pages.
+    e.set_prefetch(Some(dpr_io::sys::prefetch));
+    e.advise_memory(dpr_io::sys::advise_huge_pages);
     for p in 1..=3u8 {
         e.add_peer(
             PeerId(u16::from(p)),
