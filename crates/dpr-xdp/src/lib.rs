@@ -39,6 +39,7 @@ pub mod asm;
 pub mod bpf;
 mod loader;
 pub mod program;
+pub mod sink;
 mod sys;
 pub mod tools;
 pub mod xsk;
@@ -49,6 +50,7 @@ pub use loader::{
     ProgramConfig, RouterProgram, XdpLink, XdpMode, load_pass_program,
 };
 pub use program::{Counter, MissingSocket};
+pub use sink::{SinkConfig, SinkCounter, SinkCounts, SinkProgram};
 
 use std::io;
 use std::os::fd::RawFd;
@@ -102,6 +104,9 @@ pub enum Error {
     /// A ring or UMEM invariant was not met (sizes, frame bounds).
     #[error("AF_XDP: {0}")]
     Xsk(String),
+    /// A program's configuration is out of range; the message names the field.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<Error> for io::Error {
