@@ -2,19 +2,22 @@
 //! topology it builds itself (a [`Lab`] of two hosts and a client on one
 //! bridge, 198.18.0.0/15 only, removed on exit, also on SIGINT, SIGTERM and
 //! SIGHUP: [`crate::stop`]) and `dpr-lab bench-gen`, a
-//! bounded small-packet generator (an AF_XDP socket in copy mode, transmit
-//! only) that runs in the client's namespace.
+//! bounded small-packet generator that runs in the client's namespace
+//! (live-frame `BPF_PROG_TEST_RUN`, or an AF_XDP socket in copy mode,
+//! transmit only, that can be paced).
 //!
 //! ```text
 //!  client (gen / wrk) ──┐
 //!  h0 = A (redirects)   ├── bridge       A: dprd (tun | af-xdp native | af-xdp generic),
 //!  h1 = B (sink/server) ┘                   or plain kernel forwarding, or HAProxy
 //! ```
-//! 1. Small-packet forwarding, client → A → B, counted at B's interface
-//!    (B drops them in routing: `ip rule … blackhole`), for each of: kernel
-//!    IP forwarding on A, DPR/TUN, DPR/AF_XDP native and generic. DPR's A is
+//! 1. Small-packet forwarding, client → A → B, counted and dropped by an
+//!    XDP sink on B's interface ([`crate::sink`]), for each of: kernel IP
+//!    forwarding on A, DPR/TUN, DPR/AF_XDP native and generic. DPR's A is
 //!    drained, so every flow is redirected to B; the flows' SYNs go first,
-//!    then ACK-only segments (60-byte frames) of established flows.
+//!    then ACK-only segments (60-byte frames) of established flows, paced
+//!    down a ladder of offered rates (A's capacity, not its overload). Two
+//!    calibration rows first: each generator straight to the sink, no A.
 //! 2. HTTP requests per second and latency (`wrk`, one connection per
 //!    request, and keep-alive `wrk -t2 -c50`): direct to B; through A
 //!    redirecting (each backend); through HAProxy (TCP mode) on A; through
@@ -225,8 +228,8 @@ fn own_cpu_ns() -> u64 {
 }
 
 /// `dpr-lab bench-gen`: sends the frames; prints
-/// `{"sent": N, "secs": S, "cpu_ns": C}` (C: its own CPU time, see
-/// [`own_cpu_ns`]).
+/// `{"sent": N, "secs": S, "cpu_ns": C}` (C: its own CPU time, the softirq
+/// work its system calls drive included on this kernel).
 pub fn gen_main(g: &GenArgs) -> Result<(), String> {
     if !(0.1..=30.0).contains(&g.secs) {
         return Err(format!("--secs {}: must be in 0.1..=30", g.secs));

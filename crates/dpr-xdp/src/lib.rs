@@ -26,6 +26,9 @@
 //!   loader.rs ─► bpf.rs (BpfSys: RealBpf = bpf(2), FakeBpf = in memory, recorded)
 //! ```
 //!
+//! [`sink`] is the forwarding benchmark's receiver: a separate small
+//! program that counts and drops the benchmark's packets and passes the rest.
+//!
 //! [`RouterProgram`] owns the program and maps; [`XdpLink`] is an attachment
 //! (detached on drop); [`xsk::XskSocket`] is one AF_XDP socket on one queue.
 //! [`ifindex`] and [`poll_readable`] are the workspace's one interface-index
