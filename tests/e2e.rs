@@ -145,6 +145,22 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
             )
         })
         .collect();
+    // What each host's TUN device dropped because its daemon's queue was
+    // full (a segment lost there is retransmitted by the client; the
+    // daemon counts nothing, as it never saw it).
+    let tun_dropped = |lab: &Lab| -> Vec<u64> {
+        (0..3)
+            .map(|i| {
+                let t = ok(lab.exec(
+                    &lab.host_ns(i),
+                    "cat",
+                    &["/sys/class/net/dpr0/statistics/tx_dropped"],
+                ));
+                t.trim().parse().unwrap_or(u64::MAX)
+            })
+            .collect()
+    };
+    let tun_dropped_before = (backend == "tun").then(|| tun_dropped(&lab));
     let url = format!("http://{}/", service_addr(0));
     // A transfer served by h0 itself crossed no tunnel: it does not count.
     // That happens when h0 sees no peer eligible at that instant (a report
@@ -204,6 +220,13 @@ fn twenty_megabytes_each_way_over_redirected_connections_without_fragments(backe
         assert!(
             up.trim_end().ends_with("received 20000000"),
             "upload incomplete: {up}"
+        );
+    }
+    if let Some(before) = tun_dropped_before {
+        assert_eq!(
+            tun_dropped(&lab),
+            before,
+            "segments dropped at a TUN device's queue (its tx_dropped)"
         );
     }
     for (ns, (fc, rr)) in namespaces.iter().zip(frag_before) {

@@ -180,6 +180,8 @@ pub fn run(
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
         persist: false,
+        // The examples keep the plain device (one packet per read).
+        offload: false,
     })
     .map_err(|e| format!("TUN device: {e}"))?;
     let peer_services: Vec<Ipv4Addr> = cfg
@@ -189,7 +191,12 @@ pub fn run(
         .flat_map(|p| p.service_addrs.iter().copied())
         .collect();
     let _guard = HostGuard::setup(&HostPlan {
-        service_addrs: cfg.host.service_addrs.clone(),
+        service_addrs: cfg
+            .host
+            .service_addrs
+            .iter()
+            .map(|a| IpAddr::V4(*a))
+            .collect(),
         peer_service_addrs: peer_services,
         service_ports: cfg.host.service_ports.clone(),
         advmss: Some(dpr_io::host::advmss_for_mtu(cfg.tunnel.mtu)),

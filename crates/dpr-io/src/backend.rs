@@ -21,6 +21,9 @@ pub struct Frame {
     pub end: usize,
     /// Transmit this frame on the next [`BatchIo::send_batch`].
     pub transmit: bool,
+    /// Where a frame to transmit goes: `Some(peer)` out of the uplink
+    /// towards that neighbour ([`Egress::Peer`]), `None` to the kernel.
+    pub next_hop: Option<IpAddr>,
 }
 
 impl Frame {
@@ -30,6 +33,7 @@ impl Frame {
             start: 0,
             end: 0,
             transmit: false,
+            next_hop: None,
         }
     }
 
@@ -109,6 +113,7 @@ impl Batch {
             f.start = h;
             f.end = (h + n).min(f.data.len());
             f.transmit = false;
+            f.next_hop = None;
             self.len += 1;
         }
     }
@@ -261,8 +266,13 @@ pub trait BatchIo: Send {
     /// Writes one packet. An error is a refusal (a full device queue).
     fn send(&mut self, packet: &[u8]) -> io::Result<()>;
 
-    /// Transmits every frame of `batch` whose `transmit` flag is set; a
-    /// frame the device refuses is counted in `failed`.
+    /// Housekeeping between batches: adds what the device counts itself
+    /// to `stats`.
+    fn maintain(&mut self, _stats: &crate::worker::WorkerStats) {}
+
+    /// Transmits every frame of `batch` whose `transmit` flag is set (to
+    /// its `next_hop`, or the kernel); a frame the device refuses is
+    /// counted in `failed`.
     fn send_batch(&mut self, batch: &Batch) -> io::Result<TxOutcome> {
         let mut out = TxOutcome::default();
         for f in batch.frames().iter().filter(|f| f.transmit) {
@@ -310,7 +320,8 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
         Ok(!self.batch.is_empty())
     }
 
-    /// Lends the whole batch (its capacity bounds it, not `_max`).
+    /// Lends the whole batch (its capacity bounds it, not `_max`), then
+    /// transmits what the handler said to in one [`BatchIo::send_batch`].
     fn rx_tx<F>(&mut self, _max: usize, mut handler: F) -> io::Result<RxTx>
     where
         F: FnMut(&mut [u8], Range<usize>) -> Egress,
@@ -322,21 +333,29 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
         let Self { dev, batch } = self;
         for f in batch.frames_mut() {
             out.received += 1;
+            f.transmit = false;
             let range = f.start..f.end;
-            let r = match handler(&mut f.data, range) {
+            let (r, hop) = match handler(&mut f.data, range) {
                 Egress::Drop => continue,
-                Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+                Egress::Kernel(r) => (r, None),
+                Egress::Peer { range: r, next_hop } => (r, Some(next_hop)),
             };
-            match f.data.get(r) {
-                Some(bytes) if dev.send(bytes).is_ok() => out.sent += 1,
-                _ => out.failed += 1,
+            if r.start <= r.end && r.end <= f.data.len() {
+                (f.start, f.end, f.transmit, f.next_hop) = (r.start, r.end, true, hop);
+            } else {
+                out.failed += 1;
             }
         }
+        let tx = dev.send_batch(batch)?;
+        out.sent += tx.sent;
+        out.failed += tx.failed;
         batch.clear();
         Ok(out)
     }
 
-    /// Lends the whole batch at once (its capacity bounds it, not `_max`).
+    /// Lends the whole batch at once (its capacity bounds it, not `_max`),
+    /// then transmits what the handler said to in one
+    /// [`BatchIo::send_batch`].
     fn rx_tx_batch<F>(&mut self, _max: usize, mut handler: F) -> io::Result<RxTx>
     where
         F: FnMut(&mut [Lent<'_>]),
@@ -345,32 +364,43 @@ impl<D: BatchIo> Backend for BatchBackend<D> {
             self.dev.recv_batch(&mut self.batch, Duration::ZERO)?;
         }
         let Self { dev, batch } = self;
-        let mut lent: Vec<Lent<'_>> = batch
-            .frames_mut()
-            .iter_mut()
-            .map(|f| Lent {
-                range: f.start..f.end,
-                buf: &mut f.data,
-                egress: Egress::Drop,
-            })
-            .collect();
-        handler(&mut lent);
-        let mut out = RxTx {
-            received: lent.len(),
-            ..RxTx::default()
+        let mut out = RxTx::default();
+        let egress: Vec<Egress> = {
+            let mut lent: Vec<Lent<'_>> = batch
+                .frames_mut()
+                .iter_mut()
+                .map(|f| Lent {
+                    range: f.start..f.end,
+                    buf: &mut f.data,
+                    egress: Egress::Drop,
+                })
+                .collect();
+            handler(&mut lent);
+            lent.into_iter().map(|l| l.egress).collect()
         };
-        for l in lent {
-            let r = match l.egress {
+        for (f, e) in batch.frames_mut().iter_mut().zip(egress) {
+            out.received += 1;
+            f.transmit = false;
+            let (r, hop) = match e {
                 Egress::Drop => continue,
-                Egress::Kernel(r) | Egress::Peer { range: r, .. } => r,
+                Egress::Kernel(r) => (r, None),
+                Egress::Peer { range: r, next_hop } => (r, Some(next_hop)),
             };
-            match l.buf.get(r) {
-                Some(bytes) if dev.send(bytes).is_ok() => out.sent += 1,
-                _ => out.failed += 1,
+            if r.start <= r.end && r.end <= f.data.len() {
+                (f.start, f.end, f.transmit, f.next_hop) = (r.start, r.end, true, hop);
+            } else {
+                out.failed += 1;
             }
         }
+        let tx = dev.send_batch(batch)?;
+        out.sent += tx.sent;
+        out.failed += tx.failed;
         batch.clear();
         Ok(out)
+    }
+
+    fn maintain(&mut self, stats: &crate::worker::WorkerStats) {
+        self.dev.maintain(stats);
     }
 
     fn transmit(&mut self, packet: &mut [u8], egress: Egress) -> io::Result<bool> {

@@ -10,17 +10,28 @@
 //!   `tcp_early_demux=0`, `arp_ignore=1` / `arp_announce=2` on `all` and the
 //!   uplink, `rp_filter` 1 → 2 on `all` and the uplink, `rp_filter=0` and
 //!   `accept_local=1` on the TUN;
-//! - the peers' service addresses on the TUN (it answers no ARP);
+//! - with an IPv6 service address or VIP: `disable_ipv6=0` on the uplink
+//!   and the TUN, IPv6 `forwarding=1` on `all` (old values restored);
+//! - the peers' service addresses on the TUN (it answers no ARP), and the
+//!   shared VIPs (IPv4 `/32`, IPv6 `/128 nodad`: no host answers ARP or
+//!   neighbour discovery for them, the upstream router routes them to the
+//!   hosts' unicast addresses);
 //! - with `divert` (the TUN backend; the AF_XDP backend's XDP program
 //!   takes the traffic instead): `default dev TUN table T` and the diversion rules
 //!   `iif UPLINK to SERVICE ipproto tcp dport P lookup T` and
 //!   `iif UPLINK to TUNNEL ipproto ipip lookup T` (and `ipproto gre` with
-//!   the keyed tunnel);
-//! - the `local` rule moved below them (pref 0 → `local_rule_priority`);
+//!   the keyed tunnel); for IPv6 addresses the same in the IPv6 family
+//!   (`default dev TUN table T`, one rule per address and port);
+//! - the `local` rule moved below them (pref 0 → `local_rule_priority`),
+//!   the IPv6 one too when IPv6 addresses are diverted;
 //! - with an MSS clamp: copies of the main table's uplink routes in table
 //!   `mss_table` with `advmss`, and `from PEER_SERVICE lookup mss_table`,
 //!   so the SYN-ACKs of redirected connections announce a segment size
-//!   that fits the tunnel.
+//!   that fits the tunnel; the same for the IPv6 routes (20 bytes less:
+//!   the inner IPv6 header) and `from VIP` for every VIP;
+//! - with an `announce_table`, last (so first undone): `ADDR dev lo table
+//!   N` per own address, which a BGP speaker exports while the host is
+//!   healthy ([`HostGuard::withdraw`] on drain).
 //!
 //! Every request goes through one [`HostSys`]: [`RealHost`] (a route
 //! netlink socket, `/proc/sys`, `if_nametoindex`) in production, and
@@ -106,8 +117,23 @@ pub struct HostPlan {
     pub tun_ifindex: u32,
     /// This host's tunnel address (already configured on the uplink).
     pub tunnel_addr: Ipv4Addr,
-    /// This host's own service addresses (already on the uplink).
-    pub service_addrs: Vec<Ipv4Addr>,
+    /// This host's own service addresses (already on the uplink, or on
+    /// `lo`), IPv4 or IPv6.
+    pub service_addrs: Vec<IpAddr>,
+    /// Shared virtual service addresses (VIPs), IPv4 and IPv6: every host
+    /// of the cluster holds them, the upstream router spreads them over the
+    /// hosts' unicast addresses (ECMP). Placed on the TUN device (IPv6:
+    /// `nodad`), which answers no ARP or neighbour solicitation, so no host
+    /// claims them on the shared segment; diverted like the service
+    /// addresses; their connections announce the tunnel's MSS (a flow ECMP
+    /// brings here may be redirected, and one redirected here uses the VIP).
+    pub vips: Vec<IpAddr>,
+    /// Where the announcement routes live while the host is healthy: one
+    /// `ADDR dev lo table N` (`/32`, `/128`) per address it serves as its
+    /// own (service addresses and VIPs). A BGP speaker exports that table
+    /// ([`HostGuard::withdraw`] on drain; removed first at exit; kept across
+    /// a held restart). `None`: no announcement routes.
+    pub announce_table: Option<u32>,
     /// The peers' service addresses, to be held on the TUN.
     pub peer_service_addrs: Vec<Ipv4Addr>,
     /// TCP service ports.
@@ -145,6 +171,8 @@ impl HostPlan {
             tun_ifindex,
             tunnel_addr,
             service_addrs: Vec::new(),
+            vips: Vec::new(),
+            announce_table: None,
             peer_service_addrs: Vec::new(),
             service_ports: Vec::new(),
             divert_table: 100,
@@ -162,6 +190,28 @@ impl HostPlan {
 /// inner IPv4 header and a TCP header without options (60 bytes) less.
 pub fn advmss_for_mtu(mtu: u16) -> u16 {
     mtu.saturating_sub(60)
+}
+
+/// The MSS an IPv6 client's connection announces when its IPv4 clamp is
+/// `advmss_v4`: the inner IPv6 header is 20 bytes longer than IPv4's, the
+/// outer header (IPv4, GRE or IP-in-IP) is the same. (An IPv6 outer
+/// header, 4-in-6 or 6-in-6, would take 20 more from both.)
+pub fn advmss_v6(advmss_v4: u16) -> u16 {
+    advmss_v4.saturating_sub(20)
+}
+
+impl HostPlan {
+    /// Every address this host serves as its own: its service addresses,
+    /// then the VIPs.
+    pub fn own_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.service_addrs.iter().chain(&self.vips).copied()
+    }
+
+    /// Whether any of them is IPv6 (the IPv6 sysctls, table and rules are
+    /// made only then).
+    pub fn has_v6(&self) -> bool {
+        self.own_addrs().any(|a| a.is_ipv6())
+    }
 }
 
 /// A setup step that failed, with what it was doing.
@@ -213,6 +263,18 @@ pub struct TakeoverReport {
 
 fn conf(dev: &str, key: &str) -> PathBuf {
     PathBuf::from(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"))
+}
+
+fn conf6(dev: &str, key: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/sys/net/ipv6/conf/{dev}/{key}"))
+}
+
+/// A VIP on the TUN device: `/32`, or `/128 nodad` for IPv6.
+fn vip_addr(tun_ifindex: u32, a: IpAddr) -> Request {
+    match a {
+        IpAddr::V4(_) => netlink::addr(tun_ifindex, a, 32, false),
+        IpAddr::V6(_) => netlink::addr_nodad(tun_ifindex, a, 128),
+    }
 }
 
 /// Addresses on the uplink that would make peers ignore this host's ARP
@@ -382,7 +444,7 @@ impl<S: HostSys> HostGuard<S> {
         // Every early return below drops `g`, which undoes what was done.
         let up = plan.uplink.as_str();
         let tun = plan.tun_name.as_str();
-        let sysctls: Vec<(PathBuf, &str, bool)> = vec![
+        let mut sysctls: Vec<(PathBuf, &str, bool)> = vec![
             ("/proc/sys/net/ipv4/ip_forward".into(), "1", false),
             ("/proc/sys/net/ipv4/tcp_early_demux".into(), "0", false),
             (conf("all", "arp_ignore"), "1", false),
@@ -394,6 +456,19 @@ impl<S: HostSys> HostGuard<S> {
             (conf(tun, "rp_filter"), "0", false),
             (conf(tun, "accept_local"), "1", false),
         ];
+        if plan.has_v6() {
+            // IPv6 on the uplink and the TUN (the VIPs live there); IPv6
+            // forwarding for what the engine writes into the TUN that is
+            // not for this host (a reset or ICMPv6 error to a client).
+            // There is no IPv6 rp_filter; neighbour discovery answers only
+            // for addresses of the receiving interface, so VIPs on the TUN
+            // are never claimed on the uplink.
+            sysctls.extend([
+                (conf6(up, "disable_ipv6"), "0", false),
+                (conf6(tun, "disable_ipv6"), "0", false),
+                (conf6("all", "forwarding"), "1", false),
+            ]);
+        }
         for (path, want, only_if_strict) in sysctls {
             let what = format!("sysctl {}", path.display());
             let current = g.nl.sys_mut().sysctl_read(&path).map_err(step(&what))?;
@@ -430,6 +505,9 @@ impl<S: HostSys> HostGuard<S> {
         for a in &plan.peer_service_addrs {
             g.add(netlink::addr(plan.tun_ifindex, IpAddr::V4(*a), 32, false))?;
         }
+        for a in &plan.vips {
+            g.add(vip_addr(plan.tun_ifindex, *a))?;
+        }
         if plan.divert {
             g.add_diversion()?;
         }
@@ -441,20 +519,45 @@ impl<S: HostSys> HostGuard<S> {
             let routes =
                 g.nl.dump_routes_v4()
                     .map_err(step("dumping the main routing table"))?;
-            for r in routes.iter().filter(|r| {
+            let uplink_routes = |r: &&netlink::RouteInfo| {
                 r.table == RT_TABLE_MAIN && r.route_type == 1 && r.oif == Some(uplink_index)
-            }) {
+            };
+            for r in routes.iter().filter(uplink_routes) {
                 g.add(netlink::copy_route_with_advmss(
                     r,
                     plan.mss_table,
                     u32::from(mss),
                 ))?;
             }
-            g.add_mss_rules(&plan.peer_service_addrs)?;
+            if plan.has_v6() {
+                let routes6 =
+                    g.nl.dump_routes_v6()
+                        .map_err(step("dumping the main IPv6 routing table"))?;
+                for r in routes6.iter().filter(uplink_routes) {
+                    g.add(netlink::copy_route_with_advmss(
+                        r,
+                        plan.mss_table,
+                        u32::from(advmss_v6(mss)),
+                    ))?;
+                }
+            }
+            let clamped: Vec<IpAddr> = plan
+                .peer_service_addrs
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .chain(plan.vips.iter().copied())
+                .collect();
+            g.add_mss_rules(&clamped)?;
         }
         if plan.divert {
-            g.move_local_rule()?;
+            g.move_local_rule(false)?;
+            if plan.has_v6() {
+                g.move_local_rule(true)?;
+            }
         }
+        // Last, so that they go first at exit: the VIPs are withdrawn
+        // before anything that serves them is undone.
+        g.announce()?;
         Ok(g)
     }
 
@@ -613,17 +716,25 @@ impl<S: HostSys> HostGuard<S> {
             plan.divert_table,
             true,
         ))?;
+        if plan.has_v6() {
+            self.add(netlink::default_route(
+                plan.tun_ifindex,
+                plan.divert_table,
+                false,
+            ))?;
+        }
         let mut prio = plan.rule_priority;
-        for a in &plan.service_addrs {
+        for a in plan.own_addrs() {
             for p in &plan.service_ports {
                 self.add(
                     Rule {
                         priority: prio,
                         table: plan.divert_table,
                         iif: Some(plan.uplink.clone()),
-                        to: Some(IpAddr::V4(*a)),
+                        to: Some(a),
                         ipproto: Some(libc::IPPROTO_TCP as u8),
                         dport: Some(*p),
+                        v6: a.is_ipv6(),
                         ..Rule::default()
                     }
                     .request(),
@@ -647,19 +758,22 @@ impl<S: HostSys> HostGuard<S> {
         Ok(())
     }
 
-    /// Moves the local rule below ours: adds it at its new place first, so
-    /// local delivery never stops, then deletes the one at 0.
-    fn move_local_rule(&mut self) -> Result<(), SetupError> {
+    /// Moves the local rule (of IPv6 when `v6`) below ours: adds it at its
+    /// new place first, so local delivery never stops, then deletes the one
+    /// at 0.
+    fn move_local_rule(&mut self, v6: bool) -> Result<(), SetupError> {
         let plan = self.plan.clone();
         let local_new = Rule {
             priority: plan.local_rule_priority,
             table: RT_TABLE_LOCAL,
+            v6,
             ..Rule::default()
         }
         .request();
         let local_old = Rule {
             priority: 0,
             table: RT_TABLE_LOCAL,
+            v6,
             ..Rule::default()
         }
         .request();
@@ -685,17 +799,101 @@ impl<S: HostSys> HostGuard<S> {
         }
     }
 
-    fn mss_rule(&self, a: Ipv4Addr) -> Request {
+    fn mss_rule(&self, a: impl Into<IpAddr>) -> Request {
+        let a = a.into();
         Rule {
             priority: self.plan.rule_priority + 5,
             table: self.plan.mss_table,
-            from: Some(IpAddr::V4(a)),
+            from: Some(a),
+            v6: a.is_ipv6(),
             ..Rule::default()
         }
         .request()
     }
 
-    fn add_mss_rules(&mut self, addrs: &[Ipv4Addr]) -> Result<(), SetupError> {
+    /// The announcement routes (`ADDR dev lo table announce_table`), one per
+    /// address this host serves as its own (service addresses and VIPs).
+    fn announce_routes(&self) -> Result<Vec<Request>, SetupError> {
+        let Some(table) = self.plan.announce_table else {
+            return Ok(Vec::new());
+        };
+        if self.plan.own_addrs().next().is_none() {
+            return Ok(Vec::new());
+        }
+        let lo = self
+            .nl
+            .sys()
+            .if_index("lo")
+            .map_err(step("finding the loopback interface"))?;
+        Ok(self
+            .plan
+            .own_addrs()
+            .map(|a| netlink::host_route(a, lo, table))
+            .collect())
+    }
+
+    /// Adds the VIPs' announcement routes that are missing: the BGP speaker
+    /// announces the VIPs again (start, or a drain called off). Journalled
+    /// like every step. Returns how many were added.
+    pub fn announce(&mut self) -> Result<usize, SetupError> {
+        let mut n = 0;
+        for r in self.announce_routes()? {
+            let have = self
+                .undo
+                .iter()
+                .any(|u| matches!(u, Undo::Del(x) if x.payload == r.payload));
+            if !have {
+                self.add(r)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes the VIPs' announcement routes: the BGP speaker withdraws the
+    /// VIPs and the upstream router stops sending new flows here (`dprd
+    /// drain`). Returns how many were removed; one already gone counts.
+    pub fn withdraw(&mut self) -> Result<usize, SetupError> {
+        let mut n = 0;
+        for r in self.announce_routes()? {
+            let have = self
+                .undo
+                .iter()
+                .any(|u| matches!(u, Undo::Del(x) if x.payload == r.payload));
+            if have {
+                match self.remove_recorded(&r) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
+                        self.undo
+                            .retain(|u| !matches!(u, Undo::Del(x) if x.payload == r.payload));
+                        let _ = self.record();
+                    }
+                    Err(e) => {
+                        return Err(SetupError {
+                            step: format!("deleting {}", r.describe),
+                            source: e,
+                        });
+                    }
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether the VIPs' announcement routes are in place.
+    pub fn is_announced(&self) -> bool {
+        self.announce_routes().is_ok_and(|rs| {
+            !rs.is_empty()
+                && rs.iter().all(|r| {
+                    self.undo
+                        .iter()
+                        .any(|u| matches!(u, Undo::Del(x) if x.payload == r.payload))
+                })
+        })
+    }
+
+    fn add_mss_rules(&mut self, addrs: &[IpAddr]) -> Result<(), SetupError> {
         for a in addrs {
             self.add(self.mss_rule(*a))?;
         }
@@ -943,7 +1141,7 @@ mod tests {
 
     fn plan() -> HostPlan {
         HostPlan {
-            service_addrs: vec![v4("198.18.0.1")],
+            service_addrs: vec![IpAddr::V4(v4("198.18.0.1"))],
             peer_service_addrs: vec![v4("198.18.0.2")],
             service_ports: vec![80],
             advmss: Some(1440),
@@ -1393,6 +1591,254 @@ mod tests {
                 .any(|(_, p)| *p == a)
         );
         drop(g);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    // ---- IPv6 and shared VIPs. ----
+
+    fn v6(s: &str) -> std::net::Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// [`kernel`] with IPv6: its sysctls, and a route of the uplink's
+    /// IPv6 prefix in the main table.
+    fn kernel6() -> FakeKernel {
+        let k = kernel();
+        k.with(|s| {
+            for (p, v) in [
+                ("conf/eth0/disable_ipv6", "1"),
+                ("conf/dpr0/disable_ipv6", "1"),
+                ("conf/all/forwarding", "0"),
+            ] {
+                s.sysctls
+                    .insert(PathBuf::from(format!("/proc/sys/net/ipv6/{p}")), v.into());
+            }
+        });
+        k.preload(&netlink::host_route(
+            IpAddr::V6(v6("fd00:18::")),
+            UPLINK,
+            RT_TABLE_MAIN,
+        ));
+        k.preload(
+            &Rule {
+                priority: 0,
+                table: RT_TABLE_LOCAL,
+                v6: true,
+                ..Rule::default()
+            }
+            .request(),
+        );
+        k
+    }
+
+    const VIP4: &str = "198.18.0.100";
+    const VIP6: &str = "fd00:dead::100";
+
+    fn vip_plan() -> HostPlan {
+        HostPlan {
+            vips: vec![IpAddr::V4(v4(VIP4)), IpAddr::V6(v6(VIP6))],
+            announce_table: Some(102),
+            ..plan()
+        }
+    }
+
+    fn made(k: &FakeKernel) -> Vec<String> {
+        k.journal()
+            .iter()
+            .filter(|o| o.is_change())
+            .map(|o| format!("{o:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn vips_of_both_families_are_held_on_the_tun_diverted_clamped_and_announced() {
+        let k = kernel6();
+        let before = k.with(|s| s.snapshot());
+        let g = HostGuard::setup_with(k.clone(), &vip_plan()).unwrap();
+        let ops = made(&k);
+        let want_in_order = [
+            "sysctl /proc/sys/net/ipv6/conf/eth0/disable_ipv6 = 0",
+            "sysctl /proc/sys/net/ipv6/conf/dpr0/disable_ipv6 = 0",
+            "sysctl /proc/sys/net/ipv6/conf/all/forwarding = 1",
+            "add address 198.18.0.2/32 on ifindex 5",
+            "add address 198.18.0.100/32 on ifindex 5",
+            "add address fd00:dead::100/128 on ifindex 5 nodad",
+            "add route default dev ifindex 5 table 100",
+            "add route ::/0 dev ifindex 5 table 100",
+            "add rule pref 10 iif eth0 to 198.18.0.1 ipproto 6 dport 80 lookup 100",
+            "add rule pref 10 iif eth0 to 198.18.0.100 ipproto 6 dport 80 lookup 100",
+            "add rule pref 10 iif eth0 to fd00:dead::100 ipproto 6 dport 80 lookup 100",
+            "add rule pref 11 iif eth0 to 198.18.0.11 ipproto 4 lookup 100",
+            "add route 198.18.0.0/24 dev ifindex 2 advmss 1440 table 101",
+            // The IPv6 client's segment is 20 bytes smaller.
+            "add route fd00:18::/128 dev ifindex 2 advmss 1420 table 101",
+            "add rule pref 15 from 198.18.0.2 lookup 101",
+            "add rule pref 15 from 198.18.0.100 lookup 101",
+            "add rule pref 15 from fd00:dead::100 lookup 101",
+            "add rule pref 100 lookup 255",
+            "del rule pref 0 lookup 255",
+            "add rule pref 100 lookup 255",
+            "del rule pref 0 lookup 255",
+            "add route 198.18.0.1/32 dev ifindex 1 table 102",
+            "add route 198.18.0.100/32 dev ifindex 1 table 102",
+            "add route fd00:dead::100/128 dev ifindex 1 table 102",
+        ];
+        let mut at = 0;
+        for w in want_in_order {
+            match ops[at..].iter().position(|o| o == w) {
+                Some(i) => at += i + 1,
+                None => panic!("{w:?} missing (or out of order) in {ops:#?}"),
+            }
+        }
+        // Both local rules moved: one of each family.
+        let moved: Vec<_> = k
+            .journal()
+            .iter()
+            .filter_map(|o| match o {
+                KernelOp::Del(Object::Rule, p) => Rule::parse(p),
+                _ => None,
+            })
+            .map(|r| r.v6)
+            .collect();
+        assert_eq!(moved, vec![false, true]);
+        assert!(g.is_announced());
+        drop(g);
+        assert_eq!(k.with(|s| s.snapshot()), before, "the host is as it was");
+        // The announcement routes went first.
+        let undo = made(&k);
+        let teardown = &undo[ops.len()..];
+        assert!(
+            teardown[..3]
+                .iter()
+                .all(|o| o.starts_with("del route") && o.contains("table 102")),
+            "{teardown:#?}"
+        );
+    }
+
+    #[test]
+    fn a_vip_set_up_failing_at_any_step_leaves_the_host_as_it_was() {
+        let k = kernel6();
+        HostGuard::setup_with(k.clone(), &vip_plan()).unwrap();
+        let steps = k.with(|s| s.changes().len()) / 2;
+        assert!(steps > 30, "{steps}");
+        for n in 0..steps {
+            let k = kernel6();
+            let before = k.with(|s| s.snapshot());
+            k.with(|s| s.fail = Some((n, libc::EPERM)));
+            assert!(
+                HostGuard::setup_with(k.clone(), &vip_plan()).is_err(),
+                "{n}"
+            );
+            assert_eq!(k.with(|s| s.snapshot()), before, "failure at step {n}");
+        }
+    }
+
+    /// The AF_XDP backend: its program takes IPv6 service traffic too, so
+    /// no diversion of either family; the VIPs, the clamp and the
+    /// announcement are made all the same.
+    #[test]
+    fn without_diversion_vips_are_held_clamped_and_announced_but_not_diverted() {
+        let k = kernel6();
+        let before = k.with(|s| s.snapshot());
+        let p = HostPlan {
+            divert: false,
+            ..vip_plan()
+        };
+        let g = HostGuard::setup_with(k.clone(), &p).unwrap();
+        let ops = made(&k);
+        assert!(!ops.iter().any(|o| o.contains("lookup 100")), "{ops:#?}");
+        assert!(!ops.iter().any(|o| o.contains("lookup 255")), "{ops:#?}");
+        for w in [
+            "add address fd00:dead::100/128 on ifindex 5 nodad",
+            "add route fd00:18::/128 dev ifindex 2 advmss 1420 table 101",
+            "add rule pref 15 from fd00:dead::100 lookup 101",
+            "add route fd00:dead::100/128 dev ifindex 1 table 102",
+        ] {
+            assert!(ops.iter().any(|o| o == w), "{w:?} missing in {ops:#?}");
+        }
+        drop(g);
+        assert_eq!(k.with(|s| s.snapshot()), before);
+    }
+
+    #[test]
+    fn without_ipv6_addresses_nothing_of_ipv6_is_touched() {
+        let k = kernel6();
+        let p = HostPlan {
+            vips: vec![IpAddr::V4(v4(VIP4))],
+            ..plan()
+        };
+        let g = HostGuard::setup_with(k.clone(), &p).unwrap();
+        let ops = made(&k);
+        assert!(
+            !ops.iter().any(|o| o.contains("ipv6") || o.contains("::")),
+            "{ops:#?}"
+        );
+        // No announce table: no announcement routes.
+        assert!(!ops.iter().any(|o| o.contains("table 102")), "{ops:#?}");
+        assert!(!g.is_announced());
+    }
+
+    #[test]
+    fn withdraw_and_announce_follow_the_journal_and_a_held_restart_keeps_the_routes() {
+        let k = kernel6();
+        let before = k.with(|s| s.snapshot());
+        let (file, dir) = journal_dir("announce");
+        let mut g = HostGuard::setup_with_takeover(
+            k.clone(),
+            &vip_plan(),
+            Some((file.clone(), meta())),
+            None,
+        )
+        .unwrap();
+        let routes = |k: &FakeKernel| {
+            k.with(|s| {
+                s.objects
+                    .iter()
+                    .filter(|(o, _)| *o == Object::Route)
+                    .filter_map(|(_, p)| parse_route(p))
+                    .filter(|r| r.table == 102)
+                    .count()
+            })
+        };
+        assert_eq!(routes(&k), 3);
+        let journalled = file.load().unwrap().unwrap().undo.len();
+        assert_eq!(g.withdraw().unwrap(), 3);
+        assert_eq!(routes(&k), 0);
+        assert!(!g.is_announced());
+        assert_eq!(file.load().unwrap().unwrap().undo.len(), journalled - 3);
+        assert_eq!(g.withdraw().unwrap(), 0, "idempotent");
+        // A route removed behind our back counts as withdrawn.
+        assert_eq!(g.announce().unwrap(), 3);
+        let gone = netlink::host_route(IpAddr::V6(v6(VIP6)), 1, 102);
+        k.with(|s| s.objects.retain(|(_, p)| *p != gone.payload));
+        assert_eq!(g.withdraw().unwrap(), 3);
+        assert_eq!(g.announce().unwrap(), 3);
+        assert_eq!(g.announce().unwrap(), 0, "idempotent");
+        // A held restart: the next instance takes the routes over, never
+        // deleting them (no moment where the router loses this host).
+        g.hold().unwrap();
+        drop(g);
+        let prev = file.load().unwrap().unwrap();
+        let n = k.journal().len();
+        let mut g2 = HostGuard::setup_with_takeover(
+            k.clone(),
+            &vip_plan(),
+            Some((file.clone(), meta())),
+            Some(&prev),
+        )
+        .unwrap();
+        let r = g2.finish_takeover();
+        assert!(r.stale_undone.is_empty(), "{r:?}");
+        assert!(
+            !k.journal()[n..]
+                .iter()
+                .any(|o| matches!(o, KernelOp::Del(Object::Route, _))),
+            "{:#?}",
+            &k.journal()[n..]
+        );
+        assert_eq!(routes(&k), 3);
+        drop(g2);
         assert_eq!(k.with(|s| s.snapshot()), before);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -73,6 +73,10 @@ pub const RTM_DELRULE: u16 = 33;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_F_SECONDARY: u8 = 0x01;
+const IFA_FLAGS: u16 = 8;
+/// No duplicate address detection (an IPv6 address usable at once, and
+/// never probed for on a link: what a shared VIP needs).
+const IFA_F_NODAD: u8 = 0x02;
 const IFADDRMSG_LEN: usize = 8;
 
 /// `struct ndmsg`.
@@ -220,6 +224,38 @@ pub fn addr(ifindex: u32, a: IpAddr, prefix: u8, host_scope: bool) -> Request {
         object: Object::Addr,
         payload: p,
         describe: format!("address {a}/{prefix} on ifindex {ifindex}"),
+    }
+}
+
+/// [`addr`] with `nodad` (IPv6: no duplicate address detection, so the
+/// address is usable at once and no neighbour solicitation for it is ever
+/// sent; every host of a shared VIP holds the same address).
+pub fn addr_nodad(ifindex: u32, a: IpAddr, prefix: u8) -> Request {
+    let mut r = addr(ifindex, a, prefix, false);
+    r.payload[2] |= IFA_F_NODAD;
+    push_attr(
+        &mut r.payload,
+        IFA_FLAGS,
+        &u32::from(IFA_F_NODAD).to_ne_bytes(),
+    );
+    r.describe += " nodad";
+    r
+}
+
+/// `ip route add ADDR/32 dev IFINDEX table TABLE` (`/128` for IPv6): a
+/// host route, for example a VIP's announcement route on `lo` that a BGP
+/// speaker exports.
+pub fn host_route(dst: IpAddr, ifindex: u32, table: u32) -> Request {
+    let mut p = rtmsg(family(dst), full_prefix(dst), table, RT_SCOPE_UNIVERSE);
+    push_attr(&mut p, RTA_DST, &addr_bytes(dst));
+    push_attr(&mut p, RTA_OIF, &ifindex.to_ne_bytes());
+    Request {
+        object: Object::Route,
+        payload: p,
+        describe: format!(
+            "route {dst}/{} dev ifindex {ifindex} table {table}",
+            full_prefix(dst)
+        ),
     }
 }
 
@@ -395,17 +431,14 @@ pub fn describe(object: Object, payload: &[u8]) -> String {
     match object {
         Object::Addr => match parse_addr(payload) {
             Some(a) => format!("address {}/{} on ifindex {}", a.addr, a.prefix, a.ifindex),
-            None => format!("address ({} bytes)", payload.len()),
+            None => match addr6_text(payload) {
+                Some(t) => t,
+                None => format!("address ({} bytes)", payload.len()),
+            },
         },
         Object::Route => match parse_route(payload) {
             Some(r) => {
-                let dst = attrs(payload, RTMSG_LEN)
-                    .into_iter()
-                    .find(|(t, d)| *t == RTA_DST && d.len() == 4)
-                    .map(|(_, d)| {
-                        format!("{}/{}", Ipv4Addr::new(d[0], d[1], d[2], d[3]), payload[1])
-                    })
-                    .unwrap_or_else(|| "default".into());
+                let dst = route_dst_text(payload);
                 let advmss = attrs(payload, RTMSG_LEN)
                     .into_iter()
                     .find(|(t, _)| *t == RTA_METRICS)
@@ -429,6 +462,51 @@ pub fn describe(object: Object, payload: &[u8]) -> String {
             Some(r) => r.request().describe,
             None => format!("rule ({} bytes)", payload.len()),
         },
+    }
+}
+
+/// An IPv6 address payload as [`addr`] / [`addr_nodad`] describe it.
+fn addr6_text(payload: &[u8]) -> Option<String> {
+    if payload.len() < IFADDRMSG_LEN || i32::from(payload[0]) != libc::AF_INET6 {
+        return None;
+    }
+    let (_, d) = attrs(payload, IFADDRMSG_LEN)
+        .into_iter()
+        .find(|(ty, d)| *ty == IFA_LOCAL && d.len() == 16)?;
+    let a = Ipv6Addr::from(<[u8; 16]>::try_from(d).ok()?);
+    let ifindex = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
+    let nodad = if payload[2] & IFA_F_NODAD != 0 {
+        " nodad"
+    } else {
+        ""
+    };
+    Some(format!(
+        "address {a}/{} on ifindex {ifindex}{nodad}",
+        payload[1]
+    ))
+}
+
+/// A route payload's destination as `ip` writes it: `A.B.C.D/N`, `X::Y/N`,
+/// `default` (IPv4) or `::/0` (IPv6, so that logs tell the families apart).
+fn route_dst_text(payload: &[u8]) -> String {
+    let v6 = payload
+        .first()
+        .is_some_and(|f| i32::from(*f) == libc::AF_INET6);
+    let len = payload.get(1).copied().unwrap_or(0);
+    let dst = attrs(payload, RTMSG_LEN)
+        .into_iter()
+        .find(|(t, _)| *t == RTA_DST)
+        .and_then(|(_, d)| match d.len() {
+            4 => Some(IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3]))),
+            16 => <[u8; 16]>::try_from(d)
+                .ok()
+                .map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+            _ => None,
+        });
+    match dst {
+        Some(a) => format!("{a}/{len}"),
+        None if v6 => "::/0".into(),
+        None => "default".into(),
     }
 }
 
@@ -591,15 +669,11 @@ pub fn copy_route_with_advmss(route: &RouteInfo, table: u32, advmss: u32) -> Req
     let mut metrics = Vec::new();
     push_attr(&mut metrics, RTAX_ADVMSS, &advmss.to_ne_bytes());
     push_attr(&mut p, RTA_METRICS, &metrics);
-    let dst = attrs(src, RTMSG_LEN)
-        .into_iter()
-        .find(|(t, d)| *t == RTA_DST && d.len() == 4)
-        .map(|(_, d)| Ipv4Addr::new(d[0], d[1], d[2], d[3]).to_string())
-        .unwrap_or_else(|| "default".into());
+    let dst = route_dst_text(src);
     Request {
         object: Object::Route,
         payload: p,
-        describe: format!("route {dst}/{} advmss {advmss} table {table}", src[1]),
+        describe: format!("route {dst} advmss {advmss} table {table}"),
     }
 }
 
@@ -893,6 +967,11 @@ impl<S: NetlinkSys> Netlink<S> {
     /// Dumps the IPv4 routes of every table.
     pub fn dump_routes_v4(&mut self) -> io::Result<Vec<RouteInfo>> {
         self.dump_family(RTM_GETROUTE, RTMSG_LEN, libc::AF_INET, parse_route)
+    }
+
+    /// Dumps the IPv6 routes of every table.
+    pub fn dump_routes_v6(&mut self) -> io::Result<Vec<RouteInfo>> {
+        self.dump_family(RTM_GETROUTE, RTMSG_LEN, libc::AF_INET6, parse_route)
     }
 
     /// Dumps the neighbour table of `family` (`AF_INET` or `AF_INET6`).

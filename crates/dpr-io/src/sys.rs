@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,10 +18,36 @@ use std::time::Duration;
 pub trait TunSys: Send {
     /// Waits up to `timeout` for the queue to become readable.
     fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
-    /// Reads one packet without blocking (`WouldBlock` when none).
+    /// Reads one frame without blocking (`WouldBlock` when none): with the
+    /// virtio-net header on ([`Self::vnet_hdr`]), the header and the packet.
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one packet.
+    /// Reads one frame into `bufs`, in order (`readv(2)`), without blocking.
+    fn try_recv_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize>;
+    /// Writes one IP packet (with the virtio-net header on, a header saying
+    /// "no offload" goes in front of it).
     fn send(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Whether every frame read or written carries a virtio-net header
+    /// (`IFF_VNET_HDR`, with TCP segmentation and checksum offloads).
+    fn vnet_hdr(&self) -> bool {
+        false
+    }
+    /// Sends IPv4 packets (with their own headers) out through the host's
+    /// routing, `packets[i]` towards `next_hops[i]`, in as few system calls
+    /// as the kernel allows (`sendmmsg(2)` on a raw socket). Returns how
+    /// many were taken, from the first; an error only when none was.
+    /// `Unsupported` where the queue has no such socket.
+    fn send_routed_v4(&self, _packets: &[&[u8]], _next_hops: &[Ipv4Addr]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Whether [`Self::send_routed_v4`] can send at all.
+    fn has_routed_v4(&self) -> bool {
+        false
+    }
+    /// Writes one packet with its own virtio-net header `hdr` (a
+    /// super-packet for the local stack). `Unsupported` without the header.
+    fn send_gso(&self, _hdr: &[u8], _packet: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Waits up to `timeout` for a descriptor to become readable: the
@@ -28,38 +55,210 @@ pub trait TunSys: Send {
 /// its AF_XDP sockets use it too).
 pub use dpr_xdp::poll_readable;
 
-/// One queue of a real TUN device.
-pub struct RealTun(pub tun_rs::SyncDevice);
+/// One queue of a real TUN device, with the raw socket its forwards may
+/// leave through.
+pub struct RealTun {
+    /// The queue.
+    pub dev: tun_rs::SyncDevice,
+    /// Frames carry a virtio-net header.
+    pub vnet: bool,
+    /// A raw IPv4 socket (`IPPROTO_RAW`) for forwards, if it could be made.
+    pub raw: Option<RawEgress>,
+}
 
 impl std::fmt::Debug for RealTun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RealTun(fd {})", self.0.as_raw_fd())
+        write!(
+            f,
+            "RealTun(fd {}, vnet {}, raw {:?})",
+            self.dev.as_raw_fd(),
+            self.vnet,
+            self.raw
+        )
     }
 }
 
+/// The header of a packet written with no offload asked (all zero).
+const VNET_NONE: [u8; dpr_packet::virtio::HDR_LEN] = [0; dpr_packet::virtio::HDR_LEN];
+
 impl TunSys for RealTun {
     fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        poll_readable(self.0.as_raw_fd(), timeout)
+        poll_readable(self.dev.as_raw_fd(), timeout)
     }
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf)
+        self.dev.recv(buf)
+    }
+    fn try_recv_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        self.dev.recv_vectored(bufs)
     }
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf)
+        if self.vnet {
+            let n = self
+                .dev
+                .send_vectored(&[io::IoSlice::new(&VNET_NONE), io::IoSlice::new(buf)])?;
+            Ok(n.saturating_sub(VNET_NONE.len()))
+        } else {
+            self.dev.send(buf)
+        }
+    }
+    fn vnet_hdr(&self) -> bool {
+        self.vnet
+    }
+    fn has_routed_v4(&self) -> bool {
+        self.raw.is_some()
+    }
+    fn send_gso(&self, hdr: &[u8], packet: &[u8]) -> io::Result<usize> {
+        if !self.vnet {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        let n = self
+            .dev
+            .send_vectored(&[io::IoSlice::new(hdr), io::IoSlice::new(packet)])?;
+        Ok(n.saturating_sub(hdr.len()))
+    }
+    fn send_routed_v4(&self, packets: &[&[u8]], next_hops: &[Ipv4Addr]) -> io::Result<usize> {
+        match &self.raw {
+            Some(r) => r.send_many(packets, next_hops),
+            None => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+}
+
+/// Sets a TUN device's offloads (`TUNSETOFFLOAD`, `TUN_F_*` flags); the
+/// mask is the device's, whichever queue sets it.
+pub fn tun_set_offload(fd: &impl AsRawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long
+    // of flags), reads no memory of ours; `fd` is an open TUN descriptor
+    // the caller owns for the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    };
+    check(r)
+}
+
+/// A raw IPv4 socket that sends packets carrying their own IP header
+/// (`IPPROTO_RAW` implies `IP_HDRINCL`): the kernel routes each by its
+/// destination and sends it, with no input routing or forwarding on the
+/// way (a packet written into the TUN takes both). It receives nothing.
+#[derive(Debug)]
+pub struct RawEgress {
+    fd: OwnedFd,
+}
+
+/// Packets per `sendmmsg(2)` call.
+const MMSG_CHUNK: usize = 64;
+
+impl RawEgress {
+    /// Opens the socket (needs `CAP_NET_RAW`; keeps working after the
+    /// capability is dropped).
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and nobody else owns it.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Sends `packets[i]` to `next_hops[i]` with `sendmmsg(2)`, 64 a call.
+    /// Returns how many the kernel took (it stops at the first it refuses:
+    /// the caller sends that one another way); an error only when it took
+    /// none.
+    pub fn send_many(&self, packets: &[&[u8]], next_hops: &[Ipv4Addr]) -> io::Result<usize> {
+        let total = packets.len().min(next_hops.len());
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(MMSG_CHUNK);
+            // SAFETY: these C structs are plain old data; all-zero is valid.
+            let mut addrs: [libc::sockaddr_in; MMSG_CHUNK] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut iovs: [libc::iovec; MMSG_CHUNK] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut msgs: [libc::mmsghdr; MMSG_CHUNK] = unsafe { std::mem::zeroed() };
+            for k in 0..n {
+                let p = packets[done + k];
+                addrs[k].sin_family = libc::AF_INET as libc::sa_family_t;
+                addrs[k].sin_addr.s_addr = u32::from(next_hops[done + k]).to_be();
+                iovs[k].iov_base = p.as_ptr() as *mut libc::c_void;
+                iovs[k].iov_len = p.len();
+            }
+            for k in 0..n {
+                msgs[k].msg_hdr.msg_name = (&mut addrs[k] as *mut libc::sockaddr_in).cast();
+                msgs[k].msg_hdr.msg_namelen =
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                msgs[k].msg_hdr.msg_iov = &mut iovs[k];
+                msgs[k].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: `msgs[..n]` are initialised message headers whose name
+            // and iovec pointers point into `addrs` and `iovs` (alive for the
+            // call) and whose buffers are the caller's packets (borrowed for
+            // the call, read only by the kernel); `n` ≤ the array length.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return if done == 0 { Err(e) } else { Ok(done) };
+            }
+            let sent = usize::try_from(r).unwrap_or(0);
+            done += sent;
+            if sent < n {
+                return if done == 0 {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(done)
+                };
+            }
+        }
+        Ok(done)
     }
 }
 
 /// State shared between a [`FakeTun`] and the test that drives it.
 #[derive(Debug, Default)]
 pub struct FakeTunState {
-    /// Packets the "kernel" will hand to the next reads.
+    /// Frames the "kernel" will hand to the next reads (with the
+    /// virtio-net header in front when `vnet` is set).
     pub rx: VecDeque<Vec<u8>>,
-    /// Packets written to the device, in order.
+    /// Packets written to the device, in order (without a header).
     pub tx: Vec<Vec<u8>>,
     /// The next this many writes fail with `EINVAL`.
     pub fail_sends: usize,
     /// Reads performed (including the one that found nothing).
     pub reads: usize,
+    /// Frames carry a virtio-net header.
+    pub vnet: bool,
+    /// The queue has a raw egress socket: routed packets and their next hops.
+    pub routed_ok: bool,
+    /// Packets sent through the raw egress socket, with their next hops.
+    pub routed: Vec<(Vec<u8>, Ipv4Addr)>,
+    /// The raw socket refuses packets longer than this (`EMSGSIZE`).
+    pub routed_mtu: Option<usize>,
+    /// Calls to [`TunSys::send_routed_v4`].
+    pub routed_calls: usize,
+    /// Packets written with a header of their own ([`TunSys::send_gso`]).
+    pub tx_gso: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// An in-memory stand-in for a TUN queue.
@@ -82,14 +281,23 @@ impl TunSys for FakeTun {
         Ok(self.with(|s| !s.rx.is_empty()))
     }
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.try_recv_vectored(&mut [io::IoSliceMut::new(buf)])
+    }
+    fn try_recv_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
         self.with(|s| {
             s.reads += 1;
             match s.rx.pop_front() {
                 None => Err(io::ErrorKind::WouldBlock.into()),
                 Some(p) => {
-                    // A real TUN read truncates a packet longer than the buffer.
-                    let n = p.len().min(buf.len());
-                    buf[..n].copy_from_slice(&p[..n]);
+                    // A real TUN read truncates a frame longer than the buffers.
+                    let mut rest = &p[..];
+                    let mut n = 0;
+                    for b in bufs.iter_mut() {
+                        let k = rest.len().min(b.len());
+                        b[..k].copy_from_slice(&rest[..k]);
+                        rest = &rest[k..];
+                        n += k;
+                    }
                     Ok(n)
                 }
             }
@@ -105,6 +313,41 @@ impl TunSys for FakeTun {
             Ok(buf.len())
         })
     }
+    fn vnet_hdr(&self) -> bool {
+        self.with(|s| s.vnet)
+    }
+    fn has_routed_v4(&self) -> bool {
+        self.with(|s| s.routed_ok)
+    }
+    fn send_gso(&self, hdr: &[u8], packet: &[u8]) -> io::Result<usize> {
+        self.with(|s| {
+            if !s.vnet {
+                return Err(io::ErrorKind::Unsupported.into());
+            }
+            s.tx_gso.push((hdr.to_vec(), packet.to_vec()));
+            Ok(packet.len())
+        })
+    }
+    fn send_routed_v4(&self, packets: &[&[u8]], next_hops: &[Ipv4Addr]) -> io::Result<usize> {
+        self.with(|s| {
+            if !s.routed_ok {
+                return Err(io::ErrorKind::Unsupported.into());
+            }
+            s.routed_calls += 1;
+            let mut n = 0;
+            for (p, h) in packets.iter().zip(next_hops) {
+                if s.routed_mtu.is_some_and(|m| p.len() > m) {
+                    break;
+                }
+                s.routed.push((p.to_vec(), *h));
+                n += 1;
+            }
+            if n == 0 && !packets.is_empty() {
+                return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+            }
+            Ok(n)
+        })
+    }
 }
 
 /// The index of interface `name` in this network namespace: the
@@ -112,6 +355,36 @@ impl TunSys for FakeTun {
 /// `NotFound`, naming it).
 pub fn if_index(name: &str) -> io::Result<u32> {
     dpr_xdp::ifindex(name).map_err(io::Error::from)
+}
+
+/// Sets the transmit queue length of interface `name` (`SIOCSIFTXQLEN`):
+/// for a TUN device, how many packets the kernel holds for a queue's
+/// reader before it drops (counted as the device's `tx_dropped`).
+pub fn if_set_txqlen(name: &str, qlen: u32) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let qlen =
+        libc::c_int::try_from(qlen).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain socket(2) call; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_metric = qlen;
+    // SAFETY: `req` is a valid, exclusively borrowed ifreq with a
+    // NUL-terminated name (checked length, zeroed tail) and the queue
+    // length in its union's int (`ifr_qlen` shares `ifru_metric`'s place);
+    // the kernel only reads it and keeps no pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFTXQLEN, &mut req) };
+    check(r)
 }
 
 /// The link-layer (MAC) address of interface `name` (`SIOCGIFHWADDR`).

@@ -116,6 +116,22 @@ stats! {
     xsk_fill_ring_empty,
     /// ... invalid tx descriptors.
     xsk_tx_invalid,
+    /// TUN with offloads: super-packets read (TCP segmentation offload).
+    tun_gso_packets,
+    /// ... the segments they were cut into.
+    tun_gso_segments,
+    /// ... frames dropped for a virtio-net header or super-packet the
+    /// backend could not use (counted, never processed).
+    tun_offload_errors,
+    /// TUN: forwards sent through the raw egress socket (`sendmmsg`).
+    tun_routed_tx,
+    /// ... `sendmmsg` calls that sent them.
+    tun_routed_calls,
+    /// TUN with offloads: super-packets written to the local stack
+    /// (consecutive segments of a flow merged).
+    tun_gro_packets,
+    /// ... the segments merged into them.
+    tun_gro_segments,
 }
 
 /// A worker's ends of the rings: where other workers hand it packets of

@@ -32,6 +32,7 @@
 //! ends with issue 17's goals table (`bench/goals.rs`), each ratio
 //! taken within the run, also written as JSON with `--json FILE`.
 
+use crate::bulk::{self, BulkPath};
 use crate::lab::{CLIENT_ADDR, Lab, LabSpec, Programs, service_addr, tunnel_addr};
 use crate::netns::sh;
 use crate::stop;
@@ -410,9 +411,6 @@ struct BulkSamples {
     up_retrans: Vec<f64>,
 }
 
-/// The size of the bulk transfer: 20 MB.
-const BULK_BYTES: u64 = 20_000_000;
-
 /// The DPR backends of the HTTP benchmarks, in their order.
 const DPR_BACKENDS: [&str; 3] = ["tun", "af-xdp-generic", "af-xdp-native"];
 
@@ -461,25 +459,6 @@ fn dpr_samples<T>(r: &[PathResult<T>], f: impl Fn(&T) -> &Vec<f64>) -> goals::Pe
             _ => None,
         })
         .collect()
-}
-
-/// MB/s (10^6 bytes/s) from curl's `-w "%{http_code} %{size_download}
-/// %{size_upload} %{time_total}"`; an error unless the answer was 200 and
-/// all 20 MB went the way asked.
-fn curl_mbps(out: &str, upload: bool) -> Result<f64, String> {
-    let f: Vec<&str> = out.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    let (Some(code), Some(down), Some(up), Some(secs)) = (f.first(), num(1), num(2), num(3)) else {
-        return Err(format!("curl: unexpected output {out:?}"));
-    };
-    let bytes = if upload { up } else { down };
-    if *code != "200" || bytes < BULK_BYTES as f64 || secs <= 0.0 {
-        return Err(format!(
-            "curl: {} of 20 MB: answer {code}, {bytes} bytes in {secs} s",
-            if upload { "upload" } else { "download" }
-        ));
-    }
-    Ok(bytes / secs / 1e6)
 }
 
 #[derive(Debug, Default)]
@@ -1003,21 +982,19 @@ impl Bench {
         Ok(r)
     }
 
-    /// `--runs` 20 MB transfers with curl, download (`GET /?size=`) and
-    /// upload (`POST` of a 20 MB file), MB/s (10^6 bytes) over each
-    /// transfer's whole time, connection set-up included.
-    fn bulk_runs(&self, url: &str) -> Result<BulkSamples, String> {
-        let c = self.lab.client_ns();
-        let file = self.lab.dir.join("bulk-20MB");
-        if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(BULK_BYTES) {
-            std::fs::write(&file, vec![b'u'; BULK_BYTES as usize])
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-        }
-        let file_arg = format!("@{}", file.display());
-        let down_url = format!("{url}?size={BULK_BYTES}");
-        let fmt = "%{http_code} %{size_download} %{size_upload} %{time_total}";
+    /// `--runs` 20 MB transfers with curl ([`crate::bulk`]), download and
+    /// upload, MB/s (10^6 bytes) over each transfer's whole time,
+    /// connection set-up included: direct to B, or (`redirected`) to A's
+    /// service address, checked to have been served by B. Also the TCP
+    /// retransmissions of the client, A and B per transfer.
+    fn bulk_runs(&self, redirected: bool) -> Result<BulkSamples, String> {
+        let path = if redirected {
+            BulkPath::Redirect { via: 0 }
+        } else {
+            BulkPath::Direct { server: 1 }
+        };
         let mut r = BulkSamples::default();
-        let nss = [c.clone(), self.a(), self.b()];
+        let nss = [self.lab.client_ns(), self.a(), self.b()];
         let retrans = || -> u64 {
             nss.iter()
                 .map(|ns| self.lab.snmp(ns, "Tcp", "RetransSegs").unwrap_or(0))
@@ -1026,15 +1003,11 @@ impl Bench {
         for _ in 0..self.runs {
             for upload in [false, true] {
                 let rt0 = retrans();
-                let mut args = vec!["-sS", "-o", "/dev/null", "--max-time", "30", "-w", fmt];
-                if upload {
-                    args.extend(["-H", "Content-Type: application/octet-stream"]);
-                    args.extend(["--data-binary", &file_arg, url]);
+                let mbps = if upload {
+                    bulk::upload_mb_s(&self.lab, path)?
                 } else {
-                    args.push(&down_url);
-                }
-                let out = self.lab.exec(&c, "curl", &args)?;
-                let mbps = curl_mbps(&out, upload)?;
+                    bulk::download_mb_s(&self.lab, path)?
+                };
                 let rt = retrans().saturating_sub(rt0) as f64;
                 if upload {
                     r.up.push(mbps);
@@ -1229,7 +1202,7 @@ impl Bench {
             "/",
             false,
             &["tun", "af-xdp-native"],
-            &|b, url, _| b.bulk_runs(url),
+            &|b, _, dprd| b.bulk_runs(dprd),
         )
     }
 
@@ -1687,20 +1660,6 @@ fn rss_per_flow(idle_kib: u64, full_kib: u64, routes: usize) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn curl_figures_are_checked() {
-        let ok = curl_mbps("200 20000000 0 0.100000", false).unwrap();
-        assert!((ok - 200.0).abs() < 1e-9);
-        let up = curl_mbps("200 40 20000000 0.5", true).unwrap();
-        assert!((up - 40.0).abs() < 1e-9);
-        // A short transfer, an error answer, garbage: errors, not figures.
-        assert!(curl_mbps("200 1000 0 0.1", false).is_err());
-        assert!(curl_mbps("502 20000000 0 0.1", false).is_err());
-        assert!(curl_mbps("200 20000000 0 0.1", true).is_err());
-        assert!(curl_mbps("", false).is_err());
-        assert!(curl_mbps("200 x y z", false).is_err());
-    }
 
     #[test]
     fn the_ladder_stops_at_one_percent_loss() {

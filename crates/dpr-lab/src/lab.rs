@@ -82,6 +82,11 @@ pub struct LabSpec {
     /// every veth, as a NIC's driver has ([`crate::nic`]); native `XDP_TX`
     /// on a veth needs it.
     pub emulate_nic: bool,
+    /// A shared VIP behind an upstream router (`dpr-lab lab --vip`;
+    /// [`crate::frontdoor`]): the client is behind the router, every host
+    /// serves the VIPs, the router spreads them by ECMP. `None`: the
+    /// classic lab (client on the bridge, one service address per host).
+    pub front_door: Option<crate::frontdoor::FrontDoor>,
 }
 
 impl LabSpec {
@@ -133,6 +138,7 @@ impl Default for LabSpec {
             metrics_port: None,
             tunnel_auth: "key".into(),
             emulate_nic: true,
+            front_door: None,
         }
     }
 }
@@ -201,6 +207,9 @@ pub struct Lab {
     httpd: Vec<Option<Child>>,
     dprd: Vec<Option<Child>>,
     extra: Vec<Child>,
+    /// The BIRD daemons of the front door: who (`h0`, `router`) and the
+    /// process.
+    pub(crate) birds: Vec<(String, Child)>,
 }
 
 impl Lab {
@@ -265,7 +274,9 @@ impl Lab {
             httpd: Vec::new(),
             dprd: Vec::new(),
             extra: Vec::new(),
+            birds: Vec::new(),
         };
+        let vip = lab.spec.front_door.is_some();
         // Every error below returns `lab`'s Drop: what exists is removed.
         let br = lab.bridge_ns();
         lab.add_ns(&br)?;
@@ -281,17 +292,25 @@ impl Lab {
                 // the service address is a /32. The other way round, ARP
                 // requests for a peer carry our service address, which
                 // every peer holds on its TUN, and the peer drops them.
-                vec![
-                    format!("{}/24", tunnel_addr(i)),
-                    format!("{}/32", service_addr(i)),
-                ],
+                // With a shared VIP the hosts have no service address of
+                // their own: the VIPs go on `lo` (build_front_door).
+                if vip {
+                    vec![format!("{}/24", tunnel_addr(i))]
+                } else {
+                    vec![
+                        format!("{}/24", tunnel_addr(i)),
+                        format!("{}/32", service_addr(i)),
+                    ]
+                },
             ));
         }
-        members.push((
-            lab.client_ns(),
-            "vc".into(),
-            vec![format!("{CLIENT_ADDR}/24")],
-        ));
+        if !vip {
+            members.push((
+                lab.client_ns(),
+                "vc".into(),
+                vec![format!("{CLIENT_ADDR}/24")],
+            ));
+        }
         if lab.spec.stranger {
             members.push((
                 lab.stranger_ns(),
@@ -321,9 +340,16 @@ impl Lab {
             let ports: Vec<String> = members.iter().map(|m| m.1.clone()).collect();
             crate::nic::emulate_nic(&lab.namespaces[0], &ports)?;
         }
+        if vip {
+            lab.build_front_door(&br)?;
+        }
         lab.httpd = (0..lab.spec.hosts).map(|_| None).collect();
         lab.dprd = (0..lab.spec.hosts).map(|_| None).collect();
         Ok(lab)
+    }
+
+    pub(crate) fn add_lab_ns(&mut self, ns: &str) -> Result<(), String> {
+        self.add_ns(ns)
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<(), String> {
@@ -346,7 +372,12 @@ impl Lab {
             .args([
                 "httpd",
                 "--listen",
-                "0.0.0.0:80",
+                // Both families with a shared VIP (a dual-stack socket).
+                if self.spec.front_door.is_some() {
+                    "[::]:80"
+                } else {
+                    "0.0.0.0:80"
+                },
                 "--name",
                 &format!("h{i}"),
             ])
@@ -389,6 +420,25 @@ impl Lab {
                 "[admin]\n",
                 &format!("[admin]\nmetrics = \"{}:{port}\"\n", tunnel_addr(i)),
                 1,
+            );
+        }
+        if s.front_door.is_some() {
+            // The VIPs are this host's service addresses, announced while
+            // it is healthy (a peer's placeholder service address below is
+            // never used: with today's engine a connection to a VIP is not
+            // redirected to a peer that does not list it).
+            t = t.replacen(
+                &format!("service_addrs = [\"{}\"]", service_addr(i)),
+                &format!(
+                    "service_addrs = [\"{}\", \"{}\"]",
+                    crate::frontdoor::VIP4,
+                    crate::frontdoor::VIP6
+                ),
+                1,
+            );
+            t += &format!(
+                "\n[bgp]\nannounce_table = {}\n",
+                crate::frontdoor::ANNOUNCE_TABLE
             );
         }
         for j in (0..s.hosts).filter(|j| *j != i) {
@@ -579,13 +629,17 @@ impl Lab {
         Ok(true)
     }
 
-    /// What dprd may leave behind in host `i`'s namespace: rules that are
-    /// not the three defaults, routes in tables 100/101, the TUN device,
-    /// addresses other than its own. Empty when clean.
+    /// What dprd may leave behind in host `i`'s namespace: rules (IPv4
+    /// and IPv6) that are not the three defaults, routes in tables
+    /// 100/101/102 (IPv4 and IPv6), the TUN device, addresses other than
+    /// its own (the VIPs the lab put on `lo` count as its own). Empty when
+    /// clean.
     pub fn leftovers(&self, i: usize) -> Result<Vec<String>, String> {
         let ns = self.host_ns(i);
         let mut left = Vec::new();
-        for l in ip(&["-n", &ns, "rule", "show"])?.lines() {
+        let mut rules = ip(&["-n", &ns, "rule", "show"])?;
+        rules += &ip(&["-n", &ns, "-6", "rule", "show"]).unwrap_or_default();
+        for l in rules.lines() {
             let l = l.trim();
             if !(l.starts_with("0:\tfrom all lookup local")
                 || l.starts_with("32766:\tfrom all lookup main")
@@ -594,12 +648,14 @@ impl Lab {
                 left.push(format!("rule {l}"));
             }
         }
-        for t in ["100", "101"] {
-            for l in ip(&["-n", &ns, "route", "show", "table", t])
-                .unwrap_or_default()
-                .lines()
-            {
-                left.push(format!("route table {t}: {l}"));
+        for t in ["100", "101", "102"] {
+            for fam in ["-4", "-6"] {
+                for l in ip(&["-n", &ns, fam, "route", "show", "table", t])
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    left.push(format!("route table {t}: {l}"));
+                }
             }
         }
         for l in ip(&["-n", &ns, "-o", "link", "show"])?.lines() {
@@ -613,6 +669,7 @@ impl Lab {
                 service_addr(i).to_string(),
                 tunnel_addr(i).to_string(),
                 "127.0.0.1".into(),
+                crate::frontdoor::VIP4.to_string(),
             ];
             if !own.iter().any(|a| l.contains(&format!(" {a}/"))) {
                 left.push(format!("address {l}"));
@@ -735,7 +792,22 @@ impl Lab {
         load: &LoadSpec,
         label: &str,
     ) -> Result<LoadResult, String> {
-        let targets: Vec<String> = hosts.iter().map(|i| service_addr(*i).to_string()).collect();
+        let targets: Vec<std::net::IpAddr> = hosts
+            .iter()
+            .map(|i| std::net::IpAddr::V4(service_addr(*i)))
+            .collect();
+        self.run_load_addrs(&targets, load, label)
+    }
+
+    /// Runs the load generator as `load` says against `targets` (a VIP:
+    /// the router's ECMP picks the host of each connection).
+    pub fn run_load_addrs(
+        &self,
+        targets: &[std::net::IpAddr],
+        load: &LoadSpec,
+        label: &str,
+    ) -> Result<LoadResult, String> {
+        let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
         let exe = self.programs.lab.to_string_lossy().into_owned();
         let mut cmd = self.in_ns(&self.client_ns(), &exe);
         cmd.args(["loadgen", "--targets", &targets.join(",")])
@@ -774,6 +846,9 @@ impl Drop for Lab {
         for c in &mut self.extra {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for (_, c) in &mut self.birds {
+            crate::frontdoor::stop_child(c);
         }
         for i in 0..self.dprd.len() {
             if self.dprd[i].is_some() {
@@ -983,7 +1058,7 @@ pub struct LabOptions {
 
 impl LabOptions {
     /// The load of every phase, dispatched as `dispatch`.
-    fn load(&self, dispatch: Dispatch) -> LoadSpec {
+    pub(crate) fn load(&self, dispatch: Dispatch) -> LoadSpec {
         LoadSpec {
             rate: self.rate,
             secs: self.duration,
@@ -1060,6 +1135,19 @@ pub struct LabArgs {
     /// (`[admin] metrics`), reachable from the client namespace.
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
+    /// The front door of a shared VIP instead of the three phases: an upstream
+    /// router namespace with an ECMP route (L4 hash) to 198.19.0.100 and
+    /// fd00:dead::100 over the hosts, which all serve both; the client behind the
+    /// router. Shows the router's route and BGP sessions, spreads IPv4 and IPv6
+    /// load through it, drains h0 and shows the route without it.
+    #[arg(long)]
+    pub vip: bool,
+    /// With --vip, how the router's route is made: bgp (BIRD 2 on every host and
+    /// the router, eBGP, announced while dprd is healthy, withdrawn on drain and
+    /// at exit, BFD), static (a multipath route) or resilient (a resilient
+    /// nexthop group).
+    #[arg(long, default_value = "bgp")]
+    pub front_door: String,
 }
 
 impl LabOptions {
@@ -1078,6 +1166,11 @@ impl LabOptions {
                 queues: a.queues,
                 report_interval_ms: a.report_ms,
                 metrics_port: a.metrics_port,
+                front_door: if a.vip {
+                    Some(crate::frontdoor::FrontDoor::parse(&a.front_door)?)
+                } else {
+                    None
+                },
                 ..d
             },
             skew: a.skew,
@@ -1126,6 +1219,9 @@ pub fn main(args: &LabArgs) -> Result<(), String> {
         return Err(not_root_message());
     }
     let programs = Programs::beside_current_exe()?;
+    if o.spec.front_door.is_some() {
+        return crate::frontdoor::vip_main(&o, &programs);
+    }
     let n = o.spec.hosts;
     println!(
         "dpr-lab lab: {n} hosts in network namespaces ({} backend), policy {}, skew {:.0}% on h0, {} conn/s for {} s, \

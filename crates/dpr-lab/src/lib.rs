@@ -5,7 +5,8 @@
 //! (a client, hosts and a bridge; the `dpr-lab lab` comparison of DPR off,
 //! an ideal dispatcher and DPR on; the clusters of the end-to-end tests),
 //! [`bench`](mod@bench) (the data-path benchmarks of `docs/benchmarks.md`), [`httpd`]
-//! (the lab's web server), [`loadgen`] (its client), [`truth`] (the daemon's
+//! (the lab's web server), [`loadgen`] (its client), [`bulk`] (a 20 MB
+//! download or upload, direct or through a redirect, in MB/s), [`truth`] (the daemon's
 //! decisions against the web servers' open connections), [`flood`] (a
 //! bounded SYN flood from random sources, for the flood tests), [`netns`]
 //! (namespaces and veth pairs, for the lab and the tests alike), [`nic`]
@@ -28,7 +29,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bulk;
 pub mod flood;
+pub mod frontdoor;
 pub mod httpd;
 pub mod lab;
 pub mod loadgen;

@@ -81,6 +81,9 @@ enum Command {
     /// `{"sent": N, "retries": R, "secs": S}`.
     #[command(hide = true)]
     Flood(dpr_lab::flood::FloodArgs),
+    /// A 20 MB download direct and through a redirect, per backend.
+    #[command(hide = true)]
+    Bulk(dpr_lab::bulk::BulkArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Httpd(a) => dpr_lab::httpd::main(a),
         Command::Loadgen(a) => dpr_lab::loadgen::main(a),
         Command::Flood(a) => dpr_lab::flood::main(&a),
+        Command::Bulk(a) => dpr_lab::stop::install().and_then(|()| dpr_lab::bulk::main(&a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,7 +118,15 @@ mod tests {
 
     #[test]
     fn help_is_an_answer_not_a_run() {
-        for cmd in ["lab", "bench", "bench-gen", "httpd", "loadgen", "flood"] {
+        for cmd in [
+            "lab",
+            "bench",
+            "bench-gen",
+            "httpd",
+            "loadgen",
+            "flood",
+            "bulk",
+        ] {
             let e = Cli::try_parse_from(["dpr-lab", cmd, "--help"]).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{cmd}");
         }

@@ -40,6 +40,9 @@ pub enum Layer {
     Gre,
     /// A cluster control message (load report, recovery).
     Control,
+    /// The virtio-net header of a TUN device with offloads, or the
+    /// super-packet it describes.
+    Virtio,
 }
 
 /// Why the bytes at the failing offset are invalid.

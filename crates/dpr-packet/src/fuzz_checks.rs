@@ -465,6 +465,102 @@ pub fn control(data: &[u8]) {
     }
 }
 
+/// A TUN frame with offloads: the virtio-net header re-emits to the same
+/// bytes; completing a partial checksum stays in bounds; a super-packet
+/// the segmenter accepts is cut into `count()` segments, each a valid
+/// IPv4 or IPv6 TCP packet with correct checksums, no longer than
+/// `max_segment_len()`, whose payloads in order are the super-packet's.
+pub fn virtio(data: &[u8]) {
+    use crate::virtio::{self, TcpCoalescer, TcpSegmenter, VirtioNetHdr};
+    let Ok(h) = VirtioNetHdr::parse(data) else {
+        assert!(data.len() < virtio::HDR_LEN);
+        return;
+    };
+    let mut out = [0u8; virtio::HDR_LEN];
+    h.emit(&mut out).unwrap();
+    assert_eq!(&out[..], &data[..virtio::HDR_LEN]);
+    let pkt = &data[virtio::HDR_LEN..];
+    if h.needs_csum() {
+        let mut copy = pkt.to_vec();
+        if virtio::complete_checksum(&mut copy, h.csum_start, h.csum_offset).is_ok() {
+            let field = usize::from(h.csum_start) + usize::from(h.csum_offset);
+            assert_eq!(&copy[..field], &pkt[..field], "only the field changes");
+            assert_eq!(&copy[field + 2..], &pkt[field + 2..]);
+        }
+    }
+    let Ok(mut seg) = TcpSegmenter::new(pkt, &h) else {
+        return;
+    };
+    let expect = seg.count();
+    let max = seg.max_segment_len();
+    let mut buf = std::vec![0u8; max];
+    let mut n_segs = 0;
+    let mut payload = Vec::new();
+    let mut hdr_len = None;
+    // The segments merged back, as far as the coalescer takes them.
+    let mut merged = std::vec![0u8; virtio::MAX_COALESCED];
+    let mut merge: Option<TcpCoalescer> = None;
+    let mut merged_payload = Vec::new();
+    let mut merging = true;
+    while let Some(r) = seg.next_into(pkt, &mut buf) {
+        let n = r.unwrap();
+        if merging {
+            let ok = match &mut merge {
+                None => {
+                    merge = TcpCoalescer::start(&buf[..n], &mut merged);
+                    merge.is_some()
+                }
+                Some(c) => c.push(&buf[..n], &mut merged),
+            };
+            merging = ok;
+        }
+        assert!(n <= max);
+        let s = &buf[..n];
+        let m = parse_ip(s).unwrap();
+        let l4 = usize::from(m.l4_offset);
+        let t = TcpSegment::new_checked(&s[l4..]).unwrap();
+        match m.version {
+            IpVersion::V4 => {
+                let ip = Ipv4Packet::new_checked(s).unwrap();
+                assert!(ip.verify_checksum());
+                assert!(t.verify_checksum(ip.src().into(), ip.dst().into()));
+            }
+            IpVersion::V6 => {
+                let ip = Ipv6Packet::new_checked(s).unwrap();
+                assert!(t.verify_checksum(ip.src().into(), ip.dst().into()));
+            }
+        }
+        let hl = l4 + t.header_len();
+        assert_eq!(*hdr_len.get_or_insert(hl), hl);
+        payload.extend_from_slice(&s[hl..]);
+        if merging {
+            merged_payload.extend_from_slice(&s[hl..]);
+        }
+        n_segs += 1;
+    }
+    if let Some(c) = merge {
+        let count = c.count();
+        let (h, len) = c.finish(&mut merged);
+        let hl = hdr_len.unwrap();
+        assert_eq!(&merged[hl..len], &merged_payload[..]);
+        if count > 1 {
+            assert!(h.needs_csum());
+            let mut done = merged[..len].to_vec();
+            virtio::complete_checksum(&mut done, h.csum_start, h.csum_offset).unwrap();
+            let m = parse_ip(&done).unwrap();
+            let t = TcpSegment::new_checked(&done[usize::from(m.l4_offset)..]).unwrap();
+            assert!(t.verify_checksum(m.flow.src, m.flow.dst));
+        }
+    }
+    assert_eq!(n_segs, expect);
+    let hl = hdr_len.unwrap();
+    let end = match pkt[0] >> 4 {
+        4 => usize::from(u16::from_be_bytes([pkt[2], pkt[3]])),
+        _ => 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]])),
+    };
+    assert_eq!(&payload[..], &pkt[hl..end]);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -475,7 +571,7 @@ mod tests {
     fn corpus_replays_cleanly() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
         type Check = fn(&[u8]);
-        let targets: [(&str, Check); 7] = [
+        let targets: [(&str, Check); 8] = [
             // The control target's seeds start with its flag byte.
             ("control", |d| super::control(d.get(1..).unwrap_or(&[]))),
             ("frame", super::frame),
@@ -484,6 +580,7 @@ mod tests {
             ("encap_roundtrip", super::encap_roundtrip),
             ("mss_rewrite", super::mss_rewrite),
             ("gre", super::gre),
+            ("virtio", super::virtio),
         ];
         let mut total = 0;
         for (dir, check) in targets {

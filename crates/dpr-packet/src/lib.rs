@@ -78,6 +78,7 @@ pub mod rewrite;
 pub mod siphash;
 pub mod tcp;
 pub mod udp;
+pub mod virtio;
 
 #[cfg(any(fuzzing, test))]
 pub mod fuzz_checks;

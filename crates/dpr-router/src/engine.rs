@@ -1005,7 +1005,7 @@ impl Engine {
             return v;
         }
         match known {
-            PacketOutcome::Unknown if self.is_vip_flow(&flow) => self.miss(now, pkt, meta),
+            PacketOutcome::Unknown if self.is_vip_flow(flow) => self.miss(now, pkt, meta),
             PacketOutcome::Unknown if self.recovering => Verdict::Drop(DropReason::Recovering),
             PacketOutcome::Unknown => {
                 self.counters.c.unknown_flow_delivered += 1;

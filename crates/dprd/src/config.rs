@@ -46,6 +46,9 @@ pub struct Config {
     /// VIP mode: service addresses shared by every host behind ECMP.
     #[serde(default)]
     pub vip: VipSection,
+    /// Health coupling to a BGP speaker (the announcement routes).
+    #[serde(default)]
+    pub bgp: crate::bgp::BgpSection,
     /// Seeds derived from the cluster key ([`Config::derive_seeds`]);
     /// never in the file.
     #[serde(skip)]
@@ -148,6 +151,10 @@ pub struct BackendSection {
     /// their packets are held back instead of answered with resets by the
     /// local stack. `false`: always undo everything at a stop.
     pub hold_on_exit: bool,
+    /// tun: TCP segmentation and checksum offloads on the TUN device
+    /// (`IFF_VNET_HDR`): bulk TCP arrives in 64 KiB super-packets, cut
+    /// into segments in userspace. Off where the kernel refuses.
+    pub tun_offload: bool,
 }
 
 impl Default for BackendSection {
@@ -165,6 +172,7 @@ impl Default for BackendSection {
             xdp_decap: true,
             xdp_fast_path: true,
             hold_on_exit: true,
+            tun_offload: true,
         }
     }
 }
@@ -684,10 +692,10 @@ impl Config {
             ));
         }
         for (i, a) in h.service_addrs.iter().enumerate() {
-            if !a.is_ipv4() {
+            if a.is_unspecified() || a.is_multicast() {
                 return Err(bad(
                     format!("host.service_addrs[{i}]"),
-                    "the TUN backend's host setup is IPv4-only for now",
+                    "must be a unicast address (IPv4 or IPv6)",
                 ));
             }
         }
@@ -707,6 +715,8 @@ impl Config {
                 "divert_table and mss_table must differ and not be 0, 253 (default), 254 (main) or 255 (local)",
             ));
         }
+        self.bgp
+            .validate(self.backend.divert_table, self.backend.mss_table)?;
         if self.backend.local_rule_priority <= self.backend.rule_priority + 5 {
             return Err(bad(
                 "backend.local_rule_priority",
@@ -1298,6 +1308,12 @@ service_addrs = ["198.18.0.2"]
         ));
         assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
         assert!(e.to_string().contains("xdp_decap"), "{e}");
+        assert!(c.backend.tun_offload, "TUN offloads on by default");
+        let off = Config::parse(&format!("{GOOD}\n[backend]\ntun_offload = false\n"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!off.backend.tun_offload);
+        let e = err_of(&format!("{GOOD}\n[backend]\ntun_offload = \"on\"\n"));
+        assert!(e.to_string().contains("tun_offload"), "{e}");
         let e = err_of(&GOOD.replace("uplink", "uplnk"));
         assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
         assert!(e.to_string().contains("uplnk"), "{e}");

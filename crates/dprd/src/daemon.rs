@@ -145,7 +145,9 @@ pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
         tun_name: tun.name.clone(),
         tun_ifindex: tun.ifindex,
         tunnel_addr,
-        service_addrs: v4(&cfg.host.service_addrs),
+        service_addrs: cfg.host.service_addrs.clone(),
+        vips: Vec::new(),
+        announce_table: cfg.bgp.announce_table,
         peer_service_addrs: cfg.peer_service_v4(),
         service_ports: cfg.host.service_ports.clone(),
         divert_table: cfg.backend.divert_table,
@@ -266,13 +268,21 @@ pub fn run_with_policy(
         mtu: cfg.tunnel.mtu,
         queues: cfg.backend.queues,
         persist: true,
+        // AF_XDP writes single packets into the TUN: no offloads there.
+        offload: cfg.backend.tun_offload && cfg.backend.kind == crate::config::BackendKind::Tun,
     })
     .map_err(|source| DaemonError::Tun {
         name: cfg.backend.tun_name.clone(),
         source,
     })?;
     let queues = tun.take_queues();
-    tracing::info!(dev = %tun.name, queues = queues.len(), "TUN device up");
+    tracing::info!(
+        dev = %tun.name,
+        queues = queues.len(),
+        offload = tun.offload,
+        raw_egress = tun.raw_egress,
+        "TUN device up"
+    );
     let mut xdp = match cfg.backend.kind {
         crate::config::BackendKind::AfXdp => match XdpBackend::start(&cfg.xdp_plan()) {
             Ok(x) => {
@@ -963,6 +973,7 @@ impl LoopCtx {
                 let now = clock(self.origin);
                 self.control.start_drain(now, None, &mut self.engines);
                 self.draining_since.get_or_insert_with(Instant::now);
+                crate::bgp::withdraw_on_drain(&mut self.guard);
                 tracing::info!(
                     deadline_s = self.cfg.cluster.drain_deadline_s,
                     "draining: new connections go to peers"
@@ -1125,15 +1136,17 @@ async fn control_loop(
     } else {
         answers.iter().sum()
     };
-    if ctx.cfg.backend.hold_on_exit && routed > 0 {
+    let announced = crate::bgp::hold_announcement(&ctx.guard, ctx.draining_since.is_some());
+    if ctx.cfg.backend.hold_on_exit && (routed > 0 || announced) {
         // Undoing the diversion now would hand the packets of these
         // connections to the local stack, which resets them: hold them
         // (dropped until the next instance runs; the clients retransmit).
         ctx.guard.hold()?;
         tracing::warn!(
             connections = routed,
+            announced,
             state = %ctx.cfg.admin.state_dir.display(),
-            "stopping with connections routed to peers: the diversion stays in place for the \
+            "stopping with connections routed to peers or addresses announced (not drained): the diversion stays in place for the \
              next `dprd run`, which takes it over (`dprd cleanup` removes it; drain first to \
              stop without a hold)"
         );

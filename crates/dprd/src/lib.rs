@@ -16,6 +16,7 @@
 //! the engine's; every system call is `dpr-io`'s or the standard library's.
 #![forbid(unsafe_code)]
 
+pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod daemon;
