@@ -2,19 +2,22 @@
 //! topology it builds itself (a [`Lab`] of two hosts and a client on one
 //! bridge, 198.18.0.0/15 only, removed on exit, also on SIGINT, SIGTERM and
 //! SIGHUP: [`crate::stop`]) and `dpr-lab bench-gen`, a
-//! bounded small-packet generator (an AF_XDP socket in copy mode, transmit
-//! only) that runs in the client's namespace.
+//! bounded small-packet generator that runs in the client's namespace
+//! (live-frame `BPF_PROG_TEST_RUN`, or an AF_XDP socket in copy mode,
+//! transmit only, that can be paced).
 //!
 //! ```text
 //!  client (gen / wrk) ──┐
 //!  h0 = A (redirects)   ├── bridge       A: dprd (tun | af-xdp native | af-xdp generic),
 //!  h1 = B (sink/server) ┘                   or plain kernel forwarding, or HAProxy
 //! ```
-//! 1. Small-packet forwarding, client → A → B, counted at B's interface
-//!    (B drops them in routing: `ip rule … blackhole`), for each of: kernel
-//!    IP forwarding on A, DPR/TUN, DPR/AF_XDP native and generic. DPR's A is
+//! 1. Small-packet forwarding, client → A → B, counted and dropped by an
+//!    XDP sink on B's interface ([`crate::sink`]), for each of: kernel IP
+//!    forwarding on A, DPR/TUN, DPR/AF_XDP native and generic. DPR's A is
 //!    drained, so every flow is redirected to B; the flows' SYNs go first,
-//!    then ACK-only segments (60-byte frames) of established flows.
+//!    then ACK-only segments (60-byte frames) of established flows, paced
+//!    down a ladder of offered rates (A's capacity, not its overload). Two
+//!    calibration rows first: each generator straight to the sink, no A.
 //! 2. HTTP requests per second and latency (`wrk`, one connection per
 //!    request, and keep-alive `wrk -t2 -c50`): direct to B; through A
 //!    redirecting (each backend); through HAProxy (TCP mode) on A; through
@@ -74,6 +77,38 @@ pub struct GenArgs {
     /// Seconds to send at most (0.1..=30).
     #[arg(long, default_value_t = 3.0)]
     pub secs: f64,
+    /// How to send: `live` (the kernel's live-frame `BPF_PROG_TEST_RUN`
+    /// of an `XDP_TX` program: no skb, no socket; the next hop's veth end
+    /// needs an XDP program, the lab's NIC emulation) or `xsk` (an AF_XDP
+    /// socket in copy mode: one skb per frame).
+    #[arg(long, value_enum, default_value_t = GenMethod::Live)]
+    pub method: GenMethod,
+    /// Offered rate, packets per second (0: as fast as it can). `xsk`
+    /// paces every batch of 64; `live` sleeps between system calls (its
+    /// bursts still leave at full speed).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// `live`: copies of one flow's frame per system call (1..=65536).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub per_call: u32,
+}
+
+/// How `dpr-lab bench-gen` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenMethod {
+    /// Live-frame `BPF_PROG_TEST_RUN` (`ndo_xdp_xmit`).
+    Live,
+    /// An AF_XDP socket in copy mode.
+    Xsk,
+}
+
+impl GenMethod {
+    fn arg(self) -> &'static str {
+        match self {
+            GenMethod::Live => "live",
+            GenMethod::Xsk => "xsk",
+        }
+    }
 }
 
 /// A MAC address.
@@ -165,38 +200,91 @@ fn frame(g: &GenArgs, i: u32) -> [u8; 60] {
     f
 }
 
-/// `dpr-lab bench-gen`: sends the frames; prints `{"sent": N, "secs": S}`.
+/// Waits until `sent` packets are due at `rate` per second since `start`
+/// (0: no pacing). Sleeps while more than 100 µs ahead, then returns: the
+/// average holds the rate, a batch leaves at once.
+fn pace(start: Instant, sent: u64, rate: u64) {
+    if rate == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    loop {
+        let now = start.elapsed();
+        if now + Duration::from_micros(100) >= due {
+            return;
+        }
+        std::thread::sleep(due - now - Duration::from_micros(50));
+    }
+}
+
+/// CPU time of this process so far, nanoseconds (`/proc/self/schedstat`).
+/// Without IRQ time accounting (this kernel) the softirq work that runs
+/// on the way out of its system calls (the veth peer's NAPI, the bridge, a
+/// router's XDP or IP forwarding on the same CPU) is charged to it too.
+fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `dpr-lab bench-gen`: sends the frames; prints
+/// `{"sent": N, "secs": S, "cpu_ns": C}` (C: its own CPU time, the softirq
+/// work its system calls drive included on this kernel).
 pub fn gen_main(g: &GenArgs) -> Result<(), String> {
     if !(0.1..=30.0).contains(&g.secs) {
         return Err(format!("--secs {}: must be in 0.1..=30", g.secs));
     }
     let ifindex = dpr_xdp::ifindex(&g.ifname).map_err(|e| e.to_string())?;
-    let cfg = dpr_xdp::xsk::XskConfig {
-        rx_frames: 64,
-        tx_frames: 4096,
-        rx_ring: 64,
-        fill_ring: 128,
-        ..dpr_xdp::xsk::XskConfig::default()
-    };
-    let mut xsk = dpr_xdp::xsk::XskSocket::bind(ifindex, 0, &cfg).map_err(|e| e.to_string())?;
     let frames: Vec<[u8; 60]> = (0..g.flows).map(|i| frame(g, g.first + i)).collect();
-    let start = Instant::now();
     let limit = Duration::from_secs_f64(g.secs);
-    let mut sent = 0u64;
-    let mut next = 0usize;
-    while sent < g.count && start.elapsed() < limit {
-        let n = (g.count - sent).min(64) as usize;
-        let batch = (0..n).map(|k| &frames[(next + k) % frames.len()][..]);
-        let q = xsk.tx_copy_many(batch).map_err(|e| e.to_string())?;
-        next = (next + q) % frames.len();
-        sent += q as u64;
-        if q < n {
-            xsk.complete();
+    let (sent, secs, cpu_ns) = match g.method {
+        GenMethod::Live => {
+            let live = dpr_xdp::tools::LiveFrameGenerator::new().map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            let cpu0 = own_cpu_ns();
+            let mut sent = 0u64;
+            let mut next = 0usize;
+            while sent < g.count && start.elapsed() < limit {
+                let n = (g.count - sent).min(u64::from(g.per_call)) as u32;
+                live.send(ifindex, &frames[next], n)
+                    .map_err(|e| format!("live-frame send: {e}"))?;
+                next = (next + 1) % frames.len();
+                sent += u64::from(n);
+                pace(start, sent, g.rate);
+            }
+            (sent, start.elapsed().as_secs_f64(), own_cpu_ns() - cpu0)
         }
-    }
-    let _ = xsk.drain_tx(Duration::from_millis(200));
-    let secs = start.elapsed().as_secs_f64();
-    println!("{{\"sent\": {sent}, \"secs\": {secs}}}");
+        GenMethod::Xsk => {
+            let cfg = dpr_xdp::xsk::XskConfig {
+                rx_frames: 64,
+                tx_frames: 4096,
+                rx_ring: 64,
+                fill_ring: 128,
+                ..dpr_xdp::xsk::XskConfig::default()
+            };
+            let mut xsk =
+                dpr_xdp::xsk::XskSocket::bind(ifindex, 0, &cfg).map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            let cpu0 = own_cpu_ns();
+            let mut sent = 0u64;
+            let mut next = 0usize;
+            while sent < g.count && start.elapsed() < limit {
+                let n = (g.count - sent).min(64) as usize;
+                let batch = (0..n).map(|k| &frames[(next + k) % frames.len()][..]);
+                let q = xsk.tx_copy_many(batch).map_err(|e| e.to_string())?;
+                next = (next + q) % frames.len();
+                sent += q as u64;
+                if q < n {
+                    xsk.complete();
+                }
+                pace(start, sent, g.rate);
+            }
+            let _ = xsk.drain_tx(Duration::from_millis(200));
+            (sent, start.elapsed().as_secs_f64(), own_cpu_ns() - cpu0)
+        }
+    };
+    println!("{{\"sent\": {sent}, \"secs\": {secs}, \"cpu_ns\": {cpu_ns}}}");
     Ok(())
 }
 
@@ -251,18 +339,13 @@ struct Bench {
     auths: Vec<String>,
     /// What the goals table is computed from.
     figures: goals::Figures,
+    /// The sink on B's interface while the forwarding rows run.
+    sink: Option<crate::sink::Sink>,
 }
 
 fn mac_of(lab: &Lab, ns: &str) -> Result<String, String> {
     let out = lab.exec(ns, "cat", &["/sys/class/net/eth0/address"])?;
     Ok(out.trim().to_string())
-}
-
-fn read_u64(lab: &Lab, ns: &str, path: &str) -> u64 {
-    lab.exec(ns, "cat", &[path])
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// utime + stime of `pid`, seconds.
@@ -382,9 +465,39 @@ fn dpr_samples<T>(r: &[PathResult<T>], f: impl Fn(&T) -> &Vec<f64>) -> goals::Pe
 struct FwdResult {
     pps: Vec<f64>,
     sent_pps: Vec<f64>,
+    /// The generator's own CPU time per packet the sink counted (the
+    /// softirq work on its CPU included: see [`own_cpu_ns`]).
+    sender_ns: Vec<f64>,
+    /// The ladder's first offered rate that lost at most [`LOSS_OK`]
+    /// (0: none did), as the sink counted it.
+    lossless_pps: Vec<f64>,
     proc_ns: Vec<f64>,
     machine_ns: Vec<f64>,
 }
+
+/// What one `bench-gen` run reports.
+#[derive(Debug, Clone, Copy)]
+struct GenOut {
+    sent: u64,
+    secs: f64,
+    cpu_ns: u64,
+}
+
+/// The offered rates of the forwarding ladder, as fractions of the paced
+/// generator's calibration rate.
+const LADDER: [f64; 10] = [1.0, 0.8, 0.64, 0.5, 0.4, 0.32, 0.25, 0.2, 0.15, 0.1];
+/// The loss at which the ladder stops.
+const LOSS_OK: f64 = 0.01;
+
+/// A ladder step that lost at most [`LOSS_OK`] of what was sent (and sent
+/// something).
+fn loss_ok(sent: u64, got: u64) -> bool {
+    sent > 0 && got as f64 >= (1.0 - LOSS_OK) * sent as f64
+}
+
+/// The forwarding rows' destination beyond A (B drops it: route and sink).
+const SINK_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 0);
+const SINK_DST: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 
 /// The AF_XDP native rows without the XDP send fast path (issue 17).
 const FP_OFF: &str = "af-xdp-native, fast path off";
@@ -512,17 +625,22 @@ impl Bench {
         let _ = self.lab.signal_dprd(0, "TERM");
     }
 
+    /// One `bench-gen` run in the client's namespace towards `dst`, in
+    /// frames addressed to `dst_mac` (A's, or B's for the calibration).
+    #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
         dst: Ipv4Addr,
+        dst_mac: &str,
         flows: u32,
         first: u32,
         syn: bool,
         count: u64,
         secs: f64,
-    ) -> Result<(u64, f64), String> {
+        method: GenMethod,
+        rate: u64,
+    ) -> Result<GenOut, String> {
         let src_mac = mac_of(&self.lab, &self.lab.client_ns())?;
-        let dst_mac = mac_of(&self.lab, &self.a())?;
         let exe = self.lab.programs.lab.to_string_lossy().into_owned();
         let mut args: Vec<String> = [
             "bench-gen",
@@ -531,7 +649,7 @@ impl Bench {
             "--src-mac",
             &src_mac,
             "--dst-mac",
-            &dst_mac,
+            dst_mac,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -547,6 +665,13 @@ impl Bench {
             count.to_string(),
             "--secs".into(),
             secs.to_string(),
+            "--method".into(),
+            method.arg().into(),
+            "--rate".into(),
+            rate.to_string(),
+            // One SYN per flow; the ACK stream in kernel-sized batches.
+            "--per-call".into(),
+            if syn { "1" } else { "65536" }.into(), // live only
         ]);
         if syn {
             args.push("--syn".into());
@@ -554,48 +679,169 @@ impl Bench {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.lab.exec(&self.lab.client_ns(), &exe, &a)?;
         let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| e.to_string())?;
-        Ok((
-            v["sent"].as_u64().unwrap_or(0),
-            v["secs"].as_f64().unwrap_or(secs),
-        ))
+        Ok(GenOut {
+            sent: v["sent"].as_u64().unwrap_or(0),
+            secs: v["secs"].as_f64().unwrap_or(secs),
+            cpu_ns: v["cpu_ns"].as_u64().unwrap_or(0),
+        })
     }
 
-    /// Runs the ACK stream `runs` times; B's received count per second.
+    /// Packets the sink on B dropped so far.
+    fn sunk(&self) -> Result<u64, String> {
+        match &self.sink {
+            Some(s) => Ok(s.counts()?.dropped()),
+            None => Err("the sink is not attached".into()),
+        }
+    }
+
+    /// Runs the ACK stream `runs` times; the sink's count per second.
+    ///
+    /// Without `top`: once per run at the generator's full speed (the
+    /// calibration). With `top`: each run walks the ladder of offered
+    /// rates (`top` × [`LADDER`], paced AF_XDP generator, steps of a third
+    /// of `--secs`, at least 0.5 s) down to the first rate that loses at
+    /// most [`LOSS_OK`]; the run's figure is the highest rate the sink
+    /// counted on the way (A's capacity: an open-loop generator faster than
+    /// A measures A's overload instead, see docs/benchmarks.md).
     fn measure_fwd(
         &self,
         dst: Ipv4Addr,
+        dst_mac: &str,
         flows: u32,
         pid: Option<u32>,
+        method: GenMethod,
+        top: Option<f64>,
     ) -> Result<FwdResult, String> {
-        let b = self.b();
-        let rx = "/sys/class/net/eth0/statistics/rx_packets";
         let mut r = FwdResult::default();
+        let steps: Vec<Option<f64>> = match top {
+            None => vec![None],
+            Some(t) => LADDER.iter().map(|f| Some(t * f)).collect(),
+        };
+        let step_secs = if top.is_some() {
+            (self.secs / 3.0).max(0.5)
+        } else {
+            self.secs
+        };
         for _ in 0..self.runs {
-            let before = read_u64(&self.lab, &b, rx);
-            let cpu0 = pid.map(proc_cpu);
-            let m0 = machine_busy();
-            let (sent, secs) = self.generate(dst, flows, 0, false, 50_000_000, self.secs)?;
-            stop::sleep(Duration::from_millis(100))?;
-            let got = read_u64(&self.lab, &b, rx).saturating_sub(before) as f64;
-            let m1 = machine_busy();
-            r.pps.push(got / secs);
-            r.sent_pps.push(sent as f64 / secs);
-            if let (Some(c0), Some(p)) = (cpu0, pid) {
-                r.proc_ns.push((proc_cpu(p) - c0) * 1e9 / got.max(1.0));
+            // (forwarded, offered, sender ns, dprd ns, machine ns) of the best step.
+            let mut best: Option<(f64, f64, f64, Option<f64>, f64)> = None;
+            let mut lossless = 0.0;
+            for rate in &steps {
+                let before = self.sunk()?;
+                let cpu0 = pid.map(proc_cpu);
+                let m0 = machine_busy();
+                let g = self.generate(
+                    dst,
+                    dst_mac,
+                    flows,
+                    0,
+                    false,
+                    50_000_000,
+                    step_secs,
+                    method,
+                    rate.map_or(0, |x| x as u64),
+                )?;
+                stop::sleep(Duration::from_millis(100))?;
+                let got = self.sunk()?.saturating_sub(before) as f64;
+                let m1 = machine_busy();
+                let pps = got / g.secs;
+                let step = (
+                    pps,
+                    g.sent as f64 / g.secs,
+                    g.cpu_ns as f64 / got.max(1.0),
+                    match (cpu0, pid) {
+                        (Some(c0), Some(p)) => Some((proc_cpu(p) - c0) * 1e9 / got.max(1.0)),
+                        _ => None,
+                    },
+                    (m1 - m0) * 1e9 / got.max(1.0),
+                );
+                if best.is_none_or(|b| step.0 > b.0) {
+                    best = Some(step);
+                }
+                if loss_ok(g.sent, got as u64) {
+                    lossless = pps;
+                    break;
+                }
             }
-            r.machine_ns.push((m1 - m0) * 1e9 / got.max(1.0));
+            if let Some((pps, sent, sender, proc, machine)) = best {
+                r.pps.push(pps);
+                r.sent_pps.push(sent);
+                r.sender_ns.push(sender);
+                if let Some(p) = proc {
+                    r.proc_ns.push(p);
+                }
+                r.machine_ns.push(machine);
+                r.lossless_pps.push(lossless);
+            }
         }
         Ok(r)
     }
 
+    /// The forwarding rows: first the calibration (the generator straight
+    /// to B's sink, no A), then kernel forwarding and each DPR backend
+    /// through A, all counted by the sink on B.
     fn forwarding(&mut self, flows: u32) -> Result<Vec<(String, FwdResult)>, String> {
         let (a, b) = (self.a(), self.b());
-        // B drops what A sends it, early and the same way in every case.
+        // B drops what reaches its IP layer anyway, the same way in every
+        // case (the sink should leave nothing of the benchmark's).
         self.lab.exec(&b, "ip", B_DROPS_TUNNEL)?;
         self.lab.exec(&b, "ip", B_DROPS_GRE)?;
         self.lab
             .exec(&b, "ip", &["route", "add", "blackhole", "198.19.1.0/24"])?;
+        self.sink = Some(crate::sink::Sink::attach(
+            &b,
+            "eth0",
+            &dpr_xdp::SinkConfig {
+                plain_prefix: SINK_NET,
+                plain_prefix_len: 24,
+                tunnel_dst: tunnel_addr(1),
+                inner_dst: service_addr(0),
+                port: 80,
+            },
+        )?);
+        // The wire costs every row alike, but it runs on the sending CPU
+        // too: the bridge need not hand each frame to netfilter
+        // (br_netfilter is loaded on this host; per namespace).
+        let br = self.lab.bridge_ns();
+        let nf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+        let nf_was = self.lab.exec(&br, "cat", &[nf]).ok();
+        if nf_was.is_some() {
+            self.lab
+                .exec(&br, "sh", &["-c", &format!("echo 0 > {nf}")])?;
+        }
+        let r = self.forwarding_rows(&a, flows);
+        if let Some(v) = nf_was {
+            let _ = self
+                .lab
+                .exec(&br, "sh", &["-c", &format!("echo {} > {nf}", v.trim())]);
+        }
+        if let Some(s) = &self.sink {
+            if let Ok(c) = s.counts() {
+                eprintln!("bench: sink counters {c:?}");
+            }
+        }
+        self.sink = None;
+        r
+    }
+
+    fn forwarding_rows(&mut self, a: &str, flows: u32) -> Result<Vec<(String, FwdResult)>, String> {
+        let a_mac = mac_of(&self.lab, a)?;
+        let b_mac = mac_of(&self.lab, &self.b())?;
         let mut out = Vec::new();
+        // Calibration: what the generators and the sink reach without A.
+        let mut top = 0.0;
+        for method in [GenMethod::Live, GenMethod::Xsk] {
+            eprintln!("bench: forwarding, calibration ({})", method.arg());
+            let r = self.measure_fwd(SINK_DST, &b_mac, flows, None, method, None)?;
+            top = stat(&r.sent_pps).median;
+            let name = match method {
+                GenMethod::Live => "generator + sink alone (client → B, no A)",
+                GenMethod::Xsk => {
+                    "generator + sink alone, the AF_XDP copy-mode generator of before (client → B)"
+                }
+            };
+            out.push((name.to_string(), r));
+        }
         // Kernel forwarding on A: client → 198.19.1.1 via A → via B.
         {
             let c = self.lab.client_ns();
@@ -605,23 +851,26 @@ impl Bench {
                 .exec(&c, "ip", &["route", "add", "198.19.1.0/24", "via", &a_addr])?;
             self.a_routes(true)?;
             self.lab
-                .exec(&a, "ip", &["route", "add", "198.19.1.0/24", "via", &b_addr])?;
+                .exec(a, "ip", &["route", "add", "198.19.1.0/24", "via", &b_addr])?;
             // Resolve the neighbours first.
             let _ = self.generate(
-                Ipv4Addr::new(198, 19, 1, 1),
+                SINK_DST,
+                &a_mac,
                 flows,
                 0,
                 true,
                 u64::from(flows),
                 2.0,
+                GenMethod::Live,
+                0,
             );
             stop::sleep(Duration::from_millis(300))?;
             eprintln!("bench: forwarding, kernel");
-            let r = self.measure_fwd(Ipv4Addr::new(198, 19, 1, 1), flows, None)?;
+            let r = self.measure_fwd(SINK_DST, &a_mac, flows, None, GenMethod::Xsk, Some(top))?;
             self.figures.fwd_kernel = r.pps.clone();
             out.push(("kernel forwarding".to_string(), r));
             self.lab
-                .exec(&a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
+                .exec(a, "ip", &["route", "del", "198.19.1.0/24", "via", &b_addr])?;
             self.a_routes(false)?;
         }
         for backend in ["tun", "af-xdp-generic", FP_OFF, "af-xdp-native"] {
@@ -631,10 +880,27 @@ impl Bench {
                 eprintln!("bench: forwarding, {name}");
                 self.start_a(backend, "")?;
                 // The flows' SYNs: A records each as redirected to B.
-                self.generate(service_addr(0), flows, 0, true, u64::from(flows), 5.0)?;
+                self.generate(
+                    service_addr(0),
+                    &a_mac,
+                    flows,
+                    0,
+                    true,
+                    u64::from(flows),
+                    5.0,
+                    GenMethod::Live,
+                    0,
+                )?;
                 stop::sleep(Duration::from_millis(300))?;
                 let pid = self.lab.dprd_pid(0);
-                let r = self.measure_fwd(service_addr(0), flows, pid)?;
+                let r = self.measure_fwd(
+                    service_addr(0),
+                    &a_mac,
+                    flows,
+                    pid,
+                    GenMethod::Xsk,
+                    Some(top),
+                )?;
                 self.stop_a();
                 if self.auths.first() == Some(&self.auth) {
                     self.figures
@@ -952,6 +1218,7 @@ impl Bench {
         )?;
         let pid = self.lab.dprd_pid(0).ok_or("no pid")?;
         let idle = rss_kib(pid);
+        let a_mac = mac_of(&self.lab, &self.a())?;
         // Bounded: at most 8 rounds of at most 30 s, each continuing
         // where the previous one stopped.
         let mut sent = 0u64;
@@ -962,8 +1229,18 @@ impl Bench {
             let first = u32::try_from(sent).unwrap_or(u32::MAX);
             let left = flows.saturating_sub(first);
             sent += self
-                .generate(service_addr(0), left, first, true, u64::from(left), 30.0)?
-                .0;
+                .generate(
+                    service_addr(0),
+                    &a_mac,
+                    left,
+                    first,
+                    true,
+                    u64::from(left),
+                    30.0,
+                    GenMethod::Xsk,
+                    0,
+                )?
+                .sent;
         }
         stop::sleep(Duration::from_millis(500))?;
         // SYNs lost at A's receive queue under the flood left their flows
@@ -974,7 +1251,17 @@ impl Bench {
             if routes as f64 >= 0.98 * f64::from(flows) {
                 break;
             }
-            self.generate(service_addr(0), flows, 0, true, u64::from(flows), 30.0)?;
+            self.generate(
+                service_addr(0),
+                &a_mac,
+                flows,
+                0,
+                true,
+                u64::from(flows),
+                30.0,
+                GenMethod::Xsk,
+                0,
+            )?;
             stop::sleep(Duration::from_millis(500))?;
             routes = self.lab.status(0)?.routes;
         }
@@ -1071,6 +1358,65 @@ fn print_http(title: &str, r: &[PathResult<HttpSamples>]) {
             fmt_samples(&v.dprd_us, 1.0, 0),
             fmt_stat(stat(&v.retrans_per_k), 1.0, 1),
             fmt_stat(stat(&v.errors), 1.0, 0)
+        );
+    }
+}
+
+/// The forwarding table: the calibration rows first (the second, the
+/// paced generator's, is what the rows through A are compared with), then
+/// the rows through A, each with its share of the calibration and A's CPU
+/// per packet on the sending CPU (the sender's time minus the
+/// calibration's).
+fn print_forwarding(r: &[(String, FwdResult)], flows: u32) {
+    let calib = r.get(1).map(|x| &x.1);
+    let calib_pps = calib.map_or(1.0, |c| stat(&c.pps).median.max(1.0));
+    let calib_ns = calib.map_or(0.0, |c| stat(&c.sender_ns).median);
+    let base = r
+        .iter()
+        .find(|x| x.0 == "kernel forwarding")
+        .map_or(1.0, |x| stat(&x.1.pps).median.max(1.0));
+    println!(
+        "\n1. Small-packet forwarding client → A → B (60-byte frames, {flows} established flows), counted and dropped by an XDP sink on B; through A: the highest rate the sink counted on a ladder of paced offered rates (AF_XDP generator), down to the first that lost ≤ 1 %"
+    );
+    println!(
+        "| path | forwarded (kpps) | offered there (kpps) | loss-free ≤ 1 % (kpps) | ratio to kernel | share of the paced calibration | sender CPU ns/pkt | A's ns/pkt (sender − calibration) | A alone: 1 / (A's ns + dprd's ns) (kpps) | A's dprd CPU ns/pkt | machine CPU ns/pkt |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, f) in r {
+        let s = stat(&f.pps);
+        let sender = stat(&f.sender_ns).median;
+        let through_a = name == "kernel forwarding" || name.starts_with("DPR");
+        let (ratio, a_ns, a_alone, lossless) = if through_a {
+            let a_ns = sender - calib_ns;
+            // dprd's own thread (TUN, the AF_XDP worker) runs apart from
+            // the sending CPU: its time adds to A's.
+            let whole = a_ns
+                + if f.proc_ns.is_empty() {
+                    0.0
+                } else {
+                    stat(&f.proc_ns).median
+                };
+            (
+                format!("{:.2}", s.median / base),
+                format!("{a_ns:.0}"),
+                if whole > 0.0 {
+                    format!("{:.0}", 1e6 / whole)
+                } else {
+                    "—".into()
+                },
+                fmt_samples(&f.lossless_pps, 1e3, 0),
+            )
+        } else {
+            ("—".into(), "—".into(), "—".into(), "—".into())
+        };
+        println!(
+            "| {name} | {} | {} | {lossless} | {ratio} | {:.2} | {} | {a_ns} | {a_alone} | {} | {} |",
+            fmt_stat(s, 1e3, 0),
+            fmt_stat(stat(&f.sent_pps), 1e3, 0),
+            s.median / calib_pps,
+            fmt_stat(stat(&f.sender_ns), 1.0, 0),
+            fmt_samples(&f.proc_ns, 1.0, 0),
+            fmt_stat(stat(&f.machine_ns), 1.0, 0)
         );
     }
 }
@@ -1187,6 +1533,7 @@ fn lab_parts(
         auth: "key".into(),
         auths,
         figures: std::mem::take(figures),
+        sink: None,
     };
     let r = bench_lab_parts(&mut bench, args, flows, mem_flows);
     *figures = std::mem::take(&mut bench.figures);
@@ -1202,25 +1549,7 @@ fn bench_lab_parts(
     let only = |p: Part| args.only.contains(&p);
     if only(Part::Fwd) {
         let r = bench.forwarding(flows)?;
-        let base = stat(&r[0].1.pps).median.max(1.0);
-        println!(
-            "\n1. Small-packet forwarding client → A → B (60-byte frames, {flows} established flows), counted at B"
-        );
-        println!(
-            "| path through A | forwarded (kpps) | offered (kpps) | ratio to kernel | A's dprd CPU ns/pkt | machine CPU ns/pkt |"
-        );
-        println!("|---|---|---|---|---|---|");
-        for (name, f) in &r {
-            let s = stat(&f.pps);
-            println!(
-                "| {name} | {} | {} | {:.2} | {} | {} |",
-                fmt_stat(s, 1e3, 0),
-                fmt_stat(stat(&f.sent_pps), 1e3, 0),
-                s.median / base,
-                fmt_samples(&f.proc_ns, 1.0, 0),
-                fmt_stat(stat(&f.machine_ns), 1.0, 0)
-            );
-        }
+        print_forwarding(&r, flows);
     }
     if only(Part::Http) {
         let r = bench.http()?;
@@ -1331,6 +1660,51 @@ fn rss_per_flow(idle_kib: u64, full_kib: u64, routes: usize) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ladder_stops_at_one_percent_loss() {
+        assert!(loss_ok(1000, 1000));
+        assert!(loss_ok(1000, 990));
+        assert!(!loss_ok(1000, 989));
+        assert!(!loss_ok(0, 0), "nothing sent proves nothing");
+        assert!(LADDER.windows(2).all(|w| w[0] > w[1]), "descending");
+        assert_eq!(LADDER[0], 1.0, "starts at the calibration rate");
+    }
+
+    #[test]
+    fn the_generator_options_parse_and_are_bounded() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            g: GenArgs,
+        }
+        let base = [
+            "gen",
+            "--src-mac",
+            "02:00:00:00:00:01",
+            "--dst-mac",
+            "02:00:00:00:00:02",
+        ];
+        let c = Cli::try_parse_from(base).unwrap();
+        assert_eq!(
+            (c.g.method, c.g.per_call, c.g.rate),
+            (GenMethod::Live, 64, 0)
+        );
+        let mut a = base.to_vec();
+        a.extend(["--method", "xsk", "--rate", "500000"]);
+        let c = Cli::try_parse_from(a).unwrap();
+        assert_eq!((c.g.method, c.g.rate), (GenMethod::Xsk, 500_000));
+        for bad in [
+            ["--per-call", "0"],
+            ["--per-call", "65537"],
+            ["--method", "pcap"],
+        ] {
+            let mut a = base.to_vec();
+            a.extend(bad);
+            assert!(Cli::try_parse_from(a).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn rss_per_flow_is_growth_over_routes() {

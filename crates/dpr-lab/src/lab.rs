@@ -225,7 +225,8 @@ impl Lab {
     pub fn stranger_ns(&self) -> String {
         format!("{}-x", self.prefix)
     }
-    fn bridge_ns(&self) -> String {
+    /// Namespace of the bridge.
+    pub fn bridge_ns(&self) -> String {
         format!("{}-br", self.prefix)
     }
     /// Admin socket of host `i`.

@@ -37,5 +37,6 @@ pub mod lab;
 pub mod loadgen;
 pub mod netns;
 pub mod nic;
+pub mod sink;
 pub mod stop;
 pub mod truth;

@@ -48,9 +48,12 @@ enum Command {
     Bench(dpr_lab::bench::BenchArgs),
     /// The benchmark's small-packet generator (run by `bench` in a namespace).
     ///
-    /// Sends --count 60-byte TCP frames (at most --secs seconds) of --flows flows
-    /// round-robin from an AF_XDP socket (copy mode, transmit only) on --ifname
-    /// queue 0; prints `{"sent": N, "secs": S}`.
+    /// Sends --count 60-byte TCP frames (at most --secs seconds, at --rate packets per
+    /// second if set) of --flows flows round-robin out of --ifname: with --method live
+    /// (default) the kernel's live-frame BPF_PROG_TEST_RUN of an XDP_TX program, --per-call
+    /// copies of one flow's frame per call (the next hop's veth end needs an XDP program);
+    /// with --method xsk an AF_XDP socket (copy mode, transmit only) on queue 0. Prints
+    /// `{"sent": N, "secs": S, "cpu_ns": C}` (C: its own CPU time).
     #[command(hide = true)]
     BenchGen(dpr_lab::bench::GenArgs),
     /// The lab's web server (run by `lab` in each host's namespace).

@@ -26,6 +26,9 @@
 //!   loader.rs ─► bpf.rs (BpfSys: RealBpf = bpf(2), FakeBpf = in memory, recorded)
 //! ```
 //!
+//! [`sink`] is the forwarding benchmark's receiver: a separate small
+//! program that counts and drops the benchmark's packets and passes the rest.
+//!
 //! [`RouterProgram`] owns the program and maps; [`XdpLink`] is an attachment
 //! (detached on drop); [`xsk::XskSocket`] is one AF_XDP socket on one queue.
 //! [`ifindex`] and [`poll_readable`] are the workspace's one interface-index
@@ -39,6 +42,7 @@ pub mod asm;
 pub mod bpf;
 mod loader;
 pub mod program;
+pub mod sink;
 mod sys;
 pub mod tools;
 pub mod xsk;
@@ -49,6 +53,7 @@ pub use loader::{
     ProgramConfig, RouterProgram, XdpLink, XdpMode, load_pass_program,
 };
 pub use program::{Counter, MissingSocket};
+pub use sink::{SinkConfig, SinkCounter, SinkCounts, SinkProgram};
 
 use std::io;
 use std::os::fd::RawFd;
@@ -102,6 +107,9 @@ pub enum Error {
     /// A ring or UMEM invariant was not met (sizes, frame bounds).
     #[error("AF_XDP: {0}")]
     Xsk(String),
+    /// A program's configuration is out of range; the message names the field.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<Error> for io::Error {

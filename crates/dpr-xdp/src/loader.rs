@@ -127,7 +127,7 @@ pub struct RouterProgram<B: BpfSys = RealBpf> {
     ncpus: usize,
 }
 
-fn syscall(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn syscall(op: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Syscall { op, source }
 }
 
@@ -793,25 +793,35 @@ impl<B: BpfSys> RouterProgram<B> {
     /// Attaches the program to `ifindex` in `mode`. Detached when the
     /// returned link is dropped.
     pub fn attach(&self, ifindex: u32, mode: XdpMode) -> Result<XdpLink<B>, Error> {
-        let try_mode = |m: XdpMode| {
-            let flags = if m == XdpMode::Native {
-                XDP_FLAGS_DRV_MODE
-            } else {
-                XDP_FLAGS_SKB_MODE
-            };
-            self.bpf
-                .link_create_xdp(&self.prog, ifindex, flags)
-                .map(|link| XdpLink {
-                    _link: link,
-                    ifindex,
-                    mode: m,
-                })
-                .map_err(syscall("BPF_LINK_CREATE"))
+        attach_xdp(&self.bpf, &self.prog, ifindex, mode)
+    }
+}
+
+/// Attaches `prog` to `ifindex` in `mode` ([`XdpMode::Auto`]: native,
+/// else generic). Detached when the returned link is dropped.
+pub(crate) fn attach_xdp<B: BpfSys>(
+    bpf: &B,
+    prog: &B::Prog,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<XdpLink<B>, Error> {
+    let try_mode = |m: XdpMode| {
+        let flags = if m == XdpMode::Native {
+            XDP_FLAGS_DRV_MODE
+        } else {
+            XDP_FLAGS_SKB_MODE
         };
-        match mode {
-            XdpMode::Auto => try_mode(XdpMode::Native).or_else(|_| try_mode(XdpMode::Generic)),
-            m => try_mode(m),
-        }
+        bpf.link_create_xdp(prog, ifindex, flags)
+            .map(|link| XdpLink {
+                _link: link,
+                ifindex,
+                mode: m,
+            })
+            .map_err(syscall("BPF_LINK_CREATE"))
+    };
+    match mode {
+        XdpMode::Auto => try_mode(XdpMode::Native).or_else(|_| try_mode(XdpMode::Generic)),
+        m => try_mode(m),
     }
 }
 
