@@ -1453,7 +1453,7 @@ pub fn main(args: &BenchArgs) -> Result<(), String> {
             fmt_stat(stat(&e.cached_ns), 1.0, 1)
         );
         println!(
-            "| established redirected packets, flows random among the million, batches of {} (one at a time inside: no batch API yet) | {} |",
+            "| established redirected packets, flows random among the million, batches of {} (`Engine::process_batch`) | {} |",
             engine::BATCH,
             fmt_stat(stat(&e.random_ns), 1.0, 1)
         );
