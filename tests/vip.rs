@@ -41,9 +41,9 @@ fn spec_with(backend: &str, hosts: usize, door: FrontDoor) -> LabSpec {
         hosts,
         backend: backend.into(),
         front_door: Some(door),
-        // Every host serves what ECMP gives it: the test is about the front
-        // door, not the policy (and today's engine cannot redirect a VIP).
-        threshold: 1e6,
+        // DPR's policy decides at the SYN where a VIP connection is served
+        // (the lab's default threshold: with 200 connections held, hosts
+        // redirect to their least-loaded peer).
         service_ms: 5,
         workers: 64,
         ..LabSpec::default()
@@ -226,6 +226,8 @@ struct Held {
     out: PathBuf,
     /// Serving host of each connection (by the hosts' socket tables).
     owner: Vec<Option<usize>>,
+    /// The client's port of each.
+    ports: Vec<u16>,
 }
 
 fn hold_connections(lab: &mut Lab, v6: bool, n: usize, step: usize, live: &[usize]) -> Held {
@@ -274,7 +276,12 @@ fn hold_connections(lab: &mut Lab, v6: bool, n: usize, step: usize, live: &[usiz
         }
     }
     let owner = ports.iter().map(|p| by_port.get(p).copied()).collect();
-    Held { go, out, owner }
+    Held {
+        go,
+        out,
+        owner,
+        ports,
+    }
 }
 
 /// Lets them finish; (broken, broken among those `dead` served).
@@ -298,6 +305,14 @@ fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
     let broken: Vec<usize> = (0..lines.len())
         .filter(|k| !lines[*k].starts_with("ok "))
         .collect();
+    for k in &broken {
+        println!(
+            "  broken: connection {k} (port {}), served by {:?}: {}",
+            h.ports.get(*k).copied().unwrap_or(0),
+            h.owner.get(*k).copied().flatten().map(|o| format!("h{o}")),
+            lines[*k]
+        );
+    }
     let of_dead = broken
         .iter()
         .filter(|k| dead.is_some() && h.owner.get(**k).copied().flatten() == dead)
@@ -351,6 +366,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
         note: format!("announced in {took:?}; held per host {:?}", &per[..5]),
         ..Row::default()
     });
+    print_vip_counters(&lab, "1 join", &live);
     // 2. h1 drained and withdrawn, then removed once its connections end.
     let held = hold_connections(&mut lab, v6, HELD, 2, &live);
     let bg = during(&lab, 12);
@@ -373,6 +389,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
         note: format!("withdrawn in {took:?}; held per host {:?}", &per[..5]),
         ..Row::default()
     });
+    print_vip_counters(&lab, "2 drain", &live);
     // 3. h2's dprd restarts (SIGTERM without a drain: held, announced).
     let held = hold_connections(&mut lab, v6, HELD, 3, &live);
     let bg = during(&lab, 13);
@@ -391,6 +408,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
         note: format!("route unchanged ({paths:?}); held per host {:?}", &per[..5]),
         ..Row::default()
     });
+    print_vip_counters(&lab, "3 restart", &live);
     // 4. h3 dies: its link goes down; BFD tells the router.
     let held = hold_connections(&mut lab, v6, HELD, 4, &live);
     let bg = during(&lab, 14);
@@ -417,7 +435,29 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
             per[3]
         ),
     });
+    print_vip_counters(&lab, "4 death", &live);
     rows
+}
+
+/// The VIP counters of the hosts that run dprd (non-zero ones): what
+/// ask-on-miss did in a step.
+fn print_vip_counters(lab: &Lab, step: &str, hosts: &[usize]) {
+    for &i in hosts {
+        let Ok(st) = lab.status(i) else {
+            continue;
+        };
+        let c: Vec<String> = st
+            .events
+            .iter()
+            .chain(&st.io)
+            .filter(|(k, v)| {
+                **v > 0 && (k.starts_with("vip_") || k.as_str() == "unknown_flow_delivered")
+            })
+            .map(|(k, v)| format!("{}={v}", k.trim_start_matches("vip_")))
+            .collect();
+        let rst = st.verdicts.get("replied").copied().unwrap_or(0);
+        println!("  {step}: h{i}: replied={rst} {}", c.join(" "));
+    }
 }
 
 fn print_rows(title: &str, rows: &[Row]) {
@@ -513,12 +553,10 @@ mod tun {
         super::a_restart_breaks_no_connection_through_the_vip("tun");
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv4() {
         super::five_steps("tun", false);
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv6() {
         super::five_steps("tun", true);
     }
@@ -532,7 +570,6 @@ mod resilient {
     use dpr_lab::frontdoor::FrontDoor;
 
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip) for the drain and death steps; run with --ignored after the merge"]
     fn the_five_steps_ipv4_tun() {
         super::five_steps_with("tun", false, FrontDoor::Resilient);
     }
@@ -548,12 +585,10 @@ mod af_xdp_native {
         super::a_restart_breaks_no_connection_through_the_vip("af-xdp-native");
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv4() {
         super::five_steps("af-xdp-native", false);
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv6() {
         super::five_steps("af-xdp-native", true);
     }

@@ -685,10 +685,12 @@ impl Config {
                 "the TUN backend's host setup is IPv4-only for now",
             ));
         }
-        if h.service_addrs.is_empty() {
+        // With VIPs a host needs no address of its own (every host serves
+        // the shared ones); without, it needs one.
+        if h.service_addrs.is_empty() && self.vip.addrs.is_empty() {
             return Err(bad(
                 "host.service_addrs",
-                "at least one service address is needed",
+                "at least one service address (or a [vip] addrs) is needed",
             ));
         }
         for (i, a) in h.service_addrs.iter().enumerate() {
@@ -802,10 +804,10 @@ impl Config {
                 return Err(bad(f("tunnel_addr"), "already used by another host"));
             }
             tunnels.push(p.tunnel_addr);
-            if p.service_addrs.is_empty() {
+            if p.service_addrs.is_empty() && self.vip.addrs.is_empty() {
                 return Err(bad(
                     f("service_addrs"),
-                    "at least one service address is needed",
+                    "at least one service address (or a [vip] addrs) is needed",
                 ));
             }
             for a in &p.service_addrs {

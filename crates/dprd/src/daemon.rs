@@ -146,7 +146,7 @@ pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
         tun_ifindex: tun.ifindex,
         tunnel_addr,
         service_addrs: cfg.host.service_addrs.clone(),
-        vips: Vec::new(),
+        vips: cfg.vip.addrs.clone(),
         announce_table: cfg.bgp.announce_table,
         peer_service_addrs: cfg.peer_service_v4(),
         service_ports: cfg.host.service_ports.clone(),
