@@ -451,12 +451,19 @@ fn print_vip_counters(lab: &Lab, step: &str, hosts: &[usize]) {
             .iter()
             .chain(&st.io)
             .filter(|(k, v)| {
-                **v > 0 && (k.starts_with("vip_") || k.as_str() == "unknown_flow_delivered")
+                **v > 0
+                    && (k.starts_with("vip_")
+                        || k.starts_with("control_rejected")
+                        || k.as_str() == "unknown_flow_delivered")
             })
             .map(|(k, v)| format!("{}={v}", k.trim_start_matches("vip_")))
             .collect();
         let rst = st.verdicts.get("replied").copied().unwrap_or(0);
-        println!("  {step}: h{i}: replied={rst} {}", c.join(" "));
+        println!(
+            "  {step}: h{i} ({}): replied={rst} {}",
+            st.phase,
+            c.join(" ")
+        );
     }
 }
 

@@ -1204,6 +1204,24 @@ service_addrs = ["198.18.0.2"]
     }
 
     #[test]
+    fn a_vip_only_host_needs_no_service_address_of_its_own() {
+        let vip_only = GOOD
+            .replace("service_addrs = [\"198.18.0.1\"]", "service_addrs = []")
+            .replace("service_addrs = [\"198.18.0.2\"]", "service_addrs = []");
+        // Without VIPs it serves nothing: refused, naming the field.
+        match Config::parse(&vip_only) {
+            Err(ConfigError::Field { field, .. }) => assert_eq!(field, "host.service_addrs"),
+            other => unreachable!("{other:?}"),
+        }
+        let text = format!("{vip_only}\n[vip]\naddrs = [\"198.18.0.10\", \"2001:db8::10\"]\n");
+        let c = Config::parse(&text).unwrap_or_else(|e| unreachable!("{e}"));
+        let vips = c.vip.addrs.clone();
+        assert_eq!(c.engine_config().service_addrs, vips);
+        assert_eq!(c.peer_configs()[0].service_addrs, vips);
+        assert_eq!(c.xdp_plan().service_addrs, vips);
+    }
+
+    #[test]
     fn bad_vip_settings_name_their_field() {
         let with = |extra: &str| format!("{GOOD}\n[vip]\n{extra}\n");
         for (extra, field) in [
