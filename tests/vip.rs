@@ -454,14 +454,20 @@ fn print_vip_counters(lab: &Lab, step: &str, hosts: &[usize]) {
                 **v > 0
                     && (k.starts_with("vip_")
                         || k.starts_with("control_rejected")
+                        || k.contains("recover")
+                        || k.contains("restored")
+                        || k.contains("cut")
                         || k.as_str() == "unknown_flow_delivered")
             })
             .map(|(k, v)| format!("{}={v}", k.trim_start_matches("vip_")))
             .collect();
         let rst = st.verdicts.get("replied").copied().unwrap_or(0);
         println!(
-            "  {step}: h{i} ({}): replied={rst} {}",
+            "  {step}: h{i} ({}): routes={} served={} expired={} replied={rst} {}",
             st.phase,
+            st.routes,
+            st.served,
+            st.expired,
             c.join(" ")
         );
     }
