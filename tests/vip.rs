@@ -284,8 +284,28 @@ fn hold_connections(lab: &mut Lab, v6: bool, n: usize, step: usize, live: &[usiz
     }
 }
 
-/// Lets them finish; (broken, broken among those `dead` served).
-fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
+/// What every running host's tables hold for the client's `port` (the
+/// admin request `connections`: the routing and served tables), printed
+/// for each broken connection a live host served: where its flow was known.
+fn print_tables_of(lab: &Lab, ports: &[u16], hosts: &[usize]) {
+    for &port in ports {
+        let mut out = Vec::new();
+        for &i in hosts {
+            let Ok(text) = lab.admin(i, "connections") else {
+                continue;
+            };
+            let needle = format!(":{port}\"");
+            for row in text.split('{').filter(|r| r.contains(&needle)) {
+                out.push(format!("h{i} {}", row.trim_end_matches([',', '}', ']'])));
+            }
+        }
+        println!("    port {port}: {}", out.join(" | "));
+    }
+}
+
+/// Lets them finish; (broken, broken among those `dead` served, held per
+/// host, client ports of the broken ones a live host served).
+fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>, Vec<u16>) {
     ok(std::fs::write(&h.go, "").map_err(|e| format!("{}: {e}", h.go.display())));
     let deadline = Instant::now() + Duration::from_secs(90);
     while !h.out.exists() {
@@ -305,13 +325,18 @@ fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
     let broken: Vec<usize> = (0..lines.len())
         .filter(|k| !lines[*k].starts_with("ok "))
         .collect();
+    let mut live_broken = Vec::new();
     for k in &broken {
+        let owner = h.owner.get(*k).copied().flatten();
+        let port = h.ports.get(*k).copied().unwrap_or(0);
         println!(
-            "  broken: connection {k} (port {}), served by {:?}: {}",
-            h.ports.get(*k).copied().unwrap_or(0),
-            h.owner.get(*k).copied().flatten().map(|o| format!("h{o}")),
+            "  broken: connection {k} (port {port}), served by {:?}: {}",
+            owner.map(|o| format!("h{o}")),
             lines[*k]
         );
+        if owner != dead {
+            live_broken.push(port);
+        }
     }
     let of_dead = broken
         .iter()
@@ -321,6 +346,7 @@ fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
         broken.len() + h.owner.len().saturating_sub(lines.len()),
         of_dead,
         per_host,
+        live_broken,
     )
 }
 
@@ -356,7 +382,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     follow(&lab, &live);
     let took = ok(lab.wait_vip_paths(&live, LIMIT));
     let (new_sent, new_failed) = new_of(bg);
-    let (broken, _, per) = release(&held, None);
+    let (broken, _, per, ports) = release(&held, None);
+    print_tables_of(&lab, &ports, &live);
     rows.push(Row {
         step: "1 join h4",
         held: HELD,
@@ -375,7 +402,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     follow(&lab, &live);
     let took = ok(lab.wait_vip_paths(&live, LIMIT));
     std::thread::sleep(Duration::from_secs(1));
-    let (broken, _, per) = release(&held, None);
+    let (broken, _, per, ports) = release(&held, None);
+    print_tables_of(&lab, &ports, &live);
     let (new_sent, new_failed) = new_of(bg);
     ok(lab
         .stop_dprd_drained(1, Duration::from_secs(10))
@@ -398,7 +426,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     ok(lab.wait_alive(LIMIT));
     let paths = ok(lab.wait_vip_paths(&live, LIMIT));
     let (new_sent, new_failed) = new_of(bg);
-    let (broken, _, per) = release(&held, None);
+    let (broken, _, per, ports) = release(&held, None);
+    print_tables_of(&lab, &ports, &live);
     rows.push(Row {
         step: "3 restart h2's dprd",
         held: HELD,
@@ -417,7 +446,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     follow(&lab, &live);
     let detect = ok(lab.wait_vip_paths(&live, LIMIT));
     let (new_sent, new_failed) = new_of(bg);
-    let (broken, of_dead, per) = release(&held, Some(3));
+    let (broken, of_dead, per, ports) = release(&held, Some(3));
+    print_tables_of(&lab, &ports, &live);
     rows.push(Row {
         step: "4 h3 dies (link down)",
         held: HELD,
@@ -543,7 +573,8 @@ fn a_restart_breaks_no_connection_through_the_vip(backend: &str) {
         ok(lab.wait_alive(LIMIT));
         ok(lab.wait_vip_paths(&[0, 1, 2, 3], LIMIT));
         let (sent, failed, _) = tally(&ok(frontdoor::finish_load(bg)), 4);
-        let (broken, _, per) = release(&held, None);
+        let (broken, _, per, ports) = release(&held, None);
+        print_tables_of(&lab, &ports, &[0, 1, 2, 3]);
         println!(
             "{backend}, {} client: restart of h2's dprd: {broken} of {HELD} held broken \
              (held per host {:?}); {failed} of {sent} new connections failed",
