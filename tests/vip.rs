@@ -41,9 +41,9 @@ fn spec_with(backend: &str, hosts: usize, door: FrontDoor) -> LabSpec {
         hosts,
         backend: backend.into(),
         front_door: Some(door),
-        // Every host serves what ECMP gives it: the test is about the front
-        // door, not the policy (and today's engine cannot redirect a VIP).
-        threshold: 1e6,
+        // DPR's policy decides at the SYN where a VIP connection is served
+        // (the lab's default threshold: with 200 connections held, hosts
+        // redirect to their least-loaded peer).
         service_ms: 5,
         workers: 64,
         ..LabSpec::default()
@@ -226,6 +226,8 @@ struct Held {
     out: PathBuf,
     /// Serving host of each connection (by the hosts' socket tables).
     owner: Vec<Option<usize>>,
+    /// The client's port of each.
+    ports: Vec<u16>,
 }
 
 fn hold_connections(lab: &mut Lab, v6: bool, n: usize, step: usize, live: &[usize]) -> Held {
@@ -274,11 +276,36 @@ fn hold_connections(lab: &mut Lab, v6: bool, n: usize, step: usize, live: &[usiz
         }
     }
     let owner = ports.iter().map(|p| by_port.get(p).copied()).collect();
-    Held { go, out, owner }
+    Held {
+        go,
+        out,
+        owner,
+        ports,
+    }
 }
 
-/// Lets them finish; (broken, broken among those `dead` served).
-fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
+/// What every running host's tables hold for the client's `port` (the
+/// admin request `connections`: the routing and served tables), printed
+/// for each broken connection a live host served: where its flow was known.
+fn print_tables_of(lab: &Lab, ports: &[u16], hosts: &[usize]) {
+    for &port in ports {
+        let mut out = Vec::new();
+        for &i in hosts {
+            let Ok(text) = lab.admin(i, "connections") else {
+                continue;
+            };
+            let needle = format!(":{port}\"");
+            for row in text.split('{').filter(|r| r.contains(&needle)) {
+                out.push(format!("h{i} {}", row.trim_end_matches([',', '}', ']'])));
+            }
+        }
+        println!("    port {port}: {}", out.join(" | "));
+    }
+}
+
+/// Lets them finish; (broken, broken among those `dead` served, held per
+/// host, client ports of the broken ones a live host served).
+fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>, Vec<u16>) {
     ok(std::fs::write(&h.go, "").map_err(|e| format!("{}: {e}", h.go.display())));
     let deadline = Instant::now() + Duration::from_secs(90);
     while !h.out.exists() {
@@ -298,6 +325,19 @@ fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
     let broken: Vec<usize> = (0..lines.len())
         .filter(|k| !lines[*k].starts_with("ok "))
         .collect();
+    let mut live_broken = Vec::new();
+    for k in &broken {
+        let owner = h.owner.get(*k).copied().flatten();
+        let port = h.ports.get(*k).copied().unwrap_or(0);
+        println!(
+            "  broken: connection {k} (port {port}), served by {:?}: {}",
+            owner.map(|o| format!("h{o}")),
+            lines[*k]
+        );
+        if owner != dead {
+            live_broken.push(port);
+        }
+    }
     let of_dead = broken
         .iter()
         .filter(|k| dead.is_some() && h.owner.get(**k).copied().flatten() == dead)
@@ -306,6 +346,7 @@ fn release(h: &Held, dead: Option<usize>) -> (usize, usize, Vec<usize>) {
         broken.len() + h.owner.len().saturating_sub(lines.len()),
         of_dead,
         per_host,
+        live_broken,
     )
 }
 
@@ -341,7 +382,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     follow(&lab, &live);
     let took = ok(lab.wait_vip_paths(&live, LIMIT));
     let (new_sent, new_failed) = new_of(bg);
-    let (broken, _, per) = release(&held, None);
+    let (broken, _, per, ports) = release(&held, None);
+    print_tables_of(&lab, &ports, &live);
     rows.push(Row {
         step: "1 join h4",
         held: HELD,
@@ -351,6 +393,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
         note: format!("announced in {took:?}; held per host {:?}", &per[..5]),
         ..Row::default()
     });
+    print_vip_counters(&lab, "1 join", &live);
     // 2. h1 drained and withdrawn, then removed once its connections end.
     let held = hold_connections(&mut lab, v6, HELD, 2, &live);
     let bg = during(&lab, 12);
@@ -359,7 +402,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     follow(&lab, &live);
     let took = ok(lab.wait_vip_paths(&live, LIMIT));
     std::thread::sleep(Duration::from_secs(1));
-    let (broken, _, per) = release(&held, None);
+    let (broken, _, per, ports) = release(&held, None);
+    print_tables_of(&lab, &ports, &live);
     let (new_sent, new_failed) = new_of(bg);
     ok(lab
         .stop_dprd_drained(1, Duration::from_secs(10))
@@ -373,6 +417,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
         note: format!("withdrawn in {took:?}; held per host {:?}", &per[..5]),
         ..Row::default()
     });
+    print_vip_counters(&lab, "2 drain", &live);
     // 3. h2's dprd restarts (SIGTERM without a drain: held, announced).
     let held = hold_connections(&mut lab, v6, HELD, 3, &live);
     let bg = during(&lab, 13);
@@ -381,7 +426,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     ok(lab.wait_alive(LIMIT));
     let paths = ok(lab.wait_vip_paths(&live, LIMIT));
     let (new_sent, new_failed) = new_of(bg);
-    let (broken, _, per) = release(&held, None);
+    let (broken, _, per, ports) = release(&held, None);
+    print_tables_of(&lab, &ports, &live);
     rows.push(Row {
         step: "3 restart h2's dprd",
         held: HELD,
@@ -391,6 +437,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
         note: format!("route unchanged ({paths:?}); held per host {:?}", &per[..5]),
         ..Row::default()
     });
+    print_vip_counters(&lab, "3 restart", &live);
     // 4. h3 dies: its link goes down; BFD tells the router.
     let held = hold_connections(&mut lab, v6, HELD, 4, &live);
     let bg = during(&lab, 14);
@@ -399,7 +446,8 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     follow(&lab, &live);
     let detect = ok(lab.wait_vip_paths(&live, LIMIT));
     let (new_sent, new_failed) = new_of(bg);
-    let (broken, of_dead, per) = release(&held, Some(3));
+    let (broken, of_dead, per, ports) = release(&held, Some(3));
+    print_tables_of(&lab, &ports, &live);
     rows.push(Row {
         step: "4 h3 dies (link down)",
         held: HELD,
@@ -417,7 +465,42 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
             per[3]
         ),
     });
+    print_vip_counters(&lab, "4 death", &live);
     rows
+}
+
+/// The VIP counters of the hosts that run dprd (non-zero ones): what
+/// ask-on-miss did in a step.
+fn print_vip_counters(lab: &Lab, step: &str, hosts: &[usize]) {
+    for &i in hosts {
+        let Ok(st) = lab.status(i) else {
+            continue;
+        };
+        let c: Vec<String> = st
+            .events
+            .iter()
+            .chain(&st.io)
+            .filter(|(k, v)| {
+                **v > 0
+                    && (k.starts_with("vip_")
+                        || k.starts_with("control_rejected")
+                        || k.contains("recover")
+                        || k.contains("restored")
+                        || k.contains("cut")
+                        || k.as_str() == "unknown_flow_delivered")
+            })
+            .map(|(k, v)| format!("{}={v}", k.trim_start_matches("vip_")))
+            .collect();
+        let rst = st.verdicts.get("replied").copied().unwrap_or(0);
+        println!(
+            "  {step}: h{i} ({}): routes={} served={} expired={} replied={rst} {}",
+            st.phase,
+            st.routes,
+            st.served,
+            st.expired,
+            c.join(" ")
+        );
+    }
 }
 
 fn print_rows(title: &str, rows: &[Row]) {
@@ -490,7 +573,8 @@ fn a_restart_breaks_no_connection_through_the_vip(backend: &str) {
         ok(lab.wait_alive(LIMIT));
         ok(lab.wait_vip_paths(&[0, 1, 2, 3], LIMIT));
         let (sent, failed, _) = tally(&ok(frontdoor::finish_load(bg)), 4);
-        let (broken, _, per) = release(&held, None);
+        let (broken, _, per, ports) = release(&held, None);
+        print_tables_of(&lab, &ports, &[0, 1, 2, 3]);
         println!(
             "{backend}, {} client: restart of h2's dprd: {broken} of {HELD} held broken \
              (held per host {:?}); {failed} of {sent} new connections failed",
@@ -513,12 +597,10 @@ mod tun {
         super::a_restart_breaks_no_connection_through_the_vip("tun");
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv4() {
         super::five_steps("tun", false);
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv6() {
         super::five_steps("tun", true);
     }
@@ -532,7 +614,6 @@ mod resilient {
     use dpr_lab::frontdoor::FrontDoor;
 
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip) for the drain and death steps; run with --ignored after the merge"]
     fn the_five_steps_ipv4_tun() {
         super::five_steps_with("tun", false, FrontDoor::Resilient);
     }
@@ -548,12 +629,10 @@ mod af_xdp_native {
         super::a_restart_breaks_no_connection_through_the_vip("af-xdp-native");
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv4() {
         super::five_steps("af-xdp-native", false);
     }
     #[test]
-    #[ignore = "issue 18: needs connection consistency (branch vip); run with --ignored after the merge"]
     fn the_five_steps_ipv6() {
         super::five_steps("af-xdp-native", true);
     }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  ns client  eth0 198.19.1.2/24, fd00:c::2/64 ── eth0 ns router eth1 198.18.0.254/24, fd00:18::fe/64 ── bridge
-//!  ns h<i>    eth0 198.18.0.(11+i)/24, fd00:18::(11+i)/64 on the bridge; lo: VIP 198.19.0.100/32, fd00:dead::100/128
+//!  ns h<i>    eth0 198.18.0.(11+i)/24, fd00:18::(11+i)/64 on the bridge; dprd's TUN: VIP 198.19.0.100/32, fd00:dead::100/128
 //!  router:    198.19.0.100 and fd00:dead::100 ─► ECMP over the hosts that announce them
 //!             (net.ipv4/ipv6.fib_multipath_hash_policy = 1: the 5-tuple)
 //! ```
@@ -49,6 +49,14 @@ const ROUTER_CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 const ROUTER_CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 1);
 /// The kernel table of dprd's announcement routes (`[bgp] announce_table`).
 pub const ANNOUNCE_TABLE: u32 = 102;
+/// How long a host holds a packet of a flow it does not know while it asks
+/// its peers who serves it (`[vip] claim_deadline_ms`). The engine's 50 ms
+/// default is a query's round trip many times over on an idle host; on
+/// this shared 2-core machine under the steps' load a claim took up to
+/// 50 ms and more (a flow given up too early goes to the local stack,
+/// which resets it). Below `dead_after_ms` (500): a flow of a dead host
+/// is reset before the router has even dropped it.
+pub const CLAIM_DEADLINE_MS: u64 = 300;
 /// The router's AS number.
 pub const ROUTER_ASN: u32 = 65000;
 /// BFD interval (ms) and multiplier: a dead host is noticed within about
@@ -192,7 +200,7 @@ impl Lab {
     }
 
     /// Builds the front door (after the hosts are on the bridge): the
-    /// hosts' IPv6 addresses, VIPs on `lo` and default routes; the router
+    /// hosts' IPv6 addresses and default routes (dprd holds the VIPs); the router
     /// and the client behind it.
     pub(crate) fn build_front_door(&mut self, br: &str) -> Result<(), String> {
         for i in 0..self.spec.hosts {
@@ -207,21 +215,9 @@ impl Lab {
                 "eth0",
                 "nodad",
             ])?;
-            // The VIPs: on `lo`, where neither ARP (arp_ignore=1, set by
-            // dprd; and the VIPs are off the segment, so nobody asks) nor
-            // neighbour discovery (only for addresses of the receiving
-            // interface) answers for them.
-            ip(&["-n", &ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{VIP6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ])?;
+            // The VIPs are dprd's (`[vip] addrs`): it holds them on its
+            // TUN device (no ARP, no neighbour discovery there) while it
+            // runs or holds its set-up, and announces them.
             ip(&[
                 "-n",
                 &ns,

@@ -422,30 +422,36 @@ impl Lab {
                 1,
             );
         }
-        if s.front_door.is_some() {
-            // The VIPs are this host's service addresses, announced while
-            // it is healthy (a peer's placeholder service address below is
-            // never used: with today's engine a connection to a VIP is not
-            // redirected to a peer that does not list it).
+        let vip = s.front_door.is_some();
+        if vip {
+            // VIP mode: the hosts have no service address of their own;
+            // every one holds the shared VIPs (`[vip] addrs`), DPR's policy
+            // decides at the SYN which host serves (the one ECMP picked, or
+            // a peer it redirects to), and a packet of a flow ECMP moved is
+            // claimed by its owner (ask-on-miss). The VIPs are announced
+            // while the host is healthy (`[bgp]`).
             t = t.replacen(
                 &format!("service_addrs = [\"{}\"]", service_addr(i)),
-                &format!(
-                    "service_addrs = [\"{}\", \"{}\"]",
-                    crate::frontdoor::VIP4,
-                    crate::frontdoor::VIP6
-                ),
+                "service_addrs = []",
                 1,
             );
             t += &format!(
-                "\n[bgp]\nannounce_table = {}\n",
+                "\n[vip]\naddrs = [\"{}\", \"{}\"]\nclaim_deadline_ms = {}\n\n[bgp]\nannounce_table = {}\n",
+                crate::frontdoor::VIP4,
+                crate::frontdoor::VIP6,
+                crate::frontdoor::CLAIM_DEADLINE_MS,
                 crate::frontdoor::ANNOUNCE_TABLE
             );
         }
         for j in (0..s.hosts).filter(|j| *j != i) {
+            let peer_service = if vip {
+                String::new()
+            } else {
+                format!("\"{}\"", service_addr(j))
+            };
             t += &format!(
-                "\n[[cluster.peers]]\nid = {j}\nname = \"h{j}\"\ntunnel_addr = \"{}\"\nservice_addrs = [\"{}\"]\n",
+                "\n[[cluster.peers]]\nid = {j}\nname = \"h{j}\"\ntunnel_addr = \"{}\"\nservice_addrs = [{peer_service}]\n",
                 tunnel_addr(j),
-                service_addr(j)
             );
         }
         t

@@ -1344,6 +1344,21 @@ impl Engine {
                 self.counters.c.connections_ended += 1;
                 self.local_ended(inner.flow);
             }
+            // A SYN for a 4-tuple whose served connection has ended is a new
+            // connection (clients reuse ports within seconds of a close; the
+            // new one may come from another peer): its entry starts afresh,
+            // or it would stay `Closing` with the old origin, and this host
+            // would neither claim it when a peer asks (VIP mode) nor name
+            // it to its origin after a restart.
+            if flags.is_syn()
+                && self
+                    .served
+                    .get(&inner.flow)
+                    .is_some_and(|e| matches!(e.state, ConnState::Closing | ConnState::Closed))
+            {
+                self.served.remove(&inner.flow);
+                self.counters.c.syn_new_incarnations += 1;
+            }
             // The steering hash is the inner flow's (`flow_hash`).
             let h = hash.unwrap_or_else(|| self.hasher.hash(&inner.flow));
             debug_assert_eq!(h, self.hasher.hash(&inner.flow));

@@ -1110,6 +1110,47 @@ fn recovery_answers_name_open_connections_only() {
     assert!(e.served_for(PeerId(2), t).is_empty());
 }
 
+/// A client reuses the 4-tuple of a redirected connection that ended: the
+/// served entry starts afresh with the new SYN (counted as a new
+/// incarnation), so the new connection is named to its origin and claimed
+/// in VIP mode, instead of staying `Closing` from the old one and dropping
+/// out after the FIN grace time while it lives.
+#[test]
+fn a_reused_four_tuple_is_served_afresh() {
+    let mut e = engine_with(Some(PeerId(1)), |_| {});
+    let to_b = |seq, flags| {
+        tcp_packet(
+            client(7),
+            SocketAddr::new(B_SVC.into(), 80),
+            seq,
+            1,
+            flags,
+            None,
+            &[],
+        )
+    };
+    let flow = parse_ip(&to_b(0, TcpFlags::SYN)).unwrap().flow;
+    let t = Timestamp::from_millis(1);
+    run(&mut e, t, &from_b(&to_b(0, TcpFlags::SYN), B_TUN));
+    run(&mut e, t, &from_b(&to_b(1, TcpFlags::ACK), B_TUN));
+    run(
+        &mut e,
+        t,
+        &from_b(&to_b(1, TcpFlags::FIN | TcpFlags::ACK), B_TUN),
+    );
+    // The same 4-tuple again, within the closing timeout.
+    let t2 = Timestamp::from_millis(2_000);
+    assert_eq!(
+        run(&mut e, t2, &from_b(&to_b(9_000, TcpFlags::SYN), B_TUN)).0,
+        Verdict::Deliver
+    );
+    run(&mut e, t2, &from_b(&to_b(9_001, TcpFlags::ACK), B_TUN));
+    assert_eq!(e.counters().syn_new_incarnations, 1);
+    // Long after the old one's grace time, the new one is still served.
+    let later = Timestamp::from_millis(2_000 + 10_000);
+    assert_eq!(e.served_for(PeerId(1), later), vec![flow]);
+}
+
 /// A route restored after a restart counts as forwarded until its client's
 /// FIN, then for the FIN grace time only.
 #[test]

@@ -685,10 +685,12 @@ impl Config {
                 "the TUN backend's host setup is IPv4-only for now",
             ));
         }
-        if h.service_addrs.is_empty() {
+        // With VIPs a host needs no address of its own (every host serves
+        // the shared ones); without, it needs one.
+        if h.service_addrs.is_empty() && self.vip.addrs.is_empty() {
             return Err(bad(
                 "host.service_addrs",
-                "at least one service address is needed",
+                "at least one service address (or a [vip] addrs) is needed",
             ));
         }
         for (i, a) in h.service_addrs.iter().enumerate() {
@@ -802,10 +804,10 @@ impl Config {
                 return Err(bad(f("tunnel_addr"), "already used by another host"));
             }
             tunnels.push(p.tunnel_addr);
-            if p.service_addrs.is_empty() {
+            if p.service_addrs.is_empty() && self.vip.addrs.is_empty() {
                 return Err(bad(
                     f("service_addrs"),
-                    "at least one service address is needed",
+                    "at least one service address (or a [vip] addrs) is needed",
                 ));
             }
             for a in &p.service_addrs {
@@ -1199,6 +1201,24 @@ service_addrs = ["198.18.0.2"]
                 .count()
                 == 2
         );
+    }
+
+    #[test]
+    fn a_vip_only_host_needs_no_service_address_of_its_own() {
+        let vip_only = GOOD
+            .replace("service_addrs = [\"198.18.0.1\"]", "service_addrs = []")
+            .replace("service_addrs = [\"198.18.0.2\"]", "service_addrs = []");
+        // Without VIPs it serves nothing: refused, naming the field.
+        match Config::parse(&vip_only) {
+            Err(ConfigError::Field { field, .. }) => assert_eq!(field, "host.service_addrs"),
+            other => unreachable!("{other:?}"),
+        }
+        let text = format!("{vip_only}\n[vip]\naddrs = [\"198.18.0.10\", \"2001:db8::10\"]\n");
+        let c = Config::parse(&text).unwrap_or_else(|e| unreachable!("{e}"));
+        let vips = c.vip.addrs.clone();
+        assert_eq!(c.engine_config().service_addrs, vips);
+        assert_eq!(c.peer_configs()[0].service_addrs, vips);
+        assert_eq!(c.xdp_plan().service_addrs, vips);
     }
 
     #[test]

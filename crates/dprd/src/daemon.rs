@@ -146,7 +146,7 @@ pub fn host_plan(cfg: &Config, tun: &TunDevice, divert: bool) -> HostPlan {
         tun_ifindex: tun.ifindex,
         tunnel_addr,
         service_addrs: cfg.host.service_addrs.clone(),
-        vips: Vec::new(),
+        vips: cfg.vip.addrs.clone(),
         announce_table: cfg.bgp.announce_table,
         peer_service_addrs: cfg.peer_service_v4(),
         service_ports: cfg.host.service_ports.clone(),
@@ -846,21 +846,26 @@ impl LoopCtx {
         let rows: Vec<serde_json::Value> = self
             .engines
             .ask(move |e| {
+                let row = |table: &str, c: dpr_table::ConnEntry| {
+                    serde_json::json!({
+                        "table": table,
+                        "client": SocketAddr::new(c.key.src, c.key.src_port).to_string(),
+                        "service": SocketAddr::new(c.key.dst, c.key.dst_port).to_string(),
+                        "peer": match c.route {
+                            dpr_table::Route::Local => None,
+                            dpr_table::Route::Peer(p) => Some(p.0),
+                        },
+                        "state": format!("{:?}", c.state),
+                        "idle_ms": now.0.saturating_sub(c.last_seen.0) / 1_000_000,
+                    })
+                };
+                // The routing table, then the served-for-peers table
+                // (`peer`: the host that redirected the connection here).
                 e.routes()
                     .iter()
                     .take(10_000)
-                    .map(|c| {
-                        serde_json::json!({
-                            "client": SocketAddr::new(c.key.src, c.key.src_port).to_string(),
-                            "service": SocketAddr::new(c.key.dst, c.key.dst_port).to_string(),
-                            "peer": match c.route {
-                                dpr_table::Route::Local => None,
-                                dpr_table::Route::Peer(p) => Some(p.0),
-                            },
-                            "state": format!("{:?}", c.state),
-                            "idle_ms": now.0.saturating_sub(c.last_seen.0) / 1_000_000,
-                        })
-                    })
+                    .map(|c| row("routes", c))
+                    .chain(e.served().iter().take(10_000).map(|c| row("served", c)))
                     .collect::<Vec<_>>()
             })
             .concat();
