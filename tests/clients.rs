@@ -38,9 +38,11 @@ pub fn load_host0(lab: &mut Lab, n: usize, hold_secs: u32) {
 }
 
 /// A client script: opens `n` connections to `addr`:80, sends each a POST
-/// with half its body, waits for `go` to exist, sends the other halves and
-/// writes one line per connection to `out`: `ok <served-by>` or `error ...`.
-const HALF_POSTS: &str = r#"
+/// with half its body, writes the local port of each (one a line) to
+/// `out.ports`, then `out.ready`; waits (at most 120 s) for `go` to exist,
+/// sends the other halves and writes one line per connection to `out`:
+/// `ok <served-by>` or `error ...`.
+pub const HALF_POSTS: &str = r#"
 import os, socket, sys, time
 addr, n, go, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 body = b"x" * 2000
@@ -49,8 +51,10 @@ for _ in range(n):
     s = socket.create_connection((addr, 80), timeout=30)
     s.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2000\r\n\r\n" + body[:1000])
     conns.append(s)
+with open(out + ".ports", "w") as f:
+    f.write("\n".join(str(s.getsockname()[1]) for s in conns) + "\n")
 open(out + ".ready", "w").close()
-deadline = time.time() + 90
+deadline = time.time() + 120
 while not os.path.exists(go) and time.time() < deadline:
     time.sleep(0.05)
 lines = []

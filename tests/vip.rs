@@ -26,6 +26,7 @@
 use dpr_lab::frontdoor::{self, FrontDoor, vip};
 use dpr_lab::lab::{Lab, LabSpec, LoadSpec};
 use dpr_lab::loadgen::{Dispatch, LoadResult};
+use dpr_tests::clients::HALF_POSTS;
 use dpr_tests::{ok, programs, root_or_skip};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -183,43 +184,6 @@ fn ecmp_spreads_both_families_and_follows_bgp(backend: &str) {
 }
 
 // ---- The five steps of the issue. ----
-
-/// Half-sent POSTs to a VIP: opens `n`, writes the local port of each (one
-/// a line) to `out.ports`, then `out.ready`; waits for `go`; finishes each
-/// and writes `ok <served-by>` or `error ...` per connection to `out`.
-const HALF_POSTS: &str = r#"
-import os, socket, sys, time
-addr, n, go, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-body = b"x" * 2000
-conns = []
-for _ in range(n):
-    s = socket.create_connection((addr, 80), timeout=30)
-    s.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2000\r\n\r\n" + body[:1000])
-    conns.append(s)
-with open(out + ".ports", "w") as f:
-    f.write("\n".join(str(s.getsockname()[1]) for s in conns) + "\n")
-open(out + ".ready", "w").close()
-deadline = time.time() + 120
-while not os.path.exists(go) and time.time() < deadline:
-    time.sleep(0.05)
-lines = []
-for s in conns:
-    try:
-        s.sendall(body[1000:])
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        text = data.decode("latin-1")
-        head, _, rest = text.partition("\r\n\r\n")
-        lines.append("ok " + rest.split()[1] if rest.startswith("served-by") else "error " + repr(text[:80]))
-    except Exception as e:
-        lines.append("error " + repr(e))
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-"#;
 
 /// 200 connections held open through the VIP, and which host serves each.
 struct Held {

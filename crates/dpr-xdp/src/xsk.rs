@@ -474,6 +474,56 @@ impl XskSocket {
         })
     }
 
+    /// Carries out what the caller decided for a received chunk at `base`:
+    /// queue it for transmission (its range checked against the chunk), or
+    /// give it back to the fill ring.
+    fn carry_out(&mut self, base: u64, action: RxAction) {
+        Self::carry_out_in(
+            self.frame_size,
+            &mut self.counters,
+            &mut self.refill,
+            &mut self.tx_batch,
+            base,
+            action,
+        );
+    }
+
+    /// [`Self::carry_out`] on the socket's parts (for use while its rx ring
+    /// is borrowed).
+    fn carry_out_in(
+        frame_size: u64,
+        counters: &mut XskCounters,
+        refill: &mut Vec<u64>,
+        tx_batch: &mut Vec<XdpDesc>,
+        base: u64,
+        action: RxAction,
+    ) {
+        let fs = frame_size as usize;
+        match action {
+            RxAction::Transmit { offset, len } => {
+                let fits = offset.checked_add(len).is_some_and(|e| e <= fs);
+                if !fits || len == 0 {
+                    counters.tx_bad_range += 1;
+                    refill.push(base);
+                } else {
+                    tx_batch.push(XdpDesc {
+                        addr: base + offset as u64,
+                        len: len as u32,
+                        options: 0,
+                    });
+                }
+            }
+            RxAction::Drop => {
+                counters.dropped += 1;
+                refill.push(base);
+            }
+            RxAction::Copied => {
+                counters.copied += 1;
+                refill.push(base);
+            }
+        }
+    }
+
     /// Reads up to `max` received frames and calls `f(frame, offset, len)`
     /// for each: `frame` is the whole chunk (headroom included), the packet
     /// is `frame[offset..offset + len]`. Frames the callback transmits are
@@ -509,29 +559,15 @@ impl XskSocket {
                 // the mapping, which outlives this borrow; no other slice of
                 // this chunk exists (one callback at a time).
                 let frame = unsafe { &mut *chunk.addr.as_ptr() };
-                match f(frame, off, len) {
-                    RxAction::Transmit { offset, len } => {
-                        let fits = offset.checked_add(len).is_some_and(|e| e <= fs as usize);
-                        if !fits || len == 0 {
-                            self.counters.tx_bad_range += 1;
-                            self.refill.push(base);
-                        } else {
-                            self.tx_batch.push(XdpDesc {
-                                addr: base + offset as u64,
-                                len: len as u32,
-                                options: 0,
-                            });
-                        }
-                    }
-                    RxAction::Drop => {
-                        self.counters.dropped += 1;
-                        self.refill.push(base);
-                    }
-                    RxAction::Copied => {
-                        self.counters.copied += 1;
-                        self.refill.push(base);
-                    }
-                }
+                let action = f(frame, off, len);
+                Self::carry_out_in(
+                    fs,
+                    &mut self.counters,
+                    &mut self.refill,
+                    &mut self.tx_batch,
+                    base,
+                    action,
+                );
             }
             rx.release();
         }
@@ -614,29 +650,7 @@ impl XskSocket {
         }
         f(&mut frames);
         for (&base, r) in lent.iter().zip(frames) {
-            match r.action {
-                RxAction::Transmit { offset, len } => {
-                    let fits = offset.checked_add(len).is_some_and(|e| e <= fs as usize);
-                    if !fits || len == 0 {
-                        self.counters.tx_bad_range += 1;
-                        self.refill.push(base);
-                    } else {
-                        self.tx_batch.push(XdpDesc {
-                            addr: base + offset as u64,
-                            len: len as u32,
-                            options: 0,
-                        });
-                    }
-                }
-                RxAction::Drop => {
-                    self.counters.dropped += 1;
-                    self.refill.push(base);
-                }
-                RxAction::Copied => {
-                    self.counters.copied += 1;
-                    self.refill.push(base);
-                }
-            }
+            self.carry_out(base, r.action);
         }
         for &base in &lent {
             let idx = (base / fs) as usize;
