@@ -59,6 +59,14 @@ fn redirecting_pair(auth: &str, extra: &str) -> Lab {
         );
     }
     load_host0(&mut lab, 2, 120);
+    // The redirect needs host 1 eligible at the upload's SYN: under load a
+    // report can come late and leave it suspect for a moment (then host 0
+    // serves the upload itself and the fast path is never used).
+    wait_for(&lab, Duration::from_secs(10), "host 1 alive", |s| {
+        s.peers
+            .iter()
+            .any(|p| p.peer.id == 1 && p.peer.state == "alive")
+    });
     lab
 }
 
