@@ -774,7 +774,10 @@ impl<B: BpfSys> XdpProgram<B> {
     /// Creates the maps, loads the program, then writes the services, the
     /// peers and (with `plan.decap`) the decapsulation pairs, in that
     /// order. Sockets and attachment are [`XdpBackend::start`]'s.
-    pub fn load(bpf: B, plan: &XdpPlan) -> Result<Self, XdpError> {
+    ///
+    /// With `own_mac` (the uplink's), the program passes frames addressed
+    /// to other hosts to the kernel (see `dpr_xdp::program`).
+    pub fn load(bpf: B, plan: &XdpPlan, own_mac: Option<[u8; 6]>) -> Result<Self, XdpError> {
         let program = RouterProgram::load_with(
             bpf,
             &ProgramConfig {
@@ -785,6 +788,7 @@ impl<B: BpfSys> XdpProgram<B> {
                 // client retransmits), never answered by the local stack.
                 missing_socket: MissingSocket::Drop,
                 fast_path_mtu: plan.fast_path.then_some(plan.tunnel_mtu),
+                own_mac,
                 ..ProgramConfig::default()
             },
         )
@@ -915,7 +919,7 @@ impl XdpBackend {
                 );
             }
         }
-        let mut program = XdpProgram::load(RealBpf, plan)?;
+        let mut program = XdpProgram::load(RealBpf, plan, Some(mac))?;
         let mut sockets = Vec::new();
         for q in 0..plan.queues {
             let s = XskSocket::bind(ifindex, q, &plan.xsk).map_err(|source| XdpError::Socket {
@@ -1223,8 +1227,8 @@ mod tests {
         Arc<FastPathPeers<FakeProgram>>,
         FastPathWriter<FakeProgram, FakeProgram>,
     ) {
-        let a = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
-        let b = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let a = XdpProgram::load(bpf.clone(), &plan(vec![]), None).unwrap();
+        let b = XdpProgram::load(bpf.clone(), &plan(vec![]), None).unwrap();
         let peers = Arc::new(FastPathPeers::with_sink(a.program, 4));
         let w = FastPathWriter::new(b.program, peers.clone(), 2);
         (peers, w)
@@ -1385,7 +1389,7 @@ mod tests {
     #[test]
     fn keyed_flows_are_written_once_per_tag_and_removed_when_they_end() {
         let bpf = FakeBpf::new();
-        let prog = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let prog = XdpProgram::load(bpf.clone(), &plan(vec![]), None).unwrap();
         let mut prog = KeyedFlowWriter::new(prog.program);
         let flow = dpr_packet::FlowKey::new(
             IpProtocol::Tcp,
@@ -1445,7 +1449,7 @@ mod tests {
             peer("198.18.0.12", &["198.18.0.2"]),
             peer("2001:db8::12", &["2001:db8::2"]),
         ]);
-        let _prog = XdpProgram::load(bpf.clone(), &p).unwrap();
+        let _prog = XdpProgram::load(bpf.clone(), &p, None).unwrap();
         let words = match &bpf.calls()[10] {
             BpfCall::ProgLoad { words, .. } => *words,
             other => panic!("{other:?}"),
@@ -1495,6 +1499,7 @@ mod tests {
                 peer("198.18.0.12", &["198.18.0.2"]),
                 peer("198.18.0.13", &["198.18.0.3"]),
             ]),
+            None,
         )
         .unwrap();
         let before = bpf.calls().len();
@@ -1530,6 +1535,7 @@ mod tests {
                 peer("198.18.0.13", &["198.18.0.3", "198.18.0.33"]),
                 peer("198.18.0.14", &["198.18.0.4"]),
             ]),
+            None,
         )
         .unwrap();
         for m in ["dpr_svc4", "dpr_peer4", "dpr_peer6", "dpr_tsvc4"] {
@@ -1542,7 +1548,7 @@ mod tests {
         let bpf = FakeBpf::new();
         let mut p = plan(vec![peer("198.18.0.12", &["198.18.0.2"])]);
         p.decap = false;
-        let mut prog = XdpProgram::load(bpf.clone(), &p).unwrap();
+        let mut prog = XdpProgram::load(bpf.clone(), &p, None).unwrap();
         prog.set_peers(&[peer("198.18.0.13", &["198.18.0.3"])])
             .unwrap();
         assert!(bpf.entries("dpr_tsvc4").is_empty());
@@ -1555,6 +1561,7 @@ mod tests {
         let mut prog = XdpProgram::load(
             bpf.clone(),
             &plan(vec![peer("198.18.0.12", &["198.18.0.2"])]),
+            None,
         )
         .unwrap();
         // The update of the new peer (after the delete of the old) fails.
@@ -1583,7 +1590,7 @@ mod tests {
         let bpf = FakeBpf::new();
         // Every program load is refused (the second carries the log).
         bpf.with(|s| s.refuse.push(|c| matches!(c, BpfCall::ProgLoad { .. })));
-        let e = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap_err();
+        let e = XdpProgram::load(bpf.clone(), &plan(vec![]), None).unwrap_err();
         assert!(
             matches!(e, XdpError::Load(dpr_xdp::Error::Verifier { .. })),
             "{e}"
@@ -1602,7 +1609,7 @@ mod tests {
     #[test]
     fn auto_mode_falls_back_to_generic_and_dropping_the_link_detaches() {
         let bpf = FakeBpf::new();
-        let prog = XdpProgram::load(bpf.clone(), &plan(vec![])).unwrap();
+        let prog = XdpProgram::load(bpf.clone(), &plan(vec![]), None).unwrap();
         // Native (XDP_FLAGS_DRV_MODE, 4) refused, generic (2) accepted.
         bpf.with(|s| {
             s.refuse

@@ -44,6 +44,10 @@ pub struct ProgramConfig {
     pub fast_path_mtu: Option<u16>,
     /// Flows of the send side's fast path (an LRU map).
     pub max_fast_path_flows: u32,
+    /// The interface's MAC: frames addressed to any other are passed to
+    /// the kernel before any other test (`None`: every destination is
+    /// taken, as for frames built by hand in a test run).
+    pub own_mac: Option<[u8; 6]>,
 }
 
 impl Default for ProgramConfig {
@@ -57,6 +61,7 @@ impl Default for ProgramConfig {
             missing_socket: MissingSocket::Pass,
             fast_path_mtu: None,
             max_fast_path_flows: 65_536,
+            own_mac: None,
         }
     }
 }
@@ -531,7 +536,8 @@ impl<B: BpfSys> RouterProgram<B> {
             xsks: bpf.map_fd(&xsks),
             counters: bpf.map_fd(&counters),
         };
-        let insns = program::router_program(&fds, cfg.missing_socket, cfg.fast_path_mtu)?;
+        let insns =
+            program::router_program(&fds, cfg.missing_socket, cfg.fast_path_mtu, cfg.own_mac)?;
         let prog = load_xdp_with(&bpf, &crate::asm::encode(&insns), "dpr_router")?;
         Ok(Self {
             bpf,

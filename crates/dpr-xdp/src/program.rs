@@ -14,6 +14,7 @@
 //! | the keyed tunnel's GRE over IPv4 from a peer, untagged, the same plain case, of a flow in `keyed_flows_v4` for that peer with the same tag | **decapsulated here** and passed to the kernel |
 //! | IP protocol 4, 41 or 47 (IP-in-IP, IPv6-in-IP, the keyed tunnel's GRE) from an address in `peers_v4`/`peers_v6` (anything else) | redirect |
 //! | Ethernet with one 802.1Q / 802.1ad tag | as above, after the tag |
+//! | with the interface's MAC given (`own_mac`): a frame addressed to another MAC | pass (before anything else; see below), counted `OtherHost` if that MAC is unicast |
 //! | anything else: ARP, other ports, UDP, ICMP, non-peer IP-in-IP, two VLAN tags, other IPv6 extension headers, IPv4 with a bad version or IHL, truncated headers | pass |
 //!
 //! **Decapsulation in the program.** Most packets a peer tunnels to this host
@@ -58,6 +59,18 @@
 //! packet would exceed the MTU (the engine answers "too big"), and the
 //! flows of a peer whose generation moved: the control thread bumps it
 //! when the engine holds the peer dead or it left, and on every reload.
+//!
+//! **Frames for another host.** XDP runs before the kernel's own
+//! destination-MAC filter: a switch flooding unknown unicast (a bridge
+//! whose port went down forgets the MAC behind it, and floods the frames
+//! the upstream router still sends there until it notices), or an
+//! interface in promiscuous mode, hands the program frames addressed to
+//! other hosts. Taking them would make this host answer connections that
+//! are not its own (a second SYN-ACK, resets for the real owner's
+//! packets), so with `own_mac` the program passes them to the kernel
+//! untouched — which drops them, as it does without XDP — before any
+//! other test. Three 16-bit compares against the MAC built into the
+//! program at load (a MAC change needs a reload of the program).
 //!
 //! When the queue has no socket in `xsks`, `bpf_redirect_map` returns the
 //! configured fallback ([`MissingSocket`], pass by default): before the
@@ -132,7 +145,8 @@ impl MissingSocket {
 }
 
 /// The program's counters, indices into the per-CPU `counters` array.
-/// Every packet increments exactly one of `Pass` … `PeerV6` or `DecapV4`;
+/// Every packet increments exactly one of `Pass` … `PeerV6`, `DecapV4`,
+/// `DecapGreV4`, `ForwardV4` or `OtherHost`;
 /// `NoSocket` additionally counts redirects that found no socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -162,11 +176,15 @@ pub enum Counter {
     /// flow (in `fwd_flows_v4`, its peer's generation current),
     /// encapsulated here and sent back out of the interface (`XDP_TX`).
     ForwardV4 = 10,
+    /// A frame addressed to another host's MAC (unknown unicast flooded by
+    /// a switch, a promiscuous interface): passed to the kernel, which
+    /// drops it. Only with the interface's MAC built in (`own_mac`).
+    OtherHost = 11,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::Pass,
         Counter::ServiceV4,
         Counter::FragmentV4,
@@ -178,9 +196,10 @@ impl Counter {
         Counter::DecapV4,
         Counter::DecapGreV4,
         Counter::ForwardV4,
+        Counter::OtherHost,
     ];
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// The map file descriptors the program refers to.
@@ -248,14 +267,17 @@ const TCP_FIN_SYN_RST: i32 = 0x07;
 
 /// Builds the program for the given maps and missing-socket action; with
 /// `fast_path_mtu`, the send side's fast path (see the module
-/// documentation) for outer packets of at most that many bytes.
+/// documentation) for outer packets of at most that many bytes; with
+/// `own_mac`, frames addressed to any other MAC are passed first.
 pub fn router_program(
     maps: &MapFds,
     missing: MissingSocket,
     fast_path_mtu: Option<u16>,
+    own_mac: Option<[u8; 6]>,
 ) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::new();
     let pass = a.label();
+    let other_host = a.label();
     let redirect = a.label();
     let vlan = a.label();
     let l3 = a.label();
@@ -274,6 +296,15 @@ pub fn router_program(
     a.load(Size::W, R8, R6, 4); // xdp_md.data_end
     a.mov_reg(R9, R7).alu_imm(Alu::Add, R9, 14);
     a.jmp_reg(Cond::Gt, R9, R8, pass); // shorter than an Ethernet header
+    if let Some(mac) = own_mac {
+        // 16-bit loads are zero-extended and compared with a positive
+        // immediate: no sign extension to get wrong.
+        for k in [0usize, 2, 4] {
+            let want = u16::from_ne_bytes([mac[k], mac[k + 1]]);
+            a.load(Size::H, R2, R7, k as i16);
+            a.jmp_imm(Cond::Ne, R2, i32::from(want), other_host);
+        }
+    }
     a.load(Size::H, R2, R7, 12);
     a.jmp_imm(Cond::Eq, R2, ETH_P_8021Q, vlan);
     a.jmp_imm(Cond::Eq, R2, ETH_P_8021AD, vlan);
@@ -413,6 +444,20 @@ pub fn router_program(
     count(&mut a, maps.counters, Some(Counter::Pass));
     a.mov_imm(R0, XDP_PASS as i32);
     a.exit();
+
+    // ---- Another host's frame: to the kernel, which drops it. (Only
+    // with the MAC: the verifier refuses unreachable instructions.)
+    // A group address (broadcast, multicast: the I/G bit) is no other
+    // host's: passed as any non-router frame is.
+    if own_mac.is_some() {
+        a.bind(other_host);
+        a.load(Size::B, R2, R7, 0);
+        a.alu_imm(Alu::And, R2, 1);
+        a.jmp_imm(Cond::Ne, R2, 0, pass);
+        count(&mut a, maps.counters, Some(Counter::OtherHost));
+        a.mov_imm(R0, XDP_PASS as i32);
+        a.exit();
+    }
 
     a.finish()
 }
@@ -767,12 +812,18 @@ mod tests {
             xsks: 7,
             counters: 8,
         };
-        let p = router_program(&fds, MissingSocket::Pass, None).unwrap();
+        let p = router_program(&fds, MissingSocket::Pass, None, None).unwrap();
         eprintln!("router program: {} instructions", p.len());
         assert!(p.len() < 400, "{} insns", p.len());
         assert_eq!(p.last().map(|i| i.code), Some(0x95));
         // The fast path's two copies (IP-in-IP, GRE) of the encapsulation.
-        let f = router_program(&fds, MissingSocket::Pass, Some(1500)).unwrap();
+        let f = router_program(
+            &fds,
+            MissingSocket::Pass,
+            Some(1500),
+            Some([2, 0, 0, 0, 0, 1]),
+        )
+        .unwrap();
         eprintln!("with the fast path: {} instructions", f.len());
         assert!(f.len() < 400 + 250, "{} insns", f.len());
         assert_eq!(f.last().map(|i| i.code), Some(0x95));

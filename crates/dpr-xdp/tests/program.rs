@@ -21,8 +21,14 @@ const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// peers 198.19.0.2 and 2001:db8:1::2, no sockets, router traffic dropped
 /// (so "would redirect" shows as XDP_DROP, distinct from XDP_PASS).
 fn loaded(missing: MissingSocket) -> RouterProgram {
+    loaded_for(missing, None)
+}
+
+/// [`loaded`], with the interface's MAC built in.
+fn loaded_for(missing: MissingSocket, own_mac: Option<[u8; 6]>) -> RouterProgram {
     let cfg = ProgramConfig {
         missing_socket: missing,
+        own_mac,
         ..ProgramConfig::default()
     };
     let mut p = match RouterProgram::load(&cfg) {
@@ -359,6 +365,60 @@ fn every_frame_class_gets_its_verdict() {
         }
         assert_eq!(p.counters().unwrap().0, want, "{name}: counters");
     }
+}
+
+/// With the interface's MAC built in, a frame addressed to it gets the
+/// verdict it gets without (every class), and the same frame addressed to
+/// another host's MAC (a switch flooding unknown unicast, a promiscuous
+/// interface) is passed to the kernel and counted, whatever it carries:
+/// the router never answers a connection that is not its own.
+#[test]
+fn frames_for_another_mac_go_to_the_kernel() {
+    if !root_or_skip("frames_for_another_mac_go_to_the_kernel") {
+        return;
+    }
+    // The cases are addressed to MAC_A.
+    let ours = loaded_for(MissingSocket::Drop, Some(MAC_A));
+    let theirs = loaded_for(MissingSocket::Drop, Some(MAC_B));
+    let mut want = [0u64; Counter::COUNT as usize];
+    let (mut other, mut group) = (0, 0);
+    for (name, frame, counter) in cases() {
+        // A group address (the ARP broadcast) is nobody's in particular:
+        // passed by both, as a frame that is not the router's.
+        let is_group = frame[0] & 1 == 1;
+        let counter = if is_group { Counter::Pass } else { counter };
+        let expected = if counter == Counter::Pass {
+            XDP_PASS
+        } else {
+            XDP_DROP
+        };
+        assert_eq!(ours.test_run(&frame).unwrap(), expected, "{name}");
+        want[counter as usize] += 1;
+        if counter != Counter::Pass {
+            want[Counter::NoSocket as usize] += 1;
+        }
+        assert_eq!(ours.counters().unwrap().0, want, "{name}: counters");
+        assert_eq!(theirs.test_run(&frame).unwrap(), XDP_PASS, "{name}");
+        if is_group {
+            group += 1;
+        } else {
+            other += 1;
+        }
+        let c = theirs.counters().unwrap();
+        assert_eq!(
+            (c.get(Counter::OtherHost), c.get(Counter::Pass)),
+            (other, group),
+            "{name}"
+        );
+        assert_eq!(c.0.iter().sum::<u64>(), other + group, "{name}: {:?}", c.0);
+    }
+    assert!(other > 20 && group > 0, "{other} {group}");
+    // Only the destination decides: MAC_A differs from MAC_B in its last
+    // byte; one differing in the first byte is another host too.
+    let mut frame = v4_syn(80);
+    frame[0] ^= 0x80;
+    assert_eq!(ours.test_run(&frame).unwrap(), XDP_PASS);
+    assert_eq!(ours.counters().unwrap().get(Counter::OtherHost), 1);
 }
 
 /// With an empty socket slot and the default fallback, this kernel's
