@@ -114,6 +114,9 @@ fn tally(r: &LoadResult, hosts: usize) -> (usize, usize, Vec<usize>) {
     for t in r.values() {
         sent += t.sent;
         errors += t.errors;
+        for f in &t.failures {
+            println!("  new connection failed: {f}");
+        }
         for (i, s) in served.iter_mut().enumerate() {
             *s += t.served_by.get(&format!("h{i}")).copied().unwrap_or(0);
         }
@@ -405,6 +408,7 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     print_vip_counters(&lab, "3 restart", &live);
     // 4. h3 dies: its link goes down; BFD tells the router.
     let held = hold_connections(&mut lab, v6, HELD, 4, &live);
+    capture(&mut lab, &live);
     let bg = during(&lab, 14);
     ok(lab.set_host_link(3, false));
     live.retain(|i| *i != 3);
@@ -434,6 +438,40 @@ fn the_five_steps(backend: &str, v6: bool, door: FrontDoor) -> Vec<Row> {
     rows
 }
 
+/// With `DPR_VIP_PCAP=dir` set, tcpdump on every host's and the client's
+/// eth0 from here to the end of the lab (service TCP and the tunnels):
+/// who sent what, when a step breaks something.
+fn capture(lab: &mut Lab, hosts: &[usize]) {
+    let Some(dir) = std::env::var_os("DPR_VIP_PCAP") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let mut who: Vec<(String, String)> = hosts
+        .iter()
+        .map(|&i| (lab.host_ns(i), format!("h{i}")))
+        .collect();
+    who.push((lab.client_ns(), "client".into()));
+    for (ns, name) in who {
+        let file = dir
+            .join(format!("{}-{name}.pcap", lab.prefix))
+            .to_string_lossy()
+            .into_owned();
+        let args = [
+            "-i",
+            "eth0",
+            "-U",
+            "-s",
+            "128",
+            "-w",
+            &file,
+            "tcp port 80 or ip proto 4 or ip proto 47 or ip6 proto 41 or ip proto 41",
+        ];
+        ok(lab.spawn_in(&ns, "tcpdump", &args));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// The VIP counters of the hosts that run dprd (non-zero ones): what
 /// ask-on-miss did in a step.
 fn print_vip_counters(lab: &Lab, step: &str, hosts: &[usize]) {
@@ -447,11 +485,16 @@ fn print_vip_counters(lab: &Lab, step: &str, hosts: &[usize]) {
             .chain(&st.io)
             .filter(|(k, v)| {
                 **v > 0
-                    && (k.starts_with("vip_")
+                    && (std::env::var_os("DPR_VIP_PCAP").is_some()
+                        || k.starts_with("vip_")
                         || k.starts_with("control_rejected")
                         || k.contains("recover")
                         || k.contains("restored")
                         || k.contains("cut")
+                        || k.contains("reset")
+                        || k.contains("too_big")
+                        || k.as_str() == "xdp_prog_otherhost"
+                        || k.starts_with("drop")
                         || k.as_str() == "unknown_flow_delivered")
             })
             .map(|(k, v)| format!("{}={v}", k.trim_start_matches("vip_")))

@@ -34,7 +34,15 @@ pub struct TargetResult {
     pub latencies_ms: Vec<f64>,
     /// Answers per serving host name.
     pub served_by: BTreeMap<String, usize>,
+    /// What the first failures were (at most [`FAILURES_KEPT`]): the
+    /// client's port when it had one, the time into the connection, and
+    /// the error, so a failure can be matched to a host's tables.
+    #[serde(default)]
+    pub failures: Vec<String>,
 }
+
+/// How many failures a target keeps the text of.
+pub const FAILURES_KEPT: usize = 32;
 
 impl TargetResult {
     /// The p-quantile of the latencies (0 when none).
@@ -108,8 +116,13 @@ pub fn shortest_queue(inflight: &[usize]) -> usize {
 }
 
 fn one(addr: SocketAddr, size: usize) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+    exchange(&mut s, size).map_err(|e| format!("port {port}: {e}"))
+}
+
+fn exchange(s: &mut TcpStream, size: usize) -> Result<String, String> {
     s.set_read_timeout(Some(Duration::from_secs(15)))
         .map_err(|e| e.to_string())?;
     write!(
@@ -224,7 +237,12 @@ pub fn run(
                         e.latencies_ms.push(ms);
                         *e.served_by.entry(by).or_default() += 1;
                     }
-                    Err(_) => e.errors += 1,
+                    Err(why) => {
+                        e.errors += 1;
+                        if e.failures.len() < FAILURES_KEPT {
+                            e.failures.push(format!("{why} (after {ms:.0} ms)"));
+                        }
+                    }
                 }
                 drop(g);
                 per_target_c[h].fetch_sub(1, Ordering::Relaxed);
