@@ -120,6 +120,12 @@ pub struct VipCounters {
     /// Locally served connections adopted from the kernel's socket table
     /// (after a restart, or confirmed by a dump).
     pub adopted_local: u64,
+    /// Packets of a VIP flow routed to a dead or departed peer, asked
+    /// about instead of reset: behind ECMP a route may be an older
+    /// connection's on the same 4-tuple (its end went through another
+    /// host), and a live peer may serve this one. (Nobody claims a flow
+    /// the dead peer served: it is reset at the deadline, as before.)
+    pub dead_routes_asked: u64,
 }
 
 impl VipCounters {
@@ -136,6 +142,7 @@ impl VipCounters {
             claims_answered,
             claims_late,
             adopted_local,
+            dead_routes_asked,
         } = o;
         self.misses_asked += misses_asked;
         self.reasks += reasks;
@@ -148,6 +155,7 @@ impl VipCounters {
         self.claims_answered += claims_answered;
         self.claims_late += claims_late;
         self.adopted_local += adopted_local;
+        self.dead_routes_asked += dead_routes_asked;
     }
 }
 

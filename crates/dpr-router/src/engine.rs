@@ -1014,6 +1014,11 @@ impl Engine {
         }
         match known {
             PacketOutcome::Unknown if self.is_vip_flow(flow) => self.miss(now, pkt, meta),
+            PacketOutcome::Forward(Route::Peer(p)) | PacketOutcome::Reset(Route::Peer(p))
+                if !self.peer_usable(p) && self.is_vip_flow(flow) =>
+            {
+                self.dead_route_miss(now, p, pkt, meta)
+            }
             PacketOutcome::Unknown if self.recovering => Verdict::Drop(DropReason::Recovering),
             PacketOutcome::Unknown => {
                 self.counters.c.unknown_flow_delivered += 1;

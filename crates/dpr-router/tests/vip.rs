@@ -633,3 +633,80 @@ fn forged_and_unsolicited_claims_route_nothing() {
     let now = c.now();
     assert!(c.hosts[0].engine.serves_flows(&[held], now).is_empty());
 }
+
+/// A route to a dead peer may be an older connection's on the same
+/// 4-tuple (its end went through another host): in VIP mode the packet is
+/// asked about, and the live peer that serves this connection claims it,
+/// instead of the client getting a reset. (In the lab: a client port used
+/// again 35 s later; a host still routed it to the host that then died,
+/// and reset the new connection a live host served when ECMP moved it
+/// there.)
+#[test]
+fn a_route_to_a_dead_peer_is_asked_about_not_reset() {
+    use dpr_packet::tcp::TcpFlags;
+    use dpr_router::harness::{SERVICE_PORT, tcp::tcp_packet, vip_addr};
+    use dpr_router::{PacketBuf, Verdict};
+    use dpr_table::{PeerState, Route};
+    use std::net::SocketAddr;
+    let mut c = small(3, |_, _| {});
+    // A held-open connection that ECMP brings to host 1, which serves it
+    // (every host is under the threshold).
+    let mut found = None;
+    for _ in 0..60 {
+        let (a, p) = c.connect_vip(7, false, true);
+        c.run_for(Duration::from_millis(5));
+        if c.conn_of(a, p).and_then(|x| x.served_by()) == Some("host1") {
+            found = Some((a, p));
+            break;
+        }
+    }
+    let (caddr, port) = found.expect("no connection landed on host 1 in 60");
+    // Host 0 holds a route for the same 4-tuple to host 2: a SYN host 0
+    // once redirected there (over its threshold, host 2 the least loaded).
+    c.hosts[0].forced_load = Some(50);
+    c.hosts[1].forced_load = Some(40);
+    c.hosts[2].forced_load = Some(0);
+    c.run_for(Duration::from_millis(300));
+    let (client, vip) = (
+        SocketAddr::new(caddr, port),
+        SocketAddr::new(vip_addr(false), SERVICE_PORT),
+    );
+    let syn = tcp_packet(client, vip, 1, 0, TcpFlags::SYN, Some(1400), b"");
+    let mut buf = vec![0u8; 64 + syn.len() + 64];
+    buf[64..64 + syn.len()].copy_from_slice(&syn);
+    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+    let now = c.now();
+    let v = c.hosts[0].engine.process(now, &mut pb);
+    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    let flow = dpr_packet::FlowKey::new(
+        dpr_packet::IpProtocol::Tcp,
+        caddr,
+        port,
+        vip.ip(),
+        SERVICE_PORT,
+    );
+    let route = c.hosts[0].engine.routes().get(&flow).map(|e| e.route);
+    assert_eq!(route, Some(Route::Peer(PeerId(2))));
+    // Host 2 dies and leaves the ECMP group; host 1 withdraws (it still
+    // serves its connections): every flow now reaches host 0.
+    c.kill(2);
+    c.withdraw(2);
+    c.withdraw(1);
+    c.run_for(Duration::from_secs(1));
+    let st = c.hosts[0].engine.loads().peer(PeerId(2)).unwrap().state;
+    assert!(matches!(st, PeerState::Dead), "{st:?}");
+    // The connection's next request: host 0 asks, host 1 claims.
+    assert!(c.request_from(caddr, port));
+    c.run_for(Duration::from_millis(200));
+    let conn = c.conn_of(caddr, port).unwrap();
+    assert_eq!(conn.state, ClientState::Established);
+    // The whole response again (the request cleared the first), from
+    // host 1.
+    assert!(conn.finished_at.is_some(), "no second response");
+    assert_eq!(conn.served_by(), Some("host1"));
+    let e = c.hosts[0].engine.counters();
+    assert_eq!(e.vip.dead_routes_asked, 1);
+    assert_eq!(e.dead_peer_resets, 0);
+    assert_eq!(e.vip.flows_claimed, 1);
+    assert_eq!(c.hosts[1].engine.counters().vip.claims_answered, 1);
+}

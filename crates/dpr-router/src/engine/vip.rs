@@ -93,6 +93,29 @@ impl Engine {
             .is_some_and(|v| v.addrs.contains(&flow.dst))
     }
 
+    /// A non-SYN packet of a VIP flow routed to `p`, which is dead or
+    /// gone: the route is dropped (and the flow remembered for the cut
+    /// notice, as a reset would be) and the packet is a miss. Behind ECMP
+    /// the route may be an older connection's on the same 4-tuple, whose
+    /// end went through another host, while a live peer serves this one:
+    /// it claims the flow. A flow the dead peer served is claimed by
+    /// nobody and reaches the local stack at the deadline, which resets
+    /// it: the client learns 50 ms later than from an immediate reset.
+    pub(super) fn dead_route_miss(
+        &mut self,
+        now: Timestamp,
+        p: PeerId,
+        pkt: &PacketBuf<'_>,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        self.counters.peer(p).dead_peer_packets += 1;
+        self.counters.c.vip.dead_routes_asked += 1;
+        if self.routes.remove(&meta.flow).is_some() && meta.flow.protocol == IpProtocol::Tcp {
+            self.remember_cut(p, meta.flow);
+        }
+        self.miss(now, pkt, meta)
+    }
+
     /// A non-SYN packet of a flow neither the routing table nor the served
     /// table holds, in VIP mode: hold it and ask the peers, unless there is
     /// no live peer to ask (then the local stack it is, at once).
