@@ -291,10 +291,20 @@ fn control_loss(percent: u32) {
     std::fs::write(lab.config_path(0), &cfg).unwrap();
     let a = ok(lab.admin(0, "reload"));
     assert!(a.contains("\"ok\":true"), "{a}");
-    let base = event(&status(&lab, 0), "new_redirected");
-    let (go, out) = start_half_posts(&mut lab, CONNECTIONS);
-    std::thread::sleep(Duration::from_millis(300));
+    let decided = |s: &Status| event(s, "new_redirected") + event(s, "new_local");
     let s0 = status(&lab, 0);
+    let (base, base_decided) = (event(&s0, "new_redirected"), decided(&s0));
+    let (go, out) = start_half_posts(&mut lab, CONNECTIONS);
+    // The workers publish their counters every few milliseconds: wait
+    // (bounded) until every connection's decision is counted.
+    let counted = Instant::now();
+    let mut s0 = status(&lab, 0);
+    while decided(&s0) - base_decided < CONNECTIONS as u64
+        && counted.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        s0 = status(&lab, 0);
+    }
     let redirected = event(&s0, "new_redirected") - base;
     let peers_before: Vec<Status> = (1..3).map(|i| status(&lab, i)).collect();
     eprintln!(
