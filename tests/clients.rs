@@ -40,7 +40,8 @@ pub fn load_host0(lab: &mut Lab, n: usize, hold_secs: u32) {
 /// A client script: opens `n` connections to `addr`:80, sends each a POST
 /// with half its body, writes the local port of each (one a line) to
 /// `out.ports`, then `out.ready`; waits (at most 120 s) for `go` to exist,
-/// sends the other halves and writes one line per connection to `out`:
+/// sends every other half, then reads every answer (a connection that
+/// hangs holds back no other), and writes one line per connection to `out`:
 /// `ok <served-by>` or `error ...`.
 pub const HALF_POSTS: &str = r#"
 import os, socket, sys, time
@@ -57,10 +58,21 @@ open(out + ".ready", "w").close()
 deadline = time.time() + 120
 while not os.path.exists(go) and time.time() < deadline:
     time.sleep(0.05)
-lines = []
+# Every body first, then every answer: a connection that hangs (its host
+# died) must not hold back the others' bodies past the server's timeout.
+sent = []
 for s in conns:
     try:
         s.sendall(body[1000:])
+        sent.append(None)
+    except Exception as e:
+        sent.append(e)
+lines = []
+for s, err in zip(conns, sent):
+    if err is not None:
+        lines.append("error " + repr(err))
+        continue
+    try:
         data = b""
         while True:
             chunk = s.recv(65536)
