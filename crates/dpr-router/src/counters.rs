@@ -126,6 +126,10 @@ pub struct VipCounters {
     /// host), and a live peer may serve this one. (Nobody claims a flow
     /// the dead peer served: it is reset at the deadline, as before.)
     pub dead_routes_asked: u64,
+    /// Routes dropped because a peer sent this host the SYN of the same
+    /// 4-tuple: an older connection's route (its end went through another
+    /// host), which would send the packets of the one served here away.
+    pub stale_routes_dropped: u64,
 }
 
 impl VipCounters {
@@ -143,6 +147,7 @@ impl VipCounters {
             claims_late,
             adopted_local,
             dead_routes_asked,
+            stale_routes_dropped,
         } = o;
         self.misses_asked += misses_asked;
         self.reasks += reasks;
@@ -156,6 +161,7 @@ impl VipCounters {
         self.claims_late += claims_late;
         self.adopted_local += adopted_local;
         self.dead_routes_asked += dead_routes_asked;
+        self.stale_routes_dropped += stale_routes_dropped;
     }
 }
 

@@ -1382,6 +1382,16 @@ impl Engine {
                     Ok(_) => {}
                     Err(_) => self.counters.c.table_insert_failures += 1,
                 }
+                // A route this host holds for the 4-tuple is an older
+                // connection's (behind ECMP its end may have gone through
+                // another host): this one is served here, and the route
+                // would send its packets away when ECMP brings them here.
+                if let Some(old) = self.routes.remove(&inner.flow) {
+                    if matches!(old.state, ConnState::SynSeen | ConnState::Established) {
+                        self.connection_ended(old.route, inner.flow);
+                    }
+                    self.counters.c.vip.stale_routes_dropped += 1;
+                }
                 self.counters.c.new_from_peer += 1;
                 self.counters.peer(origin).served_connections += 1;
                 self.last_redirector = Some(origin);

@@ -710,3 +710,78 @@ fn a_route_to_a_dead_peer_is_asked_about_not_reset() {
     assert_eq!(e.vip.flows_claimed, 1);
     assert_eq!(c.hosts[1].engine.counters().vip.claims_answered, 1);
 }
+
+/// A host that a peer sends the SYN of a 4-tuple serves that connection:
+/// a route it still holds for the 4-tuple is an older connection's (its
+/// end went through another host) and is dropped, or it would send the new
+/// connection's packets away when ECMP brings them straight here. (In the
+/// lab: a reused client port; the serving host still routed it to a third
+/// host, and the client timed out after a drain moved its flow there.)
+#[test]
+fn a_connection_served_for_a_peer_drops_an_older_route_of_its_4_tuple() {
+    use dpr_packet::tcp::TcpFlags;
+    use dpr_router::harness::{SERVICE_PORT, client_addr, tcp::tcp_packet, vip_addr};
+    use dpr_router::{PacketBuf, Verdict};
+    use dpr_table::Route;
+    use std::net::SocketAddr;
+    let mut c = small(3, |_, _| {});
+    // A client whose first port (40000) ECMP sends to host 0.
+    let vip = SocketAddr::new(vip_addr(false), SERVICE_PORT);
+    let flow_of = |j: usize| {
+        dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            client_addr(j, false),
+            40000,
+            vip.ip(),
+            SERVICE_PORT,
+        )
+    };
+    let j = (20..200)
+        .find(|&j| c.ecmp_pick(&flow_of(j)) == Some(0))
+        .expect("a client ECMP sends to host 0");
+    let flow = flow_of(j);
+    // Host 1 holds a route for that 4-tuple to host 2: an older connection
+    // it redirected (over its threshold, host 2 the least loaded).
+    for (i, l) in [(0, 40), (1, 50), (2, 0)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(Duration::from_millis(300));
+    let syn = tcp_packet(
+        SocketAddr::new(flow.src, 40000),
+        vip,
+        1,
+        0,
+        TcpFlags::SYN,
+        Some(1400),
+        b"",
+    );
+    let mut buf = vec![0u8; 64 + syn.len() + 64];
+    buf[64..64 + syn.len()].copy_from_slice(&syn);
+    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+    let now = c.now();
+    assert!(matches!(
+        c.hosts[1].engine.process(now, &mut pb),
+        Verdict::Forward { .. }
+    ));
+    let route_at_1 = |c: &Cluster| c.hosts[1].engine.routes().get(&flow).map(|e| e.route);
+    assert_eq!(route_at_1(&c), Some(Route::Peer(PeerId(2))));
+    // The new connection on that 4-tuple: host 0 redirects it to host 1.
+    for (i, l) in [(0, 50), (1, 0), (2, 40)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(Duration::from_millis(300));
+    let (caddr, port) = c.connect_vip(j, false, true);
+    assert_eq!(port, 40000);
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
+    assert_eq!(route_at_1(&c), None, "the older route is gone");
+    assert_eq!(c.hosts[1].engine.counters().vip.stale_routes_dropped, 1);
+    // ECMP now brings the flow straight to host 1, which serves it.
+    c.withdraw(0);
+    assert!(c.request_from(caddr, port));
+    c.run_for(Duration::from_millis(200));
+    let conn = c.conn_of(caddr, port).unwrap();
+    assert_eq!(conn.state, ClientState::Established);
+    assert!(conn.finished_at.is_some(), "no second response");
+    assert_eq!(conn.served_by(), Some("host1"));
+}
