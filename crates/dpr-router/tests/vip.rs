@@ -696,14 +696,7 @@ fn a_route_to_a_dead_peer_is_asked_about_not_reset() {
     let st = c.hosts[0].engine.loads().peer(PeerId(2)).unwrap().state;
     assert!(matches!(st, PeerState::Dead), "{st:?}");
     // The connection's next request: host 0 asks, host 1 claims.
-    assert!(c.request_from(caddr, port));
-    c.run_for(Duration::from_millis(200));
-    let conn = c.conn_of(caddr, port).unwrap();
-    assert_eq!(conn.state, ClientState::Established);
-    // The whole response again (the request cleared the first), from
-    // host 1.
-    assert!(conn.finished_at.is_some(), "no second response");
-    assert_eq!(conn.served_by(), Some("host1"));
+    answered_again_by(&mut c, caddr, port, "host1");
     let e = c.hosts[0].engine.counters();
     assert_eq!(e.vip.dead_routes_asked, 1);
     assert_eq!(e.dead_peer_resets, 0);
@@ -778,10 +771,16 @@ fn a_connection_served_for_a_peer_drops_an_older_route_of_its_4_tuple() {
     assert_eq!(c.hosts[1].engine.counters().vip.stale_routes_dropped, 1);
     // ECMP now brings the flow straight to host 1, which serves it.
     c.withdraw(0);
+    answered_again_by(&mut c, caddr, port, "host1");
+}
+
+/// The held-open connection's next request gets its whole response (the
+/// request cleared the first) from `host`, and the connection stays open.
+fn answered_again_by(c: &mut Cluster, caddr: IpAddr, port: u16, host: &str) {
     assert!(c.request_from(caddr, port));
     c.run_for(Duration::from_millis(200));
     let conn = c.conn_of(caddr, port).unwrap();
     assert_eq!(conn.state, ClientState::Established);
     assert!(conn.finished_at.is_some(), "no second response");
-    assert_eq!(conn.served_by(), Some("host1"));
+    assert_eq!(conn.served_by(), Some(host));
 }
