@@ -130,6 +130,15 @@ pub struct VipCounters {
     /// 4-tuple: an older connection's route (its end went through another
     /// host), which would send the packets of the one served here away.
     pub stale_routes_dropped: u64,
+    /// Packets a peer tunnelled here of a VIP flow this host does not
+    /// serve (the peer's route is an older connection's on the same
+    /// 4-tuple): asked about like a miss and passed on to the claimer,
+    /// instead of the local stack resetting them.
+    pub strays_asked: u64,
+    /// SYNs of a 4-tuple this host served for a peer, arriving from the
+    /// client or from another peer: a new connection, and the older
+    /// served entry is dropped (it would claim the new one's packets).
+    pub stale_served_dropped: u64,
 }
 
 impl VipCounters {
@@ -148,6 +157,8 @@ impl VipCounters {
             adopted_local,
             dead_routes_asked,
             stale_routes_dropped,
+            strays_asked,
+            stale_served_dropped,
         } = o;
         self.misses_asked += misses_asked;
         self.reasks += reasks;
@@ -162,6 +173,8 @@ impl VipCounters {
         self.adopted_local += adopted_local;
         self.dead_routes_asked += dead_routes_asked;
         self.stale_routes_dropped += stale_routes_dropped;
+        self.strays_asked += strays_asked;
+        self.stale_served_dropped += stale_served_dropped;
     }
 }
 

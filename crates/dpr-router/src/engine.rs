@@ -596,6 +596,27 @@ impl Engine {
         }
     }
 
+    /// A served connection's entry ended or was dropped other than at a
+    /// FIN or RST its origin tunnelled here (which note it themselves):
+    /// the XDP program stops decapsulating the origin's packets of the
+    /// flow, so that any later one reaches the engine (VIP mode: a stale
+    /// route's packets are strays to ask about, not the stack's to reset).
+    pub(super) fn served_entry_gone(&mut self, flow: FlowKey, route: Route) {
+        if !self.cfg.keyed_flow_events {
+            return;
+        }
+        let Route::Peer(p) = route else {
+            return;
+        };
+        if let Some(peer) = self.loads.peer(p).map(|r| r.tunnel_addr) {
+            self.note_keyed_flow(KeyedFlowEvent {
+                peer,
+                flow,
+                tag: None,
+            });
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.counters.snapshot()
@@ -923,6 +944,11 @@ impl Engine {
                         new_incarnation = true;
                         recorded = false;
                     }
+                }
+            }
+            if !recorded && self.is_vip_flow(flow) {
+                if let Some(v) = self.vip_syn_served(flow, isn) {
+                    return v;
                 }
             }
         } else if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
@@ -1321,6 +1347,9 @@ impl Engine {
         }
         if inner.flow.protocol == IpProtocol::Tcp {
             let flags = inner.tcp_flags;
+            if let Some(v) = self.stray_from_peer(now, origin, pkt, &inner) {
+                return v;
+            }
             if let (true, Some(g)) = (self.cfg.keyed_flow_events, d.gre) {
                 // Accepted while open (new, learned, or a new tag); ended at
                 // the client's FIN or RST; the packets after a FIN (its last
@@ -1354,15 +1383,29 @@ impl Engine {
             // new one may come from another peer): its entry starts afresh,
             // or it would stay `Closing` with the old origin, and this host
             // would neither claim it when a peer asks (VIP mode) nor name
-            // it to its origin after a restart.
-            if flags.is_syn()
-                && self
-                    .served
-                    .get(&inner.flow)
-                    .is_some_and(|e| matches!(e.state, ConnState::Closing | ConnState::Closed))
-            {
-                self.served.remove(&inner.flow);
-                self.counters.c.syn_new_incarnations += 1;
+            // it to its origin after a restart. So is a SYN with another
+            // sequence number than the entry's, or one after an entry
+            // learnt mid-connection: behind ECMP an older connection's end
+            // may have gone through another host and never reached this
+            // entry. The same number is the SYN again (its SYN-ACK lost).
+            let isn = if flags.is_syn() {
+                tcp_seq(pkt.bytes(), &inner)
+            } else {
+                None
+            };
+            if let (true, Some(e)) = (flags.is_syn(), self.served.get(&inner.flow)) {
+                let live = matches!(e.state, ConnState::SynSeen | ConnState::Established);
+                let same = e.isn.is_some() && e.isn == isn;
+                if !live || !same {
+                    self.served.remove(&inner.flow);
+                    self.counters.c.syn_new_incarnations += 1;
+                    self.served_entry_gone(inner.flow, e.route);
+                    if live {
+                        self.counters.c.vip.stale_served_dropped += 1;
+                        self.counters.c.connections_ended += 1;
+                        self.local_ended(inner.flow);
+                    }
+                }
             }
             // The steering hash is the inner flow's (`flow_hash`).
             let h = hash.unwrap_or_else(|| self.hasher.hash(&inner.flow));
@@ -1378,7 +1421,13 @@ impl Engine {
             if flags.is_syn() && outcome == PacketOutcome::Unknown {
                 // One hop only: a connection that arrived from a peer is
                 // served here and never redirected again.
-                match self.served.insert(&inner.flow, Route::Peer(origin), now) {
+                let inserted = match isn {
+                    Some(isn) => self
+                        .served
+                        .insert_syn(&inner.flow, Route::Peer(origin), isn, now),
+                    None => self.served.insert(&inner.flow, Route::Peer(origin), now),
+                };
+                match inserted {
                     Ok(_) => {}
                     Err(_) => self.counters.c.table_insert_failures += 1,
                 }

@@ -784,3 +784,229 @@ fn answered_again_by(c: &mut Cluster, caddr: IpAddr, port: u16, host: &str) {
     assert!(conn.finished_at.is_some(), "no second response");
     assert_eq!(conn.served_by(), Some(host));
 }
+
+/// A route to a live host that no longer serves the flow: behind ECMP a
+/// host may hold a route of an older connection on the same 4-tuple (its
+/// end went through another host) to a peer that has since forgotten it.
+/// The peer it reaches asks who serves the flow instead of handing it to
+/// its stack (which would reset it), and passes it on to the claimer.
+/// (In the lab: a reused client port; one held connection timed out when
+/// a drain moved its flow to a host with such a route.)
+#[test]
+fn a_route_to_a_live_host_that_no_longer_serves_the_flow_is_asked_about() {
+    use dpr_packet::tcp::TcpFlags;
+    use dpr_router::harness::{SERVICE_PORT, client_addr, tcp::tcp_packet, vip_addr};
+    use dpr_router::{PacketBuf, Verdict};
+    use dpr_table::Route;
+    use std::net::SocketAddr;
+    let mut c = small(3, |_, _| {});
+    let vip = SocketAddr::new(vip_addr(false), SERVICE_PORT);
+    let flow_of = |j: usize| {
+        dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            client_addr(j, false),
+            40000,
+            vip.ip(),
+            SERVICE_PORT,
+        )
+    };
+    let j = (20..200)
+        .find(|&j| c.ecmp_pick(&flow_of(j)) == Some(1))
+        .expect("a client ECMP sends to host 1");
+    let flow = flow_of(j);
+    // Host 0 holds a route for the 4-tuple to host 2: an older connection
+    // it redirected there (over its threshold, host 2 the least loaded),
+    // long ended at host 2 (here: the forwarded SYN never reached it).
+    for (i, l) in [(0, 50), (1, 40), (2, 0)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(Duration::from_millis(300));
+    let syn = tcp_packet(
+        SocketAddr::new(flow.src, 40000),
+        vip,
+        1,
+        0,
+        TcpFlags::SYN,
+        Some(1400),
+        b"",
+    );
+    let mut buf = vec![0u8; 64 + syn.len() + 64];
+    buf[64..64 + syn.len()].copy_from_slice(&syn);
+    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+    let now = c.now();
+    assert!(matches!(
+        c.hosts[0].engine.process(now, &mut pb),
+        Verdict::Forward { .. }
+    ));
+    let route_at_0 = |c: &Cluster| c.hosts[0].engine.routes().get(&flow).map(|e| e.route);
+    assert_eq!(route_at_0(&c), Some(Route::Peer(PeerId(2))));
+    // The new connection on that 4-tuple: ECMP brings it to host 1, which
+    // serves it (every host under the threshold).
+    for i in 0..3 {
+        c.hosts[i].forced_load = Some(0);
+    }
+    c.run_for(Duration::from_millis(300));
+    let (caddr, port) = c.connect_vip(j, false, true);
+    assert_eq!(port, 40000);
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
+    // Hosts 1 and 2 withdraw (both live, host 1 still serving): the flow
+    // now reaches host 0, whose route sends it to host 2.
+    c.withdraw(1);
+    c.withdraw(2);
+    answered_again_by(&mut c, caddr, port, "host1");
+    let h2 = c.hosts[2].engine.counters();
+    assert!(h2.vip.strays_asked >= 1, "{:?}", h2.vip);
+    assert_eq!(h2.vip.flows_claimed, 1);
+    assert!(c.hosts[1].engine.counters().vip.claims_answered >= 1);
+}
+
+/// A connection served for a peer, closed by its client once ECMP brought
+/// it straight to the serving host: the FIN ends its served entry there,
+/// so the host does not claim a later connection on the 4-tuple. And SYNs
+/// of that 4-tuple: the same SYN again (same sequence number) straight
+/// from the client is delivered (the stack has it), another one is a new
+/// connection and drops the entry, from the client or from a peer. (In the
+/// lab: a host that still claimed an older connection's 4-tuple drew a
+/// reused port's packets to its stack.)
+#[test]
+fn a_served_entry_follows_its_connection_and_yields_to_a_new_one() {
+    use dpr_packet::tcp::TcpFlags;
+    use dpr_router::harness::{SERVICE_PORT, tcp::tcp_packet, vip_addr};
+    use dpr_router::{PacketBuf, Verdict};
+    use dpr_table::{ConnState, Route};
+    use std::net::SocketAddr;
+    let vip = SocketAddr::new(vip_addr(false), SERVICE_PORT);
+    // Connection `k` of a cluster where host 0 redirects to host 1: ECMP
+    // sends it to host 0, host 1 serves it.
+    let served_at_1 = |k: usize| {
+        // With the XDP program's keyed-flow events (AF_XDP): an entry's end
+        // must reach the program, or it goes on handing a stale route's
+        // packets to the stack.
+        let mut c = small(3, |_, e| e.keyed_flow_events = true);
+        for (i, l) in [(0, 50), (1, 0), (2, 40)] {
+            c.hosts[i].forced_load = Some(l);
+        }
+        c.run_for(Duration::from_millis(300));
+        let j = (20..200)
+            .find(|&j| {
+                let f = dpr_packet::FlowKey::new(
+                    dpr_packet::IpProtocol::Tcp,
+                    dpr_router::harness::client_addr(j, false),
+                    40000,
+                    vip.ip(),
+                    SERVICE_PORT,
+                );
+                c.ecmp_pick(&f) == Some(0) && j != k
+            })
+            .expect("a client ECMP sends to host 0");
+        let (caddr, port) = c.connect_vip(j, false, true);
+        c.run_for(Duration::from_millis(50));
+        assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
+        let flow = dpr_packet::FlowKey::new(
+            dpr_packet::IpProtocol::Tcp,
+            caddr,
+            port,
+            vip.ip(),
+            vip.port(),
+        );
+        let e = c.hosts[1].engine.served().get(&flow).unwrap();
+        assert_eq!(e.route, Route::Peer(PeerId(0)));
+        (
+            c,
+            caddr,
+            port,
+            flow,
+            e.isn.expect("the SYN's sequence number"),
+        )
+    };
+
+    // The FIN straight to host 1 ends the entry.
+    let (mut c, caddr, port, flow, _) = served_at_1(0);
+    c.withdraw(0);
+    c.withdraw(2);
+    answered_again_by(&mut c, caddr, port, "host1");
+    assert!(c.close_from(caddr, port));
+    c.run_for(Duration::from_secs(5));
+    let st = c.hosts[1].engine.served().get(&flow).map(|e| e.state);
+    assert!(
+        matches!(st, None | Some(ConnState::Closing | ConnState::Closed)),
+        "{st:?}"
+    );
+    let now = c.now();
+    assert!(c.hosts[1].engine.serves_flows(&[flow], now).is_empty());
+    let ended = |c: &mut Cluster, flow| {
+        let evs = c.hosts[1].engine.take_keyed_flow_events();
+        evs.iter()
+            .filter(|e| e.flow == flow && e.tag.is_none())
+            .map(|e| e.peer)
+            .collect::<Vec<_>>()
+    };
+    let tunnel_0 = c.hosts[0].engine.config().tunnel_addr;
+    assert_eq!(ended(&mut c, flow), [tunnel_0]);
+
+    // SYNs straight from the client.
+    let (mut c, caddr, port, flow, isn) = served_at_1(1);
+    let client = SocketAddr::new(caddr, port);
+    let syn_at = |c: &mut Cluster, host: usize, seq: u32| {
+        let syn = tcp_packet(client, vip, seq, 0, TcpFlags::SYN, Some(1400), b"");
+        let mut buf = vec![0u8; 64 + syn.len() + 64];
+        buf[64..64 + syn.len()].copy_from_slice(&syn);
+        let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+        let now = c.now();
+        let v = c.hosts[host].engine.process(now, &mut pb);
+        (v, pb.bytes().to_vec())
+    };
+    let before = c.hosts[1].engine.counters();
+    let (v, _) = syn_at(&mut c, 1, isn);
+    assert_eq!(v, Verdict::Deliver, "the same SYN: the stack has it");
+    let e = c.hosts[1].engine.served().get(&flow).unwrap();
+    assert_eq!(e.route, Route::Peer(PeerId(0)));
+    let after = c.hosts[1].engine.counters();
+    assert_eq!(after.syn_retransmits, before.syn_retransmits + 1);
+    assert_eq!(after.vip.stale_served_dropped, 0);
+    let (v, _) = syn_at(&mut c, 1, isn.wrapping_add(1_000_000));
+    assert_eq!(
+        v,
+        Verdict::Deliver,
+        "a new connection, served here (load 0)"
+    );
+    assert!(c.hosts[1].engine.served().get(&flow).is_none());
+    let r = c.hosts[1].engine.routes().get(&flow).map(|e| e.route);
+    assert_eq!(r, Some(Route::Local));
+    assert_eq!(c.hosts[1].engine.counters().vip.stale_served_dropped, 1);
+    assert_eq!(ended(&mut c, flow), [tunnel_0]);
+
+    // A new connection's SYN from another peer.
+    let (mut c, _, _, flow, isn) = served_at_1(2);
+    for (i, l) in [(0, 40), (1, 0), (2, 50)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(Duration::from_millis(300));
+    let (v, tunnelled) = syn_at(&mut c, 2, isn.wrapping_add(1_000_000));
+    assert!(
+        matches!(
+            v,
+            Verdict::Forward {
+                peer: PeerId(1),
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    let mut buf = vec![0u8; 64 + tunnelled.len()];
+    buf[64..].copy_from_slice(&tunnelled);
+    let len = buf.len();
+    let mut pb = PacketBuf::new(&mut buf, 64, len).unwrap();
+    let now = c.now();
+    assert_eq!(c.hosts[1].engine.process(now, &mut pb), Verdict::Deliver);
+    let e = c.hosts[1].engine.served().get(&flow).unwrap();
+    assert_eq!(
+        e.route,
+        Route::Peer(PeerId(2)),
+        "the new connection's origin"
+    );
+    assert_eq!(e.state, ConnState::SynSeen);
+    assert_eq!(c.hosts[1].engine.counters().vip.stale_served_dropped, 1);
+    assert_eq!(ended(&mut c, flow), [tunnel_0]);
+}

@@ -1201,6 +1201,15 @@ service_addrs = ["198.18.0.2"]
                 .count()
                 == 2
         );
+        // The program decapsulates no peer's VIP flows itself: the engine
+        // must see a stale route's packets (ECMP, a reused 4-tuple).
+        let plan = c.xdp_plan();
+        assert!(plan.peers.iter().all(|p| !p.service_addrs.is_empty()));
+        assert!(
+            plan.peers
+                .iter()
+                .all(|p| p.service_addrs.iter().all(|a| !vips.contains(a)))
+        );
     }
 
     #[test]

@@ -687,6 +687,8 @@ impl LoopCtx {
             ("vip_adopted_local", vc.adopted_local),
             ("vip_dead_routes_asked", vc.dead_routes_asked),
             ("vip_stale_routes_dropped", vc.stale_routes_dropped),
+            ("vip_strays_asked", vc.strays_asked),
+            ("vip_stale_served_dropped", vc.stale_served_dropped),
             ("vip_flow_queries_sent", cc.flow_queries_sent),
             ("vip_flow_query_messages", cc.flow_query_messages),
             ("vip_flow_queries_received", cc.flow_queries_received),

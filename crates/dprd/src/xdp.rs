@@ -18,14 +18,19 @@ impl Config {
         }
     }
 
-    /// The peers as the XDP program sees them.
+    /// The peers as the XDP program sees them. Their VIPs are left out of
+    /// the addresses the program decapsulates for (the plain tunnel's
+    /// decapsulation is per peer and service, not per flow): behind ECMP a
+    /// peer's route may be an older connection's on the same 4-tuple, and
+    /// the engine must see such a packet to pass it on to the host that
+    /// serves it (`dpr_router`'s strays) rather than the stack resetting it.
     pub fn xdp_peers(&self) -> Vec<XdpPeer> {
         self.cluster
             .peers
             .iter()
             .map(|p| XdpPeer {
                 tunnel_addr: p.tunnel_addr,
-                service_addrs: self.peer_service_addrs(p),
+                service_addrs: p.service_addrs.clone(),
             })
             .collect()
     }

@@ -25,6 +25,7 @@
 use super::Engine;
 use crate::buffer::PacketBuf;
 use crate::verdict::{DropReason, Verdict};
+use dpr_packet::tcp::TcpFlags;
 use dpr_packet::{FlowKey, IpProtocol, PacketMeta, parse_ip};
 use dpr_table::{ConnEntry, ConnState, Direction, InsertOutcome, PeerId, Route, Timestamp};
 use std::collections::HashMap;
@@ -143,13 +144,21 @@ impl Engine {
         }
         if !self.miss.flows.contains_key(&flow) {
             // Served here for a peer, now reaching this host straight from
-            // the client (ECMP moved it here): the stack has it.
-            if self
-                .served
-                .get(&flow)
-                .is_some_and(|e| matches!(e.state, ConnState::SynSeen | ConnState::Established))
-            {
-                let _ = self.routes.insert_established(&flow, Route::Local, now);
+            // the client (ECMP moved it here): the stack has it. Its served
+            // entry follows it (a FIN here ends it, so that this host does
+            // not claim a later connection on the 4-tuple).
+            let live =
+                |e: &ConnEntry| matches!(e.state, ConnState::SynSeen | ConnState::Established);
+            if let Some(e) = self.served.get(&flow).filter(live) {
+                let flags = meta.tcp_flags;
+                if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
+                    self.counters.c.connections_ended += 1;
+                    self.local_ended(flow);
+                    self.served_entry_gone(flow, e.route);
+                }
+                let _ = self
+                    .served
+                    .on_packet(&flow, Direction::Original, flags, meta.l3_len, now);
                 return Verdict::Deliver;
             }
             let anyone = self
@@ -228,32 +237,102 @@ impl Engine {
             .min()
     }
 
-    /// Of `flows` (client to service), those this host serves: its stack
-    /// has them, decapsulated from a peer (the served table) or accepted
-    /// here at the SYN or adopted from the kernel (routes to `Local`);
-    /// open, or closing within the FIN grace time. The answer to a peer's
-    /// flow query.
-    pub fn serves_flows(&mut self, flows: &[FlowKey], now: Timestamp) -> Vec<FlowKey> {
+    /// Whether this host serves `flow` (client to service): its stack has
+    /// it, decapsulated from a peer (the served table) or accepted here at
+    /// the SYN or adopted from the kernel (a route to `Local`); open, or
+    /// closing within the FIN grace time.
+    fn serves(&self, flow: &FlowKey, now: Timestamp) -> bool {
         let grace = ns(self.cfg.served.fin_grace);
         let live = |e: &ConnEntry| match e.state {
             ConnState::SynSeen | ConnState::Established => true,
             ConnState::Closing => now.0.saturating_sub(e.last_seen.0) < grace,
             ConnState::Closed => false,
         };
+        self.served.get(flow).is_some_and(|e| live(&e))
+            || self
+                .routes
+                .get(flow)
+                .is_some_and(|e| e.route == Route::Local && live(&e))
+    }
+
+    /// Of `flows` (client to service), those this host serves
+    /// ([`Engine::serves`]): the answer to a peer's flow query.
+    pub fn serves_flows(&mut self, flows: &[FlowKey], now: Timestamp) -> Vec<FlowKey> {
         let mine: Vec<FlowKey> = flows
             .iter()
             .filter(|f| self.is_service(f) && f.protocol == IpProtocol::Tcp)
-            .filter(|f| {
-                self.served.get(f).is_some_and(|e| live(&e))
-                    || self
-                        .routes
-                        .get(f)
-                        .is_some_and(|e| e.route == Route::Local && live(&e))
-            })
+            .filter(|f| self.serves(f, now))
             .copied()
             .collect();
         self.counters.c.vip.claims_answered += mine.len() as u64;
         mine
+    }
+
+    /// A packet of a VIP flow that peer `origin` tunnelled here (`pkt`
+    /// holds it decapsulated), when this host does not serve the flow
+    /// (`None` when it does: the caller delivers it). Behind ECMP the
+    /// peer's route may be an older connection's on the same 4-tuple (its
+    /// end went through another host, and this host has forgotten it):
+    /// handed to the local stack, the packet would be reset. It is a miss
+    /// instead: asked about, and passed on to the peer that claims it (and
+    /// from then on along that route). SYNs and RSTs are not strays: a
+    /// SYN is a new connection served here, an RST ends whatever it ends.
+    pub(super) fn stray_from_peer(
+        &mut self,
+        now: Timestamp,
+        origin: PeerId,
+        pkt: &mut PacketBuf<'_>,
+        inner: &PacketMeta,
+    ) -> Option<Verdict> {
+        let flags = inner.tcp_flags;
+        if flags.is_syn()
+            || flags.contains(TcpFlags::RST)
+            || !self.is_vip_flow(&inner.flow)
+            || self.serves(&inner.flow, now)
+        {
+            return None;
+        }
+        self.counters.c.vip.strays_asked += 1;
+        // Claimed before: the route a claim installed (never back to the
+        // peer that sent it, which does not serve it either).
+        if let Some(Route::Peer(p)) = self.routes.get(&inner.flow).map(|e| e.route) {
+            if p != origin && self.peer_usable(p) {
+                let _ = self.routes.on_packet(
+                    &inner.flow,
+                    Direction::Original,
+                    flags,
+                    inner.l3_len,
+                    now,
+                );
+                return Some(self.follow(Route::Peer(p), pkt, inner));
+            }
+        }
+        Some(self.miss(now, pkt, inner))
+    }
+
+    /// A SYN straight from a client for a VIP flow this host holds no
+    /// route for. A served entry of the 4-tuple (decapsulated from a peer)
+    /// with the same sequence number is that connection's SYN again, ECMP
+    /// now bringing it here: the stack has it (`Some(Deliver)`). Any other
+    /// is an older connection's, whose end went through another host: it
+    /// is dropped, or this host would claim the new connection's packets
+    /// for its stack; the SYN is then decided as new (`None`).
+    pub(super) fn vip_syn_served(&mut self, flow: &FlowKey, isn: Option<u32>) -> Option<Verdict> {
+        let e = self.served.get(flow)?;
+        let live = matches!(e.state, ConnState::SynSeen | ConnState::Established);
+        if live && e.isn.is_some() && e.isn == isn {
+            self.counters.c.syn_retransmits += 1;
+            return Some(Verdict::Deliver);
+        }
+        self.served.remove(flow);
+        self.counters.c.syn_new_incarnations += 1;
+        self.served_entry_gone(*flow, e.route);
+        if live {
+            self.counters.c.vip.stale_served_dropped += 1;
+            self.counters.c.connections_ended += 1;
+            self.local_ended(*flow);
+        }
+        None
     }
 
     /// `peer` claims `flow`: when it is held here, route it to `peer` and
