@@ -840,6 +840,21 @@ fn a_route_to_a_live_host_that_no_longer_serves_the_flow_is_asked_about() {
     ));
     let route_at_0 = |c: &Cluster| c.hosts[0].engine.routes().get(&flow).map(|e| e.route);
     assert_eq!(route_at_0(&c), Some(Route::Peer(PeerId(2))));
+    // And host 2 one back to host 0 (another older connection).
+    for (i, l) in [(0, 0), (1, 40), (2, 50)] {
+        c.hosts[i].forced_load = Some(l);
+    }
+    c.run_for(Duration::from_millis(300));
+    let mut buf = vec![0u8; 64 + syn.len() + 64];
+    buf[64..64 + syn.len()].copy_from_slice(&syn);
+    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+    let now = c.now();
+    assert!(matches!(
+        c.hosts[2].engine.process(now, &mut pb),
+        Verdict::Forward { .. }
+    ));
+    let route_at_2 = |c: &Cluster| c.hosts[2].engine.routes().get(&flow).map(|e| e.route);
+    assert_eq!(route_at_2(&c), Some(Route::Peer(PeerId(0))));
     // The new connection on that 4-tuple: ECMP brings it to host 1, which
     // serves it (every host under the threshold).
     for i in 0..3 {
@@ -859,6 +874,13 @@ fn a_route_to_a_live_host_that_no_longer_serves_the_flow_is_asked_about() {
     assert!(h2.vip.strays_asked >= 1, "{:?}", h2.vip);
     assert_eq!(h2.vip.flows_claimed, 1);
     assert!(c.hosts[1].engine.counters().vip.claims_answered >= 1);
+    // The claim replaced host 2's route back to host 0: the next request
+    // follows it without asking again.
+    assert_eq!(route_at_2(&c), Some(Route::Peer(PeerId(1))));
+    answered_again_by(&mut c, caddr, port, "host1");
+    let h2 = c.hosts[2].engine.counters();
+    assert_eq!(h2.vip.misses_asked, 1, "{:?}", h2.vip);
+    assert_eq!(h2.vip.flows_claimed, 1);
 }
 
 /// A connection served for a peer, closed by its client once ECMP brought

@@ -348,6 +348,14 @@ impl Engine {
             return false;
         };
         self.miss.packets -= h.packets.len();
+        // A route held for a flow that missed is an older connection's
+        // (a stray's route back to its sender, a closed local one): the
+        // claim replaces it.
+        if let Some(old) = self.routes.remove(flow) {
+            if matches!(old.state, ConnState::SynSeen | ConnState::Established) {
+                self.connection_ended(old.route, *flow);
+            }
+        }
         match self.routes.insert_established(flow, Route::Peer(peer), now) {
             Ok(_) => {}
             Err(_) => self.counters.c.table_insert_failures += 1,
