@@ -18,11 +18,10 @@
 //!   host's and the client's eth0 from the death step on (how the AF_XDP
 //!   death step's failures were found: the bridge flooded the dead host's
 //!   frames to every host, and the XDP program took them; see
-//!   docs/decisions.md). The AF_XDP pair passed three runs in a row beside
-//!   a CPU hog, then broke one held connection at a drain in the CI
-//!   emulation (a reused 4-tuple and some host's older state for it): they
-//!   are `#[ignore]`d with that reason while issue 18 stays open, and run
-//!   by name (`-- --ignored af_xdp_native::the_five_steps`).
+//!   docs/decisions.md). The client reuses 4-tuples across steps (one
+//!   address, ~3,200 connections per test), as clients behind a NAT do:
+//!   every host's older state for a 4-tuple is a hint (the engine's strays
+//!   and stale served entries, docs/decisions.md).
 //!
 //! Root only (SKIPPED loudly otherwise); namespaces named by PID, removed
 //! on drop; addresses from 198.18.0.0/15 and fd00::/8 inside them only;
@@ -656,12 +655,10 @@ mod af_xdp_native {
         super::a_restart_breaks_no_connection_through_the_vip("af-xdp-native");
     }
     #[test]
-    #[ignore = "issue 18, open: with a client reusing 4-tuples across steps, a host's older state (a route, a served entry, a socket) for the same 4-tuple broke 1 held connection in the drain step in 1 of 8 AF_XDP runs (the CI emulation of 2026-12-03); run by name with --ignored"]
     fn the_five_steps_ipv4() {
         super::five_steps("af-xdp-native", false);
     }
     #[test]
-    #[ignore = "issue 18, open: with a client reusing 4-tuples across steps, a host's older state (a route, a served entry, a socket) for the same 4-tuple broke 1 held connection in the drain step in 1 of 8 AF_XDP runs (the CI emulation of 2026-12-03); run by name with --ignored"]
     fn the_five_steps_ipv6() {
         super::five_steps("af-xdp-native", true);
     }
