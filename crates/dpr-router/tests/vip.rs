@@ -6,11 +6,12 @@
 //! die. Each step prints its counts.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+use dpr_packet::{FlowKey, IpProtocol};
 use dpr_policy::{Policy, Threshold, ThresholdConfig};
 use dpr_router::harness::tcp::ClientState;
 use dpr_router::harness::{Cluster, ClusterConfig, EcmpMode};
-use dpr_router::{Counters, DropReason, VipCounters};
-use dpr_table::PeerId;
+use dpr_router::{Counters, DropReason, PacketBuf, Verdict, VipCounters};
+use dpr_table::{PeerId, Route};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -643,11 +644,8 @@ fn forged_and_unsolicited_claims_route_nothing() {
 /// there.)
 #[test]
 fn a_route_to_a_dead_peer_is_asked_about_not_reset() {
-    use dpr_packet::tcp::TcpFlags;
-    use dpr_router::harness::{SERVICE_PORT, tcp::tcp_packet, vip_addr};
-    use dpr_router::{PacketBuf, Verdict};
-    use dpr_table::{PeerState, Route};
-    use std::net::SocketAddr;
+    use dpr_router::harness::{SERVICE_PORT, vip_addr};
+    use dpr_table::PeerState;
     let mut c = small(3, |_, _| {});
     // A held-open connection that ECMP brings to host 1, which serves it
     // (every host is under the threshold).
@@ -661,32 +659,13 @@ fn a_route_to_a_dead_peer_is_asked_about_not_reset() {
         }
     }
     let (caddr, port) = found.expect("no connection landed on host 1 in 60");
+    let flow = FlowKey::new(IpProtocol::Tcp, caddr, port, vip_addr(false), SERVICE_PORT);
     // Host 0 holds a route for the same 4-tuple to host 2: a SYN host 0
     // once redirected there (over its threshold, host 2 the least loaded).
-    c.hosts[0].forced_load = Some(50);
-    c.hosts[1].forced_load = Some(40);
-    c.hosts[2].forced_load = Some(0);
-    c.run_for(Duration::from_millis(300));
-    let (client, vip) = (
-        SocketAddr::new(caddr, port),
-        SocketAddr::new(vip_addr(false), SERVICE_PORT),
-    );
-    let syn = tcp_packet(client, vip, 1, 0, TcpFlags::SYN, Some(1400), b"");
-    let mut buf = vec![0u8; 64 + syn.len() + 64];
-    buf[64..64 + syn.len()].copy_from_slice(&syn);
-    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
-    let now = c.now();
-    let v = c.hosts[0].engine.process(now, &mut pb);
+    force_loads(&mut c, &[50, 40, 0]);
+    let (v, _) = syn_at(&mut c, 0, &flow, 1);
     assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
-    let flow = dpr_packet::FlowKey::new(
-        dpr_packet::IpProtocol::Tcp,
-        caddr,
-        port,
-        vip.ip(),
-        SERVICE_PORT,
-    );
-    let route = c.hosts[0].engine.routes().get(&flow).map(|e| e.route);
-    assert_eq!(route, Some(Route::Peer(PeerId(2))));
+    assert_eq!(route_at(&c, 0, &flow), Some(Route::Peer(PeerId(2))));
     // Host 2 dies and leaves the ECMP group; host 1 withdraws (it still
     // serves its connections): every flow now reaches host 0.
     c.kill(2);
@@ -712,62 +691,23 @@ fn a_route_to_a_dead_peer_is_asked_about_not_reset() {
 /// host, and the client timed out after a drain moved its flow there.)
 #[test]
 fn a_connection_served_for_a_peer_drops_an_older_route_of_its_4_tuple() {
-    use dpr_packet::tcp::TcpFlags;
-    use dpr_router::harness::{SERVICE_PORT, client_addr, tcp::tcp_packet, vip_addr};
-    use dpr_router::{PacketBuf, Verdict};
-    use dpr_table::Route;
-    use std::net::SocketAddr;
     let mut c = small(3, |_, _| {});
-    // A client whose first port (40000) ECMP sends to host 0.
-    let vip = SocketAddr::new(vip_addr(false), SERVICE_PORT);
-    let flow_of = |j: usize| {
-        dpr_packet::FlowKey::new(
-            dpr_packet::IpProtocol::Tcp,
-            client_addr(j, false),
-            40000,
-            vip.ip(),
-            SERVICE_PORT,
-        )
-    };
-    let j = (20..200)
-        .find(|&j| c.ecmp_pick(&flow_of(j)) == Some(0))
-        .expect("a client ECMP sends to host 0");
-    let flow = flow_of(j);
+    let (j, flow) = client_sent_to(&c, 0);
     // Host 1 holds a route for that 4-tuple to host 2: an older connection
     // it redirected (over its threshold, host 2 the least loaded).
-    for (i, l) in [(0, 40), (1, 50), (2, 0)] {
-        c.hosts[i].forced_load = Some(l);
-    }
-    c.run_for(Duration::from_millis(300));
-    let syn = tcp_packet(
-        SocketAddr::new(flow.src, 40000),
-        vip,
-        1,
-        0,
-        TcpFlags::SYN,
-        Some(1400),
-        b"",
-    );
-    let mut buf = vec![0u8; 64 + syn.len() + 64];
-    buf[64..64 + syn.len()].copy_from_slice(&syn);
-    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
-    let now = c.now();
+    force_loads(&mut c, &[40, 50, 0]);
     assert!(matches!(
-        c.hosts[1].engine.process(now, &mut pb),
+        syn_at(&mut c, 1, &flow, 1).0,
         Verdict::Forward { .. }
     ));
-    let route_at_1 = |c: &Cluster| c.hosts[1].engine.routes().get(&flow).map(|e| e.route);
-    assert_eq!(route_at_1(&c), Some(Route::Peer(PeerId(2))));
+    assert_eq!(route_at(&c, 1, &flow), Some(Route::Peer(PeerId(2))));
     // The new connection on that 4-tuple: host 0 redirects it to host 1.
-    for (i, l) in [(0, 50), (1, 0), (2, 40)] {
-        c.hosts[i].forced_load = Some(l);
-    }
-    c.run_for(Duration::from_millis(300));
+    force_loads(&mut c, &[50, 0, 40]);
     let (caddr, port) = c.connect_vip(j, false, true);
-    assert_eq!(port, 40000);
+    assert_eq!(port, flow.src_port);
     c.run_for(Duration::from_millis(50));
     assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
-    assert_eq!(route_at_1(&c), None, "the older route is gone");
+    assert_eq!(route_at(&c, 1, &flow), None, "the older route is gone");
     assert_eq!(c.hosts[1].engine.counters().vip.stale_routes_dropped, 1);
     // ECMP now brings the flow straight to host 1, which serves it.
     c.withdraw(0);
@@ -794,75 +734,29 @@ fn answered_again_by(c: &mut Cluster, caddr: IpAddr, port: u16, host: &str) {
 /// a drain moved its flow to a host with such a route.)
 #[test]
 fn a_route_to_a_live_host_that_no_longer_serves_the_flow_is_asked_about() {
-    use dpr_packet::tcp::TcpFlags;
-    use dpr_router::harness::{SERVICE_PORT, client_addr, tcp::tcp_packet, vip_addr};
-    use dpr_router::{PacketBuf, Verdict};
-    use dpr_table::Route;
-    use std::net::SocketAddr;
     let mut c = small(3, |_, _| {});
-    let vip = SocketAddr::new(vip_addr(false), SERVICE_PORT);
-    let flow_of = |j: usize| {
-        dpr_packet::FlowKey::new(
-            dpr_packet::IpProtocol::Tcp,
-            client_addr(j, false),
-            40000,
-            vip.ip(),
-            SERVICE_PORT,
-        )
-    };
-    let j = (20..200)
-        .find(|&j| c.ecmp_pick(&flow_of(j)) == Some(1))
-        .expect("a client ECMP sends to host 1");
-    let flow = flow_of(j);
+    let (j, flow) = client_sent_to(&c, 1);
     // Host 0 holds a route for the 4-tuple to host 2: an older connection
     // it redirected there (over its threshold, host 2 the least loaded),
     // long ended at host 2 (here: the forwarded SYN never reached it).
-    for (i, l) in [(0, 50), (1, 40), (2, 0)] {
-        c.hosts[i].forced_load = Some(l);
-    }
-    c.run_for(Duration::from_millis(300));
-    let syn = tcp_packet(
-        SocketAddr::new(flow.src, 40000),
-        vip,
-        1,
-        0,
-        TcpFlags::SYN,
-        Some(1400),
-        b"",
-    );
-    let mut buf = vec![0u8; 64 + syn.len() + 64];
-    buf[64..64 + syn.len()].copy_from_slice(&syn);
-    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
-    let now = c.now();
+    force_loads(&mut c, &[50, 40, 0]);
     assert!(matches!(
-        c.hosts[0].engine.process(now, &mut pb),
+        syn_at(&mut c, 0, &flow, 1).0,
         Verdict::Forward { .. }
     ));
-    let route_at_0 = |c: &Cluster| c.hosts[0].engine.routes().get(&flow).map(|e| e.route);
-    assert_eq!(route_at_0(&c), Some(Route::Peer(PeerId(2))));
+    assert_eq!(route_at(&c, 0, &flow), Some(Route::Peer(PeerId(2))));
     // And host 2 one back to host 0 (another older connection).
-    for (i, l) in [(0, 0), (1, 40), (2, 50)] {
-        c.hosts[i].forced_load = Some(l);
-    }
-    c.run_for(Duration::from_millis(300));
-    let mut buf = vec![0u8; 64 + syn.len() + 64];
-    buf[64..64 + syn.len()].copy_from_slice(&syn);
-    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
-    let now = c.now();
+    force_loads(&mut c, &[0, 40, 50]);
     assert!(matches!(
-        c.hosts[2].engine.process(now, &mut pb),
+        syn_at(&mut c, 2, &flow, 1).0,
         Verdict::Forward { .. }
     ));
-    let route_at_2 = |c: &Cluster| c.hosts[2].engine.routes().get(&flow).map(|e| e.route);
-    assert_eq!(route_at_2(&c), Some(Route::Peer(PeerId(0))));
+    assert_eq!(route_at(&c, 2, &flow), Some(Route::Peer(PeerId(0))));
     // The new connection on that 4-tuple: ECMP brings it to host 1, which
     // serves it (every host under the threshold).
-    for i in 0..3 {
-        c.hosts[i].forced_load = Some(0);
-    }
-    c.run_for(Duration::from_millis(300));
+    force_loads(&mut c, &[0, 0, 0]);
     let (caddr, port) = c.connect_vip(j, false, true);
-    assert_eq!(port, 40000);
+    assert_eq!(port, flow.src_port);
     c.run_for(Duration::from_millis(50));
     assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
     // Hosts 1 and 2 withdraw (both live, host 1 still serving): the flow
@@ -876,7 +770,7 @@ fn a_route_to_a_live_host_that_no_longer_serves_the_flow_is_asked_about() {
     assert!(c.hosts[1].engine.counters().vip.claims_answered >= 1);
     // The claim replaced host 2's route back to host 0: the next request
     // follows it without asking again.
-    assert_eq!(route_at_2(&c), Some(Route::Peer(PeerId(1))));
+    assert_eq!(route_at(&c, 2, &flow), Some(Route::Peer(PeerId(1))));
     answered_again_by(&mut c, caddr, port, "host1");
     let h2 = c.hosts[2].engine.counters();
     assert_eq!(h2.vip.misses_asked, 1, "{:?}", h2.vip);
@@ -893,62 +787,41 @@ fn a_route_to_a_live_host_that_no_longer_serves_the_flow_is_asked_about() {
 /// reused port's packets to its stack.)
 #[test]
 fn a_served_entry_follows_its_connection_and_yields_to_a_new_one() {
-    use dpr_packet::tcp::TcpFlags;
-    use dpr_router::harness::{SERVICE_PORT, tcp::tcp_packet, vip_addr};
-    use dpr_router::{PacketBuf, Verdict};
-    use dpr_table::{ConnState, Route};
-    use std::net::SocketAddr;
-    let vip = SocketAddr::new(vip_addr(false), SERVICE_PORT);
-    // Connection `k` of a cluster where host 0 redirects to host 1: ECMP
-    // sends it to host 0, host 1 serves it.
-    let served_at_1 = |k: usize| {
+    use dpr_table::ConnState;
+    // A held-open connection ECMP sends to host 0, which redirects it to
+    // host 1; and the SYN's sequence number host 1 recorded.
+    let served_at_1 = || {
         // With the XDP program's keyed-flow events (AF_XDP): an entry's end
         // must reach the program, or it goes on handing a stale route's
         // packets to the stack.
         let mut c = small(3, |_, e| e.keyed_flow_events = true);
-        for (i, l) in [(0, 50), (1, 0), (2, 40)] {
-            c.hosts[i].forced_load = Some(l);
-        }
-        c.run_for(Duration::from_millis(300));
-        let j = (20..200)
-            .find(|&j| {
-                let f = dpr_packet::FlowKey::new(
-                    dpr_packet::IpProtocol::Tcp,
-                    dpr_router::harness::client_addr(j, false),
-                    40000,
-                    vip.ip(),
-                    SERVICE_PORT,
-                );
-                c.ecmp_pick(&f) == Some(0) && j != k
-            })
-            .expect("a client ECMP sends to host 0");
+        force_loads(&mut c, &[50, 0, 40]);
+        let (j, flow) = client_sent_to(&c, 0);
         let (caddr, port) = c.connect_vip(j, false, true);
+        assert_eq!(port, flow.src_port);
         c.run_for(Duration::from_millis(50));
         assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
-        let flow = dpr_packet::FlowKey::new(
-            dpr_packet::IpProtocol::Tcp,
-            caddr,
-            port,
-            vip.ip(),
-            vip.port(),
-        );
         let e = c.hosts[1].engine.served().get(&flow).unwrap();
         assert_eq!(e.route, Route::Peer(PeerId(0)));
-        (
-            c,
-            caddr,
-            port,
-            flow,
-            e.isn.expect("the SYN's sequence number"),
-        )
+        let isn = e.isn.expect("the SYN's sequence number");
+        (c, flow, isn)
+    };
+    // The peers whose keyed flow `flow` host 1 ended since the last call.
+    let ended = |c: &mut Cluster, flow: &FlowKey| {
+        let evs = c.hosts[1].engine.take_keyed_flow_events();
+        evs.iter()
+            .filter(|e| e.flow == *flow && e.tag.is_none())
+            .map(|e| e.peer)
+            .collect::<Vec<_>>()
     };
 
     // The FIN straight to host 1 ends the entry.
-    let (mut c, caddr, port, flow, _) = served_at_1(0);
+    let (mut c, flow, _) = served_at_1();
+    let tunnel_0 = c.hosts[0].engine.config().tunnel_addr;
     c.withdraw(0);
     c.withdraw(2);
-    answered_again_by(&mut c, caddr, port, "host1");
-    assert!(c.close_from(caddr, port));
+    answered_again_by(&mut c, flow.src, flow.src_port, "host1");
+    assert!(c.close_from(flow.src, flow.src_port));
     c.run_for(Duration::from_secs(5));
     let st = c.hosts[1].engine.served().get(&flow).map(|e| e.state);
     assert!(
@@ -957,55 +830,33 @@ fn a_served_entry_follows_its_connection_and_yields_to_a_new_one() {
     );
     let now = c.now();
     assert!(c.hosts[1].engine.serves_flows(&[flow], now).is_empty());
-    let ended = |c: &mut Cluster, flow| {
-        let evs = c.hosts[1].engine.take_keyed_flow_events();
-        evs.iter()
-            .filter(|e| e.flow == flow && e.tag.is_none())
-            .map(|e| e.peer)
-            .collect::<Vec<_>>()
-    };
-    let tunnel_0 = c.hosts[0].engine.config().tunnel_addr;
-    assert_eq!(ended(&mut c, flow), [tunnel_0]);
+    assert_eq!(ended(&mut c, &flow), [tunnel_0]);
 
     // SYNs straight from the client.
-    let (mut c, caddr, port, flow, isn) = served_at_1(1);
-    let client = SocketAddr::new(caddr, port);
-    let syn_at = |c: &mut Cluster, host: usize, seq: u32| {
-        let syn = tcp_packet(client, vip, seq, 0, TcpFlags::SYN, Some(1400), b"");
-        let mut buf = vec![0u8; 64 + syn.len() + 64];
-        buf[64..64 + syn.len()].copy_from_slice(&syn);
-        let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
-        let now = c.now();
-        let v = c.hosts[host].engine.process(now, &mut pb);
-        (v, pb.bytes().to_vec())
-    };
+    let (mut c, flow, isn) = served_at_1();
     let before = c.hosts[1].engine.counters();
-    let (v, _) = syn_at(&mut c, 1, isn);
+    let (v, _) = syn_at(&mut c, 1, &flow, isn);
     assert_eq!(v, Verdict::Deliver, "the same SYN: the stack has it");
     let e = c.hosts[1].engine.served().get(&flow).unwrap();
     assert_eq!(e.route, Route::Peer(PeerId(0)));
     let after = c.hosts[1].engine.counters();
     assert_eq!(after.syn_retransmits, before.syn_retransmits + 1);
     assert_eq!(after.vip.stale_served_dropped, 0);
-    let (v, _) = syn_at(&mut c, 1, isn.wrapping_add(1_000_000));
+    let (v, _) = syn_at(&mut c, 1, &flow, isn.wrapping_add(1_000_000));
     assert_eq!(
         v,
         Verdict::Deliver,
         "a new connection, served here (load 0)"
     );
     assert!(c.hosts[1].engine.served().get(&flow).is_none());
-    let r = c.hosts[1].engine.routes().get(&flow).map(|e| e.route);
-    assert_eq!(r, Some(Route::Local));
+    assert_eq!(route_at(&c, 1, &flow), Some(Route::Local));
     assert_eq!(c.hosts[1].engine.counters().vip.stale_served_dropped, 1);
-    assert_eq!(ended(&mut c, flow), [tunnel_0]);
+    assert_eq!(ended(&mut c, &flow), [tunnel_0]);
 
     // A new connection's SYN from another peer.
-    let (mut c, _, _, flow, isn) = served_at_1(2);
-    for (i, l) in [(0, 40), (1, 0), (2, 50)] {
-        c.hosts[i].forced_load = Some(l);
-    }
-    c.run_for(Duration::from_millis(300));
-    let (v, tunnelled) = syn_at(&mut c, 2, isn.wrapping_add(1_000_000));
+    let (mut c, flow, isn) = served_at_1();
+    force_loads(&mut c, &[40, 0, 50]);
+    let (v, tunnelled) = syn_at(&mut c, 2, &flow, isn.wrapping_add(1_000_000));
     assert!(
         matches!(
             v,
@@ -1030,5 +881,57 @@ fn a_served_entry_follows_its_connection_and_yields_to_a_new_one() {
     );
     assert_eq!(e.state, ConnState::SynSeen);
     assert_eq!(c.hosts[1].engine.counters().vip.stale_served_dropped, 1);
-    assert_eq!(ended(&mut c, flow), [tunnel_0]);
+    assert_eq!(ended(&mut c, &flow), [tunnel_0]);
+}
+
+/// A client (index) whose first connection to the IPv4 VIP (port 40000)
+/// ECMP sends to `host`, and that connection's flow.
+fn client_sent_to(c: &Cluster, host: usize) -> (usize, FlowKey) {
+    use dpr_router::harness::{SERVICE_PORT, client_addr, vip_addr};
+    (20..200)
+        .map(|j| {
+            let f = FlowKey::new(
+                IpProtocol::Tcp,
+                client_addr(j, false),
+                40000,
+                vip_addr(false),
+                SERVICE_PORT,
+            );
+            (j, f)
+        })
+        .find(|(_, f)| c.ecmp_pick(f) == Some(host))
+        .unwrap_or_else(|| panic!("no client ECMP sends to host {host}"))
+}
+
+/// The hosts report these loads (one per host), and their peers hear it.
+fn force_loads(c: &mut Cluster, loads: &[u32]) {
+    for (h, &l) in c.hosts.iter_mut().zip(loads) {
+        h.forced_load = Some(l);
+    }
+    c.run_for(Duration::from_millis(300));
+}
+
+/// Host `at`'s engine decides a client SYN of `flow` with sequence number
+/// `seq`, as if it had just arrived: the verdict and the packet as it
+/// left (nothing carries it on).
+fn syn_at(c: &mut Cluster, at: usize, flow: &FlowKey, seq: u32) -> (Verdict, Vec<u8>) {
+    use dpr_packet::tcp::TcpFlags;
+    use dpr_router::harness::tcp::tcp_packet;
+    use std::net::SocketAddr;
+    let (client, vip) = (
+        SocketAddr::new(flow.src, flow.src_port),
+        SocketAddr::new(flow.dst, flow.dst_port),
+    );
+    let syn = tcp_packet(client, vip, seq, 0, TcpFlags::SYN, Some(1400), b"");
+    let mut buf = vec![0u8; 64 + syn.len() + 64];
+    buf[64..64 + syn.len()].copy_from_slice(&syn);
+    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+    let now = c.now();
+    let v = c.hosts[at].engine.process(now, &mut pb);
+    (v, pb.bytes().to_vec())
+}
+
+/// Host `at`'s route for `flow`, if it has one.
+fn route_at(c: &Cluster, at: usize, flow: &FlowKey) -> Option<Route> {
+    c.hosts[at].engine.routes().get(flow).map(|e| e.route)
 }
