@@ -237,10 +237,8 @@ impl Engine {
             .min()
     }
 
-    /// Whether this host serves `flow` (client to service): its stack has
-    /// it, decapsulated from a peer (the served table) or accepted here at
-    /// the SYN or adopted from the kernel (a route to `Local`); open, or
-    /// closing within the FIN grace time.
+    /// Whether this host serves `flow` (client to service), as
+    /// [`Engine::serves_flows`] answers peers.
     fn serves(&self, flow: &FlowKey, now: Timestamp) -> bool {
         let grace = ns(self.cfg.served.fin_grace);
         let live = |e: &ConnEntry| match e.state {
@@ -255,8 +253,11 @@ impl Engine {
                 .is_some_and(|e| e.route == Route::Local && live(&e))
     }
 
-    /// Of `flows` (client to service), those this host serves
-    /// ([`Engine::serves`]): the answer to a peer's flow query.
+    /// Of `flows` (client to service), those this host serves: its stack
+    /// has them, decapsulated from a peer (the served table) or accepted
+    /// here at the SYN or adopted from the kernel (routes to `Local`);
+    /// open, or closing within the FIN grace time. The answer to a peer's
+    /// flow query.
     pub fn serves_flows(&mut self, flows: &[FlowKey], now: Timestamp) -> Vec<FlowKey> {
         let mine: Vec<FlowKey> = flows
             .iter()
