@@ -139,6 +139,11 @@ pub struct VipCounters {
     /// client or from another peer: a new connection, and the older
     /// served entry is dropped (it would claim the new one's packets).
     pub stale_served_dropped: u64,
+    /// Packets of a VIP flow this host holds as served whose sequence
+    /// number lies far past that connection's (its SYN's plus the bytes
+    /// seen plus 64 MiB): a later connection on the 4-tuple, whose older
+    /// state here outlived its end. Asked about instead of delivered.
+    pub out_of_sequence: u64,
 }
 
 impl VipCounters {
@@ -159,6 +164,7 @@ impl VipCounters {
             stale_routes_dropped,
             strays_asked,
             stale_served_dropped,
+            out_of_sequence,
         } = o;
         self.misses_asked += misses_asked;
         self.reasks += reasks;
@@ -175,6 +181,7 @@ impl VipCounters {
         self.stale_routes_dropped += stale_routes_dropped;
         self.strays_asked += strays_asked;
         self.stale_served_dropped += stale_served_dropped;
+        self.out_of_sequence += out_of_sequence;
     }
 }
 

@@ -867,12 +867,7 @@ fn a_served_entry_follows_its_connection_and_yields_to_a_new_one() {
         ),
         "{v:?}"
     );
-    let mut buf = vec![0u8; 64 + tunnelled.len()];
-    buf[64..].copy_from_slice(&tunnelled);
-    let len = buf.len();
-    let mut pb = PacketBuf::new(&mut buf, 64, len).unwrap();
-    let now = c.now();
-    assert_eq!(c.hosts[1].engine.process(now, &mut pb), Verdict::Deliver);
+    assert_eq!(deliver_at(&mut c, 1, &tunnelled), Verdict::Deliver);
     let e = c.hosts[1].engine.served().get(&flow).unwrap();
     assert_eq!(
         e.route,
@@ -915,20 +910,91 @@ fn force_loads(c: &mut Cluster, loads: &[u32]) {
 /// `seq`, as if it had just arrived: the verdict and the packet as it
 /// left (nothing carries it on).
 fn syn_at(c: &mut Cluster, at: usize, flow: &FlowKey, seq: u32) -> (Verdict, Vec<u8>) {
-    use dpr_packet::tcp::TcpFlags;
+    packet_at(c, at, flow, seq, dpr_packet::tcp::TcpFlags::SYN, b"")
+}
+
+/// [`syn_at`] for any client packet of `flow` (an MSS option on a SYN).
+fn packet_at(
+    c: &mut Cluster,
+    at: usize,
+    flow: &FlowKey,
+    seq: u32,
+    flags: dpr_packet::tcp::TcpFlags,
+    payload: &[u8],
+) -> (Verdict, Vec<u8>) {
     use dpr_router::harness::tcp::tcp_packet;
     use std::net::SocketAddr;
     let (client, vip) = (
         SocketAddr::new(flow.src, flow.src_port),
         SocketAddr::new(flow.dst, flow.dst_port),
     );
-    let syn = tcp_packet(client, vip, seq, 0, TcpFlags::SYN, Some(1400), b"");
-    let mut buf = vec![0u8; 64 + syn.len() + 64];
-    buf[64..64 + syn.len()].copy_from_slice(&syn);
-    let mut pb = PacketBuf::new(&mut buf, 64, 64 + syn.len()).unwrap();
+    let mss = flags.is_syn().then_some(1400);
+    let p = tcp_packet(client, vip, seq, 1, flags, mss, payload);
+    let mut buf = vec![0u8; 64 + p.len() + 64];
+    buf[64..64 + p.len()].copy_from_slice(&p);
+    let mut pb = PacketBuf::new(&mut buf, 64, 64 + p.len()).unwrap();
     let now = c.now();
     let v = c.hosts[at].engine.process(now, &mut pb);
     (v, pb.bytes().to_vec())
+}
+
+/// Host `at`'s engine takes a packet another host's engine sent it.
+fn deliver_at(c: &mut Cluster, at: usize, sent: &[u8]) -> Verdict {
+    let mut buf = vec![0u8; 64 + sent.len()];
+    buf[64..].copy_from_slice(sent);
+    let len = buf.len();
+    let mut pb = PacketBuf::new(&mut buf, 64, len).unwrap();
+    let now = c.now();
+    c.hosts[at].engine.process(now, &mut pb)
+}
+
+/// A served entry that outlived its connection (its end went through
+/// another host; here the client's next connection on the 4-tuple simply
+/// starts elsewhere in sequence space) does not take a later connection's
+/// packets: their sequence number lies far past the entry's SYN. Straight
+/// from the client or through a peer's route (the older connection's),
+/// they are asked about; the entry's own connection is delivered as
+/// before. (In the lab: a host's kernel still held the older connection's
+/// socket and answered the new one's data with duplicate ACKs until the
+/// client timed out.)
+#[test]
+fn a_served_entry_does_not_take_a_later_connections_packets() {
+    use dpr_packet::tcp::TcpFlags;
+    let mut c = small(3, |_, _| {});
+    force_loads(&mut c, &[50, 0, 40]);
+    let (j, flow) = client_sent_to(&c, 0);
+    let (caddr, port) = c.connect_vip(j, false, true);
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(c.conn_of(caddr, port).unwrap().served_by(), Some("host1"));
+    let isn = c.hosts[1].engine.served().get(&flow).unwrap().isn.unwrap();
+    // The entry's own connection, straight to host 1: delivered.
+    let (v, _) = packet_at(&mut c, 1, &flow, isn.wrapping_add(1), TcpFlags::ACK, b"");
+    assert_eq!(v, Verdict::Deliver);
+    // A later connection's data (its SYN 500 MB of sequence space on, as a
+    // Linux client's clock-driven ISN is after ~30 s): asked about.
+    let later = isn.wrapping_add(500_000_000);
+    let (v, _) = packet_at(&mut c, 1, &flow, later, TcpFlags::ACK, b"x");
+    assert_eq!(v, Verdict::Held);
+    let h1 = c.hosts[1].engine.counters().vip;
+    assert_eq!((h1.out_of_sequence, h1.misses_asked), (1, 1), "{h1:?}");
+    // Through host 0's route (the older connection's) to host 1: asked.
+    let (v, sent) = packet_at(&mut c, 0, &flow, later.wrapping_add(1), TcpFlags::ACK, b"y");
+    assert!(
+        matches!(
+            v,
+            Verdict::Forward {
+                peer: PeerId(1),
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_eq!(deliver_at(&mut c, 1, &sent), Verdict::Held);
+    let h1 = c.hosts[1].engine.counters().vip;
+    assert_eq!((h1.out_of_sequence, h1.strays_asked), (2, 1), "{h1:?}");
+    // And the entry's own connection through that route: delivered.
+    let (_, sent) = packet_at(&mut c, 0, &flow, isn.wrapping_add(1), TcpFlags::ACK, b"");
+    assert_eq!(deliver_at(&mut c, 1, &sent), Verdict::Deliver);
 }
 
 /// Host `at`'s route for `flow`, if it has one.

@@ -689,6 +689,7 @@ impl LoopCtx {
             ("vip_stale_routes_dropped", vc.stale_routes_dropped),
             ("vip_strays_asked", vc.strays_asked),
             ("vip_stale_served_dropped", vc.stale_served_dropped),
+            ("vip_out_of_sequence", vc.out_of_sequence),
             ("vip_flow_queries_sent", cc.flow_queries_sent),
             ("vip_flow_query_messages", cc.flow_query_messages),
             ("vip_flow_queries_received", cc.flow_queries_received),

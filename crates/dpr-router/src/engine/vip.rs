@@ -57,6 +57,26 @@ pub(super) struct MissState {
     gave_up: HashMap<FlowKey, Timestamp>,
 }
 
+/// How far past a served connection's SYN plus the bytes seen a packet's
+/// sequence number may lie and still be that connection's. Linux clients
+/// draw the ISN of a 4-tuple from a clock (RFC 6528, 64-ns ticks): a
+/// later connection on it starts ~16 MB per second of reuse further on,
+/// so reuse after ~4 s is told apart; a random ISN lands within the
+/// slack 1.6 % of the time. Bytes the engine did not see (the XDP
+/// program's paths, a flow that moved away and back) can make a
+/// connection look later than it is: it is then asked about, and when
+/// nobody claims it the local stack gets it at the deadline, as before.
+const SEQ_SLACK: u64 = 1 << 26;
+
+/// Whether `seq` (a client's packet's sequence number) can belong to the
+/// connection `e` records: no SYN recorded, or within its span.
+fn in_sequence(e: &ConnEntry, seq: Option<u32>) -> bool {
+    match (e.isn, seq) {
+        (Some(isn), Some(s)) => u64::from(s.wrapping_sub(isn)) <= e.bytes.saturating_add(SEQ_SLACK),
+        _ => true,
+    }
+}
+
 /// How long a flow nobody claimed goes straight to the local stack.
 const GAVE_UP_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -147,9 +167,16 @@ impl Engine {
             // the client (ECMP moved it here): the stack has it. Its served
             // entry follows it (a FIN here ends it, so that this host does
             // not claim a later connection on the 4-tuple).
+            // Unless the packet's sequence number says it is a later
+            // connection on the 4-tuple (the entry outlived its end).
             let live =
                 |e: &ConnEntry| matches!(e.state, ConnState::SynSeen | ConnState::Established);
-            if let Some(e) = self.served.get(&flow).filter(live) {
+            let seq = super::tcp_seq(pkt.bytes(), meta);
+            let served = self.served.get(&flow).filter(live);
+            if served.is_some_and(|e| !in_sequence(&e, seq)) {
+                self.counters.c.vip.out_of_sequence += 1;
+            }
+            if let Some(e) = served.filter(|e| in_sequence(e, seq)) {
                 let flags = meta.tcp_flags;
                 if flags.intersects(TcpFlags::FIN | TcpFlags::RST) {
                     self.counters.c.connections_ended += 1;
@@ -237,20 +264,34 @@ impl Engine {
             .min()
     }
 
-    /// Whether this host serves `flow` (client to service), as
-    /// [`Engine::serves_flows`] answers peers.
-    fn serves(&self, flow: &FlowKey, now: Timestamp) -> bool {
+    /// The entry by which this host serves `flow` (client to service), as
+    /// [`Engine::serves_flows`] answers peers: a live served entry, else a
+    /// live local route.
+    fn serving_entry(&self, flow: &FlowKey, now: Timestamp) -> Option<ConnEntry> {
         let grace = ns(self.cfg.served.fin_grace);
         let live = |e: &ConnEntry| match e.state {
             ConnState::SynSeen | ConnState::Established => true,
             ConnState::Closing => now.0.saturating_sub(e.last_seen.0) < grace,
             ConnState::Closed => false,
         };
-        self.served.get(flow).is_some_and(|e| live(&e))
-            || self
-                .routes
+        self.served.get(flow).filter(live).or_else(|| {
+            self.routes
                 .get(flow)
-                .is_some_and(|e| e.route == Route::Local && live(&e))
+                .filter(|e| e.route == Route::Local && live(e))
+        })
+    }
+
+    /// Whether this host serves `flow` and, for a packet with sequence
+    /// number `seq`, whether that entry can hold it (`in_sequence`).
+    fn serves_packet(&mut self, flow: &FlowKey, seq: Option<u32>, now: Timestamp) -> bool {
+        let Some(e) = self.serving_entry(flow, now) else {
+            return false;
+        };
+        let ok = in_sequence(&e, seq);
+        if !ok {
+            self.counters.c.vip.out_of_sequence += 1;
+        }
+        ok
     }
 
     /// Of `flows` (client to service), those this host serves: its stack
@@ -262,7 +303,7 @@ impl Engine {
         let mine: Vec<FlowKey> = flows
             .iter()
             .filter(|f| self.is_service(f) && f.protocol == IpProtocol::Tcp)
-            .filter(|f| self.serves(f, now))
+            .filter(|f| self.serving_entry(f, now).is_some())
             .copied()
             .collect();
         self.counters.c.vip.claims_answered += mine.len() as u64;
@@ -289,7 +330,7 @@ impl Engine {
         if flags.is_syn()
             || flags.contains(TcpFlags::RST)
             || !self.is_vip_flow(&inner.flow)
-            || self.serves(&inner.flow, now)
+            || self.serves_packet(&inner.flow, super::tcp_seq(pkt.bytes(), inner), now)
         {
             return None;
         }
