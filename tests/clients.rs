@@ -67,7 +67,12 @@ for s in conns:
         sent.append(None)
     except Exception as e:
         sent.append(e)
+# With a fifth argument, one deadline (seconds) for every answer instead
+# of 30 s per connection in turn: a few hung connections are reported as
+# broken, with the caller's diagnostics, instead of holding the client
+# past its caller's patience.
 lines = []
+answers_by = time.time() + (float(sys.argv[5]) if len(sys.argv) > 5 else 1e9)
 for s, err in zip(conns, sent):
     if err is not None:
         lines.append("error " + repr(err))
@@ -75,6 +80,7 @@ for s, err in zip(conns, sent):
     try:
         data = b""
         while True:
+            s.settimeout(min(30, max(0.5, answers_by - time.time())))
             chunk = s.recv(65536)
             if not chunk:
                 break

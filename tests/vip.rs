@@ -226,6 +226,8 @@ fn hold_connections(lab: &mut Lab, v6: bool, n: usize, step: usize, live: &[usiz
         n.to_string(),
         go.to_string_lossy().into_owned(),
         out.to_string_lossy().into_owned(),
+        // Every answer within 40 s of the bodies (`release` waits 90 s).
+        "40".to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(lab.spawn_in(&ns, "python3", &args));
