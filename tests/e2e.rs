@@ -1276,11 +1276,20 @@ fn hosts_under_their_threshold_serve_locally() {
         }
         let g = GroundTruth::of(&joined, threshold);
         eprintln!(
-            "h{i}: redirected {} of {} received under the threshold ({:.1}%), mean |used - true| {:.2}",
+            "h{i}: redirected {} of {} received under the threshold ({:.1}%), mean |used - true| {:.2}, mean used - true {:+.2}, app closes {}",
             g.redirected_under,
             g.under,
             100.0 * g.redirected_under_share(),
-            g.mean_abs_error
+            g.mean_abs_error,
+            g.mean_error,
+            io(&status(&lab, i), "app_closes"),
+        );
+        // The engines learn of each end from the server's own close
+        // (`[load] app_closes`), not a client round trip later.
+        assert!(
+            io(&status(&lab, i), "app_closes") > 0,
+            "h{i}: no close counted by the kernel: {}",
+            lab.log_tail(i)
         );
         if i > 0 {
             assert!(

@@ -43,11 +43,23 @@ pub type EngineFn = Box<dyn FnOnce(&mut Engine) + Send>;
 /// Which connections a load measurement listed (client to service).
 pub type Listed = Arc<dyn Fn(&FlowKey) -> bool + Send + Sync>;
 
+/// Reads the host's count of its service connections that ended (their
+/// application closed them), a counter the kernel keeps as they happen
+/// (`dpr_xdp::CloseWatch`); read before each batch.
+pub type ClosesReader = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Ends counted by `reader` since `base`, as the load table takes them.
+fn closed_since(reader: &ClosesReader, base: u64) -> u32 {
+    u32::try_from(reader().saturating_sub(base)).unwrap_or(u32::MAX)
+}
+
 enum Command {
     Run(EngineFn),
+    SetCloses(Option<ClosesReader>),
     BeginMeasurement(Sender<usize>),
     FinishMeasurement {
         epoch: u64,
+        closes_base: u64,
         figures: LoadFigures,
         capacity: Capacity,
         listed: Option<Listed>,
@@ -124,6 +136,8 @@ pub struct Shard {
     commands: Receiver<Command>,
     reports: Sender<ShardReport>,
     measure_epoch: u64,
+    closes: Option<ClosesReader>,
+    closes_base: u64,
 }
 
 impl std::fmt::Debug for Shard {
@@ -183,12 +197,23 @@ impl Shard {
         hashes: &[Option<u64>],
         out: &mut Vec<Verdict>,
     ) {
+        self.apply_closes();
         self.engine.process_batch_hashed(now, pkts, hashes, out);
     }
 
     /// Runs the engine on one packet (see [`Engine::process`]).
     pub fn process(&mut self, now: Timestamp, pkt: &mut PacketBuf<'_>) -> Verdict {
+        self.apply_closes();
         self.engine.process(now, pkt)
+    }
+
+    /// The host's closes since the measurement, into the estimate the
+    /// next SYN decision uses (one load of shared memory).
+    fn apply_closes(&mut self) {
+        if let Some(r) = &self.closes {
+            self.engine
+                .set_local_closed(closed_since(r, self.closes_base));
+        }
     }
 
     /// Applies the commands the control thread sent. Returns how many;
@@ -210,12 +235,18 @@ impl Shard {
     fn apply(&mut self, c: Command) {
         match c {
             Command::Run(f) => f(&mut self.engine),
+            Command::SetCloses(r) => {
+                self.engine.set_ends_from_host(r.is_some());
+                self.closes_base = r.as_ref().map_or(0, |r| r());
+                self.closes = r;
+            }
             Command::BeginMeasurement(ack) => {
                 self.engine.begin_load_measurement();
                 let _ = ack.send(self.index);
             }
             Command::FinishMeasurement {
                 epoch,
+                closes_base,
                 figures,
                 capacity,
                 listed,
@@ -225,6 +256,8 @@ impl Shard {
                     tracing::warn!(shard = self.index, error = %e, "load measurement");
                 }
                 self.measure_epoch = epoch;
+                self.closes_base = closes_base;
+                self.apply_closes();
             }
             Command::Tick {
                 now,
@@ -232,6 +265,7 @@ impl Shard {
                 others,
                 walk,
             } => {
+                self.apply_closes();
                 let e = &mut self.engine;
                 e.tick(now, budget);
                 e.set_local_others(others);
@@ -291,6 +325,9 @@ pub struct EngineSet {
     arrivals: Vec<(Timestamp, PeerId, f64)>,
     query_timeout: Duration,
     unanswered: u64,
+    closes: Option<ClosesReader>,
+    /// The reading of `closes` when the last measurement's dump began.
+    closes_base: u64,
 }
 
 impl std::fmt::Debug for EngineSet {
@@ -330,6 +367,8 @@ impl EngineSet {
                 commands,
                 reports: report_tx.clone(),
                 measure_epoch: 0,
+                closes: None,
+                closes_base: 0,
             });
         }
         let set = Self {
@@ -348,8 +387,38 @@ impl EngineSet {
             arrivals: Vec::new(),
             query_timeout: Duration::from_millis(500),
             unanswered: 0,
+            closes: None,
+            closes_base: 0,
         };
         (set, out)
+    }
+
+    /// The host counts its connections' ends itself (`reader`, see
+    /// [`ClosesReader`]; `None`: the engines count them from the clients'
+    /// FINs, as before). Every engine stops counting ends; the
+    /// measurements must then list only the connections the application
+    /// still holds (`dpr_xdp::closes::HELD_STATES`).
+    pub fn set_closes(&mut self, reader: Option<ClosesReader>) {
+        self.control.set_ends_from_host(reader.is_some());
+        self.closes_base = reader.as_ref().map_or(0, |r| r());
+        self.closes = reader.clone();
+        for i in 0..self.links.len() {
+            self.send(i, Command::SetCloses(reader.clone()));
+        }
+    }
+
+    /// The host's close count now (`None` without [`Self::set_closes`]).
+    pub fn closes_now(&self) -> Option<u64> {
+        self.closes.as_ref().map(|r| r())
+    }
+
+    /// The measurement's dump begins now: the closes counted from here on
+    /// come off its figures. (A close racing the dump may be taken off
+    /// once too often, until the next measurement.)
+    pub fn dump_begins(&mut self) {
+        if let Some(r) = &self.closes {
+            self.closes_base = r();
+        }
     }
 
     /// Number of shards.
@@ -459,6 +528,10 @@ impl EngineSet {
         let nets: Vec<i64> = self.last.iter().map(|r| self.net_of(r.as_ref())).collect();
         let total: i64 = nets.iter().sum();
         self.control.set_local_others(total);
+        if let Some(r) = &self.closes {
+            self.control
+                .set_local_closed(closed_since(r, self.closes_base));
+        }
         for (i, net) in nets.iter().enumerate() {
             self.send(
                 i,
@@ -598,6 +671,7 @@ impl EngineSet {
                 i,
                 Command::FinishMeasurement {
                     epoch: self.measure_epoch,
+                    closes_base: self.closes_base,
                     figures,
                     capacity,
                     listed: listed.clone(),

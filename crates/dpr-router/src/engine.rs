@@ -125,6 +125,9 @@ pub struct Engine {
     /// While a load measurement runs: connections opened (true) and ended
     /// (false) here since it began.
     measuring: Option<Vec<(FlowKey, bool)>>,
+    /// The host counts its connections' ends itself
+    /// ([`Engine::set_ends_from_host`]): the engine counts none.
+    ends_from_host: bool,
     /// Per peer id: flows routed to that peer that this host cut (answered
     /// RST, or dropped) while the peer was dead or gone, for a cut notice
     /// when it is back (see [`Engine::take_cut`]).
@@ -187,6 +190,7 @@ impl Engine {
             decisions: VecDeque::new(),
             arrivals: VecDeque::new(),
             measuring: None,
+            ends_from_host: false,
             last_redirector: None,
             cut: Vec::new(),
             keyed_events: Vec::new(),
@@ -325,7 +329,26 @@ impl Engine {
         }
     }
 
+    /// The host sees its connections end itself, as its application
+    /// closes them (the kernel's own state changes, before the client's
+    /// FIN reaches this router a round trip later): from now on the
+    /// engine counts no ends, and [`Engine::set_local_closed`] gives
+    /// them; the measurements must then count only the connections the
+    /// application still holds.
+    pub fn set_ends_from_host(&mut self, on: bool) {
+        self.ends_from_host = on;
+    }
+
+    /// With [`Engine::set_ends_from_host`]: connections that ended here
+    /// since the last measurement (see [`LoadTable::set_local_closed`]).
+    pub fn set_local_closed(&mut self, closed: u32) {
+        self.loads.set_local_closed(closed);
+    }
+
     fn local_ended(&mut self, flow: FlowKey) {
+        if self.ends_from_host {
+            return;
+        }
         self.loads.record_local_end();
         if let Some(m) = self.measuring.as_mut().filter(|m| m.len() < MAX_MEASURING) {
             m.push((flow, false));

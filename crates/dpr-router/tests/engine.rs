@@ -850,6 +850,44 @@ fn a_connection_that_ended_stops_counting() {
     assert!(!redirected(run(&mut e, now, &syn(30_010)).0));
 }
 
+/// Where the host counts its connections' ends itself (its application's
+/// closes, as they happen), the client's FIN or RST ends nothing in the
+/// estimate: the closes the host reports do, once each, until the next
+/// measurement. A connection the server closed frees its slot before the
+/// client's FIN comes back.
+#[test]
+fn with_the_hosts_own_close_count_the_clients_fin_ends_nothing_twice() {
+    let mut e = threshold_engine(3.0, 0);
+    e.set_ends_from_host(true);
+    let now = Timestamp::from_millis(1);
+    for i in 0..3 {
+        assert!(!redirected(run(&mut e, now, &syn(23_000 + i)).0));
+    }
+    assert!(
+        redirected(run(&mut e, now, &syn(23_010)).0),
+        "at the threshold"
+    );
+    // The server closed one: room again, before any FIN from the client.
+    e.set_local_closed(1);
+    assert_eq!(e.loads().local_load(), 2.0);
+    assert!(!redirected(run(&mut e, now, &syn(23_011)).0));
+    // The client's FIN and RST now change nothing (already counted).
+    run(&mut e, now, &fin(23_000));
+    run(&mut e, now, &rst(23_001));
+    assert_eq!(e.loads().local_load(), 3.0);
+    assert_eq!(e.loads().local_ended(), 0);
+    assert_eq!(
+        e.counters().connections_ended,
+        2,
+        "still counted as ended flows"
+    );
+    // Without it, the FIN lowers the estimate (the default).
+    let mut d = threshold_engine(3.0, 0);
+    run(&mut d, now, &syn(23_020));
+    run(&mut d, now, &fin(23_020));
+    assert_eq!(d.loads().local_load(), 0.0);
+}
+
 /// Ends are counted against the measurement too: a connection open at the
 /// measurement that ends after it leaves the estimate (never below zero).
 #[test]

@@ -343,6 +343,9 @@ pub struct LoadTable {
     /// that other routers of this host counted (an engine per queue: the
     /// other queues' engines), as last told ([`Self::set_local_others`]).
     local_others: i64,
+    /// Connections the host itself saw end since the last measurement
+    /// (its application closed them: [`Self::set_local_closed`]).
+    local_closed: u32,
     peers: Vec<PeerRecord>,
     /// Slot of each peer id (`NO_SLOT` where none): a dense array, because
     /// ids are small and this is on the decision path.
@@ -384,6 +387,7 @@ impl LoadTable {
             local_pending: 0,
             local_ended: 0,
             local_others: 0,
+            local_closed: 0,
             peers: Vec::new(),
             slot_of: Vec::new(),
             ids: Vec::new(),
@@ -437,8 +441,21 @@ impl LoadTable {
         self.update_local_score();
     }
 
+    /// Where the host counts the ends of its connections itself (its
+    /// application's closes, seen by the kernel as they happen), `closed`
+    /// is how many ended since the last measurement: taken off the
+    /// estimate instead of the ends [`Self::record_local_end`] counts
+    /// (the caller then counts none). Let go at the next measurement.
+    pub fn set_local_closed(&mut self, closed: u32) {
+        if self.local_closed != closed {
+            self.local_closed = closed;
+            self.update_local_score();
+        }
+    }
+
     fn update_local_score(&mut self) {
-        let delta = i64::from(self.local_pending) - i64::from(self.local_ended) + self.local_others;
+        let delta = i64::from(self.local_pending) - i64::from(self.local_ended) + self.local_others
+            - i64::from(self.local_closed);
         self.local_score =
             self.config
                 .normalised_load_delta(&self.local_figures, delta, &self.local_capacity);
@@ -512,6 +529,7 @@ impl LoadTable {
         self.local_pending = 0;
         self.local_ended = 0;
         self.local_others = 0;
+        self.local_closed = 0;
         self.local_score = self.config.normalised_load(&figures, 0, &capacity);
         self.set_weight(0, self.weight_of(&capacity));
         Ok(())

@@ -893,6 +893,31 @@ fn optimistic_accounting_until_next_report() {
 /// measurement (or report). However long no measurement comes (a
 /// descheduled daemon), connections that come and go leave no trace.
 #[test]
+fn the_hosts_own_close_count_lowers_the_estimate_until_the_next_measurement() {
+    let mut t = lt();
+    let open = |n| LoadFigures {
+        open_connections: n,
+        ..LoadFigures::default()
+    };
+    t.set_local(open(4), Capacity::default()).unwrap();
+    t.record_local();
+    assert_eq!(t.local_load(), 5.0);
+    // Three closes since the measurement (the counter's reading less its
+    // reading at the dump), given again as it grows: not added up.
+    t.set_local_closed(2);
+    assert_eq!(t.local_load(), 3.0);
+    t.set_local_closed(3);
+    t.set_local_closed(3);
+    assert_eq!(t.local_load(), 2.0);
+    // Never below zero.
+    t.set_local_closed(50);
+    assert_eq!(t.local_load(), 0.0);
+    // The next measurement lets it go.
+    t.set_local(open(1), Capacity::default()).unwrap();
+    assert_eq!(t.local_load(), 1.0);
+}
+
+#[test]
 fn load_estimate_lets_ended_connections_go() {
     let mut t = lt();
     t.add_peer(PeerId(1), addr(1), vec![], Timestamp(0))

@@ -275,6 +275,19 @@ impl Asm {
         ))
     }
 
+    /// `*(u64 *)(dst + off) += src`, atomically (`BPF_ATOMIC | BPF_ADD`).
+    pub fn atomic_add64(&mut self, dst: Reg, off: i16, src: Reg) -> &mut Self {
+        const MODE_ATOMIC: u8 = 0xc0;
+        const ATOMIC_ADD: i32 = 0x00;
+        self.push(Insn::new(
+            CLASS_STX | Size::DW.bits() | MODE_ATOMIC,
+            dst as u8,
+            src as u8,
+            off,
+            ATOMIC_ADD,
+        ))
+    }
+
     /// `dst = map` (the map's address, resolved by the kernel from its fd).
     pub fn load_map_fd(&mut self, dst: Reg, map_fd: i32) -> &mut Self {
         let code = CLASS_LD | Size::DW.bits() | MODE_IMM;

@@ -40,6 +40,7 @@
 
 pub mod asm;
 pub mod bpf;
+pub mod closes;
 mod loader;
 pub mod program;
 pub mod sink;
@@ -48,6 +49,7 @@ pub mod tools;
 pub mod xsk;
 
 pub use bpf::{BpfSys, FakeBpf, RealBpf};
+pub use closes::CloseWatch;
 pub use loader::{
     Counters, FastPathEncap, FastPathMaps, FastPathPeer, FastPathRoute, KeyedFlow, KeyedFlowMap,
     ProgramConfig, RouterProgram, XdpLink, XdpMode, load_pass_program,

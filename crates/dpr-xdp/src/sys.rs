@@ -182,6 +182,36 @@ impl MapFd {
     }
 }
 
+/// `BPF_F_MMAPABLE`: an array map userspace can `mmap`.
+pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// [`map_create`] with `map_flags`.
+pub(crate) fn map_create_flags(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: &str,
+) -> io::Result<MapFd> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags,
+        map_name: name16(name),
+        ..Default::default()
+    };
+    let fd = fd_from_ret(bpf(BPF_MAP_CREATE, &mut attr)?)?;
+    Ok(MapFd {
+        fd,
+        key_size: key_size as usize,
+        lookup_size: value_size as usize,
+        value_size: value_size as usize,
+    })
+}
+
 /// `BPF_MAP_CREATE`. `lookup_size` is what a lookup returns (see [`MapFd`]).
 pub(crate) fn map_create(
     map_type: u32,
@@ -274,11 +304,29 @@ pub(crate) fn prog_load_xdp(
     name: &str,
     log: &mut [u8],
 ) -> io::Result<OwnedFd> {
+    prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, insns, license, name, log)
+}
+
+/// `BPF_PROG_TYPE_SOCK_OPS`.
+pub(crate) const BPF_PROG_TYPE_SOCK_OPS: u32 = 13;
+/// `BPF_CGROUP_SOCK_OPS` attach type.
+pub(crate) const BPF_CGROUP_SOCK_OPS: u32 = 3;
+
+/// `BPF_PROG_LOAD` of a program of `prog_type` for `attach_type` (see
+/// [`prog_load_xdp`] for `log`).
+pub(crate) fn prog_load(
+    prog_type: u32,
+    attach_type: u32,
+    insns: &[u64],
+    license: &str,
+    name: &str,
+    log: &mut [u8],
+) -> io::Result<OwnedFd> {
     let license = CString::new(license).map_err(|_| io::Error::other("NUL in license"))?;
     let insn_cnt = u32::try_from(insns.len()).map_err(|_| io::Error::other("too many insns"))?;
     let log_size = u32::try_from(log.len()).map_err(|_| io::Error::other("log too large"))?;
     let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -290,7 +338,7 @@ pub(crate) fn prog_load_xdp(
             log.as_mut_ptr() as u64
         },
         prog_name: name16(name),
-        expected_attach_type: BPF_XDP,
+        expected_attach_type: attach_type,
         ..Default::default()
     };
     fd_from_ret(bpf(BPF_PROG_LOAD, &mut attr)?)
@@ -378,6 +426,145 @@ pub(crate) fn link_create_xdp(
         flags,
     };
     fd_from_ret(bpf(BPF_LINK_CREATE, &mut attr)?)
+}
+
+/// `BPF_LINK_CREATE` attaching a cgroup program (`attach_type`) to the
+/// cgroup directory `cgroup`. The attachment lives as long as the returned
+/// descriptor (a link: it goes when the process does, however it ends).
+pub(crate) fn link_create_cgroup(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        // The union's `target_fd`.
+        target_ifindex: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    fd_from_ret(bpf(BPF_LINK_CREATE, &mut attr)?)
+}
+
+/// Opens a directory (a cgroup) for [`link_create_cgroup`].
+pub(crate) fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in a path"))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a new descriptor returned by open(2), owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Mounts a cgroup v2 hierarchy on the directory `dir`, opens it, and
+/// detaches the mount again: the descriptor keeps the hierarchy's root
+/// (for [`link_create_cgroup`]) and no mount is left behind. For a mount
+/// namespace without one (`ip netns exec` remounts `/sys`).
+pub(crate) fn open_cgroup2_unmounted(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in a path"))?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the
+    // call; the data argument is NULL.
+    cvt(unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })?;
+    let fd = open_dir(dir);
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let detached = cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) });
+    let fd = fd?;
+    detached?;
+    Ok(fd)
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`
+/// of a fresh socket), as `bpf_get_netns_cookie` reports it to programs.
+pub(crate) fn netns_cookie() -> io::Result<u64> {
+    let s = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `v` is a live u64 and `len` its size; the kernel writes at
+    // most `len` bytes.
+    cvt(unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            &mut v as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// A read-only shared mapping of the first page of an mmapable array map
+/// (`BPF_F_MMAPABLE`) whose first value is a `u64` counter the program
+/// adds to atomically.
+#[derive(Debug)]
+pub(crate) struct MapCounter {
+    ptr: NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory the kernel writes; this value only
+// reads it atomically, from any thread.
+unsafe impl Send for MapCounter {}
+// SAFETY: as above: reads are atomic loads, no `&mut` access exists.
+unsafe impl Sync for MapCounter {}
+
+impl MapCounter {
+    /// Maps the first page of `map` (an mmapable array map).
+    pub(crate) fn map(map: &MapFd) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let len = usize::try_from(page).unwrap_or(4096).max(8);
+        // SAFETY: a fresh shared mapping of the map's data; no existing
+        // memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.raw(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p as *mut u64).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// The counter's value now.
+    pub(crate) fn read(&self) -> u64 {
+        // SAFETY: `ptr` is page-aligned (so 8-aligned), mapped for the
+        // lifetime of `self`, and only ever accessed atomically here; the
+        // program updates it with atomic adds.
+        let a = unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.as_ptr()) };
+        a.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for MapCounter {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; no reference
+        // into the mapping outlives `read`.
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
 }
 
 // ---------------------------------------------------------------------------

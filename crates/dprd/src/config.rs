@@ -251,6 +251,12 @@ pub struct LoadSection {
     pub capacity: f32,
     /// How often the local load is measured, in milliseconds.
     pub refresh_ms: u64,
+    /// Count a connection's end when this host's application closes it
+    /// (a `sock_ops` program on the cgroup v2 hierarchy counts the
+    /// kernel's state changes as they happen) rather than at the client's
+    /// FIN a round trip later. Falls back to the FINs, with a warning,
+    /// where the kernel refuses the program.
+    pub app_closes: bool,
 }
 
 impl Default for LoadSection {
@@ -259,6 +265,7 @@ impl Default for LoadSection {
             metric: MetricKind::OpenConnections,
             capacity: 1.0,
             refresh_ms: 100,
+            app_closes: true,
         }
     }
 }
@@ -1052,6 +1059,15 @@ impl Config {
             }
         }
         v
+    }
+
+    /// Every (service address, service port) pair this host serves:
+    /// the connections its load counts.
+    pub fn service_pairs(&self) -> Vec<(IpAddr, u16)> {
+        self.all_service_addrs()
+            .into_iter()
+            .flat_map(|a| self.host.service_ports.iter().map(move |&p| (a, p)))
+            .collect()
     }
 
     /// Every service address this host may be asked to serve (its own and

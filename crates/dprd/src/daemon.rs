@@ -406,6 +406,17 @@ pub fn run_with_policy(
     // CPU time; the kernel keeps 5% of each CPU from real-time threads. The
     // workers it starts are back in the normal class (reset on fork).
     // Before the privileges are dropped: it needs CAP_SYS_NICE.
+    // The application's closes, counted by the kernel as they happen
+    // (attached while privileged: it needs CAP_BPF).
+    let closes = if cfg.load.app_closes {
+        attach_close_watch(&cfg)
+    } else {
+        None
+    };
+    if let Some(w) = &closes {
+        let w = w.clone();
+        engines.set_closes(Some(Arc::new(move || w.closes())));
+    }
     if let Err(e) = dpr_io::sys::set_current_thread_realtime(1) {
         tracing::warn!(error = %e, "raising the control thread's priority");
     }
@@ -486,6 +497,7 @@ pub fn run_with_policy(
         cut_aborted: 0,
         backend_name,
         xdp,
+        closes,
     };
     let result = rt.block_on(control_loop(ctx, admin, udp, metrics_l));
     // At a full stop the rules were undone at the end of control_loop (so
@@ -556,6 +568,27 @@ struct LoopCtx {
     /// The AF_XDP program and attachment (detached when this is dropped,
     /// at the end of the control loop).
     xdp: Option<XdpBackend>,
+    /// Counts the application's closes (`[load] app_closes`); `None`: the
+    /// engines count the clients' FINs.
+    closes: Option<Arc<dpr_xdp::CloseWatch>>,
+}
+
+/// Attaches the close counter for `cfg`'s services, or says why not (the
+/// engines then count the clients' FINs, as without it).
+fn attach_close_watch(cfg: &Config) -> Option<Arc<dpr_xdp::CloseWatch>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let attached =
+        dpr_xdp::CloseWatch::attach_here(&mountinfo, &std::env::temp_dir(), &cfg.service_pairs());
+    match attached {
+        Ok((w, on)) => {
+            tracing::info!(cgroup = %on, "connections end when the application closes them");
+            Some(Arc::new(w))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no close counter: connections end at the client's FIN (`load.app_closes`)");
+            None
+        }
+    }
 }
 
 /// What a load measurement found: the open service sockets themselves
@@ -670,6 +703,11 @@ impl LoopCtx {
             ),
         ] {
             io.insert(k.to_string(), v);
+        }
+        // The application's closes the kernel counted (`[load]
+        // app_closes`; absent: connections end at the client's FIN).
+        if let Some(w) = &self.closes {
+            io.insert("app_closes".into(), w.closes());
         }
         // VIP mode's ask-on-miss: the engines' side, then the protocol's.
         let (vc, cc) = (&c.vip, self.control.counters());
@@ -796,6 +834,14 @@ impl LoopCtx {
                         })
                         .collect();
                     self.engines.confirm_served(flows, now_since(self.origin));
+                    // With the close counter, the load is what the
+                    // application still holds: a socket it closed is
+                    // already counted as ended.
+                    if self.closes.is_some() {
+                        socks.retain(|s| {
+                            dpr_xdp::closes::HELD_STATES & (1u32 << u32::from(s.state).min(31)) != 0
+                        });
+                    }
                     return Listed::Sockets(socks);
                 }
                 Err(e) => {
@@ -804,7 +850,7 @@ impl LoopCtx {
                 }
             }
         }
-        Listed::Count(load::measure(&addrs, ports))
+        Listed::Count(load::measure(&addrs, ports, self.closes.is_some()))
     }
 
     /// The decisions the engine kept since the last request (see
@@ -902,6 +948,7 @@ impl LoopCtx {
     /// connections that open and end meanwhile
     /// ([`EngineSet::begin_load_measurement`]).
     fn refresh_load(&mut self) {
+        self.engines.dump_begins();
         let listed = self.open_connections_measured();
         self.open_connections = match &listed {
             Listed::Sockets(s) => u32::try_from(s.len()).unwrap_or(u32::MAX),
@@ -965,6 +1012,13 @@ impl LoopCtx {
             if let Some(f) = &x.fast_path {
                 f.bump_all();
             }
+        }
+        // Peers' service addresses may have changed: the connections the
+        // close counter counts follow them.
+        if let Some(w) = &self.closes
+            && let Err(e) = w.set_services(&new.service_pairs())
+        {
+            tracing::warn!(error = %e, "the close counter keeps the previous services");
         }
         let now = clock(self.origin);
         self.control.reload(&new, keys, now, &mut self.engines)?;

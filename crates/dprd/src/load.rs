@@ -46,6 +46,36 @@ const CLOSE: u8 = 0x07;
 
 /// Counts open service connections in `/proc/net/tcp` text.
 pub fn count_open(proc_net_tcp: &str, addrs: &[IpAddr], ports: &[u16]) -> u32 {
+    count_where(proc_net_tcp, addrs, ports, |st| {
+        !matches!(st, LISTEN | TIME_WAIT | CLOSE)
+    })
+}
+
+/// Counts the service connections in `/proc/net/tcp` text that the
+/// application still holds (`dpr_xdp::closes::HELD_STATES`).
+pub fn count_held(proc_net_tcp: &str, addrs: &[IpAddr], ports: &[u16]) -> u32 {
+    count_where(proc_net_tcp, addrs, ports, |st| {
+        st < 32 && dpr_xdp::closes::HELD_STATES & (1u32 << st) != 0
+    })
+}
+
+/// [`count_held`] of this namespace's `/proc/net/tcp`.
+pub fn read_held(addrs: &[IpAddr], ports: &[u16]) -> Result<u32, Error> {
+    std::fs::read_to_string(PROC_NET_TCP)
+        .map(|t| count_held(&t, addrs, ports))
+        .map_err(|source| Error::Io {
+            syscall: "read",
+            path: PROC_NET_TCP.into(),
+            source,
+        })
+}
+
+fn count_where(
+    proc_net_tcp: &str,
+    addrs: &[IpAddr],
+    ports: &[u16],
+    counted: impl Fn(u8) -> bool,
+) -> u32 {
     let mut n = 0u32;
     for line in proc_net_tcp.lines().skip(1) {
         let mut f = line.split_whitespace();
@@ -57,7 +87,7 @@ pub fn count_open(proc_net_tcp: &str, addrs: &[IpAddr], ports: &[u16]) -> u32 {
         let Ok(st) = u8::from_str_radix(st, 16) else {
             continue;
         };
-        if matches!(st, LISTEN | TIME_WAIT | CLOSE) {
+        if !counted(st) {
             continue;
         }
         let Some((a, p)) = local.split_once(':') else {
@@ -91,9 +121,16 @@ pub fn read_open(addrs: &[IpAddr], ports: &[u16]) -> Result<u32, Error> {
 }
 
 /// [`read_open`], or 0 where `/proc/net/tcp` cannot be read (logged at
-/// debug level: the daemon calls it every `refresh_ms`).
-pub fn measure(addrs: &[IpAddr], ports: &[u16]) -> u32 {
-    read_open(addrs, ports).unwrap_or_else(|e| {
+/// debug level: the daemon calls it every `refresh_ms`). `held_only`: only
+/// the connections the application still holds
+/// (`dpr_xdp::closes::HELD_STATES`), for the close counter.
+pub fn measure(addrs: &[IpAddr], ports: &[u16], held_only: bool) -> u32 {
+    let read = if held_only {
+        read_held(addrs, ports)
+    } else {
+        read_open(addrs, ports)
+    };
+    read.unwrap_or_else(|e| {
         tracing::debug!(error = %crate::error::Report(&e), "local load");
         0
     })
@@ -134,10 +171,15 @@ mod tests {
    3: {a:08X}:0051 C6126401:9C42 01 00000000:00000000 00:00000000 00000000     0        0 4\n\
    4: {other:08X}:0050 C6126401:9C43 01 00000000:00000000 00:00000000 00000000     0        0 5\n\
    5: {a:08X}:0050 C6126401:9C44 03 00000000:00000000 00:00000000 00000000     0        0 6\n\
+   6: {a:08X}:0050 C6126401:9C45 04 00000000:00000000 00:00000000 00000000     0        0 7\n\
+   7: {a:08X}:0050 C6126401:9C46 08 00000000:00000000 00:00000000 00000000     0        0 8\n\
    garbage\n"
         );
         let addrs = [IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))];
-        assert_eq!(count_open(&t, &addrs, &[80]), 2);
+        assert_eq!(count_open(&t, &addrs, &[80]), 4);
+        // Without FIN_WAIT1 (the application closed it): ESTABLISHED,
+        // SYN_RECV, CLOSE_WAIT.
+        assert_eq!(count_held(&t, &addrs, &[80]), 3);
     }
 
     #[test]
