@@ -185,7 +185,7 @@ impl MapFd {
 /// `BPF_F_MMAPABLE`: an array map userspace can `mmap`.
 pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// [`map_create`] with `map_flags`.
+/// [`map_create`] with `map_flags`; a lookup returns `value_size` bytes.
 pub(crate) fn map_create_flags(
     map_type: u32,
     key_size: u32,
@@ -194,22 +194,8 @@ pub(crate) fn map_create_flags(
     map_flags: u32,
     name: &str,
 ) -> io::Result<MapFd> {
-    let mut attr = MapCreateAttr {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        map_flags,
-        map_name: name16(name),
-        ..Default::default()
-    };
-    let fd = fd_from_ret(bpf(BPF_MAP_CREATE, &mut attr)?)?;
-    Ok(MapFd {
-        fd,
-        key_size: key_size as usize,
-        lookup_size: value_size as usize,
-        value_size: value_size as usize,
-    })
+    let sizes = (key_size, value_size, value_size as usize);
+    create_map(map_type, sizes, max_entries, map_flags, name)
 }
 
 /// `BPF_MAP_CREATE`. `lookup_size` is what a lookup returns (see [`MapFd`]).
@@ -221,11 +207,24 @@ pub(crate) fn map_create(
     lookup_size: usize,
     name: &str,
 ) -> io::Result<MapFd> {
+    let sizes = (key_size, value_size, lookup_size);
+    create_map(map_type, sizes, max_entries, 0, name)
+}
+
+/// `sizes`: key, value, and what a lookup returns.
+fn create_map(
+    map_type: u32,
+    (key_size, value_size, lookup_size): (u32, u32, usize),
+    max_entries: u32,
+    map_flags: u32,
+    name: &str,
+) -> io::Result<MapFd> {
     let mut attr = MapCreateAttr {
         map_type,
         key_size,
         value_size,
         max_entries,
+        map_flags,
         map_name: name16(name),
         ..Default::default()
     };

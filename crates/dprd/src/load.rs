@@ -61,8 +61,16 @@ pub fn count_held(proc_net_tcp: &str, addrs: &[IpAddr], ports: &[u16]) -> u32 {
 
 /// [`count_held`] of this namespace's `/proc/net/tcp`.
 pub fn read_held(addrs: &[IpAddr], ports: &[u16]) -> Result<u32, Error> {
+    read_with(count_held, addrs, ports)
+}
+
+fn read_with(
+    count: fn(&str, &[IpAddr], &[u16]) -> u32,
+    addrs: &[IpAddr],
+    ports: &[u16],
+) -> Result<u32, Error> {
     std::fs::read_to_string(PROC_NET_TCP)
-        .map(|t| count_held(&t, addrs, ports))
+        .map(|t| count(&t, addrs, ports))
         .map_err(|source| Error::Io {
             syscall: "read",
             path: PROC_NET_TCP.into(),
@@ -111,13 +119,7 @@ const PROC_NET_TCP: &str = "/proc/net/tcp";
 /// Counts open service connections in `/proc/net/tcp` of this process's
 /// network namespace.
 pub fn read_open(addrs: &[IpAddr], ports: &[u16]) -> Result<u32, Error> {
-    std::fs::read_to_string(PROC_NET_TCP)
-        .map(|t| count_open(&t, addrs, ports))
-        .map_err(|source| Error::Io {
-            syscall: "read",
-            path: PROC_NET_TCP.into(),
-            source,
-        })
+    read_with(count_open, addrs, ports)
 }
 
 /// [`read_open`], or 0 where `/proc/net/tcp` cannot be read (logged at
