@@ -1053,6 +1053,67 @@ pub(crate) mod tests {
         assert_eq!(shards[1].engine().loads().local_load(), 10.0);
     }
 
+    /// With the host's close counter, every shard and the control engine
+    /// take the closes since the dump began off the measurement, before
+    /// the next packet; the next measurement starts from its own reading.
+    #[test]
+    fn the_hosts_closes_come_off_every_shards_estimate() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (mut set, mut shards) =
+            EngineSet::new(engine(1, 100.0), vec![engine(64, 100.0), engine(64, 100.0)]);
+        let counter = Arc::new(AtomicU64::new(40));
+        let c = counter.clone();
+        set.set_closes(Some(Arc::new(move || c.load(Ordering::Relaxed))));
+        let measure = |set: &mut EngineSet, shards: &mut Vec<Shard>, n: u32| {
+            set.begin_load_measurement();
+            for s in shards.iter_mut() {
+                s.poll();
+            }
+            assert!(set.measurement_ready());
+            set.dump_begins();
+            let figures = LoadFigures {
+                open_connections: n,
+                ..LoadFigures::default()
+            };
+            set.finish_load_measurement(figures, Capacity::default(), None)
+                .unwrap_or_else(|_| unreachable!());
+            for s in shards.iter_mut() {
+                s.poll();
+            }
+        };
+        measure(&mut set, &mut shards, 10);
+        assert_eq!(shards[0].engine().loads().local_load(), 10.0);
+        // Three closes: the next packet each shard handles sees them.
+        counter.fetch_add(3, Ordering::Relaxed);
+        let p0 = (4000..4100u16)
+            .find(|p| worker_for(set.control().flow_hasher(), &flow(*p), 2) == 0)
+            .unwrap_or_else(|| unreachable!());
+        assert!(matches!(process(&mut shards[0], p0), Verdict::Deliver));
+        assert_eq!(shards[0].engine().loads().local_load(), 8.0, "10 + 1 - 3");
+        // The ticks: the other shard and the control engine too.
+        for _ in 0..2 {
+            set.tick(Timestamp::from_millis(5), 16);
+            for s in &mut shards {
+                s.poll();
+            }
+        }
+        assert_eq!(set.loads().local_load(), 8.0);
+        assert_eq!(shards[1].engine().loads().local_load(), 8.0);
+        // A measurement: its dump's reading is the new base.
+        measure(&mut set, &mut shards, 6);
+        for _ in 0..2 {
+            set.tick(Timestamp::from_millis(10), 16);
+            for s in &mut shards {
+                s.poll();
+            }
+        }
+        assert_eq!(set.loads().local_load(), 6.0);
+        assert_eq!(shards[1].engine().loads().local_load(), 6.0);
+        counter.fetch_add(1, Ordering::Relaxed);
+        set.tick(Timestamp::from_millis(15), 16);
+        assert_eq!(set.loads().local_load(), 5.0);
+    }
+
     #[test]
     fn capacity_is_split_rounding_up() {
         assert_eq!(split_capacity(65_536, 2), 32_768);
